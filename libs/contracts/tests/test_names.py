@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from gaggle_contracts import names
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"), [("DEFAULT", "default"), ("Fleet_1", "fleet_1"), ("a-b", "a-b")]
+)
+def test_tenants_are_compared_case_insensitively(raw: str, normal: str) -> None:
+    assert names.normalize_tenant(raw) == normal
+
+
+@pytest.mark.parametrize("raw", ["", "a.b", "a b", "x" * 65, "ä", "a/b", "a*"])
+def test_tenant_with_odd_characters_is_rejected(raw: str) -> None:
+    with pytest.raises(names.InvalidNameError):
+        names.normalize_tenant(raw)
+
+
+@pytest.mark.parametrize("cid", ["dev-1", "a.b", "x" * 256, "mac:00:11:22", "dev~1@site+2"])
+def test_url_safe_controller_ids_are_accepted(cid: str) -> None:
+    assert names.check_controller_id(cid) == cid
+
+
+@pytest.mark.parametrize("cid", ["", "x" * 257, "a b", "a/b", "é", "a\nb", "a%2F"])
+def test_controller_ids_that_are_empty_long_or_odd_are_rejected(cid: str) -> None:
+    with pytest.raises(names.InvalidNameError):
+        names.check_controller_id(cid)
+
+
+@pytest.mark.parametrize("cid", ["dev-1", "dev_2", "a.b", "mac:00:11", "=x", "~@+", "x" * 256])
+def test_kv_keys_round_trip_and_stay_valid_nats_keys(cid: str) -> None:
+    key = names.kv_key("default", cid)
+    assert names.parse_kv_key(key) == ("default", cid)
+    tenant, _, rest = key.partition(".")
+    assert tenant == "default"
+    # A KV key token may hold only these characters, and no dot inside the device part.
+    assert all(c.isalnum() or c in "-_=" for c in rest)
+
+
+def test_plain_ids_are_kept_readable_in_kv_keys() -> None:
+    assert names.kv_key("default", "dev-1") == "default.dev-1"
+
+
+def test_subjects_durables_and_subscriptions_follow_the_naming_scheme() -> None:
+    assert names.subject("default", "device.discovered") == "ota.v1.default.device.discovered"
+    assert names.subscription("device.seen") == "ota.v1.*.device.seen"
+    assert names.durable("registry", "device.seen") == "registry_device_seen"
+    assert names.tenant_of_subject("ota.v1.acme.action.feedback") == "acme"

@@ -1,0 +1,1 @@
+"""Plumbing shared by Gaggle's services: logging, database, migrations, outbox, skeleton."""

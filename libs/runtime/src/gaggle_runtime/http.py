@@ -1,0 +1,70 @@
+"""HTTP conventions shared by the services' operator APIs: JSON errors, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error an operator caused, answered with ``status`` and a JSON body saying why."""
+
+    def __init__(self, status: int, code: str, message: str, **info: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.info = info
+
+
+class NotFoundError(ApiError):
+    """The resource does not exist (or is not this tenant's)."""
+
+    def __init__(self, what: str, ident: str) -> None:
+        super().__init__(404, "not_found", f"{what} {ident!r} not found")
+
+
+def error_body(code: str, message: str, **info: Any) -> dict[str, Any]:
+    """The one JSON error shape: ``{"error": code, "message": text, ...info}``."""
+    return {"error": code, "message": message, **info}
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        problems.append({"field": loc or "body", "problem": err.get("msg", "invalid")})
+    first = problems[0] if problems else {"field": "body", "problem": "invalid"}
+    return f"invalid {first['field']}: {first['problem']}", problems
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map validation errors to 400, ``ApiError`` to its status, anything else to a logged 500."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, **exc.info), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, problems = _validation_message(exc)
+        return JSONResponse(error_body("invalid_request", message, problems=problems), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse(error_body("internal", "internal error; see the service log"), 500)

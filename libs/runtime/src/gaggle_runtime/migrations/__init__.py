@@ -1,0 +1,1 @@
+"""Tables every service schema gets from the runtime (the outbox)."""

@@ -1,0 +1,175 @@
+"""Transactional outbox: state changes and the events/KV writes describing them commit together.
+
+A service writes outbox rows in the same transaction as its own tables (``Outbox.event``,
+``Outbox.kv_put``, ``Outbox.kv_delete``); the :class:`OutboxRelay` publishes them in order and
+deletes them. A crash between commit and publish only delays the publish: the rows are still
+there at the next start. Events carry ``Nats-Msg-Id`` so a publish repeated after a crash is
+dropped by JetStream. One relay per schema is active at a time (an advisory lock elects it), which
+keeps KV writes for the same key in commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import asyncpg
+from pydantic import BaseModel
+
+from gaggle_contracts.events import Event
+from gaggle_runtime.db import Conn, check_identifier
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Writes outbox rows of one schema inside the caller's transaction."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = check_identifier(schema)
+        self.channel = f"{schema}_outbox"
+        self._insert = (
+            f"INSERT INTO {schema}.outbox (op, target, key, msg_id, payload)"  # noqa: S608
+            " VALUES ($1, $2, $3, $4, $5)"
+        )
+
+    async def event(self, conn: Conn, event: Event) -> None:
+        """Queue ``event`` for publishing once the transaction commits."""
+        await conn.execute(
+            self._insert,
+            "event",
+            event.subject,
+            None,
+            event.message_id,
+            event.model_dump_json().encode(),
+        )
+        await self._notify(conn)
+
+    async def kv_put(self, conn: Conn, bucket: str, key: str, value: BaseModel) -> None:
+        """Queue a KV put for once the transaction commits."""
+        await conn.execute(
+            self._insert, "kv_put", bucket, key, None, value.model_dump_json().encode()
+        )
+        await self._notify(conn)
+
+    async def kv_delete(self, conn: Conn, bucket: str, key: str) -> None:
+        """Queue a KV delete for once the transaction commits."""
+        await conn.execute(self._insert, "kv_delete", bucket, key, None, b"")
+        await self._notify(conn)
+
+    async def _notify(self, conn: Conn) -> None:
+        await conn.execute("SELECT pg_notify($1, '')", self.channel)
+
+
+class Sink(Protocol):
+    """Where the relay sends rows: NATS in production, a list in tests."""
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str | None) -> None:
+        """Publish to JetStream and wait for its ack."""
+
+    async def kv_put(self, bucket: str, key: str, payload: bytes) -> None:
+        """Put a KV value."""
+
+    async def kv_delete(self, bucket: str, key: str) -> None:
+        """Delete a KV key."""
+
+
+class OutboxRelay:
+    """Publishes outbox rows of one schema, in id order, while it holds the schema's relay lock."""
+
+    def __init__(
+        self,
+        dsn: str,
+        pool: asyncpg.Pool,
+        outbox: Outbox,
+        sink: Sink,
+        *,
+        batch: int = 500,
+        idle_poll_s: float = 1.0,
+    ) -> None:
+        self.dsn = dsn
+        self.pool = pool
+        self.outbox = outbox
+        self.sink = sink
+        self.batch = batch
+        self.idle_poll_s = idle_poll_s
+        self._wake = asyncio.Event()
+        self.published = 0
+        schema = outbox.schema
+        self._select = (
+            f"SELECT id, op, target, key, msg_id, payload FROM {schema}.outbox"  # noqa: S608
+            " ORDER BY id LIMIT $1"
+        )
+        self._delete = f"DELETE FROM {schema}.outbox WHERE id = ANY($1::bigint[])"  # noqa: S608
+        self._lock_key = f"gaggle-outbox:{schema}"
+
+    async def run(self) -> None:
+        """Relay until cancelled; retries after errors (NATS or database away)."""
+        while True:
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning(
+                    "outbox relay interrupted; retrying schema=%s",
+                    self.outbox.schema,
+                    exc_info=True,
+                )
+                await asyncio.sleep(1.0)
+
+    async def _lead(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            # Only the lock holder relays, which keeps KV writes per key in commit order.
+            lock = "SELECT pg_try_advisory_lock(hashtext($1))"
+            while not await conn.fetchval(lock, self._lock_key):  # noqa: ASYNC110
+                await asyncio.sleep(2.0)
+            await conn.add_listener(self.outbox.channel, self._on_notify)
+            while True:
+                self._wake.clear()
+                await self.drain()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.idle_poll_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def drain(self) -> int:
+        """Publish everything pending now; return how many rows were sent."""
+        sent = 0
+        while True:
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(self._select, self.batch)
+                if not rows:
+                    return sent
+                done: list[int] = []
+                try:
+                    for row in rows:
+                        await self._send(row)
+                        done.append(row["id"])
+                finally:
+                    if done:
+                        await conn.execute(self._delete, done)
+                        sent += len(done)
+                        self.published += len(done)
+
+    async def _send(self, row: asyncpg.Record) -> None:
+        op = row["op"]
+        if op == "event":
+            await self.sink.publish(row["target"], bytes(row["payload"]), row["msg_id"])
+        elif op == "kv_put":
+            await self.sink.kv_put(row["target"], row["key"], bytes(row["payload"]))
+        elif op == "kv_delete":
+            await self.sink.kv_delete(row["target"], row["key"])
+        else:  # pragma: no cover - guarded by a CHECK constraint
+            raise ValueError(f"unknown outbox op {op!r}")
+
+
+OnStart = Callable[[], Awaitable[None]]

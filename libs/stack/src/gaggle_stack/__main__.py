@@ -1,0 +1,179 @@
+"""``gaggle-stack``: NATS, PostgreSQL, the object store folder and the four services, one command.
+
+Everything lives under ``GAGGLE_DATA_DIR`` (default ``./.gaggle``), so a second start finds the same
+data. ``GAGGLE_DATABASE_URL`` (or ``DATABASE_URL``) uses an existing PostgreSQL instead of the
+embedded one; ``GAGGLE_NATS_URL`` an existing NATS. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from gaggle_runtime.db import ensure_database, with_database
+from gaggle_stack.servers import EmbeddedPostgres, NatsProcess
+
+DEFAULT_NATS_PORT = 4250
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service process of the stack."""
+
+    name: str
+    module: str
+    env_prefix: str
+    default_port: int
+
+    @property
+    def port(self) -> int:
+        """The port from ``GAGGLE_<SERVICE>_PORT`` or the default."""
+        return int(os.environ.get(f"{self.env_prefix}PORT", self.default_port))
+
+
+SERVICES = (
+    ServiceSpec("gateway", "gaggle_gateway", "GAGGLE_GATEWAY_", 8080),
+    ServiceSpec("registry", "gaggle_registry", "GAGGLE_REGISTRY_", 8081),
+    ServiceSpec("artifacts", "gaggle_artifacts", "GAGGLE_ARTIFACTS_", 8082),
+    ServiceSpec("rollouts", "gaggle_rollouts", "GAGGLE_ROLLOUTS_", 8083),
+)
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Stack:
+    """The running stack and how to stop it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.nats: NatsProcess | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start_infrastructure(self) -> dict[str, str]:
+        """NATS and PostgreSQL (embedded unless given); returns the environment for services."""
+        env: dict[str, str] = {}
+        nats_url = os.environ.get("GAGGLE_NATS_URL")
+        if not nats_url:
+            port = int(os.environ.get("GAGGLE_STACK_NATS_PORT", DEFAULT_NATS_PORT))
+            self.nats = NatsProcess(self.data_dir / "nats", port, self.data_dir / "nats.log")
+            self.nats.start()
+            nats_url = self.nats.url
+        env["GAGGLE_NATS_URL"] = nats_url
+
+        db_url = os.environ.get("GAGGLE_DATABASE_URL") or os.environ.get("DATABASE_URL")
+        if not db_url:
+            self.postgres = EmbeddedPostgres(self.data_dir / "pg")
+            db_url = with_database(self.postgres.start(), "gaggle")
+        asyncio.run(ensure_database(db_url))
+        env["GAGGLE_DATABASE_URL"] = db_url
+        objects = self.data_dir / "objects"
+        objects.mkdir(parents=True, exist_ok=True)
+        env.setdefault("GAGGLE_STORAGE_DIR", str(objects))
+        return env
+
+    def start_services(self, env: dict[str, str]) -> None:
+        """Start the four services with ``env`` added to ours."""
+        full = {**os.environ, **env}
+        for spec in SERVICES:
+            full.setdefault(f"{spec.env_prefix}PORT", str(spec.port))
+            self.children[spec.name] = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", spec.module], env=full
+            )
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until every service answers ``/readyz`` with 200."""
+        deadline = time.monotonic() + timeout
+        pending = {s.name: s for s in SERVICES}
+        while pending and time.monotonic() < deadline:
+            for name, spec in list(pending.items()):
+                proc = self.children[name]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode} while starting")
+                if _ready(spec.port):
+                    del pending[name]
+            time.sleep(0.1)
+        if pending:
+            raise RuntimeError(f"not ready after {timeout:.0f} s: {', '.join(pending)}")
+
+    def stop(self) -> None:
+        """Services first (they drain), then NATS, then PostgreSQL."""
+        for proc in self.children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.children.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.nats:
+            self.nats.stop()
+        if self.postgres:
+            self.postgres.stop()
+
+
+def main() -> None:
+    """Start the stack, print its URLs, and keep it up until Ctrl-C or SIGTERM."""
+    started = time.monotonic()
+    data_dir = Path(os.environ.get("GAGGLE_DATA_DIR", ".gaggle")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(data_dir)
+    stopping = False
+
+    def _stop(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    code = 0
+    try:
+        env = stack.start_infrastructure()
+        stack.start_services(env)
+        stack.wait_ready(float(os.environ.get("GAGGLE_STACK_READY_TIMEOUT", "60")))
+        _say(f"\nGaggle is up in {time.monotonic() - started:.1f} s (data in {data_dir})")
+        for spec in SERVICES:
+            _say(f"  {spec.name:<10} http://127.0.0.1:{spec.port}")
+        _say(f"  {'nats':<10} {env['GAGGLE_NATS_URL']}")
+        _say(
+            "Devices poll the gateway: http://127.0.0.1:"
+            f"{SERVICES[0].port}/DEFAULT/controller/v1/<controller-id>"
+        )
+        _say("Press Ctrl-C to stop.")
+        while not stopping:
+            for name, proc in stack.children.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}")
+            time.sleep(0.2)
+    except RuntimeError as exc:
+        _say(f"gaggle-stack: {exc}")
+        code = 1
+    finally:
+        _say("Stopping Gaggle ...")
+        stack.stop()
+        _say("Stopped.")
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Gaggle artifacts: .swu images in S3-compatible storage, parsed and served."""

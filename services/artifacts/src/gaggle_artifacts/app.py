@@ -1,0 +1,43 @@
+"""Artifacts wiring: the only place that builds and connects the parts."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from gaggle_artifacts.handlers import SERVICE, make_router
+from gaggle_artifacts.repository import Repo
+from gaggle_artifacts.routes import make_routes
+from gaggle_artifacts.settings import ArtifactsSettings
+from gaggle_contracts.settings import CommonSettings
+from gaggle_runtime.outbox import Outbox
+from gaggle_runtime.service import Service
+from gaggle_storage import S3Store, StorageSettings, open_store
+
+SCHEMA = "artifacts"
+
+
+def build_app(
+    common: CommonSettings, settings: ArtifactsSettings, storage: StorageSettings | None = None
+) -> FastAPI:
+    """The artifacts service: image uploads and the catalogue, in one process."""
+    storage = storage or StorageSettings()
+    store = open_store(storage)
+    service = Service(
+        SERVICE, common, schema=SCHEMA, migrations_package="gaggle_artifacts.migrations"
+    )
+    repo = Repo(service.db, Outbox(SCHEMA))
+
+    async def ensure_bucket() -> None:
+        if isinstance(store, S3Store):
+            await store.ensure_bucket()
+
+    service.on_start.append(ensure_bucket)
+    service.broker.include_router(make_router(repo, common))
+    app = service.app(
+        title="Gaggle artifacts",
+        description="SWUpdate images: upload, parse, store in S3-compatible storage, serve.",
+    )
+    app.include_router(make_routes(repo, store, settings, storage))
+    app.state.service = service
+    app.state.store = store
+    return app

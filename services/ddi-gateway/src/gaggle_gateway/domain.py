@@ -1,0 +1,233 @@
+"""Gateway rules without I/O: who may poll, and what a poll answers.
+
+Authentication follows hawkBit's tenant switches (ddi-api.md §1): ``TargetToken`` (the device's
+own token, compared as a SHA-256 hash in constant time), ``GatewayToken`` (tenant-wide), and, as
+in gooseBit's embedded default, anonymous polls. A refusal never says whether the device exists.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Literal
+from urllib.parse import quote
+
+from gaggle_contracts.kv import (
+    ArtifactDoc,
+    ChunkDoc,
+    DeploymentDoc,
+    DeploymentEntry,
+    DeviceEntry,
+    InstalledAction,
+    OpenAction,
+    TenantConfig,
+    token_hash,
+)
+
+
+def _matches(token: str, stored_hash: str | None) -> bool:
+    return stored_hash is not None and hmac.compare_digest(token_hash(token), stored_hash)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the ``Authorization`` header presented."""
+
+    scheme: Literal["none", "target", "gateway"]
+    token: str = ""
+
+
+NO_CREDENTIALS = Credentials("none")
+
+
+def parse_authorization(header: str | None) -> Credentials | None:
+    """Read ``TargetToken <t>`` / ``GatewayToken <t>``; None when the header is unusable.
+
+    An empty ``TargetToken`` (rauc-hawkbit sends ``"TargetToken "`` when it has none) counts as
+    no credentials at all.
+    """
+    if header is None or not header.strip():
+        return NO_CREDENTIALS
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    kind = scheme.lower()
+    if kind == "targettoken":
+        return Credentials("target", token) if token else NO_CREDENTIALS
+    if kind == "gatewaytoken" and token:
+        return Credentials("gateway", token)
+    return None
+
+
+class Access(Enum):
+    """Outcome of an authorisation check."""
+
+    ALLOW = "allow"
+    REGISTER = "register"
+    """Unknown device that may be registered by this request."""
+    UNKNOWN = "unknown"
+    """Credentials fine, but no such device (404 outside the poll)."""
+    DENY = "deny"
+
+
+def authorize(
+    creds: Credentials | None,
+    tenant: TenantConfig,
+    device: DeviceEntry | None,
+    *,
+    may_register: bool,
+) -> Access:
+    """Decide whether a request of ``device`` (None: unknown) with ``creds`` is let in.
+
+    ``may_register`` is true for the requests that auto-register (the base poll and
+    ``GET …/confirmationBase``).
+    """
+    if creds is None:
+        return Access.DENY
+    if creds.scheme == "gateway":
+        if not _matches(creds.token, tenant.gateway_token_hash):
+            return Access.DENY
+        if device is not None:
+            return Access.ALLOW
+        return Access.REGISTER if may_register else Access.UNKNOWN
+    if creds.scheme == "target":
+        if not tenant.target_token:
+            return Access.DENY
+        if device is None:
+            if tenant.anonymous:
+                return _unknown(tenant, may_register)
+            return Access.DENY
+        if _matches(creds.token, device.token_hash):
+            return Access.ALLOW
+        return Access.ALLOW if device.token_hash is None and tenant.anonymous else Access.DENY
+    # No credentials.
+    if not tenant.anonymous:
+        return Access.DENY
+    if device is None:
+        return _unknown(tenant, may_register)
+    return Access.ALLOW if device.token_hash is None else Access.DENY
+
+
+def _unknown(tenant: TenantConfig, may_register: bool) -> Access:
+    if may_register and tenant.auto_register:
+        return Access.REGISTER
+    return Access.UNKNOWN if not may_register else Access.DENY
+
+
+def poll_body(
+    base: str,
+    tenant: TenantConfig,
+    device: DeviceEntry | None,
+    deployment: DeploymentEntry | None,
+) -> dict[str, Any]:
+    """The base poll answer. ``base`` is the absolute ``…/controller/v1/{id}`` URL.
+
+    ``_links`` is always present (rauc-hawkbit indexes it); at most one of confirmationBase,
+    cancelAction and deploymentBase; deploymentBase and confirmationBase carry ``?c=``.
+    """
+    links: dict[str, dict[str, str]] = {}
+    sleep = tenant.polling_sleep
+    if deployment is not None:
+        action = deployment.open
+        if action is not None:
+            if action.state == "deployment":
+                links["deploymentBase"] = {
+                    "href": f"{base}/deploymentBase/{action.action_id}?c={action.c}"
+                }
+            elif action.state == "canceling":
+                links["cancelAction"] = {"href": f"{base}/cancelAction/{action.action_id}"}
+            else:
+                links["confirmationBase"] = {
+                    "href": f"{base}/confirmationBase/{action.action_id}?c={action.c}"
+                }
+            sleep = tenant.polling_sleep_open_action or sleep
+        if deployment.installed is not None:
+            links["installedBase"] = {
+                "href": f"{base}/installedBase/{deployment.installed.action_id}"
+            }
+    if device is None or device.config_requested:
+        links["configData"] = {"href": f"{base}/configData"}
+    return {"config": {"polling": {"sleep": sleep}}, "_links": links}
+
+
+MAX_HISTORY = 100
+"""hawkBit caps ``actionHistory`` at 100 messages."""
+
+
+def artifact_json(base: str, module_id: str, artifact: ArtifactDoc) -> dict[str, Any]:
+    """One artifact: all three hashes (each client checks another), both download rels.
+
+    Clients prefer ``download``; SWUpdate without TLS needs ``download-http``: both point to the
+    same URL. External software links straight to its URL.
+    """
+    own = f"{base}/softwaremodules/{module_id}/artifacts/{quote(artifact.filename, safe='')}"
+    href = artifact.external_url or own
+    return {
+        "filename": artifact.filename,
+        "hashes": {"sha1": artifact.sha1, "md5": artifact.md5, "sha256": artifact.sha256},
+        "size": artifact.size,
+        "_links": {
+            "download": {"href": href},
+            "download-http": {"href": href},
+            "md5sum": {"href": f"{own}.MD5SUM"},
+            "md5sum-http": {"href": f"{own}.MD5SUM"},
+        },
+    }
+
+
+def chunk_json(base: str, chunk: ChunkDoc) -> dict[str, Any]:
+    """One chunk (software module); ``metadata`` only when there is some."""
+    body: dict[str, Any] = {"part": chunk.part, "version": chunk.version, "name": chunk.name}
+    if chunk.metadata:
+        body["metadata"] = chunk.metadata
+    body["artifacts"] = [artifact_json(base, chunk.module_id, a) for a in chunk.artifacts]
+    return body
+
+
+def deployment_json(base: str, doc: DeploymentDoc) -> dict[str, Any]:
+    """``download``, ``update``, ``maintenanceWindow`` (only when there is one) and ``chunks``."""
+    body: dict[str, Any] = {"download": doc.download, "update": doc.update}
+    if doc.maintenance_window is not None:
+        body["maintenanceWindow"] = doc.maintenance_window
+    body["chunks"] = [chunk_json(base, c) for c in doc.chunks]
+    return body
+
+
+def history_count(raw: str | None) -> int:
+    """``actionHistory`` query: absent or 0 none, n > 0 the last n, < 0 the most (capped)."""
+    if raw is None or raw == "":
+        return 0
+    try:
+        n = int(raw)
+    except ValueError:
+        return 0
+    return MAX_HISTORY if n < 0 else min(n, MAX_HISTORY)
+
+
+def action_json(
+    base: str, action: OpenAction | InstalledAction, section: str, history: int
+) -> dict[str, Any]:
+    """A deploymentBase, installedBase or confirmationBase body: ``id``, section, history."""
+    body: dict[str, Any] = {
+        "id": action.action_id,
+        section: deployment_json(base, action.deployment),
+    }
+    if history and isinstance(action, OpenAction) and action.history:
+        body["actionHistory"] = {
+            "status": action.history_status,
+            "messages": action.history[:history],
+        }
+    return body
+
+
+def find_module(entry: DeploymentEntry | None, module_id: str) -> ChunkDoc | None:
+    """The chunk ``module_id`` of the device's open or installed action (hawkBit's access rule)."""
+    if entry is None:
+        return None
+    for action in (entry.open, entry.installed):
+        if action is None:
+            continue
+        for chunk in action.deployment.chunks:
+            if chunk.module_id == module_id:
+                return chunk
+    return None

@@ -1,0 +1,133 @@
+"""Gateway errors, answered in hawkBit's error shape; a device never sees a 500 for its input.
+
+DdiError
+├── Unauthorized        401, empty body (hawkBit sends none)
+├── BadRequest          400 malformed JSON, unknown enum values, odd ids
+├── NotFound            404 unknown device, action or module
+├── NotAllowed          405 cancel feedback for an action not being canceled
+├── Conflict            409 auto-confirmation already active
+├── Gone                410 feedback for a closed action
+├── PreconditionFailed  412 If-Match names another artifact version
+├── PayloadTooLarge     413 body over the gateway's limit
+└── Unavailable         503 the bus did not acknowledge; the device retries
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class DdiError(Exception):
+    """Base: an HTTP status, a hawkBit error code and a message for the device's log."""
+
+    status = 400
+    code = "hawkbit.server.error.rest.param.invalid"
+
+    def __init__(self, message: str, **info: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.info = info
+
+    def response(self) -> Response:
+        """The JSON answer."""
+        body: dict[str, Any] = {
+            "exceptionClass": type(self).__name__,
+            "errorCode": self.code,
+            "message": self.message,
+        }
+        if self.info:
+            body["info"] = self.info
+        return Response(orjson.dumps(body), status_code=self.status, media_type="application/json")
+
+
+class Unauthorized(DdiError):
+    """Missing or wrong credentials; says nothing about whether the device exists."""
+
+    status = 401
+    code = "hawkbit.server.error.unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("authentication required")
+
+    def response(self) -> Response:
+        """HawkBit answers 401 with an empty body."""
+        return Response(status_code=401)
+
+
+class BadRequest(DdiError):
+    """The request is malformed."""
+
+
+class NotFound(DdiError):
+    """No such device, action, module or artifact."""
+
+    status = 404
+    code = "hawkbit.server.error.repo.entityNotFound"
+
+
+class Gone(DdiError):
+    """The action is closed; feedback for it is no longer taken."""
+
+    status = 410
+    code = "hawkbit.server.error.action.closed"
+
+
+class NotAllowed(DdiError):
+    """The action is not in a state that takes this request (cancel feedback while running)."""
+
+    status = 405
+    code = "hawkbit.server.error.action.notCanceling"
+
+
+class Conflict(DdiError):
+    """Auto-confirmation is already active."""
+
+    status = 409
+    code = "hawkbit.server.error.autoConfirmAlreadyActive"
+
+
+class PreconditionFailed(DdiError):
+    """``If-Match`` names another version of the artifact."""
+
+    status = 412
+    code = "hawkbit.server.error.precondition"
+
+
+class PayloadTooLarge(DdiError):
+    """The body is larger than the gateway takes for this request."""
+
+    status = 413
+    code = "hawkbit.server.error.quota.payloadTooLarge"
+
+
+class Unavailable(DdiError):
+    """The event bus did not take the report; the device should retry."""
+
+    status = 503
+    code = "hawkbit.server.error.unavailable"
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map gateway errors, validation errors and stray HTTP errors to hawkBit-shaped JSON."""
+
+    @app.exception_handler(DdiError)
+    async def _ddi(_: Request, exc: DdiError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        return BadRequest(f"invalid {loc}: {first.get('msg', 'invalid')}").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        err = NotFound(str(exc.detail)) if exc.status_code == 404 else DdiError(str(exc.detail))
+        err.status = exc.status_code
+        return err.response()

@@ -1,0 +1,587 @@
+"""DDI routes: ``/{tenant}/controller/v1/{controllerId}/…``, answered from the KV mirror.
+
+Reads (poll, deploymentBase, cancelAction, installedBase, confirmationBase, artifacts) cost a
+dictionary look-up and a JSON render; reports (configData, feedback) are answered 200 only after
+JetStream acknowledged the event, else 503 so the device retries. See ddi-api.md for each rule.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, ValidationError
+from starlette.types import Scope
+
+from gaggle_contracts import names
+from gaggle_contracts.ddi import (
+    AutoConfirmBody,
+    ConfigDataBody,
+    ConfirmationFeedbackBody,
+    FeedbackBody,
+)
+from gaggle_contracts.events import (
+    ActionFeedback,
+    AutoConfirmChanged,
+    CancelFeedback,
+    ConfirmationFeedback,
+    DeviceConfigReported,
+    Event,
+)
+from gaggle_contracts.kv import DeploymentEntry, DeviceEntry, OpenAction, TenantConfig
+from gaggle_gateway.domain import (
+    Access,
+    action_json,
+    artifact_json,
+    authorize,
+    find_module,
+    history_count,
+    parse_authorization,
+    poll_body,
+)
+from gaggle_gateway.downloads import serve_artifact
+from gaggle_gateway.errors import (
+    BadRequest,
+    Conflict,
+    Gone,
+    NotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from gaggle_gateway.mirror import Mirror
+from gaggle_gateway.reporting import DeviceReporter
+from gaggle_gateway.settings import GatewaySettings
+from gaggle_runtime.bus import publish_event
+from gaggle_storage import ObjectStore, StorageSettings
+
+HAL_JSON = "application/hal+json"
+PENDING_DEVICE = DeviceEntry(config_requested=False)
+ACTION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+BASE = "/{tenant}/controller/v1/{controller_id}"
+
+AuthHeader = Annotated[str | None, Header(include_in_schema=False)]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a request came from and how the device addressed us (for absolute links)."""
+
+    scheme: str
+    host: str
+    address: str | None
+
+    @classmethod
+    def of(cls, scope: Scope) -> Origin:
+        """Read the origin from an ASGI scope, honouring ``X-Forwarded-Proto/-Host/-For``."""
+        host = proto = fwd_host = fwd_for = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value.decode("latin-1")
+            elif name == b"x-forwarded-proto":
+                proto = value.decode("latin-1")
+            elif name == b"x-forwarded-host":
+                fwd_host = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                fwd_for = value.decode("latin-1")
+        if fwd_host or not host:
+            server = scope.get("server") or ("localhost", 80)
+            host = (fwd_host or f"{server[0]}:{server[1]}").split(",", 1)[0].strip()
+        scheme = (proto or scope.get("scheme", "http")).split(",", 1)[0].strip()
+        address = fwd_for.split(",", 1)[0].strip() if fwd_for else None
+        if not address:
+            client = scope.get("client")
+            address = client[0] if client else None
+        return cls(scheme, host, address)
+
+    def base(self, tenant: str, controller_id: str) -> str:
+        """Absolute ``…/{tenant}/controller/v1/{id}``."""
+        return f"{self.scheme}://{self.host}/{tenant}/controller/v1/{controller_id}"
+
+
+def authorization_of(scope: Scope) -> str | None:
+    """The ``Authorization`` header of an ASGI scope."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return str(value.decode("latin-1"))
+    return None
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """HAL JSON, rendered with orjson."""
+    return Response(orjson.dumps(body), status_code=status, media_type=HAL_JSON)
+
+
+class InstalledBody(BaseModel):
+    """``PUT …/installedBase``: the software the device already runs."""
+
+    name: str = Field(min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=128)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authorised request of one device."""
+
+    tenant: str
+    """Normalised (lower-case) tenant."""
+    config: TenantConfig
+    key: str
+    device: DeviceEntry | None
+    base: str
+    """Absolute base URL, with the tenant as the device wrote it."""
+
+    def deployment(self, mirror: Mirror) -> DeploymentEntry | None:
+        """The device's entry in KV ``deployments``."""
+        return mirror.deployments.values.get(self.key)
+
+
+class Gateway:
+    """The state every DDI route answers from, and the checks they share."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        mirror: Mirror,
+        reporter: DeviceReporter,
+        store: ObjectStore,
+        storage: StorageSettings,
+        publish: Any,
+    ) -> None:
+        self.settings = settings
+        self.mirror = mirror
+        self.reporter = reporter
+        self.store = store
+        self.storage = storage
+        self.publish_event = publish
+        self.default_tenant = settings.default_tenant_config()
+
+    def tenant_config(self, tenant: str) -> TenantConfig:
+        """The tenant's configuration from KV, else the defaults."""
+        return self.mirror.tenants.values.get(tenant, self.default_tenant)
+
+    def caller(
+        self,
+        origin: Origin | Request,
+        tenant_raw: str,
+        controller_id: str,
+        authorization: str | None,
+        *,
+        may_register: bool = False,
+    ) -> Caller:
+        """Validate the path, authenticate, note the sighting.
+
+        Raises:
+            BadRequest: odd tenant or controller id.
+            Unauthorized: credentials missing or wrong (whether or not the device exists).
+            NotFound: credentials fine but no such device, where this request does not register.
+        """
+        try:
+            tenant = names.normalize_tenant(tenant_raw)
+            names.check_controller_id(controller_id)
+        except names.InvalidNameError as exc:
+            raise BadRequest(str(exc)) from exc
+        config = self.tenant_config(tenant)
+        key = names.kv_key(tenant, controller_id)
+        device = self.mirror.devices.values.get(key)
+        creds = parse_authorization(authorization)
+        access = authorize(creds, config, device, may_register=may_register)
+        if access is Access.UNKNOWN and key in self.mirror.deployments.values:
+            # Rollouts already addresses this device and the registry's entry is on its way
+            # (its first poll was moments ago): known, without a token of its own.
+            access = authorize(creds, config, PENDING_DEVICE, may_register=False)
+        if access is Access.DENY:
+            raise Unauthorized()
+        if access is Access.UNKNOWN:
+            raise NotFound(f"target {controller_id!r} not found")
+        if isinstance(origin, Request):
+            origin = Origin.of(origin.scope)
+        if access is Access.REGISTER:
+            self.reporter.discovered(tenant, controller_id, origin.address)
+        else:
+            self.reporter.seen(tenant, controller_id, origin.address)
+        return Caller(tenant, config, key, device, origin.base(tenant_raw, controller_id))
+
+    def poll(
+        self, origin: Origin, tenant: str, controller_id: str, authorization: str | None
+    ) -> bytes:
+        """The base poll answer, rendered.
+
+        Raises:
+            DdiError: as :meth:`caller`.
+        """
+        caller = self.caller(origin, tenant, controller_id, authorization, may_register=True)
+        entry = caller.deployment(self.mirror)
+        return orjson.dumps(poll_body(caller.base, caller.config, caller.device, entry))
+
+    async def publish(self, event: Event) -> None:
+        """Publish and wait for JetStream's ack.
+
+        Raises:
+            Unavailable: the bus did not acknowledge; the device should retry.
+        """
+        try:
+            await self.publish_event(event)
+        except Exception as exc:
+            raise Unavailable("event bus unavailable; retry later") from exc
+
+
+def open_action(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
+    """The device's open action with this id.
+
+    Raises:
+        NotFound: malformed id, or not the device's open action.
+    """
+    if not ACTION_ID_RE.match(action_id):
+        raise NotFound(f"action {action_id!r} not found")
+    entry = caller.deployment(gw.mirror)
+    if entry is None or entry.open is None or entry.open.action_id != action_id:
+        raise NotFound(f"action {action_id!r} not found")
+    return entry.open
+
+
+def check_feedback_target(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
+    """The open action a feedback is for; closed ones are 410 Gone, unknown ones 404."""
+    entry = caller.deployment(gw.mirror)
+    if entry is not None and (entry.open is None or entry.open.action_id != action_id):
+        closed = set(entry.closed)
+        if entry.installed is not None:
+            closed.add(entry.installed.action_id)
+        if action_id in closed:
+            raise Gone(f"action {action_id!r} is closed")
+    return open_action(caller, gw, action_id)
+
+
+async def read_body(request: Request, model: type[BaseModel], limit: int) -> Any:
+    """Read at most ``limit`` bytes of JSON and validate it; unknown fields are ignored.
+
+    Raises:
+        PayloadTooLarge: the body is larger than ``limit``.
+        BadRequest: not JSON, or not the expected shape (the message names the field).
+    """
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body larger than {limit} bytes")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise PayloadTooLarge(f"body larger than {limit} bytes")
+    try:
+        raw = orjson.loads(data) if data.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequest(f"invalid {loc}: {first['msg']}") from exc
+
+
+def make_routes(gw: Gateway) -> APIRouter:
+    """The DDI router bound to ``gw``."""
+    api = APIRouter(tags=["DDI"])
+    limits = gw.settings
+
+    async def report_feedback(
+        request: Request,
+        caller: Caller,
+        controller_id: str,
+        action_id: str,
+        kind: type[ActionFeedback] | type[CancelFeedback],
+    ) -> Response:
+        """Validate a feedback body and answer 200 once JetStream has the event."""
+        body: FeedbackBody = await read_body(request, FeedbackBody, limits.max_feedback_bytes)
+        await gw.publish(
+            kind(
+                tenant=caller.tenant,
+                controller_id=controller_id,
+                action_id=action_id,
+                status=body.to_status(),
+                device_time=body.device_time(),
+            )
+        )
+        return Response(status_code=200)
+
+    @api.get(BASE, summary="Base poll: what the device should do next")
+    async def poll(
+        tenant: str, controller_id: str, request: Request, authorization: AuthHeader = None
+    ) -> Response:
+        # Normally answered by the fast lane in front of the app (fastlane.py); kept here for
+        # the OpenAPI document and for any server that mounts the app without it.
+        body = gw.poll(Origin.of(request.scope), tenant, controller_id, authorization)
+        return Response(body, media_type=HAL_JSON)
+
+    @api.put(BASE + "/configData", summary="Report the device's attributes")
+    async def config_data(
+        tenant: str, controller_id: str, request: Request, authorization: AuthHeader = None
+    ) -> Response:
+        # A device may PUT its attributes before the registry has caught up with its first
+        # poll, so this request may register too.
+        caller = gw.caller(request, tenant, controller_id, authorization, may_register=True)
+        body: ConfigDataBody = await read_body(request, ConfigDataBody, limits.max_body_bytes)
+        await gw.publish(
+            DeviceConfigReported(
+                tenant=caller.tenant,
+                controller_id=controller_id,
+                mode=body.effective_mode,
+                data=body.data,
+            )
+        )
+        return Response(status_code=200)
+
+    @api.get(BASE + "/deploymentBase/{action_id}", summary="The open deployment")
+    async def deployment_base(
+        tenant: str,
+        controller_id: str,
+        action_id: str,
+        request: Request,
+        authorization: AuthHeader = None,
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization)
+        action = open_action(caller, gw, action_id)
+        if action.state != "deployment":
+            raise NotFound(f"action {action_id!r} is not offered for deployment")
+        history = history_count(request.query_params.get("actionHistory"))
+        return json_response(action_json(caller.base, action, "deployment", history))
+
+    @api.post(BASE + "/deploymentBase/{action_id}/feedback", summary="Report progress or result")
+    async def deployment_feedback(
+        tenant: str,
+        controller_id: str,
+        action_id: str,
+        request: Request,
+        authorization: AuthHeader = None,
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization)
+        action = check_feedback_target(caller, gw, action_id)
+        if action.state == "wait_for_confirmation":
+            raise NotFound(f"action {action_id!r} awaits confirmation")
+        return await report_feedback(request, caller, controller_id, action_id, ActionFeedback)
+
+    @api.get(BASE + "/cancelAction/{action_id}", summary="The cancel request for an action")
+    async def cancel_action(
+        tenant: str,
+        controller_id: str,
+        action_id: str,
+        request: Request,
+        authorization: AuthHeader = None,
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization)
+        action = open_action(caller, gw, action_id)
+        if action.state != "canceling":
+            raise NotFound(f"action {action_id!r} is not being canceled")
+        return json_response({"id": action_id, "cancelAction": {"stopId": action_id}})
+
+    @api.post(BASE + "/cancelAction/{action_id}/feedback", summary="Acknowledge or reject a cancel")
+    async def cancel_feedback(
+        tenant: str,
+        controller_id: str,
+        action_id: str,
+        request: Request,
+        authorization: AuthHeader = None,
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization)
+        action = check_feedback_target(caller, gw, action_id)
+        if action.state != "canceling":
+            raise NotAllowed(f"action {action_id!r} is not being canceled")
+        return await report_feedback(request, caller, controller_id, action_id, CancelFeedback)
+
+    @api.get(BASE + "/installedBase/{action_id}", summary="The last finished deployment")
+    async def installed_base(
+        tenant: str,
+        controller_id: str,
+        action_id: str,
+        request: Request,
+        authorization: AuthHeader = None,
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization)
+        entry = caller.deployment(gw.mirror)
+        if entry is None or entry.installed is None or entry.installed.action_id != action_id:
+            raise NotFound(f"no finished action {action_id!r}")
+        history = history_count(request.query_params.get("actionHistory"))
+        return json_response(action_json(caller.base, entry.installed, "deployment", history))
+
+    @api.put(BASE + "/installedBase", summary="Declare the software already running (experimental)")
+    async def declare_installed(
+        tenant: str, controller_id: str, request: Request, authorization: AuthHeader = None
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization)
+        body: InstalledBody = await read_body(request, InstalledBody, limits.max_body_bytes)
+        # Recorded as the device's reported software: the registry keeps sw_version current.
+        await gw.publish(
+            DeviceConfigReported(
+                tenant=caller.tenant,
+                controller_id=controller_id,
+                mode="merge",
+                data={"sw_version": body.version, "sw_name": body.name},
+            )
+        )
+        return Response(status_code=200)
+
+    @api.get(BASE + "/confirmationBase", summary="Auto-confirmation state")
+    async def confirmation_base(
+        tenant: str, controller_id: str, request: Request, authorization: AuthHeader = None
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization, may_register=True)
+        entry = caller.deployment(gw.mirror)
+        active = bool(entry and entry.auto_confirm)
+        links: dict[str, dict[str, str]] = {}
+        base = caller.base + "/confirmationBase"
+        if active:
+            links["deactivateAutoConfirm"] = {"href": f"{base}/deactivateAutoConfirm"}
+        else:
+            links["activateAutoConfirm"] = {"href": f"{base}/activateAutoConfirm"}
+        if entry and entry.open and entry.open.state == "wait_for_confirmation":
+            links["confirmationBase"] = {"href": f"{base}/{entry.open.action_id}?c={entry.open.c}"}
+        return json_response({"autoConfirm": {"active": active}, "_links": links})
+
+    @api.get(BASE + "/confirmationBase/{action_id}", summary="An action awaiting confirmation")
+    async def confirmation_action(
+        tenant: str,
+        controller_id: str,
+        action_id: str,
+        request: Request,
+        authorization: AuthHeader = None,
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization)
+        action = open_action(caller, gw, action_id)
+        if action.state != "wait_for_confirmation":
+            raise NotFound(f"action {action_id!r} does not await confirmation")
+        history = history_count(request.query_params.get("actionHistory"))
+        return json_response(action_json(caller.base, action, "confirmation", history))
+
+    @api.post(BASE + "/confirmationBase/{action_id}/feedback", summary="Confirm or deny an action")
+    async def confirmation_feedback(
+        tenant: str,
+        controller_id: str,
+        action_id: str,
+        request: Request,
+        authorization: AuthHeader = None,
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization)
+        action = check_feedback_target(caller, gw, action_id)
+        if action.state != "wait_for_confirmation":
+            raise NotFound(f"action {action_id!r} does not await confirmation")
+        body: ConfirmationFeedbackBody = await read_body(
+            request, ConfirmationFeedbackBody, limits.max_feedback_bytes
+        )
+        await gw.publish(
+            ConfirmationFeedback(
+                tenant=caller.tenant,
+                controller_id=controller_id,
+                action_id=action_id,
+                confirmation=body.confirmation,
+                code=body.code,
+                details=body.details,
+            )
+        )
+        return Response(status_code=200)
+
+    async def set_auto_confirm(
+        request: Request,
+        tenant: str,
+        controller_id: str,
+        authorization: str | None,
+        *,
+        active: bool,
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization)
+        entry = caller.deployment(gw.mirror)
+        if active and entry is not None and entry.auto_confirm:
+            raise Conflict("auto-confirmation is already active")
+        body = AutoConfirmBody()
+        if active:
+            body = await read_body(request, AutoConfirmBody, limits.max_body_bytes)
+        await gw.publish(
+            AutoConfirmChanged(
+                tenant=caller.tenant,
+                controller_id=controller_id,
+                active=active,
+                initiator=body.initiator,
+                remark=body.remark,
+            )
+        )
+        return Response(status_code=200)
+
+    @api.post(BASE + "/confirmationBase/activateAutoConfirm", summary="Confirm future actions")
+    async def activate_auto_confirm(
+        tenant: str, controller_id: str, request: Request, authorization: AuthHeader = None
+    ) -> Response:
+        return await set_auto_confirm(request, tenant, controller_id, authorization, active=True)
+
+    @api.post(BASE + "/confirmationBase/deactivateAutoConfirm", summary="Stop auto-confirming")
+    async def deactivate_auto_confirm(
+        tenant: str, controller_id: str, request: Request, authorization: AuthHeader = None
+    ) -> Response:
+        return await set_auto_confirm(request, tenant, controller_id, authorization, active=False)
+
+    @api.get(BASE + "/softwaremodules/{module_id}/artifacts", summary="A module's artifacts")
+    async def artifacts(
+        tenant: str,
+        controller_id: str,
+        module_id: str,
+        request: Request,
+        authorization: AuthHeader = None,
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization)
+        chunk = find_module(caller.deployment(gw.mirror), module_id)
+        if chunk is None:
+            raise NotFound(f"software module {module_id!r} not assigned to this target")
+        return json_response([artifact_json(caller.base, module_id, a) for a in chunk.artifacts])
+
+    @api.api_route(
+        BASE + "/softwaremodules/{module_id}/artifacts/{filename}",
+        methods=["GET", "HEAD"],
+        summary="Download an artifact (Range, If-Range, If-Match) or its .MD5SUM",
+    )
+    async def download(
+        tenant: str,
+        controller_id: str,
+        module_id: str,
+        filename: str,
+        request: Request,
+        authorization: AuthHeader = None,
+    ) -> Response:
+        caller = gw.caller(request, tenant, controller_id, authorization)
+        chunk = find_module(caller.deployment(gw.mirror), module_id)
+        if chunk is None:
+            raise NotFound(f"software module {module_id!r} not assigned to this target")
+        by_name = {a.filename: a for a in chunk.artifacts}
+        artifact = by_name.get(filename)
+        if artifact is None and filename.endswith(".MD5SUM"):
+            artifact = by_name.get(filename[: -len(".MD5SUM")])
+            if artifact is not None:
+                return Response(
+                    f"{artifact.md5}  {artifact.filename}",
+                    media_type="text/plain",
+                    headers={
+                        "Content-Disposition": f"attachment;filename={artifact.filename}.MD5SUM"
+                    },
+                )
+        if artifact is None:
+            raise NotFound(f"artifact {filename!r} not found")
+        return await serve_artifact(
+            request,
+            gw.store,
+            artifact,
+            presign=gw.storage.presign,
+            presign_expiry_s=gw.storage.presign_expiry_s,
+        )
+
+    return api
+
+
+def make_publisher(broker: Any, timeout: float) -> Any:
+    """``publish(event)`` over ``broker`` with a bounded wait for the ack."""
+
+    async def publish(event: Event) -> None:
+        await publish_event(broker, event, timeout=timeout)
+
+    return publish

@@ -1,0 +1,43 @@
+"""Gateway settings, from ``GAGGLE_GATEWAY_*``."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gaggle_contracts.kv import TenantConfig
+
+
+class GatewaySettings(BaseSettings):
+    """Where the gateway listens and what a tenant without its own configuration gets."""
+
+    model_config = SettingsConfigDict(env_prefix="GAGGLE_GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = Field(1, ge=1, le=64)
+    """Worker processes sharing the port; each keeps its own mirror of the KV buckets."""
+    polling_sleep: str = Field("00:01:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$")
+    """Default polling interval for tenants without a configuration in KV ``tenants``."""
+    anonymous: bool = True
+    """Default: accept polls without credentials (embedded default, like gooseBit)."""
+    auto_register: bool = True
+    """Default: register unknown controller ids on their first poll."""
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    """Largest configData (and other small JSON) body taken."""
+    max_feedback_bytes: int = Field(512 * 1024, ge=1024)
+    """Largest feedback body taken (SWUpdate uploads ~50 log lines per feedback)."""
+    publish_timeout_s: float = Field(3.0, gt=0)
+    """How long a device report waits for JetStream's ack before it is answered 503."""
+    seen_flush_s: float = Field(1.0, gt=0)
+    """How often batched ``device.seen`` sightings are published."""
+    rediscover_after_s: float = Field(30.0, gt=0)
+    """An unknown device that still polls is announced again after this long."""
+
+    def default_tenant_config(self) -> TenantConfig:
+        """The configuration of a tenant that has none in KV."""
+        return TenantConfig(
+            polling_sleep=self.polling_sleep,
+            anonymous=self.anonymous,
+            auto_register=self.auto_register,
+        )

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import pytest
+
+from gaggle_contracts.kv import (
+    ChunkDoc,
+    DeploymentDoc,
+    DeploymentEntry,
+    DeviceEntry,
+    InstalledAction,
+    OpenAction,
+    TenantConfig,
+)
+from gaggle_gateway.domain import (
+    NO_CREDENTIALS,
+    Access,
+    Credentials,
+    authorize,
+    parse_authorization,
+    poll_body,
+    token_hash,
+)
+
+OPEN = TenantConfig(anonymous=True, auto_register=True)
+CLOSED = TenantConfig(anonymous=False, auto_register=False, gateway_token_hash=token_hash("gw"))
+TOKENED = DeviceEntry(token_hash=token_hash("secret"))
+PLAIN = DeviceEntry()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, NO_CREDENTIALS),
+        ("", NO_CREDENTIALS),
+        ("TargetToken ", NO_CREDENTIALS),  # rauc-hawkbit without a token
+        ("TargetToken abc", Credentials("target", "abc")),
+        ("targettoken  abc ", Credentials("target", "abc")),
+        ("GatewayToken g", Credentials("gateway", "g")),
+        ("GatewayToken ", None),
+        ("Bearer abc", None),
+        ("Basic dXNlcjpwYXNz", None),
+    ],
+)
+def test_authorization_header_is_read_like_hawkbit(
+    header: str | None, expected: Credentials | None
+) -> None:
+    assert parse_authorization(header) == expected
+
+
+@pytest.mark.parametrize(
+    ("creds", "tenant", "device", "may_register", "expected"),
+    [
+        # Embedded default: anonymous polls and auto-registration, like gooseBit.
+        (NO_CREDENTIALS, OPEN, None, True, Access.REGISTER),
+        (NO_CREDENTIALS, OPEN, PLAIN, True, Access.ALLOW),
+        (NO_CREDENTIALS, OPEN, None, False, Access.UNKNOWN),
+        # A device with a token must present it, even where anonymous polls are allowed.
+        (NO_CREDENTIALS, OPEN, TOKENED, True, Access.DENY),
+        (Credentials("target", "secret"), OPEN, TOKENED, True, Access.ALLOW),
+        (Credentials("target", "wrong"), OPEN, TOKENED, True, Access.DENY),
+        # Anonymous off: no credentials or an unknown device is 401, whether it exists or not.
+        (NO_CREDENTIALS, CLOSED, PLAIN, True, Access.DENY),
+        (NO_CREDENTIALS, CLOSED, None, True, Access.DENY),
+        (Credentials("target", "secret"), CLOSED, TOKENED, False, Access.ALLOW),
+        (Credentials("target", "secret"), CLOSED, None, True, Access.DENY),
+        (Credentials("target", "secret"), CLOSED, None, False, Access.DENY),
+        # Gateway token acts as any device and may register unknown ones on a poll.
+        (Credentials("gateway", "gw"), CLOSED, TOKENED, False, Access.ALLOW),
+        (Credentials("gateway", "gw"), CLOSED, None, True, Access.REGISTER),
+        (Credentials("gateway", "gw"), CLOSED, None, False, Access.UNKNOWN),
+        (Credentials("gateway", "nope"), CLOSED, TOKENED, True, Access.DENY),
+        (Credentials("gateway", "gw"), OPEN, PLAIN, True, Access.DENY),  # no gateway token set
+        # Auto-registration off: an unknown device polling is refused.
+        (NO_CREDENTIALS, TenantConfig(auto_register=False), None, True, Access.DENY),
+        # TargetToken switched off for the tenant.
+        (
+            Credentials("target", "secret"),
+            TenantConfig(target_token=False),
+            TOKENED,
+            True,
+            Access.DENY,
+        ),
+        (None, OPEN, PLAIN, True, Access.DENY),  # unusable header
+    ],
+)
+def test_authorize(
+    creds: Credentials | None,
+    tenant: TenantConfig,
+    device: DeviceEntry | None,
+    may_register: bool,
+    expected: Access,
+) -> None:
+    assert authorize(creds, tenant, device, may_register=may_register) is expected
+
+
+BASE = "http://gw/DEFAULT/controller/v1/dev-1"
+DOC = DeploymentDoc(chunks=[ChunkDoc(module_id="40", name="img", version="1.0", artifacts=[])])
+
+
+def test_poll_of_new_device_offers_config_data_and_always_has_links() -> None:
+    body = poll_body(BASE, OPEN, None, None)
+    assert body == {
+        "config": {"polling": {"sleep": "00:01:00"}},
+        "_links": {"configData": {"href": f"{BASE}/configData"}},
+    }
+    assert poll_body(BASE, OPEN, DeviceEntry(config_requested=False), None)["_links"] == {}
+
+
+def test_poll_offers_deployment_with_c_hash_and_installed_base() -> None:
+    entry = DeploymentEntry(
+        open=OpenAction(action_id="8", c="-2127183556", deployment=DOC),
+        installed=InstalledAction(action_id="4", deployment=DOC),
+    )
+    links = poll_body(BASE, OPEN, DeviceEntry(config_requested=False), entry)["_links"]
+    assert links == {
+        "deploymentBase": {"href": f"{BASE}/deploymentBase/8?c=-2127183556"},
+        "installedBase": {"href": f"{BASE}/installedBase/4"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("state", "rel", "href"),
+    [
+        ("canceling", "cancelAction", f"{BASE}/cancelAction/8"),
+        ("wait_for_confirmation", "confirmationBase", f"{BASE}/confirmationBase/8?c=5"),
+    ],
+)
+def test_poll_shows_one_action_link_by_state(state: str, rel: str, href: str) -> None:
+    entry = DeploymentEntry(open=OpenAction(action_id="8", c="5", state=state, deployment=DOC))
+    links = poll_body(BASE, OPEN, PLAIN, entry)["_links"]
+    assert links[rel] == {"href": href}
+    assert {"deploymentBase", "cancelAction", "confirmationBase"} & set(links) == {rel}
+
+
+def test_open_action_shortens_polling_when_configured() -> None:
+    tenant = TenantConfig(polling_sleep="00:05:00", polling_sleep_open_action="00:00:10")
+    entry = DeploymentEntry(open=OpenAction(action_id="8", deployment=DOC))
+    assert poll_body(BASE, tenant, PLAIN, entry)["config"]["polling"]["sleep"] == "00:00:10"
+    assert poll_body(BASE, tenant, PLAIN, None)["config"]["polling"]["sleep"] == "00:05:00"

@@ -1,0 +1,1 @@
+"""Gaggle registry: the device inventory, from first poll to full history."""

@@ -1,0 +1,159 @@
+"""Registry domain: devices as plain data, and the rules that need no I/O."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from gaggle_contracts.kv import DeviceEntry
+
+MAX_ATTRIBUTES = 100
+"""hawkBit's quota of controller attributes per device."""
+
+LIFTED = {"hw_boardname": "hw_model", "hw_revision": "hw_revision", "sw_version": "sw_version"}
+"""configData keys the registry keeps in their own columns (``hw_boardname`` is our hw_model)."""
+
+UPDATE_STATES = (
+    "unknown",
+    "up_to_date",
+    "pending",
+    "downloading",
+    "installing",
+    "success",
+    "error",
+)
+
+ACTION_STATE = {
+    "scheduled": "pending",
+    "wait_for_confirmation": "pending",
+    "running": "installing",
+    "retrieved": "downloading",
+    "download": "downloading",
+    "downloaded": "downloading",
+    "warning": "installing",
+    "canceling": "installing",
+    "cancel_rejected": "installing",
+}
+"""A device's update state while its action is open, from the action's status."""
+
+
+class TooManyAttributesError(ValueError):
+    """Applying a report would leave a device with more attributes than allowed."""
+
+
+def merge_attributes(current: dict[str, str], mode: str, data: dict[str, str]) -> dict[str, str]:
+    """Apply a configData report as the DDI spec says.
+
+    ``merge`` adds and overwrites keys, ``replace`` clears everything first, ``remove`` deletes
+    the keys named in ``data``.
+
+    Raises:
+        TooManyAttributesError: the result would have more than ``MAX_ATTRIBUTES`` keys.
+    """
+    if mode == "replace":
+        result = dict(data)
+    elif mode == "remove":
+        result = {k: v for k, v in current.items() if k not in data}
+    else:
+        result = {**current, **data}
+    if len(result) > MAX_ATTRIBUTES:
+        raise TooManyAttributesError(
+            f"{len(result)} attributes; a device may have at most {MAX_ATTRIBUTES}"
+        )
+    return result
+
+
+def lifted(attributes: dict[str, str]) -> dict[str, str | None]:
+    """The column values taken from the attributes."""
+    return {column: attributes.get(key) for key, column in LIFTED.items()}
+
+
+REVERT = "revert"
+"""Pseudo-state: back to ``up_to_date`` (something installed) or ``unknown`` (a cancel)."""
+
+
+def finished_state(status: str) -> str:
+    """Update state after an action closed with ``status``."""
+    if status in ("finished", "downloaded"):
+        return "success"
+    if status == "error":
+        return "error"
+    return REVERT
+
+
+def new_token() -> str:
+    """A device token: 32 random URL-safe characters (hawkBit uses 32 alphanumerics)."""
+    return secrets.token_urlsafe(24)
+
+
+def encode_cursor(values: list[Any]) -> str:
+    """An opaque keyset cursor."""
+    return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    """The values of a cursor; ``ValueError`` when it is not one of ours."""
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("not a cursor from this API") from exc
+    if not isinstance(values, list) or len(values) != 2:
+        raise ValueError("not a cursor from this API")
+    return values
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device of one tenant, as the registry stores it."""
+
+    tenant: str
+    controller_id: str
+    name: str | None = None
+    token_hash: str | None = None
+    hw_model: str | None = None
+    hw_revision: str | None = None
+    sw_version: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    config_requested: bool = True
+    update_state: str = "unknown"
+    installed_version: str | None = None
+    action_id: str | None = None
+    feed: str = "default"
+    tags: list[str] = field(default_factory=list)
+    last_seen_at: datetime | None = None
+    last_address: str | None = None
+    registered_via: str = "poll"
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def kv_entry(self) -> DeviceEntry:
+        """What the gateway needs to know about this device."""
+        return DeviceEntry(token_hash=self.token_hash, config_requested=self.config_requested)
+
+    def public(self) -> dict[str, Any]:
+        """The operator's view: everything but the token hash."""
+        return {
+            "tenant": self.tenant,
+            "controller_id": self.controller_id,
+            "name": self.name,
+            "hw_model": self.hw_model,
+            "hw_revision": self.hw_revision,
+            "sw_version": self.sw_version,
+            "attributes": self.attributes,
+            "config_requested": self.config_requested,
+            "update_state": self.update_state,
+            "installed_version": self.installed_version,
+            "action_id": self.action_id,
+            "feed": self.feed,
+            "tags": self.tags,
+            "last_seen_at": self.last_seen_at,
+            "last_address": self.last_address,
+            "registered_via": self.registered_via,
+            "has_token": self.token_hash is not None,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }

@@ -1,0 +1,96 @@
+"""Registry subscribers: device and action events in, device rows (and KV, events) out."""
+
+from __future__ import annotations
+
+import logging
+
+from faststream.exceptions import RejectMessage
+from faststream.nats import NatsRouter
+
+from gaggle_contracts.events import (
+    ActionCreated,
+    ActionFinished,
+    ActionUpdated,
+    DeviceConfigReported,
+    DeviceDiscovered,
+    DevicePolicyChanged,
+    DeviceSeen,
+)
+from gaggle_contracts.settings import CommonSettings
+from gaggle_registry.domain import ACTION_STATE, TooManyAttributesError, finished_state
+from gaggle_registry.repository import Repo
+from gaggle_runtime.bus import consumer_options
+
+log = logging.getLogger(__name__)
+
+SERVICE = "registry"
+
+
+def make_router(repo: Repo, common: CommonSettings) -> NatsRouter:
+    """The registry's subscribers, bound to ``repo``."""
+    router = NatsRouter()
+
+    @router.subscriber(**consumer_options(SERVICE, DeviceDiscovered.kind, common))
+    async def on_device_discovered(event: DeviceDiscovered) -> None:
+        """ota.v1.*.device.discovered -> device row created once (redeliveries change nothing)."""
+        device = await repo.register_discovered(event)
+        if device is not None:
+            log.info(
+                "device registered tenant=%s controller_id=%s", event.tenant, event.controller_id
+            )
+
+    @router.subscriber(**consumer_options(SERVICE, DeviceConfigReported.kind, common))
+    async def on_config_reported(event: DeviceConfigReported) -> None:
+        """ota.v1.*.device.config_reported -> attributes merged, hw/sw columns lifted, KV."""
+        try:
+            await repo.apply_config(event)
+        except TooManyAttributesError as exc:
+            log.warning(
+                "config report rejected tenant=%s controller_id=%s reason=%s",
+                event.tenant,
+                event.controller_id,
+                exc,
+            )
+            raise RejectMessage from exc
+
+    # One sightings batch at a time: batches handled together share devices and lock their rows
+    # in different orders, and PostgreSQL then breaks the deadlocks by failing one of them.
+    @router.subscriber(**consumer_options(SERVICE, DeviceSeen.kind, common, batch=1))
+    async def on_device_seen(event: DeviceSeen) -> None:
+        """ota.v1.*.device.seen -> last seen and address advanced, one statement per batch."""
+        await repo.touch_many(event)
+
+    @router.subscriber(**consumer_options(SERVICE, ActionCreated.kind, common))
+    async def on_action_created(event: ActionCreated) -> None:
+        """ota.v1.*.action.created -> update state pending."""
+        await repo.set_state(
+            event.tenant, event.controller_id, "pending", event.occurred_at, event.action_id, None
+        )
+
+    @router.subscriber(**consumer_options(SERVICE, ActionUpdated.kind, common))
+    async def on_action_updated(event: ActionUpdated) -> None:
+        """ota.v1.*.action.updated -> downloading / installing."""
+        state = ACTION_STATE.get(event.status, "installing")
+        await repo.set_state(
+            event.tenant, event.controller_id, state, event.occurred_at, event.action_id, None
+        )
+
+    @router.subscriber(**consumer_options(SERVICE, ActionFinished.kind, common))
+    async def on_action_finished(event: ActionFinished) -> None:
+        """ota.v1.*.action.finished -> success (with the installed version), error, or back."""
+        installed = event.version if event.status == "finished" else None
+        await repo.set_state(
+            event.tenant,
+            event.controller_id,
+            finished_state(event.status),
+            event.occurred_at,
+            event.action_id,
+            installed,
+        )
+
+    @router.subscriber(**consumer_options(SERVICE, DevicePolicyChanged.kind, common))
+    async def on_policy_changed(event: DevicePolicyChanged) -> None:
+        """ota.v1.*.device.policy_changed -> the device's feed, for the feed filter."""
+        await repo.set_feed(event.tenant, event.controller_id, event.feed)
+
+    return router

@@ -1,0 +1,251 @@
+"""Registry operator API under ``/api/v1/devices``.
+
+A device's actions and their full status history (its update logs) belong to the rollouts
+service: ``GET /api/v1/devices/{id}/actions`` there. Here: the inventory, device tokens, and a
+live stream of the device's feedback as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response, StreamingResponse
+from nats.aio.client import Client as NatsClient
+from pydantic import BaseModel, ConfigDict, Field
+
+from gaggle_contracts import names
+from gaggle_contracts.kv import token_hash
+from gaggle_registry.domain import UPDATE_STATES, decode_cursor, encode_cursor, new_token
+from gaggle_registry.repository import DeviceQuery, Repo
+from gaggle_runtime.http import ApiError, NotFoundError
+
+TenantParam = Annotated[
+    str, Query(description="Tenant (case-insensitive)", pattern=names.TENANT_RE.pattern)
+]
+DeviceIdParam = Annotated[str, Path(max_length=256, description="Controller id")]
+Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+KEEPALIVE_S = 15.0
+
+
+class NewDevice(BaseModel):
+    """Create a device ahead of its first poll; its token is returned once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    controller_id: str = Field(min_length=1, max_length=256, pattern=names.CONTROLLER_ID_RE.pattern)
+    name: str | None = Field(None, max_length=256)
+    tags: list[Tag] = Field(default_factory=list, max_length=50)
+
+
+class DevicePatch(BaseModel):
+    """Change what operators own: the name and the tags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=256)
+    tags: list[Tag] | None = Field(None, max_length=50)
+
+
+def make_routes(repo: Repo, nats: Callable[[], NatsClient]) -> APIRouter:
+    """Routes bound to ``repo``; ``nats()`` gives the connection the live stream listens on."""
+    api = APIRouter(prefix="/api/v1", tags=["devices"])
+
+    async def load(tenant: str, controller_id: str) -> Any:
+        device = await repo.get(tenant.lower(), controller_id)
+        if device is None:
+            raise NotFoundError("device", controller_id)
+        return device
+
+    @api.get("/devices", summary="List devices: filters, sort, keyset pagination")
+    async def list_devices(
+        tenant: TenantParam = "default",
+        state: Annotated[Literal[UPDATE_STATES] | None, Query()] = None,  # type: ignore[valid-type]
+        hw_model: Annotated[str | None, Query(max_length=128)] = None,
+        hw_revision: Annotated[str | None, Query(max_length=128)] = None,
+        sw_version: Annotated[str | None, Query(max_length=128)] = None,
+        tag: Annotated[str | None, Query(max_length=64)] = None,
+        feed: Annotated[str | None, Query(max_length=64)] = None,
+        seen_before: datetime | None = None,
+        seen_after: datetime | None = None,
+        q: Annotated[str | None, Query(max_length=256, description="Text in id or name")] = None,
+        sort: Literal[
+            "controller_id", "-controller_id", "last_seen", "-last_seen", "created", "-created"
+        ] = "controller_id",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, Query(max_length=2048, description="From `next`")] = None,
+    ) -> Response:
+        after = None
+        if cursor:
+            try:
+                after = decode_cursor(cursor)
+            except ValueError as exc:
+                raise ApiError(
+                    400,
+                    "invalid_request",
+                    "invalid cursor: pass `next` as given",
+                    parameter="cursor",
+                ) from exc
+        for name, value in (("seen_before", seen_before), ("seen_after", seen_after)):
+            if value is not None and value.tzinfo is None:
+                raise ApiError(
+                    400,
+                    "invalid_request",
+                    f"invalid {name}: give a time zone (e.g. Z)",
+                    parameter=name,
+                )
+        query = DeviceQuery(
+            tenant=tenant.lower(),
+            state=state,
+            hw_model=hw_model,
+            hw_revision=hw_revision,
+            sw_version=sw_version,
+            tag=tag,
+            feed=feed,
+            seen_before=seen_before,
+            seen_after=seen_after,
+            q=q,
+            sort=sort.lstrip("-"),
+            descending=sort.startswith("-"),
+            after=after,
+            limit=limit,
+        )
+        try:
+            page = await repo.search(query)
+        except ValueError as exc:  # a cursor whose time does not parse
+            raise ApiError(
+                400, "invalid_request", "invalid cursor: pass `next` as given", parameter="cursor"
+            ) from exc
+        next_cursor = None
+        if len(page) == limit:
+            device, sort_value = page[-1]
+            next_cursor = encode_cursor([sort_value, device.controller_id])
+        # Rendered with orjson directly: FastAPI's generic encoding of a 100-device page cost
+        # more than the query itself (bench/registry_bench.py).
+        body = {"items": [d.public() for d, _ in page], "next": next_cursor}
+        return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
+
+    @api.post("/devices", status_code=201, summary="Create a device; its token is shown once")
+    async def create_device(body: NewDevice, tenant: TenantParam = "default") -> dict[str, Any]:
+        token = new_token()
+        device = await repo.create(
+            tenant.lower(), body.controller_id, body.name, body.tags, token_hash(token)
+        )
+        if device is None:
+            raise ApiError(409, "exists", f"device {body.controller_id!r} already exists")
+        return {**device.public(), "token": token}
+
+    @api.get("/devices/{controller_id}", summary="One device")
+    async def get_device(
+        controller_id: DeviceIdParam, tenant: TenantParam = "default"
+    ) -> dict[str, Any]:
+        return (await load(tenant, controller_id)).public()  # type: ignore[no-any-return]
+
+    @api.patch("/devices/{controller_id}", summary="Change name and tags")
+    async def patch_device(
+        controller_id: DeviceIdParam, body: DevicePatch, tenant: TenantParam = "default"
+    ) -> dict[str, Any]:
+        given = body.model_fields_set
+        device = await repo.patch(
+            tenant.lower(),
+            controller_id,
+            ("name" in given, body.name),
+            ("tags" in given and body.tags is not None, body.tags),
+        )
+        if device is None:
+            raise NotFoundError("device", controller_id)
+        return device.public()
+
+    @api.delete(
+        "/devices/{controller_id}",
+        summary="Delete a device; the rollouts service cancels its open action",
+    )
+    async def delete_device(
+        controller_id: DeviceIdParam, tenant: TenantParam = "default"
+    ) -> dict[str, Any]:
+        device = await repo.delete(tenant.lower(), controller_id)
+        if device is None:
+            raise NotFoundError("device", controller_id)
+        return {
+            "controller_id": controller_id,
+            "deleted": True,
+            "open_action": "canceled by the rollouts service (device.updated: deleted)",
+        }
+
+    @api.post("/devices/{controller_id}/token", summary="Rotate the device token (shown once)")
+    async def rotate_token(
+        controller_id: DeviceIdParam, tenant: TenantParam = "default"
+    ) -> dict[str, Any]:
+        token = new_token()
+        device = await repo.set_token(tenant.lower(), controller_id, token_hash(token))
+        if device is None:
+            raise NotFoundError("device", controller_id)
+        return {"controller_id": controller_id, "token": token}
+
+    @api.delete("/devices/{controller_id}/token", summary="Revoke the device token")
+    async def revoke_token(
+        controller_id: DeviceIdParam, tenant: TenantParam = "default"
+    ) -> dict[str, Any]:
+        device = await repo.set_token(tenant.lower(), controller_id, None)
+        if device is None:
+            raise NotFoundError("device", controller_id)
+        return device.public()
+
+    @api.get(
+        "/devices/{controller_id}/logs/stream",
+        summary="Live feedback of a device (Server-Sent Events)",
+        response_class=StreamingResponse,
+    )
+    async def stream_logs(
+        controller_id: DeviceIdParam, tenant: TenantParam = "default"
+    ) -> StreamingResponse:
+        tenant = tenant.lower()
+        await load(tenant, controller_id)
+        return StreamingResponse(
+            feedback_events(nats(), tenant, controller_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return api
+
+
+async def feedback_events(nc: NatsClient, tenant: str, controller_id: str) -> AsyncIterator[bytes]:
+    """SSE lines for every deployment and cancel feedback of one device, as they arrive.
+
+    Listens on the subjects directly (no durable consumer): a stream for whoever watches now.
+    """
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1000)
+
+    async def on_message(msg: Any) -> None:
+        try:
+            data = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            return
+        if data.get("controller_id") == controller_id:
+            kind = msg.subject.split(".", 3)[3]
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait((kind, orjson.dumps(data)))
+
+    subs = [
+        await nc.subscribe(names.subject(tenant, kind), cb=on_message)
+        for kind in ("action.feedback", "cancel.feedback")
+    ]
+    try:
+        yield b": connected\n\n"
+        while True:
+            try:
+                kind, data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            yield b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+    finally:
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()

@@ -1,0 +1,1 @@
+"""Gaggle rollouts: what every device should run, actions, and rollouts in waves."""

@@ -1,0 +1,181 @@
+"""Rollouts domain, pure: how feedback moves an action, and what the device is offered.
+
+Status follows hawkBit (ddi-api.md §6, §7) and only moves forward: once an action is closed
+(finished, error, canceled, or downloaded for download-only), later feedback is kept in the history
+but changes nothing.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Literal
+
+from gaggle_contracts.events import FeedbackStatus
+from gaggle_contracts.kv import (
+    ArtifactDoc,
+    ChunkDoc,
+    DeploymentDoc,
+    DeploymentEntry,
+    HandlingType,
+    InstalledAction,
+    OpenAction,
+)
+
+ActionType = Literal["forced", "soft", "downloadonly"]
+KV_HISTORY = 20
+"""Status messages kept in the KV document for ``actionHistory``."""
+KV_CLOSED_IDS = 10
+"""Recently closed action ids kept in KV, so their late feedback is answered 410."""
+
+
+@dataclass(frozen=True)
+class Software:
+    """A software as rollouts knows it from the artifacts service's events."""
+
+    tenant: str
+    software_id: str
+    name: str
+    version: str
+    filename: str
+    size: int
+    md5: str
+    sha1: str
+    sha256: str
+    object_key: str | None = None
+    external_url: str | None = None
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class Action:
+    """One deployment of one software to one device."""
+
+    id: int
+    tenant: str
+    controller_id: str
+    software_id: str
+    version: str
+    type: ActionType
+    status: str
+    active: bool
+    created_at: datetime | None = None
+    closed_at: datetime | None = None
+
+
+def feedback_status(action: Action, fb: FeedbackStatus) -> tuple[str, bool]:
+    """New (status, active) after a deploymentBase feedback; a closed action stays as it is."""
+    if not action.active:
+        return action.status, False
+    execution, finished = fb.execution, fb.finished
+    if execution == "closed":
+        return ("error", False) if finished == "failure" else ("finished", False)
+    if execution == "canceled":
+        return "canceled", False
+    if execution == "downloaded":
+        if action.type == "downloadonly":
+            return "downloaded", False
+        return "downloaded", True
+    if action.status == "canceling":
+        # Informational feedback while a cancel is pending keeps the cancel pending.
+        return "canceling", True
+    if execution == "rejected":
+        return "warning", True
+    if execution == "download":
+        return "download", True
+    return "running", True
+
+
+def cancel_feedback_status(action: Action, fb: FeedbackStatus) -> tuple[str, bool]:
+    """New (status, active) after a cancelAction feedback (hawkBit #952: closed means accepted)."""
+    if not action.active or action.status != "canceling":
+        return action.status, action.active
+    execution, finished = fb.execution, fb.finished
+    if execution == "canceled" or (execution == "closed" and finished != "failure"):
+        return "canceled", False
+    if execution == "rejected" or (execution == "closed" and finished == "failure"):
+        return "cancel_rejected", True
+    return "canceling", True
+
+
+def close_for_deleted_device(action: Action, _: object) -> tuple[str, bool]:
+    """A deleted device's open action is canceled without waiting for the device."""
+    return ("canceled", False) if action.active else (action.status, False)
+
+
+def handling(action_type: ActionType) -> tuple[HandlingType, HandlingType]:
+    """``download`` and ``update`` handling of an action type (no maintenance window)."""
+    if action_type == "soft":
+        return "attempt", "attempt"
+    if action_type == "downloadonly":
+        return "forced", "skip"
+    return "forced", "forced"
+
+
+def action_hash(action_id: int, download: str, update: str) -> str:
+    """The ``?c=`` value: changes when what the device is told changes, so caches refresh."""
+    return str(zlib.crc32(f"{action_id}:{download}:{update}".encode()) - 2**31)
+
+
+def deployment_doc(action: Action, software: Software) -> DeploymentDoc:
+    """The deploymentBase document of ``action``: one chunk with the software's one file."""
+    download, update = handling(action.type)
+    artifact = ArtifactDoc(
+        filename=software.filename,
+        size=software.size,
+        md5=software.md5,
+        sha1=software.sha1,
+        sha256=software.sha256,
+        object_key=software.object_key,
+        external_url=software.external_url,
+    )
+    chunk = ChunkDoc(
+        module_id=software.software_id,
+        part="os",
+        name=software.name,
+        version=software.version,
+        artifacts=[artifact],
+    )
+    return DeploymentDoc(download=download, update=update, chunks=[chunk])
+
+
+def deployment_entry(
+    open_action: tuple[Action, Software, list[str]] | None,
+    installed: tuple[Action, Software] | None,
+    closed_ids: list[int],
+) -> DeploymentEntry | None:
+    """What KV ``deployments`` says for a device; None: nothing to say (delete the key)."""
+    if open_action is None and installed is None and not closed_ids:
+        return None
+    open_doc = None
+    if open_action is not None:
+        action, software, history = open_action
+        doc = deployment_doc(action, software)
+        state: Literal["deployment", "canceling"] = (
+            "canceling" if action.status == "canceling" else "deployment"
+        )
+        open_doc = OpenAction(
+            action_id=str(action.id),
+            state=state,
+            c=action_hash(action.id, doc.download, doc.update),
+            deployment=doc,
+            history=history[:KV_HISTORY],
+            history_status=action.status.upper(),
+        )
+    installed_doc = None
+    if installed is not None:
+        action, software = installed
+        installed_doc = InstalledAction(
+            action_id=str(action.id), deployment=deployment_doc(action, software)
+        )
+    return DeploymentEntry(
+        open=open_doc,
+        installed=installed_doc,
+        closed=[str(i) for i in closed_ids[:KV_CLOSED_IDS]],
+    )
+
+
+def with_status(action: Action, status: str, active: bool) -> Action:
+    """A copy with a new status."""
+    return replace(action, status=status, active=active)

@@ -1,0 +1,179 @@
+"""Rollouts operator API: actions (assign a software to a device, inspect, cancel)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from gaggle_contracts import names
+from gaggle_contracts.events import utcnow
+from gaggle_rollouts.domain import Action
+from gaggle_rollouts.repository import ActionExistsError, Policy, Repo
+from gaggle_runtime.http import ApiError, NotFoundError
+
+TenantParam = Annotated[
+    str, Query(description="Tenant (case-insensitive)", pattern=names.TENANT_RE.pattern)
+]
+ActionIdParam = Annotated[str, Path(max_length=64, description="Action id")]
+
+
+class NewAction(BaseModel):
+    """Assign one software to one device now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    software_id: str = Field(min_length=1, max_length=64)
+    type: Literal["forced", "soft", "downloadonly"] = "forced"
+
+
+class PolicyBody(BaseModel):
+    """A device's deployment policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["rollout", "latest", "assigned", "pinned"] = "rollout"
+    feed: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    software_id: str | None = Field(None, min_length=1, max_length=64)
+
+
+def _parse_id(raw: str) -> int:
+    if not raw.isdigit() or len(raw) > 18:
+        raise NotFoundError("action", raw)
+    return int(raw)
+
+
+def make_routes(repo: Repo) -> APIRouter:
+    """Routes bound to ``repo``."""
+    api = APIRouter(prefix="/api/v1", tags=["actions"])
+
+    async def render(action: Action) -> dict[str, Any]:
+        return {
+            "id": str(action.id),
+            "tenant": action.tenant,
+            "controller_id": action.controller_id,
+            "software_id": action.software_id,
+            "version": action.version,
+            "type": action.type,
+            "status": action.status,
+            "active": action.active,
+            "created_at": action.created_at,
+            "closed_at": action.closed_at,
+            "history": await repo.history(action.id),
+        }
+
+    @api.post(
+        "/devices/{controller_id}/actions",
+        status_code=201,
+        summary="Assign a software to a device now (opens an action)",
+    )
+    async def create_action(
+        controller_id: Annotated[str, Path(max_length=256)],
+        body: NewAction,
+        tenant: TenantParam = "default",
+    ) -> dict[str, Any]:
+        try:
+            names.check_controller_id(controller_id)
+        except names.InvalidNameError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from exc
+        tenant = tenant.lower()
+        software = await repo.software(tenant, body.software_id)
+        if software is None or software.deleted:
+            raise NotFoundError("software", body.software_id)
+        try:
+            action = await repo.create_action(tenant, controller_id, software, body.type)
+        except ActionExistsError as exc:
+            raise ApiError(
+                409, "action_open", f"device {controller_id!r} already has an open action"
+            ) from exc
+        return await render(action)
+
+    @api.get("/devices/{controller_id}/policy", summary="A device's deployment policy")
+    async def get_policy(
+        controller_id: Annotated[str, Path(max_length=256)], tenant: TenantParam = "default"
+    ) -> dict[str, Any]:
+        policy = await repo.policy(tenant.lower(), controller_id)
+        return {"controller_id": controller_id, **policy.public()}
+
+    @api.put("/devices/{controller_id}/policy", summary="Set a device's deployment policy")
+    async def put_policy(
+        controller_id: Annotated[str, Path(max_length=256)],
+        body: PolicyBody,
+        tenant: TenantParam = "default",
+    ) -> dict[str, Any]:
+        try:
+            names.check_controller_id(controller_id)
+        except names.InvalidNameError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from exc
+        tenant = tenant.lower()
+        if body.mode == "assigned":
+            if body.software_id is None:
+                raise ApiError(
+                    400,
+                    "invalid_request",
+                    "mode assigned needs a software_id",
+                    parameter="software_id",
+                )
+            software = await repo.software(tenant, body.software_id)
+            if software is None or software.deleted:
+                raise NotFoundError("software", body.software_id)
+        elif body.software_id is not None:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"software_id only goes with mode assigned, not {body.mode}",
+                parameter="software_id",
+            )
+        policy = await repo.set_policy(
+            tenant, controller_id, Policy(body.mode, body.feed, body.software_id)
+        )
+        decision = await repo.redecide(tenant, controller_id)
+        return {
+            "controller_id": controller_id,
+            **policy.public(),
+            "decision": {"software_id": decision.software_id, "reason": decision.reason},
+        }
+
+    @api.get("/devices/{controller_id}/actions", summary="A device's actions, newest first")
+    async def device_actions(
+        controller_id: Annotated[str, Path(max_length=256)],
+        tenant: TenantParam = "default",
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> dict[str, Any]:
+        actions = await repo.device_actions(tenant.lower(), controller_id, limit)
+        return {"items": [await render(a) for a in actions]}
+
+    @api.get("/actions/{action_id}", summary="One action with its full status history")
+    async def get_action(
+        action_id: ActionIdParam, tenant: TenantParam = "default"
+    ) -> dict[str, Any]:
+        action = await repo.get_action(tenant.lower(), _parse_id(action_id))
+        if action is None:
+            raise NotFoundError("action", action_id)
+        return await render(action)
+
+    @api.post("/actions/{action_id}/cancel", summary="Ask the device to cancel an open action")
+    async def cancel_action(
+        action_id: ActionIdParam, tenant: TenantParam = "default"
+    ) -> dict[str, Any]:
+        tenant = tenant.lower()
+        ident = _parse_id(action_id)
+
+        def decide(action: Action, _: object) -> tuple[str, bool]:
+            if not action.active:
+                return action.status, action.active
+            return "canceling", True
+
+        existing = await repo.get_action(tenant, ident)
+        if existing is None:
+            raise NotFoundError("action", action_id)
+        if not existing.active:
+            raise ApiError(409, "action_closed", f"action {action_id!r} is {existing.status}")
+        action = await repo.apply(
+            tenant, ident, None, utcnow(), None, decide, note=["Cancel requested by operator."]
+        )
+        assert action is not None  # noqa: S101 - it existed a moment ago and is never deleted
+        return await render(action)
+
+    return api

@@ -1,0 +1,14 @@
+"""Rollouts settings, from ``GAGGLE_ROLLOUTS_*``."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RolloutsSettings(BaseSettings):
+    """Where the rollouts service listens."""
+
+    model_config = SettingsConfigDict(env_prefix="GAGGLE_ROLLOUTS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8083

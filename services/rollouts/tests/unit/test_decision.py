@@ -1,0 +1,181 @@
+"""Decisions, table-driven: gooseBit's selection rules and where Gaggle differs on purpose."""
+
+from __future__ import annotations
+
+import pytest
+
+from gaggle_rollouts.decision import (
+    Candidate,
+    DeviceView,
+    PolicyView,
+    RolloutView,
+    decide,
+    fits,
+    same_version,
+)
+
+BOARD = DeviceView("d1", hw_model="board", hw_revision="1.0", sw_version="1.0.0")
+BARE = DeviceView("d2")  # never reported its hardware
+
+CATALOGUE = {
+    "10": Candidate("10", "1.0.0", (("board", "1.0"),)),
+    "11": Candidate("11", "1.9.0", (("board", "*"),)),
+    "12": Candidate("12", "1.10.0", (("board", "1.0"), ("board", "2.0"))),
+    "13": Candidate("13", "9.0.0", (("other", "*"),)),
+    "14": Candidate("14", "2.0.0", (("board", "1.0"),), deleted=True),
+    "15": Candidate("15", "0.5", (("*", "*"),)),
+    "16": Candidate("16", "not-a-version!", (("board", "*"),)),
+}
+
+
+def rollout(
+    rid: str,
+    sid: str,
+    order: int,
+    *,
+    feed: str = "default",
+    running: bool = True,
+    includes: bool = True,
+) -> RolloutView:
+    return RolloutView(rid, feed, sid, "running" if running else "paused", order, includes)
+
+
+@pytest.mark.parametrize(
+    ("pairs", "device", "expected"),
+    [
+        ((("board", "1.0"),), BOARD, True),
+        ((("board", "2.0"),), BOARD, False),
+        ((("board", "*"),), BOARD, True),
+        ((("*", "1.0"),), BOARD, True),
+        ((("*", "*"),), BARE, True),
+        ((("board", "*"),), BARE, False),
+        ((("other", "1.0"), ("board", "1.0")), BOARD, True),
+        ((), BOARD, False),
+    ],
+)
+def test_compatibility(
+    pairs: tuple[tuple[str, str], ...], device: DeviceView, expected: bool
+) -> None:
+    assert fits(pairs, device) is expected
+
+
+@pytest.mark.parametrize(
+    ("device", "policy", "rollouts", "failed", "expected", "reason"),
+    [
+        (BOARD, PolicyView("pinned"), [], frozenset(), None, "pinned"),
+        (BOARD, PolicyView("assigned", software_id="12"), [], frozenset(), "12", "assigned"),
+        (
+            BOARD,
+            PolicyView("assigned", software_id="13"),
+            [],
+            frozenset(),
+            None,
+            "assigned software does not fit the device",
+        ),
+        (
+            BOARD,
+            PolicyView("assigned", software_id="14"),
+            [],
+            frozenset(),
+            None,
+            "assigned software unknown or deleted",
+        ),
+        (BOARD, PolicyView("assigned", software_id="10"), [], frozenset(), None, "up to date"),
+        # 1.10.0 beats 1.9.0 (not a string order); 9.0.0 does not fit; deleted 2.0.0 is skipped;
+        # the unorderable version is never latest.
+        (BOARD, PolicyView("latest"), [], frozenset(), "12", "latest"),
+        (BARE, PolicyView("latest"), [], frozenset(), "15", "latest"),
+        (BOARD, PolicyView("latest"), [], frozenset({"12"}), None, "failed on this device before"),
+        (BOARD, PolicyView(), [rollout("r1", "11", 1)], frozenset(), "11", "rollout"),
+        # The newest running rollout of the feed wins.
+        (
+            BOARD,
+            PolicyView(),
+            [rollout("r1", "11", 1), rollout("r2", "12", 2)],
+            frozenset(),
+            "12",
+            "rollout",
+        ),
+        # A paused newest rollout pauses: the older one does not come back (differs from gooseBit).
+        (
+            BOARD,
+            PolicyView(),
+            [rollout("r1", "11", 1), rollout("r2", "12", 2, running=False)],
+            frozenset(),
+            None,
+            "rollout paused",
+        ),
+        (
+            BOARD,
+            PolicyView(),
+            [rollout("r1", "11", 1, running=False)],
+            frozenset(),
+            None,
+            "rollout paused",
+        ),
+        (
+            BOARD,
+            PolicyView(),
+            [RolloutView("r1", "default", "11", "finished", 1, True)],
+            frozenset(),
+            None,
+            "no running rollout in the feed",
+        ),
+        (
+            BOARD,
+            PolicyView(feed="beta"),
+            [rollout("r1", "11", 1)],
+            frozenset(),
+            None,
+            "no running rollout in the feed",
+        ),
+        (
+            BOARD,
+            PolicyView(feed="beta"),
+            [rollout("r1", "11", 1, feed="beta")],
+            frozenset(),
+            "11",
+            "rollout",
+        ),
+        (
+            BOARD,
+            PolicyView(),
+            [rollout("r1", "13", 1)],
+            frozenset(),
+            None,
+            "rollout software does not fit the device",
+        ),
+        (
+            BOARD,
+            PolicyView(),
+            [rollout("r1", "11", 1, includes=False)],
+            frozenset(),
+            None,
+            "device not in a started wave",
+        ),
+    ],
+)
+def test_decide(
+    device: DeviceView,
+    policy: PolicyView,
+    rollouts: list[RolloutView],
+    failed: frozenset[str],
+    expected: str | None,
+    reason: str,
+) -> None:
+    decision = decide(device, policy, CATALOGUE, rollouts, failed)
+    assert (decision.software_id, decision.reason) == (expected, reason)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("1.2", "1.2.0", True),
+        ("1.2.0", "1.2.1", False),
+        ("x", "x", True),
+        ("x", "y", False),
+        (None, "1.0", False),
+    ],
+)
+def test_same_version(a: str | None, b: str | None, expected: bool) -> None:
+    assert same_version(a, b) is expected

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import pytest
+
+from gaggle_contracts.events import FeedbackStatus
+from gaggle_rollouts.domain import (
+    Action,
+    Software,
+    action_hash,
+    cancel_feedback_status,
+    deployment_entry,
+    feedback_status,
+    handling,
+)
+
+
+def act(status: str = "running", active: bool = True, type_: str = "forced") -> Action:
+    return Action(1, "t", "d", "40", "1.0", type_, status, active)  # type: ignore[arg-type]
+
+
+def fb(execution: str, finished: str = "none") -> FeedbackStatus:
+    return FeedbackStatus(execution=execution, finished=finished)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("execution", "finished", "expected"),
+    [
+        ("closed", "success", ("finished", False)),
+        ("closed", "none", ("finished", False)),
+        ("closed", "failure", ("error", False)),
+        ("canceled", "none", ("canceled", False)),
+        ("rejected", "none", ("warning", True)),
+        ("download", "none", ("download", True)),
+        ("downloaded", "none", ("downloaded", True)),
+        ("proceeding", "none", ("running", True)),
+        ("scheduled", "none", ("running", True)),
+        ("resumed", "none", ("running", True)),
+        # rauc-hawkbit reports proceeding + failure before its closed/failure: not final.
+        ("proceeding", "failure", ("running", True)),
+    ],
+)
+def test_feedback_moves_an_open_action_as_hawkbit_does(
+    execution: str, finished: str, expected: tuple[str, bool]
+) -> None:
+    assert feedback_status(act(), fb(execution, finished)) == expected
+
+
+def test_downloaded_closes_a_download_only_action() -> None:
+    assert feedback_status(act(type_="downloadonly"), fb("downloaded")) == ("downloaded", False)
+
+
+@pytest.mark.parametrize("status", ["finished", "error", "canceled"])
+@pytest.mark.parametrize("execution", ["proceeding", "closed", "canceled", "download"])
+def test_a_closed_action_never_reopens(status: str, execution: str) -> None:
+    assert feedback_status(act(status, active=False), fb(execution)) == (status, False)
+
+
+def test_progress_while_canceling_keeps_the_cancel_pending() -> None:
+    assert feedback_status(act("canceling"), fb("proceeding")) == ("canceling", True)
+    # ...but a device that finished anyway has finished.
+    assert feedback_status(act("canceling"), fb("closed", "success")) == ("finished", False)
+
+
+@pytest.mark.parametrize(
+    ("execution", "finished", "expected"),
+    [
+        ("closed", "success", ("canceled", False)),  # SWUpdate's "cancellation acknowledged."
+        ("closed", "none", ("canceled", False)),
+        ("canceled", "none", ("canceled", False)),
+        ("rejected", "success", ("cancel_rejected", True)),  # rauc-hawkbit always rejects
+        ("closed", "failure", ("cancel_rejected", True)),
+        ("proceeding", "none", ("canceling", True)),
+    ],
+)
+def test_cancel_feedback(execution: str, finished: str, expected: tuple[str, bool]) -> None:
+    assert cancel_feedback_status(act("canceling"), fb(execution, finished)) == expected
+
+
+def test_cancel_feedback_for_an_action_not_being_canceled_changes_nothing() -> None:
+    assert cancel_feedback_status(act("running"), fb("closed", "success")) == ("running", True)
+
+
+@pytest.mark.parametrize(
+    ("type_", "expected"),
+    [
+        ("forced", ("forced", "forced")),
+        ("soft", ("attempt", "attempt")),
+        ("downloadonly", ("forced", "skip")),
+    ],
+)
+def test_action_types_map_to_ddi_handling(type_: str, expected: tuple[str, str]) -> None:
+    assert handling(type_) == expected  # type: ignore[arg-type]
+
+
+SW = Software("t", "40", "img", "1.0", "img-1.0.swu", 10, "m" * 32, "s" * 40, "h" * 64, "k")
+
+
+def test_deployment_entry_offers_open_action_with_history_newest_first() -> None:
+    entry = deployment_entry((act(), SW, ["newest", "older"]), None, [])
+    assert entry is not None and entry.open is not None
+    assert entry.open.action_id == "1"
+    assert entry.open.state == "deployment"
+    assert entry.open.c == action_hash(1, "forced", "forced")
+    assert entry.open.history == ["newest", "older"]
+    art = entry.open.deployment.chunks[0].artifacts[0]
+    assert (art.md5, art.sha1, art.sha256, art.object_key) == (SW.md5, SW.sha1, SW.sha256, "k")
+
+
+def test_canceling_action_is_offered_as_cancel() -> None:
+    entry = deployment_entry((act("canceling"), SW, []), None, [])
+    assert entry is not None and entry.open is not None
+    assert entry.open.state == "canceling"
+
+
+def test_nothing_to_say_deletes_the_key() -> None:
+    assert deployment_entry(None, None, []) is None
+    closed_only = deployment_entry(None, None, [3, 2])
+    assert closed_only is not None and closed_only.closed == ["3", "2"]
+
+
+def test_hash_changes_with_handling() -> None:
+    assert action_hash(1, "forced", "forced") != action_hash(1, "attempt", "attempt")
+    assert action_hash(1, "forced", "forced") != action_hash(2, "forced", "forced")

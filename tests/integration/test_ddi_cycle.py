@@ -1,0 +1,354 @@
+"""A scripted device through every DDI endpoint, against the real gateway, rollouts and registry."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gaggle_contracts.events import Compatibility, SoftwareCreated
+from gaggle_contracts.settings import CommonSettings
+from gaggle_gateway.app import build_app as build_gateway
+from gaggle_gateway.settings import GatewaySettings
+from gaggle_registry.app import build_app as build_registry
+from gaggle_registry.settings import RegistrySettings
+from gaggle_rollouts.app import build_app as build_rollouts
+from gaggle_rollouts.settings import RolloutsSettings
+from gaggle_runtime.bus import make_broker, publish_event
+from gaggle_storage import LocalStore, StorageSettings
+
+pytestmark = pytest.mark.integration
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), 65536):
+        yield data[i : i + 65536]
+
+
+class Stack:
+    def __init__(self, gateway: Any, rollouts: Any, tenant: str, store: LocalStore) -> None:
+        self.gw = gateway.url
+        self.ro = rollouts.url
+        self.gateway = gateway
+        self.tenant = tenant
+        self.store = store
+
+    def dev(self, cid: str) -> str:
+        return f"{self.gw}/{self.tenant.upper()}/controller/v1/{cid}"
+
+    async def software(self, common: CommonSettings, payload: bytes, sid: str = "40") -> str:
+        key = f"{hashlib.sha256(payload).hexdigest()}/image.swu"
+        await self.store.write(key, _chunks(payload))
+        broker = make_broker(common.nats_url, "test")
+        await broker.connect()
+        try:
+            await publish_event(
+                broker,
+                SoftwareCreated(
+                    tenant=self.tenant,
+                    software_id=sid,
+                    name="board-image",
+                    version="1.2.3",
+                    filename="image-1.2.3.swu",
+                    size=len(payload),
+                    md5=hashlib.md5(payload).hexdigest(),  # noqa: S324 - hawkBit's hash
+                    sha1=hashlib.sha1(payload).hexdigest(),  # noqa: S324 - hawkBit's hash
+                    sha256=hashlib.sha256(payload).hexdigest(),
+                    compatibility=[Compatibility(hw_model="board", hw_revision="*")],
+                    object_key=key,
+                ),
+            )
+        finally:
+            await broker.stop()
+        return sid
+
+    async def assign(self, client: httpx.AsyncClient, cid: str, sid: str, **extra: Any) -> dict:
+        deadline = time.monotonic() + 10
+        while True:
+            r = await client.post(
+                f"{self.ro}/api/v1/devices/{cid}/actions",
+                params={"tenant": self.tenant},
+                json={"software_id": sid, **extra},
+            )
+            if r.status_code != 404 or time.monotonic() > deadline:
+                assert r.status_code == 201, r.text
+                return r.json()
+            await asyncio.sleep(0.05)
+
+    async def action(self, client: httpx.AsyncClient, action_id: str) -> dict:
+        r = await client.get(
+            f"{self.ro}/api/v1/actions/{action_id}", params={"tenant": self.tenant}
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def wait_action(
+        self, client: httpx.AsyncClient, action_id: str, status: str, timeout: float = 10
+    ) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            action = await self.action(client, action_id)
+            if action["status"] == status or time.monotonic() > deadline:
+                assert action["status"] == status, action
+                return action
+            await asyncio.sleep(0.05)
+
+    async def wait_poll(
+        self, client: httpx.AsyncClient, cid: str, predicate: Any, timeout: float = 10
+    ) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = (await client.get(self.dev(cid))).json()
+            if predicate(body["_links"]) or time.monotonic() > deadline:
+                assert predicate(body["_links"]), body
+                return body
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def stack(common: CommonSettings, serve, tenant: str, tmp_path: Path) -> Stack:
+    storage = StorageSettings(backend="local", dir=tmp_path / "objects")
+    await serve(build_registry(common, RegistrySettings()))
+    rollouts = await serve(build_rollouts(common, RolloutsSettings()))
+    gateway = await serve(build_gateway(common, GatewaySettings(polling_sleep="00:00:05"), storage))
+    return Stack(gateway, rollouts, tenant, LocalStore(storage.dir))
+
+
+def feedback(execution: str, finished: str = "none", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": 1,
+        "time": "20261123T182554",
+        "status": {
+            "execution": execution,
+            "result": {"finished": finished, **extra},
+            "details": [f"{execution} {finished}"],
+        },
+    }
+
+
+async def test_full_deployment_cycle_with_download_range_and_final_feedback(
+    stack: Stack, common: CommonSettings
+) -> None:
+    payload = os.urandom(300_000)
+    sid = await stack.software(common, payload)
+    async with httpx.AsyncClient(timeout=10) as client:
+        first = (await client.get(stack.dev("d1"))).json()
+        assert set(first["_links"]) == {"configData"}
+        r = await client.put(
+            f"{stack.dev('d1')}/configData", json={"mode": None, "data": {"hw_boardname": "board"}}
+        )
+        assert r.status_code == 200
+
+        action = await stack.assign(client, "d1", sid)
+        body = await stack.wait_poll(client, "d1", lambda links: "deploymentBase" in links)
+        href = body["_links"]["deploymentBase"]["href"]
+        assert href.startswith(f"{stack.dev('d1')}/deploymentBase/{action['id']}?c=")
+
+        deployment = (await client.get(href)).json()
+        assert deployment["id"] == action["id"]
+        assert deployment["deployment"]["download"] == "forced"
+        assert deployment["deployment"]["update"] == "forced"
+        assert "maintenanceWindow" not in deployment["deployment"]
+        chunk = deployment["deployment"]["chunks"][0]
+        assert (chunk["part"], chunk["version"], chunk["name"]) == ("os", "1.2.3", "board-image")
+        art = chunk["artifacts"][0]
+        assert art["filename"] == "image-1.2.3.swu"
+        assert art["size"] == len(payload)
+        assert art["hashes"] == {
+            "sha1": hashlib.sha1(payload).hexdigest(),  # noqa: S324
+            "md5": hashlib.md5(payload).hexdigest(),  # noqa: S324
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
+        url = art["_links"]["download"]["href"]
+        assert art["_links"]["download-http"]["href"] == url
+        assert url == f"{stack.dev('d1')}/softwaremodules/{sid}/artifacts/image-1.2.3.swu"
+
+        head = await client.head(url)
+        assert head.status_code == 200
+        assert head.headers["content-length"] == str(len(payload))
+        assert head.headers["etag"] == f'"{art["hashes"]["sha1"]}"'
+        assert head.headers["accept-ranges"] == "bytes"
+        assert head.content == b""
+
+        # A cut download resumed with Range, as SWUpdate does.
+        part = await client.get(url, headers={"Range": "bytes=100000-"})
+        assert part.status_code == 206
+        assert part.headers["content-range"] == f"bytes 100000-{len(payload) - 1}/{len(payload)}"
+        assert part.content == payload[100000:]
+        full = await client.get(url)
+        assert full.status_code == 200
+        assert full.content == payload
+        suffix = await client.get(url, headers={"Range": "bytes=-10"})
+        assert suffix.content == payload[-10:]
+        multi = await client.get(url, headers={"Range": "bytes=0-9,20-29"})
+        assert multi.status_code == 206
+        assert multi.headers["content-type"].startswith("multipart/byteranges")
+        assert payload[:10] in multi.content and payload[20:30] in multi.content
+        assert int(multi.headers["content-length"]) == len(multi.content)
+        bad = await client.get(url, headers={"Range": f"bytes={len(payload)}-"})
+        assert bad.status_code == 416
+        assert bad.headers["content-range"] == f"bytes */{len(payload)}"
+        stale = await client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+        assert stale.status_code == 200 and stale.content == payload
+        fresh = await client.get(
+            url, headers={"Range": "bytes=0-9", "If-Range": head.headers["etag"]}
+        )
+        assert fresh.status_code == 206 and fresh.content == payload[:10]
+        assert (await client.get(url, headers={"If-Match": '"nope"'})).status_code == 412
+        md5 = await client.get(f"{url}.MD5SUM")
+        assert md5.text == f"{art['hashes']['md5']}  image-1.2.3.swu"
+
+        listing = (await client.get(f"{stack.dev('d1')}/softwaremodules/{sid}/artifacts")).json()
+        assert listing[0]["filename"] == "image-1.2.3.swu"
+
+        fb_url = f"{stack.dev('d1')}/deploymentBase/{action['id']}/feedback"
+        r = await client.post(fb_url, json=feedback("proceeding", progress={"cnt": 2, "of": 0}))
+        assert r.status_code == 200
+        await stack.wait_action(client, action["id"], "running")
+        # The deployment stays offered until the device reports a final result.
+        body = (await client.get(stack.dev("d1"))).json()
+        assert "deploymentBase" in body["_links"]
+
+        r = await client.post(fb_url, json=feedback("closed", "success", progress={}))
+        assert r.status_code == 200
+        done = await stack.wait_action(client, action["id"], "finished")
+        assert done["active"] is False
+        assert [h["execution"] for h in done["history"]] == [None, "proceeding", "closed"]
+        body = await stack.wait_poll(client, "d1", lambda links: "deploymentBase" not in links)
+        installed = body["_links"]["installedBase"]["href"]
+        assert installed.endswith(f"/installedBase/{action['id']}")
+        assert (await client.get(installed)).json()["id"] == action["id"]
+
+        late = await client.post(fb_url, json=feedback("proceeding"))
+        assert late.status_code == 410
+        assert (
+            await client.get(f"{stack.dev('d1')}/deploymentBase/{action['id']}")
+        ).status_code == 404
+
+
+async def test_cancel_cycle_offers_cancel_and_closes_on_acknowledgement(
+    stack: Stack, common: CommonSettings
+) -> None:
+    sid = await stack.software(common, b"x" * 1000)
+    async with httpx.AsyncClient(timeout=10) as client:
+        action = await stack.assign(client, "d2", sid)
+        r = await client.post(
+            f"{stack.ro}/api/v1/actions/{action['id']}/cancel", params={"tenant": stack.tenant}
+        )
+        assert r.json()["status"] == "canceling"
+        body = await stack.wait_poll(client, "d2", lambda links: "cancelAction" in links)
+        href = body["_links"]["cancelAction"]["href"]
+        assert href == f"{stack.dev('d2')}/cancelAction/{action['id']}"
+        assert "deploymentBase" not in body["_links"]
+        assert (await client.get(href)).json() == {
+            "id": action["id"],
+            "cancelAction": {"stopId": action["id"]},
+        }
+        r = await client.post(f"{href}/feedback", json=feedback("closed", "success"))
+        assert r.status_code == 200
+        done = await stack.wait_action(client, action["id"], "canceled")
+        assert done["active"] is False
+        await stack.wait_poll(client, "d2", lambda links: "cancelAction" not in links)
+
+
+async def test_rejected_cancel_returns_the_action_to_the_device(
+    stack: Stack, common: CommonSettings
+) -> None:
+    sid = await stack.software(common, b"y" * 1000)
+    async with httpx.AsyncClient(timeout=10) as client:
+        action = await stack.assign(client, "d3", sid)
+        await client.post(
+            f"{stack.ro}/api/v1/actions/{action['id']}/cancel", params={"tenant": stack.tenant}
+        )
+        body = await stack.wait_poll(client, "d3", lambda links: "cancelAction" in links)
+        # Cancel feedback for an action that is not canceling is 405; this one is.
+        r = await client.post(
+            f"{body['_links']['cancelAction']['href']}/feedback",
+            json=feedback("rejected", "success"),
+        )
+        assert r.status_code == 200
+        back = await stack.wait_action(client, action["id"], "cancel_rejected")
+        assert back["active"] is True
+        await stack.wait_poll(client, "d3", lambda links: "deploymentBase" in links)
+        r = await client.post(
+            f"{stack.dev('d3')}/cancelAction/{action['id']}/feedback",
+            json=feedback("closed", "success"),
+        )
+        assert r.status_code == 405
+
+
+async def test_failed_install_closes_the_action_as_error(
+    stack: Stack, common: CommonSettings
+) -> None:
+    sid = await stack.software(common, b"z" * 1000)
+    async with httpx.AsyncClient(timeout=10) as client:
+        action = await stack.assign(client, "d4", sid)
+        await stack.wait_poll(client, "d4", lambda links: "deploymentBase" in links)
+        r = await client.post(
+            f"{stack.dev('d4')}/deploymentBase/{action['id']}/feedback",
+            json=feedback("closed", "failure"),
+        )
+        assert r.status_code == 200
+        done = await stack.wait_action(client, action["id"], "error")
+        assert done["history"][-1]["details"] == ["closed failure"]
+        body = await stack.wait_poll(client, "d4", lambda links: "deploymentBase" not in links)
+        assert "installedBase" not in body["_links"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("put", "/configData", b"{not json", 400),
+        ("put", "/configData", b'{"data": {}}', 400),
+        ("put", "/configData", b'{"mode": "upsert", "data": {"a": "b"}}', 400),
+        ("put", "/configData", b'{"data": {"a": "' + b"x" * 200_000 + b'"}}', 413),
+        (
+            "post",
+            "/deploymentBase/999/feedback",
+            b'{"status": {"execution": "closed", "result": {"finished": "success"}}}',
+            404,
+        ),
+        ("post", "/deploymentBase/../feedback", b"{}", 404),
+        ("get", "/deploymentBase/abc", b"", 404),
+        ("get", "/cancelAction/1", b"", 404),
+        ("get", "/installedBase/1", b"", 404),
+        ("get", "/softwaremodules/1/artifacts", b"", 404),
+        ("get", "/softwaremodules/1/artifacts/x.swu", b"", 404),
+    ],
+)
+async def test_bad_device_input_gets_a_clear_4xx(
+    stack: Stack, method: str, path: str, body: bytes, status: int
+) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        await client.get(stack.dev("bad"))
+        r = await client.request(
+            method,
+            stack.dev("bad") + path,
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == status, r.text
+        assert "message" in r.json()
+
+
+@pytest.mark.parametrize(
+    "url_path",
+    [
+        "/DEFAULT/controller/v1/" + "x" * 257,
+        "/DEFAULT/controller/v1/a%20b",
+        "/DE.FAULT/controller/v1/dev",
+        "/" + "t" * 65 + "/controller/v1/dev",
+    ],
+)
+async def test_odd_tenant_or_controller_id_is_400(stack: Stack, url_path: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.get(stack.gw + url_path)
+        assert r.status_code == 400
+        assert r.json()["errorCode"]
