@@ -25,8 +25,12 @@ Change = Literal["registered", "attributes", "installed", "deleted", "other"]
 INSERT_DISCOVERED = """
 INSERT INTO registry.devices (tenant, controller_id, last_seen_at, last_address, created_at)
 VALUES ($1, $2, $3, $4, $3)
-ON CONFLICT (tenant, controller_id) DO NOTHING
-RETURNING *"""
+ON CONFLICT (tenant, controller_id) DO UPDATE
+SET last_seen_at = EXCLUDED.last_seen_at,
+    last_address = coalesce(EXCLUDED.last_address, registry.devices.last_address)
+WHERE registry.devices.last_seen_at IS NULL
+   OR registry.devices.last_seen_at < EXCLUDED.last_seen_at
+RETURNING *, (xmax = 0) AS inserted"""
 
 INSERT_API = """
 INSERT INTO registry.devices (tenant, controller_id, name, tags, token_hash, registered_via)
@@ -37,8 +41,8 @@ RETURNING *"""
 LOCK_ONE = "SELECT * FROM registry.devices WHERE tenant = $1 AND controller_id = $2 FOR UPDATE"
 
 ENSURE = """
-INSERT INTO registry.devices (tenant, controller_id, created_at)
-VALUES ($1, $2, $3)
+INSERT INTO registry.devices (tenant, controller_id, created_at, last_seen_at)
+VALUES ($1, $2, $3, $3)
 ON CONFLICT (tenant, controller_id) DO NOTHING"""
 
 UPDATE_ATTRIBUTES = """
@@ -200,7 +204,11 @@ class Repo:
         self.outbox = outbox
 
     async def register_discovered(self, event: DeviceDiscovered) -> Device | None:
-        """Create the device unless it exists; None when it already did (idempotent)."""
+        """Create the device unless it exists; None when it already did (idempotent).
+
+        The discovery is also the device's first sighting: a device that its configData report
+        registered first, or whose sightings batch overtook this event, still gets it.
+        """
         async with self.db.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 INSERT_DISCOVERED,
@@ -209,7 +217,7 @@ class Repo:
                 event.occurred_at,
                 event.address,
             )
-            if row is None:
+            if row is None or not row["inserted"]:
                 return None
             device = _device(row)
             await self._publish_device(conn, device, "registered")
