@@ -98,8 +98,11 @@ def _venv_python(venv_dir: Path) -> Path:
 
 
 def _uv_command() -> list[str]:
-    """``uv`` from PATH, else ``python -m uv``; raises RuntimeError if neither works."""
-    uv = shutil.which("uv")
+    """The ``uv`` running the tests, else ``uv`` from PATH, else ``python -m uv``.
+
+    Raises RuntimeError if none works.
+    """
+    uv = os.environ.get("UV") or shutil.which("uv")
     if uv:
         return [uv]
     probe = subprocess.run(

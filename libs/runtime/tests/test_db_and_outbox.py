@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import asyncpg
 import pytest
 
-from gaggle_contracts.events import DeviceDiscovered
+from gaggle_contracts.events import DeviceConfigReported, DeviceDiscovered
 from gaggle_contracts.kv import DeviceEntry
 from gaggle_runtime import db
 from gaggle_runtime.outbox import Outbox, OutboxRelay
@@ -133,15 +134,60 @@ async def test_rows_stay_until_published_when_the_bus_is_away(database_url: str)
     outbox = Outbox("svc")
     sink = ListSink(fail_first=1)
     relay = OutboxRelay(database_url, pool, outbox, sink)
+    first = DeviceDiscovered(tenant="t", controller_id="d1")
+    second = DeviceConfigReported(tenant="t", controller_id="d1", data={"a": "1"})
+    other = DeviceDiscovered(tenant="t", controller_id="d2")
     try:
         async with pool.acquire() as conn, conn.transaction():
-            await outbox.event(conn, DeviceDiscovered(tenant="t", controller_id="d1"))
-            await outbox.event(conn, DeviceDiscovered(tenant="t", controller_id="d2"))
+            await outbox.event(conn, first)
+            await outbox.event(conn, second)
+            await outbox.event(conn, other)
         with pytest.raises(ConnectionError):
             await relay.drain()
+        # d1's first event failed, so its second waits behind it; d2 is not held up.
+        assert [s[2] for s in sink.sent] == [other.message_id]
         assert await pool.fetchval("SELECT count(*) FROM svc.outbox") == 2
         assert await relay.drain() == 2
-        assert [s[2] for s in sink.sent] == ["discovered:t:d1", "discovered:t:d2"]
+        assert [s[2] for s in sink.sent[1:]] == [first.message_id, second.message_id]
+    finally:
+        await pool.close()
+
+
+class SlowSink(ListSink):
+    """Answers after a random delay, as a real server under load does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.peak = 0
+
+    async def kv_put(self, bucket: str, key: str, payload: bytes) -> None:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await asyncio.sleep(random.uniform(0, 0.003))
+        self.in_flight -= 1
+        await super().kv_put(bucket, key, payload)
+
+
+async def test_batched_rows_go_out_concurrently_yet_in_order_per_key(database_url: str) -> None:
+    pool = await _outbox_pool(database_url)
+    outbox = Outbox("svc")
+    sink = SlowSink()
+    relay = OutboxRelay(database_url, pool, outbox, sink)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            for version in range(5):
+                puts = [
+                    ("devices", f"t.d{i}", DeviceEntry(token_hash=str(version))) for i in range(40)
+                ]
+                await outbox.many(conn, kv_puts=puts)
+        assert await relay.drain() == 200
+        assert sink.peak > 1
+        for i in range(40):
+            values = [s[3] for s in sink.sent if s[2] == f"t.d{i}"]
+            assert [DeviceEntry.model_validate_json(v).token_hash for v in values] == [
+                str(v) for v in range(5)
+            ]
     finally:
         await pool.close()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import asyncpg
@@ -23,6 +23,15 @@ from gaggle_contracts.events import Event
 from gaggle_runtime.db import Conn, check_identifier
 
 log = logging.getLogger(__name__)
+
+
+OutboxRow = tuple[str, str, str | None, str | None, bytes]
+
+
+def _event_row(event: Event) -> OutboxRow:
+    # An event's key is its device, if it has one: the relay keeps a device's events in order.
+    key = getattr(event, "controller_id", None)
+    return ("event", event.subject, key, event.message_id, event.model_dump_json().encode())
 
 
 class Outbox:
@@ -35,17 +44,31 @@ class Outbox:
             f"INSERT INTO {schema}.outbox (op, target, key, msg_id, payload)"  # noqa: S608
             " VALUES ($1, $2, $3, $4, $5)"
         )
+        self._insert_many = (
+            f"INSERT INTO {schema}.outbox (op, target, key, msg_id, payload)"  # noqa: S608
+            " SELECT op, target, key, msg_id, payload"
+            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
+            " WITH ORDINALITY AS r(op, target, key, msg_id, payload, n) ORDER BY n"
+        )
 
     async def event(self, conn: Conn, event: Event) -> None:
         """Queue ``event`` for publishing once the transaction commits."""
-        await conn.execute(
-            self._insert,
-            "event",
-            event.subject,
-            None,
-            event.message_id,
-            event.model_dump_json().encode(),
-        )
+        await conn.execute(self._insert, *_event_row(event))
+        await self._notify(conn)
+
+    async def many(
+        self,
+        conn: Conn,
+        events: Sequence[Event] = (),
+        kv_puts: Sequence[tuple[str, str, BaseModel]] = (),
+    ) -> None:
+        """Queue many events, then many KV puts ``(bucket, key, value)``, in one statement."""
+        rows = [_event_row(e) for e in events]
+        rows += [("kv_put", b, k, None, v.model_dump_json().encode()) for b, k, v in kv_puts]
+        if not rows:
+            return
+        ops, targets, keys, msg_ids, payloads = (list(col) for col in zip(*rows, strict=True))
+        await conn.execute(self._insert_many, ops, targets, keys, msg_ids, payloads)
         await self._notify(conn)
 
     async def kv_put(self, conn: Conn, bucket: str, key: str, value: BaseModel) -> None:
@@ -142,23 +165,42 @@ class OutboxRelay:
         self._wake.set()
 
     async def drain(self) -> int:
-        """Publish everything pending now; return how many rows were sent."""
+        """Publish everything pending now; return how many rows were sent.
+
+        Rows of a batch are sent concurrently, except that rows sharing an ordering key (the same
+        KV key, or events of the same device) go one after the other in id order. When a send
+        fails, the rows of its key after it are left for the next attempt, so a retry can never
+        overtake a newer write of the same key.
+        """
         sent = 0
         while True:
             async with self.pool.acquire() as conn:
                 rows = await conn.fetch(self._select, self.batch)
                 if not rows:
                     return sent
+                lanes: dict[tuple[str, str | None], list[asyncpg.Record]] = {}
+                for row in rows:
+                    lane = ("", row["key"]) if row["op"] == "event" else (row["target"], row["key"])
+                    lanes.setdefault(lane, []).append(row)
                 done: list[int] = []
                 try:
-                    for row in rows:
-                        await self._send(row)
-                        done.append(row["id"])
+                    results = await asyncio.gather(
+                        *(self._send_lane(lane, done) for lane in lanes.values()),
+                        return_exceptions=True,
+                    )
                 finally:
                     if done:
                         await conn.execute(self._delete, done)
                         sent += len(done)
                         self.published += len(done)
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+
+    async def _send_lane(self, lane: list[asyncpg.Record], done: list[int]) -> None:
+        for row in lane:
+            await self._send(row)
+            done.append(row["id"])
 
     async def _send(self, row: asyncpg.Record) -> None:
         op = row["op"]
