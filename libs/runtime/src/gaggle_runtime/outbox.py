@@ -61,10 +61,12 @@ class Outbox:
         conn: Conn,
         events: Sequence[Event] = (),
         kv_puts: Sequence[tuple[str, str, BaseModel]] = (),
+        kv_deletes: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Queue many events, then many KV puts ``(bucket, key, value)``, in one statement."""
+        """Queue many events, KV puts ``(bucket, key, value)`` and deletes, in one statement."""
         rows = [_event_row(e) for e in events]
         rows += [("kv_put", b, k, None, v.model_dump_json().encode()) for b, k, v in kv_puts]
+        rows += [("kv_delete", b, k, None, b"") for b, k in kv_deletes]
         if not rows:
             return
         ops, targets, keys, msg_ids, payloads = (list(col) for col in zip(*rows, strict=True))

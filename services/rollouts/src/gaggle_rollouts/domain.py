@@ -62,6 +62,9 @@ class Action:
     active: bool
     created_at: datetime | None = None
     closed_at: datetime | None = None
+    rollout_id: int | None = None
+    window_open: bool | None = None
+    """None: no maintenance window; else whether the window is open now."""
 
 
 def feedback_status(action: Action, fb: FeedbackStatus) -> tuple[str, bool]:
@@ -77,9 +80,9 @@ def feedback_status(action: Action, fb: FeedbackStatus) -> tuple[str, bool]:
         if action.type == "downloadonly":
             return "downloaded", False
         return "downloaded", True
-    if action.status == "canceling":
-        # Informational feedback while a cancel is pending keeps the cancel pending.
-        return "canceling", True
+    if action.status in ("canceling", "wait_for_confirmation"):
+        # Informational feedback while a cancel or a confirmation is pending keeps it pending.
+        return action.status, True
     if execution == "rejected":
         return "warning", True
     if execution == "download":
@@ -99,18 +102,35 @@ def cancel_feedback_status(action: Action, fb: FeedbackStatus) -> tuple[str, boo
     return "canceling", True
 
 
+def confirmation_status(action: Action, confirmed: bool) -> tuple[str, bool]:
+    """New (status, active) after the device confirmed or denied (hawkBit: denied keeps waiting)."""
+    if action.active and action.status == "wait_for_confirmation" and confirmed:
+        return "running", True
+    return action.status, action.active
+
+
 def close_for_deleted_device(action: Action, _: object) -> tuple[str, bool]:
     """A deleted device's open action is canceled without waiting for the device."""
     return ("canceled", False) if action.active else (action.status, False)
 
 
-def handling(action_type: ActionType) -> tuple[HandlingType, HandlingType]:
-    """``download`` and ``update`` handling of an action type (no maintenance window)."""
+def handling(
+    action_type: ActionType, window_open: bool | None = None
+) -> tuple[HandlingType, HandlingType]:
+    """``download`` and ``update`` handling of an action type.
+
+    Outside its maintenance window (``window_open`` False) a device may download but must not
+    install: ``update`` is ``skip`` (ddi-api.md, maintenanceWindow).
+    """
     if action_type == "soft":
-        return "attempt", "attempt"
-    if action_type == "downloadonly":
-        return "forced", "skip"
-    return "forced", "forced"
+        download, update = "attempt", "attempt"
+    elif action_type == "downloadonly":
+        download, update = "forced", "skip"
+    else:
+        download, update = "forced", "forced"
+    if window_open is False:
+        update = "skip"
+    return download, update  # type: ignore[return-value]
 
 
 def action_hash(action_id: int, download: str, update: str) -> str:
@@ -120,7 +140,7 @@ def action_hash(action_id: int, download: str, update: str) -> str:
 
 def deployment_doc(action: Action, software: Software) -> DeploymentDoc:
     """The deploymentBase document of ``action``: one chunk with the software's one file."""
-    download, update = handling(action.type)
+    download, update = handling(action.type, action.window_open)
     artifact = ArtifactDoc(
         filename=software.filename,
         size=software.size,
@@ -137,24 +157,30 @@ def deployment_doc(action: Action, software: Software) -> DeploymentDoc:
         version=software.version,
         artifacts=[artifact],
     )
-    return DeploymentDoc(download=download, update=update, chunks=[chunk])
+    window: Literal["available", "unavailable"] | None = None
+    if action.window_open is not None:
+        window = "available" if action.window_open else "unavailable"
+    return DeploymentDoc(
+        download=download, update=update, maintenance_window=window, chunks=[chunk]
+    )
 
 
 def deployment_entry(
     open_action: tuple[Action, Software, list[str]] | None,
     installed: tuple[Action, Software] | None,
     closed_ids: list[int],
+    auto_confirm: bool = False,
 ) -> DeploymentEntry | None:
     """What KV ``deployments`` says for a device; None: nothing to say (delete the key)."""
-    if open_action is None and installed is None and not closed_ids:
+    if open_action is None and installed is None and not closed_ids and not auto_confirm:
         return None
     open_doc = None
     if open_action is not None:
         action, software, history = open_action
         doc = deployment_doc(action, software)
-        state: Literal["deployment", "canceling"] = (
-            "canceling" if action.status == "canceling" else "deployment"
-        )
+        state: Literal["deployment", "canceling", "wait_for_confirmation"] = "deployment"
+        if action.status in ("canceling", "wait_for_confirmation"):
+            state = action.status  # type: ignore[assignment]
         open_doc = OpenAction(
             action_id=str(action.id),
             state=state,
@@ -173,6 +199,7 @@ def deployment_entry(
         open=open_doc,
         installed=installed_doc,
         closed=[str(i) for i in closed_ids[:KV_CLOSED_IDS]],
+        auto_confirm=auto_confirm,
     )
 
 

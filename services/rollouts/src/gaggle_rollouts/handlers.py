@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from faststream.nats import NatsRouter
 
 from gaggle_contracts.events import (
     ActionFeedback,
+    AutoConfirmChanged,
     CancelFeedback,
+    ConfirmationFeedback,
     DeviceUpdated,
     FeedbackStatus,
     SoftwareCreated,
@@ -20,8 +23,10 @@ from gaggle_rollouts.domain import (
     Action,
     cancel_feedback_status,
     close_for_deleted_device,
+    confirmation_status,
     feedback_status,
 )
+from gaggle_rollouts.engine import Engine
 from gaggle_rollouts.repository import Repo
 from gaggle_runtime.bus import consumer_options
 
@@ -29,16 +34,24 @@ log = logging.getLogger(__name__)
 
 SERVICE = "rollouts"
 
-Decide = Callable[[Action, FeedbackStatus], tuple[str, bool]]
+Decide = Callable[[Action, Any], tuple[str, bool]]
 
 
 def _action_id(raw: str) -> int | None:
     return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
-def make_router(repo: Repo, common: CommonSettings) -> NatsRouter:
-    """The rollouts service's subscribers, bound to ``repo``."""
+def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRouter:
+    """The rollouts service's subscribers; the rollouts they touch are handed to ``engine``."""
     router = NatsRouter()
+
+    async def after(action: Action | None) -> None:
+        if action is None:
+            return
+        engine.poke(action.rollout_id)
+        if not action.active:
+            # Whatever waited for this action (a started rollout wave, a newer software) now may.
+            await repo.redecide(action.tenant, action.controller_id)
 
     @router.subscriber(**consumer_options(SERVICE, SoftwareCreated.kind, common))
     async def on_software_created(event: SoftwareCreated) -> None:
@@ -52,12 +65,23 @@ def make_router(repo: Repo, common: CommonSettings) -> NatsRouter:
         """ota.v1.*.software.deleted -> no new actions for that software."""
         await repo.delete_software(event)
 
-    async def apply(event: ActionFeedback | CancelFeedback, decide: Decide) -> None:
+    async def apply(
+        event: ActionFeedback | CancelFeedback | ConfirmationFeedback,
+        decide: Decide,
+        status: FeedbackStatus | None,
+        note: list[str] | None = None,
+    ) -> None:
         action_id = _action_id(event.action_id)
         action = None
         if action_id is not None:
             action = await repo.apply(
-                event.tenant, action_id, event.event_id, event.occurred_at, event.status, decide
+                event.tenant,
+                action_id,
+                event.event_id,
+                event.occurred_at,
+                status,
+                decide,
+                note=note,
             )
         if action is None:
             log.warning(
@@ -73,6 +97,7 @@ def make_router(repo: Repo, common: CommonSettings) -> NatsRouter:
                 action.id,
                 action.status,
             )
+        await after(action)
 
     @router.subscriber(**consumer_options(SERVICE, DeviceUpdated.kind, common))
     async def on_device_updated(event: DeviceUpdated) -> None:
@@ -83,7 +108,7 @@ def make_router(repo: Repo, common: CommonSettings) -> NatsRouter:
             return
         action = await repo.open_action_of(event.tenant, event.controller_id)
         if action is not None:
-            await repo.apply(
+            closed = await repo.apply(
                 event.tenant,
                 action.id,
                 event.event_id,
@@ -92,17 +117,46 @@ def make_router(repo: Repo, common: CommonSettings) -> NatsRouter:
                 close_for_deleted_device,
                 note=["Device deleted."],
             )
+            engine.poke(closed.rollout_id if closed else None)
 
     # Feedback is consumed one event at a time: events fetched together would be handled
     # concurrently, and a device's reports must enter its history in the order it sent them.
     @router.subscriber(**consumer_options(SERVICE, ActionFeedback.kind, common, batch=1))
     async def on_action_feedback(event: ActionFeedback) -> None:
         """ota.v1.*.action.feedback -> history entry; status moved forward; KV refreshed."""
-        await apply(event, feedback_status)
+        await apply(event, feedback_status, event.status)
 
     @router.subscriber(**consumer_options(SERVICE, CancelFeedback.kind, common, batch=1))
     async def on_cancel_feedback(event: CancelFeedback) -> None:
         """ota.v1.*.cancel.feedback -> canceled, or back to running if the device refused."""
-        await apply(event, cancel_feedback_status)
+        await apply(event, cancel_feedback_status, event.status)
+
+    @router.subscriber(**consumer_options(SERVICE, ConfirmationFeedback.kind, common, batch=1))
+    async def on_confirmation(event: ConfirmationFeedback) -> None:
+        """ota.v1.*.confirmation.feedback -> confirmed: the action runs; denied: it waits on."""
+        confirmed = event.confirmation == "confirmed"
+        text = "Confirmed by the device." if confirmed else "Denied by the device."
+        await apply(
+            event,
+            lambda action, _: confirmation_status(action, confirmed),
+            None,
+            note=[text, *event.details],
+        )
+
+    @router.subscriber(**consumer_options(SERVICE, AutoConfirmChanged.kind, common))
+    async def on_auto_confirm(event: AutoConfirmChanged) -> None:
+        """ota.v1.*.device.auto_confirm -> kept; switched on, a waiting action is confirmed."""
+        await repo.set_auto_confirm(event.tenant, event.controller_id, event.active)
+        action = await repo.open_action_of(event.tenant, event.controller_id)
+        if event.active and action is not None and action.status == "wait_for_confirmation":
+            await repo.apply(
+                event.tenant,
+                action.id,
+                event.event_id,
+                event.occurred_at,
+                None,
+                lambda a, _: confirmation_status(a, True),
+                note=[f"Confirmed automatically ({event.initiator or 'device'})."],
+            )
 
     return router

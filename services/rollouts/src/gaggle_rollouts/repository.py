@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 import asyncpg
+from pydantic import BaseModel
 
 from gaggle_contracts import names
 from gaggle_contracts.events import (
@@ -23,12 +25,15 @@ from gaggle_contracts.events import (
 )
 from gaggle_rollouts.decision import Candidate, Decision, DeviceView, PolicyView, decide
 from gaggle_rollouts.domain import (
+    KV_CLOSED_IDS,
+    KV_HISTORY,
     Action,
     ActionType,
     Software,
     deployment_entry,
     with_status,
 )
+from gaggle_rollouts.plan import Window
 from gaggle_runtime.db import Conn
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
@@ -49,14 +54,31 @@ UPDATE rollouts.software SET deleted = true WHERE tenant = $1 AND software_id = 
 SELECT_SOFTWARE = """
 SELECT * FROM rollouts.software WHERE tenant = $1 AND software_id = $2"""
 
-INSERT_ACTION = """
-INSERT INTO rollouts.actions (tenant, controller_id, software_id, version, type, status)
-VALUES ($1, $2, $3, $4, $5, 'running')
+INSERT_ACTIONS = """
+INSERT INTO rollouts.actions (tenant, controller_id, software_id, version, type, status,
+                              rollout_id, maintenance_window, window_open)
+SELECT $1, u.controller_id, $2, $3, $4, u.status, $5, $6::jsonb, $7
+FROM unnest($8::text[], $9::text[]) AS u(controller_id, status)
 ON CONFLICT (tenant, controller_id) WHERE active DO NOTHING
 RETURNING *"""
 
+INSERT_NOTES = """
+INSERT INTO rollouts.action_status (action_id, status, details)
+SELECT u.id, u.status, jsonb_build_array(u.note)
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, status, note)"""
+
+AUTO_CONFIRM = """
+SELECT controller_id FROM rollouts.devices
+WHERE tenant = $1 AND controller_id = ANY($2::text[]) AND auto_confirm"""
+
 SELECT_ACTION = "SELECT * FROM rollouts.actions WHERE tenant = $1 AND id = $2"
 LOCK_ACTION = "SELECT * FROM rollouts.actions WHERE tenant = $1 AND id = $2 FOR UPDATE"
+
+CLOSE_MEMBER = """
+UPDATE rollouts.rollout_devices SET state = $4
+WHERE rollout_id = $1 AND controller_id = $2 AND action_id = $3 AND state = 'running'"""
+MEMBER_OUTCOME = {"finished": "success", "downloaded": "success", "canceled": "canceled"}
+"""How a closed action counts in its rollout; anything else (``error``) is a failure."""
 
 UPDATE_STATUS = """
 UPDATE rollouts.actions
@@ -80,15 +102,38 @@ SELECT * FROM rollouts.actions WHERE tenant = $1 AND controller_id = $2 ORDER BY
 
 OPEN_ACTION = """
 SELECT * FROM rollouts.actions WHERE tenant = $1 AND controller_id = $2 AND active"""
+OPEN_ACTIONS = """
+SELECT * FROM rollouts.actions WHERE tenant = $1 AND controller_id = ANY($2::text[]) AND active"""
 LAST_INSTALLED = """
-SELECT * FROM rollouts.actions
-WHERE tenant = $1 AND controller_id = $2 AND NOT active AND status IN ('finished', 'downloaded')
-ORDER BY id DESC LIMIT 1"""
+SELECT DISTINCT ON (controller_id) * FROM rollouts.actions
+WHERE tenant = $1 AND controller_id = ANY($2::text[]) AND NOT active
+  AND status IN ('finished', 'downloaded')
+ORDER BY controller_id, id DESC"""
 RECENT_CLOSED = """
-SELECT id FROM rollouts.actions WHERE tenant = $1 AND controller_id = $2 AND NOT active
-ORDER BY id DESC LIMIT 10"""
+SELECT controller_id, id FROM (
+    SELECT controller_id, id,
+           row_number() OVER (PARTITION BY controller_id ORDER BY id DESC) AS n
+    FROM rollouts.actions
+    WHERE tenant = $1 AND controller_id = ANY($2::text[]) AND NOT active) recent
+WHERE n <= $3 ORDER BY controller_id, id DESC"""
 RECENT_MESSAGES = """
-SELECT details FROM rollouts.action_status WHERE action_id = $1 ORDER BY id DESC LIMIT 20"""
+SELECT action_id, details FROM (
+    SELECT action_id, id, details,
+           row_number() OVER (PARTITION BY action_id ORDER BY id DESC) AS n
+    FROM rollouts.action_status WHERE action_id = ANY($1::bigint[])) recent
+WHERE n <= $2 ORDER BY action_id, id DESC"""
+IN_WINDOWS = """
+SELECT id, tenant, controller_id, maintenance_window, window_open FROM rollouts.actions
+WHERE active AND maintenance_window IS NOT NULL FOR UPDATE"""
+SET_WINDOWS = """
+UPDATE rollouts.actions a SET window_open = u.is_open, updated_at = now()
+FROM unnest($1::bigint[], $2::boolean[]) AS u(id, is_open) WHERE a.id = u.id"""
+SET_AUTO_CONFIRM = """
+INSERT INTO rollouts.devices (tenant, controller_id, auto_confirm, updated_at)
+VALUES ($1, $2, $3, '-infinity')
+ON CONFLICT (tenant, controller_id) DO UPDATE SET auto_confirm = EXCLUDED.auto_confirm"""
+SOFTWARE_MANY = """
+SELECT * FROM rollouts.software WHERE tenant = $1 AND software_id = ANY($2::text[])"""
 
 
 def _action(row: asyncpg.Record) -> Action:
@@ -103,6 +148,23 @@ def _action(row: asyncpg.Record) -> Action:
         active=row["active"],
         created_at=row["created_at"],
         closed_at=row["closed_at"],
+        rollout_id=row["rollout_id"],
+        window_open=row["window_open"],
+    )
+
+
+def device_view(row: asyncpg.Record) -> DeviceView:
+    """A ``rollouts.devices`` row as decisions see it."""
+    return DeviceView(row["controller_id"], row["hw_model"], row["hw_revision"], row["sw_version"])
+
+
+def candidate(row: asyncpg.Record) -> Candidate:
+    """A ``rollouts.software`` row as decisions see it."""
+    return Candidate(
+        row["software_id"],
+        row["version"],
+        tuple((c["hw_model"], c["hw_revision"]) for c in row["compatibility"]),
+        row["deleted"],
     )
 
 
@@ -171,6 +233,19 @@ class Policy:
         return {"mode": self.mode, "feed": self.feed, "software_id": self.software_id}
 
 
+RolloutMode = Callable[[Conn, str, DeviceView, PolicyView], Awaitable[Decision]]
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """How actions are opened: their type, window, confirmation, and rollout if any."""
+
+    type: ActionType = "forced"
+    maintenance_window: dict[str, str] | None = None
+    confirmation_required: bool = False
+    rollout_id: int | None = None
+
+
 class ActionExistsError(Exception):
     """The device already has an open action."""
 
@@ -181,6 +256,8 @@ class Repo:
     def __init__(self, db: Database, outbox: Outbox) -> None:
         self.db = db
         self.outbox = outbox
+        self.rollout_mode: RolloutMode | None = None
+        """Decides devices in mode ``rollout`` (set by the rollouts store)."""
 
     # --- software catalogue ---------------------------------------------------------------
 
@@ -264,30 +341,71 @@ class Repo:
         action_type: ActionType,
         note: str,
     ) -> Action:
-        row = await conn.fetchrow(
-            INSERT_ACTION,
+        opened = await self.open_actions(
+            conn, tenant, [controller_id], software, ActionSpec(action_type), note
+        )
+        if not opened:
+            raise ActionExistsError(controller_id)
+        return opened[0]
+
+    async def open_actions(
+        self,
+        conn: Conn,
+        tenant: str,
+        controller_ids: Sequence[str],
+        software: Software,
+        spec: ActionSpec,
+        note: str,
+    ) -> list[Action]:
+        """Open actions for devices that have none open, in a few statements; return them.
+
+        Each gets its status note, an ``action.created`` event and its KV document, all in the
+        caller's transaction. Devices with an open action already are skipped (the partial unique
+        index on open actions decides, so concurrent openers can never create two).
+        """
+        if not controller_ids:
+            return []
+        waiting = set()
+        if spec.confirmation_required:
+            auto = {r[0] for r in await conn.fetch(AUTO_CONFIRM, tenant, list(controller_ids))}
+            waiting = {c for c in controller_ids if c not in auto}
+        statuses = ["wait_for_confirmation" if c in waiting else "running" for c in controller_ids]
+        window = Window.parse(spec.maintenance_window)
+        rows = await conn.fetch(
+            INSERT_ACTIONS,
             tenant,
-            controller_id,
             software.software_id,
             software.version,
-            action_type,
+            spec.type,
+            spec.rollout_id,
+            spec.maintenance_window,
+            None if window is None else window.is_open(utcnow()),
+            list(controller_ids),
+            statuses,
         )
-        if row is None:
-            raise ActionExistsError(controller_id)
-        action = _action(row)
-        await self._log(conn, action.id, None, utcnow(), "running", None, None, None, [note])
-        await self._emit(
-            conn,
+        actions = [_action(r) for r in rows]
+        if not actions:
+            return []
+        await conn.execute(
+            INSERT_NOTES,
+            [a.id for a in actions],
+            [a.status for a in actions],
+            [note] * len(actions),
+        )
+        events = [
             ActionCreated(
                 tenant=tenant,
-                controller_id=controller_id,
-                action_id=str(action.id),
+                controller_id=a.controller_id,
+                action_id=str(a.id),
                 software_id=software.software_id,
                 version=software.version,
-            ),
-        )
-        await self.publish_deployment(conn, tenant, controller_id)
-        return action
+                rollout_id=None if a.rollout_id is None else str(a.rollout_id),
+            )
+            for a in actions
+        ]
+        await self.outbox.many(conn, events=events)
+        await self.publish_deployments(conn, tenant, [a.controller_id for a in actions])
+        return actions
 
     # --- decisions ----------------------------------------------------------------------------
 
@@ -311,7 +429,8 @@ class Repo:
 
         One transaction holding a per-device advisory lock: two replicas, or two events for the
         same device, decide one after the other, and the second sees the first's action (the
-        partial unique index on open actions is the last line of defence).
+        partial unique index on open actions is the last line of defence). Devices in mode
+        ``rollout`` are decided by the rollout they belong to (``rollout_mode``).
         """
         async with self.db.pool.acquire() as conn, conn.transaction():
             await conn.execute(LOCK_DEVICE, f"{tenant}/{controller_id}")
@@ -330,19 +449,13 @@ class Repo:
                 # As in gooseBit, nothing is decided before the device reported what it is and
                 # runs (configData); that report's device.updated decides again.
                 return Decision(None, "waiting for the device's inventory")
-            device = DeviceView(
-                controller_id, row["hw_model"], row["hw_revision"], row["sw_version"]
-            )
+            device = device_view(row)
+            if policy.mode == "rollout":
+                if self.rollout_mode is None:  # pragma: no cover - wired in app.py
+                    return Decision(None, "no rollouts here")
+                return await self.rollout_mode(conn, tenant, device, policy)
             catalogue = {
-                r["software_id"]: (
-                    _software(r),
-                    Candidate(
-                        r["software_id"],
-                        r["version"],
-                        tuple((c["hw_model"], c["hw_revision"]) for c in r["compatibility"]),
-                        r["deleted"],
-                    ),
-                )
+                r["software_id"]: (_software(r), candidate(r))
                 for r in await conn.fetch(SELECT_CATALOGUE, tenant)
             }
             failed = frozenset(
@@ -360,6 +473,30 @@ class Repo:
                     f"Decided: {decision.reason} ({software.version}).",
                 )
             return decision
+
+    async def refresh_windows(self) -> int:
+        """Open actions whose maintenance window opened or closed: stored and re-rendered."""
+        now = utcnow()
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(IN_WINDOWS)
+            changed: dict[str, list[tuple[int, str, bool]]] = {}
+            for r in rows:
+                window = Window.parse(r["maintenance_window"])
+                is_open = window is not None and window.is_open(now)
+                if is_open != r["window_open"]:
+                    changed.setdefault(r["tenant"], []).append(
+                        (r["id"], r["controller_id"], is_open)
+                    )
+            for tenant, items in changed.items():
+                await conn.execute(SET_WINDOWS, [i[0] for i in items], [i[2] for i in items])
+                await self.publish_deployments(conn, tenant, [i[1] for i in items])
+            return sum(len(v) for v in changed.values())
+
+    async def set_auto_confirm(self, tenant: str, controller_id: str, active: bool) -> None:
+        """The device switched auto-confirmation: kept, and its KV document re-rendered."""
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            await conn.execute(SET_AUTO_CONFIRM, tenant, controller_id, active)
+            await self.publish_deployment(conn, tenant, controller_id)
 
     async def latest_mode_devices(self, tenant: str) -> list[str]:
         """Devices whose policy is ``latest`` (a new software may concern them)."""
@@ -431,6 +568,14 @@ class Repo:
                 return action
             await conn.execute(UPDATE_STATUS, action_id, status, active)
             updated = with_status(action, status, active)
+            if not active and action.rollout_id is not None:
+                await conn.execute(
+                    CLOSE_MEMBER,
+                    action.rollout_id,
+                    action.controller_id,
+                    action.id,
+                    MEMBER_OUTCOME.get(status, "failure"),
+                )
             await self._announce(conn, updated, fb)
             await self.publish_deployment(conn, tenant, action.controller_id)
             return updated
@@ -482,27 +627,50 @@ class Repo:
 
     async def publish_deployment(self, conn: Conn, tenant: str, controller_id: str) -> None:
         """Render the device's KV ``deployments`` entry from the tables, via the outbox."""
-        open_row = await conn.fetchrow(OPEN_ACTION, tenant, controller_id)
-        installed_row = await conn.fetchrow(LAST_INSTALLED, tenant, controller_id)
-        closed = [r["id"] for r in await conn.fetch(RECENT_CLOSED, tenant, controller_id)]
-        open_part = None
-        if open_row is not None:
-            action = _action(open_row)
-            software = await self.software(tenant, action.software_id, conn)
-            if software is not None:
-                messages: list[str] = []
-                for r in await conn.fetch(RECENT_MESSAGES, action.id):
-                    messages.extend(reversed(list(r["details"])))
-                open_part = (action, software, messages)
-        installed_part = None
-        if installed_row is not None:
-            action = _action(installed_row)
-            software = await self.software(tenant, action.software_id, conn)
-            if software is not None:
-                installed_part = (action, software)
-        entry = deployment_entry(open_part, installed_part, closed)
-        key = names.kv_key(tenant, controller_id)
-        if entry is None:
-            await self.outbox.kv_delete(conn, names.BUCKET_DEPLOYMENTS, key)
-        else:
-            await self.outbox.kv_put(conn, names.BUCKET_DEPLOYMENTS, key, entry)
+        await self.publish_deployments(conn, tenant, [controller_id])
+
+    async def publish_deployments(
+        self, conn: Conn, tenant: str, controller_ids: Sequence[str]
+    ) -> None:
+        """Render the KV ``deployments`` entries of many devices, in a fixed number of queries."""
+        ids = list(dict.fromkeys(controller_ids))
+        open_rows = {
+            r["controller_id"]: _action(r) for r in await conn.fetch(OPEN_ACTIONS, tenant, ids)
+        }
+        installed = {
+            r["controller_id"]: _action(r) for r in await conn.fetch(LAST_INSTALLED, tenant, ids)
+        }
+        closed: dict[str, list[int]] = {}
+        for r in await conn.fetch(RECENT_CLOSED, tenant, ids, KV_CLOSED_IDS):
+            closed.setdefault(r["controller_id"], []).append(r["id"])
+        messages: dict[int, list[str]] = {}
+        for r in await conn.fetch(RECENT_MESSAGES, [a.id for a in open_rows.values()], KV_HISTORY):
+            messages.setdefault(r["action_id"], []).extend(reversed(list(r["details"])))
+        wanted = {a.software_id for a in open_rows.values()} | {
+            a.software_id for a in installed.values()
+        }
+        catalogue = {
+            r["software_id"]: _software(r)
+            for r in await conn.fetch(SOFTWARE_MANY, tenant, list(wanted))
+        }
+        auto = {r[0] for r in await conn.fetch(AUTO_CONFIRM, tenant, ids)}
+        puts: list[tuple[str, str, BaseModel]] = []
+        deletes: list[tuple[str, str]] = []
+        for controller_id in ids:
+            action = open_rows.get(controller_id)
+            open_part = None
+            if action is not None and action.software_id in catalogue:
+                open_part = (action, catalogue[action.software_id], messages.get(action.id, []))
+            done = installed.get(controller_id)
+            installed_part = None
+            if done is not None and done.software_id in catalogue:
+                installed_part = (done, catalogue[done.software_id])
+            entry = deployment_entry(
+                open_part, installed_part, closed.get(controller_id, []), controller_id in auto
+            )
+            key = names.kv_key(tenant, controller_id)
+            if entry is None:
+                deletes.append((names.BUCKET_DEPLOYMENTS, key))
+            else:
+                puts.append((names.BUCKET_DEPLOYMENTS, key, entry))
+        await self.outbox.many(conn, kv_puts=puts, kv_deletes=deletes)

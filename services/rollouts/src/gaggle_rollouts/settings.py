@@ -12,3 +12,7 @@ class RolloutsSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8083
+    sweep_s: float = 2.0
+    """How often every active rollout is looked at, besides when something changes it."""
+    window_s: float = 30.0
+    """How often maintenance windows of open actions are re-checked."""

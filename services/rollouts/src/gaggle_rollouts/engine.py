@@ -1,0 +1,76 @@
+"""The rollouts engine: background loops that open a rollout's actions and move it on.
+
+Handlers and API requests ``poke`` a rollout after they changed it; the engine then opens the
+actions its started waves are owed (in chunks) and evaluates it (next wave, pause, abort,
+finish). A sweep every ``sweep_s`` does the same for every active rollout, which also finishes
+whatever a crashed process left half done. Maintenance windows are re-checked every
+``window_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gaggle_rollouts.repository import Repo
+from gaggle_rollouts.rollout_store import RolloutStore
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Moves rollouts on, in the background of one process (replicas may run their own)."""
+
+    def __init__(
+        self, store: RolloutStore, repo: Repo, *, sweep_s: float = 2.0, window_s: float = 30.0
+    ) -> None:
+        self.store = store
+        self.repo = repo
+        self.sweep_s = sweep_s
+        self.window_s = window_s
+        self._dirty: set[int] = set()
+        self._wake = asyncio.Event()
+
+    def poke(self, rollout_id: int | None) -> None:
+        """Look at ``rollout_id`` soon (None: nothing to do)."""
+        if rollout_id is not None:
+            self._dirty.add(rollout_id)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Activate and evaluate poked rollouts at once, every active one each sweep."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.sweep_s)
+            self._wake.clear()
+            ids, self._dirty = self._dirty, set()
+            try:
+                if not ids:
+                    ids = set(await self.store.active_ids())
+                for rollout_id in sorted(ids):
+                    await self.step(rollout_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("rollouts engine step failed; retrying", exc_info=True)
+                self._dirty |= ids
+                await asyncio.sleep(0.5)
+
+    async def step(self, rollout_id: int) -> None:
+        """Open what is owed, then evaluate, until the rollout rests."""
+        for _ in range(100):
+            await self.store.activate(rollout_id)
+            if await self.store.evaluate(rollout_id) != "next_wave":
+                return
+
+    async def windows(self) -> None:
+        """Re-render the documents of actions whose maintenance window opened or closed."""
+        while True:
+            await asyncio.sleep(self.window_s)
+            try:
+                await self.repo.refresh_windows()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("maintenance window refresh failed", exc_info=True)

@@ -1,0 +1,191 @@
+"""Rollout rules, pure: wave sizes, counters, when a wave starts, when a rollout stops.
+
+Like hawkBit's rollout groups (hawkbit-concepts.md), a rollout's devices are split into waves when
+it is created. The first wave starts with the rollout; each next wave starts once the success
+condition holds for the wave before it; the error threshold is checked over every device of the
+started waves, and past it the rollout pauses or aborts, as the operator chose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, time
+from typing import Any, Literal
+
+MemberState = Literal["waiting", "pending", "running", "success", "failure", "canceled"]
+RolloutState = Literal["created", "running", "paused", "finished", "aborted"]
+ErrorAction = Literal["pause", "abort"]
+
+ACTIVE_STATES: frozenset[str] = frozenset({"running", "paused"})
+CLOSED_STATES: frozenset[str] = frozenset({"finished", "aborted"})
+
+
+@dataclass(frozen=True)
+class WaveSpec:
+    """One wave as the operator gives it: a share of the devices or a number of them."""
+
+    percent: int | None = None
+    count: int | None = None
+
+
+def wave_sizes(total: int, specs: Sequence[WaveSpec]) -> list[int]:
+    """How many of ``total`` devices go in each wave; devices left over form one more wave.
+
+    Percentages are of ``total`` and rounded down (never to an empty first wave when there are
+    devices); when they add up to 100, what rounding left over joins the last wave. Counts are
+    taken as given while devices last.
+    """
+    sizes: list[int] = []
+    left = total
+    for spec in specs:
+        if spec.percent is not None:
+            want = total * spec.percent // 100
+            if not sizes and want == 0 and spec.percent > 0:
+                want = 1
+        else:
+            want = spec.count or 0
+        take = min(want, left)
+        sizes.append(take)
+        left -= take
+    if left > 0:
+        if sizes and sum(spec.percent or 0 for spec in specs) == 100:
+            sizes[-1] += left  # what rounding down left over
+        else:
+            sizes.append(left)
+    return sizes
+
+
+@dataclass
+class Counters:
+    """Where the devices of a rollout (or of one wave) stand."""
+
+    total: int = 0
+    pending: int = 0
+    """Not started yet: their wave has not begun, or their action is not open yet."""
+    running: int = 0
+    success: int = 0
+    failure: int = 0
+    canceled: int = 0
+
+    def add(self, state: str, n: int) -> None:
+        """Count ``n`` devices in ``state``."""
+        self.total += n
+        if state in ("waiting", "pending"):
+            self.pending += n
+        else:
+            setattr(self, state, getattr(self, state) + n)
+
+    def public(self) -> dict[str, int]:
+        """The operator's view."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def done(self) -> int:
+        """Devices whose part in the rollout is over."""
+        return self.success + self.failure + self.canceled
+
+
+@dataclass
+class Progress:
+    """A rollout's counters, overall and per wave."""
+
+    waves: dict[int, Counters] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: Iterable[Sequence[Any]]) -> Progress:
+        """From ``(wave, state, count)`` rows."""
+        progress = cls()
+        for wave, state, n in rows:
+            progress.waves.setdefault(wave, Counters()).add(state, n)
+        return progress
+
+    def wave(self, n: int) -> Counters:
+        """Counters of wave ``n`` (empty if it has no devices)."""
+        return self.waves.get(n, Counters())
+
+    def overall(self) -> Counters:
+        """Counters of the whole rollout."""
+        total = Counters()
+        for counters in self.waves.values():
+            for f in fields(Counters):
+                setattr(total, f.name, getattr(total, f.name) + getattr(counters, f.name))
+        return total
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a running rollout should do now."""
+
+    kind: Literal["none", "next_wave", "pause", "abort", "finish"]
+    reason: str | None = None
+
+
+def next_step(
+    *,
+    current_wave: int,
+    wave_count: int,
+    progress: Progress,
+    success_threshold: int,
+    error_threshold: int,
+    error_action: ErrorAction,
+    failures_forgiven: int = 0,
+) -> Step:
+    """The next step of a running rollout, from its counters.
+
+    The error threshold comes first: a rollout past it never starts another wave. Failures count
+    against every device of the started waves, so early failures do not trip a threshold that the
+    wave as a whole stays under (a 20 % threshold on a wave of 100 trips at the 21st failure).
+    Failures from before the operator resumed a rollout (``failures_forgiven``) do not count again.
+    """
+    started = [progress.wave(w) for w in range(1, current_wave + 1)]
+    size = sum(c.total for c in started)
+    failed = sum(c.failure for c in started) - failures_forgiven
+    if size and failed * 100 > error_threshold * size:
+        reason = (
+            f"error threshold exceeded: {failed} of {size} devices failed "
+            f"({failed * 100 / size:.1f} % > {error_threshold} %)"
+        )
+        return Step(error_action, reason)
+    if current_wave < wave_count:
+        wave = progress.wave(current_wave)
+        if wave.success * 100 >= success_threshold * wave.total:
+            return Step("next_wave", f"wave {current_wave} met its success condition")
+        return Step("none")
+    overall = progress.overall()
+    if overall.pending == 0 and overall.running == 0:
+        return Step("finish", "every device is done")
+    return Step("none")
+
+
+def transition(state: str, command: str) -> RolloutState | None:
+    """The state an operator command leads to, or None when it is not allowed from ``state``."""
+    allowed: Mapping[str, Mapping[str, RolloutState]] = {
+        "start": {"created": "running"},
+        "pause": {"running": "paused"},
+        "resume": {"paused": "running"},
+        "abort": {"created": "aborted", "running": "aborted", "paused": "aborted"},
+    }
+    return allowed.get(command, {}).get(state)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A daily maintenance window in UTC; ``end`` before ``start`` spans midnight."""
+
+    start: time
+    end: time
+
+    def is_open(self, now: datetime) -> bool:
+        """Whether ``now`` (aware) lies in the window."""
+        t = now.astimezone(UTC).time()
+        if self.start <= self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, str] | None) -> Window | None:
+        """From ``{"start": "HH:MM", "end": "HH:MM"}``; None for None."""
+        if raw is None:
+            return None
+        return cls(time.fromisoformat(raw["start"]), time.fromisoformat(raw["end"]))

@@ -1,0 +1,208 @@
+"""Rollouts operator API: create a rollout, follow it, start, pause, resume, abort."""
+
+from __future__ import annotations
+
+from datetime import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gaggle_contracts import names
+from gaggle_rollouts.engine import Engine
+from gaggle_rollouts.plan import WaveSpec
+from gaggle_rollouts.rollout_store import DeviceFilter, NewRollout, RolloutStore
+from gaggle_runtime.http import NotFoundError
+
+TenantParam = Annotated[
+    str, Query(description="Tenant (case-insensitive)", pattern=names.TENANT_RE.pattern)
+]
+RolloutIdParam = Annotated[str, Path(max_length=64, description="Rollout id")]
+FEED_PATTERN = r"^[A-Za-z0-9._-]+$"
+
+
+class FilterBody(BaseModel):
+    """Narrows a rollout to some devices of its feed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hw_model: str | None = Field(None, min_length=1, max_length=256)
+    hw_revision: str | None = Field(None, min_length=1, max_length=256)
+    sw_version: str | None = Field(None, min_length=1, max_length=256)
+    controller_ids: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None, min_length=1, max_length=100_000
+    )
+
+
+class WaveBody(BaseModel):
+    """One wave: ``{"percent": 10}`` or ``{"count": 50}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    percent: int | None = Field(None, ge=1, le=100)
+    count: int | None = Field(None, ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> WaveBody:
+        if (self.percent is None) == (self.count is None):
+            raise ValueError("a wave is either a percent or a count")
+        return self
+
+
+class WindowBody(BaseModel):
+    """A daily maintenance window, UTC; ``end`` before ``start`` spans midnight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(pattern=r"^\d{2}:\d{2}$")
+    end: str = Field(pattern=r"^\d{2}:\d{2}$")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        time.fromisoformat(value)  # raises ValueError for 25:00
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> WindowBody:
+        if self.start == self.end:
+            raise ValueError("a maintenance window needs start and end to differ")
+        return self
+
+
+class RolloutBody(BaseModel):
+    """A new rollout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    software_id: str = Field(min_length=1, max_length=64)
+    feed: str = Field("default", min_length=1, max_length=64, pattern=FEED_PATTERN)
+    filter: FilterBody = Field(default_factory=FilterBody)
+    waves: list[WaveBody] = Field(
+        default_factory=lambda: [WaveBody(percent=100)], min_length=1, max_length=100
+    )
+    success_threshold: int = Field(
+        80, ge=1, le=100, description="% of a wave that must succeed before the next starts"
+    )
+    error_threshold: int = Field(
+        20, ge=0, le=100, description="% of failed devices (of started waves) tolerated"
+    )
+    error_action: Literal["pause", "abort"] = "pause"
+    action_type: Literal["forced", "soft", "downloadonly"] = "forced"
+    confirmation_required: bool = False
+    maintenance_window: WindowBody | None = None
+    start: bool = False
+
+    @model_validator(mode="after")
+    def _waves(self) -> RolloutBody:
+        units = {"percent" if w.percent is not None else "count" for w in self.waves}
+        if len(units) > 1:
+            raise ValueError("waves: give every wave as a percent, or every wave as a count")
+        if units == {"percent"} and sum(w.percent or 0 for w in self.waves) > 100:
+            raise ValueError("waves: the percentages add up to more than 100")
+        return self
+
+
+def parse_id(raw: str) -> int:
+    """A rollout id from the path; unknown (404) when it cannot be one."""
+    if not raw.isdigit() or len(raw) > 18:
+        raise NotFoundError("rollout", raw)
+    return int(raw)
+
+
+def make_rollout_routes(store: RolloutStore, engine: Engine) -> APIRouter:
+    """Routes bound to ``store``; changed rollouts are handed to ``engine``."""
+    api = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
+
+    @api.post("", status_code=201, summary="Create a rollout (and start it with start=true)")
+    async def create(body: RolloutBody, tenant: TenantParam = "default") -> dict[str, Any]:
+        new = NewRollout(
+            name=body.name,
+            software_id=body.software_id,
+            feed=body.feed,
+            device_filter=DeviceFilter(
+                body.filter.hw_model,
+                body.filter.hw_revision,
+                body.filter.sw_version,
+                None
+                if body.filter.controller_ids is None
+                else frozenset(body.filter.controller_ids),
+            ),
+            waves=[WaveSpec(w.percent, w.count) for w in body.waves],
+            success_threshold=body.success_threshold,
+            error_threshold=body.error_threshold,
+            error_action=body.error_action,
+            action_type=body.action_type,
+            confirmation_required=body.confirmation_required,
+            maintenance_window=(
+                body.maintenance_window.model_dump() if body.maintenance_window else None
+            ),
+            start=body.start,
+        )
+        doc = await store.create(tenant.lower(), new)
+        engine.poke(int(doc["id"]))
+        return doc
+
+    @api.get("", summary="Rollouts, newest first")
+    async def list_rollouts(
+        tenant: TenantParam = "default",
+        feed: Annotated[str | None, Query(max_length=64, pattern=FEED_PATTERN)] = None,
+        state: Literal["created", "running", "paused", "finished", "aborted"] | None = None,
+        before: Annotated[str | None, Query(max_length=18, pattern=r"^\d+$")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> dict[str, Any]:
+        items = await store.find(
+            tenant.lower(), feed, state, None if before is None else int(before), limit
+        )
+        nxt = items[-1]["id"] if len(items) == limit else None
+        return {"items": items, "next": nxt}
+
+    @api.get("/{rollout_id}", summary="One rollout with its waves and counters")
+    async def get(rollout_id: RolloutIdParam, tenant: TenantParam = "default") -> dict[str, Any]:
+        doc = await store.get(tenant.lower(), parse_id(rollout_id))
+        if doc is None:
+            raise NotFoundError("rollout", rollout_id)
+        return doc
+
+    @api.get("/{rollout_id}/devices", summary="A rollout's devices, their wave and state")
+    async def devices(
+        rollout_id: RolloutIdParam,
+        tenant: TenantParam = "default",
+        state: Literal["waiting", "pending", "running", "success", "failure", "canceled"]
+        | None = None,
+        after: Annotated[str | None, Query(max_length=256)] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> dict[str, Any]:
+        items = await store.members(tenant.lower(), parse_id(rollout_id), state, after, limit)
+        if items is None:
+            raise NotFoundError("rollout", rollout_id)
+        nxt = items[-1]["controller_id"] if len(items) == limit else None
+        return {"items": items, "next": nxt}
+
+    async def command(rollout_id: str, tenant: str, name: str) -> dict[str, Any]:
+        ident = parse_id(rollout_id)
+        doc = await store.command(tenant.lower(), ident, name)
+        engine.poke(ident)
+        return doc
+
+    @api.post("/{rollout_id}/start", summary="Start a created rollout (its first wave)")
+    async def start(rollout_id: RolloutIdParam, tenant: TenantParam = "default") -> dict[str, Any]:
+        return await command(rollout_id, tenant, "start")
+
+    @api.post("/{rollout_id}/pause", summary="Pause a running rollout (no new actions)")
+    async def pause(rollout_id: RolloutIdParam, tenant: TenantParam = "default") -> dict[str, Any]:
+        return await command(rollout_id, tenant, "pause")
+
+    @api.post(
+        "/{rollout_id}/resume",
+        summary="Resume a paused rollout (failures so far no longer count against its threshold)",
+    )
+    async def resume(rollout_id: RolloutIdParam, tenant: TenantParam = "default") -> dict[str, Any]:
+        return await command(rollout_id, tenant, "resume")
+
+    @api.post("/{rollout_id}/abort", summary="Abort a rollout: its open actions are canceled")
+    async def abort(rollout_id: RolloutIdParam, tenant: TenantParam = "default") -> dict[str, Any]:
+        return await command(rollout_id, tenant, "abort")
+
+    return api
