@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 
 from fastapi import FastAPI
-from nats.js.errors import NoKeysError
+from nats.js.kv import KeyValue
 
 from gaggle_contracts import names
 from gaggle_contracts.settings import CommonSettings
@@ -19,6 +21,21 @@ from gaggle_runtime.service import Service
 log = logging.getLogger(__name__)
 
 SCHEMA = "registry"
+PRESENCE_STATS_EVERY_S = 5.0
+
+
+async def held_values(kv: KeyValue) -> dict[str, bytes]:
+    """Every key a KV bucket holds, with its value (deleted keys left out)."""
+    watcher = await kv.watchall(ignore_deletes=True)
+    held: dict[str, bytes] = {}
+    try:
+        async for entry in watcher:
+            if entry is None:  # the watcher's marker: everything held has been delivered
+                break
+            held[entry.key] = entry.value or b""
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+    return held
 
 
 def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
@@ -33,14 +50,26 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
 
     async def rebuild_kv() -> None:
         kv = await service.broker.connection.jetstream().key_value(names.BUCKET_DEVICES)
-        try:
-            existing = set(await kv.keys())
-        except NoKeysError:
-            existing = set()
-        count, stale = await repo.rebuild_kv(existing)
-        log.info("devices KV rebuild queued devices=%d stale=%d", count, stale)
+        held = await held_values(kv)
+        puts, deletes = await repo.rebuild_kv(held)
+        log.info("devices KV checked held=%d puts=%d deletes=%d", len(held), puts, deletes)
 
-    service.on_start.append(rebuild_kv)
+    async def freeze_heap() -> None:
+        # What exists now lives as long as the process: keep it out of every later full
+        # collection, whose pauses would otherwise show up in the listing's latency.
+        gc.collect()
+        gc.freeze()
+
+    async def keep_presence_stats() -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_STATS_EVERY_S)
+            try:
+                await repo.refresh_presence_stats()
+            except Exception:
+                log.warning("ANALYZE of device presence failed; retrying later", exc_info=True)
+
+    service.on_start += [rebuild_kv, freeze_heap]
+    service.background(keep_presence_stats)
     service.broker.include_router(make_router(repo, common))
     app = service.app(
         title="Gaggle registry",
@@ -48,4 +77,5 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
     )
     app.include_router(make_routes(repo, lambda: service.broker.connection))
     app.state.service = service
+    app.state.repo = repo
     return app

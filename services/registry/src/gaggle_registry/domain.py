@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from gaggle_contracts.kv import DeviceEntry
 
@@ -104,6 +105,41 @@ def decode_cursor(cursor: str) -> list[Any]:
     if not isinstance(values, list) or len(values) != 2:
         raise ValueError("not a cursor from this API")
     return values
+
+
+V = TypeVar("V")
+
+
+def kv_changes(
+    held: Mapping[str, bytes],
+    pending: Iterable[tuple[str, str, bytes]],
+    wanted: Iterable[tuple[str, V]],
+    encode: Callable[[V], bytes],
+) -> tuple[list[tuple[str, V]], list[str]]:
+    """The KV writes that leave a bucket holding exactly ``wanted``, and no more.
+
+    Args:
+        held: what the bucket holds now, key -> value.
+        pending: writes already queued and still to land on top of ``held``, in order:
+            ``("kv_put", key, value)`` or ``("kv_delete", key, _)``.
+        wanted: every key that should exist, with its value.
+        encode: a wanted value as the bytes the bucket would hold.
+
+    Returns:
+        The puts (keys missing or holding other bytes, with their wanted value) and the
+        deletes (keys held that are not wanted), each in a stable order.
+    """
+    will_hold = dict(held)
+    for op, key, payload in pending:
+        if op == "kv_put":
+            will_hold[key] = payload
+        else:
+            will_hold.pop(key, None)
+    puts: list[tuple[str, V]] = []
+    for key, value in wanted:
+        if will_hold.pop(key, None) != encode(value):
+            puts.append((key, value))
+    return puts, sorted(will_hold)  # what is left is held but not wanted
 
 
 @dataclass(frozen=True)

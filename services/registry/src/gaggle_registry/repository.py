@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
+import orjson
 
 from gaggle_contracts import names
 from gaggle_contracts.events import (
@@ -14,94 +15,161 @@ from gaggle_contracts.events import (
     DeviceDiscovered,
     DeviceSeen,
     DeviceUpdated,
+    Sighting,
 )
-from gaggle_registry.domain import Device, lifted, merge_attributes
+from gaggle_contracts.kv import DeviceEntry
+from gaggle_registry.domain import Device, kv_changes, lifted, merge_attributes
 from gaggle_runtime.db import Conn
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
 
 Change = Literal["registered", "attributes", "installed", "deleted", "other"]
 
-INSERT_DISCOVERED = """
-INSERT INTO registry.devices (tenant, controller_id, last_seen_at, last_address, created_at)
-VALUES ($1, $2, $3, $4, $3)
-ON CONFLICT (tenant, controller_id) DO UPDATE
-SET last_seen_at = EXCLUDED.last_seen_at,
-    last_address = coalesce(EXCLUDED.last_address, registry.devices.last_address)
-WHERE registry.devices.last_seen_at IS NULL
-   OR registry.devices.last_seen_at < EXCLUDED.last_seen_at
-RETURNING *, (xmax = 0) AS inserted"""
 
-INSERT_API = """
-INSERT INTO registry.devices (tenant, controller_id, name, tags, token_hash, registered_via)
+def _with_presence(statement: str) -> str:
+    """``statement`` (``... RETURNING *`` on devices) answering whole devices, presence joined.
+
+    The outer query sees the presence rows as they were before ``statement``: a device inserted
+    by it has no presence yet (never seen), which is what its new row says anyway.
+    """
+    return (
+        f"WITH d AS ({statement}) SELECT d.*, p.last_seen_at, p.last_address FROM d"  # noqa: S608
+        " LEFT JOIN registry.device_presence AS p USING (tenant, controller_id)"
+    )
+
+
+# Every device has a presence row (a trigger adds it), so inserts say nothing about presence.
+INSERT_DISCOVERED = """
+INSERT INTO registry.devices (tenant, controller_id, created_at) VALUES ($1, $2, $3)
+ON CONFLICT (tenant, controller_id) DO NOTHING
+RETURNING true"""
+
+INSERT_API = _with_presence(
+    """INSERT INTO registry.devices (tenant, controller_id, name, tags, token_hash, registered_via)
 VALUES ($1, $2, $3, $4, $5, 'api')
 ON CONFLICT (tenant, controller_id) DO NOTHING
 RETURNING *"""
+)
 
 LOCK_ONE = "SELECT * FROM registry.devices WHERE tenant = $1 AND controller_id = $2 FOR UPDATE"
 
 ENSURE = """
-INSERT INTO registry.devices (tenant, controller_id, created_at, last_seen_at)
-VALUES ($1, $2, $3, $3)
+INSERT INTO registry.devices (tenant, controller_id, created_at) VALUES ($1, $2, $3)
 ON CONFLICT (tenant, controller_id) DO NOTHING"""
 
-UPDATE_ATTRIBUTES = """
-UPDATE registry.devices
+UPDATE_ATTRIBUTES = _with_presence(
+    """UPDATE registry.devices
 SET attributes = $3, hw_model = $4, hw_revision = $5, sw_version = $6,
     config_requested = false, updated_at = now()
 WHERE tenant = $1 AND controller_id = $2
 RETURNING *"""
+)
 
-SET_CREDENTIAL = """
-UPDATE registry.devices SET token_hash = $3, updated_at = now()
+SET_CREDENTIAL = _with_presence(
+    """UPDATE registry.devices SET token_hash = $3, updated_at = now()
 WHERE tenant = $1 AND controller_id = $2
 RETURNING *"""
+)
 
-PATCH = """
-UPDATE registry.devices
+PATCH = _with_presence(
+    """UPDATE registry.devices
 SET name = CASE WHEN $3 THEN $4 ELSE name END,
     tags = CASE WHEN $5 THEN $6::text[] ELSE tags END,
     updated_at = now()
 WHERE tenant = $1 AND controller_id = $2
 RETURNING *"""
+)
 
-DELETE = "DELETE FROM registry.devices WHERE tenant = $1 AND controller_id = $2 RETURNING *"
+DELETE = _with_presence(
+    "DELETE FROM registry.devices WHERE tenant = $1 AND controller_id = $2 RETURNING *"
+)
 
 # Action events of one device may arrive out of order (one durable consumer per kind): the
 # newest event wins, an older one changes nothing.
-SET_STATE = """
-UPDATE registry.devices
+SET_STATE = _with_presence(
+    """UPDATE registry.devices
 SET update_state = CASE WHEN $3 <> 'revert' THEN $3
                         WHEN installed_version IS NULL THEN 'unknown' ELSE 'up_to_date' END,
     state_at = $4, action_id = $5,
     installed_version = coalesce($6, installed_version), updated_at = now()
 WHERE tenant = $1 AND controller_id = $2 AND (state_at IS NULL OR state_at <= $4)
 RETURNING *"""
+)
 
+# A sighting only ever moves a device's last seen forward; an older or repeated one (a
+# redelivered batch) leaves the row alone, so it costs no new row version.
 TOUCH_MANY = """
-UPDATE registry.devices AS d
-SET last_seen_at = GREATEST(d.last_seen_at, s.seen_at),
-    last_address = CASE WHEN d.last_seen_at IS NULL OR s.seen_at >= d.last_seen_at
-                        THEN coalesce(s.address, d.last_address) ELSE d.last_address END
+UPDATE registry.device_presence AS p
+SET last_seen_at = s.seen_at, last_address = coalesce(s.address, p.last_address)
 FROM unnest($2::text[], $3::timestamptz[], $4::text[]) AS s(controller_id, seen_at, address)
-WHERE d.tenant = $1 AND d.controller_id = s.controller_id"""
+WHERE p.tenant = $1 AND p.controller_id = s.controller_id
+  AND (p.last_seen_at IS NULL OR s.seen_at > p.last_seen_at
+       OR (s.seen_at = p.last_seen_at AND s.address IS NOT NULL
+           AND s.address IS DISTINCT FROM p.last_address))"""
 
 # A policy set before the device's first poll pre-registers the device.
-SET_FEED = """
-INSERT INTO registry.devices (tenant, controller_id, feed, registered_via)
+SET_FEED = _with_presence(
+    """INSERT INTO registry.devices (tenant, controller_id, feed, registered_via)
 VALUES ($1, $2, $3, 'api')
 ON CONFLICT (tenant, controller_id) DO UPDATE SET feed = EXCLUDED.feed, updated_at = now()
 RETURNING *, (xmax = 0) AS inserted"""
+)
 
-SELECT_ONE = "SELECT * FROM registry.devices WHERE tenant = $1 AND controller_id = $2"
+SELECT_ONE = """
+SELECT d.*, p.last_seen_at, p.last_address
+FROM registry.devices AS d
+LEFT JOIN registry.device_presence AS p USING (tenant, controller_id)
+WHERE d.tenant = $1 AND d.controller_id = $2"""
+
+# Writers of devices wait while this is held; those that committed before are all visible.
+LOCK_DEVICES = "LOCK TABLE registry.devices IN SHARE MODE"
 
 SELECT_ALL_KV = "SELECT tenant, controller_id, token_hash, config_requested FROM registry.devices"
 
-SORT_COLUMNS = {
-    "controller_id": None,
-    "last_seen": "coalesce(last_seen_at, '-infinity'::timestamptz)",
-    "created": "created_at",
+SELECT_PENDING_KV = """
+SELECT op, key, payload FROM registry.outbox
+WHERE target = $1 AND op IN ('kv_put', 'kv_delete')
+ORDER BY id"""
+
+PRESENCE_ROWS = "SELECT reltuples FROM pg_class WHERE oid = 'registry.device_presence'::regclass"
+
+ANALYZE_PRESENCE = "ANALYZE registry.device_presence"
+
+LAST_SEEN = "coalesce(p.last_seen_at, '-infinity'::timestamptz)"
+"""A device's last seen as the listing sorts it (never seen: first, ascending); indexed."""
+
+SORTS = {
+    "controller_id": (None, "d.controller_id"),
+    "last_seen": (LAST_SEEN, "p.controller_id"),
+    "created": ("d.created_at", "d.controller_id"),
 }
+"""Sort name -> (key expression, or None for the id alone; the id column next to it)."""
+
+LIST_COLUMNS = {
+    "tenant": "d.tenant",
+    "controller_id": "d.controller_id",
+    "name": "d.name",
+    "hw_model": "d.hw_model",
+    "hw_revision": "d.hw_revision",
+    "sw_version": "d.sw_version",
+    "attributes": "d.attributes::text",
+    "config_requested": "d.config_requested",
+    "update_state": "d.update_state",
+    "installed_version": "d.installed_version",
+    "action_id": "d.action_id",
+    "feed": "d.feed",
+    "tags": "d.tags",
+    "last_seen_at": "p.last_seen_at",
+    "last_address": "p.last_address",
+    "registered_via": "d.registered_via",
+    "has_token": "d.token_hash IS NOT NULL",
+    "created_at": "d.created_at",
+    "updated_at": "d.updated_at",
+}
+"""A listed device's fields (those of ``Device.public``) as SQL; attributes as JSON text."""
+
+MIN_TERM_GRAMS = 3
+"""Terms this long or longer are looked up in the ``devices_search`` index first."""
 
 
 def _device(row: asyncpg.Record) -> Device:
@@ -150,47 +218,61 @@ class DeviceQuery:
 
 
 def build_list_query(query: DeviceQuery) -> tuple[str, list[Any]]:
-    """SQL and arguments for a listing; every value is a parameter, columns come from a table."""
+    """SQL and arguments for a listing; every value is a parameter, columns come from a table.
+
+    Each sort has an index whose order it follows, keyset position included, so a page costs
+    about its own rows at any depth. ``q`` narrows the rows through the ``devices_search`` index
+    of three-character pieces before ILIKE decides.
+    """
     args: list[Any] = [query.tenant]
-    where = ["tenant = $1"]
+    where = ["d.tenant = $1"]
 
     def arg(value: Any) -> str:
         args.append(value)
         return f"${len(args)}"
 
     for column, value in (
-        ("update_state", query.state),
-        ("hw_model", query.hw_model),
-        ("hw_revision", query.hw_revision),
-        ("sw_version", query.sw_version),
-        ("feed", query.feed),
+        ("d.update_state", query.state),
+        ("d.hw_model", query.hw_model),
+        ("d.hw_revision", query.hw_revision),
+        ("d.sw_version", query.sw_version),
+        ("d.feed", query.feed),
     ):
         if value is not None:
             where.append(f"{column} = {arg(value)}")
     if query.tag is not None:
-        where.append(f"tags @> ARRAY[{arg(query.tag)}]::text[]")
+        where.append(f"d.tags @> ARRAY[{arg(query.tag)}]::text[]")
+    # On the indexed expression, so that the index on last seen serves these filters too.
     if query.seen_before is not None:
-        where.append(f"last_seen_at < {arg(query.seen_before)}")
+        where.append(f"p.last_seen_at IS NOT NULL AND {LAST_SEEN} < {arg(query.seen_before)}")
     if query.seen_after is not None:
-        where.append(f"last_seen_at >= {arg(query.seen_after)}")
+        where.append(f"p.last_seen_at IS NOT NULL AND {LAST_SEEN} >= {arg(query.seen_after)}")
     if query.q:
         escaped = query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = arg(f"%{escaped}%")
-        where.append(f"(controller_id ILIKE {pattern} OR name ILIKE {pattern})")
-    key = SORT_COLUMNS[query.sort]
+        where.append(f"(d.controller_id ILIKE {pattern} OR d.name ILIKE {pattern})")
+        if len(query.q) >= MIN_TERM_GRAMS:
+            where.append(
+                "registry.device_grams(d.controller_id, d.name)"
+                f" @> registry.text_grams({arg(query.q)})"
+            )
+    key, id_column = SORTS[query.sort]
     order = "DESC" if query.descending else "ASC"
     compare = "<" if query.descending else ">"
     if query.after is not None:
         value, cid = query.after
         if key is None:
-            where.append(f"controller_id {compare} {arg(str(cid))}")
+            where.append(f"{id_column} {compare} {arg(str(cid))}")
         else:
             # Timestamps travel in cursors as ISO text; -infinity (never seen) as 0001-01-01.
             at = datetime.fromisoformat(str(value))
-            where.append(f"({key}, controller_id) {compare} ({arg(at)}, {arg(str(cid))})")
-    order_by = f"controller_id {order}" if key is None else f"{key} {order}, controller_id {order}"
+            where.append(f"({key}, {id_column}) {compare} ({arg(at)}, {arg(str(cid))})")
+    order_by = f"{id_column} {order}" if key is None else f"{key} {order}, {id_column} {order}"
+    columns = ", ".join(f"{sql} AS {name}" for name, sql in LIST_COLUMNS.items())
     sql = (
-        f"SELECT *, {key or 'controller_id'} AS sort_value FROM registry.devices"  # noqa: S608
+        f"SELECT {columns}, {key or id_column} AS sort_value"  # noqa: S608
+        " FROM registry.devices AS d JOIN registry.device_presence AS p"
+        " ON p.tenant = d.tenant AND p.controller_id = d.controller_id"
         f" WHERE {' AND '.join(where)} ORDER BY {order_by} LIMIT {arg(query.limit)}"
     )
     return sql, args
@@ -202,6 +284,8 @@ class Repo:
     def __init__(self, db: Database, outbox: Outbox) -> None:
         self.db = db
         self.outbox = outbox
+        self.touched_since_analyze = 0
+        """Presence rows sightings updated since the last ``refresh_presence_stats``."""
 
     async def register_discovered(self, event: DeviceDiscovered) -> Device | None:
         """Create the device unless it exists; None when it already did (idempotent).
@@ -210,16 +294,20 @@ class Repo:
         registered first, or whose sightings batch overtook this event, still gets it.
         """
         async with self.db.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                INSERT_DISCOVERED,
-                event.tenant,
-                event.controller_id,
-                event.occurred_at,
-                event.address,
+            inserted = await conn.fetchval(
+                INSERT_DISCOVERED, event.tenant, event.controller_id, event.occurred_at
             )
-            if row is None or not row["inserted"]:
+            await conn.execute(
+                TOUCH_MANY,
+                event.tenant,
+                [event.controller_id],
+                [event.occurred_at],
+                [event.address],
+            )
+            if not inserted:
                 return None
-            device = _device(row)
+            row = await conn.fetchrow(SELECT_ONE, event.tenant, event.controller_id)
+            device = _device(row)  # type: ignore[arg-type]  # inserted just above
             await self._publish_device(conn, device, "registered")
             return device
 
@@ -287,6 +375,10 @@ class Repo:
             created = await conn.execute(
                 ENSURE, event.tenant, event.controller_id, event.occurred_at
             )
+            if created.endswith(" 1"):  # the report is the new device's first sighting
+                await conn.execute(
+                    TOUCH_MANY, event.tenant, [event.controller_id], [event.occurred_at], [None]
+                )
             row = await conn.fetchrow(LOCK_ONE, event.tenant, event.controller_id)
             if row is None:  # pragma: no cover - ensured just above, in this transaction
                 raise RuntimeError("device vanished inside its transaction")
@@ -349,10 +441,33 @@ class Repo:
 
     async def touch_many(self, event: DeviceSeen) -> None:
         """Advance last seen (and address) of every device in the batch, in one statement."""
-        ids = [s.controller_id for s in event.sightings]
-        times = [s.seen_at for s in event.sightings]
-        addresses = [s.address for s in event.sightings]
+        newest: dict[str, Sighting] = {}
+        for sighting in event.sightings:  # one row per device: the newest sighting wins
+            known = newest.get(sighting.controller_id)
+            if known is None or sighting.seen_at >= known.seen_at:
+                newest[sighting.controller_id] = sighting
+        ids = list(newest)
+        times = [s.seen_at for s in newest.values()]
+        addresses = [s.address for s in newest.values()]
         await self.db.pool.execute(TOUCH_MANY, event.tenant, ids, times, addresses)
+        self.touched_since_analyze += len(ids)
+
+    async def refresh_presence_stats(self, share: float = 0.1, minimum: int = 1000) -> bool:
+        """ANALYZE the presence table once sightings rewrote ``share`` of it; True if it ran.
+
+        Sightings move every last_seen_at past the newest value the planner's statistics know;
+        until the next ANALYZE it takes "seen in the last minutes" for a handful of devices
+        when it is the whole fleet, and picks plans for a handful.
+        """
+        touched = self.touched_since_analyze
+        if touched < minimum:
+            return False
+        rows = await self.db.pool.fetchval(PRESENCE_ROWS)
+        if touched < share * (rows or 0):
+            return False
+        self.touched_since_analyze = 0
+        await self.db.pool.execute(ANALYZE_PRESENCE)
+        return True
 
     async def _publish_device(self, conn: Conn, device: Device, change: Change) -> None:
         await self.outbox.kv_put(
@@ -378,32 +493,60 @@ class Repo:
         row = await self.db.pool.fetchrow(SELECT_ONE, tenant, controller_id)
         return _device(row) if row else None
 
-    async def search(self, query: DeviceQuery) -> list[tuple[Device, Any]]:
-        """One page of devices with the sort value of each (for the next cursor)."""
+    async def list_page(self, query: DeviceQuery) -> tuple[list[dict[str, Any]], list[Any] | None]:
+        """One page of devices as the operator sees them, and the keyset position after it.
+
+        Items are ``Device.public`` dicts built straight from the rows; ``attributes`` is the
+        stored JSON as an ``orjson.Fragment``, passed through without being parsed.
+        """
         sql, args = build_list_query(query)
         rows = await self.db.pool.fetch(sql, *args)
-        return [(_device(r), r["sort_value"]) for r in rows]
+        items: list[dict[str, Any]] = []
+        for row in rows:
+            item = dict(row)
+            item["attributes"] = orjson.Fragment(item["attributes"])
+            items.append(item)
+        after = None
+        if len(items) == query.limit:
+            last = items[-1]
+            after = [last["sort_value"], last["controller_id"]]
+        for item in items:
+            del item["sort_value"]
+        return items, after
 
-    async def rebuild_kv(self, existing_keys: set[str]) -> tuple[int, int]:
-        """Queue a KV put per device and a delete per key no device has; return both counts.
+    async def rebuild_kv(self, held: dict[str, bytes]) -> tuple[int, int]:
+        """Queue the KV writes that make bucket ``devices`` match the table; return the counts.
 
-        Run at start, so the read model matches the table whatever happened while we were away.
+        ``held`` is what the bucket holds (read before this call). Outbox rows not relayed yet
+        will land on top of it, so they count as written. Only missing or different entries get
+        a put, and only keys no device has get a delete: a start with nothing to fix writes
+        nothing. Run at start, so the read model matches the table whatever happened while
+        the registry was away (a lost bucket, a changed key, a missed write).
+
+        Device writers wait while the comparison runs: one that committed before it is in what
+        it reads, one that commits after it queues its own KV write behind these.
         """
-        count = 0
-        wanted: set[str] = set()
         async with self.db.pool.acquire() as conn, conn.transaction():
-            async for row in conn.cursor(SELECT_ALL_KV, prefetch=1000):
-                device = Device(
-                    tenant=row["tenant"],
-                    controller_id=row["controller_id"],
-                    token_hash=row["token_hash"],
-                    config_requested=row["config_requested"],
+            await conn.execute(LOCK_DEVICES)
+            pending = [
+                (r["op"], r["key"], bytes(r["payload"]))
+                for r in await conn.fetch(SELECT_PENDING_KV, names.BUCKET_DEVICES)
+            ]
+            wanted = [
+                (
+                    names.kv_key(r["tenant"], r["controller_id"]),
+                    DeviceEntry(token_hash=r["token_hash"], config_requested=r["config_requested"]),
                 )
-                key = names.kv_key(device.tenant, device.controller_id)
-                wanted.add(key)
-                await self.outbox.kv_put(conn, names.BUCKET_DEVICES, key, device.kv_entry())
-                count += 1
-            stale = existing_keys - wanted
-            for key in stale:
+                for r in await conn.fetch(SELECT_ALL_KV)
+            ]
+            puts, deletes = kv_changes(held, pending, wanted, _kv_bytes)
+            for key, entry in puts:
+                await self.outbox.kv_put(conn, names.BUCKET_DEVICES, key, entry)
+            for key in deletes:
                 await self.outbox.kv_delete(conn, names.BUCKET_DEVICES, key)
-        return count, len(stale)
+        return len(puts), len(deletes)
+
+
+def _kv_bytes(entry: DeviceEntry) -> bytes:
+    """A KV value exactly as the outbox writes it."""
+    return entry.model_dump_json().encode()

@@ -1,0 +1,128 @@
+"""Rollout rules, table-driven: wave sizes, when the next wave starts, when a rollout stops."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time
+
+import pytest
+
+from gaggle_rollouts.plan import Progress, WaveSpec, Window, next_step, transition, wave_sizes
+
+P, C = (lambda n: WaveSpec(percent=n)), (lambda n: WaveSpec(count=n))
+
+
+@pytest.mark.parametrize(
+    ("total", "specs", "sizes"),
+    [
+        (1000, [P(10), P(30), P(60)], [100, 300, 600]),
+        (7, [P(10), P(30), P(60)], [1, 2, 4]),  # the first wave is never empty; rest to the last
+        (10, [P(50)], [5, 5]),  # what the percentages leave over is one more wave
+        (1000, [C(10), C(100)], [10, 100, 890]),
+        (5, [C(10), C(100)], [5, 0]),
+        (3, [P(100)], [3]),
+        (0, [P(100)], [0]),
+    ],
+)
+def test_wave_sizes(total: int, specs: list[WaveSpec], sizes: list[int]) -> None:
+    assert wave_sizes(total, specs) == sizes
+    assert sum(sizes) == total
+
+
+def progress(*waves: dict[str, int]) -> Progress:
+    return Progress.of((i, state, n) for i, w in enumerate(waves, 1) for state, n in w.items())
+
+
+@pytest.mark.parametrize(
+    ("current", "waves", "forgiven", "kind"),
+    [
+        # 20 % tolerated: 20 of 100 failed is still fine, 21 is not.
+        (1, [{"failure": 20, "running": 80}, {"waiting": 900}], 0, "none"),
+        (1, [{"failure": 21, "running": 79}, {"waiting": 900}], 0, "pause"),
+        # Failures count against every started device, not only those done.
+        (1, [{"failure": 5, "success": 5, "running": 90}, {"waiting": 900}], 0, "none"),
+        # The success condition (80 %) starts the next wave.
+        (1, [{"success": 79, "running": 21}, {"waiting": 900}], 0, "none"),
+        (1, [{"success": 80, "running": 20}, {"waiting": 900}], 0, "next_wave"),
+        # Past the threshold no next wave, even with the success condition met.
+        (1, [{"success": 79, "failure": 21}, {"waiting": 900}], 0, "pause"),
+        # Resumed after 21 failures: those no longer count.
+        (1, [{"success": 79, "failure": 21}, {"waiting": 900}], 21, "none"),
+        # The last wave: finished once nobody is pending or running.
+        (2, [{"success": 100}, {"success": 890, "running": 10}], 0, "none"),
+        (2, [{"success": 100}, {"success": 880, "failure": 10, "canceled": 10}], 0, "finish"),
+        # An empty wave meets its condition at once.
+        (1, [{}, {"waiting": 5}], 0, "next_wave"),
+    ],
+)
+def test_next_step(current: int, waves: list[dict[str, int]], forgiven: int, kind: str) -> None:
+    step = next_step(
+        current_wave=current,
+        wave_count=len(waves),
+        progress=progress(*waves),
+        success_threshold=80,
+        error_threshold=20,
+        error_action="pause",
+        failures_forgiven=forgiven,
+    )
+    assert step.kind == kind
+    if kind == "pause":
+        assert step.reason is not None and "error threshold exceeded" in step.reason
+
+
+def test_zero_error_threshold_stops_at_the_first_failure_and_abort_is_honoured() -> None:
+    step = next_step(
+        current_wave=1,
+        wave_count=2,
+        progress=progress({"failure": 1, "running": 99}, {"waiting": 10}),
+        success_threshold=100,
+        error_threshold=0,
+        error_action="abort",
+    )
+    assert step.kind == "abort"
+
+
+def test_counters_fold_waiting_into_pending() -> None:
+    overall = progress({"success": 3, "running": 1}, {"waiting": 4, "pending": 2}).overall()
+    assert overall.public() == {
+        "total": 10,
+        "pending": 6,
+        "running": 1,
+        "success": 3,
+        "failure": 0,
+        "canceled": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("state", "command", "to"),
+    [
+        ("created", "start", "running"),
+        ("running", "pause", "paused"),
+        ("paused", "resume", "running"),
+        ("paused", "abort", "aborted"),
+        ("finished", "pause", None),
+        ("aborted", "resume", None),
+        ("running", "start", None),
+        ("finished", "abort", None),
+    ],
+)
+def test_transitions(state: str, command: str, to: str | None) -> None:
+    assert transition(state, command) == to
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "clock", "is_open"),
+    [
+        ("02:00", "04:00", "03:00", True),
+        ("02:00", "04:00", "04:00", False),
+        ("22:00", "02:00", "23:30", True),  # across midnight
+        ("22:00", "02:00", "01:59", True),
+        ("22:00", "02:00", "12:00", False),
+    ],
+)
+def test_maintenance_window(start: str, end: str, clock: str, is_open: bool) -> None:
+    window = Window(time.fromisoformat(start), time.fromisoformat(end))
+    now = datetime.combine(
+        datetime(2026, 11, 23, tzinfo=UTC).date(), time.fromisoformat(clock), UTC
+    )
+    assert window.is_open(now) is is_open

@@ -1,0 +1,254 @@
+"""A rollout through the gateway: waves, confirmation, windows, pause, resume, takeover."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from gaggle_contracts.settings import CommonSettings
+
+from .test_ddi_cycle import Stack, feedback
+from .test_ddi_cycle import stack as stack  # the fixture, used by name
+from .test_decisions import device, policy, publish_software
+
+pytestmark = pytest.mark.integration
+
+
+async def rollout(client: httpx.AsyncClient, s: Stack, body: dict[str, Any]) -> dict[str, Any]:
+    r = await client.post(f"{s.ro}/api/v1/rollouts", params={"tenant": s.tenant}, json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def wait_rollout(
+    client: httpx.AsyncClient, s: Stack, rid: str, check: Any, timeout: float = 10
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = (
+            await client.get(f"{s.ro}/api/v1/rollouts/{rid}", params={"tenant": s.tenant})
+        ).json()
+        if check(doc):
+            return doc
+        assert time.monotonic() < deadline, doc
+        await asyncio.sleep(0.05)
+
+
+async def offered(client: httpx.AsyncClient, s: Stack, cid: str) -> dict[str, str]:
+    return (await client.get(s.dev(cid))).json()["_links"]
+
+
+async def wait_link(
+    client: httpx.AsyncClient, s: Stack, cid: str, link: str, timeout: float = 10
+) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        links = await offered(client, s, cid)
+        if link in links:
+            return str(links[link]["href"])
+        assert time.monotonic() < deadline, links
+        await asyncio.sleep(0.05)
+
+
+async def known_to_rollouts(client: httpx.AsyncClient, s: Stack, body: dict[str, Any]) -> None:
+    """Create-rollout answers 409 until rollouts has every device's inventory: wait for that."""
+    deadline = time.monotonic() + 10
+    while True:
+        r = await client.post(
+            f"{s.ro}/api/v1/rollouts", params={"tenant": s.tenant}, json={**body, "name": "probe"}
+        )
+        if r.status_code == 201:
+            rid = r.json()["id"]
+            if r.json()["counters"]["total"] == len(body["filter"]["controller_ids"]):
+                await client.post(
+                    f"{s.ro}/api/v1/rollouts/{rid}/abort", params={"tenant": s.tenant}
+                )
+                return
+            await client.post(f"{s.ro}/api/v1/rollouts/{rid}/abort", params={"tenant": s.tenant})
+        assert time.monotonic() < deadline, r.text
+        await asyncio.sleep(0.1)
+
+
+async def test_waves_start_one_after_the_other_and_the_rollout_finishes(
+    stack: Stack, common: CommonSettings
+) -> None:
+    await publish_software(common, stack.tenant, "s2", "2.0.0", [("board", "*")])
+    ids = [f"w{i}" for i in range(10)]
+    async with httpx.AsyncClient(timeout=10) as client:
+        for cid in ids:
+            await device(client, stack, cid, "board", "1", "1.0.0")
+        body = {
+            "software_id": "s2",
+            "filter": {"controller_ids": ids},
+            "waves": [{"count": 2}, {"count": 3}],
+            "success_threshold": 100,
+        }
+        await known_to_rollouts(client, stack, body)
+        doc = await rollout(client, stack, {**body, "name": "r", "start": True})
+        assert [w["size"] for w in doc["waves"]] == [2, 3, 5]
+        assert doc["state"] == "running" and doc["current_wave"] == 1
+        rid = doc["id"]
+        for wave in (1, 2, 3):
+            doc = await wait_rollout(
+                client,
+                stack,
+                rid,
+                lambda d, w=wave: (
+                    d["waves"][w - 1]["counters"]["running"] == d["waves"][w - 1]["size"]
+                ),
+            )
+            members = (
+                await client.get(
+                    f"{stack.ro}/api/v1/rollouts/{rid}/devices", params={"tenant": stack.tenant}
+                )
+            ).json()["items"]
+            now = [m for m in members if m["wave"] == wave]
+            later = [m for m in members if m["wave"] > wave]
+            assert all(m["state"] == "running" and m["action_id"] for m in now)
+            assert all(m["state"] == "waiting" and m["action_id"] is None for m in later)
+            for m in later[:2]:
+                assert "deploymentBase" not in await offered(client, stack, m["controller_id"])
+            for m in now:
+                href = await wait_link(client, stack, m["controller_id"], "deploymentBase")
+                action = href.split("/")[-1].split("?")[0]
+                r = await client.post(
+                    f"{stack.dev(m['controller_id'])}/deploymentBase/{action}/feedback",
+                    json=feedback("closed", "success"),
+                )
+                assert r.status_code == 200
+        doc = await wait_rollout(client, stack, rid, lambda d: d["state"] == "finished")
+        assert doc["counters"] == {
+            "total": 10,
+            "pending": 0,
+            "running": 0,
+            "success": 10,
+            "failure": 0,
+            "canceled": 0,
+        }
+        started = [w["started_at"] for w in doc["waves"]]
+        assert started == sorted(started)
+
+
+async def test_confirmation_window_pause_resume_and_takeover(
+    stack: Stack, common: CommonSettings
+) -> None:
+    await publish_software(common, stack.tenant, "s3", "3.0.0", [("board", "*")])
+    await publish_software(common, stack.tenant, "s4", "4.0.0", [("board", "*")])
+    ids = ["c1", "c2"]
+    async with httpx.AsyncClient(timeout=10) as client:
+        for cid in ids:
+            await device(client, stack, cid, "board", "1", "1.0.0")
+            await policy(client, stack, cid, {"mode": "rollout", "feed": "beta"})
+        body = {"software_id": "s3", "feed": "beta", "filter": {"controller_ids": ids}}
+        await known_to_rollouts(client, stack, body)
+        # A window that is closed now: the device may download but must not install yet.
+        hour = time.gmtime().tm_hour
+        closed = {"start": f"{(hour + 2) % 24:02d}:00", "end": f"{(hour + 3) % 24:02d}:00"}
+        doc = await rollout(
+            client,
+            stack,
+            {
+                **body,
+                "name": "confirm",
+                "confirmation_required": True,
+                "maintenance_window": closed,
+                "start": True,
+            },
+        )
+        rid = doc["id"]
+        href = await wait_link(client, stack, "c1", "confirmationBase")
+        base = (await client.get(href)).json()
+        assert base["confirmation"]["maintenanceWindow"] == "unavailable"
+        action = href.split("/")[-1].split("?")[0]
+        r = await client.post(
+            f"{stack.dev('c1')}/confirmationBase/{action}/feedback",
+            json={"confirmation": "confirmed", "details": ["ok by user"]},
+        )
+        assert r.status_code == 200, r.text
+        href = await wait_link(client, stack, "c1", "deploymentBase")
+        deployment = (await client.get(href)).json()["deployment"]
+        assert deployment["update"] == "skip" and deployment["maintenanceWindow"] == "unavailable"
+
+        paused = await client.post(
+            f"{stack.ro}/api/v1/rollouts/{rid}/pause", params={"tenant": stack.tenant}
+        )
+        assert paused.json()["state"] == "paused"
+        again = await client.post(
+            f"{stack.ro}/api/v1/rollouts/{rid}/pause", params={"tenant": stack.tenant}
+        )
+        assert again.status_code == 409 and "paused" in again.json()["message"]
+        resumed = await client.post(
+            f"{stack.ro}/api/v1/rollouts/{rid}/resume", params={"tenant": stack.tenant}
+        )
+        assert resumed.json()["state"] == "running"
+
+        # A newer rollout of the feed takes over: the older one is aborted, its open actions
+        # run to their end, and its devices then get the newer software.
+        newer = await rollout(
+            client, stack, {**body, "software_id": "s4", "name": "newer", "start": True}
+        )
+        old = await wait_rollout(client, stack, rid, lambda d: d["state"] == "aborted")
+        assert old["reason"] == f"superseded by rollout {newer['id']}"
+        r = await client.post(
+            f"{stack.dev('c1')}/deploymentBase/{action}/feedback",
+            json=feedback("closed", "success"),
+        )
+        assert r.status_code == 200
+        await wait_rollout(client, stack, rid, lambda d: d["counters"]["success"] == 1)
+        href = await wait_link(client, stack, "c1", "deploymentBase")
+        assert href.split("/")[-1].split("?")[0] != action
+        assert (await client.get(href)).json()["deployment"]["chunks"][0]["version"] == "4.0.0"
+
+
+async def test_bad_rollout_requests_are_refused_with_reasons(
+    stack: Stack, common: CommonSettings
+) -> None:
+    await publish_software(common, stack.tenant, "s5", "5.0.0", [("other-board", "*")])
+    async with httpx.AsyncClient(timeout=10) as client:
+        await device(client, stack, "b1", "board", "1", "1.0.0")
+        url = f"{stack.ro}/api/v1/rollouts"
+        params = {"tenant": stack.tenant}
+        cases = [
+            ({"name": "x", "software_id": "nope"}, 404, "software"),
+            ({"name": "x", "software_id": "s5", "feed": "nowhere"}, 404, "feed"),
+            ({"name": "x", "software_id": "s5", "error_threshold": 101}, 400, "error_threshold"),
+            ({"name": "x", "software_id": "s5", "success_threshold": 0}, 400, "success_threshold"),
+            (
+                {"name": "x", "software_id": "s5", "waves": [{"percent": 60}, {"percent": 50}]},
+                400,
+                "100",
+            ),
+            (
+                {"name": "x", "software_id": "s5", "waves": [{"percent": 10, "count": 3}]},
+                400,
+                "either",
+            ),
+            (
+                {
+                    "name": "x",
+                    "software_id": "s5",
+                    "maintenance_window": {"start": "25:00", "end": "01:00"},
+                },
+                400,
+                "start",
+            ),
+        ]
+        for body, status, word in cases:
+            r = await client.post(url, params=params, json=body)
+            assert r.status_code == status, (body, r.text)
+            assert word in r.text, (body, r.text)
+        deadline = time.monotonic() + 10
+        while True:
+            r = await client.post(url, params=params, json={"name": "x", "software_id": "s5"})
+            if r.status_code == 409 and "fits none" in r.json()["message"]:
+                break
+            assert time.monotonic() < deadline, r.text
+            await asyncio.sleep(0.1)
+        r = await client.post(f"{url}/999999/pause", params=params)
+        assert r.status_code == 404
+        r = await client.post(f"{url}/abc/pause", params=params)
+        assert r.status_code == 404
