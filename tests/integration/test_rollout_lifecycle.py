@@ -252,3 +252,48 @@ async def test_bad_rollout_requests_are_refused_with_reasons(
         assert r.status_code == 404
         r = await client.post(f"{url}/abc/pause", params=params)
         assert r.status_code == 404
+
+
+async def test_bulk_policy_and_auto_confirmation(stack: Stack, common: CommonSettings) -> None:
+    await publish_software(common, stack.tenant, "s6", "6.0.0", [("board", "*")])
+    async with httpx.AsyncClient(timeout=10) as client:
+        for cid in ("p1", "p2", "p3"):
+            await device(client, stack, cid, "board", "1", "1.0.0" if cid != "p3" else "0.9")
+        url = f"{stack.ro}/api/v1/policies"
+        params = {"tenant": stack.tenant}
+        r = await client.put(url, params=params, json={"filter": {}, "policy": {"mode": "latest"}})
+        assert r.status_code == 400 and r.json()["parameter"] == "filter"
+        deadline = time.monotonic() + 10
+        while True:  # until rollouts knows both devices' inventory
+            r = await client.put(
+                url,
+                params=params,
+                json={"filter": {"sw_version": "1.0.0"}, "policy": {"mode": "latest"}},
+            )
+            assert r.status_code == 200, r.text
+            if r.json()["matched"] == 2:
+                break
+            assert time.monotonic() < deadline, r.text
+            await asyncio.sleep(0.1)
+        for cid in ("p1", "p2"):
+            href = await wait_link(client, stack, cid, "deploymentBase")
+            assert (await client.get(href)).json()["deployment"]["chunks"][0]["version"] == "6.0.0"
+        assert "deploymentBase" not in await offered(client, stack, "p3")
+        got = (await client.get(f"{stack.ro}/api/v1/devices/p3/policy", params=params)).json()
+        assert got["mode"] == "rollout"
+
+        # An operator's action that waits for the device's confirmation, until the device
+        # switches auto-confirmation on.
+        r = await client.post(
+            f"{stack.ro}/api/v1/devices/p3/actions",
+            params=params,
+            json={"software_id": "s6", "confirmation_required": True},
+        )
+        assert r.status_code == 201 and r.json()["status"] == "wait_for_confirmation", r.text
+        await wait_link(client, stack, "p3", "confirmationBase")
+        r = await client.post(
+            f"{stack.dev('p3')}/confirmationBase/activateAutoConfirm",
+            json={"initiator": "tester", "remark": "go"},
+        )
+        assert r.status_code == 200, r.text
+        await wait_link(client, stack, "p3", "deploymentBase")

@@ -193,6 +193,22 @@ ON CONFLICT (tenant, controller_id) DO UPDATE SET
     updated_at = now()
 RETURNING *"""
 
+MATCH_DEVICES = """
+SELECT d.controller_id FROM rollouts.devices d
+LEFT JOIN rollouts.policies p ON p.tenant = d.tenant AND p.controller_id = d.controller_id
+WHERE d.tenant = $1 AND ($2::text IS NULL OR d.hw_model = $2)
+  AND ($3::text IS NULL OR d.hw_revision = $3) AND ($4::text IS NULL OR d.sw_version = $4)
+  AND ($5::text IS NULL OR coalesce(p.feed, 'default') = $5)
+  AND ($6::text IS NULL OR coalesce(p.mode, 'rollout') = $6)
+  AND ($7::text[] IS NULL OR d.controller_id = ANY($7::text[]))
+ORDER BY d.controller_id"""
+UPSERT_POLICIES = """
+INSERT INTO rollouts.policies (tenant, controller_id, mode, feed, software_id)
+SELECT $1, c, $3, $4, $5 FROM unnest($2::text[]) AS c
+ON CONFLICT (tenant, controller_id) DO UPDATE SET
+    mode = EXCLUDED.mode, feed = EXCLUDED.feed, software_id = EXCLUDED.software_id,
+    updated_at = now()"""
+
 SELECT_POLICY = "SELECT * FROM rollouts.policies WHERE tenant = $1 AND controller_id = $2"
 
 UPSERT_DEVICE = """
@@ -244,6 +260,18 @@ class ActionSpec:
     maintenance_window: dict[str, str] | None = None
     confirmation_required: bool = False
     rollout_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PolicyMatch:
+    """Which known devices a bulk policy change is for; every part is optional."""
+
+    hw_model: str | None = None
+    hw_revision: str | None = None
+    sw_version: str | None = None
+    feed: str | None = None
+    mode: str | None = None
+    controller_ids: frozenset[str] | None = None
 
 
 class ActionExistsError(Exception):
@@ -317,10 +345,46 @@ class Repo:
             )
         return policy
 
+    async def set_policies(self, tenant: str, match: PolicyMatch, policy: Policy) -> list[str]:
+        """Store ``policy`` for every known device ``match`` selects, announced; their ids."""
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            ids = [
+                r[0]
+                for r in await conn.fetch(
+                    MATCH_DEVICES,
+                    tenant,
+                    match.hw_model,
+                    match.hw_revision,
+                    match.sw_version,
+                    match.feed,
+                    match.mode,
+                    None if match.controller_ids is None else list(match.controller_ids),
+                )
+            ]
+            if not ids:
+                return []
+            await conn.execute(
+                UPSERT_POLICIES, tenant, ids, policy.mode, policy.feed, policy.software_id
+            )
+            await self.outbox.many(
+                conn,
+                events=[
+                    DevicePolicyChanged(
+                        tenant=tenant,
+                        controller_id=c,
+                        mode=policy.mode,
+                        feed=policy.feed,
+                        software_id=policy.software_id,
+                    )
+                    for c in ids
+                ],
+            )
+            return ids
+
     # --- actions --------------------------------------------------------------------------
 
     async def create_action(
-        self, tenant: str, controller_id: str, software: Software, action_type: ActionType
+        self, tenant: str, controller_id: str, software: Software, spec: ActionSpec
     ) -> Action:
         """Open an action for a device.
 
@@ -328,9 +392,12 @@ class Repo:
             ActionExistsError: the device has an open action already.
         """
         async with self.db.pool.acquire() as conn, conn.transaction():
-            return await self._open_action(
-                conn, tenant, controller_id, software, action_type, "Assigned by an operator."
+            opened = await self.open_actions(
+                conn, tenant, [controller_id], software, spec, "Assigned by an operator."
             )
+            if not opened:
+                raise ActionExistsError(controller_id)
+            return opened[0]
 
     async def _open_action(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -10,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gaggle_contracts import names
 from gaggle_contracts.events import utcnow
 from gaggle_rollouts.domain import Action
-from gaggle_rollouts.repository import ActionExistsError, Policy, Repo
+from gaggle_rollouts.repository import ActionExistsError, ActionSpec, Policy, PolicyMatch, Repo
+from gaggle_rollouts.rollout_routes import WindowBody
 from gaggle_runtime.http import ApiError, NotFoundError
 
 TenantParam = Annotated[
@@ -26,6 +28,8 @@ class NewAction(BaseModel):
 
     software_id: str = Field(min_length=1, max_length=64)
     type: Literal["forced", "soft", "downloadonly"] = "forced"
+    maintenance_window: WindowBody | None = None
+    confirmation_required: bool = False
 
 
 class PolicyBody(BaseModel):
@@ -38,6 +42,30 @@ class PolicyBody(BaseModel):
     software_id: str | None = Field(None, min_length=1, max_length=64)
 
 
+class PolicyMatchBody(BaseModel):
+    """Selects known devices (those that reported their inventory); every part optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hw_model: str | None = Field(None, min_length=1, max_length=256)
+    hw_revision: str | None = Field(None, min_length=1, max_length=256)
+    sw_version: str | None = Field(None, min_length=1, max_length=256)
+    feed: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    mode: Literal["rollout", "latest", "assigned", "pinned"] | None = None
+    controller_ids: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None, min_length=1, max_length=100_000
+    )
+
+
+class BulkPolicyBody(BaseModel):
+    """One policy for every device a filter selects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: PolicyMatchBody
+    policy: PolicyBody
+
+
 def _parse_id(raw: str) -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise NotFoundError("action", raw)
@@ -47,6 +75,7 @@ def _parse_id(raw: str) -> int:
 def make_routes(repo: Repo) -> APIRouter:
     """Routes bound to ``repo``."""
     api = APIRouter(prefix="/api/v1", tags=["actions"])
+    pending: set[asyncio.Task[None]] = set()
 
     async def render(action: Action) -> dict[str, Any]:
         return {
@@ -82,7 +111,16 @@ def make_routes(repo: Repo) -> APIRouter:
         if software is None or software.deleted:
             raise NotFoundError("software", body.software_id)
         try:
-            action = await repo.create_action(tenant, controller_id, software, body.type)
+            action = await repo.create_action(
+                tenant,
+                controller_id,
+                software,
+                ActionSpec(
+                    body.type,
+                    body.maintenance_window.model_dump() if body.maintenance_window else None,
+                    body.confirmation_required,
+                ),
+            )
         except ActionExistsError as exc:
             raise ApiError(
                 409, "action_open", f"device {controller_id!r} already has an open action"
@@ -107,6 +145,15 @@ def make_routes(repo: Repo) -> APIRouter:
         except names.InvalidNameError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from exc
         tenant = tenant.lower()
+        policy = await repo.set_policy(tenant, controller_id, await checked(tenant, body))
+        decision = await repo.redecide(tenant, controller_id)
+        return {
+            "controller_id": controller_id,
+            **policy.public(),
+            "decision": {"software_id": decision.software_id, "reason": decision.reason},
+        }
+
+    async def checked(tenant: str, body: PolicyBody) -> Policy:
         if body.mode == "assigned":
             if body.software_id is None:
                 raise ApiError(
@@ -125,15 +172,45 @@ def make_routes(repo: Repo) -> APIRouter:
                 f"software_id only goes with mode assigned, not {body.mode}",
                 parameter="software_id",
             )
-        policy = await repo.set_policy(
-            tenant, controller_id, Policy(body.mode, body.feed, body.software_id)
+        return Policy(body.mode, body.feed, body.software_id)
+
+    @api.put(
+        "/policies",
+        summary="Set one policy for every known device a filter selects",
+        description="Decisions for the devices follow in the background, within seconds.",
+    )
+    async def put_policies(body: BulkPolicyBody, tenant: TenantParam = "default") -> dict[str, Any]:
+        tenant = tenant.lower()
+        if not body.filter.model_fields_set:
+            raise ApiError(
+                400,
+                "invalid_request",
+                "the filter selects every device; name at least one of its fields",
+                parameter="filter",
+            )
+        policy = await checked(tenant, body.policy)
+        f = body.filter
+        ids = await repo.set_policies(
+            tenant,
+            PolicyMatch(
+                f.hw_model,
+                f.hw_revision,
+                f.sw_version,
+                f.feed,
+                f.mode,
+                None if f.controller_ids is None else frozenset(f.controller_ids),
+            ),
+            policy,
         )
-        decision = await repo.redecide(tenant, controller_id)
-        return {
-            "controller_id": controller_id,
-            **policy.public(),
-            "decision": {"software_id": decision.software_id, "reason": decision.reason},
-        }
+
+        async def redecide_all() -> None:
+            for controller_id in ids:
+                await repo.redecide(tenant, controller_id)
+
+        task = asyncio.create_task(redecide_all())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        return {"matched": len(ids), **policy.public()}
 
     @api.get("/devices/{controller_id}/actions", summary="A device's actions, newest first")
     async def device_actions(
