@@ -6,10 +6,11 @@ Starts its own NATS (free port) and PostgreSQL (embedded, Unix socket) in a temp
 then the registry the documented way (``python -m gaggle_registry``), waits for ``/readyz``, and:
 
 1. Seed: COPYs ``--devices`` devices (``bench-000000``, ...) of tenant ``default`` straight into
-   ``registry.devices`` once the service has migrated its schema. Hardware models, revisions,
-   software versions, update states, tags (region, ``beta``, ``canary``, one of 1,000 sites),
-   names and last-seen times are varied and skewed, so the list filters select from about 0.1 %
-   to 80 % of the devices. Then ``VACUUM ANALYZE``.
+   ``registry.devices`` once the service has migrated its schema, and sets their last seen time
+   and address in ``registry.device_presence``. Hardware models, revisions, software versions,
+   update states, tags (region, ``beta``, ``canary``, one of 1,000 sites), names and last-seen
+   times are varied and skewed, so the list filters select from about 0.1 % to 80 % of the
+   devices. Then ``VACUUM ANALYZE``.
 2. Sightings: pauses the registry's durable consumer ``registry_device_seen``, publishes
    ``--sightings`` sightings as ``DeviceSeen`` events of ``--batch`` (5,000) sightings each on
    ``ota.v1.default.device.seen`` (``publish_raw``, ``Nats-Msg-Id`` = event id), every device
@@ -272,11 +273,14 @@ CITIES = ["Hamburg", "Lyon", "Austin", "Osaka", "Porto", "Turku", "Quito", "Pert
 SITES = 1000
 
 
-def seed_rows(devices: int, now: datetime, rng: random.Random) -> list[tuple[Any, ...]]:
-    """Rows for ``registry.devices``, in the column order of ``SEED_COLUMNS``."""
+def seed_rows(
+    devices: int, now: datetime, rng: random.Random
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Rows for ``registry.devices`` (``SEED_COLUMNS``) and presence (``PRESENCE_COLUMNS``)."""
     models, model_w = zip(*MODELS, strict=True)
     states, state_w = zip(*STATES, strict=True)
     rows = []
+    presence = []
     for i in range(devices):
         model = rng.choices(models, model_w)[0]
         revision = rng.choice(REVISIONS)
@@ -313,15 +317,16 @@ def seed_rows(devices: int, now: datetime, rng: random.Random) -> list[tuple[Any
                 False,
                 state,
                 tags,
-                seen,
-                f"192.168.{(i >> 8) & 255}.{i & 255}" if seen else None,
                 "poll",
                 created,
                 created,
                 installed,
             )
         )
-    return rows
+        presence.append(
+            (controller_id(i), seen, f"192.168.{(i >> 8) & 255}.{i & 255}" if seen else None)
+        )
+    return rows, presence
 
 
 SEED_COLUMNS = [
@@ -336,28 +341,47 @@ SEED_COLUMNS = [
     "config_requested",
     "update_state",
     "tags",
-    "last_seen_at",
-    "last_address",
     "registered_via",
     "created_at",
     "updated_at",
     "installed_version",
 ]
+PRESENCE_COLUMNS = ["controller_id", "last_seen_at", "last_address"]
 
 
 async def seed(database_url: str, devices: int, now: datetime, rng: random.Random) -> float:
-    """COPY the devices into the migrated table and ANALYZE it; return the seconds it took."""
+    """COPY the devices into the migrated tables and ANALYZE them; return the seconds it took.
+
+    Every device gets its presence row from the table's trigger; its last seen time and address
+    are then set from a COPY into a temporary table.
+    """
     t0 = time.perf_counter()
-    rows = seed_rows(devices, now, rng)
+    rows, presence = seed_rows(devices, now, rng)
     conn = await asyncpg.connect(database_url)
     try:
         existing = await conn.fetchval("SELECT count(*) FROM registry.devices")
         if existing:
             raise RuntimeError(f"registry.devices already holds {existing} rows")
-        await conn.copy_records_to_table(
-            "devices", schema_name="registry", columns=SEED_COLUMNS, records=rows
-        )
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "devices", schema_name="registry", columns=SEED_COLUMNS, records=rows
+            )
+            await conn.execute(
+                "CREATE TEMPORARY TABLE seed_presence"
+                " (controller_id text, last_seen_at timestamptz, last_address text) ON COMMIT DROP"
+            )
+            await conn.copy_records_to_table(
+                "seed_presence", columns=PRESENCE_COLUMNS, records=presence
+            )
+            await conn.execute(
+                "UPDATE registry.device_presence AS p"
+                " SET last_seen_at = s.last_seen_at, last_address = s.last_address"
+                " FROM seed_presence AS s"
+                " WHERE p.tenant = $1 AND p.controller_id = s.controller_id",
+                TENANT,
+            )
         await conn.execute("VACUUM ANALYZE registry.devices")
+        await conn.execute("VACUUM ANALYZE registry.device_presence")
     finally:
         await conn.close()
     return time.perf_counter() - t0
@@ -607,7 +631,7 @@ async def check_rows(database_url: str, plan: Plan) -> tuple[int, int]:
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
-            "SELECT controller_id, last_seen_at, last_address FROM registry.devices"
+            "SELECT controller_id, last_seen_at, last_address FROM registry.device_presence"
             " WHERE tenant = $1",
             TENANT,
         )
@@ -989,16 +1013,20 @@ def summarise(samples: list[Sample]) -> tuple[list[KindRow], KindRow]:
 # The run
 
 
+TABLES = ("registry.devices", "registry.device_presence")
+
+
 async def table_stats(database_url: str) -> dict[str, Any]:
-    """Row versions, HOT updates, vacuum runs and size of ``registry.devices``."""
+    """Row versions, HOT updates, vacuum and analyze runs and size of each registry table."""
     conn = await asyncpg.connect(database_url)
     try:
-        stats = await conn.fetchrow(
-            "SELECT n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd, autovacuum_count,"
-            " autoanalyze_count, pg_total_relation_size('registry.devices') AS total_bytes"
-            " FROM pg_stat_user_tables WHERE relid = 'registry.devices'::regclass"
+        stats = await conn.fetch(
+            "SELECT relname, n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd, autovacuum_count,"
+            " analyze_count, autoanalyze_count, pg_total_relation_size(relid) AS total_bytes"
+            " FROM pg_stat_user_tables WHERE relid = ANY($1::regclass[]) ORDER BY relname",
+            list(TABLES),
         )
-        return dict(stats) if stats else {}
+        return {r["relname"]: {k: v for k, v in r.items() if k != "relname"} for r in stats}
     finally:
         await conn.close()
 
@@ -1047,12 +1075,13 @@ async def run(
     table = {"after sightings": await table_stats(database_url)}
     say(f"table after sightings: {table['after sightings']}")
     if args.vacuum:
-        say("VACUUM ANALYZE registry.devices before the list phase (--vacuum)")
+        say("VACUUM ANALYZE of the registry's tables before the list phase (--vacuum)")
         conn = await asyncpg.connect(database_url)
         try:
-            await bounded(
-                "vacuum", args.phase_timeout, conn.execute("VACUUM ANALYZE registry.devices")
-            )
+            for table_name in TABLES:
+                await bounded(
+                    "vacuum", args.phase_timeout, conn.execute(f"VACUUM ANALYZE {table_name}")
+                )
         finally:
             await conn.close()
         table["after vacuum"] = await table_stats(database_url)
@@ -1229,7 +1258,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--vacuum",
         action="store_true",
-        help="VACUUM ANALYZE the devices table between the sightings and the list phase",
+        help="VACUUM ANALYZE the registry's tables between the sightings and the list phase",
     )
     p.add_argument(
         "--keep-logs", action="store_true", help="keep the temporary directory with the logs"
