@@ -57,8 +57,7 @@ def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRoute
     async def on_software_created(event: SoftwareCreated) -> None:
         """ota.v1.*.software.created -> catalogue upsert; devices in ``latest`` re-decided."""
         await repo.upsert_software(event)
-        for controller_id in await repo.latest_mode_devices(event.tenant):
-            await repo.redecide(event.tenant, controller_id)
+        await repo.redecide_many(event.tenant, await repo.latest_mode_devices(event.tenant))
 
     @router.subscriber(**consumer_options(SERVICE, SoftwareDeleted.kind, common))
     async def on_software_deleted(event: SoftwareDeleted) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -564,6 +565,18 @@ class Repo:
         async with self.db.pool.acquire() as conn, conn.transaction():
             await conn.execute(SET_AUTO_CONFIRM, tenant, controller_id, active)
             await self.publish_deployment(conn, tenant, controller_id)
+
+    async def redecide_many(
+        self, tenant: str, controller_ids: Sequence[str], concurrency: int = 8
+    ) -> None:
+        """Re-decide many devices, a few at a time (each under its own advisory lock)."""
+        queue = iter(controller_ids)
+
+        async def worker() -> None:
+            for controller_id in queue:
+                await self.redecide(tenant, controller_id)
+
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(controller_ids)))))
 
     async def latest_mode_devices(self, tenant: str) -> list[str]:
         """Devices whose policy is ``latest`` (a new software may concern them)."""

@@ -203,11 +203,7 @@ def make_routes(repo: Repo) -> APIRouter:
             policy,
         )
 
-        async def redecide_all() -> None:
-            for controller_id in ids:
-                await repo.redecide(tenant, controller_id)
-
-        task = asyncio.create_task(redecide_all())
+        task = asyncio.create_task(repo.redecide_many(tenant, ids))
         pending.add(task)
         task.add_done_callback(pending.discard)
         return {"matched": len(ids), **policy.public()}
