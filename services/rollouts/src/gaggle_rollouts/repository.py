@@ -393,12 +393,9 @@ class Repo:
             ActionExistsError: the device has an open action already.
         """
         async with self.db.pool.acquire() as conn, conn.transaction():
-            opened = await self.open_actions(
-                conn, tenant, [controller_id], software, spec, "Assigned by an operator."
+            return await self._open_action(
+                conn, tenant, controller_id, software, spec, "Assigned by an operator."
             )
-            if not opened:
-                raise ActionExistsError(controller_id)
-            return opened[0]
 
     async def _open_action(
         self,
@@ -406,12 +403,10 @@ class Repo:
         tenant: str,
         controller_id: str,
         software: Software,
-        action_type: ActionType,
+        spec: ActionSpec,
         note: str,
     ) -> Action:
-        opened = await self.open_actions(
-            conn, tenant, [controller_id], software, ActionSpec(action_type), note
-        )
+        opened = await self.open_actions(conn, tenant, [controller_id], software, spec, note)
         if not opened:
             raise ActionExistsError(controller_id)
         return opened[0]
@@ -537,7 +532,7 @@ class Repo:
                     tenant,
                     controller_id,
                     software,
-                    "forced",
+                    ActionSpec("forced"),
                     f"Decided: {decision.reason} ({software.version}).",
                 )
             return decision
