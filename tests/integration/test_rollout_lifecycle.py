@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
+from gaggle_contracts.events import ActionFeedback, FeedbackStatus
 from gaggle_contracts.settings import CommonSettings
+from gaggle_runtime.bus import make_broker, publish_event
 
 from .test_ddi_cycle import Stack, feedback
 from .test_ddi_cycle import stack as stack  # the fixture, used by name
@@ -297,3 +300,52 @@ async def test_bulk_policy_and_auto_confirmation(stack: Stack, common: CommonSet
         )
         assert r.status_code == 200, r.text
         await wait_link(client, stack, "p3", "deploymentBase")
+
+
+async def test_reports_handled_out_of_order_keep_the_newest_status_and_a_timed_history(
+    stack: Stack, common: CommonSettings
+) -> None:
+    await publish_software(common, stack.tenant, "s7", "7.0.0", [("board", "*")])
+    params = {"tenant": stack.tenant}
+    async with httpx.AsyncClient(timeout=10) as client:
+        await device(client, stack, "o1", "board", "1", "1.0.0")
+        deadline = time.monotonic() + 10
+        while True:
+            r = await client.post(
+                f"{stack.ro}/api/v1/devices/o1/actions", params=params, json={"software_id": "s7"}
+            )
+            if r.status_code == 201:
+                break
+            assert time.monotonic() < deadline, r.text
+            await asyncio.sleep(0.1)
+        action = r.json()["id"]
+        now = datetime.now(UTC)
+        reports = [  # published newest first, as concurrent handling may apply them
+            (now + timedelta(seconds=2), "downloaded", "image stored"),
+            (now + timedelta(seconds=1), "download", "fetching"),
+        ]
+        broker = make_broker(common.nats_url, "test")
+        await broker.connect()
+        try:
+            for at, execution, text in reports:
+                await publish_event(
+                    broker,
+                    ActionFeedback(
+                        tenant=stack.tenant,
+                        controller_id="o1",
+                        action_id=action,
+                        occurred_at=at,
+                        status=FeedbackStatus(execution=execution, details=[text]),
+                    ),
+                )
+        finally:
+            await broker.stop()
+        deadline = time.monotonic() + 10
+        while True:
+            doc = (await client.get(f"{stack.ro}/api/v1/actions/{action}", params=params)).json()
+            if len(doc["history"]) == 3:
+                break
+            assert time.monotonic() < deadline, doc
+            await asyncio.sleep(0.05)
+        assert doc["status"] == "downloaded"
+        assert [h["details"] for h in doc["history"][1:]] == [["fetching"], ["image stored"]]

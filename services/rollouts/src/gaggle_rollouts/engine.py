@@ -23,12 +23,20 @@ class Engine:
     """Moves rollouts on, in the background of one process (replicas may run their own)."""
 
     def __init__(
-        self, store: RolloutStore, repo: Repo, *, sweep_s: float = 2.0, window_s: float = 30.0
+        self,
+        store: RolloutStore,
+        repo: Repo,
+        *,
+        sweep_s: float = 2.0,
+        window_s: float = 30.0,
+        min_interval_s: float = 0.05,
     ) -> None:
         self.store = store
         self.repo = repo
         self.sweep_s = sweep_s
         self.window_s = window_s
+        self.min_interval_s = min_interval_s
+        """Pokes arriving faster than this are taken together (a burst of feedback)."""
         self._dirty: set[int] = set()
         self._wake = asyncio.Event()
 
@@ -43,6 +51,7 @@ class Engine:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.sweep_s)
+            await asyncio.sleep(self.min_interval_s)
             self._wake.clear()
             ids, self._dirty = self._dirty, set()
             try:

@@ -118,19 +118,20 @@ def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRoute
             )
             engine.poke(closed.rollout_id if closed else None)
 
-    # Feedback is consumed one event at a time: events fetched together would be handled
-    # concurrently, and a device's reports must enter its history in the order it sent them.
-    @router.subscriber(**consumer_options(SERVICE, ActionFeedback.kind, common, batch=1))
+    # Events fetched together are handled concurrently, so two reports of one device may be
+    # applied in either order: the history is ordered by when the gateway received them, and a
+    # report older than the one that set the action's status does not change it (Repo.apply).
+    @router.subscriber(**consumer_options(SERVICE, ActionFeedback.kind, common))
     async def on_action_feedback(event: ActionFeedback) -> None:
         """ota.v1.*.action.feedback -> history entry; status moved forward; KV refreshed."""
         await apply(event, feedback_status, event.status)
 
-    @router.subscriber(**consumer_options(SERVICE, CancelFeedback.kind, common, batch=1))
+    @router.subscriber(**consumer_options(SERVICE, CancelFeedback.kind, common))
     async def on_cancel_feedback(event: CancelFeedback) -> None:
         """ota.v1.*.cancel.feedback -> canceled, or back to running if the device refused."""
         await apply(event, cancel_feedback_status, event.status)
 
-    @router.subscriber(**consumer_options(SERVICE, ConfirmationFeedback.kind, common, batch=1))
+    @router.subscriber(**consumer_options(SERVICE, ConfirmationFeedback.kind, common))
     async def on_confirmation(event: ConfirmationFeedback) -> None:
         """ota.v1.*.confirmation.feedback -> confirmed: the action runs; denied: it waits on."""
         confirmed = event.confirmation == "confirmed"

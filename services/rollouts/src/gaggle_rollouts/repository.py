@@ -83,7 +83,7 @@ MEMBER_OUTCOME = {"finished": "success", "downloaded": "success", "canceled": "c
 
 UPDATE_STATUS = """
 UPDATE rollouts.actions
-SET status = $2, active = $3, updated_at = now(),
+SET status = $2, active = $3, updated_at = now(), status_at = greatest(status_at, $4),
     closed_at = CASE WHEN $3 THEN NULL ELSE coalesce(closed_at, now()) END
 WHERE id = $1"""
 
@@ -96,7 +96,7 @@ RETURNING id"""
 
 SELECT_HISTORY = """
 SELECT at, status, execution, finished, code, details FROM rollouts.action_status
-WHERE action_id = $1 ORDER BY id"""
+WHERE action_id = $1 ORDER BY at, id"""
 
 SELECT_DEVICE_ACTIONS = """
 SELECT * FROM rollouts.actions WHERE tenant = $1 AND controller_id = $2 ORDER BY id DESC LIMIT $3"""
@@ -120,9 +120,9 @@ WHERE n <= $3 ORDER BY controller_id, id DESC"""
 RECENT_MESSAGES = """
 SELECT action_id, details FROM (
     SELECT action_id, id, details,
-           row_number() OVER (PARTITION BY action_id ORDER BY id DESC) AS n
+           row_number() OVER (PARTITION BY action_id ORDER BY at DESC, id DESC) AS n
     FROM rollouts.action_status WHERE action_id = ANY($1::bigint[])) recent
-WHERE n <= $2 ORDER BY action_id, id DESC"""
+WHERE n <= $2 ORDER BY action_id, n"""
 IN_WINDOWS = """
 SELECT id, tenant, controller_id, maintenance_window, window_open FROM rollouts.actions
 WHERE active AND maintenance_window IS NOT NULL FOR UPDATE"""
@@ -620,6 +620,10 @@ class Repo:
                 return None
             action = _action(row)
             status, active = decide(action, fb)
+            if active and row["status_at"] is not None and at < row["status_at"]:
+                # Reports are handled concurrently: one received before the report that set the
+                # current status only joins the history. Closing always applies.
+                status = action.status
             logged = await self._log(
                 conn,
                 action_id,
@@ -641,7 +645,7 @@ class Repo:
                         await self._announce(conn, action, fb)
                     await self.publish_deployment(conn, tenant, action.controller_id)
                 return action
-            await conn.execute(UPDATE_STATUS, action_id, status, active)
+            await conn.execute(UPDATE_STATUS, action_id, status, active, at)
             updated = with_status(action, status, active)
             if not active and action.rollout_id is not None:
                 await conn.execute(

@@ -398,8 +398,8 @@ class RolloutStore:
                 return None
             taken = None
             wave_count = len(await conn.fetch(WAVES, rollout_id))
+            progress = await _progress(conn, rollout_id)
             while row["state"] == "running":
-                progress = await _progress(conn, rollout_id)
                 step = next_step(
                     current_wave=row["current_wave"],
                     wave_count=wave_count,
@@ -418,6 +418,7 @@ class RolloutStore:
                     row = await self._set(conn, row, "paused", step.reason)
                 elif step.kind == "abort":
                     row = await self._abort(conn, row, step.reason or "error threshold")
+                    progress = await _progress(conn, rollout_id)
                 else:
                     row = await self._set(conn, row, "finished", step.reason)
                 log.info(
@@ -427,7 +428,7 @@ class RolloutStore:
                     step.kind,
                     step.reason,
                 )
-            await self._progressed(conn, row)
+            await self._progressed(conn, row, progress)
             return taken
 
     async def decide_in_rollout(
@@ -623,8 +624,12 @@ class RolloutStore:
             )
         return await self._set(conn, rollout, "aborted", reason)
 
-    async def _progressed(self, conn: Conn, rollout: asyncpg.Record) -> None:
-        counters = (await _progress(conn, rollout["id"])).overall()
+    async def _progressed(
+        self, conn: Conn, rollout: asyncpg.Record, progress: Progress | None = None
+    ) -> None:
+        if progress is None:
+            progress = await _progress(conn, rollout["id"])
+        counters = progress.overall()
         mark = (rollout["state"], rollout["current_wave"], *counters.public().values())
         if self._emitted.get(rollout["id"]) == mark:
             return

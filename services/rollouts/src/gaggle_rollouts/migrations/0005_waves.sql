@@ -54,7 +54,11 @@ CREATE INDEX rollout_devices_by_device ON rollout_devices (tenant, controller_id
 
 ALTER TABLE actions
     ADD COLUMN maintenance_window jsonb,
-    ADD COLUMN window_open boolean;
+    ADD COLUMN window_open boolean,
+    ADD COLUMN status_at timestamptz;  -- when the report that set the status was received
+
+-- Reports are applied concurrently; the history is ordered by when the gateway received them.
+CREATE INDEX action_status_by_time ON action_status (action_id, at, id);
 CREATE INDEX actions_by_rollout ON actions (rollout_id) WHERE rollout_id IS NOT NULL;
 CREATE INDEX actions_in_windows ON actions (id) WHERE active AND maintenance_window IS NOT NULL;
 
