@@ -24,7 +24,15 @@ from typing import Any
 import asyncpg
 
 from gaggle_contracts.events import ActionUpdated, RolloutProgressed
-from gaggle_rollouts.decision import Decision, DeviceView, PolicyView, RolloutView, decide, fits
+from gaggle_rollouts.decision import (
+    Decision,
+    DeviceView,
+    PolicyView,
+    RolloutView,
+    decide,
+    fits,
+    same_version,
+)
 from gaggle_rollouts.plan import (
     CLOSED_STATES,
     ErrorAction,
@@ -296,7 +304,10 @@ class RolloutStore:
                 tenant,
                 [d.controller_id for d in members],
                 waves,
-                ["waiting"] * len(members),
+                [
+                    "success" if same_version(row["version"], d.sw_version) else "waiting"
+                    for d in members
+                ],
             )
             if new.start:
                 rollout = await self._start(conn, rollout)
