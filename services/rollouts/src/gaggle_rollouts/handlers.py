@@ -49,7 +49,7 @@ def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRoute
         if action is None:
             return
         engine.poke(action.rollout_id)
-        if not action.active:
+        if not action.active and await repo.may_want_more(action):
             # Whatever waited for this action (a started rollout wave, a newer software) now may.
             await repo.redecide(action.tenant, action.controller_id)
 

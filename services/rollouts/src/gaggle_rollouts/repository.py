@@ -133,6 +133,11 @@ SET_AUTO_CONFIRM = """
 INSERT INTO rollouts.devices (tenant, controller_id, auto_confirm, updated_at)
 VALUES ($1, $2, $3, '-infinity')
 ON CONFLICT (tenant, controller_id) DO UPDATE SET auto_confirm = EXCLUDED.auto_confirm"""
+MAY_WANT_MORE = """
+SELECT EXISTS (SELECT 1 FROM rollouts.rollout_devices
+               WHERE tenant = $1 AND controller_id = $2 AND state = 'pending')
+    OR EXISTS (SELECT 1 FROM rollouts.policies
+               WHERE tenant = $1 AND controller_id = $2 AND mode <> 'rollout')"""
 SOFTWARE_MANY = """
 SELECT * FROM rollouts.software WHERE tenant = $1 AND software_id = ANY($2::text[])"""
 
@@ -560,6 +565,17 @@ class Repo:
         async with self.db.pool.acquire() as conn, conn.transaction():
             await conn.execute(SET_AUTO_CONFIRM, tenant, controller_id, active)
             await self.publish_deployment(conn, tenant, controller_id)
+
+    async def may_want_more(self, action: Action) -> bool:
+        """Whether a decision may open something now that ``action`` closed.
+
+        Always for an action outside rollouts; for a rollout's action only when the device waits
+        in a rollout (a newer one, say) or left mode ``rollout``. Spares most of a rollout's
+        feedback a full decision.
+        """
+        if action.rollout_id is None:
+            return True
+        return bool(await self.db.pool.fetchval(MAY_WANT_MORE, action.tenant, action.controller_id))
 
     async def redecide_many(
         self, tenant: str, controller_ids: Sequence[str], concurrency: int = 8
