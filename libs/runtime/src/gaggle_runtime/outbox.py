@@ -40,21 +40,22 @@ class Outbox:
     def __init__(self, schema: str) -> None:
         self.schema = check_identifier(schema)
         self.channel = f"{schema}_outbox"
-        self._insert = (
-            f"INSERT INTO {schema}.outbox (op, target, key, msg_id, payload)"  # noqa: S608
-            " VALUES ($1, $2, $3, $4, $5)"
-        )
+        # Each insert also wakes the relay (pg_notify is delivered at commit), in one round trip.
+        notify = f") SELECT pg_notify('{self.channel}', '')"
+        # ``schema`` is a checked identifier, the channel is derived from it.
+        insert = f"WITH queued AS (INSERT INTO {schema}.outbox (op, target, key, msg_id, payload)"
+        self._insert = insert + " VALUES ($1, $2, $3, $4, $5) RETURNING 1" + notify  # noqa: S608
         self._insert_many = (
-            f"INSERT INTO {schema}.outbox (op, target, key, msg_id, payload)"  # noqa: S608
-            " SELECT op, target, key, msg_id, payload"
+            insert  # noqa: S608
+            + " SELECT op, target, key, msg_id, payload"
             " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
-            " WITH ORDINALITY AS r(op, target, key, msg_id, payload, n) ORDER BY n"
+            " WITH ORDINALITY AS r(op, target, key, msg_id, payload, n) ORDER BY n RETURNING 1"
+            + notify
         )
 
     async def event(self, conn: Conn, event: Event) -> None:
         """Queue ``event`` for publishing once the transaction commits."""
         await conn.execute(self._insert, *_event_row(event))
-        await self._notify(conn)
 
     async def many(
         self,
@@ -71,22 +72,16 @@ class Outbox:
             return
         ops, targets, keys, msg_ids, payloads = (list(col) for col in zip(*rows, strict=True))
         await conn.execute(self._insert_many, ops, targets, keys, msg_ids, payloads)
-        await self._notify(conn)
 
     async def kv_put(self, conn: Conn, bucket: str, key: str, value: BaseModel) -> None:
         """Queue a KV put for once the transaction commits."""
         await conn.execute(
             self._insert, "kv_put", bucket, key, None, value.model_dump_json().encode()
         )
-        await self._notify(conn)
 
     async def kv_delete(self, conn: Conn, bucket: str, key: str) -> None:
         """Queue a KV delete for once the transaction commits."""
         await conn.execute(self._insert, "kv_delete", bucket, key, None, b"")
-        await self._notify(conn)
-
-    async def _notify(self, conn: Conn) -> None:
-        await conn.execute("SELECT pg_notify($1, '')", self.channel)
 
 
 class Sink(Protocol):
