@@ -27,8 +27,8 @@ then the registry the documented way (``python -m gaggle_registry``), waits for 
    and a combination. The client is one lean keep-alive HTTP/1.1 connection per worker
    (``--client httpx`` for httpx, which costs the shared CPUs about 1.4 ms per answer); every
    answer is checked afterwards (status, filter, order, no overlap between the pages of a chain).
-   The same SQL (``build_list_query``) is then run from here on one connection for the recorded
-   parameters, giving the database's share per kind (``db p50``/``db p99``), and
+   The same listings are then run from here on one connection as the service runs them
+   (``fetch_listing``), giving the database's share per kind (``db p50``/``db p99``), and
    ``EXPLAIN (ANALYZE, BUFFERS)`` of each kind's slowest request is stored in the results.
 4. Prints a table, the goals (>= 20,000 sightings/s; list p99 < 50 ms) and whether they are met
    (plans of kinds over the goal go to stderr); writes the same, with every list sample, to
@@ -80,7 +80,7 @@ from benchlib import Children, bounded, child_env, http_status, say, tail
 from gaggle_contracts import names
 from gaggle_contracts.events import DeviceSeen
 from gaggle_registry.domain import decode_cursor
-from gaggle_registry.repository import DeviceQuery, build_list_query
+from gaggle_registry.repository import DeviceQuery, build_list_query, fetch_listing
 from gaggle_runtime.bus import make_broker, publish_raw
 from gaggle_runtime.db import ensure_database, with_database
 from gaggle_stack.servers import EmbeddedPostgres, NatsProcess, free_port
@@ -956,7 +956,7 @@ class KindRow:
     mean_items: float
     db_p50_ms: float = 0.0
     db_p99_ms: float = 0.0
-    """The same SQL from this process, one connection, prepared as asyncpg does."""
+    """The same listing from this process, one connection, run as the service runs it."""
     plan: str = ""
     """EXPLAIN (ANALYZE, BUFFERS) of this kind's slowest parameters."""
     slowest_params: dict[str, str] = field(default_factory=dict)
@@ -973,16 +973,16 @@ async def db_side(database_url: str, samples: list[Sample], rows: list[KindRow])
             kind_samples = by_kind[row.kind]
             times = []
             for s in kind_samples:
-                sql, qargs = build_list_query(device_query(s.params))
                 t0 = time.perf_counter()
-                await conn.fetch(sql, *qargs)
+                await fetch_listing(conn, device_query(s.params))
                 times.append((time.perf_counter() - t0) * 1000)
             row.db_p50_ms = percentile(times, 0.50)
             row.db_p99_ms = percentile(times, 0.99)
             slowest = max(kind_samples, key=lambda s: s.ms)
             row.slowest_params = slowest.params
             sql, qargs = build_list_query(device_query(slowest.params))
-            plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *qargs)
+            explain = await conn.prepare(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", name="")
+            plan = await explain.fetch(*qargs)
             row.plan = "\n".join(r[0] for r in plan)
     finally:
         await conn.close()

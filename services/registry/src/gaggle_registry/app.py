@@ -11,6 +11,7 @@ from nats.js.kv import KeyValue
 
 from gaggle_contracts import names
 from gaggle_contracts.settings import CommonSettings
+from gaggle_registry.fastlane import ListFastLane
 from gaggle_registry.handlers import SERVICE, make_router
 from gaggle_registry.repository import Repo
 from gaggle_registry.routes import make_routes
@@ -21,7 +22,7 @@ from gaggle_runtime.service import Service
 log = logging.getLogger(__name__)
 
 SCHEMA = "registry"
-PRESENCE_STATS_EVERY_S = 5.0
+TIDY_PRESENCE_EVERY_S = 5.0
 
 
 async def held_values(kv: KeyValue) -> dict[str, bytes]:
@@ -60,22 +61,23 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
         gc.collect()
         gc.freeze()
 
-    async def keep_presence_stats() -> None:
+    async def tidy_presence() -> None:
         while True:
-            await asyncio.sleep(PRESENCE_STATS_EVERY_S)
+            await asyncio.sleep(TIDY_PRESENCE_EVERY_S)
             try:
-                await repo.refresh_presence_stats()
+                await repo.tidy_presence()
             except Exception:
-                log.warning("ANALYZE of device presence failed; retrying later", exc_info=True)
+                log.warning("VACUUM of device presence failed; retrying later", exc_info=True)
 
     service.on_start += [rebuild_kv, freeze_heap]
-    service.background(keep_presence_stats)
+    service.background(tidy_presence)
     service.broker.include_router(make_router(repo, common))
     app = service.app(
         title="Gaggle registry",
         description="The device inventory: who each device is, what it reports, how it updates.",
     )
     app.include_router(make_routes(repo, lambda: service.broker.connection))
+    app.add_middleware(ListFastLane, repo=repo)
     app.state.service = service
     app.state.repo = repo
     return app

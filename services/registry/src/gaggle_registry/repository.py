@@ -126,6 +126,11 @@ LOCK_DEVICES = "LOCK TABLE registry.devices IN SHARE MODE"
 
 SELECT_ALL_KV = "SELECT tenant, controller_id, token_hash, config_requested FROM registry.devices"
 
+SELECT_SOME_KV = """
+SELECT d.tenant, d.controller_id, d.token_hash, d.config_requested
+FROM registry.devices AS d
+JOIN unnest($1::text[], $2::text[]) AS k(tenant, controller_id) USING (tenant, controller_id)"""
+
 SELECT_PENDING_KV = """
 SELECT op, key, payload FROM registry.outbox
 WHERE target = $1 AND op IN ('kv_put', 'kv_delete')
@@ -133,7 +138,8 @@ ORDER BY id"""
 
 PRESENCE_ROWS = "SELECT reltuples FROM pg_class WHERE oid = 'registry.device_presence'::regclass"
 
-ANALYZE_PRESENCE = "ANALYZE registry.device_presence"
+# SKIP_LOCKED: another replica (or autovacuum) at it already is just as good.
+VACUUM_PRESENCE = "VACUUM (ANALYZE, SKIP_LOCKED) registry.device_presence"
 
 LAST_SEEN = "coalesce(p.last_seen_at, '-infinity'::timestamptz)"
 """A device's last seen as the listing sorts it (never seen: first, ascending); indexed."""
@@ -169,7 +175,13 @@ LIST_COLUMNS = {
 """A listed device's fields (those of ``Device.public``) as SQL; attributes as JSON text."""
 
 MIN_TERM_GRAMS = 3
-"""Terms this long or longer are looked up in the ``devices_search`` index first."""
+"""Terms this long or longer have pieces to look up in the ``devices_search`` index."""
+
+SEARCH_WINDOW = 4000
+"""Devices a ``q`` listing reads in order before it turns to the ``devices_search`` index."""
+
+FEW_MATCHES = 2000
+"""Up to this many matching devices, sorting them all beats walking the order for a page."""
 
 
 def _device(row: asyncpg.Record) -> Device:
@@ -220,17 +232,31 @@ class DeviceQuery:
 def build_list_query(query: DeviceQuery) -> tuple[str, list[Any]]:
     """SQL and arguments for a listing; every value is a parameter, columns come from a table.
 
-    Each sort has an index whose order it follows, keyset position included, so a page costs
-    about its own rows at any depth. ``q`` narrows the rows through the ``devices_search`` index
-    of three-character pieces before ILIKE decides.
+    Each sort follows an index, keyset position included, so a page costs about its own rows at
+    any depth, and presence is joined for the page's rows only when nothing else needs it. Two
+    cases need more, because no estimate tells how many devices match:
+
+    * ``q`` (three characters or more): the page is looked for among the first
+      ``SEARCH_WINDOW`` devices in the listing's order. If they hold a whole page, that is the
+      page (a common term); if not, the term is rare and the ``devices_search`` index of
+      three-character pieces finds its few devices. A case-insensitive match decides either
+      way (LIKE on the stored lower-case id and name).
+    * Filters on devices with the order or a filter on presence: up to ``FEW_MATCHES + 1``
+      matching devices are taken first. If that is all of them, the page is sorted out of
+      those; otherwise they are common enough that walking the order finds a page soon.
     """
     args: list[Any] = [query.tenant]
-    where = ["d.tenant = $1"]
 
     def arg(value: Any) -> str:
         args.append(value)
         return f"${len(args)}"
 
+    scope = ["d.tenant = $1"]
+    """Tenant, and the keyset position when the order is on devices."""
+    filters: list[str] = []
+    """Filters on devices."""
+    presence: list[str] = []
+    """Conditions on presence: on the indexed expression, so the index on last seen serves them."""
     for column, value in (
         ("d.update_state", query.state),
         ("d.hw_model", query.hw_model),
@@ -239,43 +265,141 @@ def build_list_query(query: DeviceQuery) -> tuple[str, list[Any]]:
         ("d.feed", query.feed),
     ):
         if value is not None:
-            where.append(f"{column} = {arg(value)}")
+            filters.append(f"{column} = {arg(value)}")
     if query.tag is not None:
-        where.append(f"d.tags @> ARRAY[{arg(query.tag)}]::text[]")
-    # On the indexed expression, so that the index on last seen serves these filters too.
-    if query.seen_before is not None:
-        where.append(f"p.last_seen_at IS NOT NULL AND {LAST_SEEN} < {arg(query.seen_before)}")
-    if query.seen_after is not None:
-        where.append(f"p.last_seen_at IS NOT NULL AND {LAST_SEEN} >= {arg(query.seen_after)}")
+        filters.append(f"d.tags @> ARRAY[{arg(query.tag)}]::text[]")
+    grams = None
     if query.q:
         escaped = query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = arg(f"%{escaped}%")
-        where.append(f"(d.controller_id ILIKE {pattern} OR d.name ILIKE {pattern})")
+        # ILIKE in PostgreSQL is LIKE on both sides lowered; the columns are stored lowered.
+        pattern = f"lower({arg(f'%{escaped}%')})"
+        filters.append(f"(d.search_id LIKE {pattern} OR d.search_name LIKE {pattern})")
         if len(query.q) >= MIN_TERM_GRAMS:
-            where.append(
+            grams = (
                 "registry.device_grams(d.controller_id, d.name)"
                 f" @> registry.text_grams({arg(query.q)})"
             )
+    if query.seen_before is not None:
+        presence.append(f"p.last_seen_at IS NOT NULL AND {LAST_SEEN} < {arg(query.seen_before)}")
+    if query.seen_after is not None:
+        presence.append(f"p.last_seen_at IS NOT NULL AND {LAST_SEEN} >= {arg(query.seen_after)}")
     key, id_column = SORTS[query.sort]
     order = "DESC" if query.descending else "ASC"
     compare = "<" if query.descending else ">"
     if query.after is not None:
         value, cid = query.after
         if key is None:
-            where.append(f"{id_column} {compare} {arg(str(cid))}")
+            scope.append(f"{id_column} {compare} {arg(str(cid))}")
         else:
             # Timestamps travel in cursors as ISO text; -infinity (never seen) as 0001-01-01.
             at = datetime.fromisoformat(str(value))
-            where.append(f"({key}, {id_column}) {compare} ({arg(at)}, {arg(str(cid))})")
+            position = f"({key}, {id_column}) {compare} ({arg(at)}, {arg(str(cid))})"
+            (presence if key == LAST_SEEN else scope).append(position)
+    on_presence = key == LAST_SEEN or bool(presence)
     order_by = f"{id_column} {order}" if key is None else f"{key} {order}, {id_column} {order}"
+    limit = arg(query.limit)
     columns = ", ".join(f"{sql} AS {name}" for name, sql in LIST_COLUMNS.items())
-    sql = (
-        f"SELECT {columns}, {key or id_column} AS sort_value"  # noqa: S608
-        " FROM registry.devices AS d JOIN registry.device_presence AS p"
+    select = f"SELECT {columns}, {key or id_column} AS sort_value"
+    join = (
+        "JOIN registry.device_presence AS p"
         " ON p.tenant = d.tenant AND p.controller_id = d.controller_id"
-        f" WHERE {' AND '.join(where)} ORDER BY {order_by} LIMIT {arg(query.limit)}"
+    )
+
+    def where(*conditions: str) -> str:
+        return " AND ".join(conditions)
+
+    if not on_presence:
+        page = (
+            "SELECT * FROM registry.devices AS d"  # noqa: S608
+            f" WHERE {where(*scope, *filters)} ORDER BY {order_by} LIMIT {limit}"
+        )
+        if grams is None:
+            # Only the page's own rows need their presence: pick them from devices alone.
+            return f"{select} FROM ({page}) AS d {join} ORDER BY {order_by}", args
+        window = (
+            "SELECT * FROM registry.devices AS d"  # noqa: S608
+            f" WHERE {where(*scope)} ORDER BY {order_by} LIMIT {SEARCH_WINDOW}"
+        )
+        rare = (
+            "SELECT * FROM registry.devices AS d"  # noqa: S608
+            f" WHERE (SELECT count(*) FROM walked) < {limit}"
+            f" AND {where(*scope, *filters, grams)} ORDER BY {order_by} LIMIT {limit}"
+        )
+        sql = (
+            f"WITH walked AS MATERIALIZED (SELECT * FROM ({window}) AS d"  # noqa: S608
+            f" WHERE {where(*filters)} ORDER BY {order_by} LIMIT {limit})"
+            f" {select} FROM ((SELECT * FROM walked WHERE (SELECT count(*) FROM walked) = {limit})"
+            f" UNION ALL ({rare})) AS d {join} ORDER BY {order_by}"
+        )
+        return sql, args
+    joined = (
+        f"{select} FROM registry.devices AS d {join}"
+        f" WHERE {where(*scope, *filters, *presence)} ORDER BY {order_by} LIMIT {limit}"
+    )
+    if not filters:
+        return joined, args
+    # Only what the order needs, so an index alone can answer (index-only scan).
+    keys = "d.tenant, d.controller_id" + (", d.created_at" if query.sort == "created" else "")
+    matching = (
+        f"SELECT {keys} FROM registry.devices AS d"  # noqa: S608
+        f" WHERE {where(*scope, *filters, *([grams] if grams else []))}"
+        f" LIMIT {FEW_MATCHES + 1}"
+    )
+    gate = f"(SELECT count(*) FROM matching) <= {FEW_MATCHES}"  # noqa: S608
+    # OFFSET 0 keeps the lateral subquery apart: one primary-key look-up per matching device.
+    few = (
+        "SELECT p.* FROM matching AS d CROSS JOIN LATERAL (SELECT * FROM"  # noqa: S608
+        " registry.device_presence AS p WHERE p.tenant = d.tenant"
+        " AND p.controller_id = d.controller_id OFFSET 0) AS p"
+        f" WHERE {where(gate, *presence)}"
+        f" ORDER BY {order_by} LIMIT {limit}"
+    )
+    many = (
+        f"{select} FROM registry.devices AS d {join}"
+        f" WHERE NOT {gate} AND {where(*scope, *filters, *presence)}"
+        f" ORDER BY {order_by} LIMIT {limit}"
+    )
+    sql = (
+        f"WITH matching AS MATERIALIZED ({matching})"
+        f" ({select} FROM ({few}) AS p JOIN registry.devices AS d"
+        " ON d.tenant = p.tenant AND d.controller_id = p.controller_id"
+        f" ORDER BY {order_by}) UNION ALL ({many})"
+        f" ORDER BY sort_value {order}, controller_id {order}"
     )
     return sql, args
+
+
+def plans_per_call(query: DeviceQuery) -> bool:
+    """Whether a listing's best plan depends on its filter values (any filter or search)."""
+    return any(
+        value is not None
+        for value in (
+            query.state,
+            query.hw_model,
+            query.hw_revision,
+            query.sw_version,
+            query.tag,
+            query.feed,
+            query.seen_before,
+            query.seen_after,
+            query.q or None,
+        )
+    )
+
+
+async def fetch_listing(conn: Conn, query: DeviceQuery) -> list[asyncpg.Record]:
+    """The rows of one listing page.
+
+    A statement reused from the connection's cache gets a generic plan after five runs, one
+    plan for every value: for a filter that matches 0.5 % of the fleet with one value and 40 %
+    with another, that plan is wrong for one of them. Filtered listings therefore run as an
+    unnamed statement, planned for their own values each time.
+    """
+    sql, args = build_list_query(query)
+    if not plans_per_call(query):
+        return await conn.fetch(sql, *args)
+    statement = await conn.prepare(sql, name="")
+    return await statement.fetch(*args)
 
 
 class Repo:
@@ -284,8 +408,8 @@ class Repo:
     def __init__(self, db: Database, outbox: Outbox) -> None:
         self.db = db
         self.outbox = outbox
-        self.touched_since_analyze = 0
-        """Presence rows sightings updated since the last ``refresh_presence_stats``."""
+        self.touched_since_tidy = 0
+        """Presence rows sightings updated since the last ``tidy_presence``."""
 
     async def register_discovered(self, event: DeviceDiscovered) -> Device | None:
         """Create the device unless it exists; None when it already did (idempotent).
@@ -450,23 +574,25 @@ class Repo:
         times = [s.seen_at for s in newest.values()]
         addresses = [s.address for s in newest.values()]
         await self.db.pool.execute(TOUCH_MANY, event.tenant, ids, times, addresses)
-        self.touched_since_analyze += len(ids)
+        self.touched_since_tidy += len(ids)
 
-    async def refresh_presence_stats(self, share: float = 0.1, minimum: int = 1000) -> bool:
-        """ANALYZE the presence table once sightings rewrote ``share`` of it; True if it ran.
+    async def tidy_presence(self, share: float = 0.2, minimum: int = 1000) -> bool:
+        """VACUUM and ANALYZE presence once sightings rewrote ``share`` of it; True if it ran.
 
-        Sightings move every last_seen_at past the newest value the planner's statistics know;
-        until the next ANALYZE it takes "seen in the last minutes" for a handful of devices
-        when it is the whole fleet, and picks plans for a handful.
+        Every sighting leaves a dead row version and a dead entry in each of the table's two
+        indexes; autovacuum looks at most once a minute, and a burst of sightings (a fleet
+        coming back online) bloats the index on last seen several times over by then. Sightings
+        also move every last_seen_at past the newest value the planner's statistics know, and
+        until the next ANALYZE it takes "seen in the last minutes" for a handful of devices.
         """
-        touched = self.touched_since_analyze
+        touched = self.touched_since_tidy
         if touched < minimum:
             return False
         rows = await self.db.pool.fetchval(PRESENCE_ROWS)
         if touched < share * (rows or 0):
             return False
-        self.touched_since_analyze = 0
-        await self.db.pool.execute(ANALYZE_PRESENCE)
+        self.touched_since_tidy = 0
+        await self.db.pool.execute(VACUUM_PRESENCE)
         return True
 
     async def _publish_device(self, conn: Conn, device: Device, change: Change) -> None:
@@ -499,19 +625,16 @@ class Repo:
         Items are ``Device.public`` dicts built straight from the rows; ``attributes`` is the
         stored JSON as an ``orjson.Fragment``, passed through without being parsed.
         """
-        sql, args = build_list_query(query)
-        rows = await self.db.pool.fetch(sql, *args)
-        items: list[dict[str, Any]] = []
-        for row in rows:
-            item = dict(row)
-            item["attributes"] = orjson.Fragment(item["attributes"])
-            items.append(item)
-        after = None
-        if len(items) == query.limit:
-            last = items[-1]
-            after = [last["sort_value"], last["controller_id"]]
+        async with self.db.pool.acquire() as conn:
+            rows = await fetch_listing(conn, query)
+        # Every column but the last (sort_value), by name; zip stops at the shorter.
+        columns = list(LIST_COLUMNS)
+        items = [dict(zip(columns, row, strict=False)) for row in rows]
         for item in items:
-            del item["sort_value"]
+            item["attributes"] = orjson.Fragment(item["attributes"])
+        after = None
+        if len(rows) == query.limit:
+            after = [rows[-1]["sort_value"], rows[-1]["controller_id"]]
         return items, after
 
     async def rebuild_kv(self, held: dict[str, bytes]) -> tuple[int, int]:
@@ -523,28 +646,54 @@ class Repo:
         nothing. Run at start, so the read model matches the table whatever happened while
         the registry was away (a lost bucket, a changed key, a missed write).
 
-        Device writers wait while the comparison runs: one that committed before it is in what
-        it reads, one that commits after it queues its own KV write behind these.
+        The comparison reads one snapshot without blocking anyone. The keys it finds wrong are
+        then read again while device writers wait, and written as they are then: a writer that
+        committed before is in that state, one that commits after queues its KV write behind
+        these. A key that changed in between without showing up here has its own write queued.
         """
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            await conn.execute(LOCK_DEVICES)
-            pending = [
-                (r["op"], r["key"], bytes(r["payload"]))
-                for r in await conn.fetch(SELECT_PENDING_KV, names.BUCKET_DEVICES)
-            ]
-            wanted = [
-                (
-                    names.kv_key(r["tenant"], r["controller_id"]),
-                    DeviceEntry(token_hash=r["token_hash"], config_requested=r["config_requested"]),
-                )
-                for r in await conn.fetch(SELECT_ALL_KV)
-            ]
+        async with self.db.pool.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                pending = [
+                    (r["op"], r["key"], bytes(r["payload"]))
+                    for r in await conn.fetch(SELECT_PENDING_KV, names.BUCKET_DEVICES)
+                ]
+                rows = await conn.fetch(SELECT_ALL_KV)
+            wanted = ((names.kv_key(r["tenant"], r["controller_id"]), _kv_entry(r)) for r in rows)
             puts, deletes = kv_changes(held, pending, wanted, _kv_bytes)
-            for key, entry in puts:
-                await self.outbox.kv_put(conn, names.BUCKET_DEVICES, key, entry)
-            for key in deletes:
-                await self.outbox.kv_delete(conn, names.BUCKET_DEVICES, key)
-        return len(puts), len(deletes)
+            wrong = [key for key, _ in puts] + deletes
+            if not wrong:
+                return 0, 0
+            ids = [_device_of(key) for key in wrong]
+            async with conn.transaction():
+                await conn.execute(LOCK_DEVICES)
+                now = {
+                    names.kv_key(r["tenant"], r["controller_id"]): _kv_entry(r)
+                    for r in await conn.fetch(
+                        SELECT_SOME_KV, [t for t, _ in ids], [c for _, c in ids]
+                    )
+                }
+                fixes = [(key, now.get(key)) for key in wrong]
+                for start in range(0, len(fixes), 5000):
+                    chunk = fixes[start : start + 5000]
+                    await self.outbox.many(
+                        conn,
+                        kv_puts=[(names.BUCKET_DEVICES, k, e) for k, e in chunk if e is not None],
+                        kv_deletes=[(names.BUCKET_DEVICES, k) for k, e in chunk if e is None],
+                    )
+                put = sum(1 for _, entry in fixes if entry is not None)
+        return put, len(wrong) - put
+
+
+def _kv_entry(row: asyncpg.Record) -> DeviceEntry:
+    return DeviceEntry(token_hash=row["token_hash"], config_requested=row["config_requested"])
+
+
+def _device_of(key: str) -> tuple[str, str]:
+    """(tenant, controller id) a KV key stands for; a key no device can have gives ("", "")."""
+    try:
+        return names.parse_kv_key(key)
+    except ValueError:  # undecodable: written by something else
+        return "", ""
 
 
 def _kv_bytes(entry: DeviceEntry) -> bytes:

@@ -25,9 +25,8 @@ from gaggle_registry.domain import UPDATE_STATES, decode_cursor, encode_cursor, 
 from gaggle_registry.repository import DeviceQuery, Repo
 from gaggle_runtime.http import ApiError, NotFoundError
 
-TenantParam = Annotated[
-    str, Query(description="Tenant (case-insensitive)", pattern=names.TENANT_RE.pattern)
-]
+TENANT = names.TENANT_RE.pattern
+TenantParam = Annotated[str, Query(description="Tenant (case-insensitive)", pattern=TENANT)]
 DeviceIdParam = Annotated[str, Path(max_length=256, description="Controller id")]
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 KEEPALIVE_S = 15.0
@@ -52,6 +51,77 @@ class DevicePatch(BaseModel):
     tags: list[Tag] | None = Field(None, max_length=50)
 
 
+class ListParams(BaseModel):
+    """The query of ``GET /api/v1/devices``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tenant: str = Field("default", description="Tenant (case-insensitive)", pattern=TENANT)
+    state: Literal[UPDATE_STATES] | None = None  # type: ignore[valid-type]
+    hw_model: str | None = Field(None, max_length=128)
+    hw_revision: str | None = Field(None, max_length=128)
+    sw_version: str | None = Field(None, max_length=128)
+    tag: str | None = Field(None, max_length=64)
+    feed: str | None = Field(None, max_length=64)
+    seen_before: datetime | None = None
+    seen_after: datetime | None = None
+    q: str | None = Field(None, max_length=256, description="Text in id or name")
+    sort: Literal[
+        "controller_id", "-controller_id", "last_seen", "-last_seen", "created", "-created"
+    ] = "controller_id"
+    limit: int = Field(100, ge=1, le=1000)
+    cursor: str | None = Field(None, max_length=2048, description="From `next`")
+
+
+def _invalid_cursor() -> ApiError:
+    return ApiError(
+        400, "invalid_request", "invalid cursor: pass `next` as given", parameter="cursor"
+    )
+
+
+async def list_body(repo: Repo, params: ListParams) -> bytes:
+    """The JSON of one listing page.
+
+    Raises:
+        ApiError: a cursor that is not one of ours, or a time without a time zone.
+    """
+    after = None
+    if params.cursor:
+        try:
+            after = decode_cursor(params.cursor)
+        except ValueError as exc:
+            raise _invalid_cursor() from exc
+    for name, value in (("seen_before", params.seen_before), ("seen_after", params.seen_after)):
+        if value is not None and value.tzinfo is None:
+            raise ApiError(
+                400, "invalid_request", f"invalid {name}: give a time zone (e.g. Z)", parameter=name
+            )
+    query = DeviceQuery(
+        tenant=params.tenant.lower(),
+        state=params.state,
+        hw_model=params.hw_model,
+        hw_revision=params.hw_revision,
+        sw_version=params.sw_version,
+        tag=params.tag,
+        feed=params.feed,
+        seen_before=params.seen_before,
+        seen_after=params.seen_after,
+        q=params.q,
+        sort=params.sort.lstrip("-"),
+        descending=params.sort.startswith("-"),
+        after=after,
+        limit=params.limit,
+    )
+    try:
+        items, after = await repo.list_page(query)
+    except ValueError as exc:  # a cursor whose time does not parse
+        raise _invalid_cursor() from exc
+    next_cursor = encode_cursor(after) if after is not None else None
+    # Rendered with orjson directly: FastAPI's generic encoding of a 100-device page cost more
+    # than the query itself (bench/registry_bench.py).
+    return orjson.dumps({"items": items, "next": next_cursor}, option=orjson.OPT_UTC_Z)
+
+
 def make_routes(repo: Repo, nats: Callable[[], NatsClient]) -> APIRouter:
     """Routes bound to ``repo``; ``nats()`` gives the connection the live stream listens on."""
     api = APIRouter(prefix="/api/v1", tags=["devices"])
@@ -63,69 +133,13 @@ def make_routes(repo: Repo, nats: Callable[[], NatsClient]) -> APIRouter:
         return device
 
     @api.get("/devices", summary="List devices: filters, sort, keyset pagination")
-    async def list_devices(
-        tenant: TenantParam = "default",
-        state: Annotated[Literal[UPDATE_STATES] | None, Query()] = None,  # type: ignore[valid-type]
-        hw_model: Annotated[str | None, Query(max_length=128)] = None,
-        hw_revision: Annotated[str | None, Query(max_length=128)] = None,
-        sw_version: Annotated[str | None, Query(max_length=128)] = None,
-        tag: Annotated[str | None, Query(max_length=64)] = None,
-        feed: Annotated[str | None, Query(max_length=64)] = None,
-        seen_before: datetime | None = None,
-        seen_after: datetime | None = None,
-        q: Annotated[str | None, Query(max_length=256, description="Text in id or name")] = None,
-        sort: Literal[
-            "controller_id", "-controller_id", "last_seen", "-last_seen", "created", "-created"
-        ] = "controller_id",
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        cursor: Annotated[str | None, Query(max_length=2048, description="From `next`")] = None,
-    ) -> Response:
-        after = None
-        if cursor:
-            try:
-                after = decode_cursor(cursor)
-            except ValueError as exc:
-                raise ApiError(
-                    400,
-                    "invalid_request",
-                    "invalid cursor: pass `next` as given",
-                    parameter="cursor",
-                ) from exc
-        for name, value in (("seen_before", seen_before), ("seen_after", seen_after)):
-            if value is not None and value.tzinfo is None:
-                raise ApiError(
-                    400,
-                    "invalid_request",
-                    f"invalid {name}: give a time zone (e.g. Z)",
-                    parameter=name,
-                )
-        query = DeviceQuery(
-            tenant=tenant.lower(),
-            state=state,
-            hw_model=hw_model,
-            hw_revision=hw_revision,
-            sw_version=sw_version,
-            tag=tag,
-            feed=feed,
-            seen_before=seen_before,
-            seen_after=seen_after,
-            q=q,
-            sort=sort.lstrip("-"),
-            descending=sort.startswith("-"),
-            after=after,
-            limit=limit,
-        )
-        try:
-            items, after = await repo.list_page(query)
-        except ValueError as exc:  # a cursor whose time does not parse
-            raise ApiError(
-                400, "invalid_request", "invalid cursor: pass `next` as given", parameter="cursor"
-            ) from exc
-        next_cursor = encode_cursor(after) if after is not None else None
-        # Rendered with orjson directly: FastAPI's generic encoding of a 100-device page cost
-        # more than the query itself (bench/registry_bench.py).
-        body = {"items": items, "next": next_cursor}
-        return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
+    async def list_devices(params: Annotated[ListParams, Query()]) -> Response:
+        """One page of devices; ``next`` is the cursor of the page after it (null at the end).
+
+        ``q`` matches text anywhere in the id or the name, ignoring case. Devices never seen
+        sort as the oldest by ``last_seen``; ``seen_before`` and ``seen_after`` leave them out.
+        """
+        return Response(await list_body(repo, params), media_type="application/json")
 
     @api.post("/devices", status_code=201, summary="Create a device; its token is shown once")
     async def create_device(body: NewDevice, tenant: TenantParam = "default") -> dict[str, Any]:

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from gaggle_registry.domain import TooManyAttributesError, lifted, merge_attributes
+from gaggle_registry.domain import (
+    Device,
+    TooManyAttributesError,
+    kv_changes,
+    lifted,
+    merge_attributes,
+)
+from gaggle_registry.repository import LIST_COLUMNS
 
 CURRENT = {"hw_boardname": "b", "sw_version": "1.0", "extra": "x"}
 
@@ -38,3 +45,39 @@ def test_hw_boardname_is_our_hw_model() -> None:
         "hw_revision": "2",
         "sw_version": None,
     }
+
+
+def _encode(value: str) -> bytes:
+    return value.encode()
+
+
+def test_kv_changes_put_what_is_missing_or_different_and_delete_what_no_device_has() -> None:
+    held = {"t.same": b"1", "t.changed": b"old", "t.stale": b"x"}
+    wanted = [("t.same", "1"), ("t.changed", "new"), ("t.missing", "m")]
+    puts, deletes = kv_changes(held, [], wanted, _encode)
+    assert puts == [("t.changed", "new"), ("t.missing", "m")]
+    assert deletes == ["t.stale"]
+
+
+def test_kv_changes_count_queued_writes_as_done() -> None:
+    held = {"t.a": b"old", "t.b": b"1", "t.gone": b"x"}
+    pending = [
+        ("kv_put", "t.a", b"stale"),
+        ("kv_put", "t.a", b"new"),  # the last queued write is what the bucket will hold
+        ("kv_delete", "t.b", b""),
+        ("kv_delete", "t.gone", b""),
+        ("kv_put", "t.c", b"3"),
+    ]
+    wanted = [("t.a", "new"), ("t.b", "1"), ("t.c", "3")]
+    puts, deletes = kv_changes(held, pending, wanted, _encode)
+    assert puts == [("t.b", "1")]  # its queued delete would lose it
+    assert deletes == []
+
+
+def test_kv_changes_of_a_matching_bucket_are_none() -> None:
+    held = {f"t.d{i}": b"v" for i in range(100)}
+    assert kv_changes(held, [], [(k, "v") for k in held], _encode) == ([], [])
+
+
+def test_a_listed_device_has_exactly_the_fields_of_a_single_one() -> None:
+    assert list(LIST_COLUMNS) == list(Device(tenant="t", controller_id="d").public())
