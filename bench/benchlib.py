@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from gaggle_stack.servers import EmbeddedPostgres, NatsProcess
 
 BENCH_DIR = Path(__file__).resolve().parent
 T = TypeVar("T")
@@ -105,3 +111,145 @@ async def bounded(what: str, seconds: float, work: Awaitable[T]) -> T:
             return await work
     except TimeoutError:
         raise RuntimeError(f"{what} took longer than {seconds:g} s") from None
+
+
+# --------------------------------------------------------------------------------------------
+# CPU accounting (Linux /proc), to tell whether the registry or PostgreSQL was busy
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_stat(pid: int) -> tuple[int, float, float] | None:
+    """(parent pid, own CPU seconds, CPU seconds of its exited and reaped children) of ``pid``."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    own = (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[1]), own, (int(fields[13]) + int(fields[14])) / _TICK
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by ``root`` and its descendants, live or exited and reaped.
+
+    PostgreSQL's postmaster reaps its backends, autovacuum and parallel workers, so their CPU
+    time stays counted after they exit.
+    """
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None:
+                parents[int(entry.name)] = stat[0]
+                cpu[int(entry.name)] = stat[1] + stat[2]
+    total, todo = 0.0, [root]
+    seen: set[int] = set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += cpu.get(pid, 0.0)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent outside idle and iowait since boot."""
+    with contextlib.suppress(OSError):
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return (sum(values) - values[3] - values[4]) / _TICK
+    return 0.0
+
+
+class CpuMeter:
+    """CPU seconds of the service under test, PostgreSQL, NATS, this process, and the rest."""
+
+    def __init__(self, service: str, service_pid: int, postgres: int, nats_server: int) -> None:
+        self.roots = {service: service_pid, "postgres": postgres, "nats": nats_server}
+
+    def snapshot(self) -> dict[str, float]:
+        """Counters now."""
+        snap = {name: cpu_seconds(pid) for name, pid in self.roots.items()}
+        times = os.times()
+        snap["bench client"] = times.user + times.system
+        snap["machine"] = machine_busy_seconds()
+        return snap
+
+    @staticmethod
+    def used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """CPU seconds per part between two snapshots; ``other``: the rest of the machine.
+
+        ``other``: processes that are not ours (or children not reaped yet).
+        """
+        used = {k: round(after[k] - before[k], 2) for k in before}
+        ours = sum(v for k, v in used.items() if k != "machine")
+        used["other"] = round(max(0.0, used["machine"] - ours), 2)
+        return used
+
+
+def cpu_text(used: dict[str, float], seconds: float) -> str:
+    """One line: CPU seconds per part, of the machine's capacity over ``seconds``."""
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in used.items() if k != "machine")
+    return (
+        f"CPU s: {parts}; machine busy {used['machine']:.1f} of "
+        f"{seconds * (os.cpu_count() or 1):.1f}"
+    )
+
+
+def postmaster_pid(data_dir: Path) -> int:
+    """The embedded PostgreSQL's postmaster, from ``postmaster.pid``."""
+    for candidate in (data_dir / "postmaster.pid", *data_dir.glob("*/postmaster.pid")):
+        with contextlib.suppress(OSError, ValueError):
+            return int(candidate.read_text().split("\n", 1)[0])
+    return 0
+
+
+def _sigterm(_signo: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_with_servers(args: argparse.Namespace, prefix: str, run: Callable[..., Any]) -> int:
+    """Start NATS and PostgreSQL in a temporary folder, run ``run``, stop everything.
+
+    ``run(args, children, tmp, nats_url, nats_pid, pg_url, started)`` is the benchmark's
+    coroutine; ``args`` needs ``start_timeout`` and ``keep_logs``. Returns 0 when it ran,
+    1 on failure (logs kept), 130 on Ctrl-C or SIGTERM.
+    """
+    signal.signal(signal.SIGTERM, _sigterm)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    children = Children(stop_timeout=15.0)
+    nats_server = NatsProcess(tmp / "nats", log_file=tmp / "nats.log")
+    postgres = EmbeddedPostgres(tmp / "pg")
+    started = datetime.now(UTC)
+    try:
+        say(f"temporary directory {tmp}")
+        nats_server.start(timeout=args.start_timeout)
+        say(f"NATS on {nats_server.url}")
+        pg_url = postgres.start()
+        say(f"PostgreSQL started (embedded): {pg_url}")
+        try:
+            import uvloop
+
+            runner: Callable[[Any], Any] = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        nats_pid = nats_server.proc.pid if nats_server.proc else 0
+        runner(run(args, children, tmp, nats_server.url, nats_pid, pg_url, started))
+    except KeyboardInterrupt:
+        say("interrupted; stopping every child process")
+        return 130
+    except Exception as exc:
+        say(f"FAILED: {exc}")
+        say(f"logs kept in {tmp}")
+        args.keep_logs = True
+        return 1
+    finally:
+        children.stop_all()
+        nats_server.stop()
+        postgres.stop()
+        if not args.keep_logs:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0

@@ -44,12 +44,9 @@ import hashlib
 import json
 import os
 import platform
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -60,10 +57,20 @@ from typing import Any
 import httpx
 import nats
 import orjson
-from benchlib import Children, bounded, child_env, http_status, say, tail
+from benchlib import (
+    Children,
+    CpuMeter,
+    bounded,
+    child_env,
+    cpu_text,
+    http_status,
+    postmaster_pid,
+    run_with_servers,
+    say,
+    tail,
+)
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
-from registry_bench import cpu_seconds, machine_busy_seconds, postmaster_pid
 
 from gaggle_contracts import names
 from gaggle_contracts.events import (
@@ -79,7 +86,7 @@ from gaggle_contracts.kv import ArtifactDoc, ChunkDoc, DeploymentDoc, Deployment
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.bus import make_broker, publish_raw
 from gaggle_runtime.db import ensure_database, with_database
-from gaggle_stack.servers import EmbeddedPostgres, NatsProcess, free_port
+from gaggle_stack.servers import free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -123,42 +130,6 @@ def controller_id(i: int) -> str:
 def version_of(round_no: int) -> str:
     """The software version a round rolls out."""
     return f"2.{round_no}.0"
-
-
-# --------------------------------------------------------------------------------------------
-# CPU accounting
-
-
-class CpuMeter:
-    """CPU seconds of rollouts, PostgreSQL, NATS, this process, and the rest of the machine."""
-
-    def __init__(self, rollouts: int, postgres: int, nats_server: int) -> None:
-        self.roots = {"rollouts": rollouts, "postgres": postgres, "nats": nats_server}
-
-    def snapshot(self) -> dict[str, float]:
-        """Counters now."""
-        snap = {name: cpu_seconds(pid) for name, pid in self.roots.items()}
-        times = os.times()
-        snap["bench client"] = times.user + times.system
-        snap["machine"] = machine_busy_seconds()
-        return snap
-
-    @staticmethod
-    def used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        """CPU seconds per part between two snapshots; ``other``: processes that are not ours."""
-        used = {k: round(after[k] - before[k], 2) for k in before}
-        ours = sum(v for k, v in used.items() if k != "machine")
-        used["other"] = round(max(0.0, used["machine"] - ours), 2)
-        return used
-
-
-def cpu_text(used: dict[str, float], seconds: float) -> str:
-    """One line: CPU seconds per part, of the machine's capacity over ``seconds``."""
-    parts = ", ".join(f"{k} {v:.1f}" for k, v in used.items() if k != "machine")
-    return (
-        f"CPU s: {parts}; machine busy {used['machine']:.1f} of "
-        f"{seconds * (os.cpu_count() or 1):.1f}"
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,7 +615,7 @@ async def run(
             log,
         )
         await wait_ready(rollouts, log, port, args.start_timeout)
-        meter = CpuMeter(rollouts.pid, postmaster_pid(tmp / "pg"), nats_pid)
+        meter = CpuMeter("rollouts", rollouts.pid, postmaster_pid(tmp / "pg"), nats_pid)
         await broker.connect()
 
         say(f"announcing {args.devices:,} devices (device.updated)")
@@ -854,48 +825,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _sigterm(_signo: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when it ran (goals met or not), 1 on failure, 130 on Ctrl-C."""
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
-    tmp = Path(tempfile.mkdtemp(prefix="gaggle-robench-"))
-    children = Children(stop_timeout=15.0)
-    nats_server = NatsProcess(tmp / "nats", log_file=tmp / "nats.log")
-    postgres = EmbeddedPostgres(tmp / "pg")
-    started = datetime.now(UTC)
-    try:
-        say(f"temporary directory {tmp}")
-        nats_server.start(timeout=args.start_timeout)
-        say(f"NATS on {nats_server.url}")
-        pg_url = postgres.start()
-        say(f"PostgreSQL started (embedded): {pg_url}")
-        try:
-            import uvloop
-
-            runner: Callable[[Any], Any] = uvloop.run
-        except ImportError:
-            runner = asyncio.run
-        nats_pid = nats_server.proc.pid if nats_server.proc else 0
-        runner(run(args, children, tmp, nats_server.url, nats_pid, pg_url, started))
-    except KeyboardInterrupt:
-        say("interrupted; stopping every child process")
-        return 130
-    except Exception as exc:
-        say(f"FAILED: {exc}")
-        say(f"logs kept in {tmp}")
-        args.keep_logs = True
-        return 1
-    finally:
-        children.stop_all()
-        nats_server.stop()
-        postgres.stop()
-        if not args.keep_logs:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return run_with_servers(parse_args(argv), "gaggle-robench-", run)
 
 
 if __name__ == "__main__":
