@@ -253,3 +253,25 @@ def run_with_servers(args: argparse.Namespace, prefix: str, run: Callable[..., A
         if not args.keep_logs:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def git_version(*paths: str) -> str:
+    """The checkout's commit, ``+dirty`` when files under ``paths`` differ from it."""
+
+    def git(*cmd: str) -> str:
+        try:
+            done = subprocess.run(  # noqa: S603
+                ["git", *cmd],  # noqa: S607
+                cwd=BENCH_DIR.parent,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", *paths)
+    return commit + ("+dirty" if dirty else "")

@@ -63,6 +63,7 @@ from benchlib import (
     bounded,
     child_env,
     cpu_text,
+    git_version,
     http_status,
     postmaster_pid,
     run_with_servers,
@@ -102,24 +103,7 @@ FLOOR_BUCKET = "bench_floor"
 
 def code_version() -> str:
     """The commit the service runs from, ``+dirty`` when its code differs from it."""
-
-    def git(*cmd: str) -> str:
-        try:
-            done = subprocess.run(  # noqa: S603
-                ["git", *cmd],  # noqa: S607
-                cwd=BENCH_DIR.parent,
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "services/rollouts", "libs")
-    return commit + ("+dirty" if dirty else "")
+    return git_version("services/rollouts", "libs")
 
 
 def controller_id(i: int) -> str:
