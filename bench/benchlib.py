@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -275,3 +276,21 @@ def git_version(*paths: str) -> str:
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--", *paths)
     return commit + ("+dirty" if dirty else "")
+
+
+async def wait_ready(
+    name: str, proc: subprocess.Popen[bytes], log: Path, url: str, timeout: float
+) -> None:
+    """Wait until ``url`` (a service's ``/readyz``) says 200.
+
+    Raises:
+        RuntimeError: the process exited, or ``timeout`` passed; the log's tail is included.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
+        if await asyncio.to_thread(http_status, url) == 200:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{name} not ready after {timeout:.0f} s:\n{tail(log)}")

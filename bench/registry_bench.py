@@ -79,11 +79,11 @@ from benchlib import (
     child_env,
     cpu_text,
     git_version,
-    http_status,
     postmaster_pid,
     run_with_servers,
     say,
     tail,
+    wait_ready,
 )
 
 from gaggle_contracts import names
@@ -122,23 +122,6 @@ def controller_id(i: int) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Child processes
-
-
-async def wait_ready(proc: subprocess.Popen[bytes], log: Path, port: int, timeout: float) -> None:
-    """Wait until the registry's ``/readyz`` says 200.
-
-    Raises:
-        RuntimeError: the process exited, or ``timeout`` passed; the log's tail is included.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"registry exited with {proc.returncode}:\n{tail(log)}")
-        status = await asyncio.to_thread(http_status, f"http://{HOST}:{port}/readyz")
-        if status == 200:
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"registry not ready after {timeout:.0f} s:\n{tail(log)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -958,7 +941,7 @@ async def run(
         ),
         log,
     )
-    await wait_ready(registry, log, port, args.start_timeout)
+    await wait_ready("registry", registry, log, f"http://{HOST}:{port}/readyz", args.start_timeout)
     say(f"registry ready (pid {registry.pid}); seeding {args.devices:,} devices")
     rng = random.Random(args.seed)
     now = datetime.now(UTC).replace(microsecond=0)

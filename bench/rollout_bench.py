@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -64,11 +63,11 @@ from benchlib import (
     child_env,
     cpu_text,
     git_version,
-    http_status,
     postmaster_pid,
     run_with_servers,
     say,
     tail,
+    wait_ready,
 )
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
@@ -118,22 +117,6 @@ def version_of(round_no: int) -> str:
 
 # --------------------------------------------------------------------------------------------
 # The service
-
-
-async def wait_ready(proc: subprocess.Popen[bytes], log: Path, port: int, timeout: float) -> None:
-    """Wait until the service's ``/readyz`` says 200.
-
-    Raises:
-        RuntimeError: the process exited, or ``timeout`` passed; the log's tail is included.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"rollouts exited with {proc.returncode}:\n{tail(log)}")
-        if await asyncio.to_thread(http_status, f"http://{HOST}:{port}/readyz") == 200:
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"rollouts not ready after {timeout:.0f} s:\n{tail(log)}")
 
 
 async def wait_drained(js: Any, kind: str, timeout: float) -> None:
@@ -598,7 +581,9 @@ async def run(
             ),
             log,
         )
-        await wait_ready(rollouts, log, port, args.start_timeout)
+        await wait_ready(
+            "rollouts", rollouts, log, f"http://{HOST}:{port}/readyz", args.start_timeout
+        )
         meter = CpuMeter("rollouts", rollouts.pid, postmaster_pid(tmp / "pg"), nats_pid)
         await broker.connect()
 
