@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import math
 import secrets
 import time
@@ -32,7 +31,6 @@ from nats.aio.msg import Msg
 
 from gaggle_contracts import names
 from gaggle_contracts.events import (
-    Compatibility,
     DeviceUpdated,
     RolloutProgressed,
     SoftwareCreated,
@@ -52,6 +50,7 @@ from gaggle_stack.servers import free_port
 from gaggle_storage import LocalStore, StorageSettings
 
 from .test_ddi_cycle import Stack
+from .test_decisions import publish_software as announce_software
 
 pytestmark = pytest.mark.integration
 
@@ -73,29 +72,8 @@ async def publish_software(
     version: str = NEW,
     board: str = BOARD,
 ) -> None:
-    """Announce a software as the artifacts service would (``software.created``)."""
-    payload = f"image {sid} {version}".encode()
-    broker = make_broker(common.nats_url, "test")
-    await broker.connect()
-    try:
-        await publish_event(
-            broker,
-            SoftwareCreated(
-                tenant=tenant,
-                software_id=sid,
-                name=f"img-{sid}",
-                version=version,
-                filename=f"img-{version}.swu",
-                size=len(payload),
-                md5=hashlib.md5(payload).hexdigest(),  # noqa: S324 - hawkBit's hash
-                sha1=hashlib.sha1(payload).hexdigest(),  # noqa: S324 - hawkBit's hash
-                sha256=hashlib.sha256(payload).hexdigest(),
-                compatibility=[Compatibility(hw_model=board, hw_revision="*")],
-                object_key=f"k/{sid}",
-            ),
-        )
-    finally:
-        await broker.stop()
+    """Announce a software for ``board`` (any revision) as the artifacts service would."""
+    await announce_software(common, tenant, sid, version, [(board, "*")])
 
 
 async def delete_software(common: CommonSettings, tenant: str, sid: str) -> None:
