@@ -30,6 +30,14 @@ class Event(BaseModel):
 
     kind: ClassVar[str]
     """``<entity>.<event>``; the last two subject tokens."""
+    publishers: ClassVar[tuple[str, ...]] = ()
+    """Services that publish this kind (``gateway``, ``registry``, ``artifacts``, ``rollouts``).
+
+    With ``consumers``, the source of the AsyncAPI publishers and of ``docs/architecture.md``;
+    a test checks ``consumers`` against each service's subscriptions.
+    """
+    consumers: ClassVar[tuple[str, ...]] = ()
+    """Services with a durable consumer of this kind."""
 
     event_id: UUID = Field(default_factory=uuid4)
     tenant: str
@@ -59,6 +67,8 @@ class DeviceDiscovered(Event):
     """
 
     kind: ClassVar[str] = "device.discovered"
+    publishers: ClassVar[tuple[str, ...]] = ("gateway",)
+    consumers: ClassVar[tuple[str, ...]] = ("registry",)
     controller_id: ControllerId
     address: str | None = None
 
@@ -85,6 +95,8 @@ class DeviceSeen(Event):
     """
 
     kind: ClassVar[str] = "device.seen"
+    publishers: ClassVar[tuple[str, ...]] = ("gateway",)
+    consumers: ClassVar[tuple[str, ...]] = ("registry",)
     sightings: list[Sighting]
 
 
@@ -98,6 +110,8 @@ class DeviceConfigReported(Event):
     """
 
     kind: ClassVar[str] = "device.config_reported"
+    publishers: ClassVar[tuple[str, ...]] = ("gateway",)
+    consumers: ClassVar[tuple[str, ...]] = ("registry",)
     controller_id: ControllerId
     mode: ConfigMode = "merge"
     data: dict[str, str]
@@ -125,10 +139,12 @@ class ActionFeedback(Event):
     """A deploymentBase feedback POST, validated, with the device's own timestamp if given.
 
     Published by ddi-gateway (answered 200 only after the JetStream ack); consumed by rollouts
-    (action history, closing) and registry (update state).
+    (action history, closing), whose ``action.updated``/``action.finished`` tell registry.
     """
 
     kind: ClassVar[str] = "action.feedback"
+    publishers: ClassVar[tuple[str, ...]] = ("gateway",)
+    consumers: ClassVar[tuple[str, ...]] = ("rollouts",)
     controller_id: ControllerId
     action_id: str
     status: FeedbackStatus
@@ -139,6 +155,8 @@ class CancelFeedback(Event):
     """A cancelAction feedback POST. Published by ddi-gateway; consumed by rollouts."""
 
     kind: ClassVar[str] = "cancel.feedback"
+    publishers: ClassVar[tuple[str, ...]] = ("gateway",)
+    consumers: ClassVar[tuple[str, ...]] = ("rollouts",)
     controller_id: ControllerId
     action_id: str
     status: FeedbackStatus
@@ -152,6 +170,8 @@ class ConfirmationFeedback(Event):
     """
 
     kind: ClassVar[str] = "confirmation.feedback"
+    publishers: ClassVar[tuple[str, ...]] = ("gateway",)
+    consumers: ClassVar[tuple[str, ...]] = ("rollouts",)
     controller_id: ControllerId
     action_id: str
     confirmation: Literal["confirmed", "denied"]
@@ -163,6 +183,8 @@ class AutoConfirmChanged(Event):
     """The device switched auto-confirmation on or off. Published by ddi-gateway; for rollouts."""
 
     kind: ClassVar[str] = "device.auto_confirm"
+    publishers: ClassVar[tuple[str, ...]] = ("gateway",)
+    consumers: ClassVar[tuple[str, ...]] = ("rollouts",)
     controller_id: ControllerId
     active: bool
     initiator: str | None = None
@@ -179,6 +201,8 @@ class DeviceUpdated(Event):
     """
 
     kind: ClassVar[str] = "device.updated"
+    publishers: ClassVar[tuple[str, ...]] = ("registry",)
+    consumers: ClassVar[tuple[str, ...]] = ("rollouts",)
     controller_id: ControllerId
     change: Literal["registered", "attributes", "installed", "deleted", "other"]
     hw_model: str | None = None
@@ -202,6 +226,8 @@ class SoftwareCreated(Event):
     """A software entry appeared. Published by artifacts; consumed by rollouts."""
 
     kind: ClassVar[str] = "software.created"
+    publishers: ClassVar[tuple[str, ...]] = ("artifacts",)
+    consumers: ClassVar[tuple[str, ...]] = ("rollouts",)
     software_id: str
     name: str
     version: str
@@ -220,6 +246,8 @@ class SoftwareDeleted(Event):
     """A software entry went away (soft or hard). Published by artifacts; consumed by rollouts."""
 
     kind: ClassVar[str] = "software.deleted"
+    publishers: ClassVar[tuple[str, ...]] = ("artifacts",)
+    consumers: ClassVar[tuple[str, ...]] = ("rollouts",)
     software_id: str
     hard: bool = False
 
@@ -249,6 +277,8 @@ class ActionCreated(Event):
     """
 
     kind: ClassVar[str] = "action.created"
+    publishers: ClassVar[tuple[str, ...]] = ("rollouts",)
+    consumers: ClassVar[tuple[str, ...]] = ("registry", "artifacts")
     controller_id: ControllerId
     action_id: str
     software_id: str
@@ -260,6 +290,8 @@ class ActionUpdated(Event):
     """An open action changed status or got device feedback. From rollouts; for registry."""
 
     kind: ClassVar[str] = "action.updated"
+    publishers: ClassVar[tuple[str, ...]] = ("rollouts",)
+    consumers: ClassVar[tuple[str, ...]] = ("registry",)
     controller_id: ControllerId
     action_id: str
     status: ActionStatus
@@ -270,6 +302,8 @@ class ActionFinished(Event):
     """An action closed (finished, error, canceled). Published by rollouts; consumed by registry."""
 
     kind: ClassVar[str] = "action.finished"
+    publishers: ClassVar[tuple[str, ...]] = ("rollouts",)
+    consumers: ClassVar[tuple[str, ...]] = ("registry",)
     controller_id: ControllerId
     action_id: str
     status: Literal["finished", "error", "canceled", "downloaded"]
@@ -288,6 +322,8 @@ class DevicePolicyChanged(Event):
     """
 
     kind: ClassVar[str] = "device.policy_changed"
+    publishers: ClassVar[tuple[str, ...]] = ("rollouts",)
+    consumers: ClassVar[tuple[str, ...]] = ("registry",)
     controller_id: ControllerId
     mode: UpdateMode
     feed: str
@@ -298,6 +334,8 @@ class RolloutProgressed(Event):
     """A rollout's counters or phase changed. Published by rollouts; for operators and tools."""
 
     kind: ClassVar[str] = "rollout.progressed"
+    publishers: ClassVar[tuple[str, ...]] = ("rollouts",)
+    consumers: ClassVar[tuple[str, ...]] = ()
     rollout_id: str
     state: str
     total: int = 0
@@ -307,6 +345,40 @@ class RolloutProgressed(Event):
     failure: int = 0
     canceled: int = 0
     wave: int | None = None
+
+
+# --- from every service with an operator API -------------------------------------------------
+
+
+class AuditRecorded(Event):
+    """An operator changed something, or tried to: who, what, when and the outcome.
+
+    Published (through its outbox) by the service that served the request; consumed by registry,
+    which keeps the audit log.
+    """
+
+    kind: ClassVar[str] = "audit.recorded"
+    publishers: ClassVar[tuple[str, ...]] = ("registry", "artifacts", "rollouts")
+    consumers: ClassVar[tuple[str, ...]] = ("registry",)
+    actor: str = Field(max_length=256)
+    """``key:<id>`` for an API key, ``oidc:<subject>`` for a JWT."""
+    service: str = Field(max_length=64)
+    action: str = Field(max_length=128)
+    """The route's name, e.g. ``start_rollout``."""
+    method: str = Field(max_length=16)
+    resource: str = Field(max_length=512)
+    """The request path below ``/api/v1/``, with the created id appended for creations."""
+    status: int
+    outcome: Literal["success", "denied", "rejected", "failed"]
+
+
+class ApiKeysUsed(Event):
+    """When each of a tenant's API keys was last used. Published by every service now and then."""
+
+    kind: ClassVar[str] = "auth.keys_used"
+    publishers: ClassVar[tuple[str, ...]] = ("registry", "artifacts", "rollouts")
+    consumers: ClassVar[tuple[str, ...]] = ("registry",)
+    last_used: dict[str, AwareDatetime]
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -325,6 +397,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ActionFinished,
     DevicePolicyChanged,
     RolloutProgressed,
+    AuditRecorded,
+    ApiKeysUsed,
 )
 """Every event class, in the order of DESIGN.md."""
 

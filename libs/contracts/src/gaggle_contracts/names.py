@@ -22,7 +22,9 @@ BUCKET_DEPLOYMENTS = "deployments"
 """KV read model written by rollouts: ``DeploymentEntry`` per ``<tenant>.<controller id>``."""
 BUCKET_TENANTS = "tenants"
 """KV of ``TenantConfig`` per ``<tenant>``."""
-BUCKETS = (BUCKET_DEVICES, BUCKET_DEPLOYMENTS, BUCKET_TENANTS)
+BUCKET_API_KEYS = "api_keys"
+"""KV of live operator API keys written by registry: ``ApiKeyEntry`` per key id."""
+BUCKETS = (BUCKET_DEVICES, BUCKET_DEPLOYMENTS, BUCKET_TENANTS, BUCKET_API_KEYS)
 
 TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """What a tenant may look like in a URL; stored lower-cased."""

@@ -30,3 +30,23 @@ class CommonSettings(BaseSettings):
     """Events a consumer fetches per pull request."""
     otel_endpoint: str | None = None
     """OTLP endpoint for traces; none: tracing off."""
+    open_docs: bool = True
+    """Serve the OpenAPI and AsyncAPI documents without a token."""
+    open_metrics: bool = True
+    """Serve ``/metrics`` without a token."""
+    key_use_flush_s: float = Field(15.0, gt=0)
+    """How often a service reports when each API key was last used (to registry)."""
+    oidc_issuer: str | None = None
+    """Issuer (``iss``) of operator JWTs; with ``oidc_jwks_url`` and ``oidc_audience`` it turns
+    OpenID Connect tokens on."""
+    oidc_audience: str | None = None
+    """Audience (``aud``) operator JWTs must name."""
+    oidc_jwks_url: str | None = None
+    """Where the provider's signing keys are (its ``jwks_uri``)."""
+    oidc_roles_claim: str = "gaggle_roles"
+    """Claim holding role names (viewer, operator, admin) and/or permission names."""
+    oidc_tenant_claim: str = "gaggle_tenant"
+    """Claim naming the tenant; tokens without it belong to ``oidc_default_tenant``."""
+    oidc_default_tenant: str = "default"
+    oidc_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    """Signature algorithms accepted (never ``none`` or a shared secret)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from faststream import AckPolicy, BaseMiddleware
 from faststream.exceptions import RejectMessage
@@ -15,21 +17,36 @@ from pydantic import ValidationError
 from gaggle_contracts import names
 from gaggle_contracts.events import Event
 from gaggle_contracts.settings import CommonSettings
+from gaggle_runtime.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
 
 JSON_HEADERS = {"content-type": "application/json"}
 
 
-def make_broker(nats_url: str, service: str) -> NatsBroker:
-    """A FastStream NATS broker whose per-message log lines are at DEBUG."""
+def public_url(nats_url: str) -> str:
+    """``nats_url`` without user and password, for documents that name the server."""
+    parts = urlsplit(nats_url)
+    if not parts.hostname:
+        return nats_url
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def make_broker(nats_url: str, service: str, *, middlewares: Sequence[Any] = ()) -> NatsBroker:
+    """A FastStream NATS broker whose per-message log lines are at DEBUG.
+
+    ``middlewares`` (tracing, metrics) wrap every message, outermost first, around the check
+    that rejects invalid payloads.
+    """
     return NatsBroker(
         nats_url,
-        middlewares=[RejectInvalidPayload],
+        middlewares=[*middlewares, RejectInvalidPayload],
         name=f"gaggle-{service}",
         logger=logging.getLogger(f"faststream.gaggle.{service}"),
         log_level=logging.DEBUG,
         graceful_timeout=10.0,
+        specification_url=public_url(nats_url),
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
     )
@@ -87,8 +104,16 @@ class NatsSink:
         await publish_raw(self.broker, subject, payload, msg_id)
 
     async def kv_put(self, bucket: str, key: str, payload: bytes) -> None:
-        """Put one value."""
-        await (await self.bucket(bucket)).put(key, payload)
+        """Put one value; inside a trace, with its ``traceparent`` as a message header."""
+        kv = await self.bucket(bucket)
+        traceparent = current_traceparent()
+        if traceparent is None:
+            await kv.put(key, payload)
+            return
+        # KeyValue.put takes no headers; a put is a publish to the bucket's subject of the key.
+        await self.broker.connection.jetstream().publish(
+            f"{kv._pre}{key}", payload, headers={"traceparent": traceparent}
+        )
 
     async def kv_delete(self, bucket: str, key: str) -> None:
         """Delete one key."""

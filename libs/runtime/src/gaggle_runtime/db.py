@@ -68,10 +68,20 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (one round trip per release).
+
+    Pooled connections keep no session state: advisory locks are transaction-scoped (the
+    migration lock is released explicitly), settings are ``SET LOCAL``, nothing LISTENs (the
+    outbox relay has its own connection), no cursor outlives its transaction. asyncpg still
+    rolls back a transaction left open before this runs.
+    """
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections decode json/jsonb to Python values."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
     )
     if pool is None:  # pragma: no cover - asyncpg returns None only when not awaited
         raise RuntimeError("asyncpg returned no pool")

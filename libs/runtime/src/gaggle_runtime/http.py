@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,20 @@ class NotFoundError(ApiError):
 
     def __init__(self, what: str, ident: str) -> None:
         super().__init__(404, "not_found", f"{what} {ident!r} not found")
+
+
+async def send_response(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """A whole answer as two ASGI messages, with its ``Content-Length`` (for plain ASGI paths)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def error_body(code: str, message: str, **info: Any) -> dict[str, Any]:
@@ -63,6 +79,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
+    @app.exception_handler(asyncpg.UntranslatableCharacterError)
+    async def _bad_text(_: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL text cannot hold NUL (or characters its encoding lacks).
+        message = "text contains a character that cannot be stored (e.g. NUL)"
+        return JSONResponse(error_body("invalid_request", message), 400)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -5,7 +5,8 @@ A service writes outbox rows in the same transaction as its own tables (``Outbox
 deletes them. A crash between commit and publish only delays the publish: the rows are still
 there at the next start. Events carry ``Nats-Msg-Id`` so a publish repeated after a crash is
 dropped by JetStream. One relay per schema is active at a time (an advisory lock elects it), which
-keeps KV writes for the same key in commit order.
+keeps KV writes for the same key in commit order. When tracing is on, each row keeps the W3C
+``traceparent`` of the transaction that wrote it, and the relay sends it under that trace.
 """
 
 from __future__ import annotations
@@ -21,17 +22,21 @@ from pydantic import BaseModel
 
 from gaggle_contracts.events import Event
 from gaggle_runtime.db import Conn, check_identifier
+from gaggle_runtime.telemetry import Tracing, continued, current_traceparent
 
 log = logging.getLogger(__name__)
 
 
-OutboxRow = tuple[str, str, str | None, str | None, bytes]
+OutboxRow = tuple[str, str, str | None, str | None, bytes, str | None]
+Observer = Callable[[str, bytes], None]
+"""Told ``(subject, payload)`` of every event the relay published."""
 
 
-def _event_row(event: Event) -> OutboxRow:
+def _event_row(event: Event, traceparent: str | None) -> OutboxRow:
     # An event's key is its device, if it has one: the relay keeps a device's events in order.
     key = getattr(event, "controller_id", None)
-    return ("event", event.subject, key, event.message_id, event.model_dump_json().encode())
+    payload = event.model_dump_json().encode()
+    return ("event", event.subject, key, event.message_id, payload, traceparent)
 
 
 class Outbox:
@@ -43,11 +48,15 @@ class Outbox:
         # Each insert also wakes the relay (pg_notify is delivered at commit), in one round trip.
         notify = f") SELECT pg_notify('{self.channel}', '')"
         # ``schema`` is a checked identifier, the channel is derived from it.
-        insert = f"WITH queued AS (INSERT INTO {schema}.outbox (op, target, key, msg_id, payload)"
-        self._insert = insert + " VALUES ($1, $2, $3, $4, $5) RETURNING 1" + notify  # noqa: S608
+        insert = (
+            f"WITH queued AS (INSERT INTO {schema}.outbox"
+            " (op, target, key, msg_id, payload, traceparent)"
+        )
+        values = " VALUES ($1, $2, $3, $4, $5, $6) RETURNING 1"
+        self._insert = insert + values + notify
         self._insert_many = (
             insert  # noqa: S608
-            + " SELECT op, target, key, msg_id, payload"
+            + " SELECT op, target, key, msg_id, payload, $6::text"
             " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
             " WITH ORDINALITY AS r(op, target, key, msg_id, payload, n) ORDER BY n RETURNING 1"
             + notify
@@ -55,7 +64,7 @@ class Outbox:
 
     async def event(self, conn: Conn, event: Event) -> None:
         """Queue ``event`` for publishing once the transaction commits."""
-        await conn.execute(self._insert, *_event_row(event))
+        await conn.execute(self._insert, *_event_row(event, current_traceparent()))
 
     async def many(
         self,
@@ -65,23 +74,25 @@ class Outbox:
         kv_deletes: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Queue many events, KV puts ``(bucket, key, value)`` and deletes, in one statement."""
-        rows = [_event_row(e) for e in events]
+        traceparent = current_traceparent()
+        rows = [_event_row(e, None)[:5] for e in events]
         rows += [("kv_put", b, k, None, v.model_dump_json().encode()) for b, k, v in kv_puts]
         rows += [("kv_delete", b, k, None, b"") for b, k in kv_deletes]
         if not rows:
             return
         ops, targets, keys, msg_ids, payloads = (list(col) for col in zip(*rows, strict=True))
-        await conn.execute(self._insert_many, ops, targets, keys, msg_ids, payloads)
+        await conn.execute(self._insert_many, ops, targets, keys, msg_ids, payloads, traceparent)
 
     async def kv_put(self, conn: Conn, bucket: str, key: str, value: BaseModel) -> None:
         """Queue a KV put for once the transaction commits."""
+        payload = value.model_dump_json().encode()
         await conn.execute(
-            self._insert, "kv_put", bucket, key, None, value.model_dump_json().encode()
+            self._insert, "kv_put", bucket, key, None, payload, current_traceparent()
         )
 
     async def kv_delete(self, conn: Conn, bucket: str, key: str) -> None:
         """Queue a KV delete for once the transaction commits."""
-        await conn.execute(self._insert, "kv_delete", bucket, key, None, b"")
+        await conn.execute(self._insert, "kv_delete", bucket, key, None, b"", current_traceparent())
 
 
 class Sink(Protocol):
@@ -109,18 +120,22 @@ class OutboxRelay:
         *,
         batch: int = 500,
         idle_poll_s: float = 1.0,
+        tracing: Tracing | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.dsn = dsn
         self.pool = pool
         self.outbox = outbox
         self.sink = sink
+        self.tracing = tracing
+        self.observers = list(observers)
         self.batch = batch
         self.idle_poll_s = idle_poll_s
         self._wake = asyncio.Event()
         self.published = 0
         schema = outbox.schema
         self._select = (
-            f"SELECT id, op, target, key, msg_id, payload FROM {schema}.outbox"  # noqa: S608
+            f"SELECT id, op, target, key, msg_id, payload, traceparent FROM {schema}.outbox"  # noqa: S608
             " ORDER BY id LIMIT $1"
         )
         self._delete = f"DELETE FROM {schema}.outbox WHERE id = ANY($1::bigint[])"  # noqa: S608
@@ -201,14 +216,26 @@ class OutboxRelay:
 
     async def _send(self, row: asyncpg.Record) -> None:
         op = row["op"]
-        if op == "event":
-            await self.sink.publish(row["target"], bytes(row["payload"]), row["msg_id"])
-        elif op == "kv_put":
+        with continued(row["traceparent"]):
+            if op == "event":
+                payload = bytes(row["payload"])
+                await self.sink.publish(row["target"], payload, row["msg_id"])
+                for observe in self.observers:
+                    observe(row["target"], payload)
+            elif op in ("kv_put", "kv_delete"):
+                if self.tracing is None:
+                    await self._send_kv(row)
+                else:
+                    with self.tracing.kv_span(op.removeprefix("kv_"), row["target"], row["key"]):
+                        await self._send_kv(row)
+            else:  # pragma: no cover - guarded by a CHECK constraint
+                raise ValueError(f"unknown outbox op {op!r}")
+
+    async def _send_kv(self, row: asyncpg.Record) -> None:
+        if row["op"] == "kv_put":
             await self.sink.kv_put(row["target"], row["key"], bytes(row["payload"]))
-        elif op == "kv_delete":
+        else:
             await self.sink.kv_delete(row["target"], row["key"])
-        else:  # pragma: no cover - guarded by a CHECK constraint
-            raise ValueError(f"unknown outbox op {op!r}")
 
 
 OnStart = Callable[[], Awaitable[None]]

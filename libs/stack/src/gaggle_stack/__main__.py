@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from gaggle_contracts.access import key_hash, key_id_of, new_api_key
 from gaggle_runtime.db import ensure_database, with_database
 from gaggle_stack.servers import EmbeddedPostgres, NatsProcess
 
 DEFAULT_NATS_PORT = 4250
+ADMIN_KEY_FILE = "admin.key"
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,35 @@ class Stack:
             self.postgres.stop()
 
 
+def admin_key(data_dir: Path) -> tuple[str, bool]:
+    """The default tenant's admin key from ``<data dir>/admin.key``; created (0600) if missing.
+
+    Returns the key and whether it was created now.
+
+    Raises:
+        RuntimeError: the file holds something that is not a Gaggle API key.
+    """
+    path = data_dir / ADMIN_KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        _, key = new_api_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return key, True
+    if key_id_of(key) is None:
+        raise RuntimeError(f"{path} does not hold a Gaggle API key; remove it to get a new one")
+    return key, False
+
+
+def new_admin_key() -> None:
+    """``gaggle-admin-key``: a new key, and the registry setting that creates it at start."""
+    _, key = new_api_key()
+    _say(f"key (keep it secret; shown once): {key}")
+    _say(f"GAGGLE_REGISTRY_BOOTSTRAP_KEY={key_id_of(key)}:{key_hash(key)}")
+
+
 def main() -> None:
     """Start the stack, print its URLs, and keep it up until Ctrl-C or SIGTERM."""
     started = time.monotonic()
@@ -148,7 +179,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     code = 0
     try:
+        key, created = admin_key(data_dir)
         env = stack.start_infrastructure()
+        env["GAGGLE_REGISTRY_BOOTSTRAP_KEY"] = f"{key_id_of(key)}:{key_hash(key)}"
         stack.start_services(env)
         stack.wait_ready(float(os.environ.get("GAGGLE_STACK_READY_TIMEOUT", "60")))
         _say(f"\nGaggle is up in {time.monotonic() - started:.1f} s (data in {data_dir})")
@@ -159,6 +192,13 @@ def main() -> None:
             "Devices poll the gateway: http://127.0.0.1:"
             f"{SERVICES[0].port}/DEFAULT/controller/v1/<controller-id>"
         )
+        key_file = data_dir / ADMIN_KEY_FILE
+        if created:
+            _say(f"\nAdmin API key of tenant 'default' (shown once; kept in {key_file}):")
+            _say(f"  {key}")
+        else:
+            _say(f"Admin API key of tenant 'default': in {key_file}")
+        _say('Operators send it as "Authorization: Bearer <key>".')
         _say("Press Ctrl-C to stop.")
         while not stopping:
             for name, proc in stack.children.items():

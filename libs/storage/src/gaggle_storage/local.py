@@ -9,8 +9,20 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
-from gaggle_storage.base import CHUNK, ObjectInfo, ObjectNotFoundError
+from gaggle_storage.base import ObjectInfo, ObjectNotFoundError
+
+READ_CHUNK = 1024 * 1024
+"""Bytes per read when streaming a file: each read is a trip to a worker thread, which cost
+more than the copy at 256 KiB (a quarter of the gateway's time serving a fleet's downloads)."""
+
+
+def _open_at(path: Path, start: int) -> BinaryIO:
+    handle = path.open("rb")
+    if start:
+        handle.seek(start)
+    return handle
 
 
 class LocalStore:
@@ -44,14 +56,13 @@ class LocalStore:
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream a byte range from the file."""
         try:
-            handle = await asyncio.to_thread(open, self.path(key), "rb")
+            handle = await asyncio.to_thread(_open_at, self.path(key), start)
         except FileNotFoundError as exc:
             raise ObjectNotFoundError(key) from exc
         try:
-            await asyncio.to_thread(handle.seek, start)
             remaining = None if end is None else end - start + 1
             while remaining is None or remaining > 0:
-                size = CHUNK if remaining is None else min(CHUNK, remaining)
+                size = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
                 data = await asyncio.to_thread(handle.read, size)
                 if not data:
                     return

@@ -6,9 +6,10 @@ from fastapi import FastAPI
 
 from gaggle_artifacts.handlers import SERVICE, make_router
 from gaggle_artifacts.repository import Repo
-from gaggle_artifacts.routes import make_routes
+from gaggle_artifacts.routes import ExternalSoftware, make_routes
 from gaggle_artifacts.settings import ArtifactsSettings
 from gaggle_contracts.settings import CommonSettings
+from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
 from gaggle_storage import S3Store, StorageSettings, open_store
@@ -38,6 +39,16 @@ def build_app(
         description="SWUpdate images: upload, parse, store in S3-compatible storage, serve.",
     )
     app.include_router(make_routes(repo, store, settings, storage))
+    service.secure(app)
+    add_examples(
+        app,
+        {
+            ExternalSoftware: [
+                {"url": "https://downloads.example.com/update-1.2.0.swu"},
+                {"url": "https://downloads.example.com/u?id=7", "filename": "update-1.2.0.swu"},
+            ]
+        },
+    )
     app.state.service = service
     app.state.store = store
     return app

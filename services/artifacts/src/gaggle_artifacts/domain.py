@@ -13,7 +13,9 @@ from gaggle_contracts.versions import InvalidVersionError, SwVersion
 ANY = "*"
 """Wildcard in a compatibility pair: any model, or any revision."""
 
-_FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,254}$")
+MAX_FILENAME = 200
+"""Longest file name: the store adds a prefix and suffix while writing, within 255 bytes."""
+_FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,199}$")
 
 
 class BadFilenameError(ValueError):
@@ -21,14 +23,14 @@ class BadFilenameError(ValueError):
 
 
 def check_filename(name: str) -> str:
-    """A plain file name: no directories, no ``..``, printable, at most 255 characters.
+    """A plain file name: no directories, no ``..``, printable, at most 200 characters.
 
     Raises:
         BadFilenameError: anything else.
     """
     if "/" in name or "\\" in name or ".." in name or not _FILENAME_RE.match(name):
         raise BadFilenameError(
-            f"invalid file name {name!r}: use 1-255 of A-Z a-z 0-9 . _ + ~ -, no path"
+            f"invalid file name {name!r}: use 1-200 of A-Z a-z 0-9 . _ + ~ -, no path"
         )
     return name
 

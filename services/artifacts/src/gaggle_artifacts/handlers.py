@@ -19,7 +19,8 @@ def make_router(repo: Repo, common: CommonSettings) -> NatsRouter:
     @router.subscriber(**consumer_options(SERVICE, ActionCreated.kind, common))
     async def on_action_created(event: ActionCreated) -> None:
         """ota.v1.*.action.created -> the software is marked used (deletes become soft)."""
-        if event.software_id.isdigit() and len(event.software_id) < 19:
-            await repo.mark_used(event.tenant, int(event.software_id))
+        sid = event.software_id
+        if sid.isascii() and sid.isdigit() and len(sid) < 19:
+            await repo.mark_used(event.tenant, int(sid))
 
     return router

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
 from gaggle_runtime.http import ApiError
@@ -157,6 +158,13 @@ class _FilePart:
             self.done = True
 
 
+def _feed(parser: MultipartParser, chunk: bytes) -> None:
+    try:
+        parser.write(chunk)
+    except MultipartParseError as exc:
+        raise ApiError(400, "invalid_request", f"malformed multipart body: {exc}") from exc
+
+
 async def multipart_file(
     content_type: str, body: AsyncIterator[bytes], field: str = "file"
 ) -> tuple[str | None, AsyncIterator[bytes]]:
@@ -175,7 +183,7 @@ async def multipart_file(
     # Read until the file part's headers are in: its filename is needed before its data.
     while not part.found:
         try:
-            parser.write(await chunks.__anext__())
+            _feed(parser, await chunks.__anext__())
         except StopAsyncIteration:
             raise ApiError(
                 400, "invalid_request", f"multipart body has no {field!r} file part"
@@ -190,7 +198,7 @@ async def multipart_file(
             if part.done:
                 return
             try:
-                parser.write(await chunks.__anext__())
+                _feed(parser, await chunks.__anext__())
             except StopAsyncIteration:
                 raise ApiError(
                     400, "invalid_request", "multipart body ends inside the file"

@@ -24,6 +24,8 @@ from gaggle_artifacts.ingest import Ingest, Ingested, multipart_file
 from gaggle_artifacts.repository import NewSoftware, Repo
 from gaggle_artifacts.settings import ArtifactsSettings
 from gaggle_contracts import names
+from gaggle_contracts.access import Permission
+from gaggle_runtime.auth import needs
 from gaggle_runtime.http import ApiError, NotFoundError
 from gaggle_storage import ObjectNotFoundError, ObjectStore, StorageSettings
 from gaggle_storage.http import PreconditionFailedError, serve_object
@@ -43,11 +45,11 @@ class ExternalSoftware(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=8, max_length=2048)
-    filename: str | None = Field(None, max_length=255)
+    filename: str | None = Field(None, max_length=200)
 
 
 def _parse_id(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise NotFoundError("software", raw)
     return int(raw)
 
@@ -176,14 +178,19 @@ def make_routes(
             }
         },
     )
-    async def create(
+    async def upload_software(
+        tenant: Annotated[str, needs(Permission.SOFTWARE_WRITE)],
         request: Request,
-        tenant: TenantParam = "default",
-        filename: Annotated[str | None, Query(max_length=255)] = None,
+        filename: Annotated[str | None, Query(max_length=200)] = None,
     ) -> dict[str, Any]:
         tenant = tenant.lower()
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 65536:
+        if (
+            declared
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > settings.max_upload_bytes + 65536
+        ):
             raise ApiError(
                 413,
                 "too_large",
@@ -234,7 +241,7 @@ def make_routes(
 
     @api.get("/software", summary="List software (filter, sort, paginate)")
     async def list_software(
-        tenant: TenantParam = "default",
+        tenant: Annotated[str, needs(Permission.SOFTWARE_READ)],
         name: Annotated[str | None, Query(max_length=255)] = None,
         version: Annotated[str | None, Query(max_length=128)] = None,
         hw_model: Annotated[str | None, Query(max_length=128)] = None,
@@ -266,7 +273,9 @@ def make_routes(
         return software
 
     @api.get("/software/{software_id}", summary="One software")
-    async def get_software(software_id: IdParam, tenant: TenantParam = "default") -> dict[str, Any]:
+    async def get_software(
+        tenant: Annotated[str, needs(Permission.SOFTWARE_READ)], software_id: IdParam
+    ) -> dict[str, Any]:
         return (await load(tenant, software_id)).public()  # type: ignore[no-any-return]
 
     @api.api_route(
@@ -274,8 +283,10 @@ def make_routes(
         methods=["GET", "HEAD"],
         summary="Download the image (Range, If-Range, If-Match; presigned redirect for S3)",
     )
-    async def download(
-        software_id: IdParam, request: Request, tenant: TenantParam = "default"
+    async def download_software(
+        tenant: Annotated[str, needs(Permission.SOFTWARE_READ)],
+        software_id: IdParam,
+        request: Request,
     ) -> Response:
         software = await load(tenant, software_id)
         if software.external_url:
@@ -296,7 +307,7 @@ def make_routes(
 
     @api.delete("/software/{software_id}", summary="Delete (soft if any device ever had it)")
     async def delete_software(
-        software_id: IdParam, tenant: TenantParam = "default"
+        tenant: Annotated[str, needs(Permission.SOFTWARE_WRITE)], software_id: IdParam
     ) -> dict[str, Any]:
         result = await repo.delete(tenant.lower(), _parse_id(software_id))
         if result is None:

@@ -130,10 +130,10 @@ async def last_event(nats_url: str, tenant: str, kind: str) -> bytes:
 
 @pytest.mark.parametrize("multipart", [False, True])
 async def test_upload_parses_hashes_stores_and_announces(
-    artifacts: Artifacts, common: CommonSettings, multipart: bool
+    operator_auth: httpx.Auth, artifacts: Artifacts, common: CommonSettings, multipart: bool
 ) -> None:
     data = image("2.4.1", board="myboard")
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
         r = await artifacts.upload(client, data, "update-2.4.1.swu", multipart=multipart)
         assert r.status_code == 201, r.text
         sw = r.json()
@@ -179,9 +179,11 @@ async def test_upload_parses_hashes_stores_and_announces(
     assert event.object_key is not None
 
 
-async def test_duplicate_content_is_reported_not_stored_twice(artifacts: Artifacts) -> None:
+async def test_duplicate_content_is_reported_not_stored_twice(
+    operator_auth: httpx.Auth, artifacts: Artifacts
+) -> None:
     data = image()
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
         first = (await artifacts.upload(client, data)).json()
         again = await artifacts.upload(client, data, name="other-name.swu")
     assert again.status_code == 409
@@ -206,9 +208,9 @@ async def test_duplicate_content_is_reported_not_stored_twice(artifacts: Artifac
     ],
 )
 async def test_bad_images_are_refused_and_leave_nothing_behind(
-    artifacts: Artifacts, data: bytes, code: str
+    operator_auth: httpx.Auth, artifacts: Artifacts, data: bytes, code: str
 ) -> None:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
         r = await artifacts.upload(client, data)
     assert r.status_code == 422, r.text
     assert r.json()["error"].startswith(code)
@@ -220,24 +222,28 @@ async def test_bad_images_are_refused_and_leave_nothing_behind(
         assert leftovers == []
 
 
-async def test_sw_description_not_first_is_refused(artifacts: Artifacts) -> None:
+async def test_sw_description_not_first_is_refused(
+    operator_auth: httpx.Auth, artifacts: Artifacts
+) -> None:
     from gaggle_swu.cpio import write_archive
 
     data = write_archive([("payload.bin", b"x"), ("sw-description", b'software={version="1";};')])
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
         r = await artifacts.upload(client, data)
     assert r.status_code == 422
     assert r.json()["error"] == "invalid_image.no_sw_description"
 
 
-async def test_upload_over_the_limit_is_413_and_leaves_nothing(artifacts: Artifacts) -> None:
+async def test_upload_over_the_limit_is_413_and_leaves_nothing(
+    artifacts: Artifacts, operator_auth: httpx.Auth
+) -> None:
     data = image(payload=os.urandom(3 * 1024 * 1024))
 
     async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: the limit bites mid-stream
         for i in range(0, len(data), 65536):
             yield data[i : i + 65536]
 
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
         r = await client.post(
             f"{artifacts.url}/api/v1/software",
             params=artifacts.params(filename="big.swu"),
@@ -251,16 +257,20 @@ async def test_upload_over_the_limit_is_413_and_leaves_nothing(artifacts: Artifa
 
 
 @pytest.mark.parametrize("name", ["../evil.swu", "a/b.swu", "..", ".hidden", "x" * 300, "a b"])
-async def test_odd_file_names_are_refused(artifacts: Artifacts, name: str) -> None:
-    async with httpx.AsyncClient(timeout=30) as client:
+async def test_odd_file_names_are_refused(
+    operator_auth: httpx.Auth, artifacts: Artifacts, name: str
+) -> None:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
         r = await artifacts.upload(client, image(), name=name)
     assert r.status_code == 400
     assert "filename" in r.json()["message"] or r.json()["error"] == "invalid_filename"
     assert await artifacts.rows() == 0
 
 
-async def test_list_filters_sorts_and_paginates(artifacts: Artifacts) -> None:
-    async with httpx.AsyncClient(timeout=30) as client:
+async def test_list_filters_sorts_and_paginates(
+    operator_auth: httpx.Auth, artifacts: Artifacts
+) -> None:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
         for version, board in [("1.10.0", "alpha"), ("1.9.0", "alpha"), ("2.0.0", "beta")]:
             r = await artifacts.upload(client, image(version, board), f"{board}-{version}.swu")
             assert r.status_code == 201, r.text
@@ -292,9 +302,9 @@ async def test_list_filters_sorts_and_paginates(artifacts: Artifacts) -> None:
 
 
 async def test_delete_is_hard_unless_a_device_ever_had_it(
-    artifacts: Artifacts, common: CommonSettings
+    operator_auth: httpx.Auth, artifacts: Artifacts, common: CommonSettings
 ) -> None:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
         unused = (await artifacts.upload(client, image("1.0.0"), "a.swu")).json()
         used = (await artifacts.upload(client, image("2.0.0"), "b.swu")).json()
         used_key = await artifacts.pool.fetchval(
@@ -382,10 +392,10 @@ def image_server(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
 
 
 async def test_external_software_is_fetched_once_and_devices_go_to_its_url(
-    artifacts: Artifacts, image_server: tuple[str, bytes]
+    operator_auth: httpx.Auth, artifacts: Artifacts, image_server: tuple[str, bytes]
 ) -> None:
     url, data = image_server
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
         r = await client.post(
             f"{artifacts.url}/api/v1/software", params=artifacts.params(), json={"url": url}
         )

@@ -203,19 +203,21 @@ async def _file(path: Path) -> AsyncIterator[bytes]:
 
 @pytest.mark.timeout(300)
 async def test_1gib_upload_in_bounded_memory(
-    artifacts_process: tuple[str, Any], tmp_path: Path
+    operator_auth: httpx.Auth, artifacts_process: tuple[str, Any], tmp_path: Path
 ) -> None:
     url, proc = artifacts_process
     image = tmp_path / "big.swu"
     sha256 = build_image(image, SIZE)
     assert image.stat().st_size == SIZE
     log = tmp_path / "artifacts.log"
-    async with httpx.AsyncClient(timeout=httpx.Timeout(240, connect=10)) as client:
+    async with httpx.AsyncClient(
+        auth=operator_auth, timeout=httpx.Timeout(240, connect=10)
+    ) as client:
         await _wait_ready(client, url, proc, log)
         with PeakRss(proc.pid) as rss:
             r = await client.post(
                 f"{url}/api/v1/software",
-                params={"tenant": "big", "filename": "big.swu"},
+                params={"filename": "big.swu"},
                 content=_file(image),
                 headers={"content-type": "application/octet-stream", "content-length": str(SIZE)},
             )

@@ -59,12 +59,16 @@ def build_app(
 
     service.on_start.append(wait_for_mirror)
     service.ready_checks["kv_mirror"] = lambda: mirror.loaded
+    service.mirror_metrics.mirrors.extend(mirror.buckets)
+    service.metrics.collector(gateway.polls)
     app = service.app(
         title="Gaggle DDI gateway",
         description="Eclipse hawkBit DDI API for devices (SWUpdate, rauc-hawkbit-updater, ...).",
     )
     install_handlers(app)
     app.include_router(make_routes(gateway))
+    # Metrics and tracing sit behind the fast lane: a base poll pays for neither.
+    service.instrument(app)
     app.add_middleware(PollFastLane, gateway=gateway)
     app.state.service = service
     app.state.gateway = gateway

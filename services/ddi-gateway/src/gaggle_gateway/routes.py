@@ -8,13 +8,15 @@ JetStream acknowledged the event, else 503 so the device retries. See ddi-api.md
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, ValidationError
+from prometheus_client.core import CounterMetricFamily, Metric
+from pydantic import BaseModel, Field
 from starlette.types import Scope
 
 from gaggle_contracts import names
@@ -33,6 +35,7 @@ from gaggle_contracts.events import (
     Event,
 )
 from gaggle_contracts.kv import DeploymentEntry, DeviceEntry, OpenAction, TenantConfig
+from gaggle_gateway.bodies import parse_body, read_limited
 from gaggle_gateway.domain import (
     Access,
     action_json,
@@ -47,10 +50,10 @@ from gaggle_gateway.downloads import serve_artifact
 from gaggle_gateway.errors import (
     BadRequest,
     Conflict,
+    DdiError,
     Gone,
     NotAllowed,
     NotFound,
-    PayloadTooLarge,
     Unauthorized,
     Unavailable,
 )
@@ -141,6 +144,48 @@ class Caller:
         return mirror.deployments.values.get(self.key)
 
 
+POLL_FAILURES = {400: "bad_request", 401: "unauthorized", 404: "not_found"}
+
+
+class PollCounts:
+    """``gaggle_ddi_polls_total{outcome}``: plain integers on the poll path, read when scraped.
+
+    Outcomes: ``idle`` (nothing to do), ``action`` (the device has an open action),
+    ``unauthorized``, ``not_found``, ``bad_request`` and ``error`` (any other refusal).
+    """
+
+    __slots__ = ("action", "failed", "idle")
+
+    def __init__(self) -> None:
+        self.idle = 0
+        self.action = 0
+        self.failed: dict[int, int] = {}
+
+    def fail(self, status: int) -> None:
+        """Count a poll refused with ``status``."""
+        self.failed[status] = self.failed.get(status, 0) + 1
+
+    def describe(self) -> Iterator[Metric]:
+        """The family, for registration."""
+        yield CounterMetricFamily(
+            "gaggle_ddi_polls", "DDI base polls, by outcome.", labels=["outcome"]
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        """The counts so far."""
+        family = CounterMetricFamily(
+            "gaggle_ddi_polls", "DDI base polls, by outcome.", labels=["outcome"]
+        )
+        by_outcome = {"idle": self.idle, "action": self.action}
+        for label in (*POLL_FAILURES.values(), "error"):
+            by_outcome[label] = 0
+        for status, count in self.failed.items():
+            by_outcome[POLL_FAILURES.get(status, "error")] += count
+        for outcome, count in by_outcome.items():
+            family.add_metric([outcome], count)
+        yield family
+
+
 class Gateway:
     """The state every DDI route answers from, and the checks they share."""
 
@@ -160,6 +205,7 @@ class Gateway:
         self.storage = storage
         self.publish_event = publish
         self.default_tenant = settings.default_tenant_config()
+        self.polls = PollCounts()
 
     def tenant_config(self, tenant: str) -> TenantConfig:
         """The tenant's configuration from KV, else the defaults."""
@@ -215,8 +261,16 @@ class Gateway:
         Raises:
             DdiError: as :meth:`caller`.
         """
-        caller = self.caller(origin, tenant, controller_id, authorization, may_register=True)
+        try:
+            caller = self.caller(origin, tenant, controller_id, authorization, may_register=True)
+        except DdiError as exc:
+            self.polls.fail(exc.status)
+            raise
         entry = caller.deployment(self.mirror)
+        if entry is None or entry.open is None:
+            self.polls.idle += 1
+        else:
+            self.polls.action += 1
         return orjson.dumps(poll_body(caller.base, caller.config, caller.device, entry))
 
     async def publish(self, event: Event) -> None:
@@ -229,6 +283,21 @@ class Gateway:
             await self.publish_event(event)
         except Exception as exc:
             raise Unavailable("event bus unavailable; retry later") from exc
+
+    async def report_config(self, caller: Caller, controller_id: str, body: ConfigDataBody) -> None:
+        """A configData report, on the bus once JetStream has it.
+
+        Raises:
+            Unavailable: the bus did not acknowledge; the device should retry.
+        """
+        await self.publish(
+            DeviceConfigReported(
+                tenant=caller.tenant,
+                controller_id=controller_id,
+                mode=body.effective_mode,
+                data=body.data,
+            )
+        )
 
 
 def open_action(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
@@ -264,24 +333,7 @@ async def read_body(request: Request, model: type[BaseModel], limit: int) -> Any
         PayloadTooLarge: the body is larger than ``limit``.
         BadRequest: not JSON, or not the expected shape (the message names the field).
     """
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body larger than {limit} bytes")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise PayloadTooLarge(f"body larger than {limit} bytes")
-    try:
-        raw = orjson.loads(data) if data.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from exc
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "body"
-        raise BadRequest(f"invalid {loc}: {first['msg']}") from exc
+    return parse_body(await read_limited(request.scope, request.receive, limit), model)
 
 
 def make_routes(gw: Gateway) -> APIRouter:
@@ -326,14 +378,7 @@ def make_routes(gw: Gateway) -> APIRouter:
         # poll, so this request may register too.
         caller = gw.caller(request, tenant, controller_id, authorization, may_register=True)
         body: ConfigDataBody = await read_body(request, ConfigDataBody, limits.max_body_bytes)
-        await gw.publish(
-            DeviceConfigReported(
-                tenant=caller.tenant,
-                controller_id=controller_id,
-                mode=body.effective_mode,
-                data=body.data,
-            )
-        )
+        await gw.report_config(caller, controller_id, body)
         return Response(status_code=200)
 
     @api.get(BASE + "/deploymentBase/{action_id}", summary="The open deployment")

@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 from nats.js.kv import KeyValue
+from pydantic import BaseModel
 
 from gaggle_contracts import names
 from gaggle_contracts.settings import CommonSettings
+from gaggle_registry.access import AccessStore
+from gaggle_registry.access_routes import NewKey, make_access_routes
 from gaggle_registry.fastlane import ListFastLane
 from gaggle_registry.handlers import SERVICE, make_router
 from gaggle_registry.repository import Repo
-from gaggle_registry.routes import make_routes
+from gaggle_registry.routes import DevicePatch, NewDevice, make_routes
 from gaggle_registry.settings import RegistrySettings
+from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
 
@@ -23,6 +28,14 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "registry"
 TIDY_PRESENCE_EVERY_S = 5.0
+EXAMPLES: dict[type[BaseModel], list[dict[str, Any]]] = {
+    NewDevice: [{"controller_id": "dev-1", "name": "Pump 1", "tags": ["hall-a"]}],
+    DevicePatch: [{"name": "Pump 1 (spare)", "tags": ["hall-b", "spare"]}],
+    NewKey: [
+        {"name": "ci", "role": "operator", "expires_in_days": 90},
+        {"name": "dashboard", "permissions": ["device:read", "rollout:read"]},
+    ],
+}
 
 
 async def held_values(kv: KeyValue) -> dict[str, bytes]:
@@ -48,12 +61,22 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
         migrations_package="gaggle_registry.migrations",
     )
     repo = Repo(service.db, Outbox(SCHEMA))
+    access = AccessStore(service.db, Outbox(SCHEMA))
 
     async def rebuild_kv() -> None:
         kv = await service.broker.connection.jetstream().key_value(names.BUCKET_DEVICES)
         held = await held_values(kv)
         puts, deletes = await repo.rebuild_kv(held)
         log.info("devices KV checked held=%d puts=%d deletes=%d", len(held), puts, deletes)
+
+    async def prepare_access() -> None:
+        if settings.bootstrap_key:
+            key_id, sha256 = settings.bootstrap_key.split(":")
+            if await access.ensure_bootstrap(settings.bootstrap_tenant.lower(), key_id, sha256):
+                log.info("bootstrap admin key created id=%s", key_id)
+        kv = await service.broker.connection.jetstream().key_value(names.BUCKET_API_KEYS)
+        puts, deletes = await access.rebuild_kv(await held_values(kv))
+        log.info("api_keys KV checked puts=%d deletes=%d", puts, deletes)
 
     async def freeze_heap() -> None:
         # What exists now lives as long as the process: keep it out of every later full
@@ -69,15 +92,18 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
             except Exception:
                 log.warning("VACUUM of device presence failed; retrying later", exc_info=True)
 
-    service.on_start += [rebuild_kv, freeze_heap]
+    service.on_start += [prepare_access, rebuild_kv, freeze_heap]
     service.background(tidy_presence)
-    service.broker.include_router(make_router(repo, common))
+    service.broker.include_router(make_router(repo, common, access))
     app = service.app(
         title="Gaggle registry",
         description="The device inventory: who each device is, what it reports, how it updates.",
     )
     app.include_router(make_routes(repo, lambda: service.broker.connection))
+    app.include_router(make_access_routes(access))
     app.add_middleware(ListFastLane, repo=repo)
+    service.secure(app)
+    add_examples(app, EXAMPLES)
     app.state.service = service
     app.state.repo = repo
     return app

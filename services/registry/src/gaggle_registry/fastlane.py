@@ -12,8 +12,11 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gaggle_contracts.access import Permission
 from gaggle_registry.repository import Repo
 from gaggle_registry.routes import ListParams, list_body
+from gaggle_runtime.auth import PRINCIPAL, Principal
+from gaggle_runtime.http import send_response
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +36,7 @@ class ListFastLane:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == PATH:
             body = await self._page(scope)
             if body is not None:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [_CONTENT_TYPE, (b"content-length", b"%d" % len(body))],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_response(send, 200, body, [_CONTENT_TYPE])
                 return
         await self.app(scope, receive, send)
 
@@ -50,8 +46,17 @@ class ListFastLane:
         query = dict(pairs)
         if len(query) != len(pairs):
             return None
+        # Only a caller the gate let in, who may read devices, in its own tenant; the route
+        # answers everyone else (403, 404).
+        principal = scope.get("state", {}).get(PRINCIPAL)
+        if not isinstance(principal, Principal):
+            return None
+        if Permission.DEVICE_READ not in principal.permissions:
+            return None
+        if query.pop("tenant", principal.tenant).lower() != principal.tenant:
+            return None
         try:
-            return await list_body(self.repo, ListParams.model_validate(query))
+            return await list_body(self.repo, principal.tenant, ListParams.model_validate(query))
         except Exception:  # the FastAPI route answers it the usual way, errors included
             log.debug("listing left to the FastAPI route", exc_info=True)
             return None

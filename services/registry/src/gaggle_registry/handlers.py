@@ -11,39 +11,62 @@ from gaggle_contracts.events import (
     ActionCreated,
     ActionFinished,
     ActionUpdated,
+    ApiKeysUsed,
+    AuditRecorded,
     DeviceConfigReported,
     DeviceDiscovered,
     DevicePolicyChanged,
     DeviceSeen,
 )
 from gaggle_contracts.settings import CommonSettings
+from gaggle_registry.access import AccessStore
 from gaggle_registry.domain import ACTION_STATE, TooManyAttributesError, finished_state
 from gaggle_registry.repository import Repo
 from gaggle_runtime.bus import consumer_options
+from gaggle_runtime.coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
 SERVICE = "registry"
+COALESCE = 64
+"""Events of a first-contact burst pulled, and written, together."""
 
 
-def make_router(repo: Repo, common: CommonSettings) -> NatsRouter:
-    """The registry's subscribers, bound to ``repo``."""
+def make_router(repo: Repo, common: CommonSettings, access: AccessStore) -> NatsRouter:
+    """The registry's subscribers, bound to ``repo`` and ``access``."""
     router = NatsRouter()
 
-    @router.subscriber(**consumer_options(SERVICE, DeviceDiscovered.kind, common))
+    @router.subscriber(**consumer_options(SERVICE, AuditRecorded.kind, common))
+    async def on_audit_recorded(event: AuditRecorded) -> None:
+        """ota.v1.*.audit.recorded -> one audit log entry."""
+        await access.record(event)
+
+    @router.subscriber(**consumer_options(SERVICE, ApiKeysUsed.kind, common))
+    async def on_keys_used(event: ApiKeysUsed) -> None:
+        """ota.v1.*.auth.keys_used -> last_used_at advanced."""
+        await access.mark_used(event)
+
+    # A fleet's first contact is a burst of discoveries and reports: the events of a pull are
+    # written together, one transaction for all of them, each acked once that has committed.
+    discoveries = Coalescer(repo.register_discovered_many, max_batch=COALESCE)
+    reports = Coalescer(repo.apply_config_many, max_batch=COALESCE)
+
+    @router.subscriber(**consumer_options(SERVICE, DeviceDiscovered.kind, common, batch=COALESCE))
     async def on_device_discovered(event: DeviceDiscovered) -> None:
         """ota.v1.*.device.discovered -> device row created once (redeliveries change nothing)."""
-        device = await repo.register_discovered(event)
+        device = await discoveries.submit(event)
         if device is not None:
             log.info(
                 "device registered tenant=%s controller_id=%s", event.tenant, event.controller_id
             )
 
-    @router.subscriber(**consumer_options(SERVICE, DeviceConfigReported.kind, common))
+    @router.subscriber(
+        **consumer_options(SERVICE, DeviceConfigReported.kind, common, batch=COALESCE)
+    )
     async def on_config_reported(event: DeviceConfigReported) -> None:
         """ota.v1.*.device.config_reported -> attributes merged, hw/sw columns lifted, KV."""
         try:
-            await repo.apply_config(event)
+            await reports.submit(event)
         except TooManyAttributesError as exc:
             log.warning(
                 "config report rejected tenant=%s controller_id=%s reason=%s",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -18,7 +19,13 @@ from gaggle_contracts.events import (
     Sighting,
 )
 from gaggle_contracts.kv import DeviceEntry
-from gaggle_registry.domain import Device, kv_changes, lifted, merge_attributes
+from gaggle_registry.domain import (
+    Device,
+    TooManyAttributesError,
+    kv_changes,
+    lifted,
+    merge_attributes,
+)
 from gaggle_runtime.db import Conn
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
@@ -39,29 +46,40 @@ def _with_presence(statement: str) -> str:
 
 
 # Every device has a presence row (a trigger adds it), so inserts say nothing about presence.
-INSERT_DISCOVERED = """
-INSERT INTO registry.devices (tenant, controller_id, created_at) VALUES ($1, $2, $3)
+INSERT_DISCOVERED_MANY = _with_presence(
+    """INSERT INTO registry.devices (tenant, controller_id, created_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
 ON CONFLICT (tenant, controller_id) DO NOTHING
-RETURNING true"""
+RETURNING *"""
+)
+
+ENSURE_MANY = """
+INSERT INTO registry.devices (tenant, controller_id, created_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+ON CONFLICT (tenant, controller_id) DO NOTHING
+RETURNING tenant, controller_id"""
+
+# Rows are locked in key order, as every batch does, so two batches never deadlock.
+LOCK_MANY = """
+SELECT d.* FROM registry.devices AS d
+JOIN unnest($1::text[], $2::text[]) AS k(tenant, controller_id) USING (tenant, controller_id)
+ORDER BY d.tenant, d.controller_id
+FOR UPDATE OF d"""
+
+UPDATE_ATTRIBUTES_MANY = _with_presence(
+    """UPDATE registry.devices AS d
+SET attributes = u.attributes, hw_model = u.hw_model, hw_revision = u.hw_revision,
+    sw_version = u.sw_version, config_requested = false, updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[])
+    AS u(tenant, controller_id, attributes, hw_model, hw_revision, sw_version)
+WHERE d.tenant = u.tenant AND d.controller_id = u.controller_id
+RETURNING d.*"""
+)
 
 INSERT_API = _with_presence(
     """INSERT INTO registry.devices (tenant, controller_id, name, tags, token_hash, registered_via)
 VALUES ($1, $2, $3, $4, $5, 'api')
 ON CONFLICT (tenant, controller_id) DO NOTHING
-RETURNING *"""
-)
-
-LOCK_ONE = "SELECT * FROM registry.devices WHERE tenant = $1 AND controller_id = $2 FOR UPDATE"
-
-ENSURE = """
-INSERT INTO registry.devices (tenant, controller_id, created_at) VALUES ($1, $2, $3)
-ON CONFLICT (tenant, controller_id) DO NOTHING"""
-
-UPDATE_ATTRIBUTES = _with_presence(
-    """UPDATE registry.devices
-SET attributes = $3, hw_model = $4, hw_revision = $5, sw_version = $6,
-    config_requested = false, updated_at = now()
-WHERE tenant = $1 AND controller_id = $2
 RETURNING *"""
 )
 
@@ -417,23 +435,103 @@ class Repo:
         The discovery is also the device's first sighting: a device that its configData report
         registered first, or whose sightings batch overtook this event, still gets it.
         """
+        return (await self.register_discovered_many([event]))[0]
+
+    async def register_discovered_many(self, events: list[DeviceDiscovered]) -> list[Device | None]:
+        """``register_discovered`` for many events in one transaction; results in their order.
+
+        A device discovered twice in the batch is registered once (the first event's result).
+        """
+        keys = sorted({(e.tenant, e.controller_id): e for e in events}.items())
         async with self.db.pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                INSERT_DISCOVERED, event.tenant, event.controller_id, event.occurred_at
+            rows = await conn.fetch(
+                INSERT_DISCOVERED_MANY,
+                [t for (t, _), _ in keys],
+                [c for (_, c), _ in keys],
+                [e.occurred_at for _, e in keys],
             )
+            await self._first_sightings(conn, events)
+            created = {(r["tenant"], r["controller_id"]): _device(r) for r in rows}
+            await self._publish_devices(conn, [(d, "registered") for d in created.values()])
+        results: list[Device | None] = []
+        for event in events:
+            results.append(created.pop((event.tenant, event.controller_id), None))
+        return results
+
+    async def _first_sightings(
+        self, conn: Conn, events: Sequence[DeviceDiscovered | DeviceConfigReported]
+    ) -> None:
+        """Each event counts as its device's sighting (the newest per device wins)."""
+        newest: dict[tuple[str, str], DeviceDiscovered | DeviceConfigReported] = {}
+        for e in events:
+            key = (e.tenant, e.controller_id)
+            if key not in newest or e.occurred_at > newest[key].occurred_at:
+                newest[key] = e
+        by_tenant: dict[str, list[DeviceDiscovered | DeviceConfigReported]] = {}
+        for (tenant, _), e in sorted(newest.items()):
+            by_tenant.setdefault(tenant, []).append(e)
+        for tenant, group in by_tenant.items():
             await conn.execute(
                 TOUCH_MANY,
-                event.tenant,
-                [event.controller_id],
-                [event.occurred_at],
-                [event.address],
+                tenant,
+                [e.controller_id for e in group],
+                [e.occurred_at for e in group],
+                [getattr(e, "address", None) for e in group],
             )
-            if not inserted:
-                return None
-            row = await conn.fetchrow(SELECT_ONE, event.tenant, event.controller_id)
-            device = _device(row)  # type: ignore[arg-type]  # inserted just above
-            await self._publish_device(conn, device, "registered")
-            return device
+
+    async def apply_config_many(
+        self, events: list[DeviceConfigReported]
+    ) -> list[Device | Exception]:
+        """``apply_config`` for many reports in one transaction; results in their order.
+
+        Reports of one device apply in the order given. A report past the attribute quota gets
+        ``TooManyAttributesError`` and changes nothing; the others go ahead.
+        """
+        keys = sorted({(e.tenant, e.controller_id): e.occurred_at for e in events}.items())
+        results: list[Device | Exception | None] = [None] * len(events)
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            new = await conn.fetch(
+                ENSURE_MANY,
+                [t for (t, _), _ in keys],
+                [c for (_, c), _ in keys],
+                [at for _, at in keys],
+            )
+            created = {(r["tenant"], r["controller_id"]) for r in new}
+            # A report that registers its device is the device's first sighting.
+            await self._first_sightings(
+                conn, [e for e in events if (e.tenant, e.controller_id) in created]
+            )
+            rows = await conn.fetch(LOCK_MANY, [t for (t, _), _ in keys], [c for (_, c), _ in keys])
+            attributes = {(r["tenant"], r["controller_id"]): dict(r["attributes"]) for r in rows}
+            changed: set[tuple[str, str]] = set()
+            for i, event in enumerate(events):
+                key = (event.tenant, event.controller_id)
+                try:
+                    attributes[key] = merge_attributes(attributes[key], event.mode, event.data)
+                except TooManyAttributesError as exc:
+                    results[i] = exc
+                    continue
+                changed.add(key)
+            order = sorted(changed)
+            lifts = [lifted(attributes[k]) for k in order]
+            updated = await conn.fetch(
+                UPDATE_ATTRIBUTES_MANY,
+                [t for t, _ in order],
+                [c for _, c in order],
+                [attributes[k] for k in order],
+                [c["hw_model"] for c in lifts],
+                [c["hw_revision"] for c in lifts],
+                [c["sw_version"] for c in lifts],
+            )
+            devices = {(r["tenant"], r["controller_id"]): _device(r) for r in updated}
+            await self._publish_devices(
+                conn,
+                [(d, "registered" if k in created else "attributes") for k, d in devices.items()],
+            )
+        return [
+            devices[(e.tenant, e.controller_id)] if r is None else r
+            for e, r in zip(events, results, strict=True)
+        ]
 
     async def create(
         self, tenant: str, controller_id: str, name: str | None, tags: list[str], token_hash: str
@@ -495,33 +593,10 @@ class Repo:
         A report from a device the registry has not registered yet (its discovery is still in
         flight) registers it. Raises ``TooManyAttributesError`` past the quota; nothing changes.
         """
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            created = await conn.execute(
-                ENSURE, event.tenant, event.controller_id, event.occurred_at
-            )
-            if created.endswith(" 1"):  # the report is the new device's first sighting
-                await conn.execute(
-                    TOUCH_MANY, event.tenant, [event.controller_id], [event.occurred_at], [None]
-                )
-            row = await conn.fetchrow(LOCK_ONE, event.tenant, event.controller_id)
-            if row is None:  # pragma: no cover - ensured just above, in this transaction
-                raise RuntimeError("device vanished inside its transaction")
-            attributes = merge_attributes(dict(row["attributes"]), event.mode, event.data)
-            cols = lifted(attributes)
-            row = await conn.fetchrow(
-                UPDATE_ATTRIBUTES,
-                event.tenant,
-                event.controller_id,
-                attributes,
-                cols["hw_model"],
-                cols["hw_revision"],
-                cols["sw_version"],
-            )
-            device = _device(row)  # type: ignore[arg-type]  # the row is locked above
-            await self._publish_device(
-                conn, device, "registered" if created.endswith(" 1") else "attributes"
-            )
-            return device
+        result = (await self.apply_config_many([event]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     async def set_state(
         self,
@@ -595,24 +670,31 @@ class Repo:
         await self.db.pool.execute(VACUUM_PRESENCE)
         return True
 
+    async def _publish_devices(self, conn: Conn, changes: list[tuple[Device, Change]]) -> None:
+        """KV entries and ``device.updated`` events of many devices, in one statement."""
+        if not changes:
+            return
+        await self.outbox.many(
+            conn,
+            events=[
+                DeviceUpdated(
+                    tenant=d.tenant,
+                    controller_id=d.controller_id,
+                    change=change,
+                    hw_model=d.hw_model,
+                    hw_revision=d.hw_revision,
+                    sw_version=d.sw_version,
+                )
+                for d, change in changes
+            ],
+            kv_puts=[
+                (names.BUCKET_DEVICES, names.kv_key(d.tenant, d.controller_id), d.kv_entry())
+                for d, _ in changes
+            ],
+        )
+
     async def _publish_device(self, conn: Conn, device: Device, change: Change) -> None:
-        await self.outbox.kv_put(
-            conn,
-            names.BUCKET_DEVICES,
-            names.kv_key(device.tenant, device.controller_id),
-            device.kv_entry(),
-        )
-        await self.outbox.event(
-            conn,
-            DeviceUpdated(
-                tenant=device.tenant,
-                controller_id=device.controller_id,
-                change=change,
-                hw_model=device.hw_model,
-                hw_revision=device.hw_revision,
-                sw_version=device.sw_version,
-            ),
-        )
+        await self._publish_devices(conn, [(device, change)])
 
     async def get(self, tenant: str, controller_id: str) -> Device | None:
         """One device, or None."""

@@ -20,9 +20,11 @@ from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from gaggle_contracts import names
+from gaggle_contracts.access import Permission
 from gaggle_contracts.kv import token_hash
 from gaggle_registry.domain import UPDATE_STATES, decode_cursor, encode_cursor, new_token
 from gaggle_registry.repository import DeviceQuery, Repo
+from gaggle_runtime.auth import needs
 from gaggle_runtime.http import ApiError, NotFoundError
 
 TENANT = names.TENANT_RE.pattern
@@ -56,7 +58,6 @@ class ListParams(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    tenant: str = Field("default", description="Tenant (case-insensitive)", pattern=TENANT)
     state: Literal[UPDATE_STATES] | None = None  # type: ignore[valid-type]
     hw_model: str | None = Field(None, max_length=128)
     hw_revision: str | None = Field(None, max_length=128)
@@ -79,8 +80,8 @@ def _invalid_cursor() -> ApiError:
     )
 
 
-async def list_body(repo: Repo, params: ListParams) -> bytes:
-    """The JSON of one listing page.
+async def list_body(repo: Repo, tenant: str, params: ListParams) -> bytes:
+    """The JSON of one listing page of ``tenant``'s devices.
 
     Raises:
         ApiError: a cursor that is not one of ours, or a time without a time zone.
@@ -97,7 +98,7 @@ async def list_body(repo: Repo, params: ListParams) -> bytes:
                 400, "invalid_request", f"invalid {name}: give a time zone (e.g. Z)", parameter=name
             )
     query = DeviceQuery(
-        tenant=params.tenant.lower(),
+        tenant=tenant,
         state=params.state,
         hw_model=params.hw_model,
         hw_revision=params.hw_revision,
@@ -133,16 +134,21 @@ def make_routes(repo: Repo, nats: Callable[[], NatsClient]) -> APIRouter:
         return device
 
     @api.get("/devices", summary="List devices: filters, sort, keyset pagination")
-    async def list_devices(params: Annotated[ListParams, Query()]) -> Response:
+    async def list_devices(
+        tenant: Annotated[str, needs(Permission.DEVICE_READ)],
+        params: Annotated[ListParams, Query()],
+    ) -> Response:
         """One page of devices; ``next`` is the cursor of the page after it (null at the end).
 
         ``q`` matches text anywhere in the id or the name, ignoring case. Devices never seen
         sort as the oldest by ``last_seen``; ``seen_before`` and ``seen_after`` leave them out.
         """
-        return Response(await list_body(repo, params), media_type="application/json")
+        return Response(await list_body(repo, tenant, params), media_type="application/json")
 
     @api.post("/devices", status_code=201, summary="Create a device; its token is shown once")
-    async def create_device(body: NewDevice, tenant: TenantParam = "default") -> dict[str, Any]:
+    async def create_device(
+        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], body: NewDevice
+    ) -> dict[str, Any]:
         token = new_token()
         device = await repo.create(
             tenant.lower(), body.controller_id, body.name, body.tags, token_hash(token)
@@ -153,13 +159,15 @@ def make_routes(repo: Repo, nats: Callable[[], NatsClient]) -> APIRouter:
 
     @api.get("/devices/{controller_id}", summary="One device")
     async def get_device(
-        controller_id: DeviceIdParam, tenant: TenantParam = "default"
+        tenant: Annotated[str, needs(Permission.DEVICE_READ)], controller_id: DeviceIdParam
     ) -> dict[str, Any]:
         return (await load(tenant, controller_id)).public()  # type: ignore[no-any-return]
 
     @api.patch("/devices/{controller_id}", summary="Change name and tags")
     async def patch_device(
-        controller_id: DeviceIdParam, body: DevicePatch, tenant: TenantParam = "default"
+        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)],
+        controller_id: DeviceIdParam,
+        body: DevicePatch,
     ) -> dict[str, Any]:
         given = body.model_fields_set
         device = await repo.patch(
@@ -177,7 +185,7 @@ def make_routes(repo: Repo, nats: Callable[[], NatsClient]) -> APIRouter:
         summary="Delete a device; the rollouts service cancels its open action",
     )
     async def delete_device(
-        controller_id: DeviceIdParam, tenant: TenantParam = "default"
+        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], controller_id: DeviceIdParam
     ) -> dict[str, Any]:
         device = await repo.delete(tenant.lower(), controller_id)
         if device is None:
@@ -190,7 +198,7 @@ def make_routes(repo: Repo, nats: Callable[[], NatsClient]) -> APIRouter:
 
     @api.post("/devices/{controller_id}/token", summary="Rotate the device token (shown once)")
     async def rotate_token(
-        controller_id: DeviceIdParam, tenant: TenantParam = "default"
+        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], controller_id: DeviceIdParam
     ) -> dict[str, Any]:
         token = new_token()
         device = await repo.set_token(tenant.lower(), controller_id, token_hash(token))
@@ -200,7 +208,7 @@ def make_routes(repo: Repo, nats: Callable[[], NatsClient]) -> APIRouter:
 
     @api.delete("/devices/{controller_id}/token", summary="Revoke the device token")
     async def revoke_token(
-        controller_id: DeviceIdParam, tenant: TenantParam = "default"
+        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], controller_id: DeviceIdParam
     ) -> dict[str, Any]:
         device = await repo.set_token(tenant.lower(), controller_id, None)
         if device is None:
@@ -213,7 +221,7 @@ def make_routes(repo: Repo, nats: Callable[[], NatsClient]) -> APIRouter:
         response_class=StreamingResponse,
     )
     async def stream_logs(
-        controller_id: DeviceIdParam, tenant: TenantParam = "default"
+        tenant: Annotated[str, needs(Permission.DEVICE_READ)], controller_id: DeviceIdParam
     ) -> StreamingResponse:
         tenant = tenant.lower()
         await load(tenant, controller_id)

@@ -25,18 +25,22 @@ def seen(cid: str, minutes: int, address: str | None) -> Sighting:
 
 
 async def test_the_listing_fast_lane_answers_as_the_fastapi_route_does(
-    common: CommonSettings, serve, tenant: str, monkeypatch: pytest.MonkeyPatch
+    common: CommonSettings,
+    serve,
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+    operator_auth: httpx.Auth,
 ) -> None:
     answered: list[Any] = []
 
-    async def counted(repo: Any, params: Any) -> bytes:
+    async def counted(repo: Any, tenant: str, params: Any) -> bytes:
         answered.append(params)
-        return await list_body(repo, params)
+        return await list_body(repo, tenant, params)
 
     monkeypatch.setattr(fastlane, "list_body", counted)
     registry = await serve(build_app(common, RegistrySettings()))
     repo = registry.app.state.repo
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         for i in range(12):
             created = await client.post(
                 f"{registry.url}/api/v1/devices",

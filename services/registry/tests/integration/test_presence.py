@@ -32,12 +32,12 @@ async def presence(pool: Any, tenant: str) -> dict[str, tuple[datetime | None, s
 
 
 async def test_sightings_only_move_last_seen_forward(
-    common: CommonSettings, serve, tenant: str
+    operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_app(common, RegistrySettings()))
     repo = registry.app.state.repo
     pool = registry.app.state.service.db.pool
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         for cid in ("a", "b", "c"):
             created = await client.post(
                 f"{registry.url}/api/v1/devices",
@@ -59,7 +59,7 @@ async def test_sightings_only_move_last_seen_forward(
         "b": (T0 + timedelta(minutes=6), "10.0.0.2"),
         "c": (None, None),
     }
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         page = await client.get(
             f"{registry.url}/api/v1/devices", params={"tenant": tenant, "sort": "-last_seen"}
         )
@@ -69,7 +69,7 @@ async def test_sightings_only_move_last_seen_forward(
     assert device.json()["last_seen_at"] == "2026-05-01T12:05:00Z"
 
     # Deleting a device takes its presence along.
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await client.delete(f"{registry.url}/api/v1/devices/a", params={"tenant": tenant})
     assert set(await presence(pool, tenant)) == {"b", "c"}
 

@@ -2,20 +2,105 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Any, get_args
 
+import orjson
+from fastapi import FastAPI
+from prometheus_client import Counter, Gauge
+from pydantic import BaseModel
+
+from gaggle_contracts.events import ActionFinished
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts.engine import Engine
 from gaggle_rollouts.handlers import SERVICE, make_router
+from gaggle_rollouts.plan import ACTIVE_STATES, RolloutState
 from gaggle_rollouts.repository import Repo
-from gaggle_rollouts.rollout_routes import make_rollout_routes
+from gaggle_rollouts.rollout_routes import RolloutBody, make_rollout_routes
 from gaggle_rollouts.rollout_store import RolloutStore
-from gaggle_rollouts.routes import make_routes
+from gaggle_rollouts.routes import BulkPolicyBody, NewAction, PolicyBody, make_routes
 from gaggle_rollouts.settings import RolloutsSettings
+from gaggle_runtime.metrics import Metrics
+from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
 
 SCHEMA = "rollouts"
+DEVICE_STATES = ("waiting", "pending", "running", "success", "failure", "canceled")
+ROLLOUTS_BY_STATE = "SELECT state, count(*) FROM rollouts.rollouts GROUP BY state"
+DEVICES_OF_ACTIVE_ROLLOUTS = """
+SELECT d.state, count(*) FROM rollouts.rollout_devices d
+JOIN rollouts.rollouts r ON r.id = d.rollout_id
+WHERE r.state = ANY($1::text[]) GROUP BY d.state
+"""
+
+
+EXAMPLES: dict[type[BaseModel], list[dict[str, Any]]] = {
+    NewAction: [
+        {"software_id": "1", "type": "forced"},
+        {
+            "software_id": "1",
+            "type": "soft",
+            "confirmation_required": True,
+            "maintenance_window": {"start": "02:00", "end": "04:00"},
+        },
+    ],
+    PolicyBody: [{"mode": "rollout", "feed": "beta"}, {"mode": "assigned", "software_id": "1"}],
+    BulkPolicyBody: [
+        {"filter": {"hw_model": "myboard", "sw_version": "1.1.0"}, "policy": {"mode": "latest"}}
+    ],
+    RolloutBody: [
+        {
+            "name": "1.2.0 to beta",
+            "software_id": "1",
+            "feed": "beta",
+            "waves": [{"percent": 10}, {"percent": 30}, {"percent": 60}],
+            "success_threshold": 80,
+            "error_threshold": 20,
+            "error_action": "abort",
+            "start": True,
+        }
+    ],
+}
+
+
+def install_metrics(service: Service) -> None:
+    """``gaggle_actions_finished_total``, ``gaggle_rollouts`` and ``gaggle_rollout_devices``."""
+    metrics: Metrics = service.metrics
+    finished = Counter(
+        "gaggle_actions_finished",
+        "Actions closed, by outcome (the status of the action.finished event published).",
+        ["outcome"],
+        registry=metrics.registry,
+    )
+    rollouts = Gauge("gaggle_rollouts", "Rollouts, by state.", ["state"], registry=metrics.registry)
+    devices = Gauge(
+        "gaggle_rollout_devices",
+        "Devices of running and paused rollouts, by where they stand.",
+        ["state"],
+        registry=metrics.registry,
+    )
+    finished_subject = "." + ActionFinished.kind
+
+    def count_finished(subject: str, payload: bytes) -> None:
+        if subject.endswith(finished_subject):
+            finished.labels(str(orjson.loads(payload).get("status", "unknown"))).inc()
+
+    async def sample() -> None:
+        if not service.db.started:
+            return
+        async with service.db.pool.acquire() as conn:
+            by_state = {r[0]: r[1] for r in await conn.fetch(ROLLOUTS_BY_STATE)}
+            active = sorted(ACTIVE_STATES)
+            by_device_state = {
+                r[0]: r[1] for r in await conn.fetch(DEVICES_OF_ACTIVE_ROLLOUTS, active)
+            }
+        for state in get_args(RolloutState):
+            rollouts.labels(state).set(by_state.get(state, 0))
+        for state in DEVICE_STATES:
+            devices.labels(state).set(by_device_state.get(state, 0))
+
+    service.relay_observers.append(count_finished)
+    service.metrics.sampler(sample)
 
 
 def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
@@ -29,11 +114,14 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     service.broker.include_router(make_router(repo, common, engine))
     service.background(engine.run)
     service.background(engine.windows)
+    install_metrics(service)
     app = service.app(
         title="Gaggle rollouts",
         description="What every device should run: actions, their history, rollouts.",
     )
     app.include_router(make_routes(repo))
     app.include_router(make_rollout_routes(store, engine))
+    service.secure(app)
+    add_examples(app, EXAMPLES)
     app.state.service = service
     return app

@@ -29,16 +29,18 @@ from gaggle_rollouts.domain import (
 from gaggle_rollouts.engine import Engine
 from gaggle_rollouts.repository import Repo
 from gaggle_runtime.bus import consumer_options
+from gaggle_runtime.coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
 SERVICE = "rollouts"
+INVENTORY_BATCH = 64
 
 Decide = Callable[[Action, Any], tuple[str, bool]]
 
 
 def _action_id(raw: str) -> int | None:
-    return int(raw) if raw.isdigit() and len(raw) < 19 else None
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
 
 
 def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRouter:
@@ -98,13 +100,19 @@ def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRoute
             )
         await after(action)
 
-    @router.subscriber(**consumer_options(SERVICE, DeviceUpdated.kind, common))
+    # A fleet's first contact is a burst of these: the inventory of a pull is written at once.
+    inventory = Coalescer(repo.record_devices, max_batch=INVENTORY_BATCH)
+
+    @router.subscriber(
+        **consumer_options(SERVICE, DeviceUpdated.kind, common, batch=INVENTORY_BATCH)
+    )
     async def on_device_updated(event: DeviceUpdated) -> None:
         """ota.v1.*.device.updated -> inventory kept; re-decided; deleted: open action canceled."""
-        await repo.record_device(event)
         if event.change != "deleted":
+            await inventory.submit(event)
             await repo.redecide(event.tenant, event.controller_id)
             return
+        await repo.record_device(event)
         action = await repo.open_action_of(event.tenant, event.controller_id)
         if action is not None:
             closed = await repo.apply(

@@ -217,10 +217,11 @@ ON CONFLICT (tenant, controller_id) DO UPDATE SET
 
 SELECT_POLICY = "SELECT * FROM rollouts.policies WHERE tenant = $1 AND controller_id = $2"
 
-UPSERT_DEVICE = """
+UPSERT_DEVICES = """
 INSERT INTO rollouts.devices (tenant, controller_id, hw_model, hw_revision, sw_version,
                               updated_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::timestamptz[])
 ON CONFLICT (tenant, controller_id) DO UPDATE SET
     hw_model = EXCLUDED.hw_model, hw_revision = EXCLUDED.hw_revision,
     sw_version = EXCLUDED.sw_version, updated_at = EXCLUDED.updated_at
@@ -482,15 +483,30 @@ class Repo:
         if event.change == "deleted":
             await self.db.pool.execute(DELETE_DEVICE, event.tenant, event.controller_id)
             return
+        await self.record_devices([event])
+
+    async def record_devices(self, events: list[DeviceUpdated]) -> list[None]:
+        """The inventory of many devices in one statement (none of them deleted).
+
+        An older report than the one recorded changes nothing; of one device's reports here, the
+        newest counts.
+        """
+        newest: dict[tuple[str, str], DeviceUpdated] = {}
+        for e in events:
+            key = (e.tenant, e.controller_id)
+            if key not in newest or e.occurred_at >= newest[key].occurred_at:
+                newest[key] = e
+        rows = [newest[k] for k in sorted(newest)]
         await self.db.pool.execute(
-            UPSERT_DEVICE,
-            event.tenant,
-            event.controller_id,
-            event.hw_model,
-            event.hw_revision,
-            event.sw_version,
-            event.occurred_at,
+            UPSERT_DEVICES,
+            [e.tenant for e in rows],
+            [e.controller_id for e in rows],
+            [e.hw_model for e in rows],
+            [e.hw_revision for e in rows],
+            [e.sw_version for e in rows],
+            [e.occurred_at for e in rows],
         )
+        return [None] * len(events)
 
     async def redecide(self, tenant: str, controller_id: str) -> Decision:
         """Decide what the device should run and open an action for it if needed.

@@ -9,9 +9,11 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gaggle_contracts import names
+from gaggle_contracts.access import Permission
 from gaggle_rollouts.engine import Engine
 from gaggle_rollouts.plan import WaveSpec
 from gaggle_rollouts.rollout_store import DeviceFilter, NewRollout, RolloutStore
+from gaggle_runtime.auth import needs
 from gaggle_runtime.http import NotFoundError
 
 TenantParam = Annotated[
@@ -106,7 +108,7 @@ class RolloutBody(BaseModel):
 
 def parse_id(raw: str) -> int:
     """A rollout id from the path; unknown (404) when it cannot be one."""
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise NotFoundError("rollout", raw)
     return int(raw)
 
@@ -116,7 +118,9 @@ def make_rollout_routes(store: RolloutStore, engine: Engine) -> APIRouter:
     api = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
     @api.post("", status_code=201, summary="Create a rollout (and start it with start=true)")
-    async def create(body: RolloutBody, tenant: TenantParam = "default") -> dict[str, Any]:
+    async def create_rollout(
+        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], body: RolloutBody
+    ) -> dict[str, Any]:
         new = NewRollout(
             name=body.name,
             software_id=body.software_id,
@@ -146,7 +150,7 @@ def make_rollout_routes(store: RolloutStore, engine: Engine) -> APIRouter:
 
     @api.get("", summary="Rollouts, newest first")
     async def list_rollouts(
-        tenant: TenantParam = "default",
+        tenant: Annotated[str, needs(Permission.ROLLOUT_READ)],
         feed: Annotated[str | None, Query(max_length=64, pattern=FEED_PATTERN)] = None,
         state: Literal["created", "running", "paused", "finished", "aborted"] | None = None,
         before: Annotated[str | None, Query(max_length=18, pattern=r"^\d+$")] = None,
@@ -159,16 +163,18 @@ def make_rollout_routes(store: RolloutStore, engine: Engine) -> APIRouter:
         return {"items": items, "next": nxt}
 
     @api.get("/{rollout_id}", summary="One rollout with its waves and counters")
-    async def get(rollout_id: RolloutIdParam, tenant: TenantParam = "default") -> dict[str, Any]:
+    async def get_rollout(
+        tenant: Annotated[str, needs(Permission.ROLLOUT_READ)], rollout_id: RolloutIdParam
+    ) -> dict[str, Any]:
         doc = await store.get(tenant.lower(), parse_id(rollout_id))
         if doc is None:
             raise NotFoundError("rollout", rollout_id)
         return doc
 
     @api.get("/{rollout_id}/devices", summary="A rollout's devices, their wave and state")
-    async def devices(
+    async def rollout_devices(
+        tenant: Annotated[str, needs(Permission.ROLLOUT_READ)],
         rollout_id: RolloutIdParam,
-        tenant: TenantParam = "default",
         state: Literal["waiting", "pending", "running", "success", "failure", "canceled"]
         | None = None,
         after: Annotated[str | None, Query(max_length=256)] = None,
@@ -187,22 +193,30 @@ def make_rollout_routes(store: RolloutStore, engine: Engine) -> APIRouter:
         return doc
 
     @api.post("/{rollout_id}/start", summary="Start a created rollout (its first wave)")
-    async def start(rollout_id: RolloutIdParam, tenant: TenantParam = "default") -> dict[str, Any]:
+    async def start_rollout(
+        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], rollout_id: RolloutIdParam
+    ) -> dict[str, Any]:
         return await command(rollout_id, tenant, "start")
 
     @api.post("/{rollout_id}/pause", summary="Pause a running rollout (no new actions)")
-    async def pause(rollout_id: RolloutIdParam, tenant: TenantParam = "default") -> dict[str, Any]:
+    async def pause_rollout(
+        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], rollout_id: RolloutIdParam
+    ) -> dict[str, Any]:
         return await command(rollout_id, tenant, "pause")
 
     @api.post(
         "/{rollout_id}/resume",
         summary="Resume a paused rollout (failures so far no longer count against its threshold)",
     )
-    async def resume(rollout_id: RolloutIdParam, tenant: TenantParam = "default") -> dict[str, Any]:
+    async def resume_rollout(
+        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], rollout_id: RolloutIdParam
+    ) -> dict[str, Any]:
         return await command(rollout_id, tenant, "resume")
 
     @api.post("/{rollout_id}/abort", summary="Abort a rollout: its open actions are canceled")
-    async def abort(rollout_id: RolloutIdParam, tenant: TenantParam = "default") -> dict[str, Any]:
+    async def abort_rollout(
+        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], rollout_id: RolloutIdParam
+    ) -> dict[str, Any]:
         return await command(rollout_id, tenant, "abort")
 
     return api

@@ -94,6 +94,12 @@ SELECT * FROM rollouts.rollouts
 WHERE tenant = $1 AND ($2::text IS NULL OR feed = $2) AND ($3::text IS NULL OR state = $3)
   AND ($4::bigint IS NULL OR id < $4)
 ORDER BY id DESC LIMIT $5"""
+# A rollout's creation reads the feed's devices while no device of the feed is being decided
+# (exclusive), and a device decides by the feed's newest rollout only once no creation is under
+# way (shared): a device whose inventory lands while a rollout is created is either among the
+# devices the creation reads or decided after it, and then joins it.
+LOCK_FEED = "SELECT pg_advisory_xact_lock(hashtext($1))"
+SHARE_FEED = "SELECT pg_advisory_xact_lock_shared(hashtext($1))"
 NEWEST_ACTIVE = """
 SELECT * FROM rollouts.rollouts
 WHERE tenant = $1 AND feed = $2 AND state IN ('running', 'paused')
@@ -164,6 +170,11 @@ async def _row(conn: Conn, query: str, *args: Any) -> asyncpg.Record:
 async def _progress(conn: Conn, rollout_id: int) -> Progress:
     rows = await conn.fetch(COUNTS, rollout_id)
     return Progress.of((r[0], r[1], r[2]) for r in rows)
+
+
+def feed_key(tenant: str, feed: str) -> str:
+    """The advisory lock name of a feed."""
+    return f"feed:{tenant}/{feed}"
 
 
 class RolloutError(ApiError):
@@ -245,6 +256,7 @@ class RolloutStore:
     async def create(self, tenant: str, new: NewRollout) -> dict[str, Any]:
         """Create a rollout with its waves (and start it if asked); the rollout's document."""
         async with self.db.pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_FEED, feed_key(tenant, new.feed))
             row = await conn.fetchrow(SELECT_SOFTWARE, tenant, new.software_id)
             if row is None or row["deleted"]:
                 what = "deleted" if row is not None else "unknown"
@@ -451,6 +463,7 @@ class RolloutStore:
         the feed, or its inventory arrived after the rollout was created) joins the rollout's
         last wave if it matches its filter and the software fits it.
         """
+        await conn.execute(SHARE_FEED, feed_key(tenant, policy.feed))
         row = await conn.fetchrow(NEWEST_ACTIVE, tenant, policy.feed)
         if row is None:
             return Decision(None, "no running rollout in the feed")

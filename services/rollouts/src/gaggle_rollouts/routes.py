@@ -9,10 +9,12 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from gaggle_contracts import names
+from gaggle_contracts.access import Permission
 from gaggle_contracts.events import utcnow
 from gaggle_rollouts.domain import Action
 from gaggle_rollouts.repository import ActionExistsError, ActionSpec, Policy, PolicyMatch, Repo
 from gaggle_rollouts.rollout_routes import WindowBody
+from gaggle_runtime.auth import needs
 from gaggle_runtime.http import ApiError, NotFoundError
 
 TenantParam = Annotated[
@@ -67,7 +69,7 @@ class BulkPolicyBody(BaseModel):
 
 
 def _parse_id(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise NotFoundError("action", raw)
     return int(raw)
 
@@ -98,9 +100,9 @@ def make_routes(repo: Repo) -> APIRouter:
         summary="Assign a software to a device now (opens an action)",
     )
     async def create_action(
+        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)],
         controller_id: Annotated[str, Path(max_length=256)],
         body: NewAction,
-        tenant: TenantParam = "default",
     ) -> dict[str, Any]:
         try:
             names.check_controller_id(controller_id)
@@ -129,16 +131,17 @@ def make_routes(repo: Repo) -> APIRouter:
 
     @api.get("/devices/{controller_id}/policy", summary="A device's deployment policy")
     async def get_policy(
-        controller_id: Annotated[str, Path(max_length=256)], tenant: TenantParam = "default"
+        tenant: Annotated[str, needs(Permission.ROLLOUT_READ)],
+        controller_id: Annotated[str, Path(max_length=256)],
     ) -> dict[str, Any]:
         policy = await repo.policy(tenant.lower(), controller_id)
         return {"controller_id": controller_id, **policy.public()}
 
     @api.put("/devices/{controller_id}/policy", summary="Set a device's deployment policy")
     async def put_policy(
+        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)],
         controller_id: Annotated[str, Path(max_length=256)],
         body: PolicyBody,
-        tenant: TenantParam = "default",
     ) -> dict[str, Any]:
         try:
             names.check_controller_id(controller_id)
@@ -179,7 +182,9 @@ def make_routes(repo: Repo) -> APIRouter:
         summary="Set one policy for every known device a filter selects",
         description="Decisions for the devices follow in the background, within seconds.",
     )
-    async def put_policies(body: BulkPolicyBody, tenant: TenantParam = "default") -> dict[str, Any]:
+    async def put_policies(
+        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], body: BulkPolicyBody
+    ) -> dict[str, Any]:
         tenant = tenant.lower()
         if not body.filter.model_fields_set:
             raise ApiError(
@@ -210,8 +215,8 @@ def make_routes(repo: Repo) -> APIRouter:
 
     @api.get("/devices/{controller_id}/actions", summary="A device's actions, newest first")
     async def device_actions(
+        tenant: Annotated[str, needs(Permission.ROLLOUT_READ)],
         controller_id: Annotated[str, Path(max_length=256)],
-        tenant: TenantParam = "default",
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> dict[str, Any]:
         actions = await repo.device_actions(tenant.lower(), controller_id, limit)
@@ -219,7 +224,7 @@ def make_routes(repo: Repo) -> APIRouter:
 
     @api.get("/actions/{action_id}", summary="One action with its full status history")
     async def get_action(
-        action_id: ActionIdParam, tenant: TenantParam = "default"
+        tenant: Annotated[str, needs(Permission.ROLLOUT_READ)], action_id: ActionIdParam
     ) -> dict[str, Any]:
         action = await repo.get_action(tenant.lower(), _parse_id(action_id))
         if action is None:
@@ -228,7 +233,7 @@ def make_routes(repo: Repo) -> APIRouter:
 
     @api.post("/actions/{action_id}/cancel", summary="Ask the device to cancel an open action")
     async def cancel_action(
-        action_id: ActionIdParam, tenant: TenantParam = "default"
+        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], action_id: ActionIdParam
     ) -> dict[str, Any]:
         tenant = tenant.lower()
         ident = _parse_id(action_id)

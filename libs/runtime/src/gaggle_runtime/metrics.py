@@ -1,0 +1,247 @@
+"""Prometheus metrics: one registry per service, served as text at ``/metrics``.
+
+Always on, and cheap where it counts: events are counted in a FastStream middleware, operator
+requests in an ASGI middleware (route templates as labels, never raw paths), and whatever is read
+from elsewhere (consumer lag from JetStream, gauges from the database) is sampled when
+``/metrics`` is scraped, at most every ``SAMPLE_EVERY_S`` seconds. Names start with ``gaggle_``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from faststream import BaseMiddleware
+from faststream.exceptions import RejectMessage
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gaggle_runtime.mirror import BucketMirror
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SAMPLE_EVERY_S = 5.0
+SAMPLE_TIMEOUT_S = 3.0
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+Sampler = Callable[[], Awaitable[None]]
+
+
+def kind_of(subject: str) -> str:
+    """The event kind (``entity.event``) of an ``ota.v1.<tenant>.<entity>.<event>`` subject."""
+    parts = subject.split(".")
+    return ".".join(parts[3:]) if len(parts) >= 5 else subject
+
+
+class Metrics:
+    """A service's metrics: counters fed as things happen, samplers run when scraped."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.events_published = Counter(
+            "gaggle_events_published",
+            "Events published to JetStream (acknowledged), by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.events_consumed = Counter(
+            "gaggle_events_consumed",
+            "Events handled by this service's consumers, by kind and result "
+            "(ok: acked; error: nacked, to be redelivered; rejected: dropped as invalid).",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.events_redelivered = Counter(
+            "gaggle_events_redelivered",
+            "Events delivered to this service's consumers again (an earlier delivery failed).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.consumer_lag = Gauge(
+            "gaggle_consumer_lag",
+            "Events in the stream not yet delivered to the durable consumer (num_pending).",
+            ["consumer"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "gaggle_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method, route template and status.",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._samplers: list[Sampler] = []
+        self._sampled_at = -SAMPLE_EVERY_S
+        self._sample_lock = asyncio.Lock()
+
+    def sampler(self, sample: Sampler) -> None:
+        """Run ``sample`` (which sets gauges) before a scrape, at most every ``SAMPLE_EVERY_S``."""
+        self._samplers.append(sample)
+
+    def collector(self, collector: Collector) -> None:
+        """Register a collector that reads its values when scraped."""
+        self.registry.register(collector)
+
+    async def sample(self) -> None:
+        """Run the samplers unless they ran moments ago; a failing one keeps its last values."""
+        async with self._sample_lock:
+            now = time.monotonic()
+            if now - self._sampled_at < SAMPLE_EVERY_S:
+                return
+            self._sampled_at = now
+            for sample in self._samplers:
+                try:
+                    async with asyncio.timeout(SAMPLE_TIMEOUT_S):
+                        await sample()
+                except Exception:
+                    log.warning("metrics sample failed service=%s", self.service, exc_info=True)
+
+    async def render(self) -> bytes:
+        """The Prometheus text exposition, samples refreshed."""
+        await self.sample()
+        return generate_latest(self.registry)
+
+
+class MirrorCollector:
+    """``gaggle_kv_mirror_entries`` and ``gaggle_kv_mirror_age_seconds`` of followed buckets."""
+
+    def __init__(self, mirrors: Sequence[BucketMirror[Any]]) -> None:
+        self.mirrors = list(mirrors)
+
+    def describe(self) -> Iterable[Metric]:
+        """The families, for registration (values are read per scrape)."""
+        return self._families(with_values=False)
+
+    def collect(self) -> Iterable[Metric]:
+        """Entries and seconds since the last change, per bucket."""
+        return self._families(with_values=True)
+
+    def _families(self, *, with_values: bool) -> Iterator[Metric]:
+        entries = GaugeMetricFamily(
+            "gaggle_kv_mirror_entries", "Keys held in memory from a KV bucket.", labels=["bucket"]
+        )
+        age = GaugeMetricFamily(
+            "gaggle_kv_mirror_age_seconds",
+            "Seconds since the in-memory copy of a KV bucket last changed (or was loaded).",
+            labels=["bucket"],
+        )
+        if with_values:
+            now = time.time()
+            for mirror in self.mirrors:
+                entries.add_metric([mirror.bucket], len(mirror.values))
+                if mirror.updated_at is not None:
+                    age.add_metric([mirror.bucket], max(0.0, now - mirror.updated_at))
+        yield entries
+        yield age
+
+
+class EventMetrics(BaseMiddleware):
+    """FastStream middleware counting events published and consumed (one instance per message).
+
+    Bound to a service's :class:`Metrics` with :func:`event_metrics`.
+    """
+
+    metrics: Metrics
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        """Count the event by result; a delivery after the first also counts as redelivered."""
+        raw = msg.raw_message
+        kind = kind_of(getattr(raw, "subject", ""))
+        metrics = self.metrics
+        try:
+            if raw.metadata.num_delivered > 1:
+                metrics.events_redelivered.labels(kind).inc()
+        except Exception:  # not a JetStream message
+            log.debug("no JetStream metadata subject=%s", getattr(raw, "subject", "?"))
+        try:
+            result = await call_next(msg)
+        except RejectMessage:
+            metrics.events_consumed.labels(kind, "rejected").inc()
+            raise
+        except Exception:
+            metrics.events_consumed.labels(kind, "error").inc()
+            raise
+        metrics.events_consumed.labels(kind, "ok").inc()
+        return result
+
+    async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
+        """Count the event once JetStream has acknowledged it."""
+        result = await call_next(cmd)
+        self.metrics.events_published.labels(kind_of(cmd.destination)).inc()
+        return result
+
+
+def event_metrics(metrics: Metrics) -> type[EventMetrics]:
+    """The :class:`EventMetrics` class bound to ``metrics`` (FastStream makes one per message)."""
+    return type("ServiceEventMetrics", (EventMetrics,), {"metrics": metrics})
+
+
+class RequestMetrics:
+    """ASGI middleware observing ``gaggle_http_request_duration_seconds``.
+
+    The route label is the route's template (``/api/v1/rollouts/{rollout_id}``), found by FastAPI
+    or, for requests answered before routing (a fast lane, the operator gate), by matching the
+    app's routes; requests matching none are ``unmatched``.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes_of: Any) -> None:
+        self.app = app
+        self.histogram = metrics.http_duration
+        self.routes_of = routes_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Time the request from its start to its last body part."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            self.histogram.labels(scope["method"], self._route(scope), str(status)).observe(
+                time.perf_counter() - start
+            )
+
+    def _route(self, scope: Scope) -> str:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if isinstance(path, str):
+            return path
+        return route_template(self.routes_of, scope) or "unmatched"
+
+
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # a router FastAPI includes lazily
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
+
+
+def route_template(app: Any, scope: Scope) -> str | None:
+    """The path template of the route of ``app`` that ``scope`` matches, without routing it.
+
+    For requests answered before FastAPI's routing (fast lanes, the operator gate).
+    """
+    for route in _leaf_routes(getattr(app, "routes", ())):
+        path = getattr(route, "path", None)
+        if isinstance(path, str) and route.matches(scope)[0] is Match.FULL:
+            return path
+    return None
