@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import httpx
-from benchlib import Children, bounded, child_env, http_status, say, tail
+from benchlib import Children, admin_key, bounded, child_env, http_status, say, tail
 
 from gaggle_runtime.db import ensure_database, with_database
 from gaggle_stack.servers import EmbeddedPostgres, NatsProcess, free_port, wait_for_port
@@ -306,7 +306,7 @@ async def read_all(chunks: AsyncIterator[bytes]) -> tuple[int, str]:
     return n, digest.hexdigest()
 
 
-def _raw_get(port: int, url: str, tenant: str, timeout: float) -> tuple[int, str]:
+def _raw_get(port: int, url: str, key: str, timeout: float) -> tuple[int, str]:
     """GET with ``http.client`` in this thread, 1 MiB ``readinto``: (bytes, SHA-256).
 
     A lean client, closer to what devices use (curl in SWUpdate) than httpx, whose pure-Python
@@ -314,7 +314,9 @@ def _raw_get(port: int, url: str, tenant: str, timeout: float) -> tuple[int, str
     """
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("GET", f"{httpx.URL(url).raw_path.decode()}?tenant={tenant}")
+        conn.request(
+            "GET", httpx.URL(url).raw_path.decode(), headers={"Authorization": f"Bearer {key}"}
+        )
         resp = conn.getresponse()
         if resp.status != 200:
             raise RuntimeError(f"download answered {resp.status}: {resp.read(500)!r}")
@@ -333,16 +335,24 @@ class Artifacts:
     """The running service, as the benchmark talks to it."""
 
     def __init__(
-        self, client: httpx.AsyncClient, port: int, pid: int, *, raw_download: bool, timeout: float
+        self,
+        client: httpx.AsyncClient,
+        port: int,
+        pid: int,
+        key: str,
+        *,
+        raw_download: bool,
+        timeout: float,
     ) -> None:
         self.client = client
+        self.key = key
         self.port = port
         self.base = f"http://{HOST}:{port}/api/v1/software"
         self.pid = pid
         self.raw_download = raw_download
         self.timeout = timeout
 
-    async def upload(self, tenant: str, name: str, body: AsyncIterator[bytes], size: int) -> Any:
+    async def upload(self, name: str, body: AsyncIterator[bytes], size: int) -> Any:
         """POST the raw body; the 201 answer's JSON.
 
         Raises:
@@ -350,7 +360,7 @@ class Artifacts:
         """
         r = await self.client.post(
             self.base,
-            params={"tenant": tenant, "filename": name},
+            params={"filename": name},
             content=body,
             headers={"content-type": "application/octet-stream", "content-length": str(size)},
         )
@@ -358,19 +368,19 @@ class Artifacts:
             raise RuntimeError(f"upload answered {r.status_code}: {r.text[:500]}")
         return r.json()
 
-    async def download(self, tenant: str, software_id: str) -> tuple[int, str]:
+    async def download(self, software_id: str) -> tuple[int, str]:
         """GET the image streamed and discarded: (bytes, SHA-256)."""
         path = f"{self.base}/{software_id}/download"
         if self.raw_download:
-            return await asyncio.to_thread(_raw_get, self.port, path, tenant, self.timeout)
-        async with self.client.stream("GET", path, params={"tenant": tenant}) as r:
+            return await asyncio.to_thread(_raw_get, self.port, path, self.key, self.timeout)
+        async with self.client.stream("GET", path) as r:
             if r.status_code != 200:
                 raise RuntimeError(f"download answered {r.status_code}")
             return await read_all(r.aiter_raw())
 
-    async def delete(self, tenant: str, software_id: str) -> None:
+    async def delete(self, software_id: str) -> None:
         """Remove it again (hard: no device ever had it), with its bytes."""
-        r = await self.client.delete(f"{self.base}/{software_id}", params={"tenant": tenant})
+        r = await self.client.delete(f"{self.base}/{software_id}")
         if r.status_code != 200:
             raise RuntimeError(f"delete answered {r.status_code}: {r.text[:500]}")
 
@@ -393,13 +403,10 @@ async def warm_up(svc: Artifacts, timeout: float) -> None:
     async def body() -> AsyncIterator[bytes]:
         yield data
 
-    tenant = f"warmup-{uuid.uuid4().hex[:8]}"
-    answer = await bounded(
-        "warm-up upload", timeout, svc.upload(tenant, "w.swu", body(), len(data))
-    )
-    got = await bounded("warm-up download", timeout, svc.download(tenant, answer["id"]))
+    answer = await bounded("warm-up upload", timeout, svc.upload("w.swu", body(), len(data)))
+    got = await bounded("warm-up download", timeout, svc.download(answer["id"]))
     check("warm-up download", got, len(data), hashlib.sha256(data).hexdigest())
-    await bounded("warm-up delete", timeout, svc.delete(tenant, answer["id"]))
+    await bounded("warm-up delete", timeout, svc.delete(answer["id"]))
 
 
 async def one_round(
@@ -428,22 +435,21 @@ async def one_round(
         with contextlib.suppress(Exception):
             await bounded("plain delete", 60, store.delete(key))
 
-    tenant = f"bench-{uuid.uuid4().hex[:12]}"
     say(f"{label}: upload")
     with RssSampler(svc.pid) as up_mem:
         t_up, answer = await timed(
-            "upload", limit, lambda: svc.upload(tenant, "image.swu", file_chunks(image), size)
+            "upload", limit, lambda: svc.upload("image.swu", file_chunks(image), size)
         )
     try:
         if answer["size"] != size or answer["hashes"]["sha256"] != sha256:
             raise RuntimeError(f"upload answer does not match the image: {answer}")
         say(f"{label}: download")
         with RssSampler(svc.pid) as down_mem:
-            t_dl, got = await timed("download", limit, lambda: svc.download(tenant, answer["id"]))
+            t_dl, got = await timed("download", limit, lambda: svc.download(answer["id"]))
         check("download", got, size, sha256)
     finally:
         with contextlib.suppress(Exception):
-            await bounded("delete", 60, svc.delete(tenant, answer["id"]))
+            await bounded("delete", 60, svc.delete(answer["id"]))
     mibs = size / MIB
     say(
         f"  plain write {mibs / t_pw:,.0f} MiB/s, plain read {mibs / t_pr:,.0f} MiB/s, "
@@ -525,6 +531,7 @@ async def bench_backend(
     store = open_store(settings)
     if isinstance(store, S3Store):
         await bounded("bucket creation", 30, store.ensure_bucket())
+    key, _ = await admin_key(nats_url, "default")
     port = free_port()
     log = tmp / f"artifacts-{backend}.log"
     say(f"starting artifacts ({backend} store) on {HOST}:{port}")
@@ -545,11 +552,13 @@ async def bench_backend(
     try:
         await asyncio.to_thread(wait_ready, proc, log, port, "service started", args.start_timeout)
         timeout = httpx.Timeout(args.phase_timeout, connect=10)
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        bearer = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(timeout=timeout, headers=bearer) as client:
             svc = Artifacts(
                 client,
                 port,
                 proc.pid,
+                key,
                 raw_download=args.download_client == "raw",
                 timeout=args.phase_timeout,
             )

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gaggle_contracts.access import key_hash
+from gaggle_runtime.auth import put_key
 from gaggle_stack.servers import EmbeddedPostgres, NatsProcess
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -294,3 +296,17 @@ async def wait_ready(
             return
         await asyncio.sleep(0.2)
     raise RuntimeError(f"{name} not ready after {timeout:.0f} s:\n{tail(log)}")
+
+
+async def admin_key(nats_url: str, tenant: str) -> tuple[str, dict[str, str]]:
+    """An admin API key of ``tenant``: the key, and the environment that makes a registry keep it.
+
+    The key goes straight into KV ``api_keys`` (what every service checks), so services started
+    without a registry accept it too; a registry creates it in its table at start.
+    """
+    key_id, key = await put_key(nats_url, tenant, ["admin"], "bench")
+    env = {
+        "GAGGLE_REGISTRY_BOOTSTRAP_KEY": f"{key_id}:{key_hash(key)}",
+        "GAGGLE_REGISTRY_BOOTSTRAP_TENANT": tenant,
+    }
+    return key, env

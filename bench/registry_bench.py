@@ -75,6 +75,7 @@ import orjson
 from benchlib import (
     Children,
     CpuMeter,
+    admin_key,
     bounded,
     child_env,
     cpu_text,
@@ -657,8 +658,9 @@ class RawHttp:
     uses it.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, key: str) -> None:
         self.port = port
+        self.key = key
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -666,7 +668,10 @@ class RawHttp:
         """GET ``target`` (path and query); (status, body)."""
         if self.writer is None or self.reader is None:
             self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-        self.writer.write(f"GET {target} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n\r\n".encode())
+        self.writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
+            f"Authorization: Bearer {self.key}\r\n\r\n".encode()
+        )
         head = await self.reader.readuntil(b"\r\n\r\n")
         length = None
         for line in head.split(b"\r\n")[1:]:
@@ -687,7 +692,12 @@ class RawHttp:
 
 
 async def list_phase(
-    args: argparse.Namespace, port: int, end: datetime, rng: random.Random, meter: CpuMeter
+    args: argparse.Namespace,
+    port: int,
+    key: str,
+    end: datetime,
+    rng: random.Random,
+    meter: CpuMeter,
 ) -> ListRun:
     """Warm up, then run every job at ``--concurrency``; answers are checked afterwards."""
     path = "/api/v1/devices"
@@ -696,7 +706,8 @@ async def list_phase(
     limits = httpx.Limits(
         max_connections=args.concurrency, max_keepalive_connections=args.concurrency
     )
-    async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
+    bearer = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(limits=limits, timeout=30.0, headers=bearer) as client:
         phase_start = time.perf_counter()
 
         async def get(conn: RawHttp, params: dict[str, str]) -> tuple[float, float, bytes]:
@@ -747,7 +758,7 @@ async def list_phase(
             queue.reverse()
 
             async def worker() -> None:
-                conn = RawHttp(port)
+                conn = RawHttp(port, key)
                 try:
                     while queue:
                         chain, (kind, params, count) = queue.pop()
@@ -924,6 +935,7 @@ async def run(
     """Start the registry, seed, sightings phase, list phase; the results."""
     database_url = with_database(pg_url, "bench")
     await bounded("database creation", 30, ensure_database(database_url))
+    key, key_env = await admin_key(nats_url, TENANT)
     port = free_port()
     log = tmp / "registry.log"
     code = code_version()
@@ -931,6 +943,7 @@ async def run(
     registry = children.spawn(
         [sys.executable, "-m", "gaggle_registry"],
         child_env(
+            **key_env,
             GAGGLE_NATS_URL=nats_url,
             GAGGLE_DATABASE_URL=database_url,
             GAGGLE_REGISTRY_HOST=HOST,
@@ -966,7 +979,7 @@ async def run(
         finally:
             await conn.close()
         table["after vacuum"] = await table_stats(database_url)
-    listing = await list_phase(args, port, now, rng, meter)
+    listing = await list_phase(args, port, key, now, rng, meter)
     table["after list"] = await table_stats(database_url)
     if registry.poll() is not None:
         raise RuntimeError(f"registry died during the list phase:\n{tail(log)}")

@@ -59,6 +59,7 @@ import orjson
 from benchlib import (
     Children,
     CpuMeter,
+    admin_key,
     bounded,
     child_env,
     cpu_text,
@@ -564,6 +565,7 @@ async def run(
     broker = make_broker(nats_url, "rollout-bench")
     try:
         await ensure_all(nc.jetstream(), common)
+        key, _ = await admin_key(nats_url, TENANT)
         port = free_port()
         log = tmp / "rollouts.log"
         code = code_version()
@@ -612,7 +614,8 @@ async def run(
         await progress.start(nc)
         base = f"http://{HOST}:{port}"
         rounds: list[Round] = []
-        async with httpx.AsyncClient(timeout=30) as client:
+        bearer = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(timeout=30, headers=bearer) as client:
             for round_no in range(1, args.rounds + 1):
                 rounds.append(
                     await run_round(round_no, args, nc, broker, client, base, meter, progress)

@@ -1,0 +1,816 @@
+"""One virtual DDI device: a small state machine driven by the fleet's scheduler.
+
+A device acts in *steps*. :meth:`Device.step` does what the device would do now (a base poll
+and whatever the answer asks for: configData, deploymentBase with download, feedback,
+cancelAction, confirmationBase) and returns how long to wait before the next step, or ``None``
+when it is done (``poll="once"``). Waiting is the scheduler's business, so a device costs no
+task and no future while it sleeps.
+
+It follows the links the server returns and never builds a URL itself, except for the feedback
+URLs that hawkBit's spec defines relative to them: ``{deploymentBase href without query}/feedback``
+and ``{cancelAction href}/feedback``, as SWUpdate and hawkbit-rs do. The requests mirror what
+SWUpdate 2022.12 sends (client-traffic.md):
+
+* configData: ``PUT`` with ``{"id": "", "time", "status": closed/success, "data": {hw_boardname,
+  hw_revision, sw_version}, "mode": "merge"}``, whenever the poll offers the ``configData`` link,
+  and once right after a successful update to the configData URL the server gave this device
+  before (as SWUpdate reports its new version after the reboot);
+* feedback: ``proceeding`` with ``progress {cnt: 0, of: n}`` before the download, ``proceeding``
+  ``{cnt: n, of: n}`` "All Chunks Installed." after the installation, then ``closed`` with
+  ``success`` or ``failure``; ``id`` is a number when the action id is one (gooseBit insists);
+* cancel: ``closed``/``success`` to ``{cancelAction href}/feedback`` (SWUpdate accepts every
+  cancel).
+
+After a success the device's ``sw_version`` is the chunk's ``version`` (or, without one, the
+version in the artifact's file name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urljoin
+
+from gaggle_sim.config import HEAD_BYTES
+from gaggle_sim.http import HttpClient, HttpError, Request, Response
+
+if TYPE_CHECKING:
+    from gaggle_sim.config import FleetConfig
+    from gaggle_sim.stats import FleetStats
+
+__all__ = ["Behaviour", "Device", "DeviceContext", "version_from_filename"]
+
+_VERSION_IN_NAME = re.compile(r"(\d+(?:\.\d+)+(?:[-+~][0-9A-Za-z.\-+~]*)?)")
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+\Z")
+_SLEEP_CACHE: dict[str, float] = {}
+_JSON = ("Content-Type", "application/json")
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How one device departs from the well-behaved norm."""
+
+    fails: bool = False
+    slow: bool = False
+    offline: bool = False
+    cut: bool = False
+    offline_at: float = 0.0
+    """Seconds after the start at which an offline device leaves."""
+
+
+NORMAL = Behaviour()
+
+
+class DeviceContext:
+    """What every device of a fleet shares: the HTTP client, the counters, the settings."""
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        client: HttpClient,
+        stats: FleetStats,
+        rng_random: Callable[[], float],
+        started_at: float,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.stats = stats
+        self.random = rng_random
+        """``random.random`` of the fleet's seeded generator."""
+        self.started_at = started_at
+        """Loop time of the start."""
+        self.loop = asyncio.get_running_loop()
+        self.mode = config.poll_mode
+        self.fixed = config.poll_interval if self.mode == "fixed" else 0.0
+        self.jitter = config.jitter
+        self.prefer_http = config.base_url.startswith("http://")
+
+    def spread(self, seconds: float) -> float:
+        """``seconds`` with the configured jitter applied."""
+        if self.jitter and seconds > 0:
+            return seconds * (1.0 + self.jitter * (2.0 * self.random() - 1.0))
+        return seconds
+
+    def interval(self, server_sleep: float) -> float:
+        """Time to the next poll after a successful one."""
+        if self.mode == "fast":
+            return 0.0
+        if self.mode == "fixed":
+            return self.spread(self.fixed)
+        return self.spread(server_sleep)
+
+    def retry_after(self, last_sleep: float) -> float:
+        """Time to the next attempt after a failed poll (bounded, never a busy loop)."""
+        if self.mode == "fast":
+            return 0.1
+        if self.mode == "once":
+            return self.spread(0.5)
+        base = self.fixed if self.mode == "fixed" else last_sleep
+        return self.spread(min(max(base, 0.1), 10.0))
+
+
+def parse_sleep(value: Any) -> float:
+    """``HH:MM:SS`` in seconds (60 when absent or malformed)."""
+    if not isinstance(value, str):
+        return 60.0
+    cached = _SLEEP_CACHE.get(value)
+    if cached is not None:
+        return cached
+    try:
+        hours, minutes, seconds = (int(p) for p in value.split(":"))
+        result = float(hours * 3600 + minutes * 60 + seconds)
+    except ValueError:
+        result = 60.0
+    if len(_SLEEP_CACHE) < 1000:
+        _SLEEP_CACHE[value] = result
+    return result
+
+
+def version_from_filename(name: str) -> str | None:
+    """The version in an artifact name such as ``update-1.2.3.swu`` (``1.2.3``)."""
+    stem = name.rsplit(".", 1)[0] if name.lower().endswith((".swu", ".raucb", ".bin")) else name
+    found = _VERSION_IN_NAME.findall(stem)
+    return found[-1] if found else None
+
+
+def action_id_of(href: str, rel: str) -> str:
+    """The action id in ``…/{rel}/{id}?…`` (the href's last path segment otherwise)."""
+    path = href.split("?", 1)[0].rstrip("/")
+    marker = f"/{rel}/"
+    at = path.rfind(marker)
+    tail = path[at + len(marker) :] if at >= 0 else path.rsplit("/", 1)[-1]
+    return tail.split("/", 1)[0]
+
+
+def feedback_url(href: str) -> str:
+    """``{href without query}/feedback`` (hawkBit's feedback resource for an action link)."""
+    return href.split("?", 1)[0].rstrip("/") + "/feedback"
+
+
+def _now_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+
+
+def _wire_id(action_id: str) -> int | str:
+    return int(action_id) if action_id.isdigit() and len(action_id) < 18 else action_id
+
+
+def _hrefs(body: Any, base: str) -> dict[str, str]:
+    links = body.get("_links") if isinstance(body, dict) else None
+    if not isinstance(links, dict):
+        return {}
+    out: dict[str, str] = {}
+    for rel, link in links.items():
+        if isinstance(link, dict) and isinstance(href := link.get("href"), str):
+            out[rel] = href if href.startswith(("http://", "https://")) else urljoin(base, href)
+    return out
+
+
+class _GoOffline(Exception):
+    """The device's moment to go offline came in the middle of something."""
+
+
+class _Abandon(Exception):
+    """The action went away (404/410) while the device worked on it."""
+
+
+@dataclass(frozen=True)
+class _Final:
+    url: str
+    body: bytes
+    action_id: str
+    success: bool
+    version: str | None
+
+
+@dataclass
+class _Install:
+    action_id: str
+    feedback: str
+    version: str | None
+    count: int
+    ready_at: float
+
+
+class Device:
+    """One virtual device.
+
+    Attributes:
+        controller_id: the device's id.
+        sw_version: the version it runs (changes after a successful update).
+        state: ``new``, ``idle``, ``downloading``, ``installing``, ``offline`` or ``done``.
+        behaviour: how it misbehaves, if at all.
+    """
+
+    __slots__ = (
+        "_attempts",
+        "_closed",
+        "_downloaded",
+        "_last_body",
+        "_last_parsed",
+        "_pending_final",
+        "_poll_failures",
+        "_went_offline",
+        "action_id",
+        "auth",
+        "behaviour",
+        "config_href",
+        "controller_id",
+        "hw_model",
+        "hw_revision",
+        "install",
+        "last_sleep",
+        "poll_request",
+        "report_version",
+        "state",
+        "sw_version",
+        "timer",
+    )
+
+    def __init__(
+        self, controller_id: str, config: FleetConfig, behaviour: Behaviour = NORMAL
+    ) -> None:
+        self.controller_id = controller_id
+        self.hw_model = config.hw_model
+        self.hw_revision = config.hw_revision
+        self.sw_version = config.sw_version
+        self.state = "new"
+        self.behaviour = behaviour
+        token = config.token_for(controller_id)
+        self.auth: list[tuple[str, str]] = [("User-Agent", config.user_agent)]
+        if token is not None:
+            self.auth.append(token)
+        path_id = controller_id if _URL_SAFE.match(controller_id) else quote(controller_id, safe="")
+        url = f"{config.base_url.rstrip('/')}/controller/v1/{path_id}"
+        self.poll_request = Request("GET", url, [("Accept", "application/json"), *self.auth])
+        self.config_href: str | None = None
+        self.report_version = False
+        self.last_sleep = 60.0
+        self.action_id: str | None = None
+        self.install: _Install | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self._last_body = b""
+        self._last_parsed: tuple[float, dict[str, str]] = (60.0, {})
+        self._closed: set[str] | None = None
+        self._downloaded = False
+        self._attempts = 0
+        self._pending_final: _Final | None = None
+        self._poll_failures = 0
+        self._went_offline = False
+
+    def __repr__(self) -> str:
+        return f"Device({self.controller_id!r}, {self.sw_version!r}, {self.state!r})"
+
+    # -- the step ---------------------------------------------------------------------------
+
+    async def step(self, ctx: DeviceContext) -> float | None:
+        """Act once; the delay until the next step, or None when the device is done."""
+        behaviour = self.behaviour
+        if (
+            behaviour.offline
+            and not self._went_offline
+            and ctx.loop.time() >= ctx.started_at + behaviour.offline_at
+        ):
+            return self._go_offline(ctx)
+        try:
+            if self._pending_final is not None:
+                await self._send_final(ctx, self._pending_final)
+            if self.install is not None:
+                wait = self.install.ready_at - ctx.loop.time()
+                if wait > 0:
+                    return wait
+                await self._finish_install(ctx, self.install)
+            delay = await self._poll(ctx)
+        except _GoOffline:
+            return self._go_offline(ctx)
+        except _Abandon:
+            self._reset_action()
+            delay = ctx.interval(self.last_sleep)
+        if self.install is not None:
+            return max(0.0, self.install.ready_at - ctx.loop.time())
+        return delay
+
+    def _go_offline(self, ctx: DeviceContext) -> float:
+        self._went_offline = True
+        self.state = "offline"
+        ctx.stats.went_offline += 1
+        return ctx.config.offline_seconds
+
+    def _check_offline(self, ctx: DeviceContext) -> None:
+        behaviour = self.behaviour
+        if (
+            behaviour.offline
+            and not self._went_offline
+            and ctx.loop.time() >= ctx.started_at + behaviour.offline_at
+        ):
+            raise _GoOffline
+
+    # -- base poll --------------------------------------------------------------------------
+
+    async def _poll(self, ctx: DeviceContext) -> float | None:
+        stats = ctx.stats
+        began = time.perf_counter()
+        try:
+            response = await ctx.client.send(self.poll_request)
+        except HttpError as exc:
+            stats.error(f"{self.controller_id} poll: {exc}", poll=True)
+            return self._poll_failed(ctx)
+        stats.latency((time.perf_counter() - began) * 1000.0)
+        if response.status != 200:
+            stats.error(f"{self.controller_id} poll: HTTP {response.status}", poll=True)
+            return self._poll_failed(ctx)
+        stats.polls += 1
+        self._poll_failures = 0
+        body = response.content
+        if body == self._last_body:
+            sleep, links = self._last_parsed
+        else:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                stats.error(f"{self.controller_id} poll: answer is not JSON", poll=True)
+                return self._poll_failed(ctx)
+            config = parsed.get("config") if isinstance(parsed, dict) else None
+            polling = config.get("polling") if isinstance(config, dict) else None
+            sleep = parse_sleep(polling.get("sleep") if isinstance(polling, dict) else None)
+            links = _hrefs(parsed, self.poll_request.url)
+            self._last_body = body
+            self._last_parsed = (sleep, links)
+        self.last_sleep = sleep
+        if self.state in ("new", "offline"):
+            self.state = "idle"
+
+        config_href = links.get("configData")
+        if config_href is not None:
+            self.config_href = config_href
+        if config_href is not None or self.report_version:
+            await self._put_config(ctx)
+        if ctx.mode == "once":
+            self.state = "done"
+            return None
+
+        if self._closed:
+            self._closed = _still_offered(self._closed, links)
+        cancel = links.get("cancelAction")
+        deployment = links.get("deploymentBase")
+        confirmation = links.get("confirmationBase")
+        if cancel is not None:
+            await self._cancel(ctx, cancel)
+        elif deployment is not None:
+            await self._deploy(ctx, deployment)
+        elif confirmation is not None:
+            await self._confirm(ctx, confirmation)
+        return ctx.interval(sleep)
+
+    def _poll_failed(self, ctx: DeviceContext) -> float | None:
+        self._poll_failures += 1
+        if ctx.mode == "once" and self._poll_failures >= 3:
+            self.state = "done"
+            return None
+        return ctx.retry_after(self.last_sleep)
+
+    def _mark_closed(self, key: str) -> None:
+        if self._closed is None:
+            self._closed = set()
+        self._closed.add(key)
+
+    def _is_closed(self, key: str) -> bool:
+        return self._closed is not None and key in self._closed
+
+    def _reset_action(self) -> None:
+        self.action_id = None
+        self.install = None
+        self._downloaded = False
+        self._attempts = 0
+        self.state = "idle"
+
+    # -- configData -------------------------------------------------------------------------
+
+    async def _put_config(self, ctx: DeviceContext) -> None:
+        href = self.config_href
+        if href is None:
+            return
+        self._check_offline(ctx)
+        body = {
+            "id": "",
+            "time": _now_stamp(),
+            "status": {
+                "result": {"finished": "success"},
+                "execution": "closed",
+                "details": [""],
+            },
+            "data": {
+                "hw_boardname": self.hw_model,
+                "hw_revision": self.hw_revision,
+                "sw_version": self.sw_version,
+            },
+            "mode": "merge",
+        }
+        response = await self._request(ctx, "PUT", href, body, what="configData")
+        if response is not None and response.status == 200:
+            ctx.stats.config_sent += 1
+            self.report_version = False
+        elif response is not None:
+            ctx.stats.error(f"{self.controller_id} configData: HTTP {response.status}")
+
+    # -- deployment -------------------------------------------------------------------------
+
+    async def _deploy(self, ctx: DeviceContext, href: str) -> None:
+        action_id = action_id_of(href, "deploymentBase")
+        if self._is_closed("d" + action_id):
+            return
+        stats = ctx.stats
+        if self.action_id != action_id:
+            self._reset_action()
+            self.action_id = action_id
+            stats.deployments_seen += 1
+        if self.install is not None or self._pending_final is not None:
+            return
+        self._check_offline(ctx)
+        response = await self._request(ctx, "GET", href, None, what="deploymentBase")
+        if response is None:
+            return
+        if response.status in (404, 410):
+            raise _Abandon
+        if response.status != 200:
+            stats.error(f"{self.controller_id} deploymentBase: HTTP {response.status}")
+            return
+        try:
+            document = response.json()
+            deployment = document["deployment"]
+            chunks = deployment.get("chunks") or []
+        except (ValueError, KeyError, TypeError, AttributeError):
+            stats.error(f"{self.controller_id} deploymentBase: unexpected answer")
+            return
+        if deployment.get("download") == "skip":
+            return
+        artifacts = [
+            artifact
+            for chunk in chunks
+            if isinstance(chunk, dict)
+            for artifact in chunk.get("artifacts") or []
+            if isinstance(artifact, dict)
+        ]
+        version = _version_of(chunks, artifacts)
+        feedback = feedback_url(href)
+        count = len(artifacts)
+
+        if not self._downloaded:
+            await self._feedback(
+                ctx, feedback, action_id, "proceeding", "none", (0, count),
+                "Installing Update Chunk Artifacts.",
+            )  # fmt: skip
+            self.state = "downloading"
+            for artifact in artifacts:
+                outcome = await self._download(ctx, artifact)
+                if outcome is None:
+                    continue
+                if outcome.startswith("retry:"):
+                    self._attempts += 1
+                    if self._attempts < ctx.config.download_attempts:
+                        self.state = "idle"
+                        return
+                    outcome = f"Download failed: {outcome[6:]}"
+                else:
+                    stats.verify_failures += 1
+                await self._final(ctx, feedback, action_id, False, None, outcome)
+                return
+            self._downloaded = True
+        if deployment.get("update") == "skip":
+            self.state = "idle"
+            if not self._is_closed("s" + action_id):
+                await self._feedback(
+                    ctx, feedback, action_id, "downloaded", "none", (count, count),
+                    "Downloaded; waiting for the update window.",
+                )  # fmt: skip
+                self._mark_closed("s" + action_id)
+            return
+        seconds = (
+            ctx.config.slow_install_seconds if self.behaviour.slow else ctx.config.install_seconds
+        )
+        self.state = "installing"
+        self.install = _Install(action_id, feedback, version, count, ctx.loop.time() + seconds)
+        if seconds <= 0:
+            await self._finish_install(ctx, self.install)
+
+    async def _finish_install(self, ctx: DeviceContext, install: _Install) -> None:
+        await self._feedback(
+            ctx, install.feedback, install.action_id, "proceeding", "none",
+            (install.count, install.count), "All Chunks Installed.",
+        )  # fmt: skip
+        if self.behaviour.fails:
+            await self._final(
+                ctx, install.feedback, install.action_id, False, None,
+                "Installation failed (simulated).",
+            )  # fmt: skip
+        else:
+            await self._final(
+                ctx, install.feedback, install.action_id, True, install.version,
+                "Update Installed.",
+            )  # fmt: skip
+
+    async def _final(
+        self,
+        ctx: DeviceContext,
+        url: str,
+        action_id: str,
+        success: bool,
+        version: str | None,
+        detail: str,
+    ) -> None:
+        body = self._feedback_body(
+            action_id, "closed", "success" if success else "failure", (0, 0), detail
+        )
+        final = _Final(url, body, action_id, success, version)
+        self._pending_final = final
+        self.install = None
+        await self._send_final(ctx, final)
+
+    async def _send_final(self, ctx: DeviceContext, final: _Final) -> None:
+        self._check_offline(ctx)
+        response = await self._request(ctx, "POST", final.url, final.body, what="final feedback")
+        if response is None:
+            return  # sent again at the next step
+        if response.status >= 500:
+            ctx.stats.error(f"{self.controller_id} final feedback: HTTP {response.status}")
+            return  # sent again at the next step
+        self._pending_final = None
+        self._mark_closed("d" + final.action_id)
+        self._reset_action()
+        if response.status != 200:
+            if response.status != 410:  # 410: the server had closed it already
+                ctx.stats.error(f"{self.controller_id} final feedback: HTTP {response.status}")
+            return
+        if not final.success:
+            ctx.stats.failures += 1
+            return
+        version = final.version
+        ctx.stats.successes += 1
+        if version:
+            self.sw_version = version
+        self.report_version = True
+        await self._put_config(ctx)
+
+    async def _download(self, ctx: DeviceContext, artifact: dict[str, Any]) -> str | None:
+        """Fetch and check one artifact.
+
+        Returns:
+            None when fine, ``"retry:<why>"`` for a failed transfer, else the checksum/size
+            mismatch to report.
+        """
+        config = ctx.config
+        stats = ctx.stats
+        links = artifact.get("_links") or {}
+        order = ("download-http", "download") if ctx.prefer_http else ("download", "download-http")
+        url = next(
+            (
+                links[rel]["href"]
+                for rel in order
+                if isinstance(links.get(rel), dict) and isinstance(links[rel].get("href"), str)
+            ),
+            None,
+        )
+        if url is None:
+            return "retry:no download link"
+        size = artifact.get("size") if isinstance(artifact.get("size"), int) else None
+        hashes = artifact.get("hashes") or {}
+        algorithm = expected = None
+        if config.verify == "sha256":
+            for name in ("sha256", "sha1", "md5"):
+                if isinstance(hashes.get(name), str):
+                    algorithm, expected = name, hashes[name].lower()
+                    break
+        hasher = hashlib.new(algorithm) if algorithm else None
+        head_only = config.verify == "head"
+        cut_at: int | None = None
+        if self.behaviour.cut and size is not None and size >= 2:
+            cut_at = size // 2 if not head_only else min(size, HEAD_BYTES) // 2
+        throttle = config.slow_rate if self.behaviour.slow else None
+        headers = [("Accept", "application/octet-stream"), *self.auth]
+
+        received = 0
+        etag: str | None = None
+        resumed = False
+        while True:
+            self._check_offline(ctx)
+            request_headers = headers
+            if received:
+                request_headers = [*headers, ("Range", f"bytes={received}-")]
+                if etag:
+                    request_headers.append(("If-Range", etag))
+            try:
+                response = await ctx.client.send(Request("GET", url, request_headers), stream=True)
+            except (HttpError, ValueError) as exc:
+                stats.error(f"{self.controller_id} download: {exc}")
+                return f"retry:{exc}"
+            try:
+                if received and response.status == 206:
+                    start = _range_start(response.headers.get("content-range"))
+                    if start != received:
+                        stats.error(f"{self.controller_id} resume: bad Content-Range")
+                        return "retry:bad Content-Range"
+                    resumed = True
+                elif response.status == 200:
+                    if received:  # the server ignored Range: start over
+                        received = 0
+                        hasher = hashlib.new(algorithm) if algorithm else None
+                    etag = response.headers.get("etag")
+                else:
+                    stats.error(f"{self.controller_id} download: HTTP {response.status}")
+                    return f"retry:HTTP {response.status}"
+                stop = cut_at if cut_at is not None and received < cut_at else None
+                if head_only:
+                    stop = HEAD_BYTES if stop is None else min(stop, HEAD_BYTES)
+                while True:
+                    chunk = await response.read_chunk()
+                    if not chunk:
+                        break
+                    if stop is not None and received + len(chunk) >= stop:
+                        chunk = chunk[: stop - received]
+                    if hasher is not None:
+                        hasher.update(chunk)
+                    received += len(chunk)
+                    stats.download_bytes += len(chunk)
+                    if stop is not None and received >= stop:
+                        break
+                    if throttle is not None:
+                        await asyncio.sleep(len(chunk) / throttle)
+            except HttpError as exc:
+                stats.error(f"{self.controller_id} download: {exc}")
+                return f"retry:{exc}"
+            finally:
+                response.close()
+            if cut_at is not None and received == cut_at and not resumed:
+                cut_at = None  # cut: resume with Range
+                continue
+            break
+        if resumed:
+            stats.resumed += 1
+        stats.downloads += 1
+        if head_only or config.verify == "none":
+            return None
+        if size is not None and received != size:
+            return f"Size mismatch: expected {size} bytes, got {received}."
+        if hasher is not None and expected is not None:
+            digest = hasher.hexdigest()
+            if digest != expected:
+                return f"Checksum mismatch ({algorithm}): expected {expected}, got {digest}."
+        return None
+
+    # -- cancel and confirmation ------------------------------------------------------------
+
+    async def _cancel(self, ctx: DeviceContext, href: str) -> None:
+        action_id = action_id_of(href, "cancelAction")
+        if self._is_closed("c" + action_id):
+            return
+        self._check_offline(ctx)
+        response = await self._request(ctx, "GET", href, None, what="cancelAction")
+        if response is None:
+            return
+        if response.status != 200:
+            ctx.stats.error(f"{self.controller_id} cancelAction: HTTP {response.status}")
+            return
+        stop_id = action_id
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            stop_id = str(response.json()["cancelAction"]["stopId"])
+        body = self._feedback_body(stop_id, "closed", "success", None, "Update canceled.")
+        answer = await self._request(ctx, "POST", feedback_url(href), body, what="cancel feedback")
+        if answer is None:
+            return
+        if answer.status != 200:
+            ctx.stats.error(f"{self.controller_id} cancel feedback: HTTP {answer.status}")
+            return
+        ctx.stats.cancels += 1
+        self._mark_closed("c" + action_id)
+        if self.action_id in (stop_id, action_id):
+            self._pending_final = None
+            self._reset_action()
+
+    async def _confirm(self, ctx: DeviceContext, href: str) -> None:
+        action_id = action_id_of(href, "confirmationBase")
+        if self._is_closed("k" + action_id):
+            return
+        self._check_offline(ctx)
+        body = json.dumps(
+            {"confirmation": "confirmed", "code": 200, "details": ["Confirmed by gaggle-sim."]}
+        ).encode()
+        response = await self._request(
+            ctx, "POST", feedback_url(href), body, what="confirmation feedback"
+        )
+        if response is None:
+            return
+        if response.status != 200:
+            ctx.stats.error(f"{self.controller_id} confirmation: HTTP {response.status}")
+            return
+        ctx.stats.confirmations += 1
+        self._mark_closed("k" + action_id)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _feedback_body(
+        self,
+        action_id: str,
+        execution: str,
+        finished: str,
+        progress: tuple[int, int] | None,
+        detail: str,
+    ) -> bytes:
+        result: dict[str, Any] = {"finished": finished}
+        if progress is not None:
+            result["progress"] = {"cnt": progress[0], "of": progress[1]}
+        return json.dumps(
+            {
+                "id": _wire_id(action_id),
+                "time": _now_stamp(),
+                "status": {"result": result, "execution": execution, "details": [detail]},
+            }
+        ).encode()
+
+    async def _feedback(
+        self,
+        ctx: DeviceContext,
+        url: str,
+        action_id: str,
+        execution: str,
+        finished: str,
+        progress: tuple[int, int],
+        detail: str,
+    ) -> None:
+        """An informational feedback; a 404 or 410 means the action went away."""
+        self._check_offline(ctx)
+        body = self._feedback_body(action_id, execution, finished, progress, detail)
+        response = await self._request(ctx, "POST", url, body, what="feedback")
+        if response is None:
+            return
+        if response.status in (404, 410):
+            raise _Abandon
+        if response.status != 200:
+            ctx.stats.error(f"{self.controller_id} feedback: HTTP {response.status}")
+
+    async def _request(
+        self,
+        ctx: DeviceContext,
+        method: str,
+        url: str,
+        body: bytes | dict[str, Any] | None,
+        *,
+        what: str,
+    ) -> Response | None:
+        """Send a JSON request; None (counted as an error) when no answer came."""
+        headers = [("Accept", "application/json"), *self.auth]
+        data: bytes | None = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            headers.append(_JSON)
+        try:
+            return await ctx.client.send(Request(method, url, headers, data))
+        except HttpError as exc:
+            ctx.stats.error(f"{self.controller_id} {what}: {exc}")
+            return None
+        except ValueError as exc:
+            ctx.stats.error(f"{self.controller_id} {what}: bad link {url!r}: {exc}")
+            return None
+
+
+def _still_offered(closed: set[str], links: dict[str, str]) -> set[str]:
+    """The closed action keys the server still offers (its view lags behind the device's)."""
+    offered: set[str] = set()
+    for rel, kinds in (
+        ("deploymentBase", "ds"),
+        ("cancelAction", "c"),
+        ("confirmationBase", "k"),
+    ):
+        href = links.get(rel)
+        if href is not None:
+            action_id = action_id_of(href, rel)
+            offered.update(kind + action_id for kind in kinds)
+    return closed & offered
+
+
+def _version_of(chunks: list[Any], artifacts: list[dict[str, Any]]) -> str | None:
+    for chunk in chunks:
+        if isinstance(chunk, dict) and isinstance(chunk.get("version"), str) and chunk["version"]:
+            return str(chunk["version"])
+    for artifact in artifacts:
+        name = artifact.get("filename")
+        if isinstance(name, str) and (found := version_from_filename(name)):
+            return found
+    return None
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """First byte of ``Content-Range: bytes a-b/len``."""
+    if not content_range:
+        return None
+    unit, _, spec = content_range.strip().partition(" ")
+    if unit.lower() != "bytes":
+        return None
+    first = spec.split("-", 1)[0]
+    return int(first) if first.isdigit() else None

@@ -1,0 +1,161 @@
+"""Live counters of a running fleet."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+MAX_LATENCY_SAMPLES = 100_000
+"""Base-poll latencies kept; beyond this a uniform sample of all polls is kept (reservoir)."""
+
+MAX_ERROR_SAMPLES = 20
+
+
+class FleetStats:
+    """Counters the devices update as they go; read them at any time.
+
+    Attributes:
+        polls: base polls answered 200.
+        poll_errors: base polls that failed (network error, timeout, status other than 200).
+        config_sent: configData reports accepted.
+        deployments_seen: actions a device started on (each action counted once per device).
+        downloads: artifacts downloaded to the end (or to 64 KiB with ``verify="head"``).
+        download_bytes: artifact bytes received, resumed parts included.
+        resumed: cut downloads continued with a ``Range`` request.
+        successes: final closed/success feedbacks accepted.
+        failures: final closed/failure feedbacks accepted (simulated failures and checksum
+            mismatches).
+        verify_failures: artifacts whose checksum or size did not match.
+        cancels: cancel requests acknowledged.
+        confirmations: actions confirmed (confirmationBase).
+        went_offline: devices that went offline.
+        errors: other failed requests (deploymentBase, feedback, downloads, configData) and
+            unexpected answers.
+        latencies_ms: base-poll latencies in milliseconds (at most ``MAX_LATENCY_SAMPLES``,
+            a uniform sample once there were more polls).
+        error_samples: the last few error descriptions, for diagnostics.
+    """
+
+    def __init__(self, max_latency_samples: int = MAX_LATENCY_SAMPLES) -> None:
+        self.polls = 0
+        self.poll_errors = 0
+        self.config_sent = 0
+        self.deployments_seen = 0
+        self.downloads = 0
+        self.download_bytes = 0
+        self.resumed = 0
+        self.successes = 0
+        self.failures = 0
+        self.verify_failures = 0
+        self.cancels = 0
+        self.confirmations = 0
+        self.went_offline = 0
+        self.errors = 0
+        self.latencies_ms: list[float] = []
+        self.error_samples: list[str] = []
+        self.devices = 0
+        self.devices_done = 0
+        self._max_samples = max(1, max_latency_samples)
+        self._samples_seen = 0
+        self._rng = random.Random(0)
+        self._started: float | None = None
+        self._stopped: float | None = None
+
+    # -- recording --------------------------------------------------------------------------
+
+    def started(self) -> None:
+        """Mark the start of the run (rates count from here)."""
+        self._started = time.monotonic()
+        self._stopped = None
+
+    def stopped(self) -> None:
+        """Mark the end of the run (rates stop counting)."""
+        if self._started is not None and self._stopped is None:
+            self._stopped = time.monotonic()
+
+    def latency(self, ms: float) -> None:
+        """Record one base-poll latency."""
+        self._samples_seen += 1
+        samples = self.latencies_ms
+        if len(samples) < self._max_samples:
+            samples.append(ms)
+            return
+        slot = self._rng.randrange(self._samples_seen)
+        if slot < self._max_samples:
+            samples[slot] = ms
+
+    def error(self, message: str, *, poll: bool = False) -> None:
+        """Count a failed request and keep its description."""
+        if poll:
+            self.poll_errors += 1
+        else:
+            self.errors += 1
+        self.error_samples.append(message)
+        if len(self.error_samples) > MAX_ERROR_SAMPLES:
+            del self.error_samples[0]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Seconds since the start (until the stop, once stopped)."""
+        if self._started is None:
+            return 0.0
+        end = self._stopped if self._stopped is not None else time.monotonic()
+        return end - self._started
+
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0..100) of the base-poll latencies in ms; 0 without any."""
+        samples = sorted(self.latencies_ms)
+        if not samples:
+            return 0.0
+        rank = min(len(samples) - 1, max(0, round(q / 100 * (len(samples) - 1))))
+        return samples[rank]
+
+    def p50(self) -> float:
+        """Median base-poll latency, ms."""
+        return self.percentile(50)
+
+    def p99(self) -> float:
+        """99th percentile of base-poll latency, ms."""
+        return self.percentile(99)
+
+    def poll_rate(self) -> float:
+        """Base polls per second over the whole run."""
+        elapsed = self.elapsed()
+        return self.polls / elapsed if elapsed > 0 else 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter plus elapsed time, poll rate and latency percentiles, as plain data."""
+        samples = sorted(self.latencies_ms)
+
+        def pick(q: float) -> float:
+            if not samples:
+                return 0.0
+            return round(samples[min(len(samples) - 1, round(q / 100 * (len(samples) - 1)))], 3)
+
+        return {
+            "devices": self.devices,
+            "devices_done": self.devices_done,
+            "elapsed_s": round(self.elapsed(), 3),
+            "polls": self.polls,
+            "poll_errors": self.poll_errors,
+            "poll_rate": round(self.poll_rate(), 1),
+            "p50_ms": pick(50),
+            "p90_ms": pick(90),
+            "p99_ms": pick(99),
+            "max_ms": round(samples[-1], 3) if samples else 0.0,
+            "config_sent": self.config_sent,
+            "deployments_seen": self.deployments_seen,
+            "downloads": self.downloads,
+            "download_bytes": self.download_bytes,
+            "resumed": self.resumed,
+            "successes": self.successes,
+            "failures": self.failures,
+            "verify_failures": self.verify_failures,
+            "cancels": self.cancels,
+            "confirmations": self.confirmations,
+            "went_offline": self.went_offline,
+            "errors": self.errors,
+            "error_samples": list(self.error_samples),
+        }
