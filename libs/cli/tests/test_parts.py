@@ -1,0 +1,212 @@
+"""The CLI's parsing and formatting, and its error lines, without any service."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+import httpx
+import pytest
+
+from gaggle_cli.__main__ import run
+from gaggle_cli.client import refusal
+from gaggle_cli.devices import _sse, feedback_line, since_value
+from gaggle_cli.output import counters_line, size, when
+from gaggle_cli.rollouts import outcome, parse_waves, parse_window
+
+
+def test_waves_are_percentages_or_counts() -> None:
+    assert parse_waves("10%,30%,60%") == [{"percent": 10}, {"percent": 30}, {"percent": 60}]
+    assert parse_waves(" 5, 50 ") == [{"count": 5}, {"count": 50}]
+    assert parse_waves(None) is None
+    for bad in ("10%,20", "ten%", "0%", "5,-1", ""):
+        with pytest.raises(click.BadParameter):
+            parse_waves(bad)
+
+
+def test_window() -> None:
+    assert parse_window("02:00-04:00") == {"start": "02:00", "end": "04:00"}
+    with pytest.raises(click.BadParameter):
+        parse_window("2-4")
+
+
+def test_since_takes_ago_or_iso() -> None:
+    value = since_value("2h")
+    assert value is not None and value.endswith("Z")
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    assert abs(datetime.now(UTC) - timedelta(hours=2) - parsed) < timedelta(seconds=5)
+    assert since_value("2026-11-01T00:00:00Z") == "2026-11-01T00:00:00Z"
+    assert since_value(None) is None
+
+
+def _response(status: int, body: object) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.Response(status, content=content)
+
+
+def test_a_refusal_is_one_line_with_the_service_error() -> None:
+    error = refusal(
+        "artifacts",
+        _response(
+            409,
+            {
+                "error": "duplicate",
+                "message": "this image is already in the catalogue",
+                "software_id": "3",
+            },
+        ),
+        "GAGGLE_API_KEY",
+    )
+    assert error.message == (
+        "artifacts answered 409 duplicate: this image is already in the catalogue (software_id 3)"
+    )
+    assert error.exit_code == 1
+    # Lists (validation problems) are left out; the message already names the first one.
+    error = refusal(
+        "rollouts",
+        _response(
+            400,
+            {
+                "error": "invalid_request",
+                "message": "invalid name: too short",
+                "problems": [{"field": "name"}],
+            },
+        ),
+        None,
+    )
+    assert error.message == "rollouts answered 400 invalid_request: invalid name: too short"
+
+
+def test_401_points_at_the_key_and_where_it_came_from() -> None:
+    error = refusal(
+        "registry",
+        _response(401, {"error": "unauthenticated", "message": "invalid token"}),
+        "--key",
+    )
+    assert error.message == (
+        "registry answered 401 unauthenticated: invalid token; check the key from --key"
+    )
+
+
+def test_an_answer_that_is_not_json() -> None:
+    error = refusal("rollouts", _response(502, b"<html>\n Bad   gateway </html>"), None)
+    assert error.message == "rollouts answered 502: <html> Bad gateway </html>"
+    assert "\n" not in error.message
+
+
+def test_sse_events_and_comments() -> None:
+    lines = [
+        ": connected",
+        "",
+        "event: action.feedback",
+        'data: {"a": 1}',
+        "",
+        ": keep-alive",
+        "",
+        "data: x",
+        "data: y",
+        "",
+    ]
+    assert list(_sse(iter(lines))) == [
+        (":", "connected"),
+        ("action.feedback", '{"a": 1}'),
+        (":", "keep-alive"),
+        ("message", "x\ny"),
+    ]
+
+
+def test_feedback_line() -> None:
+    doc = {
+        "controller_id": "dev-1",
+        "action_id": "7",
+        "occurred_at": "2026-11-24T01:02:03.456Z",
+        "status": {
+            "execution": "proceeding",
+            "finished": "none",
+            "progress": {"cnt": 2, "of": 5},
+            "details": ["Downloading", "50 %"],
+        },
+    }
+    assert feedback_line("action.feedback", doc) == (
+        "2026-11-24 01:02:03  dev-1  action 7  proceeding  2/5  Downloading | 50 %"
+    )
+    closed = {
+        "controller_id": "d",
+        "action_id": "8",
+        "status": {"execution": "closed", "finished": "success"},
+    }
+    assert feedback_line("cancel.feedback", closed) == "-  d  cancel 8  closed  success"
+
+
+def test_watch_outcomes() -> None:
+    counters = {"total": 4, "success": 4, "failure": 0, "running": 0, "pending": 0}
+    done = outcome({"id": "3", "state": "finished", "counters": counters})
+    assert done is not None and done.exit_code == 0
+    aborted = outcome({"id": "3", "state": "aborted", "reason": "aborted by an operator"})
+    assert aborted is not None and aborted.exit_code == 1
+    assert aborted.message == "rollout 3 aborted: aborted by an operator"
+    tripped = outcome({"id": "3", "state": "paused", "reason": "error threshold exceeded: …"})
+    assert tripped is not None and tripped.exit_code == 1
+    assert outcome({"id": "3", "state": "paused", "reason": "paused by an operator"}) is None
+    assert outcome({"id": "3", "state": "running"}) is None
+    assert outcome({"id": "3", "state": "created"}) is None
+
+
+def test_formatting() -> None:
+    assert when("2026-11-24T01:02:03.456789Z") == "2026-11-24 01:02:03"
+    assert when(None) == "-"
+    assert size(999) == "999 B"
+    assert size(100_788) == "100.8 kB"
+    assert counters_line({"total": 3, "success": 1, "canceled": 1}) == (
+        "1/3 success, 0 failure, 0 running, 0 pending, 1 canceled"
+    )
+
+
+@pytest.fixture
+def bare(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No GAGGLE_* settings, no user config, an empty current folder."""
+    for name in list(os.environ):
+        if name.startswith("GAGGLE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_without_a_key_commands_say_where_to_put_one(
+    bare: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["devices", "list"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("gaggle: no API key: pass --key, set GAGGLE_API_KEY")
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_config_shows_settings_and_sources(
+    bare: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GAGGLE_ROLLOUTS_URL", "http://env-rollouts:1")
+    assert (
+        run(["--registry", "http://flag:1", "--key", "ggl_abcdefghijkl_secret", "config", "--json"])
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["sources"] == {"registry": "flag", "artifacts": "default", "rollouts": "env"}
+    assert doc["rollouts"] == "http://env-rollouts:1"
+    assert doc["key"] == "ggl_abcdefghijkl…" and doc["key_source"] == "--key"
+
+
+def test_a_bad_config_file_is_one_line(bare: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (bare / "bad.toml").write_text("nonsense")
+    assert run(["--config", str(bare / "bad.toml"), "rollouts", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gaggle: config file ") and len(err.strip().splitlines()) == 1
+
+
+def test_a_bad_url_is_one_line(bare: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--key", "k", "--rollouts", "ftp://x", "rollouts", "list"]) == 1
+    assert capsys.readouterr().err == "gaggle: rollouts URL 'ftp://x' is not an http(s) URL\n"
