@@ -15,15 +15,19 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 import uvicorn
 
+from gaggle_contracts.access import key_hash
 from gaggle_contracts.settings import CommonSettings
+from gaggle_runtime.auth import put_key
 from gaggle_runtime.db import check_identifier, with_database
 from gaggle_runtime.serve import uvicorn_config
 from gaggle_stack.servers import EmbeddedPostgres, NatsProcess, free_port
@@ -84,27 +88,113 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture
-async def database_url(postgres_url: str) -> AsyncIterator[str]:
-    """A fresh, empty database for one test; dropped afterwards."""
+@contextlib.asynccontextmanager
+async def fresh_database(postgres_url: str) -> AsyncIterator[str]:
+    """A new, empty database on the server of ``postgres_url``; dropped on the way out."""
     name = check_identifier(f"gaggle_test_{secrets.token_hex(6)}")
     admin = await asyncpg.connect(with_database(postgres_url, "postgres"))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield with_database(postgres_url, name)
-    admin = await asyncpg.connect(with_database(postgres_url, "postgres"))
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield with_database(postgres_url, name)
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(with_database(postgres_url, "postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def database_url(postgres_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    async with fresh_database(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def module_database(postgres_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database shared by the tests of one module; dropped afterwards."""
+    async with fresh_database(postgres_url) as url:
+        yield url
 
 
 @pytest.fixture
 def tenant() -> str:
     """A tenant no other test uses."""
     return f"t{secrets.token_hex(5)}"
+
+
+class OperatorAuth(httpx.Auth):
+    """Sends ``Authorization: Bearer <key>`` on operator requests (``/api/``) only.
+
+    DDI requests through the same client keep whatever they send themselves (or nothing).
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        if request.url.path.startswith("/api/") and "authorization" not in request.headers:
+            request.headers["Authorization"] = f"Bearer {self.key}"
+        yield request
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A test API key: the key, its id, and httpx auth that sends it."""
+
+    key_id: str
+    key: str
+
+    @property
+    def auth(self) -> OperatorAuth:
+        return OperatorAuth(self.key)
+
+    @property
+    def bootstrap(self) -> str:
+        """The value of ``GAGGLE_REGISTRY_BOOTSTRAP_KEY`` for this key."""
+        return f"{self.key_id}:{key_hash(self.key)}"
+
+
+async def put_api_key(
+    nats_url: str, tenant: str, permissions: list[str], name: str = "test"
+) -> IssuedKey:
+    """A key written straight into KV ``api_keys``, as registry would."""
+    key_id, key = await put_key(nats_url, tenant, permissions, name)
+    return IssuedKey(key_id, key)
+
+
+@pytest.fixture(scope="session")
+def issue_key(nats_url: str) -> Callable[..., Awaitable[IssuedKey]]:
+    """``await issue_key(tenant, ["device:read"])``: a key put into KV ``api_keys``."""
+
+    async def issue(tenant: str, permissions: list[str], name: str = "test") -> IssuedKey:
+        return await put_api_key(nats_url, tenant, permissions, name)
+
+    return issue
+
+
+@pytest.fixture
+async def operator_key(nats_url: str, tenant: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An admin API key of this test's tenant, known to every service the test starts.
+
+    It is in KV ``api_keys`` for services started without a registry, and every registry the
+    test builds creates it in its own table at start (its bootstrap key), so the registry's KV
+    check keeps it.
+    """
+    issued = await put_api_key(nats_url, tenant, ["admin"], "test admin")
+    monkeypatch.setenv("GAGGLE_REGISTRY_BOOTSTRAP_KEY", issued.bootstrap)
+    monkeypatch.setenv("GAGGLE_REGISTRY_BOOTSTRAP_TENANT", tenant)
+    return issued.key
+
+
+@pytest.fixture
+def operator_auth(operator_key: str) -> httpx.Auth:
+    """httpx auth adding the test's admin key to operator requests."""
+    return OperatorAuth(operator_key)
 
 
 @pytest.fixture

@@ -367,7 +367,7 @@ def last_entry(
 
 @pytest.fixture
 async def e2e_stack(
-    common: CommonSettings, serve: Any, tenant: str, tmp_path: Path
+    common: CommonSettings, serve: Any, tenant: str, tmp_path: Path, operator_auth: httpx.Auth
 ) -> AsyncIterator[E2EStack]:
     """Registry, rollouts and gateway (1 s polling, local object store) for one test."""
     objects = tmp_path / "objects"
@@ -383,7 +383,7 @@ async def e2e_stack(
     broker = make_broker(common.nats_url, "test")
     await broker.connect()
     try:
-        async with httpx.AsyncClient(timeout=15) as client:
+        async with httpx.AsyncClient(timeout=15, auth=operator_auth) as client:
             yield E2EStack(
                 tenant=tenant,
                 gateway=gateway,

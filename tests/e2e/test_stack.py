@@ -68,8 +68,10 @@ class Stack:
         return self.proc.wait(timeout)
 
 
-def run(cmd: str) -> str:
-    out = subprocess.run(shlex.split(cmd), capture_output=True, check=True, timeout=10)
+def run(cmd: str, key: str) -> str:
+    out = subprocess.run(
+        shlex.split(cmd.replace("$KEY", key)), capture_output=True, check=True, timeout=10
+    )
     return out.stdout.decode()
 
 
@@ -82,20 +84,44 @@ def test_make_run_stack_serves_the_readme_walkthrough_and_keeps_data(tmp_path: P
     assert len(commands) == 3, commands
     stack = Stack(tmp_path / "data", ports)
     stack.start()
+    key_file = tmp_path / "data" / "admin.key"
+    key = key_file.read_text().strip()
+    # Printed once, stored for the user only.
+    assert key in stack.log.read_text()
+    assert key_file.stat().st_mode & 0o777 == 0o600
     try:
-        poll = json.loads(run(commands[0]))
+        poll = json.loads(run(commands[0], key))
         assert poll["config"]["polling"]["sleep"] == "00:01:00"
         assert poll["_links"]["configData"]["href"].endswith(
             "/DEFAULT/controller/v1/dev-1/configData"
         )
         deadline = time.monotonic() + 5
         while True:
-            listed = json.loads(run(commands[1]))
+            listed = json.loads(run(commands[1], key))
             if listed["items"] or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         assert [d["controller_id"] for d in listed["items"]] == ["dev-1"]
-        one = json.loads(run(commands[2]))
+        one = json.loads(run(commands[2], key))
+        # Without the key, or with a wrong one, the registry answers 401.
+        for bad in ("", "ggl_000000000000_" + "x" * 43):
+            refused = subprocess.run(
+                [
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-H",
+                    f"Authorization: Bearer {bad}",
+                    f"http://127.0.0.1:{ports['registry']}/api/v1/devices",
+                ],
+                capture_output=True,
+                check=True,
+                timeout=10,
+            )
+            assert refused.stdout == b"401"
         assert one["controller_id"] == "dev-1"
         assert one["tenant"] == "default"
     finally:
@@ -107,8 +133,9 @@ def test_make_run_stack_serves_the_readme_walkthrough_and_keeps_data(tmp_path: P
     # A second start finds the same data again.
     again = Stack(tmp_path / "data", ports)
     again.start()
+    assert key not in again.log.read_text()
     try:
-        listed = json.loads(run(commands[1]))
+        listed = json.loads(run(commands[1], key))
         assert [d["controller_id"] for d in listed["items"]] == ["dev-1"]
     finally:
         assert again.interrupt() == 0

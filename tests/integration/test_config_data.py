@@ -28,12 +28,12 @@ async def wait_device(client: httpx.AsyncClient, url: str, tenant: str, cid: str
 
 
 async def test_config_data_is_merged_lifted_and_stops_being_requested(
-    common: CommonSettings, serve, tenant: str
+    operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_registry(common, RegistrySettings()))
     gateway = await serve(build_gateway(common, GatewaySettings(seen_flush_s=0.2)))
     base = f"{gateway.url}/{tenant}/controller/v1/swu-dev"
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         assert "configData" in (await client.get(base)).json()["_links"]
         # SWUpdate's body, legacy fields and all.
         r = await client.put(

@@ -134,11 +134,11 @@ def feedback(execution: str, finished: str = "none", **extra: Any) -> dict[str, 
 
 
 async def test_full_deployment_cycle_with_download_range_and_final_feedback(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     payload = os.urandom(300_000)
     sid = await stack.software(common, payload)
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         first = (await client.get(stack.dev("d1"))).json()
         assert set(first["_links"]) == {"configData"}
         r = await client.put(
@@ -234,10 +234,10 @@ async def test_full_deployment_cycle_with_download_range_and_final_feedback(
 
 
 async def test_cancel_cycle_offers_cancel_and_closes_on_acknowledgement(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     sid = await stack.software(common, b"x" * 1000)
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         action = await stack.assign(client, "d2", sid)
         r = await client.post(
             f"{stack.ro}/api/v1/actions/{action['id']}/cancel", params={"tenant": stack.tenant}
@@ -259,10 +259,10 @@ async def test_cancel_cycle_offers_cancel_and_closes_on_acknowledgement(
 
 
 async def test_rejected_cancel_returns_the_action_to_the_device(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     sid = await stack.software(common, b"y" * 1000)
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         action = await stack.assign(client, "d3", sid)
         await client.post(
             f"{stack.ro}/api/v1/actions/{action['id']}/cancel", params={"tenant": stack.tenant}
@@ -285,10 +285,10 @@ async def test_rejected_cancel_returns_the_action_to_the_device(
 
 
 async def test_failed_install_closes_the_action_as_error(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     sid = await stack.software(common, b"z" * 1000)
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         action = await stack.assign(client, "d4", sid)
         await stack.wait_poll(client, "d4", lambda links: "deploymentBase" in links)
         r = await client.post(
@@ -324,9 +324,9 @@ async def test_failed_install_closes_the_action_as_error(
     ],
 )
 async def test_bad_device_input_gets_a_clear_4xx(
-    stack: Stack, method: str, path: str, body: bytes, status: int
+    operator_auth: httpx.Auth, stack: Stack, method: str, path: str, body: bytes, status: int
 ) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await client.get(stack.dev("bad"))
         r = await client.request(
             method,
@@ -347,8 +347,10 @@ async def test_bad_device_input_gets_a_clear_4xx(
         "/" + "t" * 65 + "/controller/v1/dev",
     ],
 )
-async def test_odd_tenant_or_controller_id_is_400(stack: Stack, url_path: str) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
+async def test_odd_tenant_or_controller_id_is_400(
+    operator_auth: httpx.Auth, stack: Stack, url_path: str
+) -> None:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         r = await client.get(stack.gw + url_path)
         assert r.status_code == 400
         assert r.json()["errorCode"]

@@ -86,14 +86,14 @@ async def offered_version(
 
 
 async def test_latest_offers_the_highest_fitting_version(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     t = stack.tenant
     await publish_software(common, t, "1", "1.9.0", [("board", "*")])
     await publish_software(common, t, "2", "1.10.0", [("board", "1.0")])
     await publish_software(common, t, "3", "2.0.0", [("board", "2.0")])  # other revision
     await publish_software(common, t, "4", "9.0.0", [("other", "*")])  # other board
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await device(client, stack, "lat-1", "board", "1.0", "1.0.0")
         answer = await policy(client, stack, "lat-1", {"mode": "latest"})
         assert answer["mode"] == "latest"
@@ -101,10 +101,10 @@ async def test_latest_offers_the_highest_fitting_version(
 
 
 async def test_latest_does_nothing_when_the_device_runs_it(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     await publish_software(common, stack.tenant, "1", "1.2.0", [("*", "*")])
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await device(client, stack, "cur-1", "board", "1.0", "1.2")  # 1.2 is 1.2.0
         answer = await policy(client, stack, "cur-1", {"mode": "latest"})
         assert await offered_version(client, stack, "cur-1", timeout=2) is None
@@ -112,12 +112,12 @@ async def test_latest_does_nothing_when_the_device_runs_it(
 
 
 async def test_assigned_offers_exactly_that_software_and_pinned_nothing(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     t = stack.tenant
     await publish_software(common, t, "1", "1.0.0", [("board", "*")])
     await publish_software(common, t, "2", "3.0.0", [("board", "*")])
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await device(client, stack, "asg-1", "board", "1.0", "0.1.0")
         await policy(client, stack, "asg-1", {"mode": "assigned", "software_id": "1"})
         assert await offered_version(client, stack, "asg-1") == "1.0.0"
@@ -129,10 +129,10 @@ async def test_assigned_offers_exactly_that_software_and_pinned_nothing(
 
 
 async def test_software_that_does_not_fit_is_never_offered(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     await publish_software(common, stack.tenant, "1", "5.0.0", [("board", "2.0")])
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await device(client, stack, "cmp-1", "board", "1.0", "0.1.0")
         answer = await policy(client, stack, "cmp-1", {"mode": "assigned", "software_id": "1"})
         assert await offered_version(client, stack, "cmp-1", timeout=2) is None

@@ -43,11 +43,11 @@ async def wait_listed(
 
 
 async def test_first_poll_registers_device_and_registry_lists_it(
-    common: CommonSettings, serve, tenant: str
+    operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_registry(common, RegistrySettings()))
     gateway = await serve(build_gateway(common, GatewaySettings(polling_sleep="00:00:30")))
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         r = await client.get(f"{gateway.url}/{tenant.upper()}/controller/v1/dev-1")
         polled_at = time.monotonic()
         assert r.status_code == 200
@@ -71,13 +71,13 @@ async def test_first_poll_registers_device_and_registry_lists_it(
 
 
 async def test_concurrent_first_polls_create_each_device_exactly_once(
-    common: CommonSettings, serve, tenant: str
+    operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_registry(common, RegistrySettings()))
     gateways = [await serve(build_gateway(common, GatewaySettings())) for _ in range(2)]
     ids = [f"dev-{i:04d}" for i in range(1000)]
     limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30, limits=limits) as client:
         # Every device polls twice, once through each gateway, 32 connections at a time.
         gate = asyncio.Semaphore(32)
 
@@ -96,10 +96,10 @@ async def test_concurrent_first_polls_create_each_device_exactly_once(
 
 
 async def test_unknown_device_in_registry_answers_404_with_json(
-    common: CommonSettings, serve, tenant: str
+    operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_registry(common, RegistrySettings()))
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(auth=operator_auth) as client:
         r = await client.get(f"{registry.url}/api/v1/devices/nope", params={"tenant": tenant})
         assert r.status_code == 404
         assert r.json()["error"] == "not_found"

@@ -104,10 +104,12 @@ async def fleet(common: CommonSettings, serve, tenant: str, tmp_path: Path) -> d
     }
 
 
-async def test_device_tokens_created_rotated_revoked(fleet: dict[str, Any]) -> None:
+async def test_device_tokens_created_rotated_revoked(
+    operator_auth: httpx.Auth, fleet: dict[str, Any]
+) -> None:
     t, reg = fleet["tenant"], fleet["registry"]
     poll = f"{fleet['gateway']}/{t}/controller/v1/tok-1"
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         r = await client.post(
             f"{reg}/api/v1/devices",
             params={"tenant": t},
@@ -151,9 +153,11 @@ async def _is(value: Any, expected: Any) -> bool:
     return (await value) == expected
 
 
-async def test_listing_filters_sorts_and_pages(fleet: dict[str, Any]) -> None:
+async def test_listing_filters_sorts_and_pages(
+    operator_auth: httpx.Auth, fleet: dict[str, Any]
+) -> None:
     t, reg, gw = fleet["tenant"], fleet["registry"], fleet["gateway"]
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         for i in range(25):
             base = f"{gw}/{t}/controller/v1/dev-{i:02d}"
             await client.get(base)
@@ -167,7 +171,9 @@ async def test_listing_filters_sorts_and_pages(fleet: dict[str, Any]) -> None:
                     }
                 },
             )
+        # Every device's configData has landed, the last one (dev-24, beta) included.
         await eventually(lambda: _count(client, reg, t, {"hw_model": "alpha"}, 12))
+        await eventually(lambda: _count(client, reg, t, {"hw_model": "beta"}, 13))
         await client.patch(
             f"{reg}/api/v1/devices/dev-03",
             params={"tenant": t},
@@ -265,12 +271,12 @@ async def _software(common: CommonSettings, tenant: str, store: LocalStore) -> s
 
 
 async def test_update_state_follows_the_action_and_live_logs_stream_feedback(
-    fleet: dict[str, Any], common: CommonSettings
+    operator_auth: httpx.Auth, fleet: dict[str, Any], common: CommonSettings
 ) -> None:
     t, reg, ro, gw = fleet["tenant"], fleet["registry"], fleet["rollouts"], fleet["gateway"]
     sid = await _software(common, t, fleet["store"])
     base = f"{gw}/{t}/controller/v1/upd-1"
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await client.get(base)
 
         async def state() -> str:
@@ -358,11 +364,11 @@ async def _has(items: list[Any]) -> bool:
 
 
 async def test_deleting_a_device_removes_it_and_cancels_its_open_action(
-    fleet: dict[str, Any], common: CommonSettings
+    operator_auth: httpx.Auth, fleet: dict[str, Any], common: CommonSettings
 ) -> None:
     t, reg, ro, gw = fleet["tenant"], fleet["registry"], fleet["rollouts"], fleet["gateway"]
     sid = await _software(common, t, fleet["store"])
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await client.get(f"{gw}/{t}/controller/v1/del-1")
         await eventually(lambda: _status(client, f"{reg}/api/v1/devices/del-1", t, 200))
 
@@ -396,11 +402,11 @@ async def _status(client: httpx.AsyncClient, url: str, t: str, code: int) -> boo
 
 
 async def test_policies_set_the_feed_the_registry_filters_by(
-    fleet: dict[str, Any], common: CommonSettings
+    operator_auth: httpx.Auth, fleet: dict[str, Any], common: CommonSettings
 ) -> None:
     t, reg, ro, gw = fleet["tenant"], fleet["registry"], fleet["rollouts"], fleet["gateway"]
     sid = await _software(common, t, fleet["store"])
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         for cid in ("f-1", "f-2", "f-3"):
             await client.get(f"{gw}/{t}/controller/v1/{cid}")
         policy = await client.get(f"{ro}/api/v1/devices/f-1/policy", params={"tenant": t})
@@ -441,10 +447,13 @@ async def test_policies_set_the_feed_the_registry_filters_by(
         # A policy for a device that never polled pre-registers it.
         pre = (await client.get(f"{reg}/api/v1/devices/pre-1", params={"tenant": t})).json()
         assert pre["registered_via"] == "api"
-        default = (
-            await client.get(f"{reg}/api/v1/devices", params={"tenant": t, "feed": "default"})
-        ).json()
-        assert [d["controller_id"] for d in default["items"]] == ["f-3"]
+
+        async def default() -> list[str]:
+            r = await client.get(f"{reg}/api/v1/devices", params={"tenant": t, "feed": "default"})
+            return [d["controller_id"] for d in r.json()["items"]]
+
+        # f-3's first poll registers it asynchronously, like every first poll.
+        await eventually(lambda: _is(default(), ["f-3"]))
 
         for body, status in [
             ({"mode": "assigned"}, 400),
@@ -486,7 +495,10 @@ async def test_registry_start_rebuilds_the_devices_kv_and_drops_stale_keys(
         await serve(build_registry(common, RegistrySettings()))
 
         async def rebuilt() -> bool:
-            keys = set(await kv.keys())
+            try:
+                keys = set(await kv.keys())
+            except nats_client.js.errors.NoKeysError:  # between the deletes and the puts
+                return False
             return names.kv_key(tenant, "only-in-db") in keys and stale not in keys
 
         await eventually(rebuilt)

@@ -62,7 +62,7 @@ async def tenant_writes(
 
 
 async def test_a_restart_writes_only_what_the_devices_kv_lacks(
-    common: CommonSettings, serve, tenant: str
+    operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
 ) -> None:
     nc = await nats.connect(common.nats_url)
     try:
@@ -70,7 +70,7 @@ async def test_a_restart_writes_only_what_the_devices_kv_lacks(
         kv = await nc.jetstream().key_value(names.BUCKET_DEVICES)
         registry = await serve(build_registry(common, RegistrySettings()))
         ids = ["kv-a", "kv-b", "kv-c", "kv-d"]
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
             for cid in ids:
                 created = await client.post(
                     f"{registry.url}/api/v1/devices",
@@ -114,10 +114,10 @@ async def test_a_restart_writes_only_what_the_devices_kv_lacks(
 
 
 async def test_a_kv_write_still_in_the_outbox_counts_as_written(
-    common: CommonSettings, serve, tenant: str
+    operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_registry(common, RegistrySettings()))
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         created = await client.post(
             f"{registry.url}/api/v1/devices",
             params={"tenant": tenant},

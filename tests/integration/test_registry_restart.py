@@ -19,13 +19,13 @@ pytestmark = pytest.mark.integration
 
 
 async def test_registry_restart_mid_stream_loses_no_device(
-    common: CommonSettings, serve, tenant: str
+    operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_registry(common, RegistrySettings()))
     gateway = await serve(build_gateway(common, GatewaySettings()))
     ids = [f"dev-{i:04d}" for i in range(400)]
 
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
 
         async def poll_all() -> None:
             for start in range(0, len(ids), 20):

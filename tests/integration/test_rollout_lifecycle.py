@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gaggle_contracts.events import ActionFeedback, FeedbackStatus
+from gaggle_contracts.events import ActionFeedback, DeviceUpdated, FeedbackStatus
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.bus import make_broker, publish_event
 
@@ -77,11 +77,11 @@ async def known_to_rollouts(client: httpx.AsyncClient, s: Stack, body: dict[str,
 
 
 async def test_waves_start_one_after_the_other_and_the_rollout_finishes(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     await publish_software(common, stack.tenant, "s2", "2.0.0", [("board", "*")])
     ids = [f"w{i}" for i in range(10)]
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         for cid in ids:
             await device(client, stack, cid, "board", "1", "1.0.0")
         body = {
@@ -137,12 +137,12 @@ async def test_waves_start_one_after_the_other_and_the_rollout_finishes(
 
 
 async def test_confirmation_window_pause_resume_and_takeover(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     await publish_software(common, stack.tenant, "s3", "3.0.0", [("board", "*")])
     await publish_software(common, stack.tenant, "s4", "4.0.0", [("board", "*")])
     ids = ["c1", "c2"]
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         for cid in ids:
             await device(client, stack, cid, "board", "1", "1.0.0")
             await policy(client, stack, cid, {"mode": "rollout", "feed": "beta"})
@@ -208,10 +208,10 @@ async def test_confirmation_window_pause_resume_and_takeover(
 
 
 async def test_bad_rollout_requests_are_refused_with_reasons(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     await publish_software(common, stack.tenant, "s5", "5.0.0", [("other-board", "*")])
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await device(client, stack, "b1", "board", "1", "1.0.0")
         url = f"{stack.ro}/api/v1/rollouts"
         params = {"tenant": stack.tenant}
@@ -257,9 +257,11 @@ async def test_bad_rollout_requests_are_refused_with_reasons(
         assert r.status_code == 404
 
 
-async def test_bulk_policy_and_auto_confirmation(stack: Stack, common: CommonSettings) -> None:
+async def test_bulk_policy_and_auto_confirmation(
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
+) -> None:
     await publish_software(common, stack.tenant, "s6", "6.0.0", [("board", "*")])
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         for cid in ("p1", "p2", "p3"):
             await device(client, stack, cid, "board", "1", "1.0.0" if cid != "p3" else "0.9")
         url = f"{stack.ro}/api/v1/policies"
@@ -303,11 +305,11 @@ async def test_bulk_policy_and_auto_confirmation(stack: Stack, common: CommonSet
 
 
 async def test_reports_handled_out_of_order_keep_the_newest_status_and_a_timed_history(
-    stack: Stack, common: CommonSettings
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
 ) -> None:
     await publish_software(common, stack.tenant, "s7", "7.0.0", [("board", "*")])
     params = {"tenant": stack.tenant}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await device(client, stack, "o1", "board", "1", "1.0.0")
         deadline = time.monotonic() + 10
         while True:
@@ -349,3 +351,50 @@ async def test_reports_handled_out_of_order_keep_the_newest_status_and_a_timed_h
             await asyncio.sleep(0.05)
         assert doc["status"] == "downloaded"
         assert [h["details"] for h in doc["history"][1:]] == [["fetching"], ["image stored"]]
+
+
+async def test_devices_whose_inventory_lands_while_the_rollout_is_created_all_join_it(
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
+) -> None:
+    await publish_software(common, stack.tenant, "s9", "9.0.0", [("board", "*")])
+    ids = [f"race-{i:03d}" for i in range(400)]
+    broker = make_broker(common.nats_url, "test")
+    await broker.connect()
+
+    def report(cid: str, board: str) -> Any:
+        return publish_event(
+            broker,
+            DeviceUpdated(
+                tenant=stack.tenant,
+                controller_id=cid,
+                change="attributes",
+                hw_model=board,
+                hw_revision="1",
+                sw_version="1.0.0",
+            ),
+        )
+
+    try:
+        # Devices of another board in the feed make the creation read (and take) a while.
+        await asyncio.gather(*(report(f"other-{i:04d}", "other") for i in range(3000)))
+        # The fleet's inventory arrives (as the registry reports it) while the operator is
+        # already creating the rollout, retrying until the feed has a device.
+        reports = asyncio.gather(*(report(cid, "board") for cid in ids))
+        async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+            deadline = time.monotonic() + 10
+            while True:
+                r = await client.post(
+                    f"{stack.ro}/api/v1/rollouts",
+                    params={"tenant": stack.tenant},
+                    json={"name": "race", "software_id": "s9", "start": True},
+                )
+                if r.status_code == 201:
+                    break
+                assert r.status_code == 409 and time.monotonic() < deadline, r.text
+            await reports
+            doc = await wait_rollout(
+                client, stack, r.json()["id"], lambda d: d["counters"]["total"] == len(ids), 15
+            )
+            assert doc["counters"]["total"] == len(ids)
+    finally:
+        await broker.stop()

@@ -36,7 +36,7 @@ async def wait_doc(
 
 
 async def test_two_replicas_and_a_restart_decide_once_and_count_every_feedback(
-    common: CommonSettings, serve: Any, tenant: str
+    operator_auth: httpx.Auth, common: CommonSettings, serve: Any, tenant: str
 ) -> None:
     settings = RolloutsSettings(sweep_s=0.5)
     first = await serve(build_rollouts(common, settings))
@@ -58,7 +58,7 @@ async def test_two_replicas_and_a_restart_decide_once_and_count_every_feedback(
                     sw_version="1.0.0",
                 ),
             )
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
             body = {
                 "name": "replicated",
                 "software_id": "r1",

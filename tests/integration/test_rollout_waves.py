@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-import asyncpg
 import httpx
 import nats
 import pytest
@@ -44,7 +43,6 @@ from gaggle_registry.settings import RegistrySettings
 from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime.bus import make_broker, publish_event
-from gaggle_runtime.db import check_identifier, with_database
 from gaggle_runtime.serve import uvicorn_config
 from gaggle_stack.servers import free_port
 from gaggle_storage import LocalStore, StorageSettings
@@ -377,8 +375,9 @@ def ids(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{i:04d}" for i in range(n)]
 
 
-def http() -> httpx.AsyncClient:
+def http(auth: httpx.Auth) -> httpx.AsyncClient:
     return httpx.AsyncClient(
+        auth=auth,
         timeout=20,
         # Idle connections are dropped before uvicorn closes them (after 5 s): reusing one the
         # server is closing fails the request.
@@ -401,23 +400,7 @@ class FleetStack:
     pinned: str
     elsewhere: str
     other_board: str
-
-
-@pytest.fixture(scope="module")
-async def module_database(postgres_url: str) -> AsyncIterator[str]:
-    """A fresh database for this module; dropped afterwards."""
-    name = check_identifier(f"gaggle_test_{secrets.token_hex(6)}")
-    admin = await asyncpg.connect(with_database(postgres_url, "postgres"))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(postgres_url, name)
-    admin = await asyncpg.connect(with_database(postgres_url, "postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    auth: httpx.Auth
 
 
 async def serve_app(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
@@ -436,16 +419,22 @@ async def serve_app(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
 
 @pytest.fixture(scope="module")
 async def fleet_stack(
-    nats_url: str, module_database: str, tmp_path_factory: pytest.TempPathFactory
+    nats_url: str,
+    module_database: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    issue_key: Callable[..., Awaitable[Any]],
 ) -> AsyncIterator[FleetStack]:
     """Registry, rollouts and gateway, and FLEET devices registered with their configData."""
     common = CommonSettings(nats_url=nats_url, database_url=module_database, log_json=False)
     tenant = f"t{secrets.token_hex(5)}"
+    key = await issue_key(tenant, ["admin"])
     storage = StorageSettings(backend="local", dir=tmp_path_factory.mktemp("objects"))
     running = []
     try:
         for app in (
-            build_registry(common, RegistrySettings()),
+            build_registry(
+                common, RegistrySettings(bootstrap_key=key.bootstrap, bootstrap_tenant=tenant)
+            ),
             build_rollouts(common, RolloutsSettings()),
             build_gateway(common, GatewaySettings(polling_sleep="00:00:05"), storage),
         ):
@@ -453,11 +442,17 @@ async def fleet_stack(
         rollouts, gateway = (SimpleNamespace(url=r[2]) for r in running[1:])
         s = Stack(gateway, rollouts, tenant, LocalStore(storage.dir))
         fs = FleetStack(
-            s, common, ids("dev", FLEET), "odd-pinned", "odd-other-feed", "odd-other-board"
+            s,
+            common,
+            ids("dev", FLEET),
+            "odd-pinned",
+            "odd-other-feed",
+            "odd-other-board",
+            key.auth,
         )
         nc = await connect(common)
         try:
-            async with http() as client:
+            async with http(fs.auth) as client:
                 fleet, op = Fleet(s, client), Operator(s, client)
                 await fleet.register([*fs.fleet_ids, fs.pinned, fs.elsewhere])
                 await fleet.register([fs.other_board], board="another-board")
@@ -513,7 +508,7 @@ async def test_three_waves_complete_one_after_the_other(
 ) -> None:
     fs, t = fleet_stack, fleet_stack.s.tenant
     await publish_software(fs.common, t, "w1", NEW)
-    async with http() as client:
+    async with http(fs.auth) as client:
         fleet, op = Fleet(fs.s, client), Operator(fs.s, client)
         created = await op.create(
             {
@@ -607,7 +602,7 @@ async def test_failures_past_the_error_threshold_abort_in_the_first_wave(
 ) -> None:
     fs, t = fleet_stack, fleet_stack.s.tenant
     await publish_software(fs.common, t, "a1", "3.0.0")
-    async with http() as client:
+    async with http(fs.auth) as client:
         fleet, op = Fleet(fs.s, client), Operator(fs.s, client)
         doc = await op.create(
             {
@@ -698,7 +693,7 @@ async def test_failures_past_the_error_threshold_pause_and_keep_open_actions(
 ) -> None:
     fs = fleet_stack
     await publish_software(fs.common, fs.s.tenant, "p1", NEW)
-    async with http() as client:
+    async with http(fs.auth) as client:
         fleet, op = Fleet(fs.s, client), Operator(fs.s, client)
         await small_fleet(fs, nc, client, "pause", 20)
         doc = await op.create(
@@ -735,7 +730,7 @@ async def test_operator_pauses_resumes_and_devices_on_the_version_count_at_once(
 ) -> None:
     fs = fleet_stack
     await publish_software(fs.common, fs.s.tenant, "o1", NEW)
-    async with http() as client:
+    async with http(fs.auth) as client:
         fleet, op = Fleet(fs.s, client), Operator(fs.s, client)
         behind = await small_fleet(fs, nc, client, "ops", 4)
         current = await small_fleet(fs, nc, client, "ops-new", 2, version=NEW)
@@ -792,7 +787,7 @@ async def test_bad_rollout_requests_get_a_clear_4xx(
     await publish_software(fs.common, t, "b1", "5.0.0")
     await publish_software(fs.common, t, "b2", "5.0.0", board="no-such-board")
     await publish_software(fs.common, t, "b3", "6.0.0")
-    async with http() as client:
+    async with http(fs.auth) as client:
         op = Operator(fs.s, client)
         await small_fleet(fs, nc, client, "bad", 3)
         good = {"name": "bad", "software_id": "b1", "feed": "bad"}
