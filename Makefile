@@ -33,8 +33,17 @@ test-integration: $(SYNC_STAMP) ## Only the integration tests
 test-e2e: $(SYNC_STAMP) ## Only the end-to-end tests
 	$(UV) run --no-sync pytest -m e2e $(PYTEST_ARGS)
 
+fuzz-api: $(SYNC_STAMP) ## Schemathesis against every operator API, 100 examples per operation
+	GAGGLE_FUZZ_EXAMPLES=$${GAGGLE_FUZZ_EXAMPLES:-100} $(UV) run --no-sync pytest tests/integration/test_api_fuzz.py $(PYTEST_ARGS)
+
 bench-poll: $(SYNC_STAMP) ## Poll benchmark: gateway vs a bare FastAPI endpoint (needs wrk)
 	$(UV) run --no-sync python bench/poll_bench.py $(BENCH_ARGS)
+
+bench: $(SYNC_STAMP) ## Fleet benchmark: Gaggle vs gooseBit 0.2.12 (polls, first contact, rollout)
+	$(UV) run --no-sync python bench/fleet_bench.py $(BENCH_ARGS)
+
+docs: $(SYNC_STAMP) ## Regenerate docs/: AsyncAPI and OpenAPI per service, architecture.md
+	$(UV) run --no-sync python docs/generate.py docs
 
 fmt: $(SYNC_STAMP) ## Format and autofix
 	$(UV) run --no-sync ruff format . && $(UV) run --no-sync ruff check --fix .
@@ -50,4 +59,4 @@ check: lint typecheck ## lint + typecheck
 clean: ## Remove the environment and caches (keeps .gaggle/ data)
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
 
-.PHONY: help sync run test test-unit test-integration test-e2e bench-poll fmt lint typecheck check clean
+.PHONY: help sync run test test-unit test-integration test-e2e fuzz-api bench-poll bench fmt lint typecheck check clean docs
