@@ -37,6 +37,7 @@ class Stack:
         self.gw = gateway.url
         self.ro = rollouts.url
         self.gateway = gateway
+        self.rollouts = rollouts
         self.tenant = tenant
         self.store = store
 

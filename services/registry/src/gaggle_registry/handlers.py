@@ -21,7 +21,7 @@ from gaggle_contracts.events import (
 from gaggle_contracts.settings import CommonSettings
 from gaggle_registry.access import AccessStore
 from gaggle_registry.domain import ACTION_STATE, TooManyAttributesError, finished_state
-from gaggle_registry.repository import Repo
+from gaggle_registry.repository import Repo, StateChange
 from gaggle_runtime.bus import consumer_options
 from gaggle_runtime.coalesce import Coalescer
 
@@ -83,32 +83,46 @@ def make_router(repo: Repo, common: CommonSettings, access: AccessStore) -> Nats
         """ota.v1.*.device.seen -> last seen and address advanced, one statement per batch."""
         await repo.touch_many(event)
 
-    @router.subscriber(**consumer_options(SERVICE, ActionCreated.kind, common))
+    # A rollout's action events come in bursts: the states of a pull are written at once.
+    states = Coalescer(repo.set_state_many, max_batch=COALESCE)
+
+    @router.subscriber(**consumer_options(SERVICE, ActionCreated.kind, common, batch=COALESCE))
     async def on_action_created(event: ActionCreated) -> None:
         """ota.v1.*.action.created -> update state pending."""
-        await repo.set_state(
-            event.tenant, event.controller_id, "pending", event.occurred_at, event.action_id, None
+        await states.submit(
+            StateChange(
+                event.tenant,
+                event.controller_id,
+                "pending",
+                event.occurred_at,
+                event.action_id,
+                None,
+            )
         )
 
-    @router.subscriber(**consumer_options(SERVICE, ActionUpdated.kind, common))
+    @router.subscriber(**consumer_options(SERVICE, ActionUpdated.kind, common, batch=COALESCE))
     async def on_action_updated(event: ActionUpdated) -> None:
         """ota.v1.*.action.updated -> downloading / installing."""
         state = ACTION_STATE.get(event.status, "installing")
-        await repo.set_state(
-            event.tenant, event.controller_id, state, event.occurred_at, event.action_id, None
+        await states.submit(
+            StateChange(
+                event.tenant, event.controller_id, state, event.occurred_at, event.action_id, None
+            )
         )
 
-    @router.subscriber(**consumer_options(SERVICE, ActionFinished.kind, common))
+    @router.subscriber(**consumer_options(SERVICE, ActionFinished.kind, common, batch=COALESCE))
     async def on_action_finished(event: ActionFinished) -> None:
         """ota.v1.*.action.finished -> success (with the installed version), error, or back."""
         installed = event.version if event.status == "finished" else None
-        await repo.set_state(
-            event.tenant,
-            event.controller_id,
-            finished_state(event.status),
-            event.occurred_at,
-            event.action_id,
-            installed,
+        await states.submit(
+            StateChange(
+                event.tenant,
+                event.controller_id,
+                finished_state(event.status),
+                event.occurred_at,
+                event.action_id,
+                installed,
+            )
         )
 
     @router.subscriber(**consumer_options(SERVICE, DevicePolicyChanged.kind, common))

@@ -30,6 +30,19 @@ from gaggle_runtime.db import Conn
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
 
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """The update state an action event implies for one device."""
+
+    tenant: str
+    controller_id: str
+    state: str
+    at: datetime
+    action_id: str
+    installed_version: str | None
+
+
 Change = Literal["registered", "attributes", "installed", "deleted", "other"]
 
 
@@ -104,14 +117,18 @@ DELETE = _with_presence(
 
 # Action events of one device may arrive out of order (one durable consumer per kind): the
 # newest event wins, an older one changes nothing.
-SET_STATE = _with_presence(
-    """UPDATE registry.devices
-SET update_state = CASE WHEN $3 <> 'revert' THEN $3
-                        WHEN installed_version IS NULL THEN 'unknown' ELSE 'up_to_date' END,
-    state_at = $4, action_id = $5,
-    installed_version = coalesce($6, installed_version), updated_at = now()
-WHERE tenant = $1 AND controller_id = $2 AND (state_at IS NULL OR state_at <= $4)
-RETURNING *"""
+# One row per device per statement (an UPDATE takes one source row per target row).
+SET_STATE_MANY = _with_presence(
+    """UPDATE registry.devices AS d
+SET update_state = CASE WHEN u.state <> 'revert' THEN u.state
+                        WHEN d.installed_version IS NULL THEN 'unknown' ELSE 'up_to_date' END,
+    state_at = u.at, action_id = u.action_id,
+    installed_version = coalesce(u.installed, d.installed_version), updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])
+    AS u(tenant, controller_id, state, at, action_id, installed)
+WHERE d.tenant = u.tenant AND d.controller_id = u.controller_id
+  AND (d.state_at IS NULL OR d.state_at <= u.at)
+RETURNING d.*"""
 )
 
 # A sighting only ever moves a device's last seen forward; an older or repeated one (a
@@ -608,26 +625,60 @@ class Repo:
         installed_version: str | None,
     ) -> Device | None:
         """Record the update state an action event implies, unless a newer one is recorded."""
+        change = StateChange(tenant, controller_id, state, at, action_id, installed_version)
+        return (await self.set_state_many([change]))[0]
+
+    async def set_state_many(self, changes: Sequence[StateChange]) -> list[Device | None]:
+        """``set_state`` for many changes in one transaction; results in their order.
+
+        Changes of one device apply in the order given (one statement per round, a device at
+        most once in each). Each result is the device after its change, or None when the
+        device is unknown or a newer state is recorded.
+        """
+        results: list[Device | None] = [None] * len(changes)
+        pending = list(enumerate(changes))
+        keys = sorted({(c.tenant, c.controller_id) for c in changes})
         async with self.db.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                SET_STATE, tenant, controller_id, state, at, action_id, installed_version
-            )
-            if row is None:
-                return None
-            device = _device(row)
-            if installed_version is not None:
-                await self.outbox.event(
-                    conn,
-                    DeviceUpdated(
-                        tenant=tenant,
-                        controller_id=controller_id,
-                        change="installed",
-                        hw_model=device.hw_model,
-                        hw_revision=device.hw_revision,
-                        sw_version=installed_version,
-                    ),
+            # Rows locked in key order first: batches sharing devices cannot deadlock.
+            await conn.execute(LOCK_MANY, [t for t, _ in keys], [c for _, c in keys])
+            events: list[DeviceUpdated] = []
+            while pending:
+                now: dict[tuple[str, str], tuple[int, StateChange]] = {}
+                later: list[tuple[int, StateChange]] = []
+                for i, c in pending:
+                    key = (c.tenant, c.controller_id)
+                    if key in now:
+                        later.append((i, c))
+                    else:
+                        now[key] = (i, c)
+                batch = sorted(now.values(), key=lambda ic: (ic[1].tenant, ic[1].controller_id))
+                rows = await conn.fetch(
+                    SET_STATE_MANY,
+                    [c.tenant for _, c in batch],
+                    [c.controller_id for _, c in batch],
+                    [c.state for _, c in batch],
+                    [c.at for _, c in batch],
+                    [c.action_id for _, c in batch],
+                    [c.installed_version for _, c in batch],
                 )
-            return device
+                for row in rows:
+                    device = _device(row)
+                    i, c = now[(device.tenant, device.controller_id)]
+                    results[i] = device
+                    if c.installed_version is not None:
+                        events.append(
+                            DeviceUpdated(
+                                tenant=device.tenant,
+                                controller_id=device.controller_id,
+                                change="installed",
+                                hw_model=device.hw_model,
+                                hw_revision=device.hw_revision,
+                                sw_version=c.installed_version,
+                            )
+                        )
+                pending = later
+            await self.outbox.many(conn, events)
+        return results
 
     async def set_feed(self, tenant: str, controller_id: str, feed: str) -> Device:
         """Record the feed of a device's policy (creating the device if it is new)."""

@@ -124,4 +124,5 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     service.secure(app)
     add_examples(app, EXAMPLES)
     app.state.service = service
+    app.state.repo = repo
     return app

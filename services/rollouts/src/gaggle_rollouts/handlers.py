@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
 
 from faststream.nats import NatsRouter
 
@@ -27,7 +25,7 @@ from gaggle_rollouts.domain import (
     feedback_status,
 )
 from gaggle_rollouts.engine import Engine
-from gaggle_rollouts.repository import Repo
+from gaggle_rollouts.repository import Decide, Repo, Report
 from gaggle_runtime.bus import consumer_options
 from gaggle_runtime.coalesce import Coalescer
 
@@ -35,8 +33,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "rollouts"
 INVENTORY_BATCH = 64
-
-Decide = Callable[[Action, Any], tuple[str, bool]]
+FEEDBACK_BATCH = 64
 
 
 def _action_id(raw: str) -> int | None:
@@ -66,6 +63,9 @@ def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRoute
         """ota.v1.*.software.deleted -> no new actions for that software."""
         await repo.delete_software(event)
 
+    # A rollout's feedback is a burst: the reports of one pull are applied in one transaction.
+    reports = Coalescer(repo.apply_many, max_batch=FEEDBACK_BATCH)
+
     async def apply(
         event: ActionFeedback | CancelFeedback | ConfirmationFeedback,
         decide: Decide,
@@ -75,14 +75,16 @@ def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRoute
         action_id = _action_id(event.action_id)
         action = None
         if action_id is not None:
-            action = await repo.apply(
-                event.tenant,
-                action_id,
-                event.event_id,
-                event.occurred_at,
-                status,
-                decide,
-                note=note,
+            action = await reports.submit(
+                Report(
+                    event.tenant,
+                    action_id,
+                    event.event_id,
+                    event.occurred_at,
+                    status,
+                    decide,
+                    note,
+                )
             )
         if action is None:
             log.warning(
@@ -129,7 +131,9 @@ def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRoute
     # Events fetched together are handled concurrently, so two reports of one device may be
     # applied in either order: the history is ordered by when the gateway received them, and a
     # report older than the one that set the action's status does not change it (Repo.apply).
-    @router.subscriber(**consumer_options(SERVICE, ActionFeedback.kind, common))
+    @router.subscriber(
+        **consumer_options(SERVICE, ActionFeedback.kind, common, batch=FEEDBACK_BATCH)
+    )
     async def on_action_feedback(event: ActionFeedback) -> None:
         """ota.v1.*.action.feedback -> history entry; status moved forward; KV refreshed."""
         await apply(event, feedback_status, event.status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,26 +74,42 @@ SELECT controller_id FROM rollouts.devices
 WHERE tenant = $1 AND controller_id = ANY($2::text[]) AND auto_confirm"""
 
 SELECT_ACTION = "SELECT * FROM rollouts.actions WHERE tenant = $1 AND id = $2"
-LOCK_ACTION = "SELECT * FROM rollouts.actions WHERE tenant = $1 AND id = $2 FOR UPDATE"
+# The reports' actions, locked in id order (two batches sharing actions cannot deadlock).
+LOCK_ACTIONS = """
+SELECT a.* FROM rollouts.actions AS a
+JOIN unnest($1::text[], $2::bigint[]) AS k(tenant, id) ON a.tenant = k.tenant AND a.id = k.id
+ORDER BY a.id
+FOR UPDATE OF a"""
 
-CLOSE_MEMBER = """
-UPDATE rollouts.rollout_devices SET state = $4
-WHERE rollout_id = $1 AND controller_id = $2 AND action_id = $3 AND state = 'running'"""
+KNOWN_EVENTS = "SELECT event_id FROM rollouts.action_status WHERE event_id = ANY($1::uuid[])"
+
+CLOSE_MEMBERS = """
+UPDATE rollouts.rollout_devices AS m SET state = u.outcome
+FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[])
+    AS u(rollout_id, controller_id, action_id, outcome)
+WHERE m.rollout_id = u.rollout_id AND m.controller_id = u.controller_id
+  AND m.action_id = u.action_id AND m.state = 'running'"""
 MEMBER_OUTCOME = {"finished": "success", "downloaded": "success", "canceled": "canceled"}
 """How a closed action counts in its rollout; anything else (``error``) is a failure."""
 
-UPDATE_STATUS = """
-UPDATE rollouts.actions
-SET status = $2, active = $3, updated_at = now(), status_at = greatest(status_at, $4),
-    closed_at = CASE WHEN $3 THEN NULL ELSE coalesce(closed_at, now()) END
-WHERE id = $1"""
+UPDATE_STATUSES = """
+UPDATE rollouts.actions AS a
+SET status = u.status, active = u.active, updated_at = now(),
+    status_at = greatest(a.status_at, u.at),
+    closed_at = CASE WHEN u.active THEN NULL ELSE coalesce(a.closed_at, now()) END
+FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::timestamptz[]) AS u(id, status, active, at)
+WHERE a.id = u.id"""
 
-INSERT_STATUS = """
+# History entries in report order (ids ascending), so entries of one instant keep that order.
+INSERT_STATUSES = """
 INSERT INTO rollouts.action_status (action_id, event_id, at, status, execution, finished, code,
                                     details)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-ON CONFLICT (event_id) DO NOTHING
-RETURNING id"""
+SELECT u.action_id, u.event_id, u.at, u.status, u.execution, u.finished, u.code, u.details::jsonb
+FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+            $7::integer[], $8::text[])
+    WITH ORDINALITY AS u(action_id, event_id, at, status, execution, finished, code, details, n)
+ORDER BY u.n
+ON CONFLICT (event_id) DO NOTHING"""
 
 SELECT_HISTORY = """
 SELECT at, status, execution, finished, code, details FROM rollouts.action_status
@@ -156,6 +173,43 @@ def _action(row: asyncpg.Record) -> Action:
         closed_at=row["closed_at"],
         rollout_id=row["rollout_id"],
         window_open=row["window_open"],
+    )
+
+
+Decide = Callable[[Action, Any], tuple[str, bool]]
+"""(action, report) -> the action's new (status, active)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One report on an action: feedback from the device, or a note with a decision."""
+
+    tenant: str
+    action_id: int
+    event_id: Any
+    at: datetime
+    fb: FeedbackStatus | None
+    decide: Decide
+    note: list[str] | None = None
+
+
+def _announcement(action: Action, fb: FeedbackStatus | None) -> Event:
+    """``action.updated`` for an open action (with the report's details), else ``finished``."""
+    if action.active:
+        return ActionUpdated(
+            tenant=action.tenant,
+            controller_id=action.controller_id,
+            action_id=str(action.id),
+            status=action.status,
+            details=fb.details if fb else [],
+        )
+    return ActionFinished(
+        tenant=action.tenant,
+        controller_id=action.controller_id,
+        action_id=str(action.id),
+        status=action.status,
+        software_id=action.software_id,
+        version=action.version,
     )
 
 
@@ -637,101 +691,113 @@ class Repo:
         event_id: Any,
         at: datetime,
         fb: FeedbackStatus | None,
-        decide: Any,
+        decide: Decide,
         note: list[str] | None = None,
     ) -> Action | None:
         """Record a status entry and move the action as ``decide(action, fb)`` says.
 
-        Runs in one transaction with the action row locked, so concurrent feedback for one
-        action is applied one after the other; a redelivered event (same ``event_id``) changes
-        nothing. Returns the action as it is now, or None if it does not exist.
+        Returns the action as it is now, or None if it does not exist (see ``apply_many``).
         """
+        (result,) = await self.apply_many(
+            [Report(tenant, action_id, event_id, at, fb, decide, note)]
+        )
+        return result
+
+    async def apply_many(self, reports: Sequence[Report]) -> list[Action | None]:
+        """Apply many reports in one transaction; for each, its action as it is after it.
+
+        The actions are locked (in id order), so concurrent reports for one action are applied
+        one after the other, also across batches and replicas. A redelivered report (an
+        ``event_id`` already recorded) changes nothing. A report received before the one that
+        set an open action's current status only joins the history; closing always applies.
+        Reports of one action within the batch are applied in their order.
+        """
+        keys = sorted({(r.tenant, r.action_id) for r in reports}, key=lambda k: (k[1], k[0]))
         async with self.db.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(LOCK_ACTION, tenant, action_id)
-            if row is None:
-                return None
-            action = _action(row)
-            status, active = decide(action, fb)
-            if active and row["status_at"] is not None and at < row["status_at"]:
-                # Reports are handled concurrently: one received before the report that set the
-                # current status only joins the history. Closing always applies.
-                status = action.status
-            logged = await self._log(
-                conn,
-                action_id,
-                event_id,
-                at,
-                status,
-                fb.execution if fb else None,
-                fb.finished if fb else None,
-                fb.code if fb else None,
-                (fb.details if fb else note) or [],
-            )
-            if event_id is not None and logged is None:
-                return action  # seen before
-            if (status, active) == (action.status, action.active):
-                if active:
+            rows = await conn.fetch(LOCK_ACTIONS, [t for t, _ in keys], [a for _, a in keys])
+            current = {(r["tenant"], r["id"]): (_action(r), r["status_at"]) for r in rows}
+            event_ids = [r.event_id for r in reports if r.event_id is not None]
+            seen = {r[0] for r in await conn.fetch(KNOWN_EVENTS, event_ids)} if event_ids else set()
+            history: list[tuple[int, Any, datetime, str, FeedbackStatus | None, list[str]]] = []
+            results: list[Action | None] = []
+            events: list[Event] = []
+            rendered: dict[str, set[str]] = {}
+            changed: set[tuple[str, int]] = set()
+            for report in reports:
+                key = (report.tenant, report.action_id)
+                if key not in current:
+                    results.append(None)
+                    continue
+                action, status_at = current[key]
+                if report.event_id is not None:
+                    if report.event_id in seen:
+                        results.append(action)  # seen before
+                        continue
+                    seen.add(report.event_id)
+                fb = report.fb
+                status, active = report.decide(action, fb)
+                if active and status_at is not None and report.at < status_at:
+                    status = action.status
+                history.append(
+                    (
+                        action.id,
+                        report.event_id,
+                        report.at,
+                        status,
+                        fb,
+                        (fb.details if fb else report.note) or [],
+                    )
+                )
+                if (status, active) == (action.status, action.active):
+                    results.append(action)
+                    if not active:
+                        continue
                     if fb is not None:
                         # The device is at work (a first "proceeding" leaves the action
                         # "running"): say so, for the registry's update state and for watchers.
-                        await self._announce(conn, action, fb)
-                    await self.publish_deployment(conn, tenant, action.controller_id)
-                return action
-            await conn.execute(UPDATE_STATUS, action_id, status, active, at)
-            updated = with_status(action, status, active)
-            if not active and action.rollout_id is not None:
+                        events.append(_announcement(action, fb))
+                else:
+                    action = with_status(action, status, active)
+                    status_at = report.at if status_at is None else max(status_at, report.at)
+                    current[key] = (action, status_at)
+                    changed.add(key)
+                    results.append(action)
+                    events.append(_announcement(action, fb))
+                rendered.setdefault(report.tenant, set()).add(action.controller_id)
+            if history:
                 await conn.execute(
-                    CLOSE_MEMBER,
-                    action.rollout_id,
-                    action.controller_id,
-                    action.id,
-                    MEMBER_OUTCOME.get(status, "failure"),
+                    INSERT_STATUSES,
+                    [h[0] for h in history],
+                    [h[1] for h in history],
+                    [h[2] for h in history],
+                    [h[3] for h in history],
+                    [h[4].execution if h[4] else None for h in history],
+                    [h[4].finished if h[4] else None for h in history],
+                    [h[4].code if h[4] else None for h in history],
+                    [json.dumps(h[5]) for h in history],
                 )
-            await self._announce(conn, updated, fb)
-            await self.publish_deployment(conn, tenant, action.controller_id)
-            return updated
-
-    async def _announce(self, conn: Conn, action: Action, fb: FeedbackStatus | None) -> None:
-        if action.active:
-            await self._emit(
-                conn,
-                ActionUpdated(
-                    tenant=action.tenant,
-                    controller_id=action.controller_id,
-                    action_id=str(action.id),
-                    status=action.status,
-                    details=fb.details if fb else [],
-                ),
-            )
-            return
-        await self._emit(
-            conn,
-            ActionFinished(
-                tenant=action.tenant,
-                controller_id=action.controller_id,
-                action_id=str(action.id),
-                status=action.status,
-                software_id=action.software_id,
-                version=action.version,
-            ),
-        )
-
-    async def _log(
-        self,
-        conn: Conn,
-        action_id: int,
-        event_id: Any,
-        at: datetime,
-        status: str,
-        execution: str | None,
-        finished: str | None,
-        code: int | None,
-        details: list[str],
-    ) -> int | None:
-        value: int | None = await conn.fetchval(
-            INSERT_STATUS, action_id, event_id, at, status, execution, finished, code, details
-        )
-        return value
+            if changed:
+                moved = [current[k] for k in sorted(changed, key=lambda k: k[1])]
+                await conn.execute(
+                    UPDATE_STATUSES,
+                    [a.id for a, _ in moved],
+                    [a.status for a, _ in moved],
+                    [a.active for a, _ in moved],
+                    [at for _, at in moved],
+                )
+                closed = [a for a, _ in moved if not a.active and a.rollout_id is not None]
+                if closed:
+                    await conn.execute(
+                        CLOSE_MEMBERS,
+                        [a.rollout_id for a in closed],
+                        [a.controller_id for a in closed],
+                        [a.id for a in closed],
+                        [MEMBER_OUTCOME.get(a.status, "failure") for a in closed],
+                    )
+            await self.outbox.many(conn, events)
+            for tenant, controller_ids in rendered.items():
+                await self.publish_deployments(conn, tenant, sorted(controller_ids))
+            return results
 
     async def _emit(self, conn: Conn, event: Event) -> None:
         await self.outbox.event(conn, event)

@@ -1,0 +1,81 @@
+"""Update states from action events, written in batches: in order per device, never backwards."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from gaggle_contracts.settings import CommonSettings
+from gaggle_registry.app import build_app
+from gaggle_registry.repository import StateChange
+from gaggle_registry.settings import RegistrySettings
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+
+
+async def test_a_batch_of_state_changes_applies_in_order_per_device(
+    operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
+) -> None:
+    registry = await serve(build_app(common, RegistrySettings()))
+    repo = registry.app.state.repo
+    pool = registry.app.state.service.db.pool
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+        for cid in ("s1", "s2", "s3"):
+            created = await client.post(
+                f"{registry.url}/api/v1/devices",
+                params={"tenant": tenant},
+                json={"controller_id": cid},
+            )
+            assert created.status_code == 201
+
+    queued: list[Any] = []
+    queue_many = repo.outbox.many
+
+    async def spy(conn: Any, events: Any = (), **rest: Any) -> None:
+        queued.extend(events)
+        await queue_many(conn, events, **rest)
+
+    repo.outbox.many = spy
+
+    def change(cid: str, state: str, minute: int, installed: str | None = None) -> StateChange:
+        return StateChange(tenant, cid, state, T0 + timedelta(minutes=minute), "7", installed)
+
+    results = await repo.set_state_many(
+        [
+            change("s1", "pending", 1),
+            change("s1", "downloading", 2),
+            change("s2", "installing", 5),
+            change("s1", "success", 3, installed="2.0.0"),
+            change("s2", "pending", 4),  # older than what s2 has by then: ignored
+            change("nobody", "pending", 1),  # no such device
+            change("s1", "pending", 6),  # the next action, after the installed one
+        ]
+    )
+    assert [r.update_state if r else None for r in results] == [
+        "pending",
+        "downloading",
+        "installing",
+        "success",
+        None,
+        None,
+        "pending",
+    ]
+    rows = await pool.fetch(
+        "SELECT controller_id, update_state, installed_version FROM registry.devices"
+        " WHERE tenant = $1 ORDER BY controller_id",
+        tenant,
+    )
+    assert [tuple(r) for r in rows] == [
+        ("s1", "pending", "2.0.0"),
+        ("s2", "installing", None),
+        ("s3", "unknown", None),
+    ]
+    # The installation is announced once, with the version, for rollouts' inventory.
+    assert [(e.controller_id, e.change, e.sw_version) for e in queued] == [
+        ("s1", "installed", "2.0.0")
+    ]

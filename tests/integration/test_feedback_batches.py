@@ -1,0 +1,105 @@
+"""Reports applied in batches: one transaction for many, the same outcome as one by one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import httpx
+import pytest
+
+from gaggle_contracts.events import FeedbackStatus
+from gaggle_contracts.settings import CommonSettings
+from gaggle_rollouts.domain import feedback_status
+from gaggle_rollouts.repository import Report
+
+from .test_ddi_cycle import Stack
+from .test_ddi_cycle import stack as stack  # the fixture, used by name
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+
+
+def fb(execution: str, finished: str = "none") -> FeedbackStatus:
+    return FeedbackStatus.model_validate(
+        {"execution": execution, "finished": finished, "details": [f"{execution} {finished}"]}
+    )
+
+
+async def test_a_batch_of_reports_ends_as_the_same_reports_one_after_another(
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
+) -> None:
+    sid = await stack.software(common, b"image" * 200)
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+        actions = {}
+        for cid in ("b1", "b2", "b3"):
+            await client.get(stack.dev(cid))
+            await client.put(f"{stack.dev(cid)}/configData", json={"data": {"hw_boardname": "b"}})
+            actions[cid] = int((await stack.assign(client, cid, sid))["id"])
+    repo = stack.rollouts.app.state.repo
+    t = stack.tenant
+    a1, a2, a3 = actions["b1"], actions["b2"], actions["b3"]
+    e = [uuid4() for _ in range(6)]
+
+    def at(seconds: int) -> datetime:
+        return T0 + timedelta(seconds=seconds)
+
+    before = {a: len(await repo.history(a)) for a in (a1, a2, a3)}  # the creation's entries
+    batch = [
+        Report(t, a1, e[0], at(1), fb("proceeding"), feedback_status),
+        Report(t, a1, e[0], at(1), fb("proceeding"), feedback_status),  # the same event twice
+        Report(t, a2, e[1], at(5), fb("download"), feedback_status),
+        Report(t, a1, e[2], at(3), fb("closed", "success"), feedback_status),
+        Report(t, 10**12, e[3], at(1), fb("proceeding"), feedback_status),  # no such action
+        # Received before the report that set b2's status: it only joins the history.
+        Report(t, a2, e[4], at(2), fb("proceeding"), feedback_status),
+        Report(t, a3, e[5], at(4), fb("closed", "failure"), feedback_status),
+    ]
+    results = await repo.apply_many(batch)
+    assert [(r.status, r.active) if r else None for r in results] == [
+        ("running", True),
+        ("running", True),
+        ("download", True),
+        ("finished", False),
+        None,
+        ("download", True),
+        ("error", False),
+    ]
+    for action_id, expected in {
+        a1: ["running", "finished"],
+        # Ordered by reception time; the late "proceeding" keeps the status it found.
+        a2: ["download", "download"],
+        a3: ["error"],
+    }.items():
+        history = (await repo.history(action_id))[before[action_id] :]
+        assert [h["status"] for h in history] == expected, action_id
+    late = (await repo.history(a2))[before[a2]]
+    assert (late["execution"], late["details"]) == ("proceeding", ["proceeding none"])
+    stored = {a: await repo.get_action(t, a) for a in (a1, a2, a3)}
+    assert {a: (x.status, x.active) for a, x in stored.items() if x} == {
+        a1: ("finished", False),
+        a2: ("download", True),
+        a3: ("error", False),
+    }
+
+    # The whole batch redelivered changes nothing.
+    again = await repo.apply_many(batch)
+    assert [(r.status, r.active) if r else None for r in again] == [
+        ("finished", False),
+        ("finished", False),
+        ("download", True),
+        ("finished", False),
+        None,
+        ("download", True),
+        ("error", False),
+    ]
+    assert [len(await repo.history(a)) - before[a] for a in (a1, a2, a3)] == [2, 2, 1]
+
+    # The gateway learns of it: b2 still has its deployment, b1 and b3 none.
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+        await stack.wait_poll(client, "b1", lambda links: "deploymentBase" not in links)
+        await stack.wait_poll(client, "b3", lambda links: "deploymentBase" not in links)
+        body = await stack.wait_poll(client, "b2", lambda links: "deploymentBase" in links)
+        deployment = (await client.get(body["_links"]["deploymentBase"]["href"])).json()
+        assert deployment["id"] == str(a2)
