@@ -476,15 +476,21 @@ async def phase_rollout(
         rollout = await server.start_rollout(client, software_id, "fleet bench", args.phase_timeout)
         res["rollout_request_s"] = round(time.perf_counter() - t0, 3)
         last = [0, 0.0]  # successes so far, and when the last one came
+        marks: dict[str, float] = {}  # when the first success, and every deployment, were seen
 
         def finished(stats: FleetStats) -> bool:
+            now = round(time.perf_counter() - t0, 3)
             if stats.successes != last[0]:
-                last[:] = [stats.successes, time.perf_counter() - t0]
+                last[:] = [stats.successes, now]
+                marks.setdefault("first_success_s", now)
+            if stats.deployments_seen >= n:
+                marks.setdefault("all_deployments_seen_s", now)
             return bool(stats.successes + stats.failures >= n)
 
         done = await wait_stats(fleet, server, finished, args.phase_timeout)
         elapsed = time.perf_counter() - t0
         res["last_success_s"] = round(last[1], 3)
+        res.update(marks)
         res["usage"] = await meter.stop()
         stats = fleet.stats
         res.update(
@@ -559,9 +565,12 @@ async def run_server(
         out["facts"] = server.facts
         out["prime"] = await prime(server, args)
         async with httpx.AsyncClient(timeout=args.phase_timeout) as client:
-            out["first_contact"] = await phase_first_contact(server, args, client)
-            out["steady"] = await phase_steady(server, args)
-            out["rollout"] = await phase_rollout(server, args, client, image)
+            if 2 in args.phases:
+                out["first_contact"] = await phase_first_contact(server, args, client)
+            if 1 in args.phases:
+                out["steady"] = await phase_steady(server, args)
+            if 3 in args.phases:
+                out["rollout"] = await phase_rollout(server, args, client, image)
         server.check_alive()
     finally:
         await asyncio.to_thread(server.stop)
@@ -933,6 +942,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="gaggle,goosebit",
         help="comma-separated, in order: gaggle, goosebit (both)",
     )
+    p.add_argument(
+        "--phases",
+        default="1,2,3",
+        help="which phases to run (1,2,3; phase 1 needs phase 2's devices)",
+    )
     p.add_argument("--phase-timeout", type=float, default=600.0, help="seconds per phase (600)")
     p.add_argument("--start-timeout", type=float, default=180.0, help="server start (180)")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
@@ -942,6 +956,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if not args.servers or any(s not in ("gaggle", "goosebit") for s in args.servers):
         p.error("--servers: gaggle, goosebit or both")
+    try:
+        args.phases = sorted({int(x) for x in args.phases.split(",") if x.strip()})
+    except ValueError:
+        p.error("--phases: a comma-separated list of 1, 2, 3")
+    if (
+        not args.phases
+        or not set(args.phases) <= {1, 2, 3}
+        or (1 in args.phases and 2 not in args.phases)
+    ):
+        p.error("--phases: some of 1, 2, 3; phase 1 needs phase 2")
     if min(args.devices, args.rollout_devices, args.connections) < 1 or args.poll_seconds <= 0:
         p.error("sizes and durations must be positive")
     return args

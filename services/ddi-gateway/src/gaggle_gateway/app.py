@@ -17,9 +17,20 @@ from gaggle_gateway.routes import Gateway, make_publisher, make_routes
 from gaggle_gateway.settings import GatewaySettings
 from gaggle_runtime.logs import configure_logging
 from gaggle_runtime.service import Service
-from gaggle_storage import StorageSettings, open_store
+from gaggle_storage import CachedStore, ObjectStore, StorageSettings, open_store
 
 SERVICE = "gateway"
+
+
+def cached_store(store: ObjectStore, settings: GatewaySettings) -> ObjectStore:
+    """``store`` behind the hot-artifact memory cache, unless it is switched off."""
+    if settings.artifact_cache_mib <= 0:
+        return store
+    return CachedStore(
+        store,
+        max_bytes=settings.artifact_cache_mib << 20,
+        max_object=settings.artifact_cache_object_mib << 20,
+    )
 
 
 def build_app(
@@ -38,7 +49,7 @@ def build_app(
         settings,
         mirror,
         reporter,
-        open_store(storage),
+        cached_store(open_store(storage), settings),
         storage,
         make_publisher(service.broker, settings.publish_timeout_s),
     )

@@ -33,6 +33,10 @@ class GatewaySettings(BaseSettings):
     """How often batched ``device.seen`` sightings are published."""
     rediscover_after_s: float = Field(30.0, gt=0)
     """An unknown device that still polls is announced again after this long."""
+    artifact_cache_mib: int = Field(64, ge=0)
+    """Memory for the artifacts devices download most (0: none); a rollout's image is read once."""
+    artifact_cache_object_mib: int = Field(16, ge=0)
+    """Largest artifact kept in that memory; larger ones are streamed from the store each time."""
 
     def default_tenant_config(self) -> TenantConfig:
         """The configuration of a tenant that has none in KV."""
