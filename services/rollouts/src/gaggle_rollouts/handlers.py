@@ -17,6 +17,7 @@ from gaggle_contracts.events import (
     SoftwareDeleted,
 )
 from gaggle_contracts.settings import CommonSettings
+from gaggle_rollouts.decision import Decision
 from gaggle_rollouts.domain import (
     Action,
     cancel_feedback_status,
@@ -102,8 +103,34 @@ def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRoute
             )
         await after(action)
 
-    # A fleet's first contact is a burst of these: the inventory of a pull is written at once.
+    # A fleet's first contact is a burst of these: the inventory of a pull is written at once,
+    # and its devices are decided together.
     inventory = Coalescer(repo.record_devices, max_batch=INVENTORY_BATCH)
+
+    async def decide_all(devices: list[tuple[str, str]]) -> list[Decision | Exception]:
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, controller_id in devices:
+            by_tenant.setdefault(tenant, []).append(controller_id)
+        try:
+            decided = {
+                (tenant, controller_id): decision
+                for tenant, ids in by_tenant.items()
+                for controller_id, decision in (await repo.decide_batch(tenant, ids)).items()
+            }
+            return [decided[d] for d in devices]
+        except Exception:
+            # One device's failure must not fail the others: each is decided on its own, and
+            # only what fails again is redelivered.
+            log.warning("deciding %d devices together failed; one by one", len(devices))
+            return [await _alone(tenant, controller_id) for tenant, controller_id in devices]
+
+    async def _alone(tenant: str, controller_id: str) -> Decision | Exception:
+        try:
+            return await repo.redecide(tenant, controller_id)
+        except Exception as exc:
+            return exc
+
+    decisions = Coalescer(decide_all, max_batch=INVENTORY_BATCH)
 
     @router.subscriber(
         **consumer_options(SERVICE, DeviceUpdated.kind, common, batch=INVENTORY_BATCH)
@@ -112,7 +139,7 @@ def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRoute
         """ota.v1.*.device.updated -> inventory kept; re-decided; deleted: open action canceled."""
         if event.change != "deleted":
             await inventory.submit(event)
-            await repo.redecide(event.tenant, event.controller_id)
+            await decisions.submit((event.tenant, event.controller_id))
             return
         await repo.record_device(event)
         action = await repo.open_action_of(event.tenant, event.controller_id)

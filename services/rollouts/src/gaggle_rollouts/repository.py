@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -270,6 +269,16 @@ ON CONFLICT (tenant, controller_id) DO UPDATE SET
     updated_at = now()"""
 
 SELECT_POLICY = "SELECT * FROM rollouts.policies WHERE tenant = $1 AND controller_id = $2"
+SELECT_POLICIES = """
+SELECT * FROM rollouts.policies WHERE tenant = $1 AND controller_id = ANY($2::text[])"""
+SELECT_DEVICES = """
+SELECT * FROM rollouts.devices WHERE tenant = $1 AND controller_id = ANY($2::text[])"""
+OPEN_ACTION_DEVICES = """
+SELECT controller_id FROM rollouts.actions
+WHERE tenant = $1 AND controller_id = ANY($2::text[]) AND active"""
+# In key order, so two batches sharing devices cannot deadlock.
+LOCK_DEVICES = """
+SELECT pg_advisory_xact_lock(hashtext(k)) FROM (SELECT unnest($1::text[]) AS k ORDER BY k) AS o"""
 
 UPSERT_DEVICES = """
 INSERT INTO rollouts.devices (tenant, controller_id, hw_model, hw_revision, sw_version,
@@ -281,11 +290,6 @@ ON CONFLICT (tenant, controller_id) DO UPDATE SET
     sw_version = EXCLUDED.sw_version, updated_at = EXCLUDED.updated_at
 WHERE rollouts.devices.updated_at <= EXCLUDED.updated_at"""
 DELETE_DEVICE = "DELETE FROM rollouts.devices WHERE tenant = $1 AND controller_id = $2"
-SELECT_DEVICE = "SELECT * FROM rollouts.devices WHERE tenant = $1 AND controller_id = $2"
-LOCK_DEVICE = "SELECT pg_advisory_xact_lock(hashtext($1))"
-HAS_OPEN_ACTION = """
-SELECT EXISTS (SELECT 1 FROM rollouts.actions
-               WHERE tenant = $1 AND controller_id = $2 AND active)"""
 SELECT_CATALOGUE = "SELECT * FROM rollouts.software WHERE tenant = $1"
 FAILED_SOFTWARE = """
 SELECT software_id FROM (
@@ -310,7 +314,8 @@ class Policy:
         return {"mode": self.mode, "feed": self.feed, "software_id": self.software_id}
 
 
-RolloutMode = Callable[[Conn, str, DeviceView, PolicyView], Awaitable[Decision]]
+RolloutMode = Callable[[Conn, str, DeviceView, PolicyView, dict[str, Any]], Awaitable[Decision]]
+"""Decides a locked device in mode ``rollout``; the dict holds what a batch's devices share."""
 
 
 @dataclass(frozen=True)
@@ -563,54 +568,86 @@ class Repo:
         return [None] * len(events)
 
     async def redecide(self, tenant: str, controller_id: str) -> Decision:
-        """Decide what the device should run and open an action for it if needed.
+        """Decide what the device should run and open an action for it if needed."""
+        return (await self.decide_batch(tenant, [controller_id]))[controller_id]
 
-        One transaction holding a per-device advisory lock: two replicas, or two events for the
-        same device, decide one after the other, and the second sees the first's action (the
-        partial unique index on open actions is the last line of defence). Devices in mode
-        ``rollout`` are decided by the rollout they belong to (``rollout_mode``).
+    async def decide_batch(self, tenant: str, controller_ids: Sequence[str]) -> dict[str, Decision]:
+        """Decide many devices of one tenant in one transaction; each device's decision.
+
+        The transaction holds each device's advisory lock (taken in key order): two replicas,
+        or two events for the same device, decide one after the other, and the second sees the
+        first's action (the partial unique index on open actions is the last line of defence).
+        Devices in mode ``rollout`` are decided by the rollout they belong to
+        (``rollout_mode``); what the devices share (the catalogue, a feed's rollout) is read
+        once for the batch.
         """
+        ids = sorted(set(controller_ids))
+        decisions: dict[str, Decision] = {}
         async with self.db.pool.acquire() as conn, conn.transaction():
-            await conn.execute(LOCK_DEVICE, f"{tenant}/{controller_id}")
-            if await conn.fetchval(HAS_OPEN_ACTION, tenant, controller_id):
-                return Decision(None, "an action is open")
-            policy_row = await conn.fetchrow(SELECT_POLICY, tenant, controller_id)
-            policy = (
-                PolicyView(policy_row["mode"], policy_row["feed"], policy_row["software_id"])
-                if policy_row
-                else PolicyView()
-            )
-            if policy.mode == "pinned":
-                return Decision(None, "pinned")
-            row = await conn.fetchrow(SELECT_DEVICE, tenant, controller_id)
-            if row is None or (row["hw_model"] is None and row["sw_version"] is None):
-                # As in gooseBit, nothing is decided before the device reported what it is and
-                # runs (configData); that report's device.updated decides again.
-                return Decision(None, "waiting for the device's inventory")
-            device = device_view(row)
-            if policy.mode == "rollout":
-                if self.rollout_mode is None:  # pragma: no cover - wired in app.py
-                    return Decision(None, "no rollouts here")
-                return await self.rollout_mode(conn, tenant, device, policy)
-            catalogue = {
-                r["software_id"]: (_software(r), candidate(r))
-                for r in await conn.fetch(SELECT_CATALOGUE, tenant)
+            await conn.execute(LOCK_DEVICES, [f"{tenant}/{c}" for c in ids])
+            busy = {r[0] for r in await conn.fetch(OPEN_ACTION_DEVICES, tenant, ids)}
+            policies = {
+                r["controller_id"]: PolicyView(r["mode"], r["feed"], r["software_id"])
+                for r in await conn.fetch(SELECT_POLICIES, tenant, ids)
             }
-            failed = frozenset(
-                r["software_id"] for r in await conn.fetch(FAILED_SOFTWARE, tenant, controller_id)
-            )
-            decision = decide(device, policy, {k: v[1] for k, v in catalogue.items()}, (), failed)
-            if decision.software_id is not None:
-                software = catalogue[decision.software_id][0]
-                await self._open_action(
+            rows = {r["controller_id"]: r for r in await conn.fetch(SELECT_DEVICES, tenant, ids)}
+            shared: dict[str, Any] = {}
+            for controller_id in ids:
+                decisions[controller_id] = await self._decide_locked(
                     conn,
                     tenant,
                     controller_id,
-                    software,
-                    ActionSpec("forced"),
-                    f"Decided: {decision.reason} ({software.version}).",
+                    busy,
+                    policies.get(controller_id, PolicyView()),
+                    rows.get(controller_id),
+                    shared,
                 )
-            return decision
+        return decisions
+
+    async def _decide_locked(
+        self,
+        conn: Conn,
+        tenant: str,
+        controller_id: str,
+        busy: set[str],
+        policy: PolicyView,
+        row: asyncpg.Record | None,
+        shared: dict[str, Any],
+    ) -> Decision:
+        if controller_id in busy:
+            return Decision(None, "an action is open")
+        if policy.mode == "pinned":
+            return Decision(None, "pinned")
+        if row is None or (row["hw_model"] is None and row["sw_version"] is None):
+            # As in gooseBit, nothing is decided before the device reported what it is and
+            # runs (configData); that report's device.updated decides again.
+            return Decision(None, "waiting for the device's inventory")
+        device = device_view(row)
+        if policy.mode == "rollout":
+            if self.rollout_mode is None:  # pragma: no cover - wired in app.py
+                return Decision(None, "no rollouts here")
+            return await self.rollout_mode(conn, tenant, device, policy, shared)
+        if "catalogue" not in shared:
+            shared["catalogue"] = {
+                r["software_id"]: (_software(r), candidate(r))
+                for r in await conn.fetch(SELECT_CATALOGUE, tenant)
+            }
+        catalogue: dict[str, tuple[Software, Candidate]] = shared["catalogue"]
+        failed = frozenset(
+            r["software_id"] for r in await conn.fetch(FAILED_SOFTWARE, tenant, controller_id)
+        )
+        decision = decide(device, policy, {k: v[1] for k, v in catalogue.items()}, (), failed)
+        if decision.software_id is not None:
+            software = catalogue[decision.software_id][0]
+            await self._open_action(
+                conn,
+                tenant,
+                controller_id,
+                software,
+                ActionSpec("forced"),
+                f"Decided: {decision.reason} ({software.version}).",
+            )
+        return decision
 
     async def refresh_windows(self) -> int:
         """Open actions whose maintenance window opened or closed: stored and re-rendered."""
@@ -648,16 +685,12 @@ class Repo:
         return bool(await self.db.pool.fetchval(MAY_WANT_MORE, action.tenant, action.controller_id))
 
     async def redecide_many(
-        self, tenant: str, controller_ids: Sequence[str], concurrency: int = 8
+        self, tenant: str, controller_ids: Sequence[str], chunk: int = 64
     ) -> None:
-        """Re-decide many devices, a few at a time (each under its own advisory lock)."""
-        queue = iter(controller_ids)
-
-        async def worker() -> None:
-            for controller_id in queue:
-                await self.redecide(tenant, controller_id)
-
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(controller_ids)))))
+        """Re-decide many devices, ``chunk`` per transaction."""
+        ids = list(dict.fromkeys(controller_ids))
+        for i in range(0, len(ids), chunk):
+            await self.decide_batch(tenant, ids[i : i + chunk])
 
     async def latest_mode_devices(self, tenant: str) -> list[str]:
         """Devices whose policy is ``latest`` (a new software may concern them)."""

@@ -455,16 +455,27 @@ class RolloutStore:
             return taken
 
     async def decide_in_rollout(
-        self, conn: Conn, tenant: str, device: DeviceView, policy: PolicyView
+        self,
+        conn: Conn,
+        tenant: str,
+        device: DeviceView,
+        policy: PolicyView,
+        shared: dict[str, Any] | None = None,
     ) -> Decision:
         """Decide a device in mode ``rollout``: by the newest active rollout of its feed.
 
         The caller holds the device's advisory lock. A device that is not a member yet (new in
         the feed, or its inventory arrived after the rollout was created) joins the rollout's
-        last wave if it matches its filter and the software fits it.
+        last wave if it matches its filter and the software fits it. Devices decided in one
+        transaction pass the same ``shared``: the feed's lock and rollout are taken once (the
+        rollout row is held FOR SHARE, so it cannot move on meanwhile).
         """
-        await conn.execute(SHARE_FEED, feed_key(tenant, policy.feed))
-        row = await conn.fetchrow(NEWEST_ACTIVE, tenant, policy.feed)
+        feeds = {} if shared is None else shared.setdefault("feeds", {})
+        if policy.feed in feeds:
+            row = feeds[policy.feed]
+        else:
+            await conn.execute(SHARE_FEED, feed_key(tenant, policy.feed))
+            row = feeds[policy.feed] = await conn.fetchrow(NEWEST_ACTIVE, tenant, policy.feed)
         if row is None:
             return Decision(None, "no running rollout in the feed")
         rid = str(row["id"])
