@@ -2,6 +2,7 @@
 
     make bench
     uv run python bench/fleet_bench.py [--devices 10000 --rollout-devices 1000 --image-mib 4]
+                                       [--servers gaggle,goosebit --phases 1,2,3]
 
 Starts Gaggle's embedded stack (``gaggle-stack`` in a temporary ``GAGGLE_DATA_DIR``, free ports)
 and runs the phases against it, stops it, then does the same with gooseBit 0.2.12 from PyPI in
