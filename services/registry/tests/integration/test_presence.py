@@ -32,19 +32,12 @@ async def presence(pool: Any, tenant: str) -> dict[str, tuple[datetime | None, s
 
 
 async def test_sightings_only_move_last_seen_forward(
-    operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
+    operator_auth: httpx.Auth, create_devices, common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_app(common, RegistrySettings()))
     repo = registry.app.state.repo
     pool = registry.app.state.service.db.pool
-    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
-        for cid in ("a", "b", "c"):
-            created = await client.post(
-                f"{registry.url}/api/v1/devices",
-                params={"tenant": tenant},
-                json={"controller_id": cid},
-            )
-            assert created.status_code == 201
+    await create_devices(registry.url, tenant, ["a", "b", "c"])
     assert await presence(pool, tenant) == {"a": (None, None), "b": (None, None), "c": (None, None)}
 
     batch = [seen("a", 5, "10.0.0.1"), seen("a", 3, "10.0.0.9"), seen("b", 2, "10.0.0.2")]

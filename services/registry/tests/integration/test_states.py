@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 
 from gaggle_contracts.settings import CommonSettings
@@ -19,19 +18,12 @@ T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
 
 
 async def test_a_batch_of_state_changes_applies_in_order_per_device(
-    operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
+    create_devices, common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_app(common, RegistrySettings()))
     repo = registry.app.state.repo
     pool = registry.app.state.service.db.pool
-    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
-        for cid in ("s1", "s2", "s3"):
-            created = await client.post(
-                f"{registry.url}/api/v1/devices",
-                params={"tenant": tenant},
-                json={"controller_id": cid},
-            )
-            assert created.status_code == 201
+    await create_devices(registry.url, tenant, ["s1", "s2", "s3"])
 
     queued: list[Any] = []
     queue_many = repo.outbox.many
