@@ -78,9 +78,10 @@ def build_app(
     )
     install_handlers(app)
     app.include_router(make_routes(gateway))
-    # Metrics and tracing sit behind the fast lane: a base poll pays for neither.
+    # Metrics and tracing sit behind the fast lane: a base poll pays for neither. With tracing
+    # on, feedback goes through them: its HTTP span starts the feedback's trace.
     service.instrument(app)
-    app.add_middleware(PollFastLane, gateway=gateway)
+    app.add_middleware(PollFastLane, gateway=gateway, feedback=service.tracing is None)
     app.state.service = service
     app.state.gateway = gateway
     return app

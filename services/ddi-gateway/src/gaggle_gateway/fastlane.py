@@ -1,10 +1,12 @@
-"""The fast lane: a plain ASGI path in front of FastAPI for the base poll and configData.
+"""The fast lane: a plain ASGI path in front of FastAPI for polls, configData and feedback.
 
 The poll is most of a fleet's traffic and costs one dictionary look-up and one JSON render;
 FastAPI's routing and dependency handling would cost several times that (measured in
 ``bench/poll_bench.py``). A device's first contact is a poll and a ``PUT …/configData``; the
 latter took half of the gateway's CPU in FastAPI when a fleet registered (bench/fleet_bench.py).
-Everything else keeps FastAPI's path.
+A rollout is three deploymentBase feedback reports per device; they take the fast lane unless
+tracing is on (their HTTP span starts the feedback's trace). Everything else keeps FastAPI's
+path. The FastAPI routes stay, for the OpenAPI document and for apps mounted without the lane.
 """
 
 from __future__ import annotations
@@ -12,9 +14,16 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gaggle_contracts.ddi import ConfigDataBody
+from gaggle_contracts.events import ActionFeedback
 from gaggle_gateway.bodies import parse_body, read_limited
 from gaggle_gateway.errors import DdiError
-from gaggle_gateway.routes import HAL_JSON, Gateway, Origin, authorization_of
+from gaggle_gateway.routes import (
+    HAL_JSON,
+    Gateway,
+    Origin,
+    authorization_of,
+    deployment_feedback_target,
+)
 from gaggle_runtime.http import send_response
 
 _CONTENT_TYPE = (b"content-type", HAL_JSON.encode())
@@ -23,9 +32,11 @@ _CONTENT_TYPE = (b"content-type", HAL_JSON.encode())
 class PollFastLane:
     """ASGI middleware answering base polls directly."""
 
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway, *, feedback: bool = True) -> None:
         self.app = app
         self.gateway = gateway
+        self.feedback = feedback
+        """Whether deploymentBase feedback is answered here too."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer ``GET /{tenant}/controller/v1/{id}``; pass anything else on."""
@@ -52,6 +63,19 @@ class PollFastLane:
             ):
                 await self._config_data(scope, receive, send, parts[1], parts[4])
                 return
+        elif self.feedback and scope["type"] == "http" and scope["method"] == "POST":
+            parts = scope["path"].split("/")
+            if (
+                len(parts) == 8
+                and parts[7] == "feedback"
+                and parts[5] == "deploymentBase"
+                and parts[2] == "controller"
+                and parts[3] == "v1"
+                and parts[4]
+                and parts[6]
+            ):
+                await self._feedback(scope, receive, send, parts[1], parts[4], parts[6])
+                return
         await self.app(scope, receive, send)
 
     async def _config_data(
@@ -69,6 +93,27 @@ class PollFastLane:
                 await read_limited(scope, receive, gw.settings.max_body_bytes), ConfigDataBody
             )
             await gw.report_config(caller, controller_id, body)
+        except DdiError as exc:
+            await exc.response()(scope, receive, send)
+            return
+        await send_response(send, 200, b"", [])
+
+    async def _feedback(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        tenant: str,
+        controller_id: str,
+        action_id: str,
+    ) -> None:
+        """``POST …/deploymentBase/{action_id}/feedback``, as the FastAPI route answers it."""
+        gw = self.gateway
+        try:
+            caller = gw.caller(Origin.of(scope), tenant, controller_id, authorization_of(scope))
+            deployment_feedback_target(caller, gw, action_id)
+            data = await read_limited(scope, receive, gw.settings.max_feedback_bytes)
+            await gw.report_feedback(caller, controller_id, action_id, ActionFeedback, data)
         except DdiError as exc:
             await exc.response()(scope, receive, send)
             return

@@ -284,6 +284,31 @@ class Gateway:
         except Exception as exc:
             raise Unavailable("event bus unavailable; retry later") from exc
 
+    async def report_feedback(
+        self,
+        caller: Caller,
+        controller_id: str,
+        action_id: str,
+        kind: type[ActionFeedback] | type[CancelFeedback],
+        data: bytes,
+    ) -> None:
+        """Validate a feedback body; on the bus once JetStream has the event.
+
+        Raises:
+            BadRequest: not JSON, or not a feedback body.
+            Unavailable: the bus did not acknowledge; the device should retry.
+        """
+        body = parse_body(data, FeedbackBody)
+        await self.publish(
+            kind(
+                tenant=caller.tenant,
+                controller_id=controller_id,
+                action_id=action_id,
+                status=body.to_status(),
+                device_time=body.device_time(),
+            )
+        )
+
     async def report_config(self, caller: Caller, controller_id: str, body: ConfigDataBody) -> None:
         """A configData report, on the bus once JetStream has it.
 
@@ -326,6 +351,14 @@ def check_feedback_target(caller: Caller, gw: Gateway, action_id: str) -> OpenAc
     return open_action(caller, gw, action_id)
 
 
+def deployment_feedback_target(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
+    """The open action a deploymentBase feedback is for, unless it still awaits confirmation."""
+    action = check_feedback_target(caller, gw, action_id)
+    if action.state == "wait_for_confirmation":
+        raise NotFound(f"action {action_id!r} awaits confirmation")
+    return action
+
+
 async def read_body(request: Request, model: type[BaseModel], limit: int) -> Any:
     """Read at most ``limit`` bytes of JSON and validate it; unknown fields are ignored.
 
@@ -349,16 +382,8 @@ def make_routes(gw: Gateway) -> APIRouter:
         kind: type[ActionFeedback] | type[CancelFeedback],
     ) -> Response:
         """Validate a feedback body and answer 200 once JetStream has the event."""
-        body: FeedbackBody = await read_body(request, FeedbackBody, limits.max_feedback_bytes)
-        await gw.publish(
-            kind(
-                tenant=caller.tenant,
-                controller_id=controller_id,
-                action_id=action_id,
-                status=body.to_status(),
-                device_time=body.device_time(),
-            )
-        )
+        data = await read_limited(request.scope, request.receive, limits.max_feedback_bytes)
+        await gw.report_feedback(caller, controller_id, action_id, kind, data)
         return Response(status_code=200)
 
     @api.get(BASE, summary="Base poll: what the device should do next")
@@ -404,10 +429,9 @@ def make_routes(gw: Gateway) -> APIRouter:
         request: Request,
         authorization: AuthHeader = None,
     ) -> Response:
+        # Without tracing, answered by the fast lane in front of the app (fastlane.py).
         caller = gw.caller(request, tenant, controller_id, authorization)
-        action = check_feedback_target(caller, gw, action_id)
-        if action.state == "wait_for_confirmation":
-            raise NotFound(f"action {action_id!r} awaits confirmation")
+        deployment_feedback_target(caller, gw, action_id)
         return await report_feedback(request, caller, controller_id, action_id, ActionFeedback)
 
     @api.get(BASE + "/cancelAction/{action_id}", summary="The cancel request for an action")
