@@ -115,3 +115,22 @@ async def test_a_failed_load_is_retried_by_the_next_read(tmp_path: Path) -> None
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def test_a_reader_that_goes_away_does_not_cancel_the_load_for_the_others(
+    tmp_path: Path,
+) -> None:
+    inner = CountingStore(tmp_path)
+    data = os.urandom(200_000)
+    await put(inner, "img", data)
+    cache = CachedStore(inner)
+    first = asyncio.create_task(fetch(cache, "img"))
+    await asyncio.sleep(0.002)  # the first reader's load is under way
+    second = asyncio.create_task(fetch(cache, "img"))
+    await asyncio.sleep(0)
+    first.cancel()  # its device disconnected
+    assert await second == data
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert inner.reads == 1
+    assert cache.size == len(data)

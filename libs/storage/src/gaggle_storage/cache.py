@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from functools import partial
 
 from gaggle_storage.base import ObjectInfo, ObjectStore
 
@@ -33,7 +34,7 @@ class CachedStore:
         self.max_bytes = max_bytes
         self.max_object = min(max_object, max_bytes)
         self._entries: OrderedDict[str, tuple[ObjectInfo, bytes]] = OrderedDict()
-        self._loading: dict[str, asyncio.Future[tuple[ObjectInfo, bytes] | None]] = {}
+        self._loading: dict[str, asyncio.Task[tuple[ObjectInfo, bytes] | None]] = {}
         self.size = 0
         """Bytes held now."""
         self.hits = 0
@@ -66,24 +67,20 @@ class CachedStore:
             yield data[offset : min(offset + SLICE, stop)]  # type: ignore[misc]
 
     async def _load(self, key: str) -> tuple[ObjectInfo, bytes] | None:
-        pending = self._loading.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[tuple[ObjectInfo, bytes] | None] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._loading[key] = future
-        try:
-            entry = await self._fetch(key)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: a load nobody else waited for is not an error
-            raise
-        else:
-            future.set_result(entry)
-            return entry
-        finally:
+        # The load runs in a task of its own: a reader that goes away (a device disconnecting)
+        # does not cancel it for the others waiting on it.
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch(key))
+            self._loading[key] = task
+            task.add_done_callback(partial(self._loaded, key))
+        return await asyncio.shield(task)
+
+    def _loaded(self, key: str, task: asyncio.Task[tuple[ObjectInfo, bytes] | None]) -> None:
+        if self._loading.get(key) is task:
             del self._loading[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed load nobody waited for any more is no error
 
     async def _fetch(self, key: str) -> tuple[ObjectInfo, bytes] | None:
         info = await self.inner.stat(key)
