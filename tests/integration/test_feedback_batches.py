@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 import httpx
@@ -83,8 +84,18 @@ async def test_a_batch_of_reports_ends_as_the_same_reports_one_after_another(
         a3: ("error", False),
     }
 
-    # The whole batch redelivered changes nothing.
+    # The whole batch redelivered changes nothing, and announces nothing.
+    queued: list[Any] = []
+    queue_many = repo.outbox.many
+
+    async def spy(conn: Any, events: Any = (), **rest: Any) -> None:
+        queued.extend([*events, *rest.get("kv_puts", ()), *rest.get("kv_deletes", ())])
+        await queue_many(conn, events, **rest)
+
+    repo.outbox.many = spy
     again = await repo.apply_many(batch)
+    repo.outbox.many = queue_many
+    assert queued == []
     assert [(r.status, r.active) if r else None for r in again] == [
         ("finished", False),
         ("finished", False),
