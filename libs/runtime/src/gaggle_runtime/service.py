@@ -13,8 +13,10 @@ import contextlib
 import inspect
 import json
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -47,6 +49,8 @@ from gaggle_runtime.outbox import Observer, Outbox, OutboxRelay
 from gaggle_runtime.telemetry import tracing_for
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+U = TypeVar("U")
 
 Hook = Callable[[], Awaitable[None]]
 KEYS_LOAD_TIMEOUT_S = 10.0
@@ -69,6 +73,80 @@ class Database:
     def started(self) -> bool:
         """Whether the pool exists."""
         return self._pool is not None
+
+
+class StartAborted(RuntimeError):
+    """A stop signal arrived while the service was still waiting for NATS or the database."""
+
+
+async def _retrying(
+    connect: Callable[[], Awaitable[T]],
+    attempts: int,
+    errors: tuple[type[BaseException], ...],
+    warning: str,
+) -> T:
+    """``connect()``, tried once a second up to ``attempts`` times; ``warning`` while it waits.
+
+    SIGINT and SIGTERM still reach the server (uvicorn stops once start-up ends); while this
+    waits they also end the waiting, so a service that cannot reach its dependencies stops at
+    once instead of after all its attempts (the NATS client alone may try for ever).
+
+    Raises:
+        StartAborted: a stop signal arrived while waiting.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    restore: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        previous = restore.get(signum)
+        if previous == signal.SIG_IGN:
+            return
+        loop.call_soon_threadsafe(stop.set)
+        if callable(previous):
+            previous(signum, frame)
+
+    async def unless_stopped(awaitable: Awaitable[U]) -> U:
+        """``awaitable``'s result; ``warning`` every 5 s it takes; StartAborted on a signal."""
+        work = asyncio.ensure_future(awaitable)
+        try:
+            while True:
+                stopped = loop.create_task(stop.wait())
+                try:
+                    done, _ = await asyncio.wait(
+                        {work, stopped}, timeout=5.0, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    stopped.cancel()
+                if work in done:
+                    return work.result()
+                if stop.is_set():
+                    what = warning.split(";")[0]
+                    raise StartAborted(f"stopped before the start was done ({what})")
+                log.warning(warning)
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            restore[sig] = signal.signal(sig, on_signal)
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                return await unless_stopped(connect())
+            except errors:
+                if attempt == attempts:
+                    raise
+                log.warning(warning)
+            await unless_stopped(asyncio.sleep(1.0))
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        for number, previous in restore.items():
+            if previous is not None:  # None: a handler not set from Python, nothing to restore
+                signal.signal(number, previous)
 
 
 class Service:
@@ -146,26 +224,21 @@ class Service:
         self._background.append(factory)
 
     async def _connect_nats(self, attempts: int = 30) -> None:
-        for attempt in range(1, attempts + 1):
-            try:
-                await self.broker.connect()
-                return
-            except Exception:
-                if attempt == attempts:
-                    raise
-                log.warning("NATS not reachable yet; retrying url=%s", self.common.nats_url)
-                await asyncio.sleep(1.0)
+        await _retrying(
+            self.broker.connect,
+            attempts,
+            (Exception,),
+            f"NATS not reachable yet; retrying url={self.common.nats_url}",
+        )
 
     async def _connect_db(self, attempts: int = 30) -> asyncpg.Pool:
-        for attempt in range(1, attempts + 1):
-            try:
-                return await db.create_pool(self.common.database_url)
-            except (OSError, asyncpg.PostgresError):
-                if attempt == attempts:
-                    raise
-                log.warning("database not reachable yet; retrying")
-                await asyncio.sleep(1.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+        pool: asyncpg.Pool = await _retrying(
+            lambda: db.create_pool(self.common.database_url),
+            attempts,
+            (OSError, asyncpg.PostgresError),
+            "database not reachable yet; retrying",
+        )
+        return pool
 
     async def start(self) -> None:
         """Connect, set up stream/buckets and schema, run start hooks, start subscribers."""
