@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -314,8 +314,17 @@ class Policy:
         return {"mode": self.mode, "feed": self.feed, "software_id": self.software_id}
 
 
-RolloutMode = Callable[[Conn, str, DeviceView, PolicyView, dict[str, Any]], Awaitable[Decision]]
-"""Decides a locked device in mode ``rollout``; the dict holds what a batch's devices share."""
+@dataclass
+class BatchReads:
+    """What the devices decided in one transaction share, read at most once for them all."""
+
+    catalogue: dict[str, tuple[Software, Candidate]] | None = None
+    feeds: dict[str, asyncpg.Record | None] = field(default_factory=dict)
+    """A feed's newest active rollout (None: none), its feed lock taken."""
+
+
+RolloutMode = Callable[[Conn, str, DeviceView, PolicyView, BatchReads], Awaitable[Decision]]
+"""Decides a locked device in mode ``rollout``."""
 
 
 @dataclass(frozen=True)
@@ -591,13 +600,13 @@ class Repo:
                 for r in await conn.fetch(SELECT_POLICIES, tenant, ids)
             }
             rows = {r["controller_id"]: r for r in await conn.fetch(SELECT_DEVICES, tenant, ids)}
-            shared: dict[str, Any] = {}
+            shared = BatchReads()
             for controller_id in ids:
                 decisions[controller_id] = await self._decide_locked(
                     conn,
                     tenant,
                     controller_id,
-                    busy,
+                    controller_id in busy,
                     policies.get(controller_id, PolicyView()),
                     rows.get(controller_id),
                     shared,
@@ -609,12 +618,12 @@ class Repo:
         conn: Conn,
         tenant: str,
         controller_id: str,
-        busy: set[str],
+        busy: bool,
         policy: PolicyView,
         row: asyncpg.Record | None,
-        shared: dict[str, Any],
+        shared: BatchReads,
     ) -> Decision:
-        if controller_id in busy:
+        if busy:
             return Decision(None, "an action is open")
         if policy.mode == "pinned":
             return Decision(None, "pinned")
@@ -627,12 +636,12 @@ class Repo:
             if self.rollout_mode is None:  # pragma: no cover - wired in app.py
                 return Decision(None, "no rollouts here")
             return await self.rollout_mode(conn, tenant, device, policy, shared)
-        if "catalogue" not in shared:
-            shared["catalogue"] = {
+        if shared.catalogue is None:
+            shared.catalogue = {
                 r["software_id"]: (_software(r), candidate(r))
                 for r in await conn.fetch(SELECT_CATALOGUE, tenant)
             }
-        catalogue: dict[str, tuple[Software, Candidate]] = shared["catalogue"]
+        catalogue = shared.catalogue
         failed = frozenset(
             r["software_id"] for r in await conn.fetch(FAILED_SOFTWARE, tenant, controller_id)
         )
@@ -751,7 +760,7 @@ class Repo:
             current = {(r["tenant"], r["id"]): (_action(r), r["status_at"]) for r in rows}
             event_ids = [r.event_id for r in reports if r.event_id is not None]
             seen = {r[0] for r in await conn.fetch(KNOWN_EVENTS, event_ids)} if event_ids else set()
-            history: list[tuple[int, Any, datetime, str, FeedbackStatus | None, list[str]]] = []
+            history: list[tuple[Any, ...]] = []  # INSERT_STATUSES' columns, a row per entry
             results: list[Action | None] = []
             events: list[Event] = []
             rendered: dict[str, set[str]] = {}
@@ -777,8 +786,10 @@ class Repo:
                         report.event_id,
                         report.at,
                         status,
-                        fb,
-                        (fb.details if fb else report.note) or [],
+                        fb.execution if fb else None,
+                        fb.finished if fb else None,
+                        fb.code if fb else None,
+                        json.dumps((fb.details if fb else report.note) or []),
                     )
                 )
                 if (status, active) == (action.status, action.active):
@@ -798,17 +809,7 @@ class Repo:
                     events.append(_announcement(action, fb))
                 rendered.setdefault(report.tenant, set()).add(action.controller_id)
             if history:
-                await conn.execute(
-                    INSERT_STATUSES,
-                    [h[0] for h in history],
-                    [h[1] for h in history],
-                    [h[2] for h in history],
-                    [h[3] for h in history],
-                    [h[4].execution if h[4] else None for h in history],
-                    [h[4].finished if h[4] else None for h in history],
-                    [h[4].code if h[4] else None for h in history],
-                    [json.dumps(h[5]) for h in history],
-                )
+                await conn.execute(INSERT_STATUSES, *(list(c) for c in zip(*history, strict=True)))
             if changed:
                 moved = [current[k] for k in sorted(changed, key=lambda k: k[1])]
                 await conn.execute(

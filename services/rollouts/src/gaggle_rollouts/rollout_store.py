@@ -45,6 +45,7 @@ from gaggle_rollouts.plan import (
 from gaggle_rollouts.repository import (
     SELECT_SOFTWARE,
     ActionSpec,
+    BatchReads,
     Repo,
     _software,
     candidate,
@@ -460,22 +461,23 @@ class RolloutStore:
         tenant: str,
         device: DeviceView,
         policy: PolicyView,
-        shared: dict[str, Any] | None = None,
+        shared: BatchReads,
     ) -> Decision:
         """Decide a device in mode ``rollout``: by the newest active rollout of its feed.
 
         The caller holds the device's advisory lock. A device that is not a member yet (new in
         the feed, or its inventory arrived after the rollout was created) joins the rollout's
         last wave if it matches its filter and the software fits it. Devices decided in one
-        transaction pass the same ``shared``: the feed's lock and rollout are taken once (the
-        rollout row is held FOR SHARE, so it cannot move on meanwhile).
+        transaction share ``shared``: the feed's lock and rollout are taken once (the rollout
+        row is held FOR SHARE, so it cannot move on meanwhile).
         """
-        feeds = {} if shared is None else shared.setdefault("feeds", {})
-        if policy.feed in feeds:
-            row = feeds[policy.feed]
+        if policy.feed in shared.feeds:
+            row = shared.feeds[policy.feed]
         else:
             await conn.execute(SHARE_FEED, feed_key(tenant, policy.feed))
-            row = feeds[policy.feed] = await conn.fetchrow(NEWEST_ACTIVE, tenant, policy.feed)
+            row = shared.feeds[policy.feed] = await conn.fetchrow(
+                NEWEST_ACTIVE, tenant, policy.feed
+            )
         if row is None:
             return Decision(None, "no running rollout in the feed")
         rid = str(row["id"])
