@@ -37,8 +37,6 @@ class CachedStore:
         self._loading: dict[str, asyncio.Task[tuple[ObjectInfo, bytes] | None]] = {}
         self.size = 0
         """Bytes held now."""
-        self.hits = 0
-        self.misses = 0
 
     async def stat(self, key: str) -> ObjectInfo:
         """The store's answer; a cached copy that no longer matches it is dropped."""
@@ -52,10 +50,8 @@ class CachedStore:
         """Bytes ``start`` to ``end`` inclusive, from memory when the object fits the cache."""
         entry = self._entries.get(key)
         if entry is None:
-            self.misses += 1
             entry = await self._load(key)
         else:
-            self.hits += 1
             self._entries.move_to_end(key)
         if entry is None:  # too large to keep
             async for chunk in self.inner.read(key, start, end):

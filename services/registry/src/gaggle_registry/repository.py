@@ -615,21 +615,8 @@ class Repo:
             raise result
         return result
 
-    async def set_state(
-        self,
-        tenant: str,
-        controller_id: str,
-        state: str,
-        at: datetime,
-        action_id: str,
-        installed_version: str | None,
-    ) -> Device | None:
-        """Record the update state an action event implies, unless a newer one is recorded."""
-        change = StateChange(tenant, controller_id, state, at, action_id, installed_version)
-        return (await self.set_state_many([change]))[0]
-
     async def set_state_many(self, changes: Sequence[StateChange]) -> list[Device | None]:
-        """``set_state`` for many changes in one transaction; results in their order.
+        """Record the update states action events imply, in one transaction; results in order.
 
         Changes of one device apply in the order given (one statement per round, a device at
         most once in each). Each result is the device after its change, or None when the
