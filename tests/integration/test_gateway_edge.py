@@ -7,6 +7,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import nats
@@ -50,10 +51,19 @@ async def until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-unt
             await asyncio.sleep(0.05)
 
 
-def deployment(action_id: str, artifact: ArtifactDoc) -> DeploymentEntry:
+def deployment(
+    action_id: str,
+    artifact: ArtifactDoc,
+    *,
+    state: Literal["deployment", "canceling", "wait_for_confirmation"] = "deployment",
+    closed: list[str] | None = None,
+) -> DeploymentEntry:
     chunk = ChunkDoc(module_id="7", name="img", version="2.0", artifacts=[artifact])
     return DeploymentEntry(
-        open=OpenAction(action_id=action_id, c="1", deployment=DeploymentDoc(chunks=[chunk]))
+        open=OpenAction(
+            action_id=action_id, state=state, c="1", deployment=DeploymentDoc(chunks=[chunk])
+        ),
+        closed=closed or [],
     )
 
 

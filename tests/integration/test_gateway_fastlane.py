@@ -10,42 +10,16 @@ import pytest
 from starlette.middleware import Middleware
 
 from gaggle_contracts import names
-from gaggle_contracts.kv import (
-    ArtifactDoc,
-    ChunkDoc,
-    DeploymentDoc,
-    DeploymentEntry,
-    DeviceEntry,
-    OpenAction,
-    TenantConfig,
-)
+from gaggle_contracts.kv import DeviceEntry, TenantConfig
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app
 from gaggle_gateway.domain import token_hash
 from gaggle_gateway.fastlane import PollFastLane
 from gaggle_gateway.settings import GatewaySettings
 
-from .test_gateway_edge import kv_put, until
+from .test_gateway_edge import ART, deployment, kv_put, until
 
 pytestmark = pytest.mark.integration
-
-ART = ArtifactDoc(
-    filename="a.swu", size=3, md5="m" * 32, sha1="s" * 40, sha256="h" * 64, object_key="k"
-)
-
-
-def entry(action_id: str, state: str = "deployment", closed: list[str] | None = None) -> bytes:
-    chunk = ChunkDoc(module_id="7", name="img", version="2.0", artifacts=[ART])
-    return (
-        DeploymentEntry(
-            open=OpenAction(
-                action_id=action_id, state=state, c="1", deployment=DeploymentDoc(chunks=[chunk])
-            ),
-            closed=closed or [],
-        )
-        .model_dump_json()
-        .encode()
-    )
 
 
 def without_feedback_lane(app: Any) -> Any:
@@ -65,13 +39,15 @@ async def test_feedback_is_answered_alike_with_and_without_the_fast_lane(
     config = TenantConfig(anonymous=False, auto_register=False, polling_sleep="00:10:00")
     await kv_put(common.nats_url, names.BUCKET_TENANTS, tenant, config.model_dump_json().encode())
     for cid, value in {
-        "dev-1": entry("5", closed=["4"]),
-        "dev-2": entry("9", state="wait_for_confirmation"),
+        "dev-1": deployment("5", ART, closed=["4"]),
+        "dev-2": deployment("9", ART, state="wait_for_confirmation"),
     }.items():
         key = names.kv_key(tenant, cid)
         device = DeviceEntry(token_hash=token_hash(f"tok-{cid}"))
         await kv_put(common.nats_url, names.BUCKET_DEVICES, key, device.model_dump_json().encode())
-        await kv_put(common.nats_url, names.BUCKET_DEPLOYMENTS, key, value)
+        await kv_put(
+            common.nats_url, names.BUCKET_DEPLOYMENTS, key, value.model_dump_json().encode()
+        )
     settings = GatewaySettings(max_feedback_bytes=2048)
     fast = await serve(build_app(common, settings))
     slow = await serve(without_feedback_lane(build_app(common, settings)))
