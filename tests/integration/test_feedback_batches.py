@@ -19,8 +19,6 @@ from .test_ddi_cycle import stack as stack  # the fixture, used by name
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
-
 
 def fb(execution: str, finished: str = "none") -> FeedbackStatus:
     return FeedbackStatus.model_validate(
@@ -43,8 +41,10 @@ async def test_a_batch_of_reports_ends_as_the_same_reports_one_after_another(
     a1, a2, a3 = actions["b1"], actions["b2"], actions["b3"]
     e = [uuid4() for _ in range(6)]
 
+    t0 = datetime.now(UTC)  # after the actions' creation entries, which are stamped "now"
+
     def at(seconds: int) -> datetime:
-        return T0 + timedelta(seconds=seconds)
+        return t0 + timedelta(seconds=seconds)
 
     before = {a: len(await repo.history(a)) for a in (a1, a2, a3)}  # the creation's entries
     batch = [

@@ -368,7 +368,7 @@ async def test_key_requests_are_validated(
             {"name": "x", "role": "root"},
             {"name": "x", "permissions": ["device:fly"]},
             {"name": "x", "role": "viewer", "expires_at": past},
-            {"name": "x", "role": "viewer", "expires_at": "2030-01-01T00:00:00"},
+            {"name": "x", "role": "viewer", "expires_at": "2030-01-01T00:00:00"},  # fixed-date-ok
             {"name": "", "role": "viewer"},
         ]:
             r = await client.post(url, json=body)

@@ -18,7 +18,7 @@ from gaggle_runtime import db
 pytestmark = pytest.mark.integration
 
 TENANT = "t1"
-NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 NEVER = datetime.min.replace(tzinfo=UTC)
 
 

@@ -15,7 +15,7 @@ from gaggle_registry.settings import RegistrySettings
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=1)
 
 
 def seen(cid: str, minutes: int, address: str | None) -> Sighting:
@@ -59,7 +59,7 @@ async def test_sightings_only_move_last_seen_forward(
         device = await client.get(f"{registry.url}/api/v1/devices/a", params={"tenant": tenant})
     assert [d["controller_id"] for d in page.json()["items"]] == ["b", "a", "c"]
     assert device.json()["last_address"] == "10.0.0.1"
-    assert device.json()["last_seen_at"] == "2026-05-01T12:05:00Z"
+    assert device.json()["last_seen_at"] == f"{(T0 + timedelta(minutes=5)):%Y-%m-%dT%H:%M:%S}Z"
 
     # Deleting a device takes its presence along.
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:

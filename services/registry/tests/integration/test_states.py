@@ -14,7 +14,7 @@ from gaggle_registry.settings import RegistrySettings
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+T0 = datetime.now(UTC).replace(microsecond=0)
 
 
 async def test_a_batch_of_state_changes_applies_in_order_per_device(
