@@ -2,7 +2,8 @@
 
 Every event carries an id (also sent as ``Nats-Msg-Id`` so JetStream drops duplicates), the tenant,
 a UTC timestamp and a schema version. Events are frozen and ignore unknown fields, so a newer
-publisher can add optional fields without breaking older consumers.
+publisher can add optional fields without breaking older consumers. Every event and KV value is
+serialised through :func:`bounded_json`, so none can be larger than the bus accepts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,45 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from gaggle_contracts import names
 
 ControllerId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+MAX_MESSAGE_BYTES = 1_000_000
+"""Largest JSON body of an event or KV value.
+
+NATS refuses a message above its ``max_payload`` (1 MiB, 1,048,576 bytes, by default), counting
+the headers too (``Nats-Msg-Id``, ``traceparent``, content type: well under 1 KiB); what stays
+under this limit fits with about 47 KiB to spare.
+"""
+
+
+class MessageTooLargeError(ValueError):
+    """An event or KV value whose JSON is larger than :data:`MAX_MESSAGE_BYTES`."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{what} is {size} bytes as JSON, over the limit of {limit} bytes: "
+            "the bus would refuse it; bound the list or text that grew it"
+        )
+        self.what = what
+        self.size = size
+        self.limit = limit
+
+
+def bounded_json(value: BaseModel, what: str, limit: int = MAX_MESSAGE_BYTES) -> bytes:
+    """``value`` as JSON bytes, checked against what the bus accepts.
+
+    Args:
+        value: an event, or a KV value.
+        what: names it in the error (``device.updated event``).
+        limit: the largest size accepted.
+
+    Raises:
+        MessageTooLargeError: the JSON is larger than ``limit``.
+    """
+    data = value.model_dump_json().encode()
+    if len(data) > limit:
+        raise MessageTooLargeError(what, len(data), limit)
+    return data
 
 
 def utcnow() -> datetime:
@@ -53,6 +93,14 @@ class Event(BaseModel):
     def message_id(self) -> str:
         """Value of ``Nats-Msg-Id``; JetStream drops a second publish inside its window."""
         return str(self.event_id)
+
+    def encode(self) -> bytes:
+        """The event as it goes on the bus: its JSON, at most :data:`MAX_MESSAGE_BYTES`.
+
+        Raises:
+            MessageTooLargeError: the event is too large for the bus.
+        """
+        return bounded_json(self, f"{self.kind} event")
 
 
 # --- from the DDI gateway -------------------------------------------------------------------

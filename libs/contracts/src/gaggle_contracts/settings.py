@@ -22,8 +22,14 @@ class CommonSettings(BaseSettings):
     duplicate_window_s: float = Field(120.0, gt=0)
     """JetStream drops a second publish with the same ``Nats-Msg-Id`` inside this window."""
     kv_replicas: int = Field(1, ge=1, le=5)
-    max_deliver: int = Field(10, ge=1)
-    """Deliveries of an event before a consumer gives up on it (transient failures)."""
+    retry_delay_s: float = Field(0.5, gt=0, le=60)
+    """Delay before an event whose handling failed comes back; doubles with every failure."""
+    retry_delay_max_s: float = Field(10.0, gt=0, le=600)
+    """Longest delay between two tries of an event. A failure because the database or the bus
+    is away is retried at least this often for as long as it lasts, never given up on."""
+    dead_letter_after: int = Field(5, ge=1, le=100)
+    """Failures of an event that the event itself causes (not a dependency away) before it is
+    parked as a dead letter, for an operator to look at and replay."""
     ack_wait_s: float = Field(10.0, gt=0)
     """An event taken but not acked (the consumer stopped or crashed) comes back after this."""
     pull_batch: int = Field(16, ge=1, le=1000)

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from faststream import AckPolicy, BaseMiddleware
-from faststream.exceptions import RejectMessage
+from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PubAck, PullSub
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
-from pydantic import ValidationError
 
 from gaggle_contracts import names
 from gaggle_contracts.events import Event
 from gaggle_contracts.settings import CommonSettings
+from gaggle_runtime.failures import PermanentPublishError
 from gaggle_runtime.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
 
 JSON_HEADERS = {"content-type": "application/json"}
+_SUBJECT_RE = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
+UNLIMITED = -1
+HEADER_RESERVE = 512
+"""Bytes kept free for headers added after the check (the tracing middleware's)."""
 
 
 def public_url(nats_url: str) -> str:
@@ -36,12 +42,12 @@ def public_url(nats_url: str) -> str:
 def make_broker(nats_url: str, service: str, *, middlewares: Sequence[Any] = ()) -> NatsBroker:
     """A FastStream NATS broker whose per-message log lines are at DEBUG.
 
-    ``middlewares`` (tracing, metrics) wrap every message, outermost first, around the check
-    that rejects invalid payloads.
+    ``middlewares`` (tracing, metrics, what to do with failures) wrap every message, outermost
+    first.
     """
     return NatsBroker(
         nats_url,
-        middlewares=[*middlewares, RejectInvalidPayload],
+        middlewares=list(middlewares),
         name=f"gaggle-{service}",
         logger=logging.getLogger(f"faststream.gaggle.{service}"),
         log_level=logging.DEBUG,
@@ -58,23 +64,61 @@ async def publish_event(broker: NatsBroker, event: Event, *, timeout: float = 5.
     ``Nats-Msg-Id`` is the event's message id, so a retried publish is stored once.
 
     Raises:
+        MessageTooLargeError: the event is larger than the bus accepts.
         Exception: whatever the client raises when NATS does not ack in ``timeout`` seconds.
     """
     return await publish_raw(
-        broker, event.subject, event.model_dump_json().encode(), event.message_id, timeout=timeout
+        broker, event.subject, event.encode(), event.message_id, timeout=timeout
     )
+
+
+def check_publishable(
+    subject: str, payload: bytes, headers: Mapping[str, str], max_payload: int
+) -> None:
+    """Refuse what the server would refuse: a malformed subject, a message over ``max_payload``.
+
+    The server counts headers towards ``max_payload`` and closes the connection of a client that
+    sends more, which would look like NATS being away; the client library checks the payload
+    alone.
+
+    Raises:
+        PermanentPublishError: the message can never be published.
+    """
+    if not _SUBJECT_RE.match(subject):
+        raise PermanentPublishError(f"subject {subject!r} is not a valid NATS subject")
+    size = len(payload) + header_bytes(headers.items())
+    if size + HEADER_RESERVE > max_payload:
+        raise PermanentPublishError(
+            f"message of {size} bytes with its headers is over the server's max_payload of "
+            f"{max_payload} bytes"
+        )
+
+
+def header_bytes(headers: Iterable[tuple[str, str]]) -> int:
+    """Bytes the headers take on the wire (``NATS/1.0`` line, one line each, blank line)."""
+    return len("NATS/1.0\r\n\r\n") + sum(len(k) + len(v) + 4 for k, v in headers)
 
 
 async def publish_raw(
-    broker: NatsBroker, subject: str, payload: bytes, msg_id: str | None, *, timeout: float = 5.0
+    broker: NatsBroker,
+    subject: str,
+    payload: bytes,
+    msg_id: str | None,
+    *,
+    timeout: float = 5.0,
+    headers: Mapping[str, str] | None = None,
 ) -> PubAck:
-    """Publish pre-serialised JSON to the OTA stream and wait for the ack."""
-    headers = dict(JSON_HEADERS)
+    """Publish pre-serialised JSON to the OTA stream and wait for the ack.
+
+    Raises:
+        PermanentPublishError: the subject or the size is one the server refuses.
+        Exception: whatever the client raises when NATS does not ack in ``timeout`` seconds.
+    """
+    sent = {**JSON_HEADERS, **(headers or {})}
     if msg_id:
-        headers["Nats-Msg-Id"] = msg_id
-    ack = await broker.publish(
-        payload, subject, headers=headers, stream=names.STREAM, timeout=timeout
-    )
+        sent["Nats-Msg-Id"] = msg_id
+    check_publishable(subject, payload, sent, broker.connection.max_payload)
+    ack = await broker.publish(payload, subject, headers=sent, stream=names.STREAM, timeout=timeout)
     if ack is None:  # pragma: no cover - a stream publish always returns an ack
         raise RuntimeError("JetStream returned no ack")
     return ack
@@ -107,6 +151,8 @@ class NatsSink:
         """Put one value; inside a trace, with its ``traceparent`` as a message header."""
         kv = await self.bucket(bucket)
         traceparent = current_traceparent()
+        headers = {"traceparent": traceparent} if traceparent else {}
+        check_publishable(f"{kv._pre}{key}", payload, headers, self.broker.connection.max_payload)
         if traceparent is None:
             await kv.put(key, payload)
             return
@@ -120,34 +166,17 @@ class NatsSink:
         await (await self.bucket(bucket)).delete(key)
 
 
-class RejectInvalidPayload(BaseMiddleware):
-    """Rejects (terminates) a message whose body does not validate, instead of redelivering it.
-
-    A malformed event will never become valid; redelivering it only delays the ones behind it.
-    """
-
-    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-        """Turn a pydantic ``ValidationError`` raised while decoding into ``RejectMessage``."""
-        try:
-            return await call_next(msg)
-        except ValidationError as exc:
-            log.warning(
-                "rejected invalid event subject=%s error=%s",
-                getattr(msg, "subject", "?"),
-                exc.errors()[:3],
-            )
-            raise RejectMessage from exc
-
-
 def consumer_options(
     service: str, kind: str, common: CommonSettings, *, batch: int | None = None
 ) -> dict[str, Any]:
     """Subscriber options for a durable, explicitly acked pull consumer of ``kind`` events.
 
     ``batch`` overrides how many events one pull fetches (they are handled concurrently).
-    Replicas of a service share the durable, so each event is handled by one of them. Failures
-    are nacked and redelivered up to ``max_deliver`` times; the ack comes after the handler (and
-    so after its transaction) returns.
+    Replicas of a service share the durable, so each event is handled by one of them. The ack
+    comes after the handler (and so after its transaction) returns. A failure is nacked with a
+    delay, and JetStream never gives up on an event (no ``max_deliver``): the service's
+    :class:`~gaggle_runtime.deadletters.ConsumerFailures` retries a dependency that is away for
+    as long as it takes, and parks an event that cannot be processed as a dead letter.
     """
     return {
         "subject": names.subscription(kind),
@@ -155,5 +184,39 @@ def consumer_options(
         "durable": names.durable(service, kind),
         "pull_sub": PullSub(batch_size=batch or common.pull_batch, timeout=1.0),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
-        "config": ConsumerConfig(max_deliver=common.max_deliver, ack_wait=common.ack_wait_s),
+        "config": ConsumerConfig(max_deliver=UNLIMITED, ack_wait=common.ack_wait_s),
     }
+
+
+async def update_consumers(js: JetStreamContext, wanted: Iterable[ConsumerConfig]) -> list[str]:
+    """Bring existing durable consumers to ``wanted``'s ``max_deliver`` and ``ack_wait``.
+
+    Subscribing to an existing durable keeps its configuration as it was created, so consumers
+    made before a change (say, ``max_deliver`` 10) would keep dropping events; this updates
+    them in place (their position and pending acks stay). Durables that do not exist yet are
+    left for the subscription to create. Returns the names updated.
+    """
+    updated = []
+    for config in wanted:
+        durable = config.durable_name
+        if not durable:
+            continue
+        try:
+            info = await js.consumer_info(names.STREAM, durable)
+        except NotFoundError:
+            continue
+        current = info.config
+        if current.max_deliver == config.max_deliver and current.ack_wait == config.ack_wait:
+            continue
+        current.max_deliver = config.max_deliver
+        current.ack_wait = config.ack_wait
+        current.name = current.name or durable
+        await js.add_consumer(names.STREAM, config=current)
+        log.info(
+            "consumer updated durable=%s max_deliver=%s ack_wait_s=%s",
+            durable,
+            config.max_deliver,
+            config.ack_wait,
+        )
+        updated.append(durable)
+    return updated

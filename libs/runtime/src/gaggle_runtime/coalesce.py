@@ -4,13 +4,23 @@ A consumer handles the events of one pull concurrently; each handler submits its
 waits. What was submitted before the loop gets round to it is handled by one ``run_many`` call
 (one transaction, a few statements), and each caller gets its own result or exception. The
 caller acks its event only after that, so nothing is acknowledged before it is committed.
+
+One bad item must not fail the others: when the batch fails for a reason that is not transient
+(a value the database refuses, a bug one item triggers), each item is run again alone, so the
+good ones commit and only the bad one fails. A transient failure (the database away) fails the
+whole batch at once; every item would meet it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+from gaggle_runtime.failures import describe, is_transient
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -20,8 +30,10 @@ class Coalescer(Generic[T, R]):
     """Gathers items submitted in the same moment and runs them through ``run_many`` at once.
 
     ``run_many`` gets the items in submission order and returns one result per item; a result
-    that is an exception is raised to that item's caller only. If ``run_many`` itself raises,
-    every caller of that batch gets the exception (their events are then redelivered).
+    that is an exception is raised to that item's caller only. If ``run_many`` itself raises
+    a transient error, every caller of that batch gets it (their events are then redelivered);
+    any other error has each item of the batch run alone, each caller getting its own outcome.
+    ``run_many`` must therefore leave nothing behind when it raises (one transaction).
     """
 
     def __init__(
@@ -56,7 +68,7 @@ class Coalescer(Generic[T, R]):
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
-            results = await self.run_many([item for item, _ in batch])
+            results = await self._results([item for item, _ in batch])
         except asyncio.CancelledError:  # shutting down: nobody may wait forever
             for _, future in batch:
                 future.cancel()
@@ -73,3 +85,21 @@ class Coalescer(Generic[T, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    async def _results(self, items: list[T]) -> Sequence[R | Exception]:
+        """``run_many(items)``; if it fails for good, each item's outcome alone."""
+        try:
+            return await self.run_many(items)
+        except Exception as exc:
+            if len(items) == 1 or is_transient(exc):
+                raise
+            log.warning(
+                "a batch of %d failed; each item alone error=%s", len(items), describe(exc, 300)
+            )
+        return [await self._alone(item) for item in items]
+
+    async def _alone(self, item: T) -> R | Exception:
+        try:
+            return (await self.run_many([item]))[0]
+        except Exception as exc:
+            return exc

@@ -15,13 +15,14 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from faststream import BaseMiddleware
-from faststream.exceptions import RejectMessage
+from faststream.exceptions import AckMessage, NackMessage, RejectMessage
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gaggle_runtime.failures import Parked, Skipped
 from gaggle_runtime.mirror import BucketMirror
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ class Metrics:
         )
         self.events_consumed = Counter(
             "gaggle_events_consumed",
-            "Events handled by this service's consumers, by kind and result "
-            "(ok: acked; error: nacked, to be redelivered; rejected: dropped as invalid).",
+            "Events handled by this service's consumers, by kind and result (ok: acked; retry: "
+            "failed, to be redelivered after a delay; dead_letter: parked as a dead letter and "
+            "acked; skipped: a replay for another consumer; rejected: dropped, nothing could "
+            "keep it; error: failed otherwise).",
             ["kind", "result"],
             registry=self.registry,
         )
@@ -63,6 +66,13 @@ class Metrics:
             "gaggle_events_redelivered",
             "Events delivered to this service's consumers again (an earlier delivery failed).",
             ["kind"],
+            registry=self.registry,
+        )
+        self.dead_letters = Gauge(
+            "gaggle_dead_letters",
+            "Dead letters waiting for an operator (not replayed since parked): events a consumer "
+            "could not process, by event kind, and outbox rows the bus refused (kind outbox).",
+            ["service", "kind"],
             registry=self.registry,
         )
         self.consumer_lag = Gauge(
@@ -165,6 +175,18 @@ class EventMetrics(BaseMiddleware):
             result = await call_next(msg)
         except RejectMessage:
             metrics.events_consumed.labels(kind, "rejected").inc()
+            raise
+        except NackMessage:
+            metrics.events_consumed.labels(kind, "retry").inc()
+            raise
+        except Parked:
+            metrics.events_consumed.labels(kind, "dead_letter").inc()
+            raise
+        except Skipped:
+            metrics.events_consumed.labels(kind, "skipped").inc()
+            raise
+        except AckMessage:
+            metrics.events_consumed.labels(kind, "ok").inc()
             raise
         except Exception:
             metrics.events_consumed.labels(kind, "error").inc()

@@ -7,6 +7,11 @@ there at the next start. Events carry ``Nats-Msg-Id`` so a publish repeated afte
 dropped by JetStream. One relay per schema is active at a time (an advisory lock elects it), which
 keeps KV writes for the same key in commit order. When tracing is on, each row keeps the W3C
 ``traceparent`` of the transaction that wrote it, and the relay sends it under that trace.
+
+The relay cannot jam: a row the bus refuses for good (too large, a subject or key it cannot hold),
+or that fails ``park_after`` times for another reason, is parked in ``dead_letters`` (see
+:mod:`gaggle_runtime.deadletters`) in the transaction that deletes it, and the rows behind it go
+on. Only a transient failure (NATS away) keeps a row, and the rows of its key after it, waiting.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from typing import Protocol
 import asyncpg
 from pydantic import BaseModel
 
-from gaggle_contracts.events import Event
+from gaggle_contracts.events import Event, bounded_json
 from gaggle_runtime.db import Conn, check_identifier
+from gaggle_runtime.deadletters import DeadLetterStore, outbox_letter
+from gaggle_runtime.failures import describe, is_permanent, is_transient
 from gaggle_runtime.telemetry import Tracing, continued, current_traceparent
 
 log = logging.getLogger(__name__)
@@ -35,7 +42,7 @@ Observer = Callable[[str, bytes], None]
 def _event_row(event: Event, traceparent: str | None) -> OutboxRow:
     # An event's key is its device, if it has one: the relay keeps a device's events in order.
     key = getattr(event, "controller_id", None)
-    payload = event.model_dump_json().encode()
+    payload = event.encode()
     return ("event", event.subject, key, event.message_id, payload, traceparent)
 
 
@@ -76,7 +83,7 @@ class Outbox:
         """Queue many events, KV puts ``(bucket, key, value)`` and deletes, in one statement."""
         traceparent = current_traceparent()
         rows = [_event_row(e, None)[:5] for e in events]
-        rows += [("kv_put", b, k, None, v.model_dump_json().encode()) for b, k, v in kv_puts]
+        rows += [("kv_put", b, k, None, _kv_value(b, v)) for b, k, v in kv_puts]
         rows += [("kv_delete", b, k, None, b"") for b, k in kv_deletes]
         if not rows:
             return
@@ -85,7 +92,7 @@ class Outbox:
 
     async def kv_put(self, conn: Conn, bucket: str, key: str, value: BaseModel) -> None:
         """Queue a KV put for once the transaction commits."""
-        payload = value.model_dump_json().encode()
+        payload = _kv_value(bucket, value)
         await conn.execute(
             self._insert, "kv_put", bucket, key, None, payload, current_traceparent()
         )
@@ -93,6 +100,23 @@ class Outbox:
     async def kv_delete(self, conn: Conn, bucket: str, key: str) -> None:
         """Queue a KV delete for once the transaction commits."""
         await conn.execute(self._insert, "kv_delete", bucket, key, None, b"", current_traceparent())
+
+    async def requeue(
+        self,
+        conn: Conn,
+        op: str,
+        target: str,
+        key: str | None,
+        msg_id: str | None,
+        payload: bytes,
+        traceparent: str | None,
+    ) -> None:
+        """Queue a row again as it was written (a replayed dead letter)."""
+        await conn.execute(self._insert, op, target, key, msg_id, payload, traceparent)
+
+
+def _kv_value(bucket: str, value: BaseModel) -> bytes:
+    return bounded_json(value, f"{bucket} KV value")
 
 
 class Sink(Protocol):
@@ -122,6 +146,8 @@ class OutboxRelay:
         idle_poll_s: float = 1.0,
         tracing: Tracing | None = None,
         observers: Sequence[Observer] = (),
+        dead_letters: DeadLetterStore | None = None,
+        park_after: int = 5,
     ) -> None:
         self.dsn = dsn
         self.pool = pool
@@ -133,6 +159,10 @@ class OutboxRelay:
         self.idle_poll_s = idle_poll_s
         self._wake = asyncio.Event()
         self.published = 0
+        self.parked = 0
+        self.dead_letters = dead_letters or DeadLetterStore(outbox.schema, lambda: pool, outbox)
+        self.park_after = park_after
+        self._failures: dict[int, int] = {}
         schema = outbox.schema
         self._select = (
             f"SELECT id, op, target, key, msg_id, payload, traceparent FROM {schema}.outbox"  # noqa: S608
@@ -181,8 +211,9 @@ class OutboxRelay:
 
         Rows of a batch are sent concurrently, except that rows sharing an ordering key (the same
         KV key, or events of the same device) go one after the other in id order. When a send
-        fails, the rows of its key after it are left for the next attempt, so a retry can never
-        overtake a newer write of the same key.
+        fails transiently, the rows of its key after it are left for the next attempt, so a
+        retry can never overtake a newer write of the same key. A row refused for good is parked
+        and the rows behind it go on.
         """
         sent = 0
         while True:
@@ -195,24 +226,70 @@ class OutboxRelay:
                     lane = ("", row["key"]) if row["op"] == "event" else (row["target"], row["key"])
                     lanes.setdefault(lane, []).append(row)
                 done: list[int] = []
+                parked: list[tuple[asyncpg.Record, BaseException]] = []
                 try:
                     results = await asyncio.gather(
-                        *(self._send_lane(lane, done) for lane in lanes.values()),
+                        *(self._send_lane(lane, done, parked) for lane in lanes.values()),
                         return_exceptions=True,
                     )
                 finally:
-                    if done:
-                        await conn.execute(self._delete, done)
+                    if done or parked:
+                        await self._finish(conn, done, parked)
                         sent += len(done)
                         self.published += len(done)
                 for result in results:
                     if isinstance(result, BaseException):
                         raise result
 
-    async def _send_lane(self, lane: list[asyncpg.Record], done: list[int]) -> None:
+    async def _finish(
+        self, conn: Conn, done: list[int], parked: list[tuple[asyncpg.Record, BaseException]]
+    ) -> None:
+        """Delete what was sent, and park what was refused, in one transaction."""
+        async with conn.transaction():
+            await self.dead_letters.park_many(conn, [outbox_letter(r, e) for r, e in parked])
+            await conn.execute(self._delete, [*done, *(r["id"] for r, _ in parked)])
+        for row, exc in parked:
+            self._failures.pop(row["id"], None)
+            self.parked += 1
+            log.error(
+                "outbox row parked as a dead letter, the rows behind it go on schema=%s row=%s"
+                " op=%s target=%s key=%s msg_id=%s size=%d error=%s",
+                self.outbox.schema,
+                row["id"],
+                row["op"],
+                row["target"],
+                row["key"],
+                row["msg_id"],
+                len(row["payload"]),
+                describe(exc),
+            )
+
+    async def _send_lane(
+        self,
+        lane: list[asyncpg.Record],
+        done: list[int],
+        parked: list[tuple[asyncpg.Record, BaseException]],
+    ) -> None:
         for row in lane:
-            await self._send(row)
+            try:
+                await self._send(row)
+            except Exception as exc:
+                if not self._refused(row["id"], exc):
+                    raise
+                parked.append((row, exc))
+                continue
+            self._failures.pop(row["id"], None)
             done.append(row["id"])
+
+    def _refused(self, row_id: int, exc: BaseException) -> bool:
+        """Whether a failed row is to be parked: refused for good, or failing too often."""
+        if is_permanent(exc):
+            return True
+        if is_transient(exc):
+            return False
+        failures = self._failures.get(row_id, 0) + 1
+        self._failures[row_id] = failures
+        return failures >= self.park_after
 
     async def _send(self, row: asyncpg.Record) -> None:
         op = row["op"]
