@@ -72,3 +72,28 @@ def test_pinned_examples_still_parse(path: Path) -> None:
 
 def test_there_is_a_pinned_example_for_every_event() -> None:
     assert {p.stem for p in EXAMPLES.glob("*.json")} == set(events.EVENTS_BY_KIND)
+
+
+def test_an_event_encodes_to_the_json_it_publishes() -> None:
+    ev = DeviceDiscovered(tenant="acme", controller_id="d1")
+    assert ev.encode() == ev.model_dump_json().encode()
+
+
+def test_an_event_larger_than_the_bus_accepts_fails_loudly_where_it_is_encoded() -> None:
+    fits = events.DeviceConfigReported(
+        tenant="acme", controller_id="d1", data={"k": "x" * (events.MAX_MESSAGE_BYTES - 500)}
+    )
+    assert len(fits.encode()) <= events.MAX_MESSAGE_BYTES
+    too_large = events.DeviceConfigReported(
+        tenant="acme", controller_id="d1", data={"k": "x" * events.MAX_MESSAGE_BYTES}
+    )
+    with pytest.raises(events.MessageTooLargeError) as caught:
+        too_large.encode()
+    assert caught.value.size > events.MAX_MESSAGE_BYTES
+    assert "device.config_reported event is" in str(caught.value)
+    assert f"over the limit of {events.MAX_MESSAGE_BYTES} bytes" in str(caught.value)
+
+
+def test_the_limit_leaves_room_for_headers_under_nats_default_max_payload() -> None:
+    nats_default_max_payload = 1 << 20
+    assert nats_default_max_payload - events.MAX_MESSAGE_BYTES > 32 * 1024

@@ -19,6 +19,7 @@ parked KV write is not replayable: later writes of its key have superseded it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -380,7 +381,7 @@ class ConsumerFailures:
             await self._park(raw, consumer, key, "rejected", exc.__cause__ or exc, 1)
         except HandlerException:
             raise
-        except ValidationError as exc:
+        except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             await self._park(raw, consumer, key, "invalid", exc, 1)
         except Exception as exc:
             delivered = int(getattr(meta, "num_delivered", 1) or 1)
