@@ -188,6 +188,7 @@ COMMON_METRICS = (
     "gaggle_http_request_duration_seconds",
     "gaggle_kv_mirror_entries",
     "gaggle_kv_mirror_age_seconds",
+    "gaggle_dead_letters",
 )
 SERVICE_METRICS = {
     "gateway": ("gaggle_ddi_polls",),
@@ -268,7 +269,7 @@ async def test_every_service_serves_its_metrics_and_they_move(
         text = await scrape("gateway")
         assert value(text, "gaggle_kv_mirror_age_seconds", bucket=names.BUCKET_DEVICES) < 60
 
-        # An event that cannot be valid is rejected and counted as such.
+        # An event that cannot be valid is parked as a dead letter and counted as such.
         broker = make_broker(common.nats_url, "test")
         await broker.connect()
         try:
@@ -280,19 +281,23 @@ async def test_every_service_serves_its_metrics_and_they_move(
         finally:
             await broker.stop()
 
-        async def rejected() -> bool:
+        async def parked() -> bool:
             text = await scrape("registry")
             return (
                 value(
                     text,
                     "gaggle_events_consumed_total",
                     kind="device.discovered",
-                    result="rejected",
+                    result="dead_letter",
+                )
+                >= 1
+                and value(
+                    text, "gaggle_dead_letters", service="registry", kind="device.discovered"
                 )
                 >= 1
             )
 
-        await eventually(rejected)
+        await eventually(parked)
 
         # Operator requests are timed by route template, fast lane included.
         r = await client.get(f"{running['registry'].url}/api/v1/devices")

@@ -191,8 +191,13 @@ async def test_a_poison_event_is_parked_the_others_are_stored_and_a_replay_store
 
         # Acked: nothing of it is left in the consumer.
         js = probe.service.broker.connection.jetstream()
-        info = await js.consumer_info(names.STREAM, probe.durable)
-        assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+        async def acked() -> bool:
+            info = await js.consumer_info(names.STREAM, probe.durable)
+            return (info.num_ack_pending, info.num_pending) == (0, 0)
+
+        await eventually(acked)
+        assert probe.calls["poison"] == fast.dead_letter_after
 
         # Replaying before the cause is gone parks it again: the same dead letter, open again.
         r = await client.post(f"/api/v1/dead-letters/{letter['id']}/replay")

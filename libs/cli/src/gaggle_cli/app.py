@@ -141,7 +141,7 @@ def cli(
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Operate Gaggle: software, devices, policies, rollouts, API keys and the audit log.
+    """Operate Gaggle: software, devices, policies, rollouts, keys, audit log and dead letters.
 
     Talks to the registry, artifacts and rollouts services over their REST APIs with an operator
     API key. Settings come from flags, then the environment, then the config file (TOML with the
