@@ -22,7 +22,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class Permission(StrEnum):
-    """What a principal may do: ``<resource>:<verb>``, or ``admin`` for keys and the audit log.
+    """What a principal may do: ``<resource>:<verb>``, or ``admin`` (keys, audit log, dead letters).
 
     ``admin`` implies every other permission: whoever manages keys can issue themselves any.
     """
