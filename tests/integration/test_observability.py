@@ -291,9 +291,7 @@ async def test_every_service_serves_its_metrics_and_they_move(
                     result="dead_letter",
                 )
                 >= 1
-                and value(
-                    text, "gaggle_dead_letters", service="registry", kind="device.discovered"
-                )
+                and value(text, "gaggle_dead_letters", service="registry", kind="device.discovered")
                 >= 1
             )
 
