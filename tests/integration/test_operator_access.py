@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from gaggle_artifacts.app import build_app as build_artifacts
 from gaggle_artifacts.settings import ArtifactsSettings
+from gaggle_contracts import names
 from gaggle_contracts.access import Permission
 from gaggle_contracts.events import DeviceConfigReported
 from gaggle_contracts.settings import CommonSettings
@@ -38,7 +39,7 @@ from gaggle_registry.settings import RegistrySettings
 from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime.auth import operator_routes, requirement
-from gaggle_runtime.bus import make_broker, publish_event
+from gaggle_runtime.bus import make_broker, publish_event, publish_raw
 from gaggle_storage import StorageSettings
 from gaggle_swu.build import make_rawfile_swu
 
@@ -224,7 +225,32 @@ async def seed(client: httpx.AsyncClient, trio: Trio) -> dict[str, str]:
         "action_id": str(action_id),
         "rollout_id": str(rollout_id),
         "key_id": key_id,
+        **await park_invalid_events(client, trio),
     }
+
+
+async def park_invalid_events(client: httpx.AsyncClient, trio: Trio) -> dict[str, str]:
+    """A dead letter in each service (events that are not valid); ``<service>.letter_id``."""
+    broker = make_broker(trio.common.nats_url, "test")
+    await broker.connect()
+    try:
+        for kind in ("action.created", "software.created"):  # registry, artifacts; rollouts
+            subject = names.subject(trio.tenant, kind)
+            await publish_raw(broker, subject, b"{}", f"invalid-{trio.tenant}-{kind}")
+    finally:
+        await broker.stop()
+    found = {}
+    deadline = time.monotonic() + 10
+    for service, running in trio.apps.items():
+        while True:
+            r = await client.get(f"{running.url}/api/v1/dead-letters", headers=bearer(trio.admin))
+            items = r.json()["items"] if r.status_code == 200 else []
+            if items or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert items, f"{service} parked nothing: {r.text}"
+        found[f"{service}.letter_id"] = items[0]["id"]
+    return found
 
 
 def fill(path: str, ids: dict[str, str]) -> str:
@@ -270,7 +296,9 @@ async def test_every_route_refuses_no_token_a_wrong_token_a_missing_permission_a
             for route in api_routes(running.app):
                 need = requirement(route.dependant)
                 assert need is not None
-                url = running.url + fill(route.path, ids)
+                url = running.url + fill(
+                    route.path, {**ids, "letter_id": ids[f"{service}.letter_id"]}
+                )
                 for method in sorted(route.methods):
                     what = f"{service} {method} {route.path}"
                     r = await client.request(method, url)

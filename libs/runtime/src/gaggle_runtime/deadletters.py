@@ -345,8 +345,6 @@ class ConsumerFailures:
         self.max_delay_s = common.retry_delay_max_s
         self.dead_letter_after = common.dead_letter_after
         self._failures: OrderedDict[tuple[str, int], int] = OrderedDict()
-        self.parked: Callable[[Letter], None] | None = None
-        """Told of every event parked (metrics)."""
 
     def middleware(self) -> type[BaseMiddleware]:
         """The FastStream middleware class bound to this policy (innermost of the broker's)."""
@@ -485,8 +483,6 @@ class ConsumerFailures:
             attempts,
             letter.error,
         )
-        if self.parked is not None:
-            self.parked(letter)
         raise Parked() from exc
 
 
