@@ -18,8 +18,6 @@ import contextlib
 import json
 import os
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ from gaggle_stack.servers import free_port
 from gaggle_storage import LocalStore, StorageSettings
 
 from .test_ddi_cycle import Stack, feedback
-from .test_observability import value
+from .test_observability import eventually, value
 
 pytestmark = pytest.mark.integration
 
@@ -81,16 +79,6 @@ async def services(common: CommonSettings, serve: Any, tenant: str, tmp_path: Pa
     return Services(
         Stack(gateway, rollouts, tenant, LocalStore(storage.dir)), registry.url, registry.app
     )
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"still {result!r} after {timeout} s"
-        await asyncio.sleep(0.05)
 
 
 BLOCK_DEVICES = """
