@@ -245,6 +245,9 @@ class OutboxRelay:
         self, conn: Conn, done: list[int], parked: list[tuple[asyncpg.Record, BaseException]]
     ) -> None:
         """Delete what was sent, and park what was refused, in one transaction."""
+        if not parked:
+            await conn.execute(self._delete, done)
+            return
         async with conn.transaction():
             await self.dead_letters.park_many(conn, [outbox_letter(r, e) for r, e in parked])
             await conn.execute(self._delete, [*done, *(r["id"] for r, _ in parked)])
