@@ -192,7 +192,9 @@ def test_hawkbit_quotas_fail_as_quota_errors() -> None:
         FeedbackBody.model_validate({"status": details})
     assert _quota_error(messages.value)
     with pytest.raises(ValidationError) as confirmation:
-        ConfirmationFeedbackBody.model_validate({"confirmation": "confirmed", "details": ["x"] * 51})
+        ConfirmationFeedbackBody.model_validate(
+            {"confirmation": "confirmed", "details": ["x"] * 51}
+        )
     assert _quota_error(confirmation.value)
     # Exactly at the quota is fine.
     assert len(ConfigDataBody.model_validate({"data": {f"k{i}": "v" for i in range(100)}}).data)

@@ -69,6 +69,6 @@ def test_at_most_max_finals_are_remembered_the_oldest_go_first() -> None:
     acks = Acks(keep_s=60, max_finals=3)
     for i in range(5):
         acks.acknowledged(f"t.d{i}", "1", b"f", now=i)
-    assert [k for k in acks.finals] == ["t.d2", "t.d3", "t.d4"]
+    assert list(acks.finals) == ["t.d2", "t.d3", "t.d4"]
     acks.acknowledged("t.d2", "1", b"g", now=9)  # a newer final of a device moves to the end
     assert list(acks.finals) == ["t.d3", "t.d4", "t.d2"]
