@@ -78,18 +78,29 @@ class Acks:
         while len(self.finals) > self.max_finals:
             self.finals.popitem(last=False)
 
-    def sweep(self, deployments: Mapping[str, DeploymentEntry], now: float) -> None:
+    def sweep(
+        self, deployments: Mapping[str, DeploymentEntry], now: float, *, statuses: bool = True
+    ) -> None:
         """Forget what the mirror has caught up with.
 
         A final report goes once the mirror no longer shows its action open and its retry
-        window has passed; a status count once the mirror no longer shows its action open.
+        window has passed (only the oldest are looked at); a status count, if ``statuses``,
+        once the mirror no longer shows its action open (every count is looked at).
         """
         expired = now - self.keep_s
-        for key, final in list(self.finals.items()):
+        gone = []
+        for key, final in self.finals.items():
             if final.at > expired:
                 break  # the rest are younger
             if not _is_open(deployments, key, final.action_id):
-                del self.finals[key]
-        for key, (action_id, _) in list(self.statuses.items()):
-            if not _is_open(deployments, key, action_id):
+                gone.append(key)
+        for key in gone:
+            del self.finals[key]
+        if statuses:
+            done = [
+                key
+                for key, (action_id, _) in self.statuses.items()
+                if not _is_open(deployments, key, action_id)
+            ]
+            for key in done:
                 del self.statuses[key]

@@ -481,11 +481,21 @@ class Gateway:
         )
         self.noted(caller, controller_id, DeviceConfigReported.kind, body)
 
-    async def forget(self, every_s: float = 5.0) -> None:
-        """Forget, now and then, acknowledged reports the KV mirror has caught up with."""
+    async def forget(self, every_s: float = 5.0, counts_every: int = 12) -> None:
+        """Forget, now and then, acknowledged reports the KV mirror has caught up with.
+
+        Status counts (one per device with an open action) are looked through every
+        ``counts_every`` rounds only: a fleet's worth of them takes a while to walk.
+        """
+        rounds = 0
         while True:
             await asyncio.sleep(every_s)
-            self.acks.sweep(self.mirror.deployments.values, time.monotonic())
+            rounds += 1
+            self.acks.sweep(
+                self.mirror.deployments.values,
+                time.monotonic(),
+                statuses=rounds % counts_every == 0,
+            )
 
 
 def open_action(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
