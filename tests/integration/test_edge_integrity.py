@@ -438,6 +438,9 @@ async def test_without_the_mirror_catching_up_the_gateway_reads_back_its_own_ack
         assert (await client.post(cancel, json=feedback("canceled"))).status_code == 200
         assert (await client.get(f"{base}/m-2")).json()["_links"] == {}
         assert (await client.get(f"{base}/m-2/cancelAction/41")).status_code == 404
+        confirm = {"confirmation": "confirmed"}
+        r = await client.post(f"{base}/m-2/confirmationBase/41/feedback", json=confirm)
+        assert r.status_code == 410
         assert (await client.post(cancel, json=feedback("canceled"))).status_code == 200
         assert await feedback_count(nc, tenant, "cancel.feedback") == 1
 

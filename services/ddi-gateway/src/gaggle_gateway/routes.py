@@ -513,7 +513,12 @@ def open_action(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
 
 
 def check_feedback_target(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
-    """The open action a feedback is for; closed ones are 410 Gone, unknown ones 404."""
+    """The open action a feedback is for; closed ones are 410 Gone, unknown ones 404.
+
+    Closed are those KV says are, and those whose final report this gateway acknowledged.
+    """
+    if gw.acks.final(caller.key, action_id) is not None:
+        raise Gone(f"action {action_id!r} is closed")
     entry = caller.deployment(gw.mirror)
     if entry is not None and (entry.open is None or entry.open.action_id != action_id):
         closed = set(entry.closed)
