@@ -72,7 +72,7 @@ BUCKETS = (
     ),
     Bucket(
         names.BUCKET_TENANTS,
-        ("operators",),
+        ("registry",),
         ("gateway",),
         "gaggle_contracts.kv.TenantConfig",
         "`<tenant>`",

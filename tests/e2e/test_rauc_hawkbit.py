@@ -60,6 +60,12 @@ def report(res: DriverResult) -> str:
     )
 
 
+def final_poll_links(res: DriverResult) -> list[str]:
+    """The links of the driver's base poll right after its last feedback."""
+    (final,) = [step for step in res.step("poll") if step["purpose"] == "final"]
+    return list(final["links"] or [])
+
+
 async def run_rauc(
     stack: E2EStack, python: Path, cid: str, scenario: str, download_dir: Path
 ) -> DriverResult:
@@ -132,6 +138,8 @@ async def test_rauc_hawkbit_full_cycle_downloads_and_finishes_the_action(
     assert Path(download["path"]).read_bytes() == bundle, context
     (closed,) = res.step("feedback_closed")
     assert closed["execution"] == "closed" and closed["finished"] == "success", context
+    # The stock client polls again at once: the action it just finished is not offered again.
+    assert "deploymentBase" not in final_poll_links(res), context
 
     final = await e2e_stack.wait_action(action_id, "finished", diagnostics=lambda: context)
     log.info("final action:\n%s", format_action(final))
@@ -159,6 +167,7 @@ async def test_rauc_hawkbit_failed_install_ends_the_action_in_error(
     assert res.returncode == 0, context  # the scenario (reporting a failure) completed
     (closed,) = res.step("feedback_closed")
     assert closed["finished"] == "failure", context
+    assert "deploymentBase" not in final_poll_links(res), context
 
     final = await e2e_stack.wait_action(action_id, "error", diagnostics=lambda: context)
     log.info("final action:\n%s", format_action(final))

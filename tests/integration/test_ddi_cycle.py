@@ -344,6 +344,14 @@ async def test_bad_device_input_gets_a_clear_4xx(
     [
         "/DEFAULT/controller/v1/" + "x" * 257,
         "/DEFAULT/controller/v1/a%20b",
+        # Ids that would not round-trip: dot segments and separators sent encoded.
+        "/DEFAULT/controller/v1/%2E%2E",
+        "/DEFAULT/controller/v1/%2e",
+        "/DEFAULT/controller/v1/dev%2F1",
+        "/DEFAULT/controller/v1/dev%2F1/configData",
+        "/DEFAULT/controller/v1/%20dev",
+        "/DEFAULT/controller/v1/dev%3Fx",
+        "/DEFAULT/controller/v1/dev%5C1/deploymentBase/1",
         "/DE.FAULT/controller/v1/dev",
         "/" + "t" * 65 + "/controller/v1/dev",
     ],

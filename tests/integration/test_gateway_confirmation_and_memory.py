@@ -19,6 +19,7 @@ from gaggle_contracts.kv import (
     DeploymentEntry,
     DeviceEntry,
     OpenAction,
+    TenantConfig,
 )
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
@@ -69,8 +70,11 @@ class Bus:
 
 @pytest.fixture
 async def bus(common: CommonSettings, tenant: str):  # type: ignore[no-untyped-def]
+    """The test's NATS, with its tenant created (as the registry's tenant API would)."""
     nc = await nats.connect(common.nats_url)
     await ensure_all(nc.jetstream(), common)
+    kv = await nc.jetstream().key_value(names.BUCKET_TENANTS)
+    await kv.put(tenant, TenantConfig().model_dump_json().encode())
     yield Bus(nc, tenant)
     await nc.close()
 

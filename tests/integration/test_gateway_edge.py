@@ -253,6 +253,9 @@ async def test_downloads_from_s3_stream_or_redirect_to_a_url_that_needs_no_token
         key,
         deployment("3", art).model_dump_json().encode(),
     )
+    await kv_put(
+        common.nats_url, names.BUCKET_TENANTS, tenant, TenantConfig().model_dump_json().encode()
+    )
     gw = await serve(build_gateway(common, GatewaySettings(), storage))
     url = f"{gw.url}/{tenant}/controller/v1/s3-dev/softwaremodules/7/artifacts/a.swu"
     auth = {"Authorization": "TargetToken t0k"}

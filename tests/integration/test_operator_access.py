@@ -225,6 +225,7 @@ async def seed(client: httpx.AsyncClient, trio: Trio) -> dict[str, str]:
         "action_id": str(action_id),
         "rollout_id": str(rollout_id),
         "key_id": key_id,
+        "name": trio.tenant,
         **await park_invalid_events(client, trio),
     }
 

@@ -7,7 +7,17 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from gaggle_contracts.ddi import ConfigDataBody, FeedbackBody, sleep_seconds
+from gaggle_contracts.ddi import (
+    QUOTA_ERROR,
+    AutoConfirmBody,
+    ConfigDataBody,
+    ConfirmationFeedbackBody,
+    FeedbackBody,
+    InstalledBaseBody,
+    replaced_note,
+    sleep_seconds,
+    storable,
+)
 
 SWUPDATE_CONFIG = {
     "id": "",
@@ -167,3 +177,95 @@ def test_sleep_is_read_as_hh_mm_ss(text: str, seconds: int) -> None:
 def test_sleep_beyond_a_day_or_malformed_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="HH:MM:SS"):
         sleep_seconds(text)
+
+
+def _quota_error(exc: ValidationError) -> bool:
+    return exc.errors()[0]["type"] == QUOTA_ERROR
+
+
+def test_hawkbit_quotas_fail_as_quota_errors() -> None:
+    with pytest.raises(ValidationError) as attrs:
+        ConfigDataBody.model_validate({"data": {f"k{i}": "v" for i in range(101)}})
+    assert _quota_error(attrs.value)
+    details = {"execution": "proceeding", "result": {"finished": "none"}, "details": ["x"] * 51}
+    with pytest.raises(ValidationError) as messages:
+        FeedbackBody.model_validate({"status": details})
+    assert _quota_error(messages.value)
+    with pytest.raises(ValidationError) as confirmation:
+        ConfirmationFeedbackBody.model_validate(
+            {"confirmation": "confirmed", "details": ["x"] * 51}
+        )
+    assert _quota_error(confirmation.value)
+    # Exactly at the quota is fine.
+    assert len(ConfigDataBody.model_validate({"data": {f"k{i}": "v" for i in range(100)}}).data)
+    details["details"] = ["x"] * 50
+    assert len(FeedbackBody.model_validate({"status": details}).to_status().details) == 50
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean", "replaced"),
+    [
+        ("plain", "plain", 0),
+        ("a\x00b", "a\ufffdb", 1),
+        ("\ud800", "\ufffd", 1),
+        ("x\udc00\ud800\x00", "x\ufffd\ufffd\ufffd", 3),
+        ("\U0001f600 ok", "\U0001f600 ok", 0),  # a real pair decoded as one character stays
+        ({"k\x00": ["v\ud800", 1, None]}, {"k\ufffd": ["v\ufffd", 1, None]}, 2),
+    ],
+)
+def test_text_the_store_cannot_keep_is_replaced_and_counted(
+    raw: object, clean: object, replaced: int
+) -> None:
+    assert storable(raw) == (clean, replaced)
+
+
+def test_clean_values_are_returned_as_they_are() -> None:
+    value = {"a": ["b", {"c": "d"}]}
+    assert storable(value)[0] is value
+
+
+def test_config_data_keys_and_values_are_made_storable() -> None:
+    body = ConfigDataBody.model_validate(
+        {"data": {"hw_boardname": "board\x00", "note\ud800": "x", "sw_version": "1.0"}}
+    )
+    assert body.data == {"hw_boardname": "board\ufffd", "note\ufffd": "x", "sw_version": "1.0"}
+    assert body.replaced == 2
+
+
+def test_feedback_with_replaced_text_says_so_in_its_details() -> None:
+    fb = FeedbackBody.model_validate(
+        {
+            "status": {
+                "execution": "closed",
+                "result": {"finished": "success", "progress": {"cnt\x00": 1}},
+                "details": ["done\x00", "log \udcff line"],
+            }
+        }
+    )
+    status = fb.to_status()
+    assert (status.execution, status.finished) == ("closed", "success")
+    assert status.details[:2] == ["done\ufffd", "log \ufffd line"]
+    assert status.details[2] == replaced_note(3)
+    assert status.progress == {"cnt\ufffd": 1}
+    # The event is JSON that encodes to UTF-8 and holds no NUL escape.
+    encoded = status.model_dump_json().encode()
+    assert b"\\u0000" not in encoded
+
+
+def test_clean_feedback_gets_no_note() -> None:
+    fb = FeedbackBody.model_validate(
+        {"status": {"execution": "closed", "result": {"finished": "success"}, "details": ["ok"]}}
+    )
+    assert fb.replaced == 0
+    assert fb.to_status().details == ["ok"]
+
+
+def test_every_device_body_is_made_storable() -> None:
+    confirmation = ConfirmationFeedbackBody.model_validate(
+        {"confirmation": "denied", "details": ["no\x00"]}
+    )
+    assert confirmation.noted(confirmation.details) == ["no\ufffd", replaced_note(1)]
+    auto = AutoConfirmBody.model_validate({"initiator": "op\ud800", "remark": "r\x00"})
+    assert (auto.initiator, auto.remark, auto.replaced) == ("op\ufffd", "r\ufffd", 2)
+    installed = InstalledBaseBody.model_validate({"name": "img\x00", "version": "1.0\udfff"})
+    assert (installed.name, installed.version) == ("img\ufffd", "1.0\ufffd")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import BaseModel, Field, ValidationError
 
 from gaggle_contracts import names
 
@@ -18,15 +19,77 @@ def test_tenant_with_odd_characters_is_rejected(raw: str) -> None:
         names.normalize_tenant(raw)
 
 
-@pytest.mark.parametrize("cid", ["dev-1", "a.b", "x" * 256, "mac:00:11:22", "dev~1@site+2"])
+@pytest.mark.parametrize(
+    "cid",
+    [
+        "dev-1",
+        "a.b",
+        "x" * 256,
+        "mac:00:11:22",
+        "dev~1@site+2",
+        # Ids the reference clients use (client-traffic.md), and dots that are no dot segment.
+        "swu-dev",
+        "rauc-dev",
+        "...",
+        ".hidden",
+        "..x",
+        "x.",
+        "." + "x" * 255,
+        ".." + "x" * 254,
+        "00:11:22:33:44:55",
+        "serial_123",
+    ],
+)
 def test_url_safe_controller_ids_are_accepted(cid: str) -> None:
     assert names.check_controller_id(cid) == cid
 
 
-@pytest.mark.parametrize("cid", ["", "x" * 257, "a b", "a/b", "é", "a\nb", "a%2F"])
+@pytest.mark.parametrize(
+    "cid",
+    [
+        "",
+        "x" * 257,
+        "." + "x" * 256,
+        "a b",
+        " dev",
+        "dev ",
+        "\tdev",
+        "a/b",
+        "/dev",
+        "dev/",
+        "a\\b",
+        "é",
+        "a\nb",
+        "a\x00b",
+        "a\x7fb",
+        "a%2F",
+        "%2e%2e",
+        "dev?x=1",
+        "dev#frag",
+        "a;b",
+        "a=b",
+    ],
+)
 def test_controller_ids_that_are_empty_long_or_odd_are_rejected(cid: str) -> None:
     with pytest.raises(names.InvalidNameError):
         names.check_controller_id(cid)
+
+
+@pytest.mark.parametrize("cid", [".", ".."])
+def test_dot_segments_cannot_be_controller_ids(cid: str) -> None:
+    # Clients drop them from a URL path (RFC 3986 §5.2.4): the device could never be reached.
+    with pytest.raises(names.InvalidNameError, match="dot segment"):
+        names.check_controller_id(cid)
+
+
+@pytest.mark.parametrize("cid", [".", "..", "a/b", "a b"])
+def test_fields_with_the_controller_id_pattern_refuse_what_the_check_refuses(cid: str) -> None:
+    class Named(BaseModel):
+        controller_id: str = Field(pattern=names.CONTROLLER_ID_RE.pattern)
+
+    with pytest.raises(ValidationError):
+        Named(controller_id=cid)
+    assert Named(controller_id="...").controller_id == "..."
 
 
 @pytest.mark.parametrize("cid", ["dev-1", "dev_2", "a.b", "mac:00:11", "=x", "~@+", "x" * 256])

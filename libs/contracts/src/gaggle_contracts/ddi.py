@@ -3,15 +3,30 @@
 Requests are read leniently: unknown fields are ignored, legacy fields (``time``, numeric ``id``)
 are accepted, ``mode: null`` means merge, and ``progress`` may be ``{}``, ``{"percentage": n}`` or
 ``{"cnt": n, "of": m}``. See ``shared/reference/ddi-api.md`` and ``client-traffic.md``.
+
+Every body is made storable as it is read: text PostgreSQL cannot keep (NUL, and the unpaired
+surrogates JSON escapes allow but UTF-8 cannot encode) is replaced with U+FFFD, and the body
+counts what it replaced (:attr:`DeviceBody.replaced`), so a device's odd text never costs its
+report and every consumer sees clean events. Quotas (hawkBit's: 100 attributes per device, 50
+messages per status) fail with the error type :data:`QUOTA_ERROR`, which the gateway answers 429.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from gaggle_contracts.events import ConfigMode, Execution, FeedbackStatus, Finished
 
@@ -22,16 +37,95 @@ MAX_ATTRIBUTE_VALUE = 128
 MAX_DETAILS = 50
 """hawkBit's quota of messages per status."""
 MAX_DETAIL_LENGTH = 4096
+MAX_STATUSES = 1000
+"""hawkBit's quota of statuses per action."""
+
+QUOTA_ERROR = "quota_exceeded"
+"""Validation error type of a body past one of hawkBit's quotas (DDI answers 429)."""
+
+REPLACEMENT = "\ufffd"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""NUL (PostgreSQL text and jsonb refuse it) and surrogates (no UTF-8 form)."""
 
 SLEEP_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$")
 """``HH:MM:SS`` below 24 h: every client parses the polling sleep this way."""
 
 
-class _Lenient(BaseModel):
+def storable(value: Any) -> tuple[Any, int]:
+    """``value`` (decoded JSON) with every string, keys included, made storable.
+
+    Returns:
+        The value with NUL and surrogates replaced by U+FFFD, and how many were replaced. An
+        unchanged value is returned as it is.
+    """
+    if isinstance(value, str):
+        return _UNSTORABLE.subn(REPLACEMENT, value)
+    if isinstance(value, dict):
+        replaced = 0
+        items: list[tuple[Any, Any]] = []
+        for k, v in value.items():
+            k2, n = storable(k)
+            v2, m = storable(v)
+            replaced += n + m
+            items.append((k2, v2))
+        return (dict(items), replaced) if replaced else (value, 0)
+    if isinstance(value, list):
+        replaced = 0
+        out = []
+        for v in value:
+            v2, n = storable(v)
+            replaced += n
+            out.append(v2)
+        return (out, replaced) if replaced else (value, 0)
+    return value, 0
+
+
+def replaced_note(replaced: int) -> str:
+    """The line a report's details get when some of its text had to be replaced."""
+    return (
+        f"gaggle: replaced {replaced} character(s) the store cannot keep "
+        "(NUL, unpaired surrogates, invalid UTF-8) with U+FFFD"
+    )
+
+
+def _quota(what: str, limit: int) -> PydanticCustomError:
+    return PydanticCustomError(
+        QUOTA_ERROR, "at most {limit} {what}", {"limit": limit, "what": what}
+    )
+
+
+class DeviceBody(BaseModel):
+    """Base of every body a device sends: unknown fields ignored, text made storable."""
+
     model_config = ConfigDict(extra="ignore")
+    _replaced: int = PrivateAttr(default=0)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _storable_text(cls, value: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        cleaned, replaced = storable(value)
+        body = handler(cleaned)
+        if replaced:
+            body._replaced = replaced
+        return body
+
+    @property
+    def replaced(self) -> int:
+        """How many characters of the body were replaced to make it storable."""
+        return self._replaced
+
+    def noted(self, details: list[str]) -> list[str]:
+        """``details``, with a line saying what was replaced if anything was."""
+        return [*details, replaced_note(self._replaced)] if self._replaced else details
 
 
-class ConfigDataBody(_Lenient):
+def _within_details_quota(value: list[str]) -> list[str]:
+    if len(value) > MAX_DETAILS:
+        raise _quota("messages per status", MAX_DETAILS)
+    return value
+
+
+class ConfigDataBody(DeviceBody):
     """``PUT …/configData``."""
 
     mode: ConfigMode | None = None
@@ -57,7 +151,7 @@ class ConfigDataBody(_Lenient):
     @classmethod
     def _not_too_many(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) > MAX_ATTRIBUTES:
-            raise ValueError(f"at most {MAX_ATTRIBUTES} attributes per device")
+            raise _quota("attributes per device", MAX_ATTRIBUTES)
         return value
 
     @property
@@ -66,30 +160,33 @@ class ConfigDataBody(_Lenient):
         return self.mode or "merge"
 
 
-class FeedbackResult(_Lenient):
+class FeedbackResult(DeviceBody):
     """``status.result``: ``finished`` plus free-form progress."""
 
     finished: Finished
     progress: dict[str, Any] | None = None
 
 
-class FeedbackStatusBody(_Lenient):
+class FeedbackStatusBody(DeviceBody):
     """``status`` of a feedback POST."""
 
     execution: Execution
     result: FeedbackResult
     code: int | None = None
-    details: list[Annotated[str, Field(max_length=MAX_DETAIL_LENGTH)]] = Field(
-        default_factory=list, max_length=MAX_DETAILS
-    )
+    details: list[Annotated[str, Field(max_length=MAX_DETAIL_LENGTH)]] = Field(default_factory=list)
 
     @field_validator("details", mode="before")
     @classmethod
     def _null_details(cls, value: Any) -> Any:
         return [] if value is None else value
 
+    @field_validator("details")
+    @classmethod
+    def _not_too_many(cls, value: list[str]) -> list[str]:
+        return _within_details_quota(value)
 
-class FeedbackBody(_Lenient):
+
+class FeedbackBody(DeviceBody):
     """``POST …/deploymentBase/{id}/feedback`` and ``…/cancelAction/{id}/feedback``."""
 
     id: str | int | None = None
@@ -101,7 +198,11 @@ class FeedbackBody(_Lenient):
     status: FeedbackStatusBody
 
     def to_status(self) -> FeedbackStatus:
-        """The event form of the status, with progress reduced to integers."""
+        """The event form of the status, with progress reduced to integers.
+
+        If text had to be replaced, the details end with a line that says so: the action's
+        history then shows it.
+        """
         progress = None
         raw = self.status.result.progress
         if raw:
@@ -112,7 +213,7 @@ class FeedbackBody(_Lenient):
             execution=self.status.execution,
             finished=self.status.result.finished,
             code=self.status.code,
-            details=self.status.details,
+            details=self.noted(self.status.details),
             progress=progress or None,
         )
 
@@ -131,19 +232,31 @@ class FeedbackBody(_Lenient):
         return None
 
 
-class ConfirmationFeedbackBody(_Lenient):
+class ConfirmationFeedbackBody(DeviceBody):
     """``POST …/confirmationBase/{id}/feedback``."""
 
     confirmation: Literal["confirmed", "denied"]
     code: int | None = None
-    details: list[str] = Field(default_factory=list, max_length=MAX_DETAILS)
+    details: list[Annotated[str, Field(max_length=MAX_DETAIL_LENGTH)]] = Field(default_factory=list)
+
+    @field_validator("details")
+    @classmethod
+    def _not_too_many(cls, value: list[str]) -> list[str]:
+        return _within_details_quota(value)
 
 
-class AutoConfirmBody(_Lenient):
+class AutoConfirmBody(DeviceBody):
     """``POST …/confirmationBase/activateAutoConfirm`` (body optional)."""
 
     initiator: str | None = Field(None, max_length=256)
     remark: str | None = Field(None, max_length=1024)
+
+
+class InstalledBaseBody(DeviceBody):
+    """``PUT …/installedBase``: the software the device already runs."""
+
+    name: str = Field(min_length=1, max_length=MAX_ATTRIBUTE_VALUE)
+    version: str = Field(min_length=1, max_length=MAX_ATTRIBUTE_VALUE)
 
 
 class Link(BaseModel):

@@ -7,9 +7,10 @@ shaped for one dictionary look-up and one JSON render.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 def token_hash(token: str) -> str:
@@ -30,6 +31,24 @@ class DeviceEntry(KvValue):
     """SHA-256 hex of the device's TargetToken, if it has one."""
     config_requested: bool = True
     """Whether the poll should offer the ``configData`` link."""
+    attribute_keys: tuple[str, ...] = ()
+    """Names of the device's configData attributes, sorted: the gateway refuses (429) a report
+    that would take the device past hawkBit's quota before it answers 200."""
+
+    @field_validator("attribute_keys")
+    @classmethod
+    def _shared_keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        return _shared(tuple(sorted(set(keys))))
+
+
+@lru_cache(maxsize=4096)
+def _shared(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """One tuple for every equal set of attribute names.
+
+    A fleet reports the same few attribute names on every device; the gateway keeps an entry
+    per device in memory, and sharing the tuple keeps that cost at one pointer per device.
+    """
+    return keys
 
 
 class ArtifactDoc(KvValue):

@@ -28,8 +28,17 @@ BUCKETS = (BUCKET_DEVICES, BUCKET_DEPLOYMENTS, BUCKET_TENANTS, BUCKET_API_KEYS)
 
 TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """What a tenant may look like in a URL; stored lower-cased."""
-CONTROLLER_ID_RE = re.compile(r"^[A-Za-z0-9._~:@+-]{1,256}$")
-"""Controller ids: 1..256 URL-safe characters (hawkBit allows 256)."""
+_ID_CHAR = "[A-Za-z0-9._~:@+-]"
+_ID_START = "[A-Za-z0-9_~:@+-]"
+CONTROLLER_ID_RE = re.compile(
+    rf"^(?:{_ID_START}{_ID_CHAR}{{0,255}}|\.{_ID_START}{_ID_CHAR}{{0,254}}|\.\.{_ID_CHAR}{{1,254}})$"
+)
+"""Controller ids: 1..256 URL-safe characters (hawkBit allows 256), but not ``.`` or ``..``.
+
+Those two are dot segments, which clients and proxies remove from a URL path before sending it
+(RFC 3986 §5.2.4), so a device with such an id could never reach its own resources. Written
+without look-arounds, so that pydantic's regex engine can use it as a field pattern.
+"""
 _KV_SAFE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _ENCODED_PREFIX = "="
 
@@ -50,13 +59,21 @@ def normalize_tenant(tenant: str) -> str:
 
 
 def check_controller_id(controller_id: str) -> str:
-    """Return the controller id unchanged if Gaggle accepts it.
+    r"""Return the controller id unchanged if Gaggle accepts it.
+
+    The id must survive a round trip through a URL path unchanged: a character that a client
+    would encode, decode or drop (``/``, ``%``, ``?``, ``#``, ``\``, whitespace, control
+    characters) or a whole id a client would normalise away (``.``, ``..``) is refused.
 
     Raises:
-        InvalidNameError: empty, longer than 256 characters, or with characters that are not
-            URL-safe (``A-Z a-z 0-9 . _ ~ : @ + -``).
+        InvalidNameError: empty, longer than 256 characters, with characters that are not
+            URL-safe (``A-Z a-z 0-9 . _ ~ : @ + -``), or a dot segment.
     """
     if not CONTROLLER_ID_RE.match(controller_id):
+        if controller_id in (".", ".."):
+            raise InvalidNameError(
+                f"invalid controller id {controller_id!r}: URLs drop it as a dot segment"
+            )
         raise InvalidNameError("invalid controller id: use 1-256 of A-Z a-z 0-9 and . _ ~ : @ + -")
     return controller_id
 

@@ -39,7 +39,7 @@ def build_app(
     """The DDI gateway: stateless, answers devices from the KV mirror, reports to JetStream."""
     storage = storage or StorageSettings()
     service = Service(SERVICE, common)
-    mirror = Mirror()
+    mirror = Mirror(service.auth.keys)
     reporter = DeviceReporter(
         service.broker,
         rediscover_after_s=settings.rediscover_after_s,
@@ -60,6 +60,7 @@ def build_app(
     for bucket in mirror.buckets:
         service.background(partial(bucket.watch, jetstream))
     service.background(reporter.run)
+    service.background(gateway.forget)
 
     async def wait_for_mirror() -> None:
         await mirror.wait_loaded(timeout=30)
@@ -72,6 +73,7 @@ def build_app(
     service.ready_checks["kv_mirror"] = lambda: mirror.loaded
     service.mirror_metrics.mirrors.extend(mirror.buckets)
     service.metrics.collector(gateway.polls)
+    service.metrics.collector(gateway.replaced)
     app = service.app(
         title="Gaggle DDI gateway",
         description="Eclipse hawkBit DDI API for devices (SWUpdate, rauc-hawkbit-updater, ...).",

@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any, Literal
 from urllib.parse import quote
 
+from gaggle_contracts.events import FeedbackStatus
 from gaggle_contracts.kv import (
     ArtifactDoc,
     ChunkDoc,
@@ -106,6 +107,33 @@ def authorize(
     if device is None:
         return _unknown(tenant, may_register)
     return Access.ALLOW if device.token_hash is None else Access.DENY
+
+
+def closes_action(cancel: bool, status: FeedbackStatus, action: OpenAction) -> bool:
+    """Whether a feedback report closes its (open) action, as rollouts will decide it.
+
+    Deployment feedback closes with ``closed`` (any result) or ``canceled``, and a download-only
+    action also with ``downloaded``; cancel feedback closes with ``canceled``, or ``closed``
+    unless it failed (hawkBit #952). ``rejected`` closes nothing: hawkBit keeps the action
+    running (a warning) or, for a cancel, running again (cancel rejected).
+    """
+    execution = status.execution
+    if cancel:
+        return execution == "canceled" or (execution == "closed" and status.finished != "failure")
+    if execution in ("closed", "canceled"):
+        return True
+    doc = action.deployment
+    download_only = doc.update == "skip" and doc.maintenance_window is None
+    return execution == "downloaded" and download_only
+
+
+def attributes_after(keys: tuple[str, ...], mode: str, data: dict[str, str]) -> int:
+    """How many attributes a device with attribute names ``keys`` has after a configData report."""
+    if mode == "replace":
+        return len(data)
+    if mode == "remove":
+        return len(set(keys).difference(data))
+    return len(set(keys).union(data))
 
 
 def _unknown(tenant: TenantConfig, may_register: bool) -> Access:

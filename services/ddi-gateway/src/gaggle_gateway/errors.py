@@ -9,6 +9,7 @@ DdiError
 ├── Gone                410 feedback for a closed action
 ├── PreconditionFailed  412 If-Match names another artifact version
 ├── PayloadTooLarge     413 body over the gateway's limit
+├── QuotaExceeded       429 past one of hawkBit's quotas (attributes, statuses, messages)
 └── Unavailable         503 the bus did not acknowledge; the device retries
 """
 
@@ -104,6 +105,16 @@ class PayloadTooLarge(DdiError):
 
     status = 413
     code = "hawkbit.server.error.quota.payloadTooLarge"
+
+
+class QuotaExceeded(DdiError):
+    """The report would take the device or its action past one of hawkBit's quotas.
+
+    Answered 429 as hawkBit does, without ``Retry-After``: the same report will not fit later.
+    """
+
+    status = 429
+    code = "hawkbit.server.error.quota.tooManyEntries"
 
 
 class Unavailable(DdiError):

@@ -7,23 +7,24 @@ latter took half of the gateway's CPU in FastAPI when a fleet registered (bench/
 A rollout is three deploymentBase feedback reports per device; they take the fast lane unless
 tracing is on (their HTTP span starts the feedback's trace). Everything else keeps FastAPI's
 path. The FastAPI routes stay, for the OpenAPI document and for apps mounted without the lane.
+
+Every request passes here first, so this is also where a controller id that arrived
+percent-encoded is checked: the server decodes the path before routing, and an encoded ``/``
+would otherwise move the id's parts into other path segments.
 """
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gaggle_contracts import names
 from gaggle_contracts.ddi import ConfigDataBody
 from gaggle_contracts.events import ActionFeedback
 from gaggle_gateway.bodies import parse_body, read_limited
-from gaggle_gateway.errors import DdiError
-from gaggle_gateway.routes import (
-    HAL_JSON,
-    Gateway,
-    Origin,
-    authorization_of,
-    deployment_feedback_target,
-)
+from gaggle_gateway.errors import BadRequest, DdiError
+from gaggle_gateway.routes import HAL_JSON, Gateway, Origin, authorization_of
 from gaggle_runtime.http import send_response
 
 _CONTENT_TYPE = (b"content-type", HAL_JSON.encode())
@@ -40,6 +41,12 @@ class PollFastLane:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer ``GET /{tenant}/controller/v1/{id}``; pass anything else on."""
+        raw_path = scope.get("raw_path")
+        if raw_path and b"%" in raw_path and scope["type"] == "http":
+            refusal = encoded_id_refusal(raw_path)
+            if refusal is not None:
+                await refusal.response()(scope, receive, send)
+                return
         if scope["type"] == "http" and scope["method"] == "GET":
             parts = scope["path"].split("/")
             if len(parts) == 5 and parts[2] == "controller" and parts[3] == "v1" and parts[4]:
@@ -111,10 +118,28 @@ class PollFastLane:
         gw = self.gateway
         try:
             caller = gw.caller(Origin.of(scope), tenant, controller_id, authorization_of(scope))
-            deployment_feedback_target(caller, gw, action_id)
+            target = gw.feedback_target(caller, action_id, ActionFeedback)
             data = await read_limited(scope, receive, gw.settings.max_feedback_bytes)
-            await gw.report_feedback(caller, controller_id, action_id, ActionFeedback, data)
+            await gw.report_feedback(caller, controller_id, action_id, ActionFeedback, target, data)
         except DdiError as exc:
             await exc.response()(scope, receive, send)
             return
         await send_response(send, 200, b"", [])
+
+
+def encoded_id_refusal(raw_path: bytes) -> BadRequest | None:
+    """A 400 for a DDI path whose controller id is not what the client meant to send.
+
+    ``/{tenant}/controller/v1/{id}/…`` with the id percent-encoded: the id as the client wrote
+    it must decode to an id Gaggle accepts (``dev%2F1`` decodes to ``dev/1``, ``%2E%2E`` to
+    ``..``). None for any other path, or an id that decodes to an acceptable one.
+    """
+    parts = raw_path.split(b"/", 5)
+    if len(parts) < 5 or parts[2] != b"controller" or parts[3] != b"v1" or b"%" not in parts[4]:
+        return None
+    controller_id = unquote(parts[4].decode("latin-1"), errors="replace")
+    try:
+        names.check_controller_id(controller_id)
+    except names.InvalidNameError as exc:
+        return BadRequest(f"{exc} (the path gave {parts[4].decode('latin-1')!r})")
+    return None

@@ -4,6 +4,9 @@ Each bucket is watched from start-up: the initial values fill a dictionary, late
 current. Values are parsed once, when they arrive, never per poll. If NATS goes away, the
 dictionaries keep their last known state and polls are still answered; the watch restarts when
 NATS is back.
+
+Which tenants exist comes from these and from the ``api_keys`` bucket every service follows
+(``gaggle_runtime.auth``): a tenant with an operator key exists.
 """
 
 from __future__ import annotations
@@ -11,14 +14,33 @@ from __future__ import annotations
 import asyncio
 
 from gaggle_contracts import names
+from gaggle_contracts.access import ApiKeyEntry
 from gaggle_contracts.kv import DeploymentEntry, DeviceEntry, TenantConfig
 from gaggle_runtime.mirror import BucketMirror
 
 
-class Mirror:
-    """All three read models the gateway answers from."""
+class KeyTenants:
+    """The tenants that have at least one live API key, from the followed ``api_keys`` bucket."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: BucketMirror[ApiKeyEntry]) -> None:
+        self.keys = keys
+        self._tenants: frozenset[str] = frozenset()
+        self._seen: tuple[int, float | None] | None = None
+
+    def __contains__(self, tenant: object) -> bool:
+        # Rebuilt only after the bucket changed (or a reload swapped in a new dictionary).
+        seen = (id(self.keys.values), self.keys.updated_at)
+        if seen != self._seen:
+            self._tenants = frozenset(entry.tenant for entry in self.keys.values.values())
+            self._seen = seen
+        return tenant in self._tenants
+
+
+class Mirror:
+    """All three read models the gateway answers from, and the tenants with API keys."""
+
+    def __init__(self, keys: BucketMirror[ApiKeyEntry] | None = None) -> None:
+        self.key_tenants = KeyTenants(keys or BucketMirror(names.BUCKET_API_KEYS, ApiKeyEntry))
         self.devices = BucketMirror(names.BUCKET_DEVICES, DeviceEntry)
         self.deployments = BucketMirror(names.BUCKET_DEPLOYMENTS, DeploymentEntry)
         self.tenants = BucketMirror(names.BUCKET_TENANTS, TenantConfig)

@@ -3,11 +3,18 @@
 Reads (poll, deploymentBase, cancelAction, installedBase, confirmationBase, artifacts) cost a
 dictionary look-up and a JSON render; reports (configData, feedback) are answered 200 only after
 JetStream acknowledged the event, else 503 so the device retries. See ddi-api.md for each rule.
+
+Only tenants that exist are served (``Gateway.tenant_exists``); a device's report past one of
+hawkBit's quotas is refused (429) before it is acknowledged; and what this gateway acknowledged
+is read back at once (``acks.py``): an action whose final report it took is not offered again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -16,15 +23,19 @@ import orjson
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 from prometheus_client.core import CounterMetricFamily, Metric
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from starlette.types import Scope
 
 from gaggle_contracts import names
 from gaggle_contracts.ddi import (
+    MAX_ATTRIBUTES,
+    MAX_STATUSES,
     AutoConfirmBody,
     ConfigDataBody,
     ConfirmationFeedbackBody,
+    DeviceBody,
     FeedbackBody,
+    InstalledBaseBody,
 )
 from gaggle_contracts.events import (
     ActionFeedback,
@@ -35,12 +46,15 @@ from gaggle_contracts.events import (
     Event,
 )
 from gaggle_contracts.kv import DeploymentEntry, DeviceEntry, OpenAction, TenantConfig
+from gaggle_gateway.acks import Acks, FinalReport, fingerprint
 from gaggle_gateway.bodies import parse_body, read_limited
 from gaggle_gateway.domain import (
     Access,
     action_json,
     artifact_json,
+    attributes_after,
     authorize,
+    closes_action,
     find_module,
     history_count,
     parse_authorization,
@@ -54,6 +68,7 @@ from gaggle_gateway.errors import (
     Gone,
     NotAllowed,
     NotFound,
+    QuotaExceeded,
     Unauthorized,
     Unavailable,
 )
@@ -62,6 +77,8 @@ from gaggle_gateway.reporting import DeviceReporter
 from gaggle_gateway.settings import GatewaySettings
 from gaggle_runtime.bus import publish_event
 from gaggle_storage import ObjectStore, StorageSettings
+
+log = logging.getLogger(__name__)
 
 HAL_JSON = "application/hal+json"
 PENDING_DEVICE = DeviceEntry(config_requested=False)
@@ -96,7 +113,9 @@ class Origin:
             server = scope.get("server") or ("localhost", 80)
             host = (fwd_host or f"{server[0]}:{server[1]}").split(",", 1)[0].strip()
         scheme = (proto or scope.get("scheme", "http")).split(",", 1)[0].strip()
-        address = fwd_for.split(",", 1)[0].strip() if fwd_for else None
+        # A forwarded address is whatever the client wrote: kept short and storable, since
+        # one sighting batch carries the addresses of many devices.
+        address = fwd_for.split(",", 1)[0].strip()[:64].replace("\0", "\ufffd") if fwd_for else None
         if not address:
             client = scope.get("client")
             address = client[0] if client else None
@@ -120,13 +139,6 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=HAL_JSON)
 
 
-class InstalledBody(BaseModel):
-    """``PUT …/installedBase``: the software the device already runs."""
-
-    name: str = Field(min_length=1, max_length=128)
-    version: str = Field(min_length=1, max_length=128)
-
-
 @dataclass(frozen=True)
 class Caller:
     """An authorised request of one device."""
@@ -145,6 +157,39 @@ class Caller:
 
 
 POLL_FAILURES = {400: "bad_request", 401: "unauthorized", 404: "not_found"}
+
+
+class ReplacedCounts:
+    """``gaggle_ddi_text_replaced_total{kind}``: device reports whose text had to be made storable.
+
+    Kinds: the event kind the report became (``device.config_reported``, ``action.feedback``…).
+    """
+
+    def __init__(self) -> None:
+        self.by_kind: dict[str, int] = {}
+
+    def add(self, kind: str) -> None:
+        """Count one report of ``kind``."""
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+
+    def describe(self) -> Iterator[Metric]:
+        """The family, for registration."""
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        """The counts so far."""
+        family = self._family()
+        for kind, count in sorted(self.by_kind.items()):
+            family.add_metric([kind], count)
+        yield family
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "gaggle_ddi_text_replaced",
+            "Device reports whose text (NUL, unpaired surrogates, invalid UTF-8) was replaced.",
+            labels=["kind"],
+        )
 
 
 class PollCounts:
@@ -205,11 +250,22 @@ class Gateway:
         self.storage = storage
         self.publish_event = publish
         self.default_tenant = settings.default_tenant_config()
+        self.configured_tenants = settings.configured_tenants()
         self.polls = PollCounts()
+        self.replaced = ReplacedCounts()
+        self.acks = Acks(settings.final_memory_s, settings.final_memory_max)
 
     def tenant_config(self, tenant: str) -> TenantConfig:
         """The tenant's configuration from KV, else the defaults."""
         return self.mirror.tenants.values.get(tenant, self.default_tenant)
+
+    def tenant_exists(self, tenant: str) -> bool:
+        """Whether ``tenant`` (normalised) was created: configured here, in KV, or given a key."""
+        return (
+            tenant in self.configured_tenants
+            or tenant in self.mirror.tenants.values
+            or tenant in self.mirror.key_tenants
+        )
 
     def caller(
         self,
@@ -224,14 +280,20 @@ class Gateway:
 
         Raises:
             BadRequest: odd tenant or controller id.
+            NotFound: no such tenant; or credentials fine but no such device, where this
+                request does not register.
             Unauthorized: credentials missing or wrong (whether or not the device exists).
-            NotFound: credentials fine but no such device, where this request does not register.
         """
         try:
             tenant = names.normalize_tenant(tenant_raw)
             names.check_controller_id(controller_id)
         except names.InvalidNameError as exc:
             raise BadRequest(str(exc)) from exc
+        if not self.tenant_exists(tenant):
+            raise NotFound(
+                f"tenant {tenant_raw!r} does not exist; an operator creates it (README: Tenants)",
+                tenant=tenant_raw,
+            )
         config = self.tenant_config(tenant)
         key = names.kv_key(tenant, controller_id)
         device = self.mirror.devices.values.get(key)
@@ -253,6 +315,22 @@ class Gateway:
             self.reporter.seen(tenant, controller_id, origin.address)
         return Caller(tenant, config, key, device, origin.base(tenant_raw, controller_id))
 
+    def deployment(self, caller: Caller) -> DeploymentEntry | None:
+        """The device's KV ``deployments`` entry as this gateway may show it.
+
+        An open action whose final report this gateway acknowledged is not shown, even while
+        the mirror has not caught up with its closing yet.
+        """
+        entry = self.mirror.deployments.values.get(caller.key)
+        if (
+            entry is not None
+            and entry.open is not None
+            and self.acks.finals
+            and self.acks.final(caller.key, entry.open.action_id) is not None
+        ):
+            return entry.model_copy(update={"open": None})
+        return entry
+
     def poll(
         self, origin: Origin, tenant: str, controller_id: str, authorization: str | None
     ) -> bytes:
@@ -266,7 +344,7 @@ class Gateway:
         except DdiError as exc:
             self.polls.fail(exc.status)
             raise
-        entry = caller.deployment(self.mirror)
+        entry = self.deployment(caller)
         if entry is None or entry.open is None:
             self.polls.idle += 1
         else:
@@ -284,37 +362,115 @@ class Gateway:
         except Exception as exc:
             raise Unavailable("event bus unavailable; retry later") from exc
 
+    def noted(self, caller: Caller, controller_id: str, kind: str, body: DeviceBody) -> None:
+        """Log and count a report whose text was made storable (the stored record shows U+FFFD)."""
+        if body.replaced:
+            self.replaced.add(kind)
+            log.warning(
+                "device text replaced tenant=%s controller_id=%s kind=%s characters=%d",
+                caller.tenant,
+                controller_id,
+                kind,
+                body.replaced,
+            )
+
+    def feedback_target(
+        self, caller: Caller, action_id: str, kind: type[ActionFeedback] | type[CancelFeedback]
+    ) -> OpenAction | FinalReport:
+        """The open action a feedback report is for, or the final report that closed it here.
+
+        Raises:
+            NotFound: not the device's open action, or one that awaits confirmation.
+            NotAllowed: cancel feedback for an action that is not being canceled.
+            Gone: the action is closed.
+        """
+        final = self.acks.final(caller.key, action_id)
+        if final is not None:
+            return final
+        if kind is CancelFeedback:
+            action = check_feedback_target(caller, self, action_id)
+            if action.state != "canceling":
+                raise NotAllowed(f"action {action_id!r} is not being canceled")
+            return action
+        return deployment_feedback_target(caller, self, action_id)
+
     async def report_feedback(
         self,
         caller: Caller,
         controller_id: str,
         action_id: str,
         kind: type[ActionFeedback] | type[CancelFeedback],
+        target: OpenAction | FinalReport,
         data: bytes,
     ) -> None:
         """Validate a feedback body; on the bus once JetStream has the event.
 
+        A report for an action this gateway saw closed (``target`` is its final report) is
+        answered 200 without an event if it repeats that report (a retry), else 410.
+
         Raises:
             BadRequest: not JSON, or not a feedback body.
+            QuotaExceeded: more messages than a status may have, or more statuses than an
+                action may have (a final report is always taken, so the action can close).
+            Gone: a report other than the final one, for an action closed here.
             Unavailable: the bus did not acknowledge; the device should retry.
         """
         body = parse_body(data, FeedbackBody)
+        status = body.to_status()
+        if isinstance(target, FinalReport):
+            if target.fingerprint == fingerprint(kind.kind, status):
+                return
+            raise Gone(f"action {action_id!r} is closed")
+        final = closes_action(kind is CancelFeedback, status, target)
+        if not final and self.acks.count(caller.key, action_id) >= MAX_STATUSES:
+            raise QuotaExceeded(
+                f"action {action_id!r} has {MAX_STATUSES} statuses, the most an action may have",
+                quota=MAX_STATUSES,
+            )
         await self.publish(
             kind(
                 tenant=caller.tenant,
                 controller_id=controller_id,
                 action_id=action_id,
-                status=body.to_status(),
+                status=status,
                 device_time=body.device_time(),
             )
         )
+        self.acks.acknowledged(
+            caller.key,
+            action_id,
+            fingerprint(kind.kind, status) if final else None,
+            time.monotonic(),
+        )
+        self.noted(caller, controller_id, kind.kind, body)
+
+    def check_attributes(self, caller: Caller, mode: str, data: dict[str, str]) -> None:
+        """Refuse a configData report that would take the device past hawkBit's quota.
+
+        The device's attribute names come from its KV ``devices`` entry. A report that adds
+        nothing (or removes) is taken even from a device already past the quota.
+
+        Raises:
+            QuotaExceeded: the device would have more than ``MAX_ATTRIBUTES`` attributes.
+        """
+        keys = caller.device.attribute_keys if caller.device is not None else ()
+        after = attributes_after(keys, mode, data)
+        if after > MAX_ATTRIBUTES and after > len(keys):
+            raise QuotaExceeded(
+                f"this report would leave the device with {after} attributes; "
+                f"a device may have at most {MAX_ATTRIBUTES}",
+                quota=MAX_ATTRIBUTES,
+                attributes=len(keys),
+            )
 
     async def report_config(self, caller: Caller, controller_id: str, body: ConfigDataBody) -> None:
         """A configData report, on the bus once JetStream has it.
 
         Raises:
+            QuotaExceeded: the device would have more than ``MAX_ATTRIBUTES`` attributes.
             Unavailable: the bus did not acknowledge; the device should retry.
         """
+        self.check_attributes(caller, body.effective_mode, body.data)
         await self.publish(
             DeviceConfigReported(
                 tenant=caller.tenant,
@@ -323,24 +479,46 @@ class Gateway:
                 data=body.data,
             )
         )
+        self.noted(caller, controller_id, DeviceConfigReported.kind, body)
+
+    async def forget(self, every_s: float = 5.0, counts_every: int = 12) -> None:
+        """Forget, now and then, acknowledged reports the KV mirror has caught up with.
+
+        Status counts (one per device with an open action) are looked through every
+        ``counts_every`` rounds only: a fleet's worth of them takes a while to walk.
+        """
+        rounds = 0
+        while True:
+            await asyncio.sleep(every_s)
+            rounds += 1
+            self.acks.sweep(
+                self.mirror.deployments.values,
+                time.monotonic(),
+                statuses=rounds % counts_every == 0,
+            )
 
 
 def open_action(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
-    """The device's open action with this id.
+    """The device's open action with this id, as this gateway may show it.
 
     Raises:
         NotFound: malformed id, or not the device's open action.
     """
     if not ACTION_ID_RE.match(action_id):
         raise NotFound(f"action {action_id!r} not found")
-    entry = caller.deployment(gw.mirror)
+    entry = gw.deployment(caller)
     if entry is None or entry.open is None or entry.open.action_id != action_id:
         raise NotFound(f"action {action_id!r} not found")
     return entry.open
 
 
 def check_feedback_target(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
-    """The open action a feedback is for; closed ones are 410 Gone, unknown ones 404."""
+    """The open action a feedback is for; closed ones are 410 Gone, unknown ones 404.
+
+    Closed are those KV says are, and those whose final report this gateway acknowledged.
+    """
+    if gw.acks.final(caller.key, action_id) is not None:
+        raise Gone(f"action {action_id!r} is closed")
     entry = caller.deployment(gw.mirror)
     if entry is not None and (entry.open is None or entry.open.action_id != action_id):
         closed = set(entry.closed)
@@ -382,8 +560,9 @@ def make_routes(gw: Gateway) -> APIRouter:
         kind: type[ActionFeedback] | type[CancelFeedback],
     ) -> Response:
         """Validate a feedback body and answer 200 once JetStream has the event."""
+        target = gw.feedback_target(caller, action_id, kind)
         data = await read_limited(request.scope, request.receive, limits.max_feedback_bytes)
-        await gw.report_feedback(caller, controller_id, action_id, kind, data)
+        await gw.report_feedback(caller, controller_id, action_id, kind, target, data)
         return Response(status_code=200)
 
     @api.get(BASE, summary="Base poll: what the device should do next")
@@ -431,7 +610,6 @@ def make_routes(gw: Gateway) -> APIRouter:
     ) -> Response:
         # Without tracing, answered by the fast lane in front of the app (fastlane.py).
         caller = gw.caller(request, tenant, controller_id, authorization)
-        deployment_feedback_target(caller, gw, action_id)
         return await report_feedback(request, caller, controller_id, action_id, ActionFeedback)
 
     @api.get(BASE + "/cancelAction/{action_id}", summary="The cancel request for an action")
@@ -457,9 +635,6 @@ def make_routes(gw: Gateway) -> APIRouter:
         authorization: AuthHeader = None,
     ) -> Response:
         caller = gw.caller(request, tenant, controller_id, authorization)
-        action = check_feedback_target(caller, gw, action_id)
-        if action.state != "canceling":
-            raise NotAllowed(f"action {action_id!r} is not being canceled")
         return await report_feedback(request, caller, controller_id, action_id, CancelFeedback)
 
     @api.get(BASE + "/installedBase/{action_id}", summary="The last finished deployment")
@@ -482,16 +657,16 @@ def make_routes(gw: Gateway) -> APIRouter:
         tenant: str, controller_id: str, request: Request, authorization: AuthHeader = None
     ) -> Response:
         caller = gw.caller(request, tenant, controller_id, authorization)
-        body: InstalledBody = await read_body(request, InstalledBody, limits.max_body_bytes)
+        body: InstalledBaseBody = await read_body(request, InstalledBaseBody, limits.max_body_bytes)
         # Recorded as the device's reported software: the registry keeps sw_version current.
+        data = {"sw_version": body.version, "sw_name": body.name}
+        gw.check_attributes(caller, "merge", data)
         await gw.publish(
             DeviceConfigReported(
-                tenant=caller.tenant,
-                controller_id=controller_id,
-                mode="merge",
-                data={"sw_version": body.version, "sw_name": body.name},
+                tenant=caller.tenant, controller_id=controller_id, mode="merge", data=data
             )
         )
+        gw.noted(caller, controller_id, DeviceConfigReported.kind, body)
         return Response(status_code=200)
 
     @api.get(BASE + "/confirmationBase", summary="Auto-confirmation state")
@@ -499,7 +674,7 @@ def make_routes(gw: Gateway) -> APIRouter:
         tenant: str, controller_id: str, request: Request, authorization: AuthHeader = None
     ) -> Response:
         caller = gw.caller(request, tenant, controller_id, authorization, may_register=True)
-        entry = caller.deployment(gw.mirror)
+        entry = gw.deployment(caller)
         active = bool(entry and entry.auto_confirm)
         links: dict[str, dict[str, str]] = {}
         base = caller.base + "/confirmationBase"
@@ -548,9 +723,10 @@ def make_routes(gw: Gateway) -> APIRouter:
                 action_id=action_id,
                 confirmation=body.confirmation,
                 code=body.code,
-                details=body.details,
+                details=body.noted(body.details),
             )
         )
+        gw.noted(caller, controller_id, ConfirmationFeedback.kind, body)
         return Response(status_code=200)
 
     async def set_auto_confirm(
@@ -577,6 +753,7 @@ def make_routes(gw: Gateway) -> APIRouter:
                 remark=body.remark,
             )
         )
+        gw.noted(caller, controller_id, AutoConfirmChanged.kind, body)
         return Response(status_code=200)
 
     @api.post(BASE + "/confirmationBase/activateAutoConfirm", summary="Confirm future actions")

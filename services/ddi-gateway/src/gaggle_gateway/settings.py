@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gaggle_contracts import names
 from gaggle_contracts.kv import TenantConfig
 
 
@@ -17,6 +18,10 @@ class GatewaySettings(BaseSettings):
     port: int = 8080
     workers: int = Field(1, ge=1, le=64)
     """Worker processes sharing the port; each keeps its own mirror of the KV buckets."""
+    tenants: str = "default"
+    """Tenants that exist without a ``tenants`` KV entry or an API key, comma-separated.
+
+    Any other tenant is answered 404 until an operator creates it (README: Tenants)."""
     polling_sleep: str = Field("00:01:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$")
     """Default polling interval for tenants without a configuration in KV ``tenants``."""
     anonymous: bool = True
@@ -37,6 +42,21 @@ class GatewaySettings(BaseSettings):
     """Memory for the artifacts devices download most (0: none); a rollout's image is read once."""
     artifact_cache_object_mib: int = Field(16, ge=0)
     """Largest artifact kept in that memory; larger ones are streamed from the store each time."""
+
+    final_memory_s: float = Field(600.0, gt=0)
+    """How long an acknowledged final report is remembered after the KV mirror caught up: a
+    retry of it within this time is answered 200 without a second event."""
+    final_memory_max: int = Field(100_000, ge=1)
+    """Most final reports remembered at once (the oldest are forgotten first)."""
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: str) -> str:
+        return ",".join(names.normalize_tenant(t.strip()) for t in value.split(",") if t.strip())
+
+    def configured_tenants(self) -> frozenset[str]:
+        """The tenants of ``tenants``, normalised."""
+        return frozenset(t for t in self.tenants.split(",") if t)
 
     def default_tenant_config(self) -> TenantConfig:
         """The configuration of a tenant that has none in KV."""

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from gaggle_contracts.events import FeedbackStatus
 from gaggle_contracts.kv import (
     ChunkDoc,
     DeploymentDoc,
@@ -15,7 +16,9 @@ from gaggle_gateway.domain import (
     NO_CREDENTIALS,
     Access,
     Credentials,
+    attributes_after,
     authorize,
+    closes_action,
     parse_authorization,
     poll_body,
     token_hash,
@@ -137,3 +140,56 @@ def test_open_action_shortens_polling_when_configured() -> None:
     entry = DeploymentEntry(open=OpenAction(action_id="8", deployment=DOC))
     assert poll_body(BASE, tenant, PLAIN, entry)["config"]["polling"]["sleep"] == "00:00:10"
     assert poll_body(BASE, tenant, PLAIN, None)["config"]["polling"]["sleep"] == "00:05:00"
+
+
+def _status(execution: str, finished: str = "none") -> FeedbackStatus:
+    return FeedbackStatus(execution=execution, finished=finished)  # type: ignore[arg-type]
+
+
+def _action(update: str = "forced", window: str | None = None) -> OpenAction:
+    doc = DeploymentDoc(
+        update=update,  # type: ignore[arg-type]
+        maintenance_window=window,  # type: ignore[arg-type]
+        chunks=[ChunkDoc(module_id="1", name="n", version="1", artifacts=[])],
+    )
+    return OpenAction(action_id="1", deployment=doc)
+
+
+@pytest.mark.parametrize(
+    ("cancel", "execution", "finished", "action", "closes"),
+    [
+        (False, "closed", "success", _action(), True),
+        (False, "closed", "failure", _action(), True),
+        (False, "closed", "none", _action(), True),
+        (False, "canceled", "none", _action(), True),
+        (False, "proceeding", "none", _action(), False),
+        (False, "rejected", "none", _action(), False),
+        (False, "downloaded", "none", _action(), False),
+        (False, "downloaded", "none", _action(update="skip"), True),  # download only
+        (False, "downloaded", "none", _action(update="skip", window="unavailable"), False),
+        (True, "canceled", "none", _action(), True),
+        (True, "closed", "success", _action(), True),
+        (True, "closed", "failure", _action(), False),
+        (True, "rejected", "none", _action(), False),
+        (True, "proceeding", "none", _action(), False),
+    ],
+)
+def test_final_reports_are_those_that_close_the_action_in_rollouts(
+    cancel: bool, execution: str, finished: str, action: OpenAction, closes: bool
+) -> None:
+    assert closes_action(cancel, _status(execution, finished), action) is closes
+
+
+@pytest.mark.parametrize(
+    ("mode", "data", "after"),
+    [
+        ("merge", {"a": "1", "new": "2"}, 3),
+        ("merge", {"a": "1"}, 2),
+        ("replace", {"x": "1"}, 1),
+        ("remove", {"a": "", "missing": ""}, 1),
+    ],
+)
+def test_attributes_after_a_report_follow_the_ddi_modes(
+    mode: str, data: dict[str, str], after: int
+) -> None:
+    assert attributes_after(("a", "b"), mode, data) == after

@@ -20,6 +20,7 @@ from gaggle_registry.handlers import SERVICE, make_router
 from gaggle_registry.repository import Repo
 from gaggle_registry.routes import DevicePatch, NewDevice, make_routes
 from gaggle_registry.settings import RegistrySettings
+from gaggle_registry.tenants import FirstKey, TenantSettings, TenantStore, make_tenant_routes
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
@@ -35,6 +36,11 @@ EXAMPLES: dict[type[BaseModel], list[dict[str, Any]]] = {
         {"name": "ci", "role": "operator", "expires_in_days": 90},
         {"name": "dashboard", "permissions": ["device:read", "rollout:read"]},
     ],
+    TenantSettings: [
+        {"polling_sleep": "00:05:00", "polling_sleep_open_action": "00:00:30"},
+        {"anonymous": False, "auto_register": False, "gateway_token": "a-long-shared-secret"},
+    ],
+    FirstKey: [{"name": "acme admin"}],
 }
 
 
@@ -62,6 +68,7 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
     )
     repo = Repo(service.db, Outbox(SCHEMA))
     access = AccessStore(service.db, Outbox(SCHEMA))
+    tenants = TenantStore(service.db, Outbox(SCHEMA))
 
     async def rebuild_kv() -> None:
         kv = await service.broker.connection.jetstream().key_value(names.BUCKET_DEVICES)
@@ -101,6 +108,7 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
     )
     app.include_router(make_routes(repo, lambda: service.broker.connection))
     app.include_router(make_access_routes(access))
+    app.include_router(make_tenant_routes(tenants, access, settings.bootstrap_tenant))
     app.add_middleware(ListFastLane, repo=repo)
     service.secure(app)
     add_examples(app, EXAMPLES)

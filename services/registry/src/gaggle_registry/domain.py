@@ -10,10 +10,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+from gaggle_contracts.ddi import MAX_ATTRIBUTES
 from gaggle_contracts.kv import DeviceEntry
 
-MAX_ATTRIBUTES = 100
-"""hawkBit's quota of controller attributes per device."""
+MAX_STORED_ATTRIBUTES = 2 * MAX_ATTRIBUTES
+"""The most attributes the registry keeps for a device.
+
+The gateway refuses (429) a report past hawkBit's quota of ``MAX_ATTRIBUTES`` before it answers
+200, from the attribute names in KV ``devices``. Reports it acknowledged in the moments before
+that entry caught up with an earlier one may go past the quota together; they are kept, up to
+this bound, which keeps the device's KV entry and events small.
+"""
 
 LIFTED = {"hw_boardname": "hw_model", "hw_revision": "hw_revision", "sw_version": "sw_version"}
 """configData keys the registry keeps in their own columns (``hw_boardname`` is our hw_model)."""
@@ -53,7 +60,7 @@ def merge_attributes(current: dict[str, str], mode: str, data: dict[str, str]) -
     the keys named in ``data``.
 
     Raises:
-        TooManyAttributesError: the result would have more than ``MAX_ATTRIBUTES`` keys.
+        TooManyAttributesError: the result would have more than ``MAX_STORED_ATTRIBUTES`` keys.
     """
     if mode == "replace":
         result = dict(data)
@@ -61,9 +68,9 @@ def merge_attributes(current: dict[str, str], mode: str, data: dict[str, str]) -
         result = {k: v for k, v in current.items() if k not in data}
     else:
         result = {**current, **data}
-    if len(result) > MAX_ATTRIBUTES:
+    if len(result) > MAX_STORED_ATTRIBUTES and len(result) > len(current):
         raise TooManyAttributesError(
-            f"{len(result)} attributes; a device may have at most {MAX_ATTRIBUTES}"
+            f"{len(result)} attributes; the registry keeps at most {MAX_STORED_ATTRIBUTES}"
         )
     return result
 
@@ -168,7 +175,11 @@ class Device:
 
     def kv_entry(self) -> DeviceEntry:
         """What the gateway needs to know about this device."""
-        return DeviceEntry(token_hash=self.token_hash, config_requested=self.config_requested)
+        return DeviceEntry(
+            token_hash=self.token_hash,
+            config_requested=self.config_requested,
+            attribute_keys=tuple(self.attributes),
+        )
 
     def public(self) -> dict[str, Any]:
         """The operator's view: everything but the token hash."""

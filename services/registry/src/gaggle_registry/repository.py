@@ -159,10 +159,15 @@ WHERE d.tenant = $1 AND d.controller_id = $2"""
 # Writers of devices wait while this is held; those that committed before are all visible.
 LOCK_DEVICES = "LOCK TABLE registry.devices IN SHARE MODE"
 
-SELECT_ALL_KV = "SELECT tenant, controller_id, token_hash, config_requested FROM registry.devices"
+# The attribute names go to the gateway, which refuses a report past the quota from them.
+SELECT_ALL_KV = """
+SELECT tenant, controller_id, token_hash, config_requested,
+    ARRAY(SELECT jsonb_object_keys(attributes)) AS attribute_keys
+FROM registry.devices"""
 
 SELECT_SOME_KV = """
-SELECT d.tenant, d.controller_id, d.token_hash, d.config_requested
+SELECT tenant, controller_id, d.token_hash, d.config_requested,
+    ARRAY(SELECT jsonb_object_keys(d.attributes)) AS attribute_keys
 FROM registry.devices AS d
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, controller_id) USING (tenant, controller_id)"""
 
@@ -805,7 +810,11 @@ class Repo:
 
 
 def _kv_entry(row: asyncpg.Record) -> DeviceEntry:
-    return DeviceEntry(token_hash=row["token_hash"], config_requested=row["config_requested"])
+    return DeviceEntry(
+        token_hash=row["token_hash"],
+        config_requested=row["config_requested"],
+        attribute_keys=tuple(row["attribute_keys"]),
+    )
 
 
 def _device_of(key: str) -> tuple[str, str]:

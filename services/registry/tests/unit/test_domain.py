@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from gaggle_registry.domain import (
+    MAX_STORED_ATTRIBUTES,
     Device,
     TooManyAttributesError,
     kv_changes,
@@ -32,11 +33,21 @@ def test_config_modes_follow_the_ddi_spec(
     assert merge_attributes(CURRENT, mode, data) == expected
 
 
-def test_more_than_a_hundred_attributes_are_refused() -> None:
+def test_reports_the_gateway_acknowledged_past_the_quota_are_kept_up_to_twice_the_quota() -> None:
+    # The gateway refuses past 100 from KV; reports racing its mirror may still add more.
     current = {f"k{i}": "v" for i in range(100)}
-    with pytest.raises(TooManyAttributesError, match="at most 100"):
-        merge_attributes(current, "merge", {"one-more": "v"})
-    assert len(merge_attributes(current, "replace", {"a": "b"})) == 1
+    assert len(merge_attributes(current, "merge", {"one-more": "v"})) == 101
+    full = {f"k{i}": "v" for i in range(MAX_STORED_ATTRIBUTES)}
+    with pytest.raises(TooManyAttributesError, match="at most 200"):
+        merge_attributes(full, "merge", {"one-more": "v"})
+    # A device already that far along may still change or drop what it has.
+    assert merge_attributes(full, "merge", {"k0": "w"})["k0"] == "w"
+    assert len(merge_attributes(full, "replace", {"a": "b"})) == 1
+
+
+def test_the_gateway_learns_the_attribute_names_sorted() -> None:
+    device = Device("t", "d", attributes={"sw_version": "1", "hw_boardname": "b"})
+    assert device.kv_entry().attribute_keys == ("hw_boardname", "sw_version")
 
 
 def test_hw_boardname_is_our_hw_model() -> None:

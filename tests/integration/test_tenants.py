@@ -1,0 +1,200 @@
+"""Tenants are explicit: devices of a tenant nobody created get 404; operators create tenants."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from gaggle_contracts import names
+from gaggle_contracts.jetstream import ensure_all
+from gaggle_contracts.settings import CommonSettings
+from gaggle_gateway.app import build_app as build_gateway
+from gaggle_gateway.settings import GatewaySettings
+from gaggle_registry.app import build_app as build_registry
+from gaggle_registry.settings import RegistrySettings
+
+pytestmark = pytest.mark.integration
+
+
+async def messages(common: CommonSettings, tenant: str) -> int:
+    """Events of ``tenant`` on the stream, of any kind."""
+    nc = await nats.connect(common.nats_url)
+    try:
+        js = nc.jetstream()
+        await ensure_all(js, common)
+        info = await js.stream_info(names.STREAM, subjects_filter=f"ota.v1.{tenant}.>")
+        return sum((info.state.subjects or {}).values())
+    finally:
+        await nc.close()
+
+
+async def until_status(
+    client: httpx.AsyncClient, url: str, status: int, timeout: float = 5, **kw: Any
+) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await client.get(url, **kw)
+        if r.status_code == status:
+            return r
+        assert time.monotonic() < deadline, (r.status_code, r.text)
+        await asyncio.sleep(0.05)
+
+
+async def test_a_tenant_nobody_created_gets_404_and_nothing_is_registered(
+    common: CommonSettings, serve: Any
+) -> None:
+    gw = await serve(build_gateway(common, GatewaySettings(seen_flush_s=0.2)))
+    ghost = f"ghost{secrets.token_hex(4)}"
+    base = f"{gw.url}/{ghost.upper()}/controller/v1/dev-1"
+    feedback = {"status": {"execution": "closed", "result": {"finished": "success"}}}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for method, url, body in [
+            ("GET", base, None),
+            ("PUT", f"{base}/configData", {"data": {"hw_boardname": "b"}}),
+            ("POST", f"{base}/deploymentBase/1/feedback", feedback),
+            ("GET", f"{base}/confirmationBase", None),
+        ]:
+            r = await client.request(method, url, json=body)
+            assert r.status_code == 404, (method, url, r.text)
+            error = r.json()
+            assert error["errorCode"] == "hawkbit.server.error.repo.entityNotFound"
+            assert f"tenant {ghost.upper()!r} does not exist" in error["message"]
+        # The configured default tenant works out of the box, any case.
+        assert (await client.get(f"{gw.url}/DEFAULT/controller/v1/dev-1")).status_code == 200
+        assert (await client.get(f"{gw.url}/default/controller/v1/dev-1")).status_code == 200
+        await asyncio.sleep(0.5)  # past a sightings flush
+        metrics = (await client.get(f"{gw.url}/metrics")).text
+    assert await messages(common, ghost.lower()) == 0
+    assert 'gaggle_ddi_polls_total{outcome="not_found"} 1.0' in metrics
+
+
+async def test_a_tenant_with_an_api_key_or_configured_on_the_gateway_exists(
+    common: CommonSettings, serve: Any, issue_key: Any
+) -> None:
+    keyed, configured = (f"t{secrets.token_hex(5)}" for _ in range(2))
+    gw = await serve(build_gateway(common, GatewaySettings(tenants=f"default, {configured}")))
+    async with httpx.AsyncClient(timeout=10) as client:
+        url = f"{gw.url}/{keyed}/controller/v1/dev-1"
+        assert (await client.get(url)).status_code == 404
+        await issue_key(keyed, ["device:read"])
+        await until_status(client, url, 200)
+        r = await client.get(f"{gw.url}/{configured.upper()}/controller/v1/dev-1")
+        assert r.status_code == 200
+
+
+async def test_an_operator_creates_a_tenant_and_configures_its_devices(
+    common: CommonSettings, serve: Any, tenant: str, operator_key: str
+) -> None:
+    # The operator's key is of the registry's bootstrap tenant: it may create others.
+    registry = await serve(build_registry(common, RegistrySettings()))
+    gw = await serve(build_gateway(common, GatewaySettings()))
+    acme = f"acme{secrets.token_hex(4)}"
+    poll = f"{gw.url}/{acme.upper()}/controller/v1/dev-1"
+    admin = {"Authorization": f"Bearer {operator_key}"}
+    gateway_token = {"Authorization": "GatewayToken gw-secret-1"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(poll)).status_code == 404
+        assert (
+            await client.get(f"{registry.url}/api/v1/tenants/{acme}", headers=admin)
+        ).status_code == 404
+
+        url = f"{registry.url}/api/v1/tenants/{acme.upper()}"
+        settings = {"polling_sleep": "00:00:42", "anonymous": False, "gateway_token": "gw-secret-1"}
+        r = await client.put(url, json=settings, headers=admin)
+        assert r.status_code == 201, r.text
+        doc = r.json()
+        assert (doc["tenant"], doc["polling_sleep"], doc["anonymous"]) == (acme, "00:00:42", False)
+        assert doc["has_gateway_token"] is True
+        assert "gateway_token_hash" not in doc and "gw-secret-1" not in r.text
+
+        # Within moments every gateway knows it: anonymous polls are refused, the token works.
+        await until_status(client, poll, 401)
+        r = await client.get(poll, headers=gateway_token)
+        assert r.status_code == 200
+        assert r.json()["config"]["polling"]["sleep"] == "00:00:42"
+
+        # Replacing the settings keeps the gateway token unless it is named.
+        r = await client.put(
+            url, json={"polling_sleep": "00:00:43", "anonymous": False}, headers=admin
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["has_gateway_token"] is True
+
+        async def sleep_is(value: str) -> bool:
+            r = await client.get(poll, headers=gateway_token)
+            return r.status_code == 200 and r.json()["config"]["polling"]["sleep"] == value
+
+        deadline = time.monotonic() + 5
+        while not await sleep_is("00:00:43"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        listed = (await client.get(f"{registry.url}/api/v1/tenants", headers=admin)).json()
+        assert acme in [t["tenant"] for t in listed["items"]]
+
+        # Its first admin key: it manages its own tenant, and no other.
+        r = await client.post(f"{url}/keys", json={"name": "acme admin"}, headers=admin)
+        assert r.status_code == 201, r.text
+        assert r.json()["tenant"] == acme
+        theirs = {"Authorization": f"Bearer {r.json()['key']}"}
+        mine = await until_status(
+            client, f"{registry.url}/api/v1/tenants/{acme}", 200, headers=theirs
+        )
+        assert mine.json()["polling_sleep"] == "00:00:43"
+        r = await client.get(f"{registry.url}/api/v1/tenants", headers=theirs)
+        assert [t["tenant"] for t in r.json()["items"]] == [acme]
+        other = f"{registry.url}/api/v1/tenants/{tenant}"
+        assert (await client.put(other, json={}, headers=theirs)).status_code == 404
+        assert (
+            await client.post(f"{other}/keys", json={"name": "x"}, headers=theirs)
+        ).status_code == 404
+
+        # Bad settings are a clear 400 naming the field.
+        r = await client.put(url, json={"polling_sleep": "25:00:00"}, headers=admin)
+        assert r.status_code == 400 and "polling_sleep" in r.text
+        r = await client.put(url, json={"gateway_token": "short"}, headers=admin)
+        assert r.status_code == 400 and "gateway_token" in r.text
+
+
+async def test_the_command_line_creates_and_shows_a_tenant(
+    common: CommonSettings, serve: Any, operator_key: str
+) -> None:
+    registry = await serve(build_registry(common, RegistrySettings()))
+    gw = await serve(build_gateway(common, GatewaySettings()))
+    name = f"cli{secrets.token_hex(4)}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GAGGLE_")},
+        "GAGGLE_REGISTRY_URL": registry.url,
+        "GAGGLE_API_KEY": operator_key,
+    }
+
+    async def gaggle(*args: str) -> Any:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gaggle_cli",
+            "--json",
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        return json.loads(out)
+
+    created = await gaggle("tenants", "set", name, "--polling-sleep", "00:00:07")
+    assert (created["tenant"], created["polling_sleep"]) == (name, "00:00:07")
+    shown = await gaggle("tenants", "show", name)
+    assert shown["polling_sleep"] == "00:00:07"
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await until_status(client, f"{gw.url}/{name}/controller/v1/dev-1", 200)
+        assert r.json()["config"]["polling"]["sleep"] == "00:00:07"
