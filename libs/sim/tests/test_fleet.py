@@ -250,6 +250,27 @@ async def test_cancel_is_acknowledged_like_swupdate_does(fake_ddi) -> None:
 # -- finished actions offered again ---------------------------------------------------------------
 
 
+async def test_after_its_final_report_a_device_polls_at_once_then_reports_its_version(
+    fake_ddi,
+) -> None:
+    fake = await fake_ddi(artifact=PAYLOAD)
+    fleet = Fleet(config(fake, 1, poll=30.0))  # the next poll is not due for 30 s
+    fake.assign("sim-000000")
+    await fleet.start()
+    try:
+        assert await fleet.wait(lambda s: s.config_sent >= 2, timeout=5), fleet.stats.snapshot()
+    finally:
+        await fleet.stop()
+    seen = [
+        (r.method, r.path.rsplit("/", 1)[-1].split("?")[0])
+        for r in fake.requests_of("sim-000000")
+        if "/softwaremodules/" not in r.path
+    ]
+    # As SWUpdate starting again after the update: closed/success, base poll, configData.
+    assert seen[-3:] == [("POST", "feedback"), ("GET", "sim-000000"), ("PUT", "configData")]
+    assert fleet.devices[0].sw_version == "2.0.0"
+
+
 def deployment_gets(fake: FakeDdi, cid: str) -> int:
     return sum(
         1 for r in fake.requests_of(cid) if "/deploymentBase/" in r.path and r.method == "GET"

@@ -13,18 +13,20 @@ SWUpdate 2022.12 sends (client-traffic.md):
 
 * configData: ``PUT`` with ``{"id": "", "time", "status": closed/success, "data": {hw_boardname,
   hw_revision, sw_version}, "mode": "merge"}``, whenever the poll offers the ``configData`` link,
-  and once right after a successful update to the configData URL the server gave this device
-  before (as SWUpdate reports its new version after the reboot);
+  and once after a successful update (after the poll that follows the final report) to the
+  configData URL the server gave this device before (as SWUpdate reports its new version after
+  the reboot);
 * feedback: ``proceeding`` with ``progress {cnt: 0, of: n}`` before the download, ``proceeding``
   ``{cnt: n, of: n}`` "All Chunks Installed." after the installation, then ``closed`` with
   ``success`` or ``failure``; ``id`` is a number when the action id is one (gooseBit insists);
 * cancel: ``closed``/``success`` to ``{cancelAction href}/feedback`` (SWUpdate accepts every
   cancel).
 
-After a successful installation the device's ``sw_version`` is the chunk's ``version`` (or,
-without one, the version in the artifact's file name), whatever the server answered to its final
-report: it runs what it installed. A final report that got no answer, a 5xx or a 429 is sent
-again at the next step.
+Once its final report is answered the device polls again at once and then sends configData, as
+SWUpdate does when it starts again after an update. After a successful installation its
+``sw_version`` is the chunk's ``version`` (or, without one, the version in the artifact's file
+name), whatever the server answered to its final report: it runs what it installed. A final
+report that got no answer, a 5xx or a 429 is sent again at the next step.
 
 A device remembers the actions whose final report or cancel the server answered 200; a later poll
 that still offers one of them is counted (``FleetStats.reoffered``), and not run again.
@@ -244,6 +246,7 @@ class Device:
         "_last_parsed",
         "_pending_final",
         "_poll_failures",
+        "_poll_now",
         "_record",
         "_went_offline",
         "acknowledged",
@@ -293,6 +296,7 @@ class Device:
         self._pending_final: _Final | None = None
         self._poll_failures = 0
         self._went_offline = False
+        self._poll_now = False
         self._finished: dict[str, int] | None = None
         """Actions whose final report (or cancel) was answered 200: times offered since."""
         self._record = config.record_reports
@@ -328,6 +332,8 @@ class Device:
             delay = ctx.interval(self.last_sleep)
         if self.install is not None:
             return max(0.0, self.install.ready_at - ctx.loop.time())
+        if self._poll_now and delay is not None:
+            return 0.0  # the final report went out during this poll: poll again at once
         return delay
 
     def _go_offline(self, ctx: DeviceContext) -> float:
@@ -349,6 +355,7 @@ class Device:
 
     async def _poll(self, ctx: DeviceContext) -> float | None:
         stats = ctx.stats
+        self._poll_now = False
         began = time.perf_counter()
         try:
             response = await ctx.client.send(self.poll_request)
@@ -604,13 +611,14 @@ class Device:
             ctx.stats.final_retries_gone += 1
         elif status != 410:  # 410 at once: the server had closed the action already
             ctx.stats.error(f"{self.controller_id} final feedback: HTTP {status}")
+        # SWUpdate polls again at once after its final report, and then reports its version.
+        self._poll_now = True
         if final.success:
             # Installed is installed: the device runs the new version whatever the answer
             # (SWUpdate reboots into it) and says so in its next configData.
             if final.version:
                 self.sw_version = final.version
             self.report_version = True
-            await self._put_config(ctx)
 
     async def _download(self, ctx: DeviceContext, artifact: dict[str, Any]) -> str | None:
         """Fetch and check one artifact.
