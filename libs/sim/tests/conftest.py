@@ -4,7 +4,9 @@
 misbehave on purpose: chunked bodies, bodies cut short, bodies ended by closing, slow answers.
 ``FakeDdi`` plays a hawkBit-style server (``?c=`` on deploymentBase, softwaremodules download
 links, three hashes, cancel) or a gooseBit-style one (no ``?c=``, ``/{id}/download``, SHA-1 only,
-integer feedback ids), and records what each device sent.
+integer feedback ids), and records what each device sent. It can trail behind on purpose: offer a
+closed action for a few more polls (``reoffer_polls``), or take a final report and answer it 503
+(``lose_final_answers``), as a server whose answer was lost on the way.
 """
 
 from __future__ import annotations
@@ -184,6 +186,8 @@ class FakeAction:
     controller_id: str
     status: str = "open"  # open, canceling, finished, error, canceled
     feedback: list[dict[str, Any]] = field(default_factory=list)
+    reoffers_left: int = 0
+    """Polls that still offer this action after it closed."""
 
 
 class FakeDdi:
@@ -199,6 +203,8 @@ class FakeDdi:
         version: str = "2.0.0",
         filename: str = "image-2.0.0.swu",
         chunk_version: bool = True,
+        reoffer_polls: int = 0,
+        lose_final_answers: int = 0,
     ) -> None:
         self.style = style
         self.tenant = tenant
@@ -209,6 +215,10 @@ class FakeDdi:
         self.version = version
         self.filename = filename
         self.chunk_version = chunk_version
+        self.reoffer_polls = reoffer_polls
+        """After an action closed, this many polls still offer it."""
+        self.lose_final_answers = lose_final_answers
+        """The first this many closing reports are taken, then answered 503."""
         self.registered: dict[str, dict[str, str]] = {}
         self.config_puts: dict[str, list[dict[str, Any]]] = {}
         self.actions: dict[str, FakeAction] = {}
@@ -280,6 +290,7 @@ class FakeDdi:
                 action.feedback.append(status)
                 if status["execution"] == "closed":
                     action.status = "canceled"
+                    action.reoffers_left = self.reoffer_polls
                 return Reply()
         if self._is_download(rest) and action is not None:
             return self._download(req)
@@ -289,10 +300,17 @@ class FakeDdi:
     def _poll(self, cid: str, action: FakeAction | None) -> Reply:
         links: dict[str, Any] = {}
         base = self.dev(cid)
-        if action is not None and action.status == "open":
+        stale = action is not None and action.reoffers_left > 0
+        if stale:
+            action.reoffers_left -= 1
+        if action is not None and (
+            action.status == "open" or (stale and action.status in ("finished", "error"))
+        ):
             query = "" if self.style == "goosebit" else "?c=-2129030598"
             links["deploymentBase"] = {"href": f"{base}/deploymentBase/{action.action_id}{query}"}
-        elif action is not None and action.status == "canceling":
+        elif action is not None and (
+            action.status == "canceling" or (stale and action.status == "canceled")
+        ):
             links["cancelAction"] = {"href": f"{base}/cancelAction/{action.action_id}"}
         if cid not in self.registered:
             links["configData"] = {"href": f"{base}/configData"}
@@ -341,6 +359,10 @@ class FakeDdi:
         if status["execution"] == "closed":
             finished = status["result"]["finished"]
             action.status = "error" if finished == "failure" else "finished"
+            action.reoffers_left = self.reoffer_polls
+            if self.lose_final_answers > 0:
+                self.lose_final_answers -= 1
+                return Reply(503)
         return Reply.json({"id": action.action_id}) if self.style == "goosebit" else Reply()
 
     def _is_download(self, rest: list[str]) -> bool:

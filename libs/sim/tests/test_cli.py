@@ -38,8 +38,26 @@ async def test_once_prints_json_and_a_summary(fake_ddi) -> None:
     stats = json.loads(out)
     assert (stats["polls"], stats["config_sent"], stats["devices_done"]) == (5, 5, 5)
     assert "gaggle-sim: 5 devices" in err
+    assert (stats["reoffered"], stats["reoffers"], stats["final_retries_gone"]) == (0, 0, 0)
+    assert "re-offered   0 finished actions offered again" in err
     assert "polls 5" in err  # the last progress line
     assert sorted(fake.registered) == [f"cli-{i:06d}" for i in range(5)]
+
+
+async def test_reoffered_finished_actions_are_in_the_json_and_the_summary(fake_ddi) -> None:
+    fake = await fake_ddi(artifact=b"x" * 1000, reoffer_polls=2)
+    for i in range(2):
+        fake.assign(f"cli-{i:06d}")
+    code, out, err = await run_cli(
+        "--url", fake.base_url, "--devices", "2", "--prefix", "cli-", "--poll", "0.05",
+        "--jitter", "0", "--duration", "2", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["successes"] == 2, stats
+    assert (stats["reoffered"], stats["reoffers"]) == (2, 4)
+    assert "re-offered   2 finished actions offered again (4 answers)" in err
+    assert "re-offered 2" in err  # the progress line
 
 
 async def test_ctrl_c_stops_cleanly_with_the_summary(fake_ddi) -> None:

@@ -247,6 +247,167 @@ async def test_cancel_is_acknowledged_like_swupdate_does(fake_ddi) -> None:
     assert not fake.problems
 
 
+# -- finished actions offered again ---------------------------------------------------------------
+
+
+async def test_after_its_final_report_a_device_polls_at_once_then_reports_its_version(
+    fake_ddi,
+) -> None:
+    fake = await fake_ddi(artifact=PAYLOAD)
+    fleet = Fleet(config(fake, 1, poll=30.0))  # the next poll is not due for 30 s
+    fake.assign("sim-000000")
+    await fleet.start()
+    try:
+        assert await fleet.wait(lambda s: s.config_sent >= 2, timeout=5), fleet.stats.snapshot()
+    finally:
+        await fleet.stop()
+    seen = [
+        (r.method, r.path.rsplit("/", 1)[-1].split("?")[0])
+        for r in fake.requests_of("sim-000000")
+        if "/softwaremodules/" not in r.path
+    ]
+    # As SWUpdate starting again after the update: closed/success, base poll, configData.
+    assert seen[-3:] == [("POST", "feedback"), ("GET", "sim-000000"), ("PUT", "configData")]
+    assert fleet.devices[0].sw_version == "2.0.0"
+
+
+def deployment_gets(fake: FakeDdi, cid: str) -> int:
+    return sum(
+        1 for r in fake.requests_of(cid) if "/deploymentBase/" in r.path and r.method == "GET"
+    )
+
+
+async def test_a_finished_action_offered_again_is_counted_once_per_device(fake_ddi) -> None:
+    fake = await fake_ddi(artifact=PAYLOAD, reoffer_polls=3)
+    fleet = Fleet(config(fake, 4, fail_share=0.25))
+    for device in fleet.devices:
+        fake.assign(device.controller_id)
+    await fleet.start()
+    try:
+        assert await fleet.wait(updates_done(4), timeout=10), fleet.stats.snapshot()
+        assert await fleet.wait(lambda s: s.reoffers >= 4 * 3, timeout=5), fleet.stats.snapshot()
+        polls = fleet.stats.polls
+        assert await fleet.wait(lambda s: s.polls >= polls + 4 * 2, timeout=5)
+    finally:
+        await fleet.stop()
+    stats = fleet.stats
+    assert (stats.successes, stats.failures) == (3, 1)
+    assert stats.reoffered == 4  # failures are finished actions too
+    assert stats.reoffers == 4 * 3
+    assert stats.final_retries_gone == 0
+    for device in fleet.devices:
+        # Offered again, but not run again.
+        assert deployment_gets(fake, device.controller_id) == 1
+        assert len(fake.actions[device.controller_id].feedback) == 3
+    assert stats.errors == 0, stats.error_samples
+    assert not fake.problems
+
+
+async def test_no_reoffer_is_counted_when_a_finished_action_is_not_offered_again(
+    fake_ddi,
+) -> None:
+    fake = await fake_ddi(artifact=PAYLOAD)
+    fleet = Fleet(config(fake, 4))
+    for device in fleet.devices:
+        fake.assign(device.controller_id)
+    await fleet.start()
+    try:
+        assert await fleet.wait(updates_done(4), timeout=10), fleet.stats.snapshot()
+        polls = fleet.stats.polls
+        assert await fleet.wait(lambda s: s.polls >= polls + 4 * 5, timeout=5)
+    finally:
+        await fleet.stop()
+    stats = fleet.stats
+    assert stats.successes == 4
+    assert (stats.reoffered, stats.reoffers, stats.final_retries_gone) == (0, 0, 0)
+    snapshot = stats.snapshot()
+    assert (snapshot["reoffered"], snapshot["reoffers"], snapshot["final_retries_gone"]) == (
+        0,
+        0,
+        0,
+    )
+
+
+async def test_a_canceled_action_offered_again_is_counted(fake_ddi) -> None:
+    fake = await fake_ddi(artifact=PAYLOAD, reoffer_polls=2)
+    fleet = Fleet(config(fake, 1))
+    fake.assign("sim-000000").status = "canceling"
+    await fleet.start()
+    try:
+        assert await fleet.wait(lambda s: s.reoffers >= 2, timeout=5), fleet.stats.snapshot()
+    finally:
+        await fleet.stop()
+    assert (fleet.stats.cancels, fleet.stats.reoffered, fleet.stats.reoffers) == (1, 1, 2)
+    requests = fake.requests_of("sim-000000")
+    assert sum(1 for r in requests if r.method == "GET" and "/cancelAction/" in r.path) == 1
+
+
+async def test_a_retried_final_report_answered_410_is_counted_apart(fake_ddi) -> None:
+    fake = await fake_ddi(artifact=PAYLOAD, lose_final_answers=1)
+    fleet = Fleet(config(fake, 1, record_reports=True))
+    fake.assign("sim-000000")
+    await fleet.start()
+    try:
+        assert await fleet.wait(lambda s: s.final_retries_gone >= 1, timeout=10), (
+            fleet.stats.snapshot()
+        )
+        # The device installed: it runs the new version and says so, 410 or not.
+        assert await fleet.wait(lambda s: s.config_sent >= 2, timeout=5)
+    finally:
+        await fleet.stop()
+    stats = fleet.stats
+    assert (stats.final_retries_gone, stats.successes, stats.reoffered) == (1, 0, 0)
+    assert stats.errors == 1  # the 503
+    device = fleet.devices[0]
+    assert device.sw_version == "2.0.0"
+    assert fake.registered["sim-000000"]["sw_version"] == "2.0.0"
+    finals = [
+        r.json()
+        for r in fake.requests_of("sim-000000")
+        if r.path.endswith("/feedback") and r.json()["status"]["execution"] == "closed"
+    ]
+    assert len(finals) == 2
+    # Neither answer was a 200, so the closing report is not among the acknowledged ones.
+    assert [(r.kind, r.body["status"]["execution"]) for r in device.acknowledged] == [
+        ("configData", "closed"),
+        ("feedback", "proceeding"),
+        ("feedback", "proceeding"),
+        ("configData", "closed"),
+    ]
+
+
+async def test_acknowledged_reports_are_recorded_as_sent(fake_ddi) -> None:
+    fake = await fake_ddi(artifact=PAYLOAD)
+    recorded = Fleet(config(fake, 2, record_reports=True))
+    unrecorded = Fleet(config(fake, 1, id_prefix="quiet-"))
+    for device in [*recorded.devices, *unrecorded.devices]:
+        fake.assign(device.controller_id)
+    for fleet in (recorded, unrecorded):
+        await fleet.start()
+    try:
+        for fleet, n in ((recorded, 2), (unrecorded, 1)):
+            assert await fleet.wait(lambda s, n=n: s.config_sent >= 2 * n, timeout=10)
+    finally:
+        for fleet in (recorded, unrecorded):
+            await fleet.stop()
+    assert unrecorded.devices[0].acknowledged == []
+    for device in recorded.devices:
+        cid = device.controller_id
+        action_id = fake.actions[cid].action_id
+        acknowledged = device.acknowledged
+        assert [(r.kind, r.action_id) for r in acknowledged] == [
+            ("configData", None),
+            ("feedback", action_id),
+            ("feedback", action_id),
+            ("feedback", action_id),
+            ("configData", None),
+        ]
+        assert [r.body for r in acknowledged if r.kind == "configData"] == fake.config_puts[cid]
+        assert [r.body["status"] for r in acknowledged if r.kind == "feedback"] == (
+            fake.actions[cid].feedback
+        )
+
+
 async def test_slow_devices_download_and_install_slowly(fake_ddi) -> None:
     fake = await fake_ddi(artifact=PAYLOAD)
     cfg = config(fake, 2, slow_share=0.5, slow_rate=1_000_000, slow_install_seconds=0.4, seed=1)

@@ -9,7 +9,7 @@ a hand-written HTTP/1.1 keep-alive client (:mod:`gaggle_sim.http`).
 """
 
 from gaggle_sim.config import FleetConfig
-from gaggle_sim.device import Behaviour, Device
+from gaggle_sim.device import Behaviour, Device, Report
 from gaggle_sim.fleet import Fleet, assign_behaviours, run_fleet
 from gaggle_sim.http import HttpClient, HttpError, Request, Response
 from gaggle_sim.stats import FleetStats
@@ -22,6 +22,7 @@ __all__ = [
     "FleetStats",
     "HttpClient",
     "HttpError",
+    "Report",
     "Request",
     "Response",
     "assign_behaviours",

@@ -179,6 +179,9 @@ def summary(stats: FleetStats) -> str:
         f"  results      {s['successes']:,} success, {s['failures']:,} failure "
         f"({s['verify_failures']} checksum), {s['cancels']} canceled, "
         f"{s['went_offline']} went offline",
+        f"  re-offered   {s['reoffered']:,} finished actions offered again "
+        f"({s['reoffers']:,} answers), {s['final_retries_gone']:,} retried final reports "
+        "answered 410",
         f"  errors       {s['errors']:,}",
     ]
     lines.extend(f"    {message}" for message in s["error_samples"][-5:])

@@ -60,6 +60,8 @@ class FleetConfig:
         download_attempts: failed downloads (network, HTTP status) of one action before the
             device gives up and reports closed/failure.
         user_agent: the ``User-Agent`` header.
+        record_reports: keep every report the server answered 200 on its device
+            (``Device.acknowledged``), so that a test can check the server kept them all.
     """
 
     base_url: str
@@ -90,6 +92,7 @@ class FleetConfig:
     ramp_up: float = 0.0
     download_attempts: int = 3
     user_agent: str = "gaggle-sim/0.1"
+    record_reports: bool = False
 
     def __post_init__(self) -> None:
         if self.count < 0:

@@ -13,16 +13,23 @@ SWUpdate 2022.12 sends (client-traffic.md):
 
 * configData: ``PUT`` with ``{"id": "", "time", "status": closed/success, "data": {hw_boardname,
   hw_revision, sw_version}, "mode": "merge"}``, whenever the poll offers the ``configData`` link,
-  and once right after a successful update to the configData URL the server gave this device
-  before (as SWUpdate reports its new version after the reboot);
+  and once after a successful update (after the poll that follows the final report) to the
+  configData URL the server gave this device before (as SWUpdate reports its new version after
+  the reboot);
 * feedback: ``proceeding`` with ``progress {cnt: 0, of: n}`` before the download, ``proceeding``
   ``{cnt: n, of: n}`` "All Chunks Installed." after the installation, then ``closed`` with
   ``success`` or ``failure``; ``id`` is a number when the action id is one (gooseBit insists);
 * cancel: ``closed``/``success`` to ``{cancelAction href}/feedback`` (SWUpdate accepts every
   cancel).
 
-After a success the device's ``sw_version`` is the chunk's ``version`` (or, without one, the
-version in the artifact's file name).
+Once its final report is answered the device polls again at once and then sends configData, as
+SWUpdate does when it starts again after an update. After a successful installation its
+``sw_version`` is the chunk's ``version`` (or, without one, the version in the artifact's file
+name), whatever the server answered to its final report: it runs what it installed. A final
+report that got no answer, a 5xx or a 429 is sent again at the next step.
+
+A device remembers the actions whose final report or cancel the server answered 200; a later poll
+that still offers one of them is counted (``FleetStats.reoffered``), and not run again.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ if TYPE_CHECKING:
     from gaggle_sim.config import FleetConfig
     from gaggle_sim.stats import FleetStats
 
-__all__ = ["Behaviour", "Device", "DeviceContext", "version_from_filename"]
+__all__ = ["Behaviour", "Device", "DeviceContext", "Report", "version_from_filename"]
 
 _VERSION_IN_NAME = re.compile(r"(\d+(?:\.\d+)+(?:[-+~][0-9A-Za-z.\-+~]*)?)")
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+\Z")
@@ -66,6 +73,22 @@ class Behaviour:
 
 
 NORMAL = Behaviour()
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A report the server answered 200, as the device sent it.
+
+    Attributes:
+        kind: ``configData``, ``feedback`` (deploymentBase feedback, the final one included),
+            ``cancel`` (cancelAction feedback) or ``confirmation``.
+        action_id: the action it is about; None for configData.
+        body: the JSON body sent.
+    """
+
+    kind: str
+    action_id: str | None
+    body: dict[str, Any]
 
 
 class DeviceContext:
@@ -181,13 +204,15 @@ class _Abandon(Exception):
     """The action went away (404/410) while the device worked on it."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Final:
     url: str
-    body: bytes
+    body: dict[str, Any]
     action_id: str
     success: bool
     version: str | None
+    sent: int = 0
+    """Attempts so far (an attempt without an answer, or answered 5xx or 429, is sent again)."""
 
 
 @dataclass
@@ -207,17 +232,24 @@ class Device:
         sw_version: the version it runs (changes after a successful update).
         state: ``new``, ``idle``, ``downloading``, ``installing``, ``offline`` or ``done``.
         behaviour: how it misbehaves, if at all.
+        acknowledged: every report the server answered 200, in that order (configData,
+            feedback, cancel and confirmation feedback); kept only with
+            ``FleetConfig.record_reports``, else empty.
     """
 
     __slots__ = (
         "_attempts",
         "_closed",
         "_downloaded",
+        "_finished",
         "_last_body",
         "_last_parsed",
         "_pending_final",
         "_poll_failures",
+        "_poll_now",
+        "_record",
         "_went_offline",
+        "acknowledged",
         "action_id",
         "auth",
         "behaviour",
@@ -264,6 +296,11 @@ class Device:
         self._pending_final: _Final | None = None
         self._poll_failures = 0
         self._went_offline = False
+        self._poll_now = False
+        self._finished: dict[str, int] | None = None
+        """Actions whose final report (or cancel) was answered 200: times offered since."""
+        self._record = config.record_reports
+        self.acknowledged: list[Report] = []
 
     def __repr__(self) -> str:
         return f"Device({self.controller_id!r}, {self.sw_version!r}, {self.state!r})"
@@ -295,6 +332,8 @@ class Device:
             delay = ctx.interval(self.last_sleep)
         if self.install is not None:
             return max(0.0, self.install.ready_at - ctx.loop.time())
+        if self._poll_now and delay is not None:
+            return 0.0  # the final report went out during this poll: poll again at once
         return delay
 
     def _go_offline(self, ctx: DeviceContext) -> float:
@@ -316,6 +355,7 @@ class Device:
 
     async def _poll(self, ctx: DeviceContext) -> float | None:
         stats = ctx.stats
+        self._poll_now = False
         began = time.perf_counter()
         try:
             response = await ctx.client.send(self.poll_request)
@@ -356,6 +396,8 @@ class Device:
             self.state = "done"
             return None
 
+        if self._finished:
+            _count_reoffers(ctx, self._finished, links)
         if self._closed:
             self._closed = _still_offered(self._closed, links)
         cancel = links.get("cancelAction")
@@ -383,6 +425,16 @@ class Device:
 
     def _is_closed(self, key: str) -> bool:
         return self._closed is not None and key in self._closed
+
+    def _mark_finished(self, *action_ids: str) -> None:
+        if self._finished is None:
+            self._finished = {}
+        for action_id in action_ids:
+            self._finished.setdefault(action_id, 0)
+
+    def _acknowledged(self, kind: str, action_id: str | None, body: dict[str, Any]) -> None:
+        if self._record:
+            self.acknowledged.append(Report(kind, action_id, body))
 
     def _reset_action(self) -> None:
         self.action_id = None
@@ -417,6 +469,7 @@ class Device:
         if response is not None and response.status == 200:
             ctx.stats.config_sent += 1
             self.report_version = False
+            self._acknowledged("configData", None, body)
         elif response is not None:
             ctx.stats.error(f"{self.controller_id} configData: HTTP {response.status}")
 
@@ -535,28 +588,37 @@ class Device:
 
     async def _send_final(self, ctx: DeviceContext, final: _Final) -> None:
         self._check_offline(ctx)
+        final.sent += 1
         response = await self._request(ctx, "POST", final.url, final.body, what="final feedback")
         if response is None:
             return  # sent again at the next step
-        if response.status >= 500:
-            ctx.stats.error(f"{self.controller_id} final feedback: HTTP {response.status}")
+        status = response.status
+        if status >= 500 or status == 429:
+            ctx.stats.error(f"{self.controller_id} final feedback: HTTP {status}")
             return  # sent again at the next step
         self._pending_final = None
         self._mark_closed("d" + final.action_id)
         self._reset_action()
-        if response.status != 200:
-            if response.status != 410:  # 410: the server had closed it already
-                ctx.stats.error(f"{self.controller_id} final feedback: HTTP {response.status}")
-            return
-        if not final.success:
-            ctx.stats.failures += 1
-            return
-        version = final.version
-        ctx.stats.successes += 1
-        if version:
-            self.sw_version = version
-        self.report_version = True
-        await self._put_config(ctx)
+        if status == 200:
+            self._mark_finished(final.action_id)
+            self._acknowledged("feedback", final.action_id, final.body)
+            if final.success:
+                ctx.stats.successes += 1
+            else:
+                ctx.stats.failures += 1
+        elif status == 410 and final.sent > 1:
+            # An earlier attempt may have been taken although its answer never arrived.
+            ctx.stats.final_retries_gone += 1
+        elif status != 410:  # 410 at once: the server had closed the action already
+            ctx.stats.error(f"{self.controller_id} final feedback: HTTP {status}")
+        # SWUpdate polls again at once after its final report, and then reports its version.
+        self._poll_now = True
+        if final.success:
+            # Installed is installed: the device runs the new version whatever the answer
+            # (SWUpdate reboots into it) and says so in its next configData.
+            if final.version:
+                self.sw_version = final.version
+            self.report_version = True
 
     async def _download(self, ctx: DeviceContext, artifact: dict[str, Any]) -> str | None:
         """Fetch and check one artifact.
@@ -689,6 +751,8 @@ class Device:
             return
         ctx.stats.cancels += 1
         self._mark_closed("c" + action_id)
+        self._mark_finished(action_id, stop_id)
+        self._acknowledged("cancel", stop_id, body)
         if self.action_id in (stop_id, action_id):
             self._pending_final = None
             self._reset_action()
@@ -698,9 +762,7 @@ class Device:
         if self._is_closed("k" + action_id):
             return
         self._check_offline(ctx)
-        body = json.dumps(
-            {"confirmation": "confirmed", "code": 200, "details": ["Confirmed by gaggle-sim."]}
-        ).encode()
+        body = {"confirmation": "confirmed", "code": 200, "details": ["Confirmed by gaggle-sim."]}
         response = await self._request(
             ctx, "POST", feedback_url(href), body, what="confirmation feedback"
         )
@@ -711,6 +773,7 @@ class Device:
             return
         ctx.stats.confirmations += 1
         self._mark_closed("k" + action_id)
+        self._acknowledged("confirmation", action_id, body)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -721,17 +784,15 @@ class Device:
         finished: str,
         progress: tuple[int, int] | None,
         detail: str,
-    ) -> bytes:
+    ) -> dict[str, Any]:
         result: dict[str, Any] = {"finished": finished}
         if progress is not None:
             result["progress"] = {"cnt": progress[0], "of": progress[1]}
-        return json.dumps(
-            {
-                "id": _wire_id(action_id),
-                "time": _now_stamp(),
-                "status": {"result": result, "execution": execution, "details": [detail]},
-            }
-        ).encode()
+        return {
+            "id": _wire_id(action_id),
+            "time": _now_stamp(),
+            "status": {"result": result, "execution": execution, "details": [detail]},
+        }
 
     async def _feedback(
         self,
@@ -753,6 +814,8 @@ class Device:
             raise _Abandon
         if response.status != 200:
             ctx.stats.error(f"{self.controller_id} feedback: HTTP {response.status}")
+        else:
+            self._acknowledged("feedback", action_id, body)
 
     async def _request(
         self,
@@ -777,6 +840,23 @@ class Device:
         except ValueError as exc:
             ctx.stats.error(f"{self.controller_id} {what}: bad link {url!r}: {exc}")
             return None
+
+
+def _count_reoffers(ctx: DeviceContext, finished: dict[str, int], links: dict[str, str]) -> None:
+    """Count the finished actions this answer offers again (once per answer and action)."""
+    offered = {
+        action_id_of(href, rel)
+        for rel in ("deploymentBase", "cancelAction", "confirmationBase")
+        if (href := links.get(rel)) is not None
+    }
+    for action_id in offered:
+        seen = finished.get(action_id)
+        if seen is None:
+            continue
+        if seen == 0:
+            ctx.stats.reoffered += 1
+        finished[action_id] = seen + 1
+        ctx.stats.reoffers += 1
 
 
 def _still_offered(closed: set[str], links: dict[str, str]) -> set[str]:

@@ -260,7 +260,7 @@ def progress_line(stats: FleetStats, rate: float) -> str:
         f"config {stats.config_sent}  deploy {stats.deployments_seen}  "
         f"dl {stats.downloads} ({mb:,.1f} MB, {stats.resumed} resumed)  "
         f"ok {stats.successes}  failed {stats.failures}  canceled {stats.cancels}  "
-        f"errors {stats.poll_errors}+{stats.errors}"
+        f"re-offered {stats.reoffered}  errors {stats.poll_errors}+{stats.errors}"
     )
 
 

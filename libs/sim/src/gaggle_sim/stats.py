@@ -30,6 +30,14 @@ class FleetStats:
         cancels: cancel requests acknowledged.
         confirmations: actions confirmed (confirmationBase).
         went_offline: devices that went offline.
+        reoffered: finished actions offered again: a device's final report (closed
+            success or failure, or its cancel) was answered 200, and a later poll still
+            offered that action (``deploymentBase``, ``cancelAction`` or ``confirmationBase``).
+            Each action counts once per device, however often it came back.
+        reoffers: poll answers that offered a device one of its finished actions.
+        final_retries_gone: final reports sent again (the attempt before got no answer, a 5xx
+            or a 429) and answered 410 Gone: the server had taken an earlier attempt, or
+            closed the action for another reason.
         errors: other failed requests (deploymentBase, feedback, downloads, configData) and
             unexpected answers.
         latencies_ms: base-poll latencies in milliseconds (at most ``MAX_LATENCY_SAMPLES``,
@@ -51,6 +59,9 @@ class FleetStats:
         self.cancels = 0
         self.confirmations = 0
         self.went_offline = 0
+        self.reoffered = 0
+        self.reoffers = 0
+        self.final_retries_gone = 0
         self.errors = 0
         self.latencies_ms: list[float] = []
         self.error_samples: list[str] = []
@@ -156,6 +167,9 @@ class FleetStats:
             "cancels": self.cancels,
             "confirmations": self.confirmations,
             "went_offline": self.went_offline,
+            "reoffered": self.reoffered,
+            "reoffers": self.reoffers,
+            "final_retries_gone": self.final_retries_gone,
             "errors": self.errors,
             "error_samples": list(self.error_samples),
         }

@@ -1,0 +1,462 @@
+"""A rollout through the whole stack while PostgreSQL, or NATS, is killed and started again.
+
+The four services run as ``make run`` runs them (one process each, ``python -m gaggle_<name>``)
+against a NATS server and a PostgreSQL server of this test alone (``restartable_nats``,
+``restartable_postgres``: free ports, own data). The fleet simulator plays the devices, keeping
+every report the gateway answered 200. In the middle of the rollout the server under test gets
+SIGKILL (PostgreSQL: its postmaster) and comes back a few seconds later on the same port with the
+same data. Then nothing a device was told was taken may be missing:
+
+* every feedback report answered 200 is in its action's history;
+* every configData answered 200 is in the registry (attributes, version, board);
+* every device has exactly one action for the software, closed as it reported, and the
+  rollout's counters are exact.
+
+What the stack did instead is in the assertion message, with the JetStream advisories of events
+a consumer gave up on (``max_deliver`` reached) and the tails of the service logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import nats
+import pytest
+
+from conftest import RestartableNats, RestartablePostgres
+from gaggle_contracts.access import key_hash, new_api_key
+from gaggle_runtime.db import ensure_database, with_database
+from gaggle_sim import Device, Fleet, FleetConfig, FleetStats
+from gaggle_stack.__main__ import SERVICES
+from gaggle_stack.servers import free_port
+from gaggle_swu.build import make_rawfile_swu
+
+TENANT = "default"
+BOARD = "chaos-board"
+REVISION = "1.0"
+OLD_VERSION = "1.0.0"
+NEW_VERSION = "2.0.0"
+DEVICES = 150
+FAILING_SHARE = 0.1
+OUTAGE_S = 3.0
+"""How long the killed server stays away."""
+
+
+class Services:
+    """The four services as child processes, each logging to its own file."""
+
+    def __init__(self, folder: Path, nats_url: str, database_url: str) -> None:
+        self.folder = folder
+        self.ports = {spec.name: free_port() for spec in SERVICES}
+        key_id, self.key = new_api_key()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GAGGLE_")}
+        self.env.update(
+            {
+                "GAGGLE_NATS_URL": nats_url,
+                "GAGGLE_DATABASE_URL": database_url,
+                "GAGGLE_STORAGE_DIR": str(folder / "objects"),
+                "GAGGLE_LOG_JSON": "false",
+                "GAGGLE_GATEWAY_POLLING_SLEEP": "00:00:01",
+                "GAGGLE_REGISTRY_BOOTSTRAP_KEY": f"{key_id}:{key_hash(self.key)}",
+                "GAGGLE_REGISTRY_BOOTSTRAP_TENANT": TENANT,
+                **{f"{s.env_prefix}PORT": str(self.ports[s.name]) for s in SERVICES},
+            }
+        )
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def log(self, name: str) -> Path:
+        return self.folder / f"{name}.log"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    async def start(self, timeout: float = 60.0) -> None:
+        (self.folder / "objects").mkdir(parents=True, exist_ok=True)
+        for spec in SERVICES:
+            with self.log(spec.name).open("ab") as out:
+                self.procs[spec.name] = subprocess.Popen(
+                    [sys.executable, "-m", spec.module],
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2) as client:
+            for spec in SERVICES:
+                while True:
+                    self.check_alive()
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{self.url(spec.name)}/readyz")).status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"{spec.name} not ready:\n{self.tails()}")
+                    await asyncio.sleep(0.1)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.tails()}")
+
+    def tails(self, lines: int = 15) -> str:
+        out = []
+        for spec in SERVICES:
+            try:
+                text = self.log(spec.name).read_text(errors="replace")
+            except OSError:
+                text = ""
+            out.append(f"--- {spec.name} log (last {lines} lines)")
+            out.extend(text.splitlines()[-lines:])
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class GaveUp:
+    """JetStream's advisories of events a consumer stopped redelivering (``max_deliver``)."""
+
+    def __init__(self) -> None:
+        self.by_consumer: Counter[str] = Counter()
+        self._nc: Any = None
+
+    async def start(self, nats_url: str) -> None:
+        async def on(msg: Any) -> None:
+            with contextlib.suppress(ValueError, KeyError):
+                self.by_consumer[json.loads(msg.data)["consumer"]] += 1
+
+        async def quiet(_: Exception) -> None:
+            """The server is away on purpose; the client reconnects by itself."""
+
+        self._nc = await nats.connect(
+            nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, error_cb=quiet
+        )
+        await self._nc.subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>", cb=on)
+
+    async def stop(self) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+
+def feedback_key(execution: Any, finished: Any, details: Any) -> tuple[str, str, tuple[str, ...]]:
+    """What identifies a feedback report in an action's history."""
+    return (str(execution), str(finished), tuple(str(d) for d in details or ()))
+
+
+def expected_attributes(device: Device) -> dict[str, Any] | None:
+    """The attributes the registry must show: every acknowledged configData merged in order."""
+    merged: dict[str, Any] | None = None
+    for report in device.acknowledged:
+        if report.kind == "configData":
+            merged = {**(merged or {}), **report.body["data"]}
+    return merged
+
+
+async def server_view(database_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Registry devices and rollouts actions (with their history) of this test's board."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        devices = {
+            r["controller_id"]: dict(r)
+            for r in await conn.fetch(
+                "SELECT controller_id, hw_model, hw_revision, sw_version, attributes, "
+                "update_state FROM registry.devices WHERE tenant = $1 AND controller_id LIKE $2",
+                TENANT,
+                "chaos-%",
+            )
+        }
+        actions: dict[str, Any] = {}
+        rows = await conn.fetch(
+            "SELECT a.id, a.controller_id, a.status, a.active, s.execution, s.finished, "
+            "s.details FROM rollouts.actions a LEFT JOIN rollouts.action_status s "
+            "ON s.action_id = a.id WHERE a.tenant = $1 AND a.controller_id LIKE $2 "
+            "ORDER BY a.id, s.id",
+            TENANT,
+            "chaos-%",
+        )
+    finally:
+        await conn.close()
+    for r in rows:
+        per_device = actions.setdefault(r["controller_id"], {})
+        action = per_device.setdefault(
+            str(r["id"]), {"status": r["status"], "active": r["active"], "history": []}
+        )
+        if r["execution"] is not None:
+            details = r["details"]
+            if isinstance(details, str):
+                details = json.loads(details)
+            action["history"].append(feedback_key(r["execution"], r["finished"], details))
+    for device in devices.values():
+        if isinstance(device["attributes"], str):
+            device["attributes"] = json.loads(device["attributes"])
+    return devices, actions
+
+
+def problems(
+    fleet: Fleet, devices: dict[str, Any], actions: dict[str, Any], rollout: dict[str, Any]
+) -> tuple[list[str], Counter[str]]:
+    """What the server lost or doubled, one line each; and the lost reports by kind."""
+    found: list[str] = []
+    lost: Counter[str] = Counter()
+    for device in fleet.devices:
+        cid = device.controller_id
+        mine = actions.get(cid, {})
+        if len(mine) != 1:
+            found.append(f"{cid}: {len(mine)} actions, not 1: {sorted(mine)}")
+        for report in device.acknowledged:
+            if report.action_id is not None and report.action_id not in mine:
+                lost[report.kind] += 1
+                found.append(f"{cid}: acknowledged report for unknown action {report}")
+        for action_id, action in mine.items():
+            history = Counter(action["history"])
+            for report in device.acknowledged:
+                if report.kind != "feedback" or report.action_id != action_id:
+                    continue
+                status = report.body["status"]
+                key = feedback_key(
+                    status["execution"], status["result"]["finished"], status["details"]
+                )
+                if history[key] > 0:
+                    history[key] -= 1
+                else:
+                    lost[f"feedback {key[0]}/{key[1]}"] += 1
+                    found.append(f"{cid}: action {action_id} lacks acknowledged {key}")
+            wanted = "error" if device.behaviour.fails else "finished"
+            if action["status"] != wanted or action["active"]:
+                found.append(f"{cid}: action {action_id} is {action['status']}, not {wanted}")
+        attributes = expected_attributes(device)
+        seen = devices.get(cid)
+        if attributes is None or seen is None:
+            found.append(f"{cid}: registry has {seen}, acknowledged configData {attributes}")
+            continue
+        if any(seen["attributes"].get(k) != v for k, v in attributes.items()):
+            lost["configData"] += 1
+            found.append(f"{cid}: registry shows {seen['attributes']}, acknowledged {attributes}")
+        state = "error" if device.behaviour.fails else "success"
+        shown = (seen["hw_model"], seen["sw_version"], seen["update_state"])
+        if shown != (attributes["hw_boardname"], attributes["sw_version"], state):
+            found.append(
+                f"{cid}: registry has board, version, state {shown}; expected "
+                f"{attributes['hw_boardname']}, {attributes['sw_version']}, {state}"
+            )
+    failing = sum(1 for d in fleet.devices if d.behaviour.fails)
+    counters = rollout.get("counters") or {}
+    wanted_counters = {"success": DEVICES - failing, "failure": failing}
+    if {k: counters.get(k) for k in wanted_counters} != wanted_counters or (
+        rollout.get("state") != "finished"
+    ):
+        found.append(
+            f"rollout {rollout.get('id')} is {rollout.get('state')} with counters {counters}; "
+            f"expected finished with {wanted_counters}"
+        )
+    return found, lost
+
+
+async def upload_image(client: httpx.AsyncClient, services: Services) -> str:
+    image = make_rawfile_swu(
+        os.urandom(64 * 1024),
+        version=NEW_VERSION,
+        board=BOARD,
+        revisions=[REVISION],
+        install_path="/tmp/chaos/payload.bin",
+        key=None,
+        cert=None,
+    )
+    r = await client.post(
+        f"{services.url('artifacts')}/api/v1/software",
+        files={"file": (f"chaos-{NEW_VERSION}.swu", image, "application/octet-stream")},
+        headers=services.headers,
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def start_rollout(
+    client: httpx.AsyncClient, services: Services, software_id: str
+) -> dict[str, Any]:
+    """One wave of every device of the board; retried until rollouts knows the software."""
+    body = {
+        "name": "chaos",
+        "software_id": software_id,
+        "filter": {"hw_model": BOARD},
+        "error_threshold": 50,
+        "start": True,
+    }
+    deadline = time.monotonic() + 20
+    while True:
+        r = await client.post(
+            f"{services.url('rollouts')}/api/v1/rollouts", json=body, headers=services.headers
+        )
+        if r.status_code == 201:
+            return dict(r.json())
+        assert r.status_code in (404, 409) and time.monotonic() < deadline, r.text
+        await asyncio.sleep(0.1)
+
+
+async def until(
+    what: str, check: Callable[[], Any], timeout: float, detail: Callable[[], str]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout:.0f} s\n{detail()}")
+        await asyncio.sleep(0.2)
+
+
+def acknowledged_count(fleet: Fleet) -> int:
+    return sum(len(d.acknowledged) for d in fleet.devices)
+
+
+def settled(fleet: Fleet) -> bool:
+    """Every device reported its result and, after a success, its new version."""
+    stats: FleetStats = fleet.stats
+    return stats.successes + stats.failures + stats.final_retries_gone >= DEVICES and not any(
+        d.report_version or d.install is not None for d in fleet.devices
+    )
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("victim", ["postgres", "nats"])
+async def test_rollout_keeps_every_acknowledged_report_when_a_server_is_killed(
+    victim: str,
+    restartable_nats: RestartableNats,
+    restartable_postgres: RestartablePostgres,
+    tmp_path: Path,
+) -> None:
+    database_url = with_database(restartable_postgres.url, "gaggle")
+    await ensure_database(database_url)
+    services = Services(tmp_path, restartable_nats.url, database_url)
+    gave_up = GaveUp()
+    config = FleetConfig(
+        f"{services.url('gateway')}/DEFAULT",
+        DEVICES,
+        id_prefix="chaos-",
+        hw_model=BOARD,
+        hw_revision=REVISION,
+        sw_version=OLD_VERSION,
+        poll=1.0,
+        jitter=0.3,
+        connections=32,
+        timeout=10,
+        fail_share=FAILING_SHARE,
+        slow_share=0.5,
+        install_seconds=2.0,
+        slow_install_seconds=6.0,
+        record_reports=True,
+        seed=13,
+    )
+    fleet = Fleet(config)
+    killed_at: dict[str, float] = {}
+
+    def state() -> str:
+        return (
+            f"simulator: {fleet.stats.snapshot()}\nkilled: {killed_at}\n"
+            f"consumers that gave up on events: {dict(gave_up.by_consumer)}\n{services.tails()}"
+        )
+
+    try:
+        await services.start()
+        await gave_up.start(restartable_nats.url)
+        async with httpx.AsyncClient(timeout=15) as client:
+            software_id = await upload_image(client, services)
+            await fleet.start()
+
+            async def known() -> bool:
+                conn = await asyncpg.connect(database_url)
+                try:
+                    n = await conn.fetchval(
+                        "SELECT count(*) FROM rollouts.devices WHERE tenant = $1 AND hw_model = $2",
+                        TENANT,
+                        BOARD,
+                    )
+                finally:
+                    await conn.close()
+                return bool(n == DEVICES)
+
+            await until("rollouts did not learn every device", known, 30, state)
+            rollout = await start_rollout(client, services, software_id)
+            rollout_started = time.monotonic()
+
+            # The first results are in: kill the victim while the rest are on their way.
+            async def first_results() -> bool:
+                services.check_alive()
+                return fleet.stats.successes + fleet.stats.failures > 0
+
+            await until("no device finished its update", first_results, 30, state)
+            server = restartable_postgres if victim == "postgres" else restartable_nats
+            started = time.monotonic()
+            acked, refused = acknowledged_count(fleet), fleet.stats.errors
+            await asyncio.to_thread(server.kill)
+            killed_at["after_rollout_s"] = round(started - rollout_started, 1)
+            killed_at["results_before"] = fleet.stats.successes + fleet.stats.failures
+            await asyncio.sleep(OUTAGE_S)
+            killed_at["acknowledged_while_down"] = acknowledged_count(fleet) - acked
+            killed_at["refused_while_down"] = fleet.stats.errors - refused
+            await asyncio.to_thread(server.start)
+            killed_at["down_s"] = round(time.monotonic() - started, 1)
+            # The outage met the rollout early, and without the database the gateway went on
+            # taking reports (it needs only the bus).
+            assert killed_at["results_before"] < DEVICES / 2, state()
+            if victim == "postgres":
+                assert killed_at["acknowledged_while_down"] > 0, state()
+
+            async def done() -> bool:
+                services.check_alive()
+                return settled(fleet)
+
+            await until("the devices did not all finish", done, 90, state)
+        await fleet.stop()
+
+        # Now the server must show all of it; give the consumers time to catch up.
+        found: list[str] = []
+        lost: Counter[str] = Counter()
+        async with httpx.AsyncClient(timeout=15) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                devices, actions = await server_view(database_url)
+                r = await client.get(
+                    f"{services.url('rollouts')}/api/v1/rollouts/{rollout['id']}",
+                    headers=services.headers,
+                )
+                assert r.status_code == 200, r.text
+                found, lost = problems(fleet, devices, actions, r.json())
+                if not found or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+        acknowledged = Counter(r.kind for d in fleet.devices for r in d.acknowledged)
+        assert not found, (
+            f"after {victim} was killed: {len(found)} problems; acknowledged reports lost: "
+            f"{sum(lost.values())} {dict(lost)} of {dict(acknowledged)} acknowledged\n"
+            + "\n".join(found[:30])
+            + f"\n{state()}"
+        )
+    finally:
+        await fleet.stop()
+        await gave_up.stop()
+        services.stop()
