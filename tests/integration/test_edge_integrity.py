@@ -472,3 +472,40 @@ async def test_an_action_takes_a_thousand_statuses_then_429_but_still_its_final_
         assert "1000 statuses" in r.json()["message"]
         assert (await client.post(url, json=feedback("closed", "success"))).status_code == 200
     assert await feedback_count(nc, tenant, "action.feedback") == 1001
+
+
+async def test_a_final_report_retried_after_a_lost_acknowledgement_is_200_and_stored_once(
+    common: CommonSettings, serve: Any, tenant: str, nc: Any
+) -> None:
+    """The bus stored the report but its ack was lost (503); the device retries the same one."""
+    await put(nc, names.BUCKET_TENANTS, tenant, TenantConfig())
+    key = names.kv_key(tenant, "u-1")
+    await put(nc, names.BUCKET_DEVICES, key, DeviceEntry(config_requested=False))
+    await put(nc, names.BUCKET_DEPLOYMENTS, key, deployment("51"))
+    app = build_gateway(common, GatewaySettings())
+    gw = await serve(app)
+    gateway = app.state.gateway
+    publish = gateway.publish_event
+    lost: list[Any] = []
+
+    async def ack_lost_once(event: Any) -> None:
+        await publish(event)
+        if not lost:
+            lost.append(event)
+            raise TimeoutError("no ack")
+
+    gateway.publish_event = ack_lost_once
+    url = f"{gw.url}/{tenant}/controller/v1/u-1/deploymentBase/51/feedback"
+    kind = "action.feedback"
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.post(url, json=feedback("closed", "success"))).status_code == 503
+        assert await feedback_count(nc, tenant, kind) == 1  # stored all the same
+        # Rollouts closes the action and the mirror catches up before the device retries.
+        await put(nc, names.BUCKET_DEPLOYMENTS, key, DeploymentEntry(closed=["51"]))
+        await mirrored(gateway, key, lambda e: e is not None and e.open is None)
+        assert (await client.post(url, json=feedback("closed", "failure"))).status_code == 410
+        assert (await client.post(url, json=feedback("closed", "success"))).status_code == 200
+        assert (await client.post(url, json=feedback("closed", "success"))).status_code == 200
+        assert (await client.post(url, json=feedback("proceeding"))).status_code == 410
+    assert await feedback_count(nc, tenant, kind) == 1  # the retry went under the same id
+    assert len(lost) == 1

@@ -7,10 +7,15 @@ lets the gateway read its own writes meanwhile: an action whose final report it 
 not offered again, a retried identical final report is answered 200 without a second event, and
 a different report for it is answered 410 as for any closed action.
 
-Both memories are bounded: a final report is kept while the mirror still shows its action open
-and for ``keep_s`` after the acknowledgement (the retry window), and at most ``max_finals`` are
-kept (the oldest goes first); status counts are kept for actions the mirror shows open, one per
-device. Each gateway process knows only what it acknowledged itself.
+A final report the bus did not acknowledge in time (the device got 503) may still have been
+stored. Its event id is remembered as unsure, so that the device's retry of the same report is
+published again under the same id: JetStream and rollouts then keep it once, and the retry is
+answered 200 even if the first attempt already closed the action.
+
+The memories are bounded: a final report is kept while the mirror still shows its action open
+and for ``keep_s`` after the acknowledgement (the retry window), an unsure one for ``keep_s``,
+and at most ``max_finals`` of each (the oldest goes first); status counts are kept for actions
+the mirror shows open, one per device. Each gateway process knows only what it acknowledged itself.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from uuid import UUID
 
 from gaggle_contracts.events import FeedbackStatus
 from gaggle_contracts.kv import DeploymentEntry
@@ -38,7 +44,9 @@ class FinalReport:
     action_id: str
     fingerprint: bytes
     at: float
-    """When it was acknowledged (monotonic seconds)."""
+    """When it was acknowledged, or sent without an acknowledgement (monotonic seconds)."""
+    event_id: UUID | None = None
+    """Set while unsure: the id its event was sent under, for a retry to be sent again under."""
 
 
 def _is_open(deployments: Mapping[str, DeploymentEntry], key: str, action_id: str) -> bool:
@@ -54,6 +62,8 @@ class Acks:
         self.max_finals = max_finals
         self.finals: OrderedDict[str, FinalReport] = OrderedDict()
         """Device key -> its newest acknowledged final report, oldest first."""
+        self.unsure: OrderedDict[str, FinalReport] = OrderedDict()
+        """Device key -> its newest final report sent but not acknowledged, oldest first."""
         self.statuses: dict[str, tuple[str, int]] = {}
         """Device key -> (open action id, statuses acknowledged for it)."""
 
@@ -61,6 +71,20 @@ class Acks:
         """The acknowledged final report of this action, if this gateway remembers one."""
         final = self.finals.get(key)
         return final if final is not None and final.action_id == action_id else None
+
+    def unsure_final(self, key: str, action_id: str) -> FinalReport | None:
+        """The final report of this action that was sent but not acknowledged, if any."""
+        final = self.unsure.get(key)
+        return final if final is not None and final.action_id == action_id else None
+
+    def sent_unsure(
+        self, key: str, action_id: str, fingerprint: bytes, event_id: UUID, now: float
+    ) -> None:
+        """Note a final report whose event the bus may or may not have stored."""
+        self.unsure.pop(key, None)
+        self.unsure[key] = FinalReport(action_id, fingerprint, now, event_id)
+        while len(self.unsure) > self.max_finals:
+            self.unsure.popitem(last=False)
 
     def count(self, key: str, action_id: str) -> int:
         """Statuses of the action this gateway acknowledged."""
@@ -73,6 +97,7 @@ class Acks:
             self.statuses[key] = (action_id, self.count(key, action_id) + 1)
             return
         self.statuses.pop(key, None)
+        self.unsure.pop(key, None)
         self.finals.pop(key, None)
         self.finals[key] = FinalReport(action_id, fingerprint, now)
         while len(self.finals) > self.max_finals:
@@ -84,7 +109,8 @@ class Acks:
         """Forget what the mirror has caught up with.
 
         A final report goes once the mirror no longer shows its action open and its retry
-        window has passed (only the oldest are looked at); a status count, if ``statuses``,
+        window has passed (only the oldest are looked at); an unsure one once its window has
+        passed; a status count, if ``statuses``,
         once the mirror no longer shows its action open (every count is looked at).
         """
         expired = now - self.keep_s
@@ -96,6 +122,8 @@ class Acks:
                 gone.append(key)
         for key in gone:
             del self.finals[key]
+        while self.unsure and next(iter(self.unsure.values())).at <= expired:
+            self.unsure.popitem(last=False)
         if statuses:
             done = [
                 key

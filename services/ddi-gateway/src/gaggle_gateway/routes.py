@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
+from uuid import uuid4
 
 import orjson
 from fastapi import APIRouter, Header, Request
@@ -384,9 +385,17 @@ class Gateway:
             NotAllowed: cancel feedback for an action that is not being canceled.
             Gone: the action is closed.
         """
-        final = self.acks.final(caller.key, action_id)
+        final = self.acks.final(caller.key, action_id) or self.acks.unsure_final(
+            caller.key, action_id
+        )
         if final is not None:
             return final
+        return self.open_feedback_target(caller, action_id, kind)
+
+    def open_feedback_target(
+        self, caller: Caller, action_id: str, kind: type[ActionFeedback] | type[CancelFeedback]
+    ) -> OpenAction:
+        """The open action a feedback report is for, by the mirror (see ``feedback_target``)."""
         if kind is CancelFeedback:
             action = check_feedback_target(caller, self, action_id)
             if action.state != "canceling":
@@ -406,7 +415,9 @@ class Gateway:
         """Validate a feedback body; on the bus once JetStream has the event.
 
         A report for an action this gateway saw closed (``target`` is its final report) is
-        answered 200 without an event if it repeats that report (a retry), else 410.
+        answered 200 without an event if it repeats that report (a retry), else 410. A repeat of
+        a final report the bus did not acknowledge is sent again under the first attempt's
+        event id, so it is stored once whether or not the first attempt was.
 
         Raises:
             BadRequest: not JSON, or not a feedback body.
@@ -417,31 +428,38 @@ class Gateway:
         """
         body = parse_body(data, FeedbackBody)
         status = body.to_status()
+        printed = fingerprint(kind.kind, status)
+        event_id = uuid4()
+        if isinstance(target, FinalReport) and target.fingerprint != printed:
+            if target.event_id is None:
+                raise Gone(f"action {action_id!r} is closed")
+            target = self.open_feedback_target(caller, action_id, kind)
         if isinstance(target, FinalReport):
-            if target.fingerprint == fingerprint(kind.kind, status):
+            if target.event_id is None:
                 return
-            raise Gone(f"action {action_id!r} is closed")
-        final = closes_action(kind is CancelFeedback, status, target)
+            event_id, final = target.event_id, True
+        else:
+            final = closes_action(kind is CancelFeedback, status, target)
         if not final and self.acks.count(caller.key, action_id) >= MAX_STATUSES:
             raise QuotaExceeded(
                 f"action {action_id!r} has {MAX_STATUSES} statuses, the most an action may have",
                 quota=MAX_STATUSES,
             )
-        await self.publish(
-            kind(
-                tenant=caller.tenant,
-                controller_id=controller_id,
-                action_id=action_id,
-                status=status,
-                device_time=body.device_time(),
-            )
+        event = kind(
+            event_id=event_id,
+            tenant=caller.tenant,
+            controller_id=controller_id,
+            action_id=action_id,
+            status=status,
+            device_time=body.device_time(),
         )
-        self.acks.acknowledged(
-            caller.key,
-            action_id,
-            fingerprint(kind.kind, status) if final else None,
-            time.monotonic(),
-        )
+        try:
+            await self.publish(event)
+        except Unavailable:
+            if final:
+                self.acks.sent_unsure(caller.key, action_id, printed, event_id, time.monotonic())
+            raise
+        self.acks.acknowledged(caller.key, action_id, printed if final else None, time.monotonic())
         self.noted(caller, controller_id, kind.kind, body)
 
     def check_attributes(self, caller: Caller, mode: str, data: dict[str, str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import uuid4
+
 from gaggle_contracts.events import FeedbackStatus
 from gaggle_contracts.kv import ChunkDoc, DeploymentDoc, DeploymentEntry, OpenAction
 from gaggle_gateway.acks import Acks, fingerprint
@@ -75,3 +77,25 @@ def test_at_most_max_finals_are_remembered_the_oldest_go_first() -> None:
     assert list(acks.finals) == ["t.d2", "t.d3", "t.d4"]
     acks.acknowledged("t.d2", "1", b"g", now=9)  # a newer final of a device moves to the end
     assert list(acks.finals) == ["t.d3", "t.d4", "t.d2"]
+
+
+def test_an_unsure_final_report_keeps_its_event_id_until_acknowledged_or_its_window_ends() -> None:
+    acks = Acks(keep_s=60, max_finals=10)
+    event_id = uuid4()
+    acks.sent_unsure("t.d", "5", b"f", event_id, now=100)
+    unsure = acks.unsure_final("t.d", "5")
+    assert unsure is not None
+    assert (unsure.event_id, unsure.fingerprint) == (event_id, b"f")
+    assert acks.final("t.d", "5") is None  # not acknowledged: still offered
+    assert acks.unsure_final("t.d", "6") is None
+    acks.sweep({}, now=150)
+    assert acks.unsure_final("t.d", "5") is not None
+    acks.sweep({}, now=161)
+    assert acks.unsure_final("t.d", "5") is None
+
+    acks.sent_unsure("t.d", "5", b"f", event_id, now=200)
+    acks.acknowledged("t.d", "5", b"f", now=201)  # the retry got its acknowledgement
+    assert acks.unsure_final("t.d", "5") is None
+    final = acks.final("t.d", "5")
+    assert final is not None
+    assert final.event_id is None
