@@ -36,7 +36,6 @@ import httpx
 import nats
 import pytest
 
-from conftest import RestartableNats, RestartablePostgres
 from gaggle_contracts.access import key_hash, new_api_key
 from gaggle_runtime.db import ensure_database, with_database
 from gaggle_sim import Device, Fleet, FleetConfig, FleetStats
@@ -345,8 +344,8 @@ def settled(fleet: Fleet) -> bool:
 @pytest.mark.parametrize("victim", ["postgres", "nats"])
 async def test_rollout_keeps_every_acknowledged_report_when_a_server_is_killed(
     victim: str,
-    restartable_nats: RestartableNats,
-    restartable_postgres: RestartablePostgres,
+    restartable_nats: Any,  # conftest.RestartableNats
+    restartable_postgres: Any,  # conftest.RestartablePostgres
     tmp_path: Path,
 ) -> None:
     database_url = with_database(restartable_postgres.url, "gaggle")
