@@ -14,21 +14,18 @@ from gaggle_contracts.rpc import (
     FindDevices,
     FindSoftware,
     KnownDevice,
-    RpcMessage,
     SoftwareFound,
 )
 
 EXAMPLES = Path(__file__).parent / "examples" / "rpc"
 NATS_MAX_PAYLOAD = 1024 * 1024
-REPLIES: dict[type[RpcMessage], type[RpcMessage]] = {
-    FindSoftware: SoftwareFound,
-    FindDevices: DevicesFound,
-}
 
 
 def test_requests_go_to_the_service_that_answers_them_outside_the_stream() -> None:
     assert FindSoftware.subject() == "ota.rpc.artifacts.software"
+    assert FindSoftware.reply is SoftwareFound
     assert FindDevices.subject() == "ota.rpc.registry.devices"
+    assert FindDevices.reply is DevicesFound
     subjects = [cls.subject() for cls in RPC_TYPES]
     assert len(subjects) == len(set(subjects))
     for subject in subjects:  # never captured by the OTA stream
@@ -40,7 +37,7 @@ def test_pinned_requests_and_replies_still_parse(cls: type[FindSoftware | FindDe
     stem = cls.subject().removeprefix("ota.rpc.")
     request = cls.model_validate_json((EXAMPLES / f"{stem}.request.json").read_bytes())
     assert request.tenant == "default"
-    reply = REPLIES[cls].model_validate_json((EXAMPLES / f"{stem}.reply.json").read_bytes())
+    reply = cls.reply.model_validate_json((EXAMPLES / f"{stem}.reply.json").read_bytes())
     assert reply.model_dump()
 
 

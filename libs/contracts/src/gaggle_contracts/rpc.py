@@ -55,6 +55,8 @@ class RpcRequest(RpcMessage):
     verb: ClassVar[str]
     callers: ClassVar[tuple[str, ...]] = ()
     """Services that ask, for the documentation."""
+    reply: ClassVar[type[RpcMessage]]
+    """What the answer is."""
 
     tenant: str
 
@@ -65,15 +67,6 @@ class RpcRequest(RpcMessage):
 
 
 # --- software, answered by artifacts ---------------------------------------------------------
-
-
-class FindSoftware(RpcRequest):
-    """Which software has this id? Asked by rollouts about an id it has no announcement of."""
-
-    service: ClassVar[str] = "artifacts"
-    verb: ClassVar[str] = "software"
-    callers: ClassVar[tuple[str, ...]] = ("rollouts",)
-    software_id: str = Field(min_length=1, max_length=64)
 
 
 class SoftwareFound(RpcMessage):
@@ -88,16 +81,17 @@ class SoftwareFound(RpcMessage):
     deleted: bool = False
 
 
-# --- devices, answered by registry -----------------------------------------------------------
+class FindSoftware(RpcRequest):
+    """Which software has this id? Asked by rollouts about an id it has no announcement of."""
 
-
-class FindDevices(RpcRequest):
-    """Which of these devices exist? Asked by rollouts about ids it has no inventory of."""
-
-    service: ClassVar[str] = "registry"
-    verb: ClassVar[str] = "devices"
+    service: ClassVar[str] = "artifacts"
+    verb: ClassVar[str] = "software"
     callers: ClassVar[tuple[str, ...]] = ("rollouts",)
-    controller_ids: list[ControllerId] = Field(min_length=1, max_length=MAX_DEVICE_LOOKUP)
+    reply: ClassVar[type[RpcMessage]] = SoftwareFound
+    software_id: str = Field(min_length=1, max_length=64)
+
+
+# --- devices, answered by registry -----------------------------------------------------------
 
 
 class KnownDevice(RpcMessage):
@@ -118,6 +112,16 @@ class DevicesFound(RpcMessage):
     """The answer to :class:`FindDevices`: the devices that exist (unknown ids are left out)."""
 
     devices: list[KnownDevice] = Field(max_length=MAX_DEVICE_LOOKUP)
+
+
+class FindDevices(RpcRequest):
+    """Which of these devices exist? Asked by rollouts about ids it has no inventory of."""
+
+    service: ClassVar[str] = "registry"
+    verb: ClassVar[str] = "devices"
+    callers: ClassVar[tuple[str, ...]] = ("rollouts",)
+    reply: ClassVar[type[RpcMessage]] = DevicesFound
+    controller_ids: list[ControllerId] = Field(min_length=1, max_length=MAX_DEVICE_LOOKUP)
 
 
 RPC_TYPES: tuple[type[RpcRequest], ...] = (FindSoftware, FindDevices)
