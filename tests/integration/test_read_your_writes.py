@@ -20,12 +20,14 @@ import asyncpg
 import httpx
 import nats
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from gaggle_artifacts.app import build_app as build_artifacts
 from gaggle_artifacts.settings import ArtifactsSettings
 from gaggle_contracts import names
 from gaggle_contracts.events import DeviceConfigReported, DeviceUpdated
-from gaggle_contracts.rpc import FindSoftware
+from gaggle_contracts.rpc import FindDevices, FindSoftware
 from gaggle_contracts.settings import CommonSettings
 from gaggle_registry.app import build_app as build_registry
 from gaggle_registry.settings import RegistrySettings
@@ -34,6 +36,7 @@ from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime.bus import make_broker, publish_event
 from gaggle_storage import StorageSettings
 from gaggle_swu.build import make_rawfile_swu
+from tests.integration.test_observability import spans as spans  # the fixture, used by name
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ class Trio:
     tenant: str
     common: CommonSettings
     client: httpx.AsyncClient
+    registry_app: Any = None
 
     @property
     def params(self) -> dict[str, str]:
@@ -139,7 +143,7 @@ async def start_trio(
         )
     )
     rollouts = await serve(build_rollouts(common, RolloutsSettings()))
-    return Trio(registry.url, artifacts.url, rollouts.url, tenant, common, client)
+    return Trio(registry.url, artifacts.url, rollouts.url, tenant, common, client, registry.app)
 
 
 @pytest.fixture
@@ -390,3 +394,39 @@ async def test_rollouts_answers_503_when_the_owner_does_not_answer(
 
 async def _ignore(_: Any) -> None:
     return None
+
+
+async def test_a_read_through_is_part_of_the_operators_request_trace(
+    spans: InMemorySpanExporter, trio: Trio
+) -> None:
+    # A device only the registry's table holds: rollouts can learn of it only by asking.
+    registry = trio.registry_app.state.service
+    await registry.db.pool.execute(
+        "INSERT INTO registry.devices (tenant, controller_id) VALUES ($1, 'traced-1')",
+        trio.tenant,
+    )
+    r = await trio.policy("traced-1")
+    assert r.status_code == 200, r.text
+
+    def of(service: str, kind: SpanKind, name: str | None = None) -> list[Any]:
+        return [
+            s
+            for s in spans.get_finished_spans()
+            if s.resource.attributes.get("service.name") == f"gaggle-{service}"
+            and s.kind is kind
+            and (name is None or s.name == name)
+        ]
+
+    async def answered() -> bool:
+        return bool(of("registry", SpanKind.SERVER, f"{FindDevices.subject()} process"))
+
+    await eventually(answered)
+    (request,) = of("rollouts", SpanKind.SERVER, "GET /api/v1/devices/{controller_id}/policy")
+    (asked,) = of("rollouts", SpanKind.CLIENT, f"{FindDevices.subject()} request")
+    (answer,) = of("registry", SpanKind.SERVER, f"{FindDevices.subject()} process")
+    trace_id = request.context.trace_id
+    assert asked.context.trace_id == answer.context.trace_id == trace_id
+    assert asked.parent.span_id == request.context.span_id
+    assert answer.parent.span_id == asked.context.span_id
+    sql = [s for s in of("registry", SpanKind.CLIENT) if s.context.trace_id == trace_id]
+    assert sql and all(s.parent.span_id == answer.context.span_id for s in sql)

@@ -3,7 +3,8 @@
 Endpoints run as a NATS micro service named ``gaggle-<service>`` (``nats micro ls`` lists it,
 ``nats micro stats`` counts requests, errors and time). A service's replicas share one queue
 group, so each request is answered once. Nothing crosses the ``OTA`` stream: a request whose
-asker gave up is simply gone, and the asker says so instead of guessing.
+asker gave up is simply gone, and the asker says so instead of guessing. With tracing on, the
+request and its answer are spans of the asker's trace (``traceparent`` in the headers).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from nats import micro
@@ -19,10 +21,11 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service as MicroService
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from gaggle_contracts.rpc import RpcMessage, RpcRequest
-from gaggle_runtime.telemetry import continued, current_traceparent
+from gaggle_runtime.telemetry import Tracing, continued, current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +40,38 @@ class RpcUnavailableError(Exception):
     """No usable answer: nobody is listening, no answer in time, or the responder failed."""
 
 
-async def ask(nc: NatsClient, request: RpcRequest, reply: type[M], timeout: float) -> M:
+def _span(tracing: Tracing | None, name: str, kind: SpanKind) -> AbstractContextManager[Any]:
+    if tracing is None:
+        return contextlib.nullcontext()
+    return tracing.tracer.start_as_current_span(
+        name, kind=kind, attributes={"messaging.system": "nats"}
+    )
+
+
+async def ask(
+    nc: NatsClient,
+    request: RpcRequest,
+    reply: type[M],
+    timeout: float,
+    tracing: Tracing | None = None,
+) -> M:
     """Send ``request`` to the service that answers it and return its reply.
+
+    With ``tracing``, the request is a client span of the current trace, and its
+    ``traceparent`` goes along so that the answer joins the trace.
 
     Raises:
         RpcUnavailableError: no responder, no answer within ``timeout`` seconds, an error
             reply, or one that does not parse; the message says which.
     """
     subject = request.subject()
+    with _span(tracing, f"{subject} request", SpanKind.CLIENT):
+        return await _ask(nc, request, subject, reply, timeout)
+
+
+async def _ask(
+    nc: NatsClient, request: RpcRequest, subject: str, reply: type[M], timeout: float
+) -> M:
     traceparent = current_traceparent()
     try:
         msg = await nc.request(
@@ -79,9 +106,13 @@ Handler = Callable[[Any], Awaitable[RpcMessage]]
 class Responder:
     """The request-reply endpoints of one service, started once NATS is connected."""
 
-    def __init__(self, service: str, version: str = "0.1.0") -> None:
+    def __init__(
+        self, service: str, version: str = "0.1.0", tracing: Tracing | None = None
+    ) -> None:
         self.service = service
         self.version = version
+        self.tracing = tracing
+        """With it, each request is a server span in the asker's trace (its SQL below it)."""
         self._endpoints: list[tuple[type[RpcRequest], Handler]] = []
         self._micro: MicroService | None = None
 
@@ -115,10 +146,11 @@ class Responder:
                 await self._micro.stop()
             self._micro = None
 
-    @staticmethod
     def _handle(
-        request_type: type[RpcRequest], handler: Handler
+        self, request_type: type[RpcRequest], handler: Handler
     ) -> Callable[[MicroRequest], Awaitable[None]]:
+        name = f"{request_type.subject()} process"
+
         async def handle(req: MicroRequest) -> None:
             try:
                 request = request_type.model_validate_json(req.data)
@@ -129,7 +161,10 @@ class Responder:
                 return
             headers = req.headers or {}
             try:
-                with continued(headers.get("traceparent")):
+                with (
+                    continued(headers.get("traceparent")),
+                    _span(self.tracing, name, SpanKind.SERVER),
+                ):
                     reply = await handler(request)
             except Exception as exc:
                 # The asker answers its operator 503: a database that is away, say.

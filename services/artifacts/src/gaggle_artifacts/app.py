@@ -33,7 +33,7 @@ def build_app(
         if isinstance(store, S3Store):
             await store.ensure_bucket()
 
-    responder = make_responder(repo)
+    responder = make_responder(repo, service.tracing)
 
     async def answer() -> None:
         await responder.start(service.broker.connection)

@@ -7,11 +7,12 @@ from gaggle_artifacts.handlers import SERVICE
 from gaggle_artifacts.repository import Repo
 from gaggle_contracts.rpc import FindSoftware, SoftwareFound
 from gaggle_runtime.rpc import Responder
+from gaggle_runtime.telemetry import Tracing
 
 
-def make_responder(repo: Repo) -> Responder:
+def make_responder(repo: Repo, tracing: Tracing | None = None) -> Responder:
     """The artifacts service's request-reply endpoints, bound to ``repo``."""
-    responder = Responder(SERVICE)
+    responder = Responder(SERVICE, tracing=tracing)
 
     async def find_software(request: FindSoftware) -> SoftwareFound:
         """ota.rpc.artifacts.software -> the software's ``software.created`` (None: unknown)."""

@@ -93,7 +93,7 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
             except Exception:
                 log.warning("VACUUM of device presence failed; retrying later", exc_info=True)
 
-    responder = make_responder(repo)
+    responder = make_responder(repo, service.tracing)
 
     async def answer() -> None:
         await responder.start(service.broker.connection)

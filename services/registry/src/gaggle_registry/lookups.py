@@ -6,15 +6,16 @@ from gaggle_contracts.rpc import DevicesFound, FindDevices, KnownDevice
 from gaggle_registry.handlers import SERVICE
 from gaggle_registry.repository import Repo
 from gaggle_runtime.rpc import Responder
+from gaggle_runtime.telemetry import Tracing
 
 KNOWN = """
 SELECT controller_id, hw_model, hw_revision, sw_version, updated_at FROM registry.devices
 WHERE tenant = $1 AND controller_id = ANY($2::text[])"""
 
 
-def make_responder(repo: Repo) -> Responder:
+def make_responder(repo: Repo, tracing: Tracing | None = None) -> Responder:
     """The registry's request-reply endpoints, bound to ``repo``."""
-    responder = Responder(SERVICE)
+    responder = Responder(SERVICE, tracing=tracing)
 
     async def find_devices(request: FindDevices) -> DevicesFound:
         """ota.rpc.registry.devices -> those of the devices that exist, as device.updated says."""

@@ -120,7 +120,9 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
         title="Gaggle rollouts",
         description="What every device should run: actions, their history, rollouts.",
     )
-    known = ReadThrough(repo, lambda: service.broker.connection, settings.lookup_timeout_s)
+    known = ReadThrough(
+        repo, lambda: service.broker.connection, settings.lookup_timeout_s, service.tracing
+    )
     app.include_router(make_routes(repo, known))
     app.include_router(make_rollout_routes(store, engine, known))
     service.secure(app)

@@ -30,6 +30,7 @@ from gaggle_rollouts.domain import Software
 from gaggle_rollouts.repository import Repo
 from gaggle_runtime.http import ApiError
 from gaggle_runtime.rpc import RpcUnavailableError, ask
+from gaggle_runtime.telemetry import Tracing
 
 M = TypeVar("M", bound=RpcMessage)
 
@@ -46,14 +47,21 @@ class OwnerUnavailableError(ApiError):
 class ReadThrough:
     """Rollouts' copies of software and devices, completed from their owners on a miss."""
 
-    def __init__(self, repo: Repo, nats: Callable[[], NatsClient], timeout: float) -> None:
+    def __init__(
+        self,
+        repo: Repo,
+        nats: Callable[[], NatsClient],
+        timeout: float,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.repo = repo
         self.nats = nats
         self.timeout = timeout
+        self.tracing = tracing
 
     async def _ask(self, request: RpcRequest, reply: type[M], what: str) -> M:
         try:
-            return await ask(self.nats(), request, reply, self.timeout)
+            return await ask(self.nats(), request, reply, self.timeout, self.tracing)
         except RpcUnavailableError as exc:
             raise OwnerUnavailableError(what, exc) from exc
 
