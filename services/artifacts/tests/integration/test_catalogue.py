@@ -108,6 +108,19 @@ class Artifacts:
         )
         return [r["object_key"] for r in rows]
 
+    async def upload_streamed(
+        self, client: httpx.AsyncClient, data: bytes, name: str = "big.swu"
+    ) -> httpx.Response:
+        """The raw body in pieces, without Content-Length: limits bite mid-stream."""
+
+        async def streamed() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 65536):
+                yield data[i : i + 65536]
+
+        return await client.post(
+            f"{self.url}/api/v1/software", params=self.params(filename=name), content=streamed()
+        )
+
     async def stored(self) -> list[str]:
         """Every object in the store, temporary files and unfinished uploads included."""
         if hasattr(self.store, "root"):
@@ -276,17 +289,8 @@ async def test_upload_over_the_limit_is_413_and_leaves_nothing(
     artifacts: Artifacts, operator_auth: httpx.Auth
 ) -> None:
     data = image(payload=os.urandom(3 * 1024 * 1024))
-
-    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: the limit bites mid-stream
-        for i in range(0, len(data), 65536):
-            yield data[i : i + 65536]
-
     async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
-        r = await client.post(
-            f"{artifacts.url}/api/v1/software",
-            params=artifacts.params(filename="big.swu"),
-            content=streamed(),
-        )
+        r = await artifacts.upload_streamed(client, data)
         assert r.status_code == 413
         declared = await artifacts.upload(client, data)
         assert declared.status_code == 413
@@ -492,6 +496,13 @@ QUOTAS = [
 ]
 
 
+async def nothing_left(artifacts: Artifacts, common: CommonSettings) -> None:
+    """No row, no object (not even a temporary one), no software.created queued or sent."""
+    assert await artifacts.rows() == 0
+    assert await artifacts.stored() == []
+    assert await artifacts.announced(common.nats_url) == 0
+
+
 @pytest.mark.parametrize(("quota", "data"), QUOTAS, ids=[f"{q}-{len(d)}" for q, d in QUOTAS])
 async def test_an_upload_over_a_metadata_quota_is_422_and_leaves_nothing(
     operator_auth: httpx.Auth, artifacts: Artifacts, common: CommonSettings, quota: str, data: bytes
@@ -504,9 +515,7 @@ async def test_an_upload_over_a_metadata_quota_is_422_and_leaves_nothing(
     assert body["quota"] == quota
     assert body["found"] > body["limit"]
     assert f"the limit is {body['limit']}" in body["message"]
-    assert await artifacts.rows() == 0
-    assert await artifacts.stored() == []
-    assert await artifacts.announced(common.nats_url) == 0
+    await nothing_left(artifacts, common)
 
 
 async def test_a_quota_stops_the_upload_at_the_sw_description(
@@ -515,17 +524,8 @@ async def test_a_quota_stops_the_upload_at_the_sw_description(
     # The payload after the sw-description is over the 2 MiB upload limit: an upload read to
     # its end would be refused for its size, not for its metadata.
     data = described(revisions(MAX_COMPATIBILITY + 1), [("big", os.urandom(3 * 1024 * 1024))])
-
-    async def streamed() -> AsyncIterator[bytes]:
-        for i in range(0, len(data), 65536):
-            yield data[i : i + 65536]
-
     async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
-        r = await client.post(
-            f"{artifacts.url}/api/v1/software",
-            params=artifacts.params(filename="big.swu"),
-            content=streamed(),
-        )
+        r = await artifacts.upload_streamed(client, data)
     assert r.status_code == 422, r.text
     assert r.json()["quota"] == "hardware_compatibility"
     assert await artifacts.rows() == 0
@@ -549,9 +549,7 @@ async def test_a_version_or_sw_description_too_long_is_422_and_leaves_nothing(
         r = await artifacts.upload(client, data)
     assert r.status_code == 422, r.text
     assert r.json()["error"] == code
-    assert await artifacts.rows() == 0
-    assert await artifacts.stored() == []
-    assert await artifacts.announced(common.nats_url) == 0
+    await nothing_left(artifacts, common)
 
 
 async def test_an_image_at_every_quota_is_taken_and_announced(
