@@ -8,7 +8,8 @@ the committed documents always match the code. Everything here is read from the 
 * ``docs/openapi/<service>.json``: the OpenAPI document of the service's FastAPI app;
 * ``docs/architecture.md``: services, the subjects each publishes and consumes (the
   ``publishers``/``consumers`` of every event class in ``gaggle_contracts.events``, which a test
-  checks against the services' subscriptions) and the KV buckets with their writers and readers.
+  checks against the services' subscriptions), the KV buckets with their writers and readers,
+  and the request-reply subjects of ``gaggle_contracts.rpc``.
 
 Usage: ``python docs/generate.py [OUTPUT_DIR]`` (default: the folder of this file).
 """
@@ -31,6 +32,7 @@ from fastapi import FastAPI
 
 from gaggle_contracts import names
 from gaggle_contracts.events import EVENT_TYPES
+from gaggle_contracts.rpc import RPC_TYPES
 from gaggle_contracts.settings import CommonSettings
 
 SERVICES = ("gateway", "registry", "artifacts", "rollouts")
@@ -237,7 +239,22 @@ def architecture() -> str:
         "transactional outbox, so a write commits with the state it describes. Nobody in Gaggle",
         f"writes `{names.BUCKET_TENANTS}`: operators put per-tenant settings there.",
         "",
+        "## Request-reply",
+        "",
+        "Outside the stream, on core NATS: a service asks the owner of an id it has not been told",
+        "of yet, and records the answer as the event would. Each answering service runs a NATS",
+        "micro service `gaggle-<service>` (one queue group for its replicas); nothing is stored,",
+        "and an unanswered request is the asker's 503. Models in `gaggle_contracts.rpc`.",
+        "",
+        "| subject | answered by | asked by | request | reply |",
+        "| --- | --- | --- | --- | --- |",
     ]
+    for req in RPC_TYPES:
+        lines.append(
+            f"| `{req.subject()}` | {req.service} | {', '.join(req.callers)} "
+            f"| `{req.__name__}` | `{req.reply.__name__}` |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -7,8 +7,10 @@ streaming artifacts from a local object store in a temporary folder. The returne
 
 * :meth:`E2EStack.publish_software` stores bytes in the object store and announces them with a
   ``software.created`` event, as the artifacts service would;
-* :meth:`E2EStack.create_action` assigns it to a device through the rollouts API, retrying the 404
-  that rollouts answers until it has consumed the event;
+* :meth:`E2EStack.create_action` assigns it to a device through the rollouts API (creating the
+  device in the registry first if it has not polled yet), retrying while rollouts has not
+  consumed the event: it asks artifacts about software it was not told of, and answers 503 as no
+  artifacts service runs here;
 * :meth:`E2EStack.wait_action` polls an action until it reaches a status (bounded), and fails with
   the action's history plus the device client's log tail otherwise.
 
@@ -197,10 +199,26 @@ class E2EStack:
     def _url(self, path: str) -> str:
         return f"{self.rollouts.url}/api/v1{path}"
 
+    async def ensure_device(self, controller_id: str) -> None:
+        """Create the device in the registry unless it exists, without a token (it polls as before).
+
+        Rollouts refuses actions for a device no service knows, so an operator creates a device
+        that has not polled yet before assigning it anything.
+        """
+        url = f"{self.registry.url}/api/v1/devices"
+        params = {"tenant": self.tenant}
+        r = await self.client.post(url, params=params, json={"controller_id": controller_id})
+        if r.status_code == 409:  # it polled already
+            return
+        assert r.status_code == 201, f"POST /devices {controller_id} -> {r.status_code} {r.text}"
+        r = await self.client.delete(f"{url}/{controller_id}/token", params=params)
+        assert r.status_code == 200, f"DELETE /devices/{controller_id}/token -> {r.text}"
+
     async def create_action(
         self, controller_id: str, software_id: str, type: str = "forced", *, timeout: float = 15.0
     ) -> dict[str, Any]:
-        """``POST /devices/{id}/actions``; retries 404 until rollouts has consumed the software."""
+        """``POST /devices/{id}/actions``; retries until rollouts has consumed the software."""
+        await self.ensure_device(controller_id)
         deadline = time.monotonic() + timeout
         while True:
             r = await self.client.post(
@@ -214,7 +232,7 @@ class E2EStack:
                 assert action["software_id"] == software_id, action
                 assert action["active"] is True, action
                 return action
-            if r.status_code != 404 or time.monotonic() > deadline:
+            if r.status_code not in (404, 503) or time.monotonic() > deadline:
                 raise AssertionError(
                     f"POST /devices/{controller_id}/actions software_id={software_id} "
                     f"type={type} -> {r.status_code} {r.text}"

@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from gaggle_artifacts.app import build_app as build_artifacts
+from gaggle_artifacts.settings import ArtifactsSettings
 from gaggle_contracts.events import Compatibility, SoftwareCreated
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
@@ -117,6 +119,8 @@ class Stack:
 async def stack(common: CommonSettings, serve, tenant: str, tmp_path: Path) -> Stack:
     storage = StorageSettings(backend="local", dir=tmp_path / "objects")
     await serve(build_registry(common, RegistrySettings()))
+    # Asked by rollouts about software ids it was not told of (unknown ones are then 404).
+    await serve(build_artifacts(common, ArtifactsSettings(), storage))
     rollouts = await serve(build_rollouts(common, RolloutsSettings()))
     gateway = await serve(build_gateway(common, GatewaySettings(polling_sleep="00:00:05"), storage))
     return Stack(gateway, rollouts, tenant, LocalStore(storage.dir))
@@ -239,6 +243,7 @@ async def test_cancel_cycle_offers_cancel_and_closes_on_acknowledgement(
 ) -> None:
     sid = await stack.software(common, b"x" * 1000)
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+        await client.get(stack.dev("d2"))  # first contact registers the device
         action = await stack.assign(client, "d2", sid)
         r = await client.post(
             f"{stack.ro}/api/v1/actions/{action['id']}/cancel", params={"tenant": stack.tenant}
@@ -264,6 +269,7 @@ async def test_rejected_cancel_returns_the_action_to_the_device(
 ) -> None:
     sid = await stack.software(common, b"y" * 1000)
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+        await client.get(stack.dev("d3"))  # first contact registers the device
         action = await stack.assign(client, "d3", sid)
         await client.post(
             f"{stack.ro}/api/v1/actions/{action['id']}/cancel", params={"tenant": stack.tenant}
@@ -290,6 +296,7 @@ async def test_failed_install_closes_the_action_as_error(
 ) -> None:
     sid = await stack.software(common, b"z" * 1000)
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+        await client.get(stack.dev("d4"))  # first contact registers the device
         action = await stack.assign(client, "d4", sid)
         await stack.wait_poll(client, "d4", lambda links: "deploymentBase" in links)
         r = await client.post(

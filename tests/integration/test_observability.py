@@ -102,6 +102,7 @@ async def test_one_trace_links_a_feedback_post_to_the_rollouts_handling_of_it(
 ) -> None:
     storage = StorageSettings(backend="local", dir=tmp_path / "objects")
     await serve(build_registry(common, RegistrySettings()))
+    await serve(build_artifacts(common, ArtifactsSettings(), storage))
     rollouts = await serve(build_rollouts(common, RolloutsSettings()))
     gateway = await serve(build_gateway(common, GatewaySettings(), storage))
     assert gateway.app.state.service.tracing is not None

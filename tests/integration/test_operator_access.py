@@ -30,7 +30,7 @@ from gaggle_artifacts.app import build_app as build_artifacts
 from gaggle_artifacts.settings import ArtifactsSettings
 from gaggle_contracts import names
 from gaggle_contracts.access import Permission
-from gaggle_contracts.events import DeviceConfigReported
+from gaggle_contracts.events import DeviceConfigReported, DeviceUpdated
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.settings import GatewaySettings
@@ -164,6 +164,20 @@ async def created(
         await asyncio.sleep(0.05)
     assert r.status_code == 201, r.text
     return r.json()["id"]
+
+
+async def publish_devices(common: CommonSettings, tenant: str, *controller_ids: str) -> None:
+    """``device.updated`` (registered) for each device, as the registry announces one."""
+    broker = make_broker(common.nats_url, "test")
+    await broker.connect()
+    try:
+        for controller_id in controller_ids:
+            await publish_event(
+                broker,
+                DeviceUpdated(tenant=tenant, controller_id=controller_id, change="registered"),
+            )
+    finally:
+        await broker.stop()
 
 
 async def seed(client: httpx.AsyncClient, trio: Trio) -> dict[str, str]:
@@ -572,7 +586,14 @@ async def test_oidc_tokens_are_verified_against_the_providers_keys(
         r = await client.get(url, headers=bearer(good))
         assert r.status_code == 200, r.text
         policy = f"{rollouts.url}/api/v1/devices/dev-o/policy"
-        r = await client.put(policy, json={"mode": "latest"}, headers=bearer(good))
+        # The device exists once rollouts has heard of it (no registry runs here to ask).
+        await publish_devices(common, tenant, "dev-o")
+        deadline = time.monotonic() + 10
+        while True:
+            r = await client.put(policy, json={"mode": "latest"}, headers=bearer(good))
+            if r.status_code != 503 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         assert r.status_code == 200, r.text
         r = await client.get(policy, headers=bearer(good), params={"tenant": tenant})
         assert r.json()["mode"] == "latest"

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from gaggle_artifacts.app import build_app as build_artifacts
+from gaggle_artifacts.settings import ArtifactsSettings
 from gaggle_contracts import names
 from gaggle_contracts.events import (
     Compatibility,
@@ -93,6 +95,7 @@ async def test_a_redelivered_event_changes_nothing(
 async def fleet(common: CommonSettings, serve, tenant: str, tmp_path: Path) -> dict[str, Any]:
     storage = StorageSettings(backend="local", dir=tmp_path / "objects")
     registry = await serve(build_registry(common, RegistrySettings()))
+    await serve(build_artifacts(common, ArtifactsSettings(), storage))
     rollouts = await serve(build_rollouts(common, RolloutsSettings()))
     gateway = await serve(build_gateway(common, GatewaySettings(seen_flush_s=0.2), storage))
     return {
@@ -409,6 +412,8 @@ async def test_policies_set_the_feed_the_registry_filters_by(
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         for cid in ("f-1", "f-2", "f-3"):
             await client.get(f"{gw}/{t}/controller/v1/{cid}")
+        for cid in ("f-1", "f-2"):  # their first polls register them asynchronously
+            await eventually(lambda c=cid: _status(client, f"{reg}/api/v1/devices/{c}", t, 200))
         policy = await client.get(f"{ro}/api/v1/devices/f-1/policy", params={"tenant": t})
         assert policy.json() == {
             "controller_id": "f-1",
@@ -429,6 +434,12 @@ async def test_policies_set_the_feed_the_registry_filters_by(
         )
         assert r.status_code == 200
 
+        # A device created through the API, that never polled, gets a policy at once.
+        r = await client.post(
+            f"{reg}/api/v1/devices", params={"tenant": t}, json={"controller_id": "pre-1"}
+        )
+        assert r.status_code == 201, r.text
+
         async def assignable() -> bool:
             r = await client.put(
                 f"{ro}/api/v1/devices/pre-1/policy",
@@ -444,9 +455,13 @@ async def test_policies_set_the_feed_the_registry_filters_by(
             return [d["controller_id"] for d in r.json()["items"]]
 
         await eventually(lambda: _is(beta(), ["f-1", "f-2", "pre-1"]))
-        # A policy for a device that never polled pre-registers it.
         pre = (await client.get(f"{reg}/api/v1/devices/pre-1", params={"tenant": t})).json()
         assert pre["registered_via"] == "api"
+        # A device that no service knows gets no policy.
+        r = await client.put(
+            f"{ro}/api/v1/devices/pre-2/policy", params={"tenant": t}, json={"feed": "beta"}
+        )
+        assert r.status_code == 404, r.text
 
         async def default() -> list[str]:
             r = await client.get(f"{reg}/api/v1/devices", params={"tenant": t, "feed": "default"})

@@ -28,6 +28,8 @@ import uvicorn
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from gaggle_artifacts.app import build_app as build_artifacts
+from gaggle_artifacts.settings import ArtifactsSettings
 from gaggle_contracts import names
 from gaggle_contracts.events import (
     DeviceUpdated,
@@ -424,7 +426,7 @@ async def fleet_stack(
     tmp_path_factory: pytest.TempPathFactory,
     issue_key: Callable[..., Awaitable[Any]],
 ) -> AsyncIterator[FleetStack]:
-    """Registry, rollouts and gateway, and FLEET devices registered with their configData."""
+    """Registry, rollouts, gateway and artifacts; FLEET devices registered with configData."""
     common = CommonSettings(nats_url=nats_url, database_url=module_database, log_json=False)
     tenant = f"t{secrets.token_hex(5)}"
     key = await issue_key(tenant, ["admin"])
@@ -437,9 +439,10 @@ async def fleet_stack(
             ),
             build_rollouts(common, RolloutsSettings()),
             build_gateway(common, GatewaySettings(polling_sleep="00:00:05"), storage),
+            build_artifacts(common, ArtifactsSettings(), storage),
         ):
             running.append(await serve_app(app))
-        rollouts, gateway = (SimpleNamespace(url=r[2]) for r in running[1:])
+        rollouts, gateway = (SimpleNamespace(url=r[2]) for r in running[1:3])
         s = Stack(gateway, rollouts, tenant, LocalStore(storage.dir))
         fs = FleetStack(
             s,

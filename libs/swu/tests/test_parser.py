@@ -138,6 +138,19 @@ def test_signature_counts_only_right_after_the_sw_description() -> None:
     assert parse_swu(image).signed is False
 
 
+def test_the_description_is_known_once_the_first_member_is_read() -> None:
+    image = build_swu(DESC, FILES)
+    parser = SwuStreamParser()
+    data = DESC.encode()
+    end = len(newc("sw-description", data)) - (-len(data) % 4)  # its last byte, before padding
+    parser.feed(image[: end - 1])
+    assert parser.description is None
+    parser.feed(image[end - 1 : end])
+    assert parser.description is not None
+    assert parser.description.version == "2.1.0"
+    assert parser.description.compatibility == [("gw", "1.0"), ("gw", "1.1")]
+
+
 def test_nul_padding_after_the_trailer_is_ignored() -> None:
     image = build_swu(DESC, FILES)
     padded = image + b"\0" * (-len(image) % 512 or 512)

@@ -144,6 +144,11 @@ class SwuStreamParser:
         return self._offset
 
     @property
+    def description(self) -> SwDescription | None:
+        """The sw-description's metadata as soon as it has been read (it is the first member)."""
+        return self._desc
+
+    @property
     def buffered(self) -> int:
         """Bytes held: the partial header and name plus the partial sw-description."""
         return len(self._buf) + len(self._desc_bytes)

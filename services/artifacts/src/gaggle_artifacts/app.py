@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from gaggle_artifacts.handlers import SERVICE, make_router
+from gaggle_artifacts.lookups import make_responder
 from gaggle_artifacts.repository import Repo
 from gaggle_artifacts.routes import ExternalSoftware, make_routes
 from gaggle_artifacts.settings import ArtifactsSettings
@@ -32,7 +33,13 @@ def build_app(
         if isinstance(store, S3Store):
             await store.ensure_bucket()
 
-    service.on_start.append(ensure_bucket)
+    responder = make_responder(repo, service.tracing)
+
+    async def answer() -> None:
+        await responder.start(service.broker.connection)
+
+    service.on_start += [ensure_bucket, answer]
+    service.on_stop.append(responder.stop)
     service.broker.include_router(make_router(repo, common))
     app = service.app(
         title="Gaggle artifacts",

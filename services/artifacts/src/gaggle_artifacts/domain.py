@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from gaggle_contracts import ddi, versions
 from gaggle_contracts.events import Compatibility, SoftwareCreated
 from gaggle_contracts.versions import InvalidVersionError, SwVersion
 
@@ -15,7 +17,14 @@ ANY = "*"
 
 MAX_FILENAME = 200
 """Longest file name: the store adds a prefix and suffix while writing, within 255 bytes."""
+MAX_URL = 2048
+"""Longest URL of external software."""
 _FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,199}$")
+
+
+def parse_id(raw: str) -> int | None:
+    """A software id as stored (a bigint), or None for text that cannot be one."""
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
 
 
 class BadFilenameError(ValueError):
@@ -33,6 +42,81 @@ def check_filename(name: str) -> str:
             f"invalid file name {name!r}: use 1-200 of A-Z a-z 0-9 . _ + ~ -, no path"
         )
     return name
+
+
+# Quotas on what an image's metadata can grow. Each ends in the software's row, and the first
+# four in its software.created event, which must fit NATS's max payload (1 MiB by default):
+# with these limits the largest possible event is about 170 KB, whatever the image (a test
+# builds that worst case).
+MAX_NAME = 200
+"""Longest software name (``software.name``); as long as a file name, which stands in for it."""
+MAX_VERSION = versions.MAX_LENGTH
+"""Longest version text (longer ones are no version: the parser refuses them first)."""
+MAX_COMPATIBILITY = 100
+"""Most ``(hw_model, hw_revision)`` pairs of ``hardware-compatibility``, all boards together."""
+MAX_HW = ddi.MAX_ATTRIBUTE_VALUE
+"""Longest board or revision in a pair: a device reports them in configData, at most this long,
+and a pair matches only when equal, so a longer one could never match any device."""
+MAX_DESCRIPTION = 4000
+"""Longest description (row only)."""
+MAX_MEMBERS = 1000
+"""Most files in the archive, ``sw-description`` and its signature included (row only)."""
+MAX_IMAGES = 1000
+"""Most ``images``, ``files`` and ``scripts`` entries of the sw-description (row only)."""
+MAX_SW_DESCRIPTION = 256 * 1024
+"""Largest sw-description, in bytes; it bounds the text of every image entry together."""
+
+
+class QuotaExceededError(ValueError):
+    """Image metadata over one of the quotas above.
+
+    Attributes:
+        quota: Which one (``hardware_compatibility``, ``members``, ...).
+        limit: The quota.
+        found: What the image has.
+    """
+
+    def __init__(self, quota: str, what: str, limit: int, found: int) -> None:
+        super().__init__(f"{what}: {found}, the limit is {limit}")
+        self.quota = quota
+        self.limit = limit
+        self.found = found
+
+
+def _at_most(quota: str, what: str, limit: int, found: int) -> None:
+    if found > limit:
+        raise QuotaExceededError(quota, what, limit, found)
+
+
+def check_quotas(
+    *,
+    name: str | None,
+    version: str,
+    description: str | None,
+    compatibility: Sequence[tuple[str, str]],
+    images: int,
+    members: int = 0,
+) -> None:
+    """Refuse image metadata over a quota (the first one exceeded says why).
+
+    Raises:
+        QuotaExceededError: a text too long, or too many of something.
+    """
+    _at_most("name", "characters in the software name", MAX_NAME, len(name or ""))
+    _at_most("version", "characters in the version", MAX_VERSION, len(version))
+    _at_most(
+        "description", "characters in the description", MAX_DESCRIPTION, len(description or "")
+    )
+    _at_most(
+        "hardware_compatibility",
+        "hardware-compatibility entries",
+        MAX_COMPATIBILITY,
+        len(compatibility),
+    )
+    longest = max((max(len(m), len(r)) for m, r in compatibility), default=0)
+    _at_most("hardware_compatibility_value", "characters in a board or revision", MAX_HW, longest)
+    _at_most("images", "images, files and scripts entries", MAX_IMAGES, images)
+    _at_most("members", "files in the archive", MAX_MEMBERS, members)
 
 
 def compatible(pairs: list[tuple[str, str]], hw_model: str | None, hw_revision: str | None) -> bool:

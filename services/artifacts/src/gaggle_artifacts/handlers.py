@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from faststream.nats import NatsRouter
 
+from gaggle_artifacts.domain import parse_id
 from gaggle_artifacts.repository import Repo
 from gaggle_contracts.events import ActionCreated
 from gaggle_contracts.settings import CommonSettings
@@ -19,8 +20,8 @@ def make_router(repo: Repo, common: CommonSettings) -> NatsRouter:
     @router.subscriber(**consumer_options(SERVICE, ActionCreated.kind, common))
     async def on_action_created(event: ActionCreated) -> None:
         """ota.v1.*.action.created -> the software is marked used (deletes become soft)."""
-        sid = event.software_id
-        if sid.isascii() and sid.isdigit() and len(sid) < 19:
-            await repo.mark_used(event.tenant, int(sid))
+        software_id = parse_id(event.software_id)
+        if software_id is not None:
+            await repo.mark_used(event.tenant, software_id)
 
     return router

@@ -17,8 +17,14 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
+from gaggle_artifacts.domain import (
+    MAX_MEMBERS,
+    MAX_SW_DESCRIPTION,
+    QuotaExceededError,
+    check_quotas,
+)
 from gaggle_runtime.http import ApiError
-from gaggle_swu import SwuError, SwuInfo, SwuStreamParser
+from gaggle_swu import SwDescription, SwuError, SwuInfo, SwuStreamParser
 
 SLICE = 1024 * 1024
 """Bytes gathered before hashing and writing: fewer, larger steps."""
@@ -38,6 +44,47 @@ class InvalidImageError(ApiError):
         super().__init__(422, f"invalid_image.{exc.code}", f"not a usable .swu image: {exc}")
 
 
+class OverQuotaError(ApiError):
+    """The image's metadata is over one of the quotas (``domain.MAX_*``)."""
+
+    def __init__(self, exc: QuotaExceededError) -> None:
+        super().__init__(
+            422,
+            "quota_exceeded",
+            f"image metadata over a quota: {exc}",
+            quota=exc.quota,
+            limit=exc.limit,
+            found=exc.found,
+        )
+
+
+def check_metadata(info: SwDescription, members: int = 0) -> None:
+    """Refuse an image whose metadata is over a quota.
+
+    Raises:
+        OverQuotaError: which quota, its limit, and what the image has.
+    """
+    try:
+        check_quotas(
+            name=info.name,
+            version=info.version,
+            description=info.description,
+            compatibility=info.compatibility,
+            images=len(info.images),
+            members=members,
+        )
+    except QuotaExceededError as exc:
+        raise OverQuotaError(exc) from exc
+
+
+def _refusal(exc: SwuError) -> ApiError:
+    if exc.code == "too_many_members":
+        return OverQuotaError(
+            QuotaExceededError("members", "files in the archive", MAX_MEMBERS, MAX_MEMBERS + 1)
+        )
+    return InvalidImageError(exc)
+
+
 @dataclass(frozen=True)
 class Ingested:
     """What one pass over an image found."""
@@ -50,7 +97,11 @@ class Ingested:
 
 
 class Ingest:
-    """Hashes, parses and counts bytes as they pass; raises as soon as something is wrong."""
+    """Hashes, parses and counts bytes as they pass; raises as soon as something is wrong.
+
+    The metadata quotas are checked as soon as the sw-description (the first member) is read,
+    so an image over one stops there rather than after all its bytes were stored.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -58,7 +109,8 @@ class Ingest:
         self.md5 = hashlib.md5()  # noqa: S324 - hawkBit's and rauc-hawkbit's checksum
         self.sha1 = hashlib.sha1()  # noqa: S324 - hawkBit's ETag and SWUpdate's checksum
         self.sha256 = hashlib.sha256()
-        self.parser = SwuStreamParser()
+        self.parser = SwuStreamParser(MAX_SW_DESCRIPTION, max_members=MAX_MEMBERS)
+        self._checked = False
 
     async def _take(self, data: bytes) -> None:
         # hashlib releases the GIL on large buffers: the three hashes run side by side in
@@ -91,7 +143,10 @@ class Ingest:
         try:
             self.parser.feed(data)
         except SwuError as exc:
-            raise InvalidImageError(exc) from exc
+            raise _refusal(exc) from exc
+        if not self._checked and self.parser.description is not None:
+            self._checked = True
+            check_metadata(self.parser.description)
         await self._take(data)
 
     def result(self) -> Ingested:
@@ -99,7 +154,8 @@ class Ingest:
         try:
             info = self.parser.finish()
         except SwuError as exc:
-            raise InvalidImageError(exc) from exc
+            raise _refusal(exc) from exc
+        check_metadata(info, len(info.members))
         return Ingested(
             self.size, self.md5.hexdigest(), self.sha1.hexdigest(), self.sha256.hexdigest(), info
         )

@@ -19,7 +19,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
-from gaggle_artifacts.domain import BadFilenameError, check_filename, version_key
+from gaggle_artifacts.domain import (
+    MAX_FILENAME,
+    MAX_URL,
+    BadFilenameError,
+    check_filename,
+    parse_id,
+    version_key,
+)
 from gaggle_artifacts.ingest import Ingest, Ingested, multipart_file
 from gaggle_artifacts.repository import NewSoftware, Repo
 from gaggle_artifacts.settings import ArtifactsSettings
@@ -44,14 +51,15 @@ class ExternalSoftware(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=8, max_length=2048)
-    filename: str | None = Field(None, max_length=200)
+    url: str = Field(min_length=8, max_length=MAX_URL)
+    filename: str | None = Field(None, max_length=MAX_FILENAME)
 
 
 def _parse_id(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    software_id = parse_id(raw)
+    if software_id is None:
         raise NotFoundError("software", raw)
-    return int(raw)
+    return software_id
 
 
 def _filename_from(request: Request, query_name: str | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.server
+import json
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,16 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from gaggle_artifacts.app import build_app
+from gaggle_artifacts.domain import (
+    MAX_COMPATIBILITY,
+    MAX_DESCRIPTION,
+    MAX_HW,
+    MAX_IMAGES,
+    MAX_MEMBERS,
+    MAX_NAME,
+    MAX_SW_DESCRIPTION,
+    MAX_VERSION,
+)
 from gaggle_artifacts.settings import ArtifactsSettings
 from gaggle_contracts import names
 from gaggle_contracts.events import ActionCreated, SoftwareCreated, SoftwareDeleted
@@ -96,6 +107,46 @@ class Artifacts:
             "SELECT object_key FROM artifacts.software WHERE object_key IS NOT NULL"
         )
         return [r["object_key"] for r in rows]
+
+    async def upload_streamed(
+        self, client: httpx.AsyncClient, data: bytes, name: str = "big.swu"
+    ) -> httpx.Response:
+        """The raw body in pieces, without Content-Length: limits bite mid-stream."""
+
+        async def streamed() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 65536):
+                yield data[i : i + 65536]
+
+        return await client.post(
+            f"{self.url}/api/v1/software", params=self.params(filename=name), content=streamed()
+        )
+
+    async def stored(self) -> list[str]:
+        """Every object in the store, temporary files and unfinished uploads included."""
+        if hasattr(self.store, "root"):
+            return [str(p) for p in Path(self.store.root).rglob("*") if p.is_file()]
+        found = await asyncio.to_thread(
+            lambda: list(self.store.client.list_objects(self.store.bucket, recursive=True))
+        )
+        uploads = await asyncio.to_thread(
+            lambda: list(self.store.client._list_multipart_uploads(self.store.bucket).uploads)
+        )
+        return [o.object_name for o in found] + [u.object_name for u in uploads]
+
+    async def announced(self, nats_url: str) -> int:
+        """software.created events of this tenant in the outbox plus those on the stream."""
+        queued = await self.pool.fetchval(
+            "SELECT count(*) FROM artifacts.outbox WHERE target = $1",
+            names.subject(self.tenant, "software.created"),
+        )
+        nc = await nats.connect(nats_url)
+        try:
+            info = await nc.jetstream().stream_info(
+                names.STREAM, subjects_filter=names.subject(self.tenant, "software.created")
+            )
+        finally:
+            await nc.close()
+        return int(queued) + sum((info.state.subjects or {}).values())
 
     async def rows(self) -> int:
         return int(
@@ -238,17 +289,8 @@ async def test_upload_over_the_limit_is_413_and_leaves_nothing(
     artifacts: Artifacts, operator_auth: httpx.Auth
 ) -> None:
     data = image(payload=os.urandom(3 * 1024 * 1024))
-
-    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: the limit bites mid-stream
-        for i in range(0, len(data), 65536):
-            yield data[i : i + 65536]
-
     async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
-        r = await client.post(
-            f"{artifacts.url}/api/v1/software",
-            params=artifacts.params(filename="big.swu"),
-            content=streamed(),
-        )
+        r = await artifacts.upload_streamed(client, data)
         assert r.status_code == 413
         declared = await artifacts.upload(client, data)
         assert declared.status_code == 413
@@ -425,3 +467,111 @@ async def test_external_software_is_fetched_once_and_devices_go_to_its_url(
             json={"url": "ftp://example.invalid/x.swu"},
         )
         assert bad.status_code == 400
+
+
+def described(text: str, files: list[tuple[str, bytes]] | None = None) -> bytes:
+    return build_swu(text, files or [])
+
+
+def software(**fields: Any) -> str:
+    return json.dumps({"software": {"version": "1.0.0", **fields}})
+
+
+def revisions(n: int, width: int = 0) -> str:
+    return software(board={"hardware-compatibility": [f"{i:0{width}}" for i in range(n)]})
+
+
+QUOTAS = [
+    ("name", described(software(name="n" * (MAX_NAME + 1)))),
+    ("description", described(software(description="d" * (MAX_DESCRIPTION + 1)))),
+    ("hardware_compatibility", described(revisions(MAX_COMPATIBILITY + 1))),
+    # What once made software.created larger than NATS accepts and jammed the outbox.
+    ("hardware_compatibility", described(revisions(30_000))),
+    ("hardware_compatibility_value", described(revisions(1, width=MAX_HW + 1))),
+    ("images", described(software(files=[{"filename": "x"}] * (MAX_IMAGES + 1)))),
+    (
+        "members",
+        described(software(), [(f"f{i}", b"") for i in range(MAX_MEMBERS)]),  # + sw-description
+    ),
+]
+
+
+async def nothing_left(artifacts: Artifacts, common: CommonSettings) -> None:
+    """No row, no object (not even a temporary one), no software.created queued or sent."""
+    assert await artifacts.rows() == 0
+    assert await artifacts.stored() == []
+    assert await artifacts.announced(common.nats_url) == 0
+
+
+@pytest.mark.parametrize(("quota", "data"), QUOTAS, ids=[f"{q}-{len(d)}" for q, d in QUOTAS])
+async def test_an_upload_over_a_metadata_quota_is_422_and_leaves_nothing(
+    operator_auth: httpx.Auth, artifacts: Artifacts, common: CommonSettings, quota: str, data: bytes
+) -> None:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
+        r = await artifacts.upload(client, data)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["error"] == "quota_exceeded"
+    assert body["quota"] == quota
+    assert body["found"] > body["limit"]
+    assert f"the limit is {body['limit']}" in body["message"]
+    await nothing_left(artifacts, common)
+
+
+async def test_a_quota_stops_the_upload_at_the_sw_description(
+    operator_auth: httpx.Auth, artifacts: Artifacts
+) -> None:
+    # The payload after the sw-description is over the 2 MiB upload limit: an upload read to
+    # its end would be refused for its size, not for its metadata.
+    data = described(revisions(MAX_COMPATIBILITY + 1), [("big", os.urandom(3 * 1024 * 1024))])
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
+        r = await artifacts.upload_streamed(client, data)
+    assert r.status_code == 422, r.text
+    assert r.json()["quota"] == "hardware_compatibility"
+    assert await artifacts.rows() == 0
+    assert await artifacts.stored() == []
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (described(software(version="1." + "0" * MAX_VERSION)), "invalid_image.bad_version"),
+        (
+            described(software(description="d" * MAX_SW_DESCRIPTION)),
+            "invalid_image.bad_sw_description",
+        ),
+    ],
+)
+async def test_a_version_or_sw_description_too_long_is_422_and_leaves_nothing(
+    operator_auth: httpx.Auth, artifacts: Artifacts, common: CommonSettings, data: bytes, code: str
+) -> None:
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
+        r = await artifacts.upload(client, data)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == code
+    await nothing_left(artifacts, common)
+
+
+async def test_an_image_at_every_quota_is_taken_and_announced(
+    operator_auth: httpx.Auth, artifacts: Artifacts, common: CommonSettings
+) -> None:
+    data = described(
+        software(
+            name="n" * MAX_NAME,
+            description="d" * MAX_DESCRIPTION,
+            board={
+                "hardware-compatibility": [f"{i:0{MAX_HW}}" for i in range(MAX_COMPATIBILITY)],
+                "files": [{"filename": f"f{i}"} for i in range(MAX_MEMBERS - 1)],
+            },
+        ),
+        [(f"f{i}", b"x") for i in range(MAX_MEMBERS - 1)],
+    )
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
+        r = await artifacts.upload(client, data)
+    assert r.status_code == 201, r.text
+    assert len(r.json()["compatibility"]) == MAX_COMPATIBILITY
+    assert len(r.json()["files"]) == MAX_MEMBERS
+    event = await last_event(common.nats_url, artifacts.tenant, "software.created")
+    assert SoftwareCreated.model_validate_json(event).software_id == r.json()["id"]
+    assert await artifacts.announced(common.nats_url) >= 1  # queued, or sent, or both for now
+    assert len(await artifacts.stored()) == 1

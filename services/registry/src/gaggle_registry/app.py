@@ -17,6 +17,7 @@ from gaggle_registry.access import AccessStore
 from gaggle_registry.access_routes import NewKey, make_access_routes
 from gaggle_registry.fastlane import ListFastLane
 from gaggle_registry.handlers import SERVICE, make_router
+from gaggle_registry.lookups import make_responder
 from gaggle_registry.repository import Repo
 from gaggle_registry.routes import DevicePatch, NewDevice, make_routes
 from gaggle_registry.settings import RegistrySettings
@@ -99,7 +100,13 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
             except Exception:
                 log.warning("VACUUM of device presence failed; retrying later", exc_info=True)
 
-    service.on_start += [prepare_access, rebuild_kv, freeze_heap]
+    responder = make_responder(repo, service.tracing)
+
+    async def answer() -> None:
+        await responder.start(service.broker.connection)
+
+    service.on_start += [prepare_access, rebuild_kv, answer, freeze_heap]
+    service.on_stop.append(responder.stop)
     service.background(tidy_presence)
     service.broker.include_router(make_router(repo, common, access))
     app = service.app(

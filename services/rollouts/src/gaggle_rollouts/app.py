@@ -13,6 +13,7 @@ from gaggle_contracts.events import ActionFinished
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts.engine import Engine
 from gaggle_rollouts.handlers import SERVICE, make_router
+from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.plan import ACTIVE_STATES, RolloutState
 from gaggle_rollouts.repository import Repo
 from gaggle_rollouts.rollout_routes import RolloutBody, make_rollout_routes
@@ -119,8 +120,11 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
         title="Gaggle rollouts",
         description="What every device should run: actions, their history, rollouts.",
     )
-    app.include_router(make_routes(repo))
-    app.include_router(make_rollout_routes(store, engine))
+    known = ReadThrough(
+        repo, lambda: service.broker.connection, settings.lookup_timeout_s, service.tracing
+    )
+    app.include_router(make_routes(repo, known))
+    app.include_router(make_rollout_routes(store, engine, known))
     service.secure(app)
     add_examples(app, EXAMPLES)
     app.state.service = service

@@ -290,6 +290,8 @@ ON CONFLICT (tenant, controller_id) DO UPDATE SET
     sw_version = EXCLUDED.sw_version, updated_at = EXCLUDED.updated_at
 WHERE rollouts.devices.updated_at <= EXCLUDED.updated_at"""
 DELETE_DEVICE = "DELETE FROM rollouts.devices WHERE tenant = $1 AND controller_id = $2"
+KNOWN_DEVICES = """
+SELECT controller_id FROM rollouts.devices WHERE tenant = $1 AND controller_id = ANY($2::text[])"""
 SELECT_CATALOGUE = "SELECT * FROM rollouts.software WHERE tenant = $1"
 FAILED_SOFTWARE = """
 SELECT software_id FROM (
@@ -575,6 +577,11 @@ class Repo:
             [e.occurred_at for e in rows],
         )
         return [None] * len(events)
+
+    async def known_devices(self, tenant: str, controller_ids: Sequence[str]) -> set[str]:
+        """Those of the devices that a ``device.updated`` (or the registry) told of."""
+        rows = await self.db.pool.fetch(KNOWN_DEVICES, tenant, list(controller_ids))
+        return {r["controller_id"] for r in rows}
 
     async def redecide(self, tenant: str, controller_id: str) -> Decision:
         """Decide what the device should run and open an action for it if needed."""

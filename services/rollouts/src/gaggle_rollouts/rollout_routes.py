@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gaggle_contracts import names
 from gaggle_contracts.access import Permission
 from gaggle_rollouts.engine import Engine
+from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.plan import WaveSpec
 from gaggle_rollouts.rollout_store import DeviceFilter, NewRollout, RolloutStore
 from gaggle_runtime.auth import needs
@@ -113,14 +114,22 @@ def parse_id(raw: str) -> int:
     return int(raw)
 
 
-def make_rollout_routes(store: RolloutStore, engine: Engine) -> APIRouter:
-    """Routes bound to ``store``; changed rollouts are handed to ``engine``."""
+def make_rollout_routes(store: RolloutStore, engine: Engine, known: ReadThrough) -> APIRouter:
+    """Routes bound to ``store``; changed rollouts are handed to ``engine``.
+
+    A software or device id rollouts has not been told of yet is read through ``known`` before
+    the rollout is created, so an id that was just uploaded or registered works at once.
+    """
     api = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
     @api.post("", status_code=201, summary="Create a rollout (and start it with start=true)")
     async def create_rollout(
         tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], body: RolloutBody
     ) -> dict[str, Any]:
+        tenant = tenant.lower()
+        await known.software(tenant, body.software_id)
+        if body.filter.controller_ids is not None:
+            await known.devices(tenant, body.filter.controller_ids)
         new = NewRollout(
             name=body.name,
             software_id=body.software_id,
@@ -144,7 +153,7 @@ def make_rollout_routes(store: RolloutStore, engine: Engine) -> APIRouter:
             ),
             start=body.start,
         )
-        doc = await store.create(tenant.lower(), new)
+        doc = await store.create(tenant, new)
         engine.poke(int(doc["id"]))
         return doc
 

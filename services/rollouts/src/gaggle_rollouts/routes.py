@@ -1,4 +1,9 @@
-"""Rollouts operator API: actions (assign a software to a device, inspect, cancel)."""
+"""Rollouts operator API: actions (assign a software to a device, inspect, cancel), policies.
+
+A device or software id rollouts has not been told of yet is read through to its owner
+(:mod:`gaggle_rollouts.known`): an id that exists anywhere works at once, one that exists
+nowhere is 404.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gaggle_contracts import names
 from gaggle_contracts.access import Permission
 from gaggle_contracts.events import utcnow
-from gaggle_rollouts.domain import Action
+from gaggle_rollouts.domain import Action, Software
+from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.repository import ActionExistsError, ActionSpec, Policy, PolicyMatch, Repo
 from gaggle_rollouts.rollout_routes import WindowBody
 from gaggle_runtime.auth import needs
@@ -74,10 +80,27 @@ def _parse_id(raw: str) -> int:
     return int(raw)
 
 
-def make_routes(repo: Repo) -> APIRouter:
-    """Routes bound to ``repo``."""
+def _check_id(controller_id: str) -> None:
+    try:
+        names.check_controller_id(controller_id)
+    except names.InvalidNameError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from exc
+
+
+def make_routes(repo: Repo, known: ReadThrough) -> APIRouter:
+    """Routes bound to ``repo``; ids it lacks are read through ``known``."""
     api = APIRouter(prefix="/api/v1", tags=["actions"])
     pending: set[asyncio.Task[None]] = set()
+
+    async def device(tenant: str, controller_id: str) -> None:
+        if not await known.device(tenant, controller_id):
+            raise NotFoundError("device", controller_id)
+
+    async def software(tenant: str, software_id: str) -> Software:
+        found = await known.software(tenant, software_id)
+        if found is None or found.deleted:
+            raise NotFoundError("software", software_id)
+        return found
 
     async def render(action: Action) -> dict[str, Any]:
         return {
@@ -104,19 +127,15 @@ def make_routes(repo: Repo) -> APIRouter:
         controller_id: Annotated[str, Path(max_length=256)],
         body: NewAction,
     ) -> dict[str, Any]:
-        try:
-            names.check_controller_id(controller_id)
-        except names.InvalidNameError as exc:
-            raise ApiError(400, "invalid_request", str(exc)) from exc
+        _check_id(controller_id)
         tenant = tenant.lower()
-        software = await repo.software(tenant, body.software_id)
-        if software is None or software.deleted:
-            raise NotFoundError("software", body.software_id)
+        await device(tenant, controller_id)
+        chosen = await software(tenant, body.software_id)
         try:
             action = await repo.create_action(
                 tenant,
                 controller_id,
-                software,
+                chosen,
                 ActionSpec(
                     body.type,
                     body.maintenance_window.model_dump() if body.maintenance_window else None,
@@ -134,7 +153,9 @@ def make_routes(repo: Repo) -> APIRouter:
         tenant: Annotated[str, needs(Permission.ROLLOUT_READ)],
         controller_id: Annotated[str, Path(max_length=256)],
     ) -> dict[str, Any]:
-        policy = await repo.policy(tenant.lower(), controller_id)
+        tenant = tenant.lower()
+        await device(tenant, controller_id)
+        policy = await repo.policy(tenant, controller_id)
         return {"controller_id": controller_id, **policy.public()}
 
     @api.put("/devices/{controller_id}/policy", summary="Set a device's deployment policy")
@@ -143,11 +164,9 @@ def make_routes(repo: Repo) -> APIRouter:
         controller_id: Annotated[str, Path(max_length=256)],
         body: PolicyBody,
     ) -> dict[str, Any]:
-        try:
-            names.check_controller_id(controller_id)
-        except names.InvalidNameError as exc:
-            raise ApiError(400, "invalid_request", str(exc)) from exc
+        _check_id(controller_id)
         tenant = tenant.lower()
+        await device(tenant, controller_id)
         policy = await repo.set_policy(tenant, controller_id, await checked(tenant, body))
         decision = await repo.redecide(tenant, controller_id)
         return {
@@ -165,9 +184,7 @@ def make_routes(repo: Repo) -> APIRouter:
                     "mode assigned needs a software_id",
                     parameter="software_id",
                 )
-            software = await repo.software(tenant, body.software_id)
-            if software is None or software.deleted:
-                raise NotFoundError("software", body.software_id)
+            await software(tenant, body.software_id)
         elif body.software_id is not None:
             raise ApiError(
                 400,
@@ -195,6 +212,8 @@ def make_routes(repo: Repo) -> APIRouter:
             )
         policy = await checked(tenant, body.policy)
         f = body.filter
+        if f.controller_ids is not None:  # those the registry knows and rollouts not yet
+            await known.devices(tenant, f.controller_ids)
         ids = await repo.set_policies(
             tenant,
             PolicyMatch(
@@ -219,7 +238,10 @@ def make_routes(repo: Repo) -> APIRouter:
         controller_id: Annotated[str, Path(max_length=256)],
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> dict[str, Any]:
-        actions = await repo.device_actions(tenant.lower(), controller_id, limit)
+        tenant = tenant.lower()
+        actions = await repo.device_actions(tenant, controller_id, limit)
+        if not actions:  # a deleted device keeps its history; a device that never was has none
+            await device(tenant, controller_id)
         return {"items": [await render(a) for a in actions]}
 
     @api.get("/actions/{action_id}", summary="One action with its full status history")

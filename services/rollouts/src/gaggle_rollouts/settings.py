@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,3 +17,5 @@ class RolloutsSettings(BaseSettings):
     """How often every active rollout is looked at, besides when something changes it."""
     window_s: float = 30.0
     """How often maintenance windows of open actions are re-checked."""
+    lookup_timeout_s: float = Field(2.0, gt=0)
+    """How long to wait for artifacts or registry about an id rollouts was not told of yet."""
