@@ -111,3 +111,21 @@ def test_subjects_durables_and_subscriptions_follow_the_naming_scheme() -> None:
     assert names.subscription("device.seen") == "ota.v1.*.device.seen"
     assert names.durable("registry", "device.seen") == "registry_device_seen"
     assert names.tenant_of_subject("ota.v1.acme.action.feedback") == "acme"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", 1),
+        ("007", 7),
+        ("9" * 18, int("9" * 18)),
+        ("9" * 19, None),
+        ("", None),
+        ("-1", None),
+        ("1.0", None),
+        ("١٢", None),  # Arabic-Indic digits: isdigit() says yes, a bigint says no
+        (" 1", None),
+    ],
+)
+def test_a_row_id_is_short_ascii_decimal(raw: str, expected: int | None) -> None:
+    assert names.parse_row_id(raw) == expected

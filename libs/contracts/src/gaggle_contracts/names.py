@@ -78,6 +78,15 @@ def check_controller_id(controller_id: str) -> str:
     return controller_id
 
 
+def parse_row_id(raw: str) -> int | None:
+    """A row id as the services store them (a PostgreSQL bigint), or None if ``raw`` cannot be.
+
+    Software, action and rollout ids are decimal text of fewer than 19 digits, so that every
+    one fits a bigint; anything else names nothing (the APIs answer 404).
+    """
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+
+
 def subject(tenant: str, kind: str) -> str:
     """Subject of an event of ``kind`` (``entity.event``) for ``tenant`` (already normalised)."""
     return f"{SUBJECT_ROOT}.{tenant}.{kind}"

@@ -6,6 +6,7 @@ import logging
 
 from faststream.nats import NatsRouter
 
+from gaggle_contracts import names
 from gaggle_contracts.events import (
     ActionFeedback,
     AutoConfirmChanged,
@@ -38,7 +39,7 @@ FEEDBACK_BATCH = 64
 
 
 def _action_id(raw: str) -> int | None:
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+    return names.parse_row_id(raw)
 
 
 def make_router(repo: Repo, common: CommonSettings, engine: Engine) -> NatsRouter:

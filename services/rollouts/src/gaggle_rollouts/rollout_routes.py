@@ -109,9 +109,10 @@ class RolloutBody(BaseModel):
 
 def parse_id(raw: str) -> int:
     """A rollout id from the path; unknown (404) when it cannot be one."""
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    rollout_id = names.parse_row_id(raw)
+    if rollout_id is None:
         raise NotFoundError("rollout", raw)
-    return int(raw)
+    return rollout_id
 
 
 def make_rollout_routes(store: RolloutStore, engine: Engine, known: ReadThrough) -> APIRouter:

@@ -75,9 +75,10 @@ class BulkPolicyBody(BaseModel):
 
 
 def _parse_id(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    action_id = names.parse_row_id(raw)
+    if action_id is None:
         raise NotFoundError("action", raw)
-    return int(raw)
+    return action_id
 
 
 def _check_id(controller_id: str) -> None:
