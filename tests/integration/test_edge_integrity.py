@@ -64,6 +64,11 @@ class EdgeStack(Stack):
             assert time.monotonic() < deadline, r.text
             await asyncio.sleep(0.05)
 
+    async def registered(self, client: httpx.AsyncClient, cid: str) -> None:
+        """The device polled once, and the registry has it."""
+        await client.get(self.dev(cid))
+        await self.device(client, cid, lambda d: True)
+
     async def policy(self, client: httpx.AsyncClient, cid: str, body: dict[str, Any]) -> None:
         deadline = time.monotonic() + 10
         while True:
@@ -101,7 +106,8 @@ def status_body(execution: str, finished: str, details: str) -> str:
 
 
 async def open_action(client: httpx.AsyncClient, s: EdgeStack, cid: str, sid: str) -> str:
-    """An action of ``sid`` for ``cid``, once the gateway offers it."""
+    """An action of ``sid`` for ``cid``, registered by a first poll, once the gateway offers it."""
+    await s.registered(client, cid)
     action = await s.assign(client, cid, sid)
     await s.wait_poll(client, cid, lambda links: "deploymentBase" in links)
     return str(action["id"])
@@ -198,10 +204,15 @@ async def test_installed_base_with_nul_records_the_software(
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await client.get(edge.dev("ib-1"))
         await edge.device(client, "ib-1", lambda d: True)
-        r = await client.put(
-            f"{edge.dev('ib-1')}/installedBase",
-            **raw('{"name": "img\\u0000", "version": "2.0\\ud800"}'),
-        )
+        deadline = time.monotonic() + 10
+        while True:  # until the gateway's mirror has the registered device
+            r = await client.put(
+                f"{edge.dev('ib-1')}/installedBase",
+                **raw('{"name": "img\\u0000", "version": "2.0\\ud800"}'),
+            )
+            if r.status_code != 404 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         assert r.status_code == 200, r.text
         device = await edge.device(client, "ib-1", lambda d: d["sw_version"] is not None)
         assert device["sw_version"] == f"2.0{R}"
@@ -213,6 +224,7 @@ async def test_confirmation_and_auto_confirm_with_nul_move_the_action(
 ) -> None:
     sid = await edge.software(common, b"q" * 500)
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+        await edge.registered(client, "cf-1")
         first = await edge.assign(client, "cf-1", sid, confirmation_required=True)
         await edge.wait_poll(client, "cf-1", lambda links: "confirmationBase" in links)
         r = await client.post(
@@ -227,6 +239,7 @@ async def test_confirmation_and_auto_confirm_with_nul_move_the_action(
             replaced_note(1),
         ]
 
+        await edge.registered(client, "cf-2")
         second = await edge.assign(client, "cf-2", sid, confirmation_required=True)
         await edge.wait_poll(client, "cf-2", lambda links: "confirmationBase" in links)
         r = await client.post(
