@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, Protocol
 
 import asyncpg
 import orjson
@@ -42,9 +42,6 @@ from gaggle_runtime.db import Conn, check_identifier
 from gaggle_runtime.failures import Parked, Retry, Skipped, describe, is_transient, retry_delay
 from gaggle_runtime.http import ApiError, NotFoundError
 from gaggle_runtime.metrics import kind_of
-
-if TYPE_CHECKING:
-    from gaggle_runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +145,27 @@ _COLUMNS = (
 )
 
 
+class Requeue(Protocol):
+    """Where a parked outbox row goes back to when it is replayed (the schema's outbox)."""
+
+    async def requeue(
+        self,
+        conn: Conn,
+        op: str,
+        target: str,
+        key: str | None,
+        msg_id: str | None,
+        payload: bytes,
+        traceparent: str | None,
+    ) -> None:
+        """Queue the row again, in the caller's transaction."""
+
+
 class DeadLetterStore:
     """The ``dead_letters`` table of one schema."""
 
     def __init__(
-        self, schema: str, pool: Callable[[], asyncpg.Pool], outbox: Outbox | None = None
+        self, schema: str, pool: Callable[[], asyncpg.Pool], outbox: Requeue | None = None
     ) -> None:
         self.schema = check_identifier(schema)
         self._pool = pool
