@@ -23,15 +23,19 @@ from gaggle_contracts import names
 from gaggle_contracts.ddi import ConfigDataBody
 from gaggle_contracts.events import ActionFeedback
 from gaggle_gateway.bodies import parse_body, read_limited
+from gaggle_gateway.core import HAL_JSON, Gateway
 from gaggle_gateway.errors import BadRequest, DdiError
-from gaggle_gateway.routes import HAL_JSON, Gateway, Origin, authorization_of
+from gaggle_gateway.origin import Origin, authorization_of
 from gaggle_runtime.http import send_response
 
 _CONTENT_TYPE = (b"content-type", HAL_JSON.encode())
 
 
 class PollFastLane:
-    """ASGI middleware answering base polls directly."""
+    """ASGI middleware answering base polls, configData and deploymentBase feedback directly.
+
+    Each is answered by the gateway core exactly as its FastAPI route answers it.
+    """
 
     def __init__(self, app: ASGIApp, gateway: Gateway, *, feedback: bool = True) -> None:
         self.app = app
@@ -99,7 +103,7 @@ class PollFastLane:
             body = parse_body(
                 await read_limited(scope, receive, gw.settings.max_body_bytes), ConfigDataBody
             )
-            await gw.report_config(caller, controller_id, body)
+            await gw.report_config_data(caller, body)
         except DdiError as exc:
             await exc.response()(scope, receive, send)
             return
@@ -120,7 +124,7 @@ class PollFastLane:
             caller = gw.caller(Origin.of(scope), tenant, controller_id, authorization_of(scope))
             target = gw.feedback_target(caller, action_id, ActionFeedback)
             data = await read_limited(scope, receive, gw.settings.max_feedback_bytes)
-            await gw.report_feedback(caller, controller_id, action_id, ActionFeedback, target, data)
+            await gw.report_feedback(caller, action_id, ActionFeedback, target, data)
         except DdiError as exc:
             await exc.response()(scope, receive, send)
             return
