@@ -19,17 +19,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from uuid import uuid4
 
 import orjson
 
 from gaggle_contracts import names
 from gaggle_contracts.ddi import (
     MAX_ATTRIBUTES,
-    MAX_STATUSES,
     ConfigDataBody,
     DeviceBody,
-    FeedbackBody,
 )
 from gaggle_contracts.events import (
     ActionFeedback,
@@ -38,22 +35,19 @@ from gaggle_contracts.events import (
     Event,
 )
 from gaggle_contracts.kv import DeploymentEntry, DeviceEntry, OpenAction, TenantConfig
-from gaggle_gateway.acks import Acks, FinalReport, fingerprint
+from gaggle_gateway.acks import Acks
 from gaggle_gateway.bodies import parse_body
 from gaggle_gateway.counters import PollCounts, ReplacedCounts
 from gaggle_gateway.domain import (
     Access,
     attributes_after,
     authorize,
-    closes_action,
     parse_authorization,
     poll_body,
 )
 from gaggle_gateway.errors import (
     BadRequest,
     DdiError,
-    Gone,
-    NotAllowed,
     NotFound,
     QuotaExceeded,
     Unauthorized,
@@ -176,31 +170,12 @@ class Gateway:
         registers = access is Access.REGISTER
         return Caller(tenant, controller_id, config, key, device, base, registers)
 
-    def sighted(self, caller: Caller, address: str | None) -> None:
-        """Note that the device was seen: discovered if this request registers it."""
+    def sighted(self, caller: Caller, address: str | None) -> Caller:
+        """Note that the device was seen (discovered, if this request registers it); ``caller``."""
         if caller.registers:
             self.reporter.discovered(caller.tenant, caller.controller_id, address)
         else:
             self.reporter.seen(caller.tenant, caller.controller_id, address)
-
-    def caller(
-        self,
-        origin: Origin,
-        tenant_raw: str,
-        controller_id: str,
-        authorization: str | None,
-        *,
-        may_register: bool = False,
-    ) -> Caller:
-        """Authorise a device's request (:meth:`authorize`) and note the sighting.
-
-        Raises:
-            DdiError: as :meth:`authorize`.
-        """
-        caller = self.authorize(
-            origin, tenant_raw, controller_id, authorization, may_register=may_register
-        )
-        self.sighted(caller, origin.address)
         return caller
 
     def deployment(self, caller: Caller) -> DeploymentEntry | None:
@@ -228,7 +203,8 @@ class Gateway:
             DdiError: as :meth:`authorize`.
         """
         try:
-            caller = self.caller(origin, tenant, controller_id, authorization, may_register=True)
+            caller = self.authorize(origin, tenant, controller_id, authorization, may_register=True)
+            self.sighted(caller, origin.address)
         except DdiError as exc:
             self.polls.fail(exc.status)
             raise
@@ -267,92 +243,6 @@ class Gateway:
                 body.replaced,
             )
 
-    def feedback_target(
-        self, caller: Caller, action_id: str, kind: FeedbackKind
-    ) -> OpenAction | FinalReport:
-        """The open action a feedback report is for, or the final report that closed it here.
-
-        Raises:
-            NotFound: not the device's open action, or one that awaits confirmation.
-            NotAllowed: cancel feedback for an action that is not being canceled.
-            Gone: the action is closed.
-        """
-        final = self.acks.final(caller.key, action_id) or self.acks.unsure_final(
-            caller.key, action_id
-        )
-        if final is not None:
-            return final
-        return self.open_feedback_target(caller, action_id, kind)
-
-    def open_feedback_target(
-        self, caller: Caller, action_id: str, kind: FeedbackKind
-    ) -> OpenAction:
-        """The open action a feedback report is for, by the mirror (see ``feedback_target``)."""
-        if kind is CancelFeedback:
-            action = check_feedback_target(caller, self, action_id)
-            if action.state != "canceling":
-                raise NotAllowed(f"action {action_id!r} is not being canceled")
-            return action
-        return deployment_feedback_target(caller, self, action_id)
-
-    async def report_feedback(
-        self,
-        caller: Caller,
-        action_id: str,
-        kind: FeedbackKind,
-        target: OpenAction | FinalReport,
-        data: bytes,
-    ) -> None:
-        """Validate a feedback body; on the bus once JetStream has the event.
-
-        A report for an action this gateway saw closed (``target`` is its final report) is
-        answered 200 without an event if it repeats that report (a retry), else 410. A repeat of
-        a final report the bus did not acknowledge is sent again under the first attempt's
-        event id, so it is stored once whether or not the first attempt was.
-
-        Raises:
-            BadRequest: not JSON, or not a feedback body.
-            QuotaExceeded: more messages than a status may have, or more statuses than an
-                action may have (a final report is always taken, so the action can close).
-            Gone: a report other than the final one, for an action closed here.
-            Unavailable: the bus did not acknowledge; the device should retry.
-        """
-        body = parse_body(data, FeedbackBody)
-        status = body.to_status()
-        printed = fingerprint(kind.kind, status)
-        event_id = uuid4()
-        if isinstance(target, FinalReport) and target.fingerprint != printed:
-            if target.event_id is None:
-                raise Gone(f"action {action_id!r} is closed")
-            target = self.open_feedback_target(caller, action_id, kind)
-        if isinstance(target, FinalReport):
-            if target.event_id is None:
-                return
-            event_id, final = target.event_id, True
-        else:
-            final = closes_action(kind is CancelFeedback, status, target)
-        if not final and self.acks.count(caller.key, action_id) >= MAX_STATUSES:
-            raise QuotaExceeded(
-                f"action {action_id!r} has {MAX_STATUSES} statuses, the most an action may have",
-                quota=MAX_STATUSES,
-            )
-        event = kind(
-            event_id=event_id,
-            tenant=caller.tenant,
-            controller_id=caller.controller_id,
-            action_id=action_id,
-            status=status,
-            device_time=body.device_time(),
-        )
-        try:
-            await self.publish(event)
-        except Unavailable:
-            if final:
-                self.acks.sent_unsure(caller.key, action_id, printed, event_id, time.monotonic())
-            raise
-        self.acks.acknowledged(caller.key, action_id, printed if final else None, time.monotonic())
-        self.noted(caller, kind.kind, body)
-
     def check_attributes(self, caller: Caller, mode: str, data: dict[str, str]) -> None:
         """Refuse a configData report that would take the device past hawkBit's quota.
 
@@ -387,8 +277,15 @@ class Gateway:
         )
         await self.report(caller, event, body)
 
-    async def report_config_data(self, caller: Caller, body: ConfigDataBody) -> None:
-        """A configData report (see :meth:`report_config`)."""
+    async def report_config_data(self, caller: Caller, data: bytes) -> None:
+        """A configData report's body, validated and reported (see :meth:`report_config`).
+
+        Raises:
+            BadRequest: not JSON, or not a configData body.
+            QuotaExceeded: as :meth:`report_config`, or past a quota of the body itself.
+            Unavailable: the bus did not acknowledge; the device should retry.
+        """
+        body = parse_body(data, ConfigDataBody)
         await self.report_config(caller, body.effective_mode, body.data, body)
 
     async def forget(self, every_s: float = 5.0, counts_every: int = 12) -> None:
@@ -420,31 +317,6 @@ def open_action(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
     if entry is None or entry.open is None or entry.open.action_id != action_id:
         raise NotFound(f"action {action_id!r} not found")
     return entry.open
-
-
-def check_feedback_target(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
-    """The open action a feedback is for; closed ones are 410 Gone, unknown ones 404.
-
-    Closed are those KV says are, and those whose final report this gateway acknowledged.
-    """
-    if gw.acks.final(caller.key, action_id) is not None:
-        raise Gone(f"action {action_id!r} is closed")
-    entry = caller.deployment(gw.mirror)
-    if entry is not None and (entry.open is None or entry.open.action_id != action_id):
-        closed = set(entry.closed)
-        if entry.installed is not None:
-            closed.add(entry.installed.action_id)
-        if action_id in closed:
-            raise Gone(f"action {action_id!r} is closed")
-    return open_action(caller, gw, action_id)
-
-
-def deployment_feedback_target(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
-    """The open action a deploymentBase feedback is for, unless it still awaits confirmation."""
-    action = check_feedback_target(caller, gw, action_id)
-    if action.state == "wait_for_confirmation":
-        raise NotFound(f"action {action_id!r} awaits confirmation")
-    return action
 
 
 def make_publisher(broker: Any, timeout: float) -> Publish:

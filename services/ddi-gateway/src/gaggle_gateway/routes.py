@@ -24,7 +24,6 @@ from pydantic import BaseModel
 
 from gaggle_contracts.ddi import (
     AutoConfirmBody,
-    ConfigDataBody,
     ConfirmationFeedbackBody,
     InstalledBaseBody,
 )
@@ -34,19 +33,19 @@ from gaggle_contracts.events import (
     CancelFeedback,
     ConfirmationFeedback,
 )
-from gaggle_contracts.kv import ArtifactDoc, ChunkDoc, OpenAction
+from gaggle_contracts.kv import ArtifactDoc, ChunkDoc, InstalledAction, OpenAction
 from gaggle_gateway.bodies import parse_body, read_limited
 from gaggle_gateway.core import (
     HAL_JSON,
     Caller,
     FeedbackKind,
     Gateway,
-    check_feedback_target,
     open_action,
 )
 from gaggle_gateway.domain import action_json, artifact_json, find_module, history_count
 from gaggle_gateway.downloads import serve_artifact
 from gaggle_gateway.errors import Conflict, NotFound
+from gaggle_gateway.feedback import check_feedback_target, take_feedback
 from gaggle_gateway.origin import Origin
 
 BASE = "/{tenant}/controller/v1/{controller_id}"
@@ -70,7 +69,8 @@ async def device(
 
     Dependencies are coroutines so that they run on the event loop, as the sighting needs.
     """
-    return gw.caller(Origin.of(request.scope), tenant, controller_id, authorization)
+    origin = Origin.of(request.scope)
+    return gw.sighted(gw.authorize(origin, tenant, controller_id, authorization), origin.address)
 
 
 async def registering_device(
@@ -78,7 +78,8 @@ async def registering_device(
 ) -> Caller:
     """As :func:`device`, for the requests an unknown device may register with."""
     origin = Origin.of(request.scope)
-    return gw.caller(origin, tenant, controller_id, authorization, may_register=True)
+    caller = gw.authorize(origin, tenant, controller_id, authorization, may_register=True)
+    return gw.sighted(caller, origin.address)
 
 
 Device = Annotated[Caller, Depends(device)]
@@ -110,6 +111,14 @@ def offered(caller: Caller, gw: Gateway, action_id: str, state: str, refusal: st
     return action
 
 
+def action_page(
+    caller: Caller, action: OpenAction | InstalledAction, section: str, request: Request
+) -> Response:
+    """A deploymentBase, installedBase or confirmationBase body, ``actionHistory`` as asked."""
+    history = history_count(request.query_params.get("actionHistory"))
+    return json_response(action_json(caller.base, action, section, history))
+
+
 def assigned_chunk(caller: Caller, gw: Gateway, module_id: str) -> ChunkDoc:
     """The software module of the device's open or installed action, else 404."""
     chunk = find_module(caller.deployment(gw.mirror), module_id)
@@ -122,9 +131,7 @@ async def report_feedback(
     request: Request, caller: Caller, gw: Gateway, action_id: str, kind: FeedbackKind
 ) -> Response:
     """Validate a feedback body and answer 200 once JetStream has the event."""
-    target = gw.feedback_target(caller, action_id, kind)
-    data = await read_limited(request.scope, request.receive, gw.settings.max_feedback_bytes)
-    await gw.report_feedback(caller, action_id, kind, target, data)
+    await take_feedback(gw, caller, action_id, kind, request.scope, request.receive)
     return Response(status_code=200)
 
 
@@ -142,16 +149,15 @@ async def poll(
 async def config_data(caller: RegisteringDevice, request: Request, gw: Gw) -> Response:
     # A device may PUT its attributes before the registry has caught up with its first
     # poll, so this request may register too. Normally answered by the fast lane.
-    body = await read_body(request, ConfigDataBody, gw.settings.max_body_bytes)
-    await gw.report_config_data(caller, body)
+    data = await read_limited(request.scope, request.receive, gw.settings.max_body_bytes)
+    await gw.report_config_data(caller, data)
     return Response(status_code=200)
 
 
 @router.get(BASE + "/deploymentBase/{action_id}", summary="The open deployment")
 async def deployment_base(caller: Device, action_id: str, request: Request, gw: Gw) -> Response:
     action = offered(caller, gw, action_id, "deployment", "is not offered for deployment")
-    history = history_count(request.query_params.get("actionHistory"))
-    return json_response(action_json(caller.base, action, "deployment", history))
+    return action_page(caller, action, "deployment", request)
 
 
 @router.post(BASE + "/deploymentBase/{action_id}/feedback", summary="Report progress or result")
@@ -176,8 +182,7 @@ async def installed_base(caller: Device, action_id: str, request: Request, gw: G
     entry = caller.deployment(gw.mirror)
     if entry is None or entry.installed is None or entry.installed.action_id != action_id:
         raise NotFound(f"no finished action {action_id!r}")
-    history = history_count(request.query_params.get("actionHistory"))
-    return json_response(action_json(caller.base, entry.installed, "deployment", history))
+    return action_page(caller, entry.installed, "deployment", request)
 
 
 @router.put(BASE + "/installedBase", summary="Declare the software already running (experimental)")
@@ -207,15 +212,14 @@ async def confirmation_base(caller: RegisteringDevice, gw: Gw) -> Response:
 @router.get(BASE + "/confirmationBase/{action_id}", summary="An action awaiting confirmation")
 async def confirmation_action(caller: Device, action_id: str, request: Request, gw: Gw) -> Response:
     action = offered(caller, gw, action_id, "wait_for_confirmation", "does not await confirmation")
-    history = history_count(request.query_params.get("actionHistory"))
-    return json_response(action_json(caller.base, action, "confirmation", history))
+    return action_page(caller, action, "confirmation", request)
 
 
 @router.post(BASE + "/confirmationBase/{action_id}/feedback", summary="Confirm or deny an action")
 async def confirmation_feedback(
     caller: Device, action_id: str, request: Request, gw: Gw
 ) -> Response:
-    action = check_feedback_target(caller, gw, action_id)
+    action = check_feedback_target(gw, caller, action_id)
     if action.state != "wait_for_confirmation":
         raise NotFound(f"action {action_id!r} does not await confirmation")
     body = await read_body(request, ConfirmationFeedbackBody, gw.settings.max_feedback_bytes)
