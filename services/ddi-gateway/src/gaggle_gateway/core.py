@@ -3,7 +3,8 @@
 A request passes three steps here. :meth:`Gateway.authorize` checks the path and credentials
 against the KV mirror and says who the caller is; :meth:`Gateway.sighted` notes that the device
 was seen (or discovered); the rules of the request then read the mirror, and reports are answered
-once JetStream acknowledged their event, else 503 so the device retries.
+once JetStream acknowledged their event, else 503 so the device retries. Feedback reports have
+rules of their own, in ``feedback.py``.
 
 Only tenants that exist are served (``Gateway.tenant_exists``); a device's report past one of
 hawkBit's quotas is refused (429) before it is acknowledged; and what this gateway acknowledged
@@ -23,17 +24,8 @@ from typing import Any
 import orjson
 
 from gaggle_contracts import names
-from gaggle_contracts.ddi import (
-    MAX_ATTRIBUTES,
-    ConfigDataBody,
-    DeviceBody,
-)
-from gaggle_contracts.events import (
-    ActionFeedback,
-    CancelFeedback,
-    DeviceConfigReported,
-    Event,
-)
+from gaggle_contracts.ddi import MAX_ATTRIBUTES, ConfigDataBody, DeviceBody
+from gaggle_contracts.events import ActionFeedback, CancelFeedback, DeviceConfigReported, Event
 from gaggle_contracts.kv import DeploymentEntry, DeviceEntry, OpenAction, TenantConfig
 from gaggle_gateway.acks import Acks
 from gaggle_gateway.bodies import parse_body
@@ -204,10 +196,10 @@ class Gateway:
         """
         try:
             caller = self.authorize(origin, tenant, controller_id, authorization, may_register=True)
-            self.sighted(caller, origin.address)
         except DdiError as exc:
             self.polls.fail(exc.status)
             raise
+        self.sighted(caller, origin.address)
         entry = self.deployment(caller)
         if entry is None or entry.open is None:
             self.polls.idle += 1
