@@ -18,6 +18,7 @@ from gaggle_contracts.kv import (
     OpenAction,
     TenantConfig,
 )
+from gaggle_gateway.origin import Origin
 
 from .fakes import Bus
 
@@ -229,3 +230,32 @@ async def test_the_fast_lane_answers_as_the_routes_do(bus: Bus) -> None:
     assert answers["lane"] == answers["routes"]
     statuses = [status for status, _ in answers["lane"]]
     assert statuses == [200, 200, 404, 401, 400, 401, 400, 413, 400, 404, 404, 410, 404, 404]
+
+
+async def test_authorising_notes_nothing_until_the_sighting_is_recorded(bus: Bus) -> None:
+    known(bus, "d-1")
+    origin = Origin("http", "gw", "10.0.0.9")
+    gw = bus.gateway
+    new = gw.authorize(origin, "DEFAULT", "new-1", None, may_register=True)
+    old = gw.authorize(origin, "default", "d-1", None)
+    assert (new.registers, new.controller_id, new.base) == (
+        True,
+        "new-1",
+        "http://gw/DEFAULT/controller/v1/new-1",
+    )
+    assert (old.registers, old.tenant) == (False, "default")
+    await asyncio.sleep(0.01)
+    assert await gw.reporter.flush() == 0
+    assert bus.events("device.discovered") == []
+    assert gw.sighted(new, origin.address) is new
+    gw.sighted(old, origin.address)
+    for _ in range(100):
+        if bus.events("device.discovered"):
+            break
+        await asyncio.sleep(0.001)
+    assert [(e["controller_id"], e["address"]) for e in bus.events("device.discovered")] == [
+        ("new-1", "10.0.0.9")
+    ]
+    assert await gw.reporter.flush() == 1
+    [seen] = bus.events("device.seen")
+    assert [s["controller_id"] for s in seen["sightings"]] == ["d-1"]
