@@ -5,8 +5,8 @@ dictionary look-up and a JSON render; reports (configData, feedback) are answere
 JetStream acknowledged the event, else 503 so the device retries. See ddi-api.md for each rule.
 
 Every route takes its :class:`~gaggle_gateway.core.Caller` from one dependency (path checked,
-tenant existing, credentials, sighting noted) and the :class:`~gaggle_gateway.core.Gateway` it
-answers from from ``app.state.gateway`` (set in ``app.py``).
+tenant existing, credentials, sighting noted), and the :class:`~gaggle_gateway.core.Gateway`
+from ``app.state.gateway``, where ``app.py`` puts it.
 """
 
 # The routes carry no docstrings: FastAPI would publish them as OpenAPI descriptions, and each
@@ -22,11 +22,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from gaggle_contracts.ddi import (
-    AutoConfirmBody,
-    ConfirmationFeedbackBody,
-    InstalledBaseBody,
-)
+from gaggle_contracts.ddi import AutoConfirmBody, ConfirmationFeedbackBody, InstalledBaseBody
 from gaggle_contracts.events import (
     ActionFeedback,
     AutoConfirmChanged,
@@ -35,13 +31,7 @@ from gaggle_contracts.events import (
 )
 from gaggle_contracts.kv import ArtifactDoc, ChunkDoc, InstalledAction, OpenAction
 from gaggle_gateway.bodies import parse_body, read_limited
-from gaggle_gateway.core import (
-    HAL_JSON,
-    Caller,
-    FeedbackKind,
-    Gateway,
-    open_action,
-)
+from gaggle_gateway.core import HAL_JSON, Caller, FeedbackKind, Gateway, open_action
 from gaggle_gateway.domain import action_json, artifact_json, find_module, history_count
 from gaggle_gateway.downloads import serve_artifact
 from gaggle_gateway.errors import Conflict, NotFound
