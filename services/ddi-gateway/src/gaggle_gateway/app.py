@@ -9,11 +9,12 @@ from fastapi import FastAPI
 from nats.js.client import JetStreamContext
 
 from gaggle_contracts.settings import CommonSettings
+from gaggle_gateway.core import Gateway, make_publisher
 from gaggle_gateway.errors import install_handlers
 from gaggle_gateway.fastlane import PollFastLane
 from gaggle_gateway.mirror import Mirror
 from gaggle_gateway.reporting import DeviceReporter
-from gaggle_gateway.routes import Gateway, make_publisher, make_routes
+from gaggle_gateway.routes import router
 from gaggle_gateway.settings import GatewaySettings
 from gaggle_runtime.logs import configure_logging
 from gaggle_runtime.service import Service
@@ -79,13 +80,14 @@ def build_app(
         description="Eclipse hawkBit DDI API for devices (SWUpdate, rauc-hawkbit-updater, ...).",
     )
     install_handlers(app)
-    app.include_router(make_routes(gateway))
+    # The one wiring step of the routes: they take the gateway from the app's state.
+    app.state.gateway = gateway
+    app.include_router(router)
     # Metrics and tracing sit behind the fast lane: a base poll pays for neither. With tracing
     # on, feedback goes through them: its HTTP span starts the feedback's trace.
     service.instrument(app)
     app.add_middleware(PollFastLane, gateway=gateway, feedback=service.tracing is None)
     app.state.service = service
-    app.state.gateway = gateway
     return app
 
 

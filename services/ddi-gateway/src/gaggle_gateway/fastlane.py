@@ -20,18 +20,22 @@ from urllib.parse import unquote
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gaggle_contracts import names
-from gaggle_contracts.ddi import ConfigDataBody
 from gaggle_contracts.events import ActionFeedback
-from gaggle_gateway.bodies import parse_body, read_limited
+from gaggle_gateway.bodies import read_limited
+from gaggle_gateway.core import HAL_JSON, Gateway
 from gaggle_gateway.errors import BadRequest, DdiError
-from gaggle_gateway.routes import HAL_JSON, Gateway, Origin, authorization_of
+from gaggle_gateway.feedback import take_feedback
+from gaggle_gateway.origin import Origin, authorization_of
 from gaggle_runtime.http import send_response
 
 _CONTENT_TYPE = (b"content-type", HAL_JSON.encode())
 
 
 class PollFastLane:
-    """ASGI middleware answering base polls directly."""
+    """ASGI middleware answering base polls, configData and deploymentBase feedback directly.
+
+    Each is answered by the gateway core exactly as its FastAPI route answers it.
+    """
 
     def __init__(self, app: ASGIApp, gateway: Gateway, *, feedback: bool = True) -> None:
         self.app = app
@@ -40,50 +44,47 @@ class PollFastLane:
         """Whether deploymentBase feedback is answered here too."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer ``GET /{tenant}/controller/v1/{id}``; pass anything else on."""
+        """Answer a poll, configData or deploymentBase feedback; pass anything else on."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         raw_path = scope.get("raw_path")
-        if raw_path and b"%" in raw_path and scope["type"] == "http":
+        if raw_path and b"%" in raw_path:
             refusal = encoded_id_refusal(raw_path)
             if refusal is not None:
                 await refusal.response()(scope, receive, send)
                 return
-        if scope["type"] == "http" and scope["method"] == "GET":
-            parts = scope["path"].split("/")
-            if len(parts) == 5 and parts[2] == "controller" and parts[3] == "v1" and parts[4]:
-                try:
-                    body = self.gateway.poll(
-                        Origin.of(scope), parts[1], parts[4], authorization_of(scope)
-                    )
-                except DdiError as exc:
-                    await exc.response()(scope, receive, send)
-                    return
-                await send_response(send, 200, body, [_CONTENT_TYPE])
-                return
-        elif scope["type"] == "http" and scope["method"] == "PUT":
-            parts = scope["path"].split("/")
-            if (
-                len(parts) == 6
-                and parts[5] == "configData"
-                and parts[2] == "controller"
-                and parts[3] == "v1"
-                and parts[4]
-            ):
-                await self._config_data(scope, receive, send, parts[1], parts[4])
-                return
-        elif self.feedback and scope["type"] == "http" and scope["method"] == "POST":
-            parts = scope["path"].split("/")
-            if (
-                len(parts) == 8
-                and parts[7] == "feedback"
-                and parts[5] == "deploymentBase"
-                and parts[2] == "controller"
-                and parts[3] == "v1"
-                and parts[4]
-                and parts[6]
-            ):
-                await self._feedback(scope, receive, send, parts[1], parts[4], parts[6])
-                return
-        await self.app(scope, receive, send)
+        parts = scope["path"].split("/")
+        method, count = scope["method"], len(parts)
+        if count < 5 or parts[2] != "controller" or parts[3] != "v1" or not parts[4]:
+            await self.app(scope, receive, send)
+        elif method == "GET" and count == 5:
+            await self._poll(scope, receive, send, parts[1], parts[4])
+        elif method == "PUT" and count == 6 and parts[5] == "configData":
+            await self._config_data(scope, receive, send, parts[1], parts[4])
+        elif (
+            self.feedback
+            and method == "POST"
+            and count == 8
+            and parts[5] == "deploymentBase"
+            and parts[7] == "feedback"
+            and parts[6]
+        ):
+            await self._feedback(scope, receive, send, parts[1], parts[4], parts[6])
+        else:
+            await self.app(scope, receive, send)
+
+    async def _poll(
+        self, scope: Scope, receive: Receive, send: Send, tenant: str, controller_id: str
+    ) -> None:
+        """``GET /{tenant}/controller/v1/{id}``, as the FastAPI route answers it."""
+        try:
+            authorization = authorization_of(scope)
+            body = self.gateway.poll(Origin.of(scope), tenant, controller_id, authorization)
+        except DdiError as exc:
+            await exc.response()(scope, receive, send)
+            return
+        await send_response(send, 200, body, [_CONTENT_TYPE])
 
     async def _config_data(
         self, scope: Scope, receive: Receive, send: Send, tenant: str, controller_id: str
@@ -93,13 +94,13 @@ class PollFastLane:
         try:
             # A device may PUT its attributes before the registry has caught up with its first
             # poll, so this request may register too.
-            caller = gw.caller(
-                Origin.of(scope), tenant, controller_id, authorization_of(scope), may_register=True
+            origin = Origin.of(scope)
+            caller = gw.authorize(
+                origin, tenant, controller_id, authorization_of(scope), may_register=True
             )
-            body = parse_body(
-                await read_limited(scope, receive, gw.settings.max_body_bytes), ConfigDataBody
-            )
-            await gw.report_config(caller, controller_id, body)
+            gw.sighted(caller, origin.address)
+            data = await read_limited(scope, receive, gw.settings.max_body_bytes)
+            await gw.report_config_data(caller, data)
         except DdiError as exc:
             await exc.response()(scope, receive, send)
             return
@@ -117,10 +118,10 @@ class PollFastLane:
         """``POST …/deploymentBase/{action_id}/feedback``, as the FastAPI route answers it."""
         gw = self.gateway
         try:
-            caller = gw.caller(Origin.of(scope), tenant, controller_id, authorization_of(scope))
-            target = gw.feedback_target(caller, action_id, ActionFeedback)
-            data = await read_limited(scope, receive, gw.settings.max_feedback_bytes)
-            await gw.report_feedback(caller, controller_id, action_id, ActionFeedback, target, data)
+            origin = Origin.of(scope)
+            caller = gw.authorize(origin, tenant, controller_id, authorization_of(scope))
+            gw.sighted(caller, origin.address)
+            await take_feedback(gw, caller, action_id, ActionFeedback, scope, receive)
         except DdiError as exc:
             await exc.response()(scope, receive, send)
             return

@@ -1,0 +1,143 @@
+"""Feedback reports: which action a report is for, and how it reaches the bus.
+
+Deployment and cancel feedback arrive by the fast lane or by the FastAPI routes; both hand the
+request to :func:`take_feedback`. The action is checked before the body is read (404, 405 and
+410 cost no upload); the report is answered 200 once JetStream has its event, and what this
+gateway acknowledged is remembered (``acks.py``): a closed action's final report is answered
+200 again without a second event, an unsure one is sent again under its first event id.
+"""
+
+from __future__ import annotations
+
+import time
+from uuid import uuid4
+
+from starlette.types import Receive, Scope
+
+from gaggle_contracts.ddi import MAX_STATUSES, FeedbackBody
+from gaggle_contracts.events import CancelFeedback
+from gaggle_contracts.kv import OpenAction
+from gaggle_gateway.acks import FinalReport, fingerprint
+from gaggle_gateway.bodies import parse_body, read_limited
+from gaggle_gateway.core import Caller, FeedbackKind, Gateway, open_action
+from gaggle_gateway.domain import closes_action
+from gaggle_gateway.errors import Gone, NotAllowed, NotFound, QuotaExceeded, Unavailable
+
+
+async def take_feedback(
+    gw: Gateway, caller: Caller, action_id: str, kind: FeedbackKind, scope: Scope, receive: Receive
+) -> None:
+    """Check the action, read the body within the limit, and report it (:func:`report_feedback`).
+
+    Raises:
+        DdiError: as :func:`feedback_target`, :func:`~gaggle_gateway.bodies.read_limited` and
+            :func:`report_feedback`.
+    """
+    target = feedback_target(gw, caller, action_id, kind)
+    data = await read_limited(scope, receive, gw.settings.max_feedback_bytes)
+    await report_feedback(gw, caller, action_id, kind, target, data)
+
+
+def feedback_target(
+    gw: Gateway, caller: Caller, action_id: str, kind: FeedbackKind
+) -> OpenAction | FinalReport:
+    """The open action a feedback report is for, or the final report that closed it here.
+
+    Raises:
+        NotFound: not the device's open action, or one that awaits confirmation.
+        NotAllowed: cancel feedback for an action that is not being canceled.
+        Gone: the action is closed.
+    """
+    final = gw.acks.final(caller.key, action_id) or gw.acks.unsure_final(caller.key, action_id)
+    if final is not None:
+        return final
+    return open_feedback_target(gw, caller, action_id, kind)
+
+
+def open_feedback_target(
+    gw: Gateway, caller: Caller, action_id: str, kind: FeedbackKind
+) -> OpenAction:
+    """The open action a feedback report is for, by the mirror (see :func:`feedback_target`)."""
+    action = check_feedback_target(gw, caller, action_id)
+    if kind is CancelFeedback:
+        if action.state != "canceling":
+            raise NotAllowed(f"action {action_id!r} is not being canceled")
+    elif action.state == "wait_for_confirmation":
+        raise NotFound(f"action {action_id!r} awaits confirmation")
+    return action
+
+
+def check_feedback_target(gw: Gateway, caller: Caller, action_id: str) -> OpenAction:
+    """The open action a feedback is for; closed ones are 410 Gone, unknown ones 404.
+
+    Closed are those KV says are, and those whose final report this gateway acknowledged.
+    """
+    if gw.acks.final(caller.key, action_id) is not None:
+        raise Gone(f"action {action_id!r} is closed")
+    entry = caller.deployment(gw.mirror)
+    if entry is not None and (entry.open is None or entry.open.action_id != action_id):
+        closed = set(entry.closed)
+        if entry.installed is not None:
+            closed.add(entry.installed.action_id)
+        if action_id in closed:
+            raise Gone(f"action {action_id!r} is closed")
+    return open_action(caller, gw, action_id)
+
+
+async def report_feedback(
+    gw: Gateway,
+    caller: Caller,
+    action_id: str,
+    kind: FeedbackKind,
+    target: OpenAction | FinalReport,
+    data: bytes,
+) -> None:
+    """Validate a feedback body; on the bus once JetStream has the event.
+
+    A report for an action this gateway saw closed (``target`` is its final report) is
+    answered 200 without an event if it repeats that report (a retry), else 410. A repeat of
+    a final report the bus did not acknowledge is sent again under the first attempt's
+    event id, so it is stored once whether or not the first attempt was.
+
+    Raises:
+        BadRequest: not JSON, or not a feedback body.
+        QuotaExceeded: more messages than a status may have, or more statuses than an
+            action may have (a final report is always taken, so the action can close).
+        Gone: a report other than the final one, for an action closed here.
+        Unavailable: the bus did not acknowledge; the device should retry.
+    """
+    body = parse_body(data, FeedbackBody)
+    status = body.to_status()
+    printed = fingerprint(kind.kind, status)
+    event_id = uuid4()
+    if isinstance(target, FinalReport) and target.fingerprint != printed:
+        if target.event_id is None:
+            raise Gone(f"action {action_id!r} is closed")
+        target = open_feedback_target(gw, caller, action_id, kind)
+    if isinstance(target, FinalReport):
+        if target.event_id is None:
+            return
+        event_id, final = target.event_id, True
+    else:
+        final = closes_action(kind is CancelFeedback, status, target)
+    if not final and gw.acks.count(caller.key, action_id) >= MAX_STATUSES:
+        raise QuotaExceeded(
+            f"action {action_id!r} has {MAX_STATUSES} statuses, the most an action may have",
+            quota=MAX_STATUSES,
+        )
+    event = kind(
+        event_id=event_id,
+        tenant=caller.tenant,
+        controller_id=caller.controller_id,
+        action_id=action_id,
+        status=status,
+        device_time=body.device_time(),
+    )
+    try:
+        await gw.publish(event)
+    except Unavailable:
+        if final:
+            gw.acks.sent_unsure(caller.key, action_id, printed, event_id, time.monotonic())
+        raise
+    gw.acks.acknowledged(caller.key, action_id, printed if final else None, time.monotonic())
+    gw.noted(caller, kind.kind, body)
