@@ -24,7 +24,6 @@ from gaggle_artifacts.domain import (
     MAX_URL,
     BadFilenameError,
     check_filename,
-    parse_id,
     version_key,
 )
 from gaggle_artifacts.ingest import Ingest, Ingested, multipart_file
@@ -39,9 +38,6 @@ from gaggle_storage.http import PreconditionFailedError, serve_object
 
 log = logging.getLogger(__name__)
 
-TenantParam = Annotated[
-    str, Query(description="Tenant (case-insensitive)", pattern=names.TENANT_RE.pattern)
-]
 IdParam = Annotated[str, Path(max_length=20, description="Software id")]
 MAX_LIST = 10_000
 
@@ -56,7 +52,7 @@ class ExternalSoftware(BaseModel):
 
 
 def _parse_id(raw: str) -> int:
-    software_id = parse_id(raw)
+    software_id = names.parse_row_id(raw)
     if software_id is None:
         raise NotFoundError("software", raw)
     return software_id

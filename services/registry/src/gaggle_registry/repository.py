@@ -451,18 +451,13 @@ class Repo:
         self.touched_since_tidy = 0
         """Presence rows sightings updated since the last ``tidy_presence``."""
 
-    async def register_discovered(self, event: DeviceDiscovered) -> Device | None:
-        """Create the device unless it exists; None when it already did (idempotent).
-
-        The discovery is also the device's first sighting: a device that its configData report
-        registered first, or whose sightings batch overtook this event, still gets it.
-        """
-        return (await self.register_discovered_many([event]))[0]
-
     async def register_discovered_many(self, events: list[DeviceDiscovered]) -> list[Device | None]:
-        """``register_discovered`` for many events in one transaction; results in their order.
+        """Create each device unless it exists, in one transaction; results in the events' order.
 
-        A device discovered twice in the batch is registered once (the first event's result).
+        A result is None when the device already existed (redeliveries change nothing). The
+        discovery is also the device's first sighting: a device that its configData report
+        registered first, or whose sightings batch overtook this event, still gets it. A device
+        discovered twice in the batch is registered once (the first event's result).
         """
         keys = sorted({(e.tenant, e.controller_id): e for e in events}.items())
         async with self.db.pool.acquire() as conn, conn.transaction():
@@ -504,7 +499,10 @@ class Repo:
     async def apply_config_many(
         self, events: list[DeviceConfigReported]
     ) -> list[Device | Exception]:
-        """``apply_config`` for many reports in one transaction; results in their order.
+        """Merge, replace or remove attributes and lift the three we use into columns, per report.
+
+        One transaction for all; results in the reports' order. A report from a device the
+        registry has not registered yet (its discovery is still in flight) registers it.
 
         Reports of one device apply in the order given. A report past the attribute quota gets
         ``TooManyAttributesError`` and changes nothing; the others go ahead.
@@ -608,17 +606,6 @@ class Repo:
                 conn, DeviceUpdated(tenant=tenant, controller_id=controller_id, change="deleted")
             )
             return device
-
-    async def apply_config(self, event: DeviceConfigReported) -> Device:
-        """Merge, replace or remove attributes; lift the three we use into columns.
-
-        A report from a device the registry has not registered yet (its discovery is still in
-        flight) registers it. Raises ``TooManyAttributesError`` past the quota; nothing changes.
-        """
-        result = (await self.apply_config_many([event]))[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     async def set_state_many(self, changes: Sequence[StateChange]) -> list[Device | None]:
         """Record the update states action events imply, in one transaction; results in order.

@@ -27,8 +27,6 @@ from gaggle_registry.repository import DeviceQuery, Repo
 from gaggle_runtime.auth import needs
 from gaggle_runtime.http import ApiError, NotFoundError
 
-TENANT = names.TENANT_RE.pattern
-TenantParam = Annotated[str, Query(description="Tenant (case-insensitive)", pattern=TENANT)]
 DeviceIdParam = Annotated[str, Path(max_length=256, description="Controller id")]
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 KEEPALIVE_S = 15.0
