@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from gaggle_artifacts.handlers import SERVICE, make_router
+from gaggle_artifacts.handlers import SERVICE, build_router, provide
 from gaggle_artifacts.lookups import make_responder
 from gaggle_artifacts.repository import Repo
 from gaggle_artifacts.routes import ExternalSoftware, make_routes
@@ -40,7 +40,8 @@ def build_app(
 
     service.on_start += [ensure_bucket, answer]
     service.on_stop.append(responder.stop)
-    service.broker.include_router(make_router(repo, common))
+    service.broker.include_router(build_router(common))
+    provide(service.broker, repo)
     app = service.app(
         title="Gaggle artifacts",
         description="SWUpdate images: upload, parse, store in S3-compatible storage, serve.",

@@ -16,7 +16,7 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_registry.access import AccessStore
 from gaggle_registry.access_routes import NewKey, make_access_routes
 from gaggle_registry.fastlane import ListFastLane
-from gaggle_registry.handlers import SERVICE, make_router
+from gaggle_registry.handlers import SERVICE, build_router, provide
 from gaggle_registry.lookups import make_responder
 from gaggle_registry.repository import Repo
 from gaggle_registry.routes import DevicePatch, NewDevice, make_routes
@@ -108,7 +108,8 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
     service.on_start += [prepare_access, rebuild_kv, answer, freeze_heap]
     service.on_stop.append(responder.stop)
     service.background(tidy_presence)
-    service.broker.include_router(make_router(repo, common, access))
+    service.broker.include_router(build_router(common))
+    provide(service.broker, repo, access)
     app = service.app(
         title="Gaggle registry",
         description="The device inventory: who each device is, what it reports, how it updates.",
