@@ -13,15 +13,17 @@ from pydantic import BaseModel
 
 from gaggle_contracts import names
 from gaggle_contracts.settings import CommonSettings
+from gaggle_registry import access_routes, routes, tenants
 from gaggle_registry.access import AccessStore
-from gaggle_registry.access_routes import NewKey, make_access_routes
+from gaggle_registry.access_routes import NewKey
 from gaggle_registry.fastlane import ListFastLane
 from gaggle_registry.handlers import SERVICE, build_router, provide
 from gaggle_registry.lookups import make_responder
 from gaggle_registry.repository import Repo
-from gaggle_registry.routes import DevicePatch, NewDevice, make_routes
+from gaggle_registry.routes import DevicePatch, NewDevice
 from gaggle_registry.settings import RegistrySettings
-from gaggle_registry.tenants import FirstKey, TenantSettings, TenantStore, make_tenant_routes
+from gaggle_registry.tenant_store import TenantSettings, TenantStore
+from gaggle_registry.tenants import FirstKey
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
@@ -69,7 +71,7 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
     )
     repo = Repo(service.db, Outbox(SCHEMA))
     access = AccessStore(service.db, Outbox(SCHEMA))
-    tenants = TenantStore(service.db, Outbox(SCHEMA))
+    tenant_store = TenantStore(service.db, Outbox(SCHEMA))
 
     async def rebuild_kv() -> None:
         kv = await service.broker.connection.jetstream().key_value(names.BUCKET_DEVICES)
@@ -114,12 +116,14 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
         title="Gaggle registry",
         description="The device inventory: who each device is, what it reports, how it updates.",
     )
-    app.include_router(make_routes(repo, lambda: service.broker.connection))
-    app.include_router(make_access_routes(access))
-    app.include_router(make_tenant_routes(tenants, access, settings.bootstrap_tenant))
+    for router in (routes.api, access_routes.api, tenants.api):
+        app.include_router(router)
     app.add_middleware(ListFastLane, repo=repo)
     service.secure(app)
     add_examples(app, EXAMPLES)
     app.state.service = service
     app.state.repo = repo
+    app.state.access = access
+    app.state.tenants = tenant_store
+    app.state.bootstrap_tenant = settings.bootstrap_tenant.lower()
     return app

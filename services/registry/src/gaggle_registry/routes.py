@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gaggle_contracts import names
 from gaggle_contracts.access import Permission
 from gaggle_contracts.kv import token_hash
-from gaggle_registry.domain import UPDATE_STATES, decode_cursor, encode_cursor, new_token
+from gaggle_registry.deps import Devices, Nats
+from gaggle_registry.domain import UPDATE_STATES, Device, decode_cursor, encode_cursor, new_token
 from gaggle_registry.repository import DeviceQuery, Repo
 from gaggle_runtime.auth import needs
 from gaggle_runtime.http import ApiError, NotFoundError
@@ -121,115 +122,141 @@ async def list_body(repo: Repo, tenant: str, params: ListParams) -> bytes:
     return orjson.dumps({"items": items, "next": next_cursor}, option=orjson.OPT_UTC_Z)
 
 
-def make_routes(repo: Repo, nats: Callable[[], NatsClient]) -> APIRouter:
-    """Routes bound to ``repo``; ``nats()`` gives the connection the live stream listens on."""
-    api = APIRouter(prefix="/api/v1", tags=["devices"])
+api = APIRouter(prefix="/api/v1", tags=["devices"])
 
-    async def load(tenant: str, controller_id: str) -> Any:
-        device = await repo.get(tenant.lower(), controller_id)
-        if device is None:
-            raise NotFoundError("device", controller_id)
-        return device
 
-    @api.get("/devices", summary="List devices: filters, sort, keyset pagination")
-    async def list_devices(
-        tenant: Annotated[str, needs(Permission.DEVICE_READ)],
-        params: Annotated[ListParams, Query()],
-    ) -> Response:
-        """One page of devices; ``next`` is the cursor of the page after it (null at the end).
+async def load(repo: Repo, tenant: str, controller_id: str) -> Device:
+    """The device, or 404."""
+    device = await repo.get(tenant.lower(), controller_id)
+    if device is None:
+        raise NotFoundError("device", controller_id)
+    return device
 
-        ``q`` matches text anywhere in the id or the name, ignoring case. Devices never seen
-        sort as the oldest by ``last_seen``; ``seen_before`` and ``seen_after`` leave them out.
-        """
-        return Response(await list_body(repo, tenant, params), media_type="application/json")
 
-    @api.post("/devices", status_code=201, summary="Create a device; its token is shown once")
-    async def create_device(
-        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], body: NewDevice
-    ) -> dict[str, Any]:
-        token = new_token()
-        device = await repo.create(
-            tenant.lower(), body.controller_id, body.name, body.tags, token_hash(token)
-        )
-        if device is None:
-            raise ApiError(409, "exists", f"device {body.controller_id!r} already exists")
-        return {**device.public(), "token": token}
+@api.get("/devices", summary="List devices: filters, sort, keyset pagination")
+async def list_devices(
+    tenant: Annotated[str, needs(Permission.DEVICE_READ)],
+    params: Annotated[ListParams, Query()],
+    repo: Devices,
+) -> Response:
+    """One page of devices; ``next`` is the cursor of the page after it (null at the end).
 
-    @api.get("/devices/{controller_id}", summary="One device")
-    async def get_device(
-        tenant: Annotated[str, needs(Permission.DEVICE_READ)], controller_id: DeviceIdParam
-    ) -> dict[str, Any]:
-        return (await load(tenant, controller_id)).public()  # type: ignore[no-any-return]
+    ``q`` matches text anywhere in the id or the name, ignoring case. Devices never seen
+    sort as the oldest by ``last_seen``; ``seen_before`` and ``seen_after`` leave them out.
+    """
+    return Response(await list_body(repo, tenant, params), media_type="application/json")
 
-    @api.patch("/devices/{controller_id}", summary="Change name and tags")
-    async def patch_device(
-        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)],
-        controller_id: DeviceIdParam,
-        body: DevicePatch,
-    ) -> dict[str, Any]:
-        given = body.model_fields_set
-        device = await repo.patch(
-            tenant.lower(),
-            controller_id,
-            ("name" in given, body.name),
-            ("tags" in given and body.tags is not None, body.tags),
-        )
-        if device is None:
-            raise NotFoundError("device", controller_id)
-        return device.public()
 
-    @api.delete(
-        "/devices/{controller_id}",
-        summary="Delete a device; the rollouts service cancels its open action",
+@api.post("/devices", status_code=201, summary="Create a device; its token is shown once")
+async def create_device(
+    tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], body: NewDevice, repo: Devices
+) -> dict[str, Any]:
+    """A device made ahead of its first poll, with its token (409 if it exists)."""
+    token = new_token()
+    device = await repo.create(
+        tenant.lower(), body.controller_id, body.name, body.tags, token_hash(token)
     )
-    async def delete_device(
-        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], controller_id: DeviceIdParam
-    ) -> dict[str, Any]:
-        device = await repo.delete(tenant.lower(), controller_id)
-        if device is None:
-            raise NotFoundError("device", controller_id)
-        return {
-            "controller_id": controller_id,
-            "deleted": True,
-            "open_action": "canceled by the rollouts service (device.updated: deleted)",
-        }
+    if device is None:
+        raise ApiError(409, "exists", f"device {body.controller_id!r} already exists")
+    return {**device.public(), "token": token}
 
-    @api.post("/devices/{controller_id}/token", summary="Rotate the device token (shown once)")
-    async def rotate_token(
-        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], controller_id: DeviceIdParam
-    ) -> dict[str, Any]:
-        token = new_token()
-        device = await repo.set_token(tenant.lower(), controller_id, token_hash(token))
-        if device is None:
-            raise NotFoundError("device", controller_id)
-        return {"controller_id": controller_id, "token": token}
 
-    @api.delete("/devices/{controller_id}/token", summary="Revoke the device token")
-    async def revoke_token(
-        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], controller_id: DeviceIdParam
-    ) -> dict[str, Any]:
-        device = await repo.set_token(tenant.lower(), controller_id, None)
-        if device is None:
-            raise NotFoundError("device", controller_id)
-        return device.public()
+@api.get("/devices/{controller_id}", summary="One device")
+async def get_device(
+    tenant: Annotated[str, needs(Permission.DEVICE_READ)],
+    controller_id: DeviceIdParam,
+    repo: Devices,
+) -> dict[str, Any]:
+    """One device as operators see it."""
+    return (await load(repo, tenant, controller_id)).public()
 
-    @api.get(
-        "/devices/{controller_id}/logs/stream",
-        summary="Live feedback of a device (Server-Sent Events)",
-        response_class=StreamingResponse,
+
+@api.patch("/devices/{controller_id}", summary="Change name and tags")
+async def patch_device(
+    tenant: Annotated[str, needs(Permission.DEVICE_WRITE)],
+    controller_id: DeviceIdParam,
+    body: DevicePatch,
+    repo: Devices,
+) -> dict[str, Any]:
+    """Change a device's name and/or tags; the fields left out stay."""
+    given = body.model_fields_set
+    device = await repo.patch(
+        tenant.lower(),
+        controller_id,
+        ("name" in given, body.name),
+        ("tags" in given and body.tags is not None, body.tags),
     )
-    async def stream_logs(
-        tenant: Annotated[str, needs(Permission.DEVICE_READ)], controller_id: DeviceIdParam
-    ) -> StreamingResponse:
-        tenant = tenant.lower()
-        await load(tenant, controller_id)
-        return StreamingResponse(
-            feedback_events(nats(), tenant, controller_id),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    if device is None:
+        raise NotFoundError("device", controller_id)
+    return device.public()
 
-    return api
+
+@api.delete(
+    "/devices/{controller_id}",
+    summary="Delete a device; the rollouts service cancels its open action",
+)
+async def delete_device(
+    tenant: Annotated[str, needs(Permission.DEVICE_WRITE)],
+    controller_id: DeviceIdParam,
+    repo: Devices,
+) -> dict[str, Any]:
+    """Remove a device, its token and its KV entry."""
+    device = await repo.delete(tenant.lower(), controller_id)
+    if device is None:
+        raise NotFoundError("device", controller_id)
+    return {
+        "controller_id": controller_id,
+        "deleted": True,
+        "open_action": "canceled by the rollouts service (device.updated: deleted)",
+    }
+
+
+@api.post("/devices/{controller_id}/token", summary="Rotate the device token (shown once)")
+async def rotate_token(
+    tenant: Annotated[str, needs(Permission.DEVICE_WRITE)],
+    controller_id: DeviceIdParam,
+    repo: Devices,
+) -> dict[str, Any]:
+    """A new token for the device; the old one stops working."""
+    token = new_token()
+    device = await repo.set_token(tenant.lower(), controller_id, token_hash(token))
+    if device is None:
+        raise NotFoundError("device", controller_id)
+    return {"controller_id": controller_id, "token": token}
+
+
+@api.delete("/devices/{controller_id}/token", summary="Revoke the device token")
+async def revoke_token(
+    tenant: Annotated[str, needs(Permission.DEVICE_WRITE)],
+    controller_id: DeviceIdParam,
+    repo: Devices,
+) -> dict[str, Any]:
+    """The device without its token; the device as it is now."""
+    device = await repo.set_token(tenant.lower(), controller_id, None)
+    if device is None:
+        raise NotFoundError("device", controller_id)
+    return device.public()
+
+
+@api.get(
+    "/devices/{controller_id}/logs/stream",
+    summary="Live feedback of a device (Server-Sent Events)",
+    response_class=StreamingResponse,
+)
+async def stream_logs(
+    tenant: Annotated[str, needs(Permission.DEVICE_READ)],
+    controller_id: DeviceIdParam,
+    repo: Devices,
+    nc: Nats,
+) -> StreamingResponse:
+    """The device's feedback as Server-Sent Events, as it arrives."""
+    tenant = tenant.lower()
+    await load(repo, tenant, controller_id)
+    return StreamingResponse(
+        feedback_events(nc, tenant, controller_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def feedback_events(nc: NatsClient, tenant: str, controller_id: str) -> AsyncIterator[bytes]:
