@@ -7,8 +7,9 @@ from fastapi import FastAPI
 from gaggle_artifacts.handlers import SERVICE, build_router, provide
 from gaggle_artifacts.lookups import make_responder
 from gaggle_artifacts.repository import Repo
-from gaggle_artifacts.routes import ExternalSoftware, make_routes
+from gaggle_artifacts.routes import api
 from gaggle_artifacts.settings import ArtifactsSettings
+from gaggle_artifacts.uploads import ExternalSoftware
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
@@ -46,7 +47,7 @@ def build_app(
         title="Gaggle artifacts",
         description="SWUpdate images: upload, parse, store in S3-compatible storage, serve.",
     )
-    app.include_router(make_routes(repo, store, settings, storage))
+    app.include_router(api)
     service.secure(app)
     add_examples(
         app,
@@ -59,4 +60,7 @@ def build_app(
     )
     app.state.service = service
     app.state.store = store
+    app.state.repo = repo
+    app.state.settings = settings
+    app.state.storage = storage
     return app
