@@ -12,8 +12,8 @@ from gaggle_contracts.access import Permission
 from gaggle_contracts.events import utcnow
 from gaggle_registry.access import AuditQuery, decode_audit_cursor
 from gaggle_registry.deps import Access, Actor
+from gaggle_registry.errors import InvalidCursorError, InvalidRequestError, NotFoundError
 from gaggle_runtime.auth import needs
-from gaggle_runtime.http import ApiError, NotFoundError
 
 KeyIdParam = Annotated[str, Path(pattern=r"^[a-z0-9]{12}$", description="The key's id")]
 Admin = Annotated[str, needs(Permission.ADMIN)]
@@ -37,14 +37,14 @@ class NewKey(BaseModel):
 async def issue_key(body: NewKey, tenant: Admin, actor: Actor, store: Access) -> dict[str, Any]:
     """The whole key is in this answer only; Gaggle keeps its SHA-256."""
     if (body.role is None) == (body.permissions is None):
-        raise ApiError(400, "invalid_request", "give either a role or a list of permissions")
+        raise InvalidRequestError("give either a role or a list of permissions")
     if body.expires_at is not None and body.expires_in_days is not None:
-        raise ApiError(400, "invalid_request", "give expires_at or expires_in_days, not both")
+        raise InvalidRequestError("give expires_at or expires_in_days, not both")
     expires_at = body.expires_at
     if body.expires_in_days is not None:
         expires_at = utcnow() + timedelta(days=body.expires_in_days)
     if expires_at is not None and expires_at <= utcnow():
-        raise ApiError(400, "invalid_request", "expires_at is in the past")
+        raise InvalidRequestError("expires_at is in the past")
     granted: list[str] = (
         [body.role] if body.role else sorted({p.value for p in body.permissions or []})
     )
@@ -100,12 +100,7 @@ async def list_audit(
         try:
             before = decode_audit_cursor(cursor)
         except ValueError as exc:
-            raise ApiError(
-                400,
-                "invalid_request",
-                "invalid cursor: pass `next` as given",
-                parameter="cursor",
-            ) from exc
+            raise InvalidCursorError from exc
     items, next_cursor = await store.audit_page(
         AuditQuery(tenant, actor, resource, service, since, until, before, limit)
     )

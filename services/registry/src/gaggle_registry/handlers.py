@@ -1,7 +1,8 @@
 """Registry subscribers: device and action events in, device rows (and KV, events) out.
 
 Each subscriber is a plain function; ``build_router`` subscribes them with the service's
-consumer options, and ``provide`` puts what they use (``repo``, ``access``, ``bursts``) in the
+consumer options, and ``provide`` puts what they use (``repo``, ``presence``, ``access``,
+``bursts``) in the
 broker's context.
 """
 
@@ -31,6 +32,7 @@ from gaggle_contracts.events import (
 from gaggle_contracts.settings import CommonSettings
 from gaggle_registry.access import AccessStore
 from gaggle_registry.domain import ACTION_STATE, Device, TooManyAttributesError, finished_state
+from gaggle_registry.presence import PresenceRepo
 from gaggle_registry.repository import Repo, StateChange
 from gaggle_runtime.bus import consumer_options
 from gaggle_runtime.coalesce import Coalescer
@@ -66,6 +68,7 @@ class Bursts:
 
 Access = Annotated[AccessStore, Context("access")]
 Devices = Annotated[Repo, Context("repo")]
+Presence = Annotated[PresenceRepo, Context("presence")]
 Batched = Annotated[Bursts, Context("bursts")]
 
 
@@ -100,9 +103,9 @@ async def on_config_reported(event: DeviceConfigReported, bursts: Batched) -> No
         raise RejectMessage from exc
 
 
-async def on_device_seen(event: DeviceSeen, repo: Devices) -> None:
+async def on_device_seen(event: DeviceSeen, presence: Presence) -> None:
     """ota.v1.*.device.seen -> last seen and address advanced, one statement per batch."""
-    await repo.touch_many(event)
+    await presence.touch_many(event)
 
 
 async def on_action_created(event: ActionCreated, bursts: Batched) -> None:
@@ -162,9 +165,10 @@ SUBSCRIBERS: list[tuple[type[Event], Handler, int | None]] = [
 """Event, handler and how many events one pull fetches (None: the common setting)."""
 
 
-def provide(broker: NatsBroker, repo: Repo, access: AccessStore) -> None:
+def provide(broker: NatsBroker, repo: Repo, presence: PresenceRepo, access: AccessStore) -> None:
     """Put what the subscribers use in ``broker``'s context."""
-    for name, part in (("repo", repo), ("access", access), ("bursts", Bursts.of(repo))):
+    parts = {"repo": repo, "presence": presence, "access": access, "bursts": Bursts.of(repo)}
+    for name, part in parts.items():
         broker.context.set_global(name, part)
 
 

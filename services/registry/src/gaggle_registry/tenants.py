@@ -22,9 +22,9 @@ from gaggle_contracts import names
 from gaggle_contracts.access import Permission
 from gaggle_contracts.events import utcnow
 from gaggle_registry.deps import Access, Actor, Bootstrap, Tenants
+from gaggle_registry.errors import InvalidRequestError, NotFoundError
 from gaggle_registry.tenant_store import TenantSettings
 from gaggle_runtime.auth import needs
-from gaggle_runtime.http import ApiError, NotFoundError
 
 TenantParam = Annotated[
     str, Path(pattern=names.TENANT_RE.pattern, description="Tenant (case-insensitive)")
@@ -47,7 +47,7 @@ def target(caller: str, tenant: str, bootstrap: str) -> str:
     """The tenant a request names, if the caller may manage it.
 
     Raises:
-        ApiError: 404 for another tenant, unless the caller is of the bootstrap tenant.
+        NotFoundError: another tenant, unless the caller is of the bootstrap tenant.
     """
     tenant = tenant.lower()
     if tenant != caller and caller != bootstrap:
@@ -106,6 +106,6 @@ async def issue_first_key(
     """An admin key of another tenant, for an admin of the bootstrap tenant (shown once)."""
     tenant = target(caller, name, bootstrap)
     if body.expires_at is not None and body.expires_at <= utcnow():
-        raise ApiError(400, "invalid_request", "expires_at is in the past")
+        raise InvalidRequestError("expires_at is in the past")
     doc, key = await access.issue(tenant, body.name, ["admin"], body.expires_at, actor)
     return {**doc, "key": key}

@@ -10,15 +10,15 @@ from faststream.nats import NatsBroker, TestNatsBroker
 from gaggle_contracts.settings import CommonSettings
 from gaggle_registry.handlers import build_router, provide
 
-from .fakes import FakeAccess, FakeRepo, Wired
+from .fakes import FakeAccess, FakePresence, FakeRepo, Wired
 
 
 @pytest.fixture
 async def registry() -> AsyncIterator[Wired]:
     """The registry's subscribers on ``TestNatsBroker``, writing to fakes."""
-    repo, access = FakeRepo(), FakeAccess()
+    repo, presence, access = FakeRepo(), FakePresence(), FakeAccess()
     broker = NatsBroker()
     broker.include_router(build_router(CommonSettings()))
-    provide(broker, repo, access)  # type: ignore[arg-type]
+    provide(broker, repo, presence, access)  # type: ignore[arg-type]
     async with TestNatsBroker(broker) as test_broker:
-        yield Wired(test_broker, repo, access)
+        yield Wired(test_broker, repo, presence, access)

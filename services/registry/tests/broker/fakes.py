@@ -26,7 +26,6 @@ class FakeRepo:
 
     devices: dict[tuple[str, str], Device] = field(default_factory=dict)
     states: list[StateChange] = field(default_factory=list)
-    seen: list[DeviceSeen] = field(default_factory=list)
     feeds: dict[tuple[str, str], str] = field(default_factory=dict)
     batches: list[int] = field(default_factory=list)
     """Size of each batch written, in order."""
@@ -65,12 +64,19 @@ class FakeRepo:
         self.states.extend(changes)
         return [self.devices.get((c.tenant, c.controller_id)) for c in changes]
 
-    async def touch_many(self, event: DeviceSeen) -> None:
-        self.seen.append(event)
-
     async def set_feed(self, tenant: str, controller_id: str, feed: str) -> Device:
         self.feeds[(tenant, controller_id)] = feed
         return Device(tenant, controller_id, feed=feed)
+
+
+@dataclass
+class FakePresence:
+    """The sightings the subscribers wrote, kept in memory."""
+
+    seen: list[DeviceSeen] = field(default_factory=list)
+
+    async def touch_many(self, event: DeviceSeen) -> None:
+        self.seen.append(event)
 
 
 @dataclass
@@ -93,6 +99,7 @@ class Wired:
 
     broker: NatsBroker
     repo: FakeRepo
+    presence: FakePresence
     access: FakeAccess
 
     async def deliver(self, event: Event) -> None:

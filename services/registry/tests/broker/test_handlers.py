@@ -99,7 +99,7 @@ async def test_sightings_batch_is_written_as_it_came(registry: Wired) -> None:
         ],
     )
     await registry.deliver(event)
-    assert registry.repo.seen == [event]
+    assert registry.presence.seen == [event]
 
 
 async def test_action_created_makes_the_device_pending(registry: Wired) -> None:
@@ -126,33 +126,29 @@ async def test_action_updated_moves_the_device_state(
     ]
 
 
-async def test_action_finished_records_the_installed_version(registry: Wired) -> None:
+@pytest.mark.parametrize(
+    ("status", "state", "installed"),
+    [
+        ("finished", "success", "1.2"),
+        ("downloaded", "success", None),
+        ("error", "error", None),
+        ("canceled", "revert", None),
+    ],
+)
+async def test_action_finished_records_its_outcome_and_what_it_installed(
+    registry: Wired, status: str, state: str, installed: str | None
+) -> None:
     event = ActionFinished(
         tenant="acme",
         controller_id="dev-1",
         action_id="7",
-        status="finished",
+        status=status,  # type: ignore[arg-type]
         software_id="3",
         version="1.2",
     )
     await registry.deliver(event)
     assert registry.repo.states == [
-        StateChange("acme", "dev-1", "success", event.occurred_at, "7", "1.2")
-    ]
-
-
-async def test_action_failed_records_no_installed_version(registry: Wired) -> None:
-    event = ActionFinished(
-        tenant="acme",
-        controller_id="dev-1",
-        action_id="7",
-        status="error",
-        software_id="3",
-        version="1.2",
-    )
-    await registry.deliver(event)
-    assert registry.repo.states == [
-        StateChange("acme", "dev-1", "error", event.occurred_at, "7", None)
+        StateChange("acme", "dev-1", state, event.occurred_at, "7", installed)
     ]
 
 
