@@ -90,7 +90,7 @@ from benchlib import (
 from gaggle_contracts import names
 from gaggle_contracts.events import DeviceSeen
 from gaggle_registry.domain import decode_cursor
-from gaggle_registry.repository import DeviceQuery, build_list_query, fetch_listing
+from gaggle_registry.listing import DeviceQuery, build_list_query, fetch_listing
 from gaggle_runtime.bus import make_broker, publish_raw
 from gaggle_runtime.db import ensure_database, with_database
 from gaggle_stack.servers import free_port

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from gaggle_artifacts.handlers import SERVICE, make_router
+from gaggle_artifacts.handlers import SERVICE, build_router, provide
 from gaggle_artifacts.lookups import make_responder
 from gaggle_artifacts.repository import Repo
-from gaggle_artifacts.routes import ExternalSoftware, make_routes
+from gaggle_artifacts.routes import api
 from gaggle_artifacts.settings import ArtifactsSettings
+from gaggle_artifacts.uploads import ExternalSoftware
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
@@ -40,12 +41,13 @@ def build_app(
 
     service.on_start += [ensure_bucket, answer]
     service.on_stop.append(responder.stop)
-    service.broker.include_router(make_router(repo, common))
+    service.broker.include_router(build_router(common))
+    provide(service.broker, repo)
     app = service.app(
         title="Gaggle artifacts",
         description="SWUpdate images: upload, parse, store in S3-compatible storage, serve.",
     )
-    app.include_router(make_routes(repo, store, settings, storage))
+    app.include_router(api)
     service.secure(app)
     add_examples(
         app,
@@ -58,4 +60,7 @@ def build_app(
     )
     app.state.service = service
     app.state.store = store
+    app.state.repo = repo
+    app.state.settings = settings
+    app.state.storage = storage
     return app

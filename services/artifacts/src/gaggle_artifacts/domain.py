@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from gaggle_contracts import ddi, names, versions
+from gaggle_contracts import ddi, versions
 from gaggle_contracts.events import Compatibility, SoftwareCreated
 from gaggle_contracts.versions import InvalidVersionError, SwVersion
 
@@ -20,11 +20,6 @@ MAX_FILENAME = 200
 MAX_URL = 2048
 """Longest URL of external software."""
 _FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,199}$")
-
-
-def parse_id(raw: str) -> int | None:
-    """A software id as stored (a bigint), or None for text that cannot be one."""
-    return names.parse_row_id(raw)
 
 
 class BadFilenameError(ValueError):

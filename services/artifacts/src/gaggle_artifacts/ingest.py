@@ -23,39 +23,17 @@ from gaggle_artifacts.domain import (
     QuotaExceededError,
     check_quotas,
 )
-from gaggle_runtime.http import ApiError
+from gaggle_artifacts.errors import (
+    ApiError,
+    InvalidImageError,
+    InvalidRequestError,
+    OverQuotaError,
+    UploadTooLargeError,
+)
 from gaggle_swu import SwDescription, SwuError, SwuInfo, SwuStreamParser
 
 SLICE = 1024 * 1024
 """Bytes gathered before hashing and writing: fewer, larger steps."""
-
-
-class UploadTooLargeError(ApiError):
-    """The image is larger than the configured limit."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, "too_large", f"image larger than the limit of {limit} bytes")
-
-
-class InvalidImageError(ApiError):
-    """The bytes are not a ``.swu`` image Gaggle can use."""
-
-    def __init__(self, exc: SwuError) -> None:
-        super().__init__(422, f"invalid_image.{exc.code}", f"not a usable .swu image: {exc}")
-
-
-class OverQuotaError(ApiError):
-    """The image's metadata is over one of the quotas (``domain.MAX_*``)."""
-
-    def __init__(self, exc: QuotaExceededError) -> None:
-        super().__init__(
-            422,
-            "quota_exceeded",
-            f"image metadata over a quota: {exc}",
-            quota=exc.quota,
-            limit=exc.limit,
-            found=exc.found,
-        )
 
 
 def check_metadata(info: SwDescription, members: int = 0) -> None:
@@ -218,7 +196,7 @@ def _feed(parser: MultipartParser, chunk: bytes) -> None:
     try:
         parser.write(chunk)
     except MultipartParseError as exc:
-        raise ApiError(400, "invalid_request", f"malformed multipart body: {exc}") from exc
+        raise InvalidRequestError(f"malformed multipart body: {exc}") from exc
 
 
 async def multipart_file(
@@ -227,12 +205,12 @@ async def multipart_file(
     """The filename and a stream of the bytes of the file part ``field`` of a multipart body.
 
     Raises:
-        ApiError: no boundary, no such part, or the body ends inside it.
+        InvalidRequestError: no boundary, no such part, or the body ends inside it.
     """
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
-        raise ApiError(400, "invalid_request", "multipart body without a boundary")
+        raise InvalidRequestError("multipart body without a boundary")
     part = _FilePart(field)
     parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]
     chunks = body.__aiter__()
@@ -241,9 +219,7 @@ async def multipart_file(
         try:
             _feed(parser, await chunks.__anext__())
         except StopAsyncIteration:
-            raise ApiError(
-                400, "invalid_request", f"multipart body has no {field!r} file part"
-            ) from None
+            raise InvalidRequestError(f"multipart body has no {field!r} file part") from None
 
     async def data() -> AsyncIterator[bytes]:
         while True:
@@ -256,8 +232,6 @@ async def multipart_file(
             try:
                 _feed(parser, await chunks.__anext__())
             except StopAsyncIteration:
-                raise ApiError(
-                    400, "invalid_request", "multipart body ends inside the file"
-                ) from None
+                raise InvalidRequestError("multipart body ends inside the file") from None
 
     return part.filename, data()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gaggle_artifacts.domain import parse_id
 from gaggle_artifacts.handlers import SERVICE
 from gaggle_artifacts.repository import Repo
+from gaggle_contracts import names
 from gaggle_contracts.rpc import FindSoftware, SoftwareFound
 from gaggle_runtime.rpc import Responder
 from gaggle_runtime.telemetry import Tracing
@@ -16,7 +16,7 @@ def make_responder(repo: Repo, tracing: Tracing | None = None) -> Responder:
 
     async def find_software(request: FindSoftware) -> SoftwareFound:
         """ota.rpc.artifacts.software -> the software's ``software.created`` (None: unknown)."""
-        software_id = parse_id(request.software_id)
+        software_id = names.parse_row_id(request.software_id)
         software = None
         if software_id is not None:
             software = await repo.get(request.tenant.lower(), software_id)

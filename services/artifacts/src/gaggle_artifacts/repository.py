@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,29 +44,16 @@ ORDER BY id
 LIMIT $6"""
 
 
+SOFTWARE_FIELDS = tuple(f.name for f in dataclasses.fields(Software))
+"""Columns of a software row that ``Software`` has a field for."""
+
+
 def _software(row: asyncpg.Record) -> Software:
-    return Software(
-        id=row["id"],
-        tenant=row["tenant"],
-        name=row["name"],
-        version=row["version"],
-        filename=row["filename"],
-        size=row["size"],
-        md5=row["md5"],
-        sha1=row["sha1"],
-        sha256=row["sha256"],
-        object_key=row["object_key"],
-        external_url=row["external_url"],
-        compatibility=[(m, r) for m, r in row["compatibility"]],
-        description=row["description"],
-        signed=row["signed"],
-        members=[(n, s) for n, s in row["members"]],
-        images=list(row["images"]),
-        used=row["used"],
-        deleted=row["deleted"],
-        created_at=row["created_at"],
-        deleted_at=row["deleted_at"],
-    )
+    values = {name: row[name] for name in SOFTWARE_FIELDS}
+    values["compatibility"] = [(m, r) for m, r in values["compatibility"]]
+    values["members"] = [(n, s) for n, s in values["members"]]
+    values["images"] = list(values["images"])
+    return Software(**values)
 
 
 @dataclass(frozen=True)

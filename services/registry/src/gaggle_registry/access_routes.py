@@ -5,17 +5,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gaggle_contracts.access import Permission
 from gaggle_contracts.events import utcnow
-from gaggle_registry.access import AccessStore, AuditQuery, decode_audit_cursor
-from gaggle_runtime.auth import PRINCIPAL, Principal, needs
-from gaggle_runtime.http import ApiError, NotFoundError
+from gaggle_registry.access import AuditQuery, decode_audit_cursor
+from gaggle_registry.deps import Access, Actor
+from gaggle_registry.errors import InvalidCursorError, InvalidRequestError, NotFoundError
+from gaggle_runtime.auth import needs
 
 KeyIdParam = Annotated[str, Path(pattern=r"^[a-z0-9]{12}$", description="The key's id")]
 Admin = Annotated[str, needs(Permission.ADMIN)]
+
+api = APIRouter(prefix="/api/v1", tags=["access"])
 
 
 class NewKey(BaseModel):
@@ -30,80 +33,75 @@ class NewKey(BaseModel):
     expires_in_days: int | None = Field(None, ge=1, le=3650)
 
 
-def _actor(request: Request) -> str:
-    principal = request.scope["state"][PRINCIPAL]
-    return principal.actor if isinstance(principal, Principal) else "unknown"
+@api.post("/keys", status_code=201, summary="Issue an API key (shown once)")
+async def issue_key(body: NewKey, tenant: Admin, actor: Actor, store: Access) -> dict[str, Any]:
+    """The whole key is in this answer only; Gaggle keeps its SHA-256."""
+    if (body.role is None) == (body.permissions is None):
+        raise InvalidRequestError("give either a role or a list of permissions")
+    if body.expires_at is not None and body.expires_in_days is not None:
+        raise InvalidRequestError("give expires_at or expires_in_days, not both")
+    expires_at = body.expires_at
+    if body.expires_in_days is not None:
+        expires_at = utcnow() + timedelta(days=body.expires_in_days)
+    if expires_at is not None and expires_at <= utcnow():
+        raise InvalidRequestError("expires_at is in the past")
+    granted: list[str] = (
+        [body.role] if body.role else sorted({p.value for p in body.permissions or []})
+    )
+    doc, key = await store.issue(tenant, body.name, granted, expires_at, actor)
+    return {**doc, "key": key}
 
 
-def make_access_routes(store: AccessStore) -> APIRouter:
-    """Routes bound to ``store``."""
-    api = APIRouter(prefix="/api/v1")
+@api.get("/keys", summary="The tenant's API keys (never the keys themselves)")
+async def list_keys(
+    tenant: Admin, store: Access, include_revoked: Annotated[bool, Query()] = False
+) -> dict[str, Any]:
+    """The tenant's keys, newest first; revoked ones only when asked."""
+    return {"items": await store.list_keys(tenant, include_revoked)}
 
-    @api.post("/keys", status_code=201, tags=["access"], summary="Issue an API key (shown once)")
-    async def issue_key(request: Request, body: NewKey, tenant: Admin) -> dict[str, Any]:
-        """The whole key is in this answer only; Gaggle keeps its SHA-256."""
-        if (body.role is None) == (body.permissions is None):
-            raise ApiError(400, "invalid_request", "give either a role or a list of permissions")
-        if body.expires_at is not None and body.expires_in_days is not None:
-            raise ApiError(400, "invalid_request", "give expires_at or expires_in_days, not both")
-        expires_at = body.expires_at
-        if body.expires_in_days is not None:
-            expires_at = utcnow() + timedelta(days=body.expires_in_days)
-        if expires_at is not None and expires_at <= utcnow():
-            raise ApiError(400, "invalid_request", "expires_at is in the past")
-        granted: list[str] = (
-            [body.role] if body.role else sorted({p.value for p in body.permissions or []})
-        )
-        doc, key = await store.issue(tenant, body.name, granted, expires_at, _actor(request))
-        return {**doc, "key": key}
 
-    @api.get("/keys", tags=["access"], summary="The tenant's API keys (never the keys themselves)")
-    async def list_keys(
-        tenant: Admin, include_revoked: Annotated[bool, Query()] = False
-    ) -> dict[str, Any]:
-        return {"items": await store.list_keys(tenant, include_revoked)}
+@api.get("/keys/{key_id}", summary="One API key")
+async def get_key(key_id: KeyIdParam, tenant: Admin, store: Access) -> dict[str, Any]:
+    """One key of the tenant (404 if it is another tenant's)."""
+    doc = await store.get_key(tenant, key_id)
+    if doc is None:
+        raise NotFoundError("key", key_id)
+    return doc
 
-    @api.get("/keys/{key_id}", tags=["access"], summary="One API key")
-    async def get_key(key_id: KeyIdParam, tenant: Admin) -> dict[str, Any]:
-        doc = await store.get_key(tenant, key_id)
-        if doc is None:
-            raise NotFoundError("key", key_id)
-        return doc
 
-    @api.delete("/keys/{key_id}", tags=["access"], summary="Revoke an API key, on every service")
-    async def revoke_key(request: Request, key_id: KeyIdParam, tenant: Admin) -> dict[str, Any]:
-        doc = await store.revoke(tenant, key_id, _actor(request))
-        if doc is None:
-            raise NotFoundError("key", key_id)
-        return doc
+@api.delete("/keys/{key_id}", summary="Revoke an API key, on every service")
+async def revoke_key(
+    key_id: KeyIdParam, tenant: Admin, actor: Actor, store: Access
+) -> dict[str, Any]:
+    """Revoke a key; every service refuses it within moments."""
+    doc = await store.revoke(tenant, key_id, actor)
+    if doc is None:
+        raise NotFoundError("key", key_id)
+    return doc
 
-    @api.get("/audit", tags=["access"], summary="Operator changes, newest first")
-    async def list_audit(
-        tenant: Admin,
-        actor: Annotated[str | None, Query(max_length=256, description="e.g. key:<id>")] = None,
-        resource: Annotated[
-            str | None, Query(max_length=512, description="Path prefix, e.g. rollouts/3")
-        ] = None,
-        service: Annotated[str | None, Query(max_length=64)] = None,
-        since: AwareDatetime | None = None,
-        until: AwareDatetime | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        cursor: Annotated[str | None, Query(max_length=256, description="From `next`")] = None,
-    ) -> dict[str, Any]:
-        before: tuple[datetime, int] | None = None
-        if cursor:
-            try:
-                before = decode_audit_cursor(cursor)
-            except ValueError as exc:
-                raise ApiError(
-                    400,
-                    "invalid_request",
-                    "invalid cursor: pass `next` as given",
-                    parameter="cursor",
-                ) from exc
-        items, next_cursor = await store.audit_page(
-            AuditQuery(tenant, actor, resource, service, since, until, before, limit)
-        )
-        return {"items": items, "next": next_cursor}
 
-    return api
+@api.get("/audit", summary="Operator changes, newest first")
+async def list_audit(
+    tenant: Admin,
+    store: Access,
+    actor: Annotated[str | None, Query(max_length=256, description="e.g. key:<id>")] = None,
+    resource: Annotated[
+        str | None, Query(max_length=512, description="Path prefix, e.g. rollouts/3")
+    ] = None,
+    service: Annotated[str | None, Query(max_length=64)] = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=256, description="From `next`")] = None,
+) -> dict[str, Any]:
+    """One page of the tenant's audit log; ``next`` is the cursor of the page after it."""
+    before: tuple[datetime, int] | None = None
+    if cursor:
+        try:
+            before = decode_audit_cursor(cursor)
+        except ValueError as exc:
+            raise InvalidCursorError from exc
+    items, next_cursor = await store.audit_page(
+        AuditQuery(tenant, actor, resource, service, since, until, before, limit)
+    )
+    return {"items": items, "next": next_cursor}

@@ -13,15 +13,20 @@ from pydantic import BaseModel
 
 from gaggle_contracts import names
 from gaggle_contracts.settings import CommonSettings
+from gaggle_registry import access_routes, routes, tenants
 from gaggle_registry.access import AccessStore
-from gaggle_registry.access_routes import NewKey, make_access_routes
+from gaggle_registry.access_routes import NewKey
+from gaggle_registry.devices_kv import rebuild_kv as rebuild_devices_kv
 from gaggle_registry.fastlane import ListFastLane
-from gaggle_registry.handlers import SERVICE, make_router
+from gaggle_registry.handlers import SERVICE, build_router, provide
+from gaggle_registry.listing import DeviceListing
 from gaggle_registry.lookups import make_responder
+from gaggle_registry.presence import PresenceRepo
 from gaggle_registry.repository import Repo
-from gaggle_registry.routes import DevicePatch, NewDevice, make_routes
+from gaggle_registry.routes import DevicePatch, NewDevice
 from gaggle_registry.settings import RegistrySettings
-from gaggle_registry.tenants import FirstKey, TenantSettings, TenantStore, make_tenant_routes
+from gaggle_registry.tenant_store import TenantSettings, TenantStore
+from gaggle_registry.tenants import FirstKey
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
@@ -68,13 +73,15 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
         migrations_package="gaggle_registry.migrations",
     )
     repo = Repo(service.db, Outbox(SCHEMA))
+    presence = PresenceRepo(service.db)
+    listing = DeviceListing(service.db)
     access = AccessStore(service.db, Outbox(SCHEMA))
-    tenants = TenantStore(service.db, Outbox(SCHEMA))
+    tenant_store = TenantStore(service.db, Outbox(SCHEMA))
 
     async def rebuild_kv() -> None:
         kv = await service.broker.connection.jetstream().key_value(names.BUCKET_DEVICES)
         held = await held_values(kv)
-        puts, deletes = await repo.rebuild_kv(held)
+        puts, deletes = await rebuild_devices_kv(service.db, Outbox(SCHEMA), held)
         log.info("devices KV checked held=%d puts=%d deletes=%d", len(held), puts, deletes)
 
     async def prepare_access() -> None:
@@ -96,7 +103,7 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
         while True:
             await asyncio.sleep(TIDY_PRESENCE_EVERY_S)
             try:
-                await repo.tidy_presence()
+                await presence.tidy_presence()
             except Exception:
                 log.warning("VACUUM of device presence failed; retrying later", exc_info=True)
 
@@ -108,17 +115,22 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
     service.on_start += [prepare_access, rebuild_kv, answer, freeze_heap]
     service.on_stop.append(responder.stop)
     service.background(tidy_presence)
-    service.broker.include_router(make_router(repo, common, access))
+    service.broker.include_router(build_router(common))
+    provide(service.broker, repo, presence, access)
     app = service.app(
         title="Gaggle registry",
         description="The device inventory: who each device is, what it reports, how it updates.",
     )
-    app.include_router(make_routes(repo, lambda: service.broker.connection))
-    app.include_router(make_access_routes(access))
-    app.include_router(make_tenant_routes(tenants, access, settings.bootstrap_tenant))
-    app.add_middleware(ListFastLane, repo=repo)
+    for router in (routes.api, access_routes.api, tenants.api):
+        app.include_router(router)
+    app.add_middleware(ListFastLane, listing=listing)
     service.secure(app)
     add_examples(app, EXAMPLES)
     app.state.service = service
     app.state.repo = repo
+    app.state.presence = presence
+    app.state.listing = listing
+    app.state.access = access
+    app.state.tenants = tenant_store
+    app.state.bootstrap_tenant = settings.bootstrap_tenant.lower()
     return app

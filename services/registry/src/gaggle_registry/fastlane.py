@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gaggle_contracts.access import Permission
-from gaggle_registry.repository import Repo
+from gaggle_registry.listing import DeviceListing
 from gaggle_registry.routes import ListParams, list_body
 from gaggle_runtime.auth import PRINCIPAL, Principal
 from gaggle_runtime.http import send_response
@@ -27,9 +27,9 @@ _CONTENT_TYPE = (b"content-type", b"application/json")
 class ListFastLane:
     """ASGI middleware answering ``GET /api/v1/devices`` directly when it can."""
 
-    def __init__(self, app: ASGIApp, repo: Repo) -> None:
+    def __init__(self, app: ASGIApp, listing: DeviceListing) -> None:
         self.app = app
-        self.repo = repo
+        self.listing = listing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer a valid listing; pass anything else on."""
@@ -56,7 +56,7 @@ class ListFastLane:
         if query.pop("tenant", principal.tenant).lower() != principal.tenant:
             return None
         try:
-            return await list_body(self.repo, principal.tenant, ListParams.model_validate(query))
+            return await list_body(self.listing, principal.tenant, ListParams.model_validate(query))
         except Exception:  # the FastAPI route answers it the usual way, errors included
             log.debug("listing left to the FastAPI route", exc_info=True)
             return None

@@ -8,10 +8,6 @@ from gaggle_registry.repository import Repo
 from gaggle_runtime.rpc import Responder
 from gaggle_runtime.telemetry import Tracing
 
-KNOWN = """
-SELECT controller_id, hw_model, hw_revision, sw_version, updated_at FROM registry.devices
-WHERE tenant = $1 AND controller_id = ANY($2::text[])"""
-
 
 def make_responder(repo: Repo, tracing: Tracing | None = None) -> Responder:
     """The registry's request-reply endpoints, bound to ``repo``."""
@@ -19,10 +15,10 @@ def make_responder(repo: Repo, tracing: Tracing | None = None) -> Responder:
 
     async def find_devices(request: FindDevices) -> DevicesFound:
         """ota.rpc.registry.devices -> those of the devices that exist, as device.updated says."""
-        rows = await repo.db.pool.fetch(
-            KNOWN, request.tenant.lower(), list(dict.fromkeys(request.controller_ids))
+        found = await repo.known(
+            request.tenant.lower(), list(dict.fromkeys(request.controller_ids))
         )
-        return DevicesFound(devices=[KnownDevice(**dict(r)) for r in rows])
+        return DevicesFound(devices=[KnownDevice(**d) for d in found])
 
     responder.endpoint(FindDevices, find_devices)
     return responder

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -22,14 +22,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from gaggle_contracts import names
 from gaggle_contracts.access import Permission
 from gaggle_contracts.kv import token_hash
-from gaggle_registry.domain import UPDATE_STATES, decode_cursor, encode_cursor, new_token
-from gaggle_registry.repository import DeviceQuery, Repo
+from gaggle_registry.deps import Devices, Listing, Nats
+from gaggle_registry.domain import UPDATE_STATES, Device, decode_cursor, encode_cursor, new_token
+from gaggle_registry.errors import (
+    DeviceExistsError,
+    InvalidCursorError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from gaggle_registry.listing import DeviceListing, DeviceQuery
+from gaggle_registry.repository import Repo
 from gaggle_runtime.auth import needs
-from gaggle_runtime.http import ApiError, NotFoundError
 
-TENANT = names.TENANT_RE.pattern
-TenantParam = Annotated[str, Query(description="Tenant (case-insensitive)", pattern=TENANT)]
 DeviceIdParam = Annotated[str, Path(max_length=256, description="Controller id")]
+DeviceReader = Annotated[str, needs(Permission.DEVICE_READ)]
+"""The caller's tenant, if it may read devices."""
+DeviceWriter = Annotated[str, needs(Permission.DEVICE_WRITE)]
+"""The caller's tenant, if it may change devices."""
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 KEEPALIVE_S = 15.0
 
@@ -74,164 +83,166 @@ class ListParams(BaseModel):
     cursor: str | None = Field(None, max_length=2048, description="From `next`")
 
 
-def _invalid_cursor() -> ApiError:
-    return ApiError(
-        400, "invalid_request", "invalid cursor: pass `next` as given", parameter="cursor"
-    )
-
-
-async def list_body(repo: Repo, tenant: str, params: ListParams) -> bytes:
+async def list_body(listing: DeviceListing, tenant: str, params: ListParams) -> bytes:
     """The JSON of one listing page of ``tenant``'s devices.
 
     Raises:
-        ApiError: a cursor that is not one of ours, or a time without a time zone.
+        InvalidRequestError: a cursor that is not one of ours, or a time without a time zone.
     """
     after = None
     if params.cursor:
         try:
             after = decode_cursor(params.cursor)
         except ValueError as exc:
-            raise _invalid_cursor() from exc
+            raise InvalidCursorError from exc
     for name, value in (("seen_before", params.seen_before), ("seen_after", params.seen_after)):
         if value is not None and value.tzinfo is None:
-            raise ApiError(
-                400, "invalid_request", f"invalid {name}: give a time zone (e.g. Z)", parameter=name
-            )
+            raise InvalidRequestError(f"invalid {name}: give a time zone (e.g. Z)", parameter=name)
     query = DeviceQuery(
         tenant=tenant,
-        state=params.state,
-        hw_model=params.hw_model,
-        hw_revision=params.hw_revision,
-        sw_version=params.sw_version,
-        tag=params.tag,
-        feed=params.feed,
-        seen_before=params.seen_before,
-        seen_after=params.seen_after,
-        q=params.q,
+        **params.model_dump(exclude={"sort", "cursor"}),
         sort=params.sort.lstrip("-"),
         descending=params.sort.startswith("-"),
         after=after,
-        limit=params.limit,
     )
     try:
-        items, after = await repo.list_page(query)
+        items, after = await listing.page(query)
     except ValueError as exc:  # a cursor whose time does not parse
-        raise _invalid_cursor() from exc
+        raise InvalidCursorError from exc
     next_cursor = encode_cursor(after) if after is not None else None
     # Rendered with orjson directly: FastAPI's generic encoding of a 100-device page cost more
     # than the query itself (bench/registry_bench.py).
     return orjson.dumps({"items": items, "next": next_cursor}, option=orjson.OPT_UTC_Z)
 
 
-def make_routes(repo: Repo, nats: Callable[[], NatsClient]) -> APIRouter:
-    """Routes bound to ``repo``; ``nats()`` gives the connection the live stream listens on."""
-    api = APIRouter(prefix="/api/v1", tags=["devices"])
+api = APIRouter(prefix="/api/v1", tags=["devices"])
 
-    async def load(tenant: str, controller_id: str) -> Any:
-        device = await repo.get(tenant.lower(), controller_id)
-        if device is None:
-            raise NotFoundError("device", controller_id)
-        return device
 
-    @api.get("/devices", summary="List devices: filters, sort, keyset pagination")
-    async def list_devices(
-        tenant: Annotated[str, needs(Permission.DEVICE_READ)],
-        params: Annotated[ListParams, Query()],
-    ) -> Response:
-        """One page of devices; ``next`` is the cursor of the page after it (null at the end).
+def found(device: Device | None, controller_id: str) -> Device:
+    """``device``, which a store answered for ``controller_id``; 404 if there was none."""
+    if device is None:
+        raise NotFoundError("device", controller_id)
+    return device
 
-        ``q`` matches text anywhere in the id or the name, ignoring case. Devices never seen
-        sort as the oldest by ``last_seen``; ``seen_before`` and ``seen_after`` leave them out.
-        """
-        return Response(await list_body(repo, tenant, params), media_type="application/json")
 
-    @api.post("/devices", status_code=201, summary="Create a device; its token is shown once")
-    async def create_device(
-        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], body: NewDevice
-    ) -> dict[str, Any]:
-        token = new_token()
-        device = await repo.create(
-            tenant.lower(), body.controller_id, body.name, body.tags, token_hash(token)
-        )
-        if device is None:
-            raise ApiError(409, "exists", f"device {body.controller_id!r} already exists")
-        return {**device.public(), "token": token}
+async def load(repo: Repo, tenant: str, controller_id: str) -> Device:
+    """The device, or 404."""
+    return found(await repo.get(tenant.lower(), controller_id), controller_id)
 
-    @api.get("/devices/{controller_id}", summary="One device")
-    async def get_device(
-        tenant: Annotated[str, needs(Permission.DEVICE_READ)], controller_id: DeviceIdParam
-    ) -> dict[str, Any]:
-        return (await load(tenant, controller_id)).public()  # type: ignore[no-any-return]
 
-    @api.patch("/devices/{controller_id}", summary="Change name and tags")
-    async def patch_device(
-        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)],
-        controller_id: DeviceIdParam,
-        body: DevicePatch,
-    ) -> dict[str, Any]:
-        given = body.model_fields_set
-        device = await repo.patch(
-            tenant.lower(),
-            controller_id,
-            ("name" in given, body.name),
-            ("tags" in given and body.tags is not None, body.tags),
-        )
-        if device is None:
-            raise NotFoundError("device", controller_id)
-        return device.public()
+@api.get("/devices", summary="List devices: filters, sort, keyset pagination")
+async def list_devices(
+    tenant: DeviceReader,
+    params: Annotated[ListParams, Query()],
+    listing: Listing,
+) -> Response:
+    """One page of devices; ``next`` is the cursor of the page after it (null at the end).
 
-    @api.delete(
-        "/devices/{controller_id}",
-        summary="Delete a device; the rollouts service cancels its open action",
+    ``q`` matches text anywhere in the id or the name, ignoring case. Devices never seen
+    sort as the oldest by ``last_seen``; ``seen_before`` and ``seen_after`` leave them out.
+    """
+    return Response(await list_body(listing, tenant, params), media_type="application/json")
+
+
+@api.post("/devices", status_code=201, summary="Create a device; its token is shown once")
+async def create_device(tenant: DeviceWriter, body: NewDevice, repo: Devices) -> dict[str, Any]:
+    """A device made ahead of its first poll, with its token (409 if it exists)."""
+    token = new_token()
+    device = await repo.create(
+        tenant.lower(), body.controller_id, body.name, body.tags, token_hash(token)
     )
-    async def delete_device(
-        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], controller_id: DeviceIdParam
-    ) -> dict[str, Any]:
-        device = await repo.delete(tenant.lower(), controller_id)
-        if device is None:
-            raise NotFoundError("device", controller_id)
-        return {
-            "controller_id": controller_id,
-            "deleted": True,
-            "open_action": "canceled by the rollouts service (device.updated: deleted)",
-        }
+    if device is None:
+        raise DeviceExistsError(body.controller_id)
+    return {**device.public(), "token": token}
 
-    @api.post("/devices/{controller_id}/token", summary="Rotate the device token (shown once)")
-    async def rotate_token(
-        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], controller_id: DeviceIdParam
-    ) -> dict[str, Any]:
-        token = new_token()
-        device = await repo.set_token(tenant.lower(), controller_id, token_hash(token))
-        if device is None:
-            raise NotFoundError("device", controller_id)
-        return {"controller_id": controller_id, "token": token}
 
-    @api.delete("/devices/{controller_id}/token", summary="Revoke the device token")
-    async def revoke_token(
-        tenant: Annotated[str, needs(Permission.DEVICE_WRITE)], controller_id: DeviceIdParam
-    ) -> dict[str, Any]:
-        device = await repo.set_token(tenant.lower(), controller_id, None)
-        if device is None:
-            raise NotFoundError("device", controller_id)
-        return device.public()
+@api.get("/devices/{controller_id}", summary="One device")
+async def get_device(
+    tenant: DeviceReader,
+    controller_id: DeviceIdParam,
+    repo: Devices,
+) -> dict[str, Any]:
+    """One device as operators see it."""
+    return (await load(repo, tenant, controller_id)).public()
 
-    @api.get(
-        "/devices/{controller_id}/logs/stream",
-        summary="Live feedback of a device (Server-Sent Events)",
-        response_class=StreamingResponse,
+
+@api.patch("/devices/{controller_id}", summary="Change name and tags")
+async def patch_device(
+    tenant: DeviceWriter,
+    controller_id: DeviceIdParam,
+    body: DevicePatch,
+    repo: Devices,
+) -> dict[str, Any]:
+    """Change a device's name and/or tags; the fields left out stay."""
+    given = body.model_fields_set
+    device = await repo.patch(
+        tenant.lower(),
+        controller_id,
+        ("name" in given, body.name),
+        ("tags" in given and body.tags is not None, body.tags),
     )
-    async def stream_logs(
-        tenant: Annotated[str, needs(Permission.DEVICE_READ)], controller_id: DeviceIdParam
-    ) -> StreamingResponse:
-        tenant = tenant.lower()
-        await load(tenant, controller_id)
-        return StreamingResponse(
-            feedback_events(nats(), tenant, controller_id),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    return found(device, controller_id).public()
 
-    return api
+
+@api.delete(
+    "/devices/{controller_id}",
+    summary="Delete a device; the rollouts service cancels its open action",
+)
+async def delete_device(
+    tenant: DeviceWriter,
+    controller_id: DeviceIdParam,
+    repo: Devices,
+) -> dict[str, Any]:
+    """Remove a device, its token and its KV entry."""
+    found(await repo.delete(tenant.lower(), controller_id), controller_id)
+    return {
+        "controller_id": controller_id,
+        "deleted": True,
+        "open_action": "canceled by the rollouts service (device.updated: deleted)",
+    }
+
+
+@api.post("/devices/{controller_id}/token", summary="Rotate the device token (shown once)")
+async def rotate_token(
+    tenant: DeviceWriter,
+    controller_id: DeviceIdParam,
+    repo: Devices,
+) -> dict[str, Any]:
+    """A new token for the device; the old one stops working."""
+    token = new_token()
+    found(await repo.set_token(tenant.lower(), controller_id, token_hash(token)), controller_id)
+    return {"controller_id": controller_id, "token": token}
+
+
+@api.delete("/devices/{controller_id}/token", summary="Revoke the device token")
+async def revoke_token(
+    tenant: DeviceWriter,
+    controller_id: DeviceIdParam,
+    repo: Devices,
+) -> dict[str, Any]:
+    """The device without its token; the device as it is now."""
+    return found(await repo.set_token(tenant.lower(), controller_id, None), controller_id).public()
+
+
+@api.get(
+    "/devices/{controller_id}/logs/stream",
+    summary="Live feedback of a device (Server-Sent Events)",
+    response_class=StreamingResponse,
+)
+async def stream_logs(
+    tenant: DeviceReader,
+    controller_id: DeviceIdParam,
+    repo: Devices,
+    nc: Nats,
+) -> StreamingResponse:
+    """The device's feedback as Server-Sent Events, as it arrives."""
+    tenant = tenant.lower()
+    await load(repo, tenant, controller_id)
+    return StreamingResponse(
+        feedback_events(nc, tenant, controller_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def feedback_events(nc: NatsClient, tenant: str, controller_id: str) -> AsyncIterator[bytes]:

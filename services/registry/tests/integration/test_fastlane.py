@@ -39,7 +39,7 @@ async def test_the_listing_fast_lane_answers_as_the_fastapi_route_does(
 
     monkeypatch.setattr(fastlane, "list_body", counted)
     registry = await serve(build_app(common, RegistrySettings()))
-    repo = registry.app.state.repo
+    presence = registry.app.state.presence
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         for i in range(12):
             created = await client.post(
@@ -48,7 +48,7 @@ async def test_the_listing_fast_lane_answers_as_the_fastapi_route_does(
                 json={"controller_id": f"fl-{i:02d}", "name": f"Kitchen {i}", "tags": ["t"]},
             )
             assert created.status_code == 201
-        await repo.touch_many(
+        await presence.touch_many(
             DeviceSeen(
                 tenant=tenant, sightings=[seen(f"fl-{i:02d}", i % 5, "::1") for i in range(12)]
             )

@@ -10,9 +10,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gaggle_registry import repository
+from gaggle_registry import listing
 from gaggle_registry.domain import decode_cursor, encode_cursor
-from gaggle_registry.repository import DeviceQuery, fetch_listing
+from gaggle_registry.listing import DeviceQuery, fetch_listing
 from gaggle_runtime import db
 
 pytestmark = pytest.mark.integration
@@ -148,15 +148,15 @@ SORTS += [("last_seen", True), ("created", False), ("created", True)]
 
 @pytest.mark.parametrize(
     ("few", "window"),
-    [(repository.FEW_MATCHES, repository.SEARCH_WINDOW), (5, 10), (0, 1)],
+    [(listing.FEW_MATCHES, listing.SEARCH_WINDOW), (5, 10), (0, 1)],
     ids=["as-shipped", "small-thresholds", "always-walk"],
 )
 async def test_every_listing_plan_pages_through_exactly_the_matching_devices(
     conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch, few: int, window: int
 ) -> None:
     # Small thresholds send these 300 devices down the branches meant for large fleets.
-    monkeypatch.setattr(repository, "FEW_MATCHES", few)
-    monkeypatch.setattr(repository, "SEARCH_WINDOW", window)
+    monkeypatch.setattr(listing, "FEW_MATCHES", few)
+    monkeypatch.setattr(listing, "SEARCH_WINDOW", window)
     for filters in FILTERS:
         for sort, descending in SORTS:
             query = DeviceQuery(tenant=TENANT, sort=sort, descending=descending, limit=7, **filters)

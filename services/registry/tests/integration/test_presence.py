@@ -35,7 +35,7 @@ async def test_sightings_only_move_last_seen_forward(
     operator_auth: httpx.Auth, create_devices, common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_app(common, RegistrySettings()))
-    repo = registry.app.state.repo
+    repo = registry.app.state.presence
     pool = registry.app.state.service.db.pool
     await create_devices(registry.url, tenant, ["a", "b", "c"])
     assert await presence(pool, tenant) == {"a": (None, None), "b": (None, None), "c": (None, None)}
@@ -71,7 +71,7 @@ async def test_presence_is_vacuumed_and_analyzed_once_sightings_rewrote_enough_o
     common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_app(common, RegistrySettings()))
-    repo = registry.app.state.repo
+    repo = registry.app.state.presence
     pool = registry.app.state.service.db.pool
     await pool.execute(
         "INSERT INTO registry.devices (tenant, controller_id)"

@@ -10,7 +10,7 @@ from gaggle_registry.domain import (
     lifted,
     merge_attributes,
 )
-from gaggle_registry.repository import LIST_COLUMNS
+from gaggle_registry.listing import LIST_COLUMNS
 
 CURRENT = {"hw_boardname": "b", "sw_version": "1.0", "extra": "x"}
 

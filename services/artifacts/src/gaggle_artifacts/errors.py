@@ -1,0 +1,129 @@
+"""The artifacts service's HTTP errors: what an operator is told when software is refused.
+
+::
+
+    ApiError (gaggle_runtime.http)      status, code and message, answered as JSON
+    ├── NotFoundError (gaggle_runtime)  404 not_found: no such software here
+    ├── BytesMissingError               404 not_found: the entry is there, its bytes are not
+    ├── InvalidRequestError             400 invalid_request: a body that cannot be read
+    ├── InvalidFilenameError            400 invalid_filename
+    ├── InvalidUrlError                 400 invalid_url: not http(s), private, or unresolvable
+    ├── IncompleteUploadError           400 incomplete: the upload stopped before its end
+    ├── DuplicateImageError             409 duplicate: the same bytes are in the catalogue
+    ├── IfMatchFailedError              412 precondition_failed
+    ├── UploadTooLargeError             413 too_large
+    ├── InvalidImageError               422 invalid_image.<code>: not a usable .swu image
+    ├── OverQuotaError                  422 quota_exceeded: metadata over a ``domain.MAX_*``
+    └── FetchFailedError                422 fetch_failed: external software could not be read
+"""
+
+from __future__ import annotations
+
+from gaggle_artifacts.domain import QuotaExceededError
+from gaggle_runtime.http import ApiError, NotFoundError
+from gaggle_swu import SwuError
+
+__all__ = [
+    "ApiError",
+    "BytesMissingError",
+    "DuplicateImageError",
+    "FetchFailedError",
+    "IfMatchFailedError",
+    "IncompleteUploadError",
+    "InvalidFilenameError",
+    "InvalidImageError",
+    "InvalidRequestError",
+    "InvalidUrlError",
+    "NotFoundError",
+    "OverQuotaError",
+    "UploadTooLargeError",
+]
+
+
+class BytesMissingError(ApiError):
+    """The software's entry exists, but the object store has no bytes for it."""
+
+    def __init__(self) -> None:
+        super().__init__(404, "not_found", "the image's bytes are missing")
+
+
+class InvalidRequestError(ApiError):
+    """A request body that cannot be read as what it says it is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "invalid_request", message)
+
+
+class InvalidFilenameError(ApiError):
+    """A file name we do not keep (``domain.check_filename``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "invalid_filename", message)
+
+
+class InvalidUrlError(ApiError):
+    """External software's URL that Gaggle may not or cannot fetch."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "invalid_url", message)
+
+
+class IncompleteUploadError(ApiError):
+    """The client went away before the upload's end."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "incomplete", "the upload was cut before its end")
+
+
+class DuplicateImageError(ApiError):
+    """An image whose SHA-256 is already in the tenant's catalogue."""
+
+    def __init__(self, existing_id: int | None) -> None:
+        super().__init__(
+            409,
+            "duplicate",
+            "this image is already in the catalogue",
+            software_id=str(existing_id) if existing_id is not None else None,
+        )
+
+
+class IfMatchFailedError(ApiError):
+    """A download whose ``If-Match`` names other bytes."""
+
+    def __init__(self) -> None:
+        super().__init__(412, "precondition_failed", "If-Match does not match")
+
+
+class UploadTooLargeError(ApiError):
+    """The image is larger than the configured limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "too_large", f"image larger than the limit of {limit} bytes")
+
+
+class InvalidImageError(ApiError):
+    """The bytes are not a ``.swu`` image Gaggle can use."""
+
+    def __init__(self, exc: SwuError) -> None:
+        super().__init__(422, f"invalid_image.{exc.code}", f"not a usable .swu image: {exc}")
+
+
+class OverQuotaError(ApiError):
+    """The image's metadata is over one of the quotas (``domain.MAX_*``)."""
+
+    def __init__(self, exc: QuotaExceededError) -> None:
+        super().__init__(
+            422,
+            "quota_exceeded",
+            f"image metadata over a quota: {exc}",
+            quota=exc.quota,
+            limit=exc.limit,
+            found=exc.found,
+        )
+
+
+class FetchFailedError(ApiError):
+    """External software that could not be fetched whole."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(422, "fetch_failed", message)
