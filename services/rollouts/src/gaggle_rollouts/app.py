@@ -6,13 +6,14 @@ from typing import Any, get_args
 
 import orjson
 from fastapi import FastAPI
+from faststream.nats import NatsBroker
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 
 from gaggle_contracts.events import ActionFinished
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts.engine import Engine
-from gaggle_rollouts.handlers import SERVICE, make_router
+from gaggle_rollouts.handlers import SERVICE, SUBSCRIBERS
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.plan import ACTIVE_STATES, RolloutState
 from gaggle_rollouts.repository import Repo
@@ -20,6 +21,8 @@ from gaggle_rollouts.rollout_routes import RolloutBody, make_rollout_routes
 from gaggle_rollouts.rollout_store import RolloutStore
 from gaggle_rollouts.routes import BulkPolicyBody, NewAction, PolicyBody, make_routes
 from gaggle_rollouts.settings import RolloutsSettings
+from gaggle_rollouts.usecases import UseCases
+from gaggle_runtime.bus import consumer_options
 from gaggle_runtime.metrics import Metrics
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
@@ -104,6 +107,13 @@ def install_metrics(service: Service) -> None:
     service.metrics.sampler(sample)
 
 
+def subscribe(broker: NatsBroker, common: CommonSettings, cases: UseCases) -> None:
+    """Every rollouts consumer on ``broker``, its use cases in the broker's context."""
+    broker.context.set_global("usecases", cases)
+    for kind, handler, batch in SUBSCRIBERS:
+        broker.subscriber(**consumer_options(SERVICE, kind, common, batch=batch))(handler)
+
+
 def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     """The rollouts service: operator API plus its event handlers in one process."""
     service = Service(
@@ -112,7 +122,7 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     repo = Repo(service.db, Outbox(SCHEMA))
     store = RolloutStore(repo)
     engine = Engine(store, repo, sweep_s=settings.sweep_s, window_s=settings.window_s)
-    service.broker.include_router(make_router(repo, common, engine))
+    subscribe(service.broker, common, UseCases(repo, engine))
     service.background(engine.run)
     service.background(engine.windows)
     install_metrics(service)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from gaggle_contracts.events import FeedbackStatus
 from gaggle_contracts.kv import (
@@ -109,9 +109,57 @@ def confirmation_status(action: Action, confirmed: bool) -> tuple[str, bool]:
     return action.status, action.active
 
 
-def close_for_deleted_device(action: Action, _: object) -> tuple[str, bool]:
+def close_for_deleted_device(action: Action) -> tuple[str, bool]:
     """A deleted device's open action is canceled without waiting for the device."""
     return ("canceled", False) if action.active else (action.status, False)
+
+
+def cancel_requested_status(action: Action) -> tuple[str, bool]:
+    """An operator asked to cancel: an open action waits for the device's answer."""
+    return ("canceling", True) if action.active else (action.status, action.active)
+
+
+ReportKind = Literal[
+    "feedback", "cancel_feedback", "confirmed", "denied", "cancel_requested", "device_deleted"
+]
+"""What a report on an action is: the device's feedback or answer, or an operator's request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One report on an action: feedback from the device, or a note with what happened."""
+
+    tenant: str
+    action_id: int
+    event_id: Any
+    at: datetime
+    fb: FeedbackStatus | None
+    kind: ReportKind
+    note: list[str] | None = None
+
+
+def apply_report(action: Action, kind: ReportKind, fb: FeedbackStatus | None) -> tuple[str, bool]:
+    """The action's (status, active) after a report of ``kind``; status only moves forward.
+
+    Args:
+        action: The action as it stands.
+        kind: What the report is.
+        fb: The device's feedback, for ``feedback`` and ``cancel_feedback`` (else unused).
+
+    Raises:
+        ValueError: a feedback report without its feedback.
+    """
+    if kind in ("feedback", "cancel_feedback"):
+        if fb is None:
+            raise ValueError(f"a {kind} report needs the device's feedback")
+        if kind == "feedback":
+            return feedback_status(action, fb)
+        return cancel_feedback_status(action, fb)
+    if kind in ("confirmed", "denied"):
+        return confirmation_status(action, kind == "confirmed")
+    if kind == "cancel_requested":
+        return cancel_requested_status(action)
+    return close_for_deleted_device(action)
 
 
 def handling(

@@ -24,13 +24,22 @@ from gaggle_contracts.events import (
     SoftwareDeleted,
     utcnow,
 )
-from gaggle_rollouts.decision import Candidate, Decision, DeviceView, PolicyView, decide
+from gaggle_rollouts.decision import (
+    Candidate,
+    Decision,
+    DeviceView,
+    PolicyView,
+    choose_software,
+)
 from gaggle_rollouts.domain import (
     KV_CLOSED_IDS,
     KV_HISTORY,
     Action,
     ActionType,
+    Report,
+    ReportKind,
     Software,
+    apply_report,
     deployment_entry,
     with_status,
 )
@@ -173,23 +182,6 @@ def _action(row: asyncpg.Record) -> Action:
         rollout_id=row["rollout_id"],
         window_open=row["window_open"],
     )
-
-
-Decide = Callable[[Action, Any], tuple[str, bool]]
-"""(action, report) -> the action's new (status, active)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """One report on an action: feedback from the device, or a note with a decision."""
-
-    tenant: str
-    action_id: int
-    event_id: Any
-    at: datetime
-    fb: FeedbackStatus | None
-    decide: Decide
-    note: list[str] | None = None
 
 
 def _announcement(action: Action, fb: FeedbackStatus | None) -> Event:
@@ -652,7 +644,9 @@ class Repo:
         failed = frozenset(
             r["software_id"] for r in await conn.fetch(FAILED_SOFTWARE, tenant, controller_id)
         )
-        decision = decide(device, policy, {k: v[1] for k, v in catalogue.items()}, (), failed)
+        decision = choose_software(
+            device, policy, {k: v[1] for k, v in catalogue.items()}, (), failed
+        )
         if decision.software_id is not None:
             software = catalogue[decision.software_id][0]
             await self._open_action(
@@ -740,16 +734,14 @@ class Repo:
         event_id: Any,
         at: datetime,
         fb: FeedbackStatus | None,
-        decide: Decide,
+        kind: ReportKind,
         note: list[str] | None = None,
     ) -> Action | None:
-        """Record a status entry and move the action as ``decide(action, fb)`` says.
+        """Record a status entry and move the action as ``apply_report`` says.
 
         Returns the action as it is now, or None if it does not exist (see ``apply_many``).
         """
-        (result,) = await self.apply_many(
-            [Report(tenant, action_id, event_id, at, fb, decide, note)]
-        )
+        (result,) = await self.apply_many([Report(tenant, action_id, event_id, at, fb, kind, note)])
         return result
 
     async def apply_many(self, reports: Sequence[Report]) -> list[Action | None]:
@@ -784,7 +776,7 @@ class Repo:
                         continue
                     seen.add(report.event_id)
                 fb = report.fb
-                status, active = report.decide(action, fb)
+                status, active = apply_report(action, report.kind, fb)
                 if active and status_at is not None and report.at < status_at:
                     status = action.status
                 history.append(

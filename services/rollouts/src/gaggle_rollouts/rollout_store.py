@@ -29,7 +29,7 @@ from gaggle_rollouts.decision import (
     DeviceView,
     PolicyView,
     RolloutView,
-    decide,
+    choose_software,
     fits,
     same_version,
 )
@@ -545,7 +545,7 @@ class RolloutStore:
                 decided[controller_id] = Decision(None, "left the rollout's feed")
                 updates[controller_id] = ("canceled", None)
                 continue
-            decision = decide(
+            decision = choose_software(
                 device_view(row),
                 PolicyView("rollout", rollout["feed"]),
                 {software.software_id: cand},

@@ -261,18 +261,19 @@ def make_routes(repo: Repo, known: ReadThrough) -> APIRouter:
         tenant = tenant.lower()
         ident = _parse_id(action_id)
 
-        def decide(action: Action, _: object) -> tuple[str, bool]:
-            if not action.active:
-                return action.status, action.active
-            return "canceling", True
-
         existing = await repo.get_action(tenant, ident)
         if existing is None:
             raise NotFoundError("action", action_id)
         if not existing.active:
             raise ApiError(409, "action_closed", f"action {action_id!r} is {existing.status}")
         action = await repo.apply(
-            tenant, ident, None, utcnow(), None, decide, note=["Cancel requested by operator."]
+            tenant,
+            ident,
+            None,
+            utcnow(),
+            None,
+            "cancel_requested",
+            note=["Cancel requested by operator."],
         )
         assert action is not None  # noqa: S101 - it existed a moment ago and is never deleted
         return await render(action)

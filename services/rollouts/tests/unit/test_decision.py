@@ -9,7 +9,7 @@ from gaggle_rollouts.decision import (
     DeviceView,
     PolicyView,
     RolloutView,
-    decide,
+    choose_software,
     fits,
     same_version,
 )
@@ -155,7 +155,7 @@ def test_compatibility(
         ),
     ],
 )
-def test_decide(
+def test_choose_software(
     device: DeviceView,
     policy: PolicyView,
     rollouts: list[RolloutView],
@@ -163,7 +163,7 @@ def test_decide(
     expected: str | None,
     reason: str,
 ) -> None:
-    decision = decide(device, policy, CATALOGUE, rollouts, failed)
+    decision = choose_software(device, policy, CATALOGUE, rollouts, failed)
     assert (decision.software_id, decision.reason) == (expected, reason)
 
 
