@@ -35,7 +35,7 @@ async def test_a_batch_of_reports_ends_as_the_same_reports_one_after_another(
             await client.get(stack.dev(cid))
             await client.put(f"{stack.dev(cid)}/configData", json={"data": {"hw_boardname": "b"}})
             actions[cid] = int((await stack.assign(client, cid, sid))["id"])
-    repo = stack.rollouts.app.state.repo
+    repo = stack.rollouts.app.state.actions
     t = stack.tenant
     a1, a2, a3 = actions["b1"], actions["b2"], actions["b3"]
     e = [uuid4() for _ in range(6)]

@@ -12,14 +12,18 @@ from pydantic import BaseModel
 
 from gaggle_contracts.events import ActionFinished
 from gaggle_contracts.settings import CommonSettings
+from gaggle_rollouts import errors, rollout_routes, routes
+from gaggle_rollouts.catalogue import Catalogue
+from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
 from gaggle_rollouts.handlers import SERVICE, SUBSCRIBERS
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.plan import ACTIVE_STATES, RolloutState
+from gaggle_rollouts.policies import Policies
 from gaggle_rollouts.repository import Repo
-from gaggle_rollouts.rollout_routes import RolloutBody, make_rollout_routes
+from gaggle_rollouts.rollout_routes import RolloutBody
 from gaggle_rollouts.rollout_store import RolloutStore
-from gaggle_rollouts.routes import BulkPolicyBody, NewAction, PolicyBody, make_routes
+from gaggle_rollouts.routes import BulkPolicyBody, NewAction, PolicyBody
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_rollouts.usecases import UseCases
 from gaggle_runtime.bus import consumer_options
@@ -119,10 +123,14 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     service = Service(
         SERVICE, common, schema=SCHEMA, migrations_package="gaggle_rollouts.migrations"
     )
-    repo = Repo(service.db, Outbox(SCHEMA))
-    store = RolloutStore(repo)
-    engine = Engine(store, repo, sweep_s=settings.sweep_s, window_s=settings.window_s)
-    subscribe(service.broker, common, UseCases(repo, engine))
+    outbox = Outbox(SCHEMA)
+    catalogue = Catalogue(service.db)
+    policies = Policies(service.db, outbox)
+    actions = Repo(service.db, outbox, catalogue)
+    store = RolloutStore(actions, catalogue)
+    chooser = Chooser(service.db, actions, catalogue, policies, store.members)
+    engine = Engine(store, actions, sweep_s=settings.sweep_s, window_s=settings.window_s)
+    subscribe(service.broker, common, UseCases(actions, catalogue, policies, chooser, engine))
     service.background(engine.run)
     service.background(engine.windows)
     install_metrics(service)
@@ -131,12 +139,25 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
         description="What every device should run: actions, their history, rollouts.",
     )
     known = ReadThrough(
-        repo, lambda: service.broker.connection, settings.lookup_timeout_s, service.tracing
+        catalogue,
+        policies,
+        lambda: service.broker.connection,
+        settings.lookup_timeout_s,
+        service.tracing,
     )
-    app.include_router(make_routes(repo, known))
-    app.include_router(make_rollout_routes(store, engine, known))
+    # What the routes are given (deps.py).
+    app.state.actions = actions
+    app.state.policies = policies
+    app.state.chooser = chooser
+    app.state.known = known
+    app.state.store = store
+    app.state.reads = store.reads
+    app.state.engine = engine
+    app.state.catalogue = catalogue
+    errors.install(app)
+    app.include_router(routes.api)
+    app.include_router(rollout_routes.api)
     service.secure(app)
     add_examples(app, EXAMPLES)
     app.state.service = service
-    app.state.repo = repo
     return app

@@ -1,12 +1,11 @@
-"""Rollouts persistence: software catalogue, actions and their status history; KV via outbox."""
+"""Actions and their status history, and the KV ``deployments`` documents rendered from them."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 from pydantic import BaseModel
@@ -14,23 +13,10 @@ from pydantic import BaseModel
 from gaggle_contracts import names
 from gaggle_contracts.events import (
     ActionCreated,
-    ActionFinished,
-    ActionUpdated,
-    DevicePolicyChanged,
-    DeviceUpdated,
-    Event,
     FeedbackStatus,
-    SoftwareCreated,
-    SoftwareDeleted,
     utcnow,
 )
-from gaggle_rollouts.decision import (
-    Candidate,
-    Decision,
-    DeviceView,
-    PolicyView,
-    choose_software,
-)
+from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.domain import (
     KV_CLOSED_IDS,
     KV_HISTORY,
@@ -39,30 +25,14 @@ from gaggle_rollouts.domain import (
     Report,
     ReportKind,
     Software,
-    apply_report,
+    apply_reports,
     deployment_entry,
-    with_status,
 )
+from gaggle_rollouts.errors import ActionExistsError
 from gaggle_rollouts.plan import Window
 from gaggle_runtime.db import Conn
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
-
-UPSERT_SOFTWARE = """
-INSERT INTO rollouts.software (tenant, software_id, name, version, filename, size, md5, sha1,
-                               sha256, object_key, external_url, compatibility)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-ON CONFLICT (tenant, software_id) DO UPDATE SET
-    name = EXCLUDED.name, version = EXCLUDED.version, filename = EXCLUDED.filename,
-    size = EXCLUDED.size, md5 = EXCLUDED.md5, sha1 = EXCLUDED.sha1, sha256 = EXCLUDED.sha256,
-    object_key = EXCLUDED.object_key, external_url = EXCLUDED.external_url,
-    compatibility = EXCLUDED.compatibility"""
-
-DELETE_SOFTWARE = """
-UPDATE rollouts.software SET deleted = true WHERE tenant = $1 AND software_id = $2"""
-
-SELECT_SOFTWARE = """
-SELECT * FROM rollouts.software WHERE tenant = $1 AND software_id = $2"""
 
 INSERT_ACTIONS = """
 INSERT INTO rollouts.actions (tenant, controller_id, software_id, version, type, status,
@@ -163,162 +133,19 @@ SELECT EXISTS (SELECT 1 FROM rollouts.rollout_devices
                WHERE tenant = $1 AND controller_id = $2 AND state = 'pending')
     OR EXISTS (SELECT 1 FROM rollouts.policies
                WHERE tenant = $1 AND controller_id = $2 AND mode <> 'rollout')"""
-SOFTWARE_MANY = """
-SELECT * FROM rollouts.software WHERE tenant = $1 AND software_id = ANY($2::text[])"""
-
-
-def _action(row: asyncpg.Record) -> Action:
-    return Action(
-        id=row["id"],
-        tenant=row["tenant"],
-        controller_id=row["controller_id"],
-        software_id=row["software_id"],
-        version=row["version"],
-        type=cast(ActionType, row["type"]),
-        status=row["status"],
-        active=row["active"],
-        created_at=row["created_at"],
-        closed_at=row["closed_at"],
-        rollout_id=row["rollout_id"],
-        window_open=row["window_open"],
-    )
-
-
-def _announcement(action: Action, fb: FeedbackStatus | None) -> Event:
-    """``action.updated`` for an open action (with the report's details), else ``finished``."""
-    if action.active:
-        return ActionUpdated(
-            tenant=action.tenant,
-            controller_id=action.controller_id,
-            action_id=str(action.id),
-            status=action.status,
-            details=fb.details if fb else [],
-        )
-    return ActionFinished(
-        tenant=action.tenant,
-        controller_id=action.controller_id,
-        action_id=str(action.id),
-        status=action.status,
-        software_id=action.software_id,
-        version=action.version,
-    )
-
-
-def device_view(row: asyncpg.Record) -> DeviceView:
-    """A ``rollouts.devices`` row as decisions see it."""
-    return DeviceView(row["controller_id"], row["hw_model"], row["hw_revision"], row["sw_version"])
-
-
-def candidate(row: asyncpg.Record) -> Candidate:
-    """A ``rollouts.software`` row as decisions see it."""
-    return Candidate(
-        row["software_id"],
-        row["version"],
-        tuple((c["hw_model"], c["hw_revision"]) for c in row["compatibility"]),
-        row["deleted"],
-    )
-
-
-def _software(row: asyncpg.Record) -> Software:
-    return Software(
-        tenant=row["tenant"],
-        software_id=row["software_id"],
-        name=row["name"],
-        version=row["version"],
-        filename=row["filename"],
-        size=row["size"],
-        md5=row["md5"],
-        sha1=row["sha1"],
-        sha256=row["sha256"],
-        object_key=row["object_key"],
-        external_url=row["external_url"],
-        deleted=row["deleted"],
-    )
-
-
-UPSERT_POLICY = """
-INSERT INTO rollouts.policies (tenant, controller_id, mode, feed, software_id)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (tenant, controller_id) DO UPDATE SET
-    mode = EXCLUDED.mode, feed = EXCLUDED.feed, software_id = EXCLUDED.software_id,
-    updated_at = now()
-RETURNING *"""
-
-MATCH_DEVICES = """
-SELECT d.controller_id FROM rollouts.devices d
-LEFT JOIN rollouts.policies p ON p.tenant = d.tenant AND p.controller_id = d.controller_id
-WHERE d.tenant = $1 AND ($2::text IS NULL OR d.hw_model = $2)
-  AND ($3::text IS NULL OR d.hw_revision = $3) AND ($4::text IS NULL OR d.sw_version = $4)
-  AND ($5::text IS NULL OR coalesce(p.feed, 'default') = $5)
-  AND ($6::text IS NULL OR coalesce(p.mode, 'rollout') = $6)
-  AND ($7::text[] IS NULL OR d.controller_id = ANY($7::text[]))
-ORDER BY d.controller_id"""
-UPSERT_POLICIES = """
-INSERT INTO rollouts.policies (tenant, controller_id, mode, feed, software_id)
-SELECT $1, c, $3, $4, $5 FROM unnest($2::text[]) AS c
-ON CONFLICT (tenant, controller_id) DO UPDATE SET
-    mode = EXCLUDED.mode, feed = EXCLUDED.feed, software_id = EXCLUDED.software_id,
-    updated_at = now()"""
-
-SELECT_POLICY = "SELECT * FROM rollouts.policies WHERE tenant = $1 AND controller_id = $2"
-SELECT_POLICIES = """
-SELECT * FROM rollouts.policies WHERE tenant = $1 AND controller_id = ANY($2::text[])"""
-SELECT_DEVICES = """
-SELECT * FROM rollouts.devices WHERE tenant = $1 AND controller_id = ANY($2::text[])"""
 OPEN_ACTION_DEVICES = """
 SELECT controller_id FROM rollouts.actions
 WHERE tenant = $1 AND controller_id = ANY($2::text[]) AND active"""
-# In key order, so two batches sharing devices cannot deadlock.
-LOCK_DEVICES = """
-SELECT pg_advisory_xact_lock(hashtext(k)) FROM (SELECT unnest($1::text[]) AS k ORDER BY k) AS o"""
-
-UPSERT_DEVICES = """
-INSERT INTO rollouts.devices (tenant, controller_id, hw_model, hw_revision, sw_version,
-                              updated_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::timestamptz[])
-ON CONFLICT (tenant, controller_id) DO UPDATE SET
-    hw_model = EXCLUDED.hw_model, hw_revision = EXCLUDED.hw_revision,
-    sw_version = EXCLUDED.sw_version, updated_at = EXCLUDED.updated_at
-WHERE rollouts.devices.updated_at <= EXCLUDED.updated_at"""
-DELETE_DEVICE = "DELETE FROM rollouts.devices WHERE tenant = $1 AND controller_id = $2"
-KNOWN_DEVICES = """
-SELECT controller_id FROM rollouts.devices WHERE tenant = $1 AND controller_id = ANY($2::text[])"""
-SELECT_CATALOGUE = "SELECT * FROM rollouts.software WHERE tenant = $1"
 FAILED_SOFTWARE = """
 SELECT software_id FROM (
     SELECT DISTINCT ON (software_id) software_id, status FROM rollouts.actions
     WHERE tenant = $1 AND controller_id = $2 AND NOT active
     ORDER BY software_id, id DESC) last
 WHERE status = 'error'"""
-LATEST_MODE_DEVICES = """
-SELECT controller_id FROM rollouts.policies WHERE tenant = $1 AND mode = 'latest'"""
 
 
-@dataclass(frozen=True)
-class Policy:
-    """How a device gets its software."""
-
-    mode: str = "rollout"
-    feed: str = "default"
-    software_id: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        """The operator's view."""
-        return {"mode": self.mode, "feed": self.feed, "software_id": self.software_id}
-
-
-@dataclass
-class BatchReads:
-    """What the devices decided in one transaction share, read at most once for them all."""
-
-    catalogue: dict[str, tuple[Software, Candidate]] | None = None
-    feeds: dict[str, asyncpg.Record | None] = field(default_factory=dict)
-    """A feed's newest active rollout (None: none), its feed lock taken."""
-
-
-RolloutMode = Callable[[Conn, str, DeviceView, PolicyView, BatchReads], Awaitable[Decision]]
-"""Decides a locked device in mode ``rollout``."""
+def _action(row: asyncpg.Record) -> Action:
+    return Action(**{f.name: row[f.name] for f in fields(Action)})
 
 
 @dataclass(frozen=True)
@@ -331,126 +158,22 @@ class ActionSpec:
     rollout_id: int | None = None
 
 
-@dataclass(frozen=True)
-class PolicyMatch:
-    """Which known devices a bulk policy change is for; every part is optional."""
-
-    hw_model: str | None = None
-    hw_revision: str | None = None
-    sw_version: str | None = None
-    feed: str | None = None
-    mode: str | None = None
-    controller_ids: frozenset[str] | None = None
-
-
-class ActionExistsError(Exception):
-    """The device already has an open action."""
-
-
 class Repo:
-    """The ``rollouts`` schema."""
+    """The ``rollouts.actions`` and ``rollouts.action_status`` tables."""
 
-    def __init__(self, db: Database, outbox: Outbox) -> None:
+    def __init__(self, db: Database, outbox: Outbox, catalogue: Catalogue) -> None:
         self.db = db
         self.outbox = outbox
-        self.rollout_mode: RolloutMode | None = None
-        """Decides devices in mode ``rollout`` (set by the rollouts store)."""
+        self.catalogue = catalogue
 
-    # --- software catalogue ---------------------------------------------------------------
+    async def busy(self, conn: Conn, tenant: str, controller_ids: Sequence[str]) -> set[str]:
+        """Those of the devices with an open action."""
+        return {r[0] for r in await conn.fetch(OPEN_ACTION_DEVICES, tenant, list(controller_ids))}
 
-    async def upsert_software(self, ev: SoftwareCreated) -> None:
-        """Record (or refresh) a software announced by artifacts."""
-        await self.db.pool.execute(
-            UPSERT_SOFTWARE,
-            ev.tenant,
-            ev.software_id,
-            ev.name,
-            ev.version,
-            ev.filename,
-            ev.size,
-            ev.md5,
-            ev.sha1,
-            ev.sha256,
-            ev.object_key,
-            ev.external_url,
-            [c.model_dump() for c in ev.compatibility],
-        )
-
-    async def delete_software(self, ev: SoftwareDeleted) -> None:
-        """Mark a software deleted: no new actions for it."""
-        await self.db.pool.execute(DELETE_SOFTWARE, ev.tenant, ev.software_id)
-
-    async def software(
-        self, tenant: str, software_id: str, conn: Conn | None = None
-    ) -> Software | None:
-        """One software, or None."""
-        row = await (conn or self.db.pool).fetchrow(SELECT_SOFTWARE, tenant, software_id)
-        return _software(row) if row else None
-
-    # --- policies -----------------------------------------------------------------------------
-
-    async def policy(self, tenant: str, controller_id: str) -> Policy:
-        """A device's policy (the default when none was set)."""
-        row = await self.db.pool.fetchrow(SELECT_POLICY, tenant, controller_id)
-        if row is None:
-            return Policy()
-        return Policy(row["mode"], row["feed"], row["software_id"])
-
-    async def set_policy(self, tenant: str, controller_id: str, policy: Policy) -> Policy:
-        """Store a policy and announce it (``device.policy_changed``) in one transaction."""
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                UPSERT_POLICY, tenant, controller_id, policy.mode, policy.feed, policy.software_id
-            )
-            await self._emit(
-                conn,
-                DevicePolicyChanged(
-                    tenant=tenant,
-                    controller_id=controller_id,
-                    mode=policy.mode,
-                    feed=policy.feed,
-                    software_id=policy.software_id,
-                ),
-            )
-        return policy
-
-    async def set_policies(self, tenant: str, match: PolicyMatch, policy: Policy) -> list[str]:
-        """Store ``policy`` for every known device ``match`` selects, announced; their ids."""
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            ids = [
-                r[0]
-                for r in await conn.fetch(
-                    MATCH_DEVICES,
-                    tenant,
-                    match.hw_model,
-                    match.hw_revision,
-                    match.sw_version,
-                    match.feed,
-                    match.mode,
-                    None if match.controller_ids is None else list(match.controller_ids),
-                )
-            ]
-            if not ids:
-                return []
-            await conn.execute(
-                UPSERT_POLICIES, tenant, ids, policy.mode, policy.feed, policy.software_id
-            )
-            await self.outbox.many(
-                conn,
-                events=[
-                    DevicePolicyChanged(
-                        tenant=tenant,
-                        controller_id=c,
-                        mode=policy.mode,
-                        feed=policy.feed,
-                        software_id=policy.software_id,
-                    )
-                    for c in ids
-                ],
-            )
-            return ids
-
-    # --- actions --------------------------------------------------------------------------
+    async def failed_software(self, conn: Conn, tenant: str, controller_id: str) -> frozenset[str]:
+        """Software whose last action on the device ended in error."""
+        rows = await conn.fetch(FAILED_SOFTWARE, tenant, controller_id)
+        return frozenset(r["software_id"] for r in rows)
 
     async def create_action(
         self, tenant: str, controller_id: str, software: Software, spec: ActionSpec
@@ -461,11 +184,11 @@ class Repo:
             ActionExistsError: the device has an open action already.
         """
         async with self.db.pool.acquire() as conn, conn.transaction():
-            return await self._open_action(
+            return await self.open_one(
                 conn, tenant, controller_id, software, spec, "Assigned by an operator."
             )
 
-    async def _open_action(
+    async def open_one(
         self,
         conn: Conn,
         tenant: str,
@@ -474,6 +197,11 @@ class Repo:
         spec: ActionSpec,
         note: str,
     ) -> Action:
+        """Open an action for one device in the caller's transaction.
+
+        Raises:
+            ActionExistsError: the device has an open action already.
+        """
         opened = await self.open_actions(conn, tenant, [controller_id], software, spec, note)
         if not opened:
             raise ActionExistsError(controller_id)
@@ -540,125 +268,6 @@ class Repo:
 
     # --- decisions ----------------------------------------------------------------------------
 
-    async def record_device(self, event: DeviceUpdated) -> None:
-        """Keep the inventory decisions read (a deleted device is forgotten)."""
-        if event.change == "deleted":
-            await self.db.pool.execute(DELETE_DEVICE, event.tenant, event.controller_id)
-            return
-        await self.record_devices([event])
-
-    async def record_devices(self, events: list[DeviceUpdated]) -> list[None]:
-        """The inventory of many devices in one statement (none of them deleted).
-
-        An older report than the one recorded changes nothing; of one device's reports here, the
-        newest counts.
-        """
-        newest: dict[tuple[str, str], DeviceUpdated] = {}
-        for e in events:
-            key = (e.tenant, e.controller_id)
-            if key not in newest or e.occurred_at >= newest[key].occurred_at:
-                newest[key] = e
-        rows = [newest[k] for k in sorted(newest)]
-        await self.db.pool.execute(
-            UPSERT_DEVICES,
-            [e.tenant for e in rows],
-            [e.controller_id for e in rows],
-            [e.hw_model for e in rows],
-            [e.hw_revision for e in rows],
-            [e.sw_version for e in rows],
-            [e.occurred_at for e in rows],
-        )
-        return [None] * len(events)
-
-    async def known_devices(self, tenant: str, controller_ids: Sequence[str]) -> set[str]:
-        """Those of the devices that a ``device.updated`` (or the registry) told of."""
-        rows = await self.db.pool.fetch(KNOWN_DEVICES, tenant, list(controller_ids))
-        return {r["controller_id"] for r in rows}
-
-    async def redecide(self, tenant: str, controller_id: str) -> Decision:
-        """Decide what the device should run and open an action for it if needed."""
-        return (await self.decide_batch(tenant, [controller_id]))[controller_id]
-
-    async def decide_batch(self, tenant: str, controller_ids: Sequence[str]) -> dict[str, Decision]:
-        """Decide many devices of one tenant in one transaction; each device's decision.
-
-        The transaction holds each device's advisory lock (taken in key order): two replicas,
-        or two events for the same device, decide one after the other, and the second sees the
-        first's action (the partial unique index on open actions is the last line of defence).
-        Devices in mode ``rollout`` are decided by the rollout they belong to
-        (``rollout_mode``); what the devices share (the catalogue, a feed's rollout) is read
-        once for the batch.
-        """
-        ids = sorted(set(controller_ids))
-        decisions: dict[str, Decision] = {}
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            await conn.execute(LOCK_DEVICES, [f"{tenant}/{c}" for c in ids])
-            busy = {r[0] for r in await conn.fetch(OPEN_ACTION_DEVICES, tenant, ids)}
-            policies = {
-                r["controller_id"]: PolicyView(r["mode"], r["feed"], r["software_id"])
-                for r in await conn.fetch(SELECT_POLICIES, tenant, ids)
-            }
-            rows = {r["controller_id"]: r for r in await conn.fetch(SELECT_DEVICES, tenant, ids)}
-            shared = BatchReads()
-            for controller_id in ids:
-                decisions[controller_id] = await self._decide_locked(
-                    conn,
-                    tenant,
-                    controller_id,
-                    controller_id in busy,
-                    policies.get(controller_id, PolicyView()),
-                    rows.get(controller_id),
-                    shared,
-                )
-        return decisions
-
-    async def _decide_locked(
-        self,
-        conn: Conn,
-        tenant: str,
-        controller_id: str,
-        busy: bool,
-        policy: PolicyView,
-        row: asyncpg.Record | None,
-        shared: BatchReads,
-    ) -> Decision:
-        if busy:
-            return Decision(None, "an action is open")
-        if policy.mode == "pinned":
-            return Decision(None, "pinned")
-        if row is None or (row["hw_model"] is None and row["sw_version"] is None):
-            # As in gooseBit, nothing is decided before the device reported what it is and
-            # runs (configData); that report's device.updated decides again.
-            return Decision(None, "waiting for the device's inventory")
-        device = device_view(row)
-        if policy.mode == "rollout":
-            if self.rollout_mode is None:  # pragma: no cover - wired in app.py
-                return Decision(None, "no rollouts here")
-            return await self.rollout_mode(conn, tenant, device, policy, shared)
-        if shared.catalogue is None:
-            shared.catalogue = {
-                r["software_id"]: (_software(r), candidate(r))
-                for r in await conn.fetch(SELECT_CATALOGUE, tenant)
-            }
-        catalogue = shared.catalogue
-        failed = frozenset(
-            r["software_id"] for r in await conn.fetch(FAILED_SOFTWARE, tenant, controller_id)
-        )
-        decision = choose_software(
-            device, policy, {k: v[1] for k, v in catalogue.items()}, (), failed
-        )
-        if decision.software_id is not None:
-            software = catalogue[decision.software_id][0]
-            await self._open_action(
-                conn,
-                tenant,
-                controller_id,
-                software,
-                ActionSpec("forced"),
-                f"Decided: {decision.reason} ({software.version}).",
-            )
-        return decision
-
     async def refresh_windows(self) -> int:
         """Open actions whose maintenance window opened or closed: stored and re-rendered."""
         now = utcnow()
@@ -693,19 +302,6 @@ class Repo:
         if action.rollout_id is None:
             return True
         return bool(await self.db.pool.fetchval(MAY_WANT_MORE, action.tenant, action.controller_id))
-
-    async def redecide_many(
-        self, tenant: str, controller_ids: Sequence[str], chunk: int = 64
-    ) -> None:
-        """Re-decide many devices, ``chunk`` per transaction."""
-        ids = list(dict.fromkeys(controller_ids))
-        for i in range(0, len(ids), chunk):
-            await self.decide_batch(tenant, ids[i : i + chunk])
-
-    async def latest_mode_devices(self, tenant: str) -> list[str]:
-        """Devices whose policy is ``latest`` (a new software may concern them)."""
-        rows = await self.db.pool.fetch(LATEST_MODE_DEVICES, tenant)
-        return [r["controller_id"] for r in rows]
 
     async def open_action_of(self, tenant: str, controller_id: str) -> Action | None:
         """The device's open action, if any."""
@@ -759,81 +355,36 @@ class Repo:
             current = {(r["tenant"], r["id"]): (_action(r), r["status_at"]) for r in rows}
             event_ids = [r.event_id for r in reports if r.event_id is not None]
             seen = {r[0] for r in await conn.fetch(KNOWN_EVENTS, event_ids)} if event_ids else set()
-            history: list[tuple[Any, ...]] = []  # INSERT_STATUSES' columns, a row per entry
-            results: list[Action | None] = []
-            events: list[Event] = []
-            rendered: dict[str, set[str]] = {}
-            changed: set[tuple[str, int]] = set()
-            for report in reports:
-                key = (report.tenant, report.action_id)
-                if key not in current:
-                    results.append(None)
-                    continue
-                action, status_at = current[key]
-                if report.event_id is not None:
-                    if report.event_id in seen:
-                        results.append(action)  # seen before
-                        continue
-                    seen.add(report.event_id)
-                fb = report.fb
-                status, active = apply_report(action, report.kind, fb)
-                if active and status_at is not None and report.at < status_at:
-                    status = action.status
-                history.append(
-                    (
-                        action.id,
-                        report.event_id,
-                        report.at,
-                        status,
-                        fb.execution if fb else None,
-                        fb.finished if fb else None,
-                        fb.code if fb else None,
-                        json.dumps((fb.details if fb else report.note) or []),
-                    )
-                )
-                if (status, active) == (action.status, action.active):
-                    results.append(action)
-                    if not active:
-                        continue
-                    if fb is not None:
-                        # The device is at work (a first "proceeding" leaves the action
-                        # "running"): say so, for the registry's update state and for watchers.
-                        events.append(_announcement(action, fb))
-                else:
-                    action = with_status(action, status, active)
-                    status_at = report.at if status_at is None else max(status_at, report.at)
-                    current[key] = (action, status_at)
-                    changed.add(key)
-                    results.append(action)
-                    events.append(_announcement(action, fb))
-                rendered.setdefault(report.tenant, set()).add(action.controller_id)
-            if history:
-                await conn.execute(INSERT_STATUSES, *(list(c) for c in zip(*history, strict=True)))
-            if changed:
-                moved = [current[k] for k in sorted(changed, key=lambda k: k[1])]
+            applied = apply_reports(current, reports, seen)
+            if applied.entries:
                 await conn.execute(
-                    UPDATE_STATUSES,
-                    [a.id for a, _ in moved],
-                    [a.status for a, _ in moved],
-                    [a.active for a, _ in moved],
-                    [at for _, at in moved],
+                    INSERT_STATUSES, *(list(c) for c in zip(*applied.rows(), strict=True))
                 )
-                closed = [a for a, _ in moved if not a.active and a.rollout_id is not None]
-                if closed:
-                    await conn.execute(
-                        CLOSE_MEMBERS,
-                        [a.rollout_id for a in closed],
-                        [a.controller_id for a in closed],
-                        [a.id for a in closed],
-                        [MEMBER_OUTCOME.get(a.status, "failure") for a in closed],
-                    )
-            await self.outbox.many(conn, events)
-            for tenant, controller_ids in rendered.items():
+            if applied.moved:
+                await self._moved(conn, applied.moved)
+            await self.outbox.many(conn, applied.events)
+            for tenant, controller_ids in applied.rendered.items():
                 await self.publish_deployments(conn, tenant, sorted(controller_ids))
-            return results
+            return applied.results
 
-    async def _emit(self, conn: Conn, event: Event) -> None:
-        await self.outbox.event(conn, event)
+    async def _moved(self, conn: Conn, moved: Sequence[tuple[Action, datetime]]) -> None:
+        """Store the actions' new status; a rollout's closed action closes its membership."""
+        await conn.execute(
+            UPDATE_STATUSES,
+            [a.id for a, _ in moved],
+            [a.status for a, _ in moved],
+            [a.active for a, _ in moved],
+            [at for _, at in moved],
+        )
+        closed = [a for a, _ in moved if not a.active and a.rollout_id is not None]
+        if closed:
+            await conn.execute(
+                CLOSE_MEMBERS,
+                [a.rollout_id for a in closed],
+                [a.controller_id for a in closed],
+                [a.id for a in closed],
+                [MEMBER_OUTCOME.get(a.status, "failure") for a in closed],
+            )
 
     async def publish_deployment(self, conn: Conn, tenant: str, controller_id: str) -> None:
         """Render the device's KV ``deployments`` entry from the tables, via the outbox."""
@@ -859,10 +410,7 @@ class Repo:
         wanted = {a.software_id for a in open_rows.values()} | {
             a.software_id for a in installed.values()
         }
-        catalogue = {
-            r["software_id"]: _software(r)
-            for r in await conn.fetch(SOFTWARE_MANY, tenant, list(wanted))
-        }
+        catalogue = await self.catalogue.many(conn, tenant, list(wanted))
         auto = {r[0] for r in await conn.fetch(AUTO_CONFIRM, tenant, ids)}
         puts: list[tuple[str, str, BaseModel]] = []
         deletes: list[tuple[str, str]] = []

@@ -8,6 +8,7 @@ rules themselves are the pure functions of :mod:`~gaggle_rollouts.domain` and
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 from gaggle_contracts import names
@@ -21,8 +22,11 @@ from gaggle_contracts.events import (
     SoftwareCreated,
     SoftwareDeleted,
 )
+from gaggle_rollouts.catalogue import Catalogue
+from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.decision import Decision
 from gaggle_rollouts.domain import Action, Report, ReportKind
+from gaggle_rollouts.policies import Policies
 from gaggle_rollouts.repository import Repo
 from gaggle_runtime.coalesce import Coalescer
 
@@ -39,30 +43,35 @@ class Poke(Protocol):
         """Look at ``rollout_id`` soon (None: nothing to do)."""
 
 
+@dataclass
 class UseCases:
-    """The consumers' use cases over one repository; bursts are coalesced per transaction."""
+    """The consumers' use cases over the repositories; bursts are coalesced per transaction."""
 
-    def __init__(self, repo: Repo, engine: Poke) -> None:
-        self.repo = repo
-        self.engine = engine
+    actions: Repo
+    catalogue: Catalogue
+    policies: Policies
+    chooser: Chooser
+    engine: Poke
+
+    def __post_init__(self) -> None:
         # A rollout's feedback is a burst: the reports of one pull are applied in one
         # transaction.
-        self.reports = Coalescer(repo.apply_many, max_batch=FEEDBACK_BATCH)
+        self.reports = Coalescer(self.actions.apply_many, max_batch=FEEDBACK_BATCH)
         # A fleet's first contact is a burst of inventories: those of a pull are written at
         # once, and their devices chosen for together.
-        self.inventory = Coalescer(repo.record_devices, max_batch=INVENTORY_BATCH)
+        self.inventory = Coalescer(self.policies.record_devices, max_batch=INVENTORY_BATCH)
         self.choices = Coalescer(self.choose_many, max_batch=INVENTORY_BATCH)
 
     async def software_created(self, event: SoftwareCreated) -> None:
         """Catalogue upsert; devices in mode ``latest`` chosen for again."""
-        await self.repo.upsert_software(event)
-        await self.repo.redecide_many(
-            event.tenant, await self.repo.latest_mode_devices(event.tenant)
+        await self.catalogue.upsert_software(event)
+        await self.chooser.choose_chunked(
+            event.tenant, await self.policies.latest_mode_devices(event.tenant)
         )
 
     async def software_deleted(self, event: SoftwareDeleted) -> None:
         """No new actions for that software."""
-        await self.repo.delete_software(event)
+        await self.catalogue.delete_software(event)
 
     async def report(
         self,
@@ -99,9 +108,9 @@ class UseCases:
         if action is None:
             return
         self.engine.poke(action.rollout_id)
-        if not action.active and await self.repo.may_want_more(action):
+        if not action.active and await self.actions.may_want_more(action):
             # Whatever waited for this action (a started rollout wave, a newer software) now may.
-            await self.repo.redecide(action.tenant, action.controller_id)
+            await self.chooser.choose(action.tenant, action.controller_id)
 
     async def device_updated(self, event: DeviceUpdated) -> None:
         """Inventory kept and the device chosen for again; deleted: its open action canceled."""
@@ -109,10 +118,10 @@ class UseCases:
             await self.inventory.submit(event)
             await self.choices.submit((event.tenant, event.controller_id))
             return
-        await self.repo.record_device(event)
-        action = await self.repo.open_action_of(event.tenant, event.controller_id)
+        await self.policies.record_device(event)
+        action = await self.actions.open_action_of(event.tenant, event.controller_id)
         if action is not None:
-            closed = await self.repo.apply(
+            closed = await self.actions.apply(
                 event.tenant,
                 action.id,
                 event.event_id,
@@ -125,10 +134,10 @@ class UseCases:
 
     async def auto_confirm(self, event: AutoConfirmChanged) -> None:
         """Kept; switched on, a waiting action is confirmed."""
-        await self.repo.set_auto_confirm(event.tenant, event.controller_id, event.active)
-        action = await self.repo.open_action_of(event.tenant, event.controller_id)
+        await self.actions.set_auto_confirm(event.tenant, event.controller_id, event.active)
+        action = await self.actions.open_action_of(event.tenant, event.controller_id)
         if event.active and action is not None and action.status == "wait_for_confirmation":
-            await self.repo.apply(
+            await self.actions.apply(
                 event.tenant,
                 action.id,
                 event.event_id,
@@ -147,7 +156,9 @@ class UseCases:
             decided = {
                 (tenant, controller_id): decision
                 for tenant, ids in by_tenant.items()
-                for controller_id, decision in (await self.repo.decide_batch(tenant, ids)).items()
+                for controller_id, decision in (
+                    await self.chooser.choose_batch(tenant, ids)
+                ).items()
             }
             return [decided[d] for d in devices]
         except Exception:
@@ -158,6 +169,6 @@ class UseCases:
 
     async def _alone(self, tenant: str, controller_id: str) -> Decision | Exception:
         try:
-            return await self.repo.redecide(tenant, controller_id)
+            return await self.chooser.choose(tenant, controller_id)
         except Exception as exc:
             return exc

@@ -19,7 +19,10 @@ from gaggle_rollouts.usecases import UseCases
 
 @dataclass
 class FakeRepo:
-    """The repository's interface as the use cases call it; every call is recorded."""
+    """The repositories (actions, catalogue, policies) and the chooser as the use cases call them.
+
+    One object in a few dicts plays them all; every choice asked for is recorded in ``calls``.
+    """
 
     actions: dict[int, Action] = field(default_factory=dict)
     software: dict[tuple[str, str], SoftwareCreated] = field(default_factory=dict)
@@ -44,14 +47,14 @@ class FakeRepo:
     async def latest_mode_devices(self, tenant: str) -> list[str]:
         return list(self.latest)
 
-    async def redecide_many(self, tenant: str, controller_ids: Sequence[str]) -> None:
+    async def choose_chunked(self, tenant: str, controller_ids: Sequence[str]) -> None:
         self.calls.append(("choose", (tenant, tuple(controller_ids))))
 
-    async def redecide(self, tenant: str, controller_id: str) -> Decision:
+    async def choose(self, tenant: str, controller_id: str) -> Decision:
         self.calls.append(("choose", (tenant, (controller_id,))))
         return Decision(None, "fake")
 
-    async def decide_batch(self, tenant: str, ids: Sequence[str]) -> dict[str, Decision]:
+    async def choose_batch(self, tenant: str, ids: Sequence[str]) -> dict[str, Decision]:
         self.calls.append(("choose", (tenant, tuple(ids))))
         return {c: Decision(None, "fake") for c in ids}
 
@@ -129,7 +132,7 @@ def engine() -> FakeEngine:
 async def broker(repo: FakeRepo, engine: FakeEngine) -> AsyncIterator[NatsBroker]:
     """The rollouts subscribers, wired as the service wires them, on an in-memory broker."""
     real = NatsBroker()
-    subscribe(real, CommonSettings(), UseCases(repo, engine))  # type: ignore[arg-type]
+    subscribe(real, CommonSettings(), UseCases(repo, repo, repo, repo, engine))  # type: ignore[arg-type]
     async with TestNatsBroker(real) as br:
         yield br
 

@@ -1,0 +1,43 @@
+"""The parts the operator API's routes are given, by FastAPI's ``Depends``, from ``app.state``.
+
+:func:`gaggle_rollouts.app.build_app` puts them there; a test may put fakes there instead.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from gaggle_contracts.access import Permission
+from gaggle_rollouts.choosing import Chooser
+from gaggle_rollouts.engine import Engine
+from gaggle_rollouts.known import ReadThrough
+from gaggle_rollouts.policies import Policies as PoliciesRepo
+from gaggle_rollouts.repository import Repo
+from gaggle_rollouts.rollout_reads import RolloutReads
+from gaggle_rollouts.rollout_store import RolloutStore
+from gaggle_runtime.auth import needs
+
+
+def _state(name: str) -> Any:
+    """A dependency that gives ``app.state.<name>``."""
+
+    def given(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return Depends(given)
+
+
+Actions = Annotated[Repo, _state("actions")]
+Policies = Annotated[PoliciesRepo, _state("policies")]
+Choose = Annotated[Chooser, _state("chooser")]
+Known = Annotated[ReadThrough, _state("known")]
+Store = Annotated[RolloutStore, _state("store")]
+Reads = Annotated[RolloutReads, _state("reads")]
+Moves = Annotated[Engine, _state("engine")]
+
+Reader = Annotated[str, needs(Permission.ROLLOUT_READ)]
+"""The tenant of a caller allowed to read rollouts' data."""
+Writer = Annotated[str, needs(Permission.ROLLOUT_WRITE)]
+"""The tenant of a caller allowed to change it."""
