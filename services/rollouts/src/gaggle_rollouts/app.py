@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from gaggle_contracts.events import ActionFinished
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts import errors, rollout_routes, routes
+from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
@@ -20,7 +21,6 @@ from gaggle_rollouts.handlers import SERVICE, SUBSCRIBERS
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.plan import ACTIVE_STATES, RolloutState
 from gaggle_rollouts.policies import Policies
-from gaggle_rollouts.repository import Repo
 from gaggle_rollouts.rollout_routes import RolloutBody
 from gaggle_rollouts.rollout_store import RolloutStore
 from gaggle_rollouts.routes import BulkPolicyBody, NewAction, PolicyBody
@@ -126,7 +126,7 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     outbox = Outbox(SCHEMA)
     catalogue = Catalogue(service.db)
     policies = Policies(service.db, outbox)
-    actions = Repo(service.db, outbox, catalogue)
+    actions = Actions(service.db, outbox, catalogue)
     store = RolloutStore(actions, catalogue)
     chooser = Chooser(service.db, actions, catalogue, policies, store.members)
     engine = Engine(store, actions, sweep_s=settings.sweep_s, window_s=settings.window_s)

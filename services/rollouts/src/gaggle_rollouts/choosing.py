@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gaggle_rollouts.actions import Actions, ActionSpec
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.decision import Candidate, Decision, DeviceView, PolicyView, choose_software
 from gaggle_rollouts.domain import Software
 from gaggle_rollouts.policies import Policies
-from gaggle_rollouts.repository import ActionSpec, Repo
 from gaggle_rollouts.rollout_members import Membership
 from gaggle_runtime.db import Conn
 from gaggle_runtime.service import Database
@@ -26,7 +26,7 @@ class Chooser:
     """Chooses for devices over the catalogue, their policies, their actions and rollouts."""
 
     db: Database
-    actions: Repo
+    actions: Actions
     catalogue: Catalogue
     policies: Policies
     rollouts: Membership

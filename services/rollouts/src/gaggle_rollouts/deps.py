@@ -10,11 +10,11 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from gaggle_contracts.access import Permission
+from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
 from gaggle_rollouts.known import ReadThrough
-from gaggle_rollouts.policies import Policies as PoliciesRepo
-from gaggle_rollouts.repository import Repo
+from gaggle_rollouts.policies import Policies
 from gaggle_rollouts.rollout_reads import RolloutReads
 from gaggle_rollouts.rollout_store import RolloutStore
 from gaggle_runtime.auth import needs
@@ -29,13 +29,13 @@ def _state(name: str) -> Any:
     return Depends(given)
 
 
-Actions = Annotated[Repo, _state("actions")]
-Policies = Annotated[PoliciesRepo, _state("policies")]
-Choose = Annotated[Chooser, _state("chooser")]
-Known = Annotated[ReadThrough, _state("known")]
-Store = Annotated[RolloutStore, _state("store")]
-Reads = Annotated[RolloutReads, _state("reads")]
-Moves = Annotated[Engine, _state("engine")]
+ActionsDep = Annotated[Actions, _state("actions")]
+PoliciesDep = Annotated[Policies, _state("policies")]
+ChooserDep = Annotated[Chooser, _state("chooser")]
+KnownDep = Annotated[ReadThrough, _state("known")]
+StoreDep = Annotated[RolloutStore, _state("store")]
+ReadsDep = Annotated[RolloutReads, _state("reads")]
+EngineDep = Annotated[Engine, _state("engine")]
 
 Reader = Annotated[str, needs(Permission.ROLLOUT_READ)]
 """The tenant of a caller allowed to read rollouts' data."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from gaggle_rollouts.actions import Actions, ActionSpec
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.decision import (
     Decision,
@@ -22,7 +23,6 @@ from gaggle_rollouts.decision import (
     fits,
 )
 from gaggle_rollouts.policies import device_view
-from gaggle_rollouts.repository import ActionSpec, Repo
 from gaggle_rollouts.rollout_filter import DeviceFilter
 from gaggle_rollouts.rollout_phases import feed_key
 from gaggle_rollouts.rollout_sql import (
@@ -43,9 +43,9 @@ CHUNK = 500
 
 
 class Membership:
-    """Joins devices to rollouts and opens their actions through :class:`Repo`."""
+    """Joins devices to rollouts and opens their actions through :class:`Actions`."""
 
-    def __init__(self, repo: Repo, catalogue: Catalogue) -> None:
+    def __init__(self, repo: Actions, catalogue: Catalogue) -> None:
         self.repo = repo
         self.catalogue = catalogue
 

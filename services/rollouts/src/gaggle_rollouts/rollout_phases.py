@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg
 
 from gaggle_contracts.events import ActionUpdated, RolloutProgressed
+from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.plan import CLOSED_STATES, Progress
-from gaggle_rollouts.repository import Repo
 from gaggle_rollouts.rollout_sql import (
     CANCEL_ACTIONS,
     COUNTS,
@@ -48,9 +48,9 @@ def feed_key(tenant: str, feed: str) -> str:
 
 
 class Phases:
-    """Moves rollouts from phase to phase; opens and cancels actions through :class:`Repo`."""
+    """Moves rollouts from phase to phase; opens and cancels actions through :class:`Actions`."""
 
-    def __init__(self, repo: Repo) -> None:
+    def __init__(self, repo: Actions) -> None:
         self.repo = repo
         self._emitted: dict[int, tuple[Any, ...]] = {}
 

@@ -13,9 +13,9 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gaggle_contracts import names
-from gaggle_rollouts.deps import Known, Moves, Reader, Reads, Store, Writer
+from gaggle_rollouts.deps import EngineDep, KnownDep, Reader, ReadsDep, StoreDep, Writer
 from gaggle_rollouts.plan import WaveSpec
-from gaggle_rollouts.rollout_store import DeviceFilter, NewRollout
+from gaggle_rollouts.rollout_filter import DeviceFilter, NewRollout
 from gaggle_runtime.http import NotFoundError
 
 RolloutIdParam = Annotated[str, Path(max_length=64, description="Rollout id")]
@@ -143,7 +143,7 @@ def _new_rollout(body: RolloutBody) -> NewRollout:
 
 @api.post("", status_code=201, summary="Create a rollout (and start it with start=true)")
 async def create_rollout(
-    tenant: Writer, body: RolloutBody, store: Store, engine: Moves, known: Known
+    tenant: Writer, body: RolloutBody, store: StoreDep, engine: EngineDep, known: KnownDep
 ) -> dict[str, Any]:
     # A software or device id rollouts has not been told of yet is read through ``known``
     # first, so an id that was just uploaded or registered works at once.
@@ -159,7 +159,7 @@ async def create_rollout(
 @api.get("", summary="Rollouts, newest first")
 async def list_rollouts(
     tenant: Reader,
-    reads: Reads,
+    reads: ReadsDep,
     feed: Annotated[str | None, Query(max_length=64, pattern=FEED_PATTERN)] = None,
     state: Literal["created", "running", "paused", "finished", "aborted"] | None = None,
     before: Annotated[str | None, Query(max_length=18, pattern=r"^\d+$")] = None,
@@ -173,7 +173,9 @@ async def list_rollouts(
 
 
 @api.get("/{rollout_id}", summary="One rollout with its waves and counters")
-async def get_rollout(tenant: Reader, rollout_id: RolloutIdParam, reads: Reads) -> dict[str, Any]:
+async def get_rollout(
+    tenant: Reader, rollout_id: RolloutIdParam, reads: ReadsDep
+) -> dict[str, Any]:
     doc = await reads.get(tenant.lower(), parse_id(rollout_id))
     if doc is None:
         raise NotFoundError("rollout", rollout_id)
@@ -184,7 +186,7 @@ async def get_rollout(tenant: Reader, rollout_id: RolloutIdParam, reads: Reads) 
 async def rollout_devices(
     tenant: Reader,
     rollout_id: RolloutIdParam,
-    reads: Reads,
+    reads: ReadsDep,
     state: Literal["waiting", "pending", "running", "success", "failure", "canceled"] | None = None,
     after: Annotated[str | None, Query(max_length=256)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
@@ -206,7 +208,7 @@ COMMANDS = {
 
 def _command_route(name: str, summary: str) -> None:
     async def command(
-        tenant: Writer, rollout_id: RolloutIdParam, store: Store, engine: Moves
+        tenant: Writer, rollout_id: RolloutIdParam, store: StoreDep, engine: EngineDep
     ) -> dict[str, Any]:
         ident = parse_id(rollout_id)
         doc = await store.command(tenant.lower(), ident, name)

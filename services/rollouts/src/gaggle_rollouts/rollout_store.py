@@ -1,13 +1,12 @@
-"""Rollouts in the database: creation and membership, opening actions wave by wave, evaluation.
+"""Rollouts' transactions: creation, the operators' commands and the engine's steps.
 
 How two replicas (or two events) never decide twice:
 
 - A rollout's phase changes (start, next wave, pause, abort, finish) happen under ``FOR UPDATE`` on
   its row; opening actions holds ``FOR SHARE`` on it, so a pause or abort waits for a batch being
   opened and no batch opens after it.
-- Devices waiting for their action are claimed with ``FOR UPDATE SKIP LOCKED``: replicas split
-  the work instead of repeating it; a device decided on its own (``device.updated``) holds its
-  advisory lock first and skips rows a batch holds.
+- Members waiting for their action are claimed with ``FOR UPDATE SKIP LOCKED``
+  (:mod:`~gaggle_rollouts.rollout_members`).
 - Counters are never stored: they are counted from ``rollout_devices`` in the transaction that
   reads them (no read-modify-write to lose).
 - The partial unique index on open actions refuses a second open action for a device, whatever
@@ -19,13 +18,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.decision import fits, same_version
 from gaggle_rollouts.errors import NotKnown, Refused
 from gaggle_rollouts.plan import next_step, transition, wave_sizes
 from gaggle_rollouts.policies import device_view
-from gaggle_rollouts.repository import Repo
-from gaggle_rollouts.rollout_filter import DeviceFilter, NewRollout
+from gaggle_rollouts.rollout_filter import NewRollout
 from gaggle_rollouts.rollout_members import Membership
 from gaggle_rollouts.rollout_phases import Phases, feed_key, progress_of, row_of
 from gaggle_rollouts.rollout_reads import RolloutReads
@@ -45,13 +44,11 @@ from gaggle_rollouts.rollout_sql import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeviceFilter", "NewRollout", "RolloutStore"]
-
 
 class RolloutStore:
     """Rollouts' transactions: creation, operators' commands, the engine's steps."""
 
-    def __init__(self, repo: Repo, catalogue: Catalogue) -> None:
+    def __init__(self, repo: Actions, catalogue: Catalogue) -> None:
         self.repo = repo
         self.catalogue = catalogue
         self.db = repo.db

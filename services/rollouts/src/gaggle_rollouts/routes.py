@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gaggle_contracts import names
 from gaggle_contracts.events import utcnow
-from gaggle_rollouts.deps import Actions, Choose, Known, Policies, Reader, Writer
+from gaggle_rollouts.actions import Actions, ActionSpec
+from gaggle_rollouts.deps import ActionsDep, ChooserDep, KnownDep, PoliciesDep, Reader, Writer
 from gaggle_rollouts.domain import Action, Software
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.policies import Policy, PolicyMatch
-from gaggle_rollouts.repository import ActionSpec, Repo
 from gaggle_rollouts.rollout_routes import WindowBody
 from gaggle_runtime.http import ApiError, NotFoundError
 
@@ -112,7 +112,7 @@ async def _software(known: ReadThrough, tenant: str, software_id: str) -> Softwa
     return found
 
 
-async def _render(actions: Repo, action: Action) -> dict[str, Any]:
+async def _render(actions: Actions, action: Action) -> dict[str, Any]:
     return {
         "id": str(action.id),
         "tenant": action.tenant,
@@ -157,8 +157,8 @@ async def create_action(
     tenant: Writer,
     controller_id: ControllerIdParam,
     body: NewAction,
-    actions: Actions,
-    known: Known,
+    actions: ActionsDep,
+    known: KnownDep,
 ) -> dict[str, Any]:
     tenant = await _valid_device(known, tenant, controller_id)
     chosen = await _software(known, tenant, body.software_id)
@@ -176,8 +176,8 @@ async def create_action(
 async def get_policy(
     tenant: Reader,
     controller_id: ControllerIdParam,
-    policies: Policies,
-    known: Known,
+    policies: PoliciesDep,
+    known: KnownDep,
 ) -> dict[str, Any]:
     tenant = tenant.lower()
     await _device(known, tenant, controller_id)
@@ -190,9 +190,9 @@ async def put_policy(
     tenant: Writer,
     controller_id: ControllerIdParam,
     body: PolicyBody,
-    policies: Policies,
-    chooser: Choose,
-    known: Known,
+    policies: PoliciesDep,
+    chooser: ChooserDep,
+    known: KnownDep,
 ) -> dict[str, Any]:
     tenant = await _valid_device(known, tenant, controller_id)
     policy = await policies.set_policy(tenant, controller_id, await _checked(known, tenant, body))
@@ -212,9 +212,9 @@ async def put_policy(
 async def put_policies(
     tenant: Writer,
     body: BulkPolicyBody,
-    policies: Policies,
-    chooser: Choose,
-    known: Known,
+    policies: PoliciesDep,
+    chooser: ChooserDep,
+    known: KnownDep,
 ) -> dict[str, Any]:
     tenant = tenant.lower()
     if not body.filter.model_fields_set:
@@ -248,8 +248,8 @@ async def put_policies(
 async def device_actions(
     tenant: Reader,
     controller_id: ControllerIdParam,
-    actions: Actions,
-    known: Known,
+    actions: ActionsDep,
+    known: KnownDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
     tenant = tenant.lower()
@@ -263,7 +263,7 @@ async def device_actions(
 async def get_action(
     tenant: Reader,
     action_id: ActionIdParam,
-    actions: Actions,
+    actions: ActionsDep,
 ) -> dict[str, Any]:
     action = await actions.get_action(tenant.lower(), _parse_id(action_id))
     if action is None:
@@ -275,7 +275,7 @@ async def get_action(
 async def cancel_action(
     tenant: Writer,
     action_id: ActionIdParam,
-    actions: Actions,
+    actions: ActionsDep,
 ) -> dict[str, Any]:
     tenant = tenant.lower()
     ident = _parse_id(action_id)

@@ -2,7 +2,7 @@
 
 The subscribers (:mod:`gaggle_rollouts.handlers`) only translate an event into a call here; the
 rules themselves are the pure functions of :mod:`~gaggle_rollouts.domain` and
-:mod:`~gaggle_rollouts.decision`, and the repository runs their SQL.
+:mod:`~gaggle_rollouts.decision`, and the repositories run their SQL.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from gaggle_contracts.events import (
     SoftwareCreated,
     SoftwareDeleted,
 )
+from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.decision import Decision
 from gaggle_rollouts.domain import Action, Report, ReportKind
 from gaggle_rollouts.policies import Policies
-from gaggle_rollouts.repository import Repo
 from gaggle_runtime.coalesce import Coalescer
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Poke(Protocol):
 class UseCases:
     """The consumers' use cases over the repositories; bursts are coalesced per transaction."""
 
-    actions: Repo
+    actions: Actions
     catalogue: Catalogue
     policies: Policies
     chooser: Chooser

@@ -9,9 +9,9 @@ import pytest
 
 from gaggle_contracts.events import Compatibility, DeviceUpdated, SoftwareCreated
 from gaggle_contracts.settings import CommonSettings
+from gaggle_rollouts.actions import ActionSpec
 from gaggle_rollouts.app import build_app
 from gaggle_rollouts.policies import Policy
-from gaggle_rollouts.repository import ActionSpec
 from gaggle_rollouts.settings import RolloutsSettings
 
 pytestmark = pytest.mark.integration

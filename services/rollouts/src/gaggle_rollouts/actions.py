@@ -158,7 +158,7 @@ class ActionSpec:
     rollout_id: int | None = None
 
 
-class Repo:
+class Actions:
     """The ``rollouts.actions`` and ``rollouts.action_status`` tables."""
 
     def __init__(self, db: Database, outbox: Outbox, catalogue: Catalogue) -> None:
