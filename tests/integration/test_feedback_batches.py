@@ -36,6 +36,7 @@ async def test_a_batch_of_reports_ends_as_the_same_reports_one_after_another(
             await client.put(f"{stack.dev(cid)}/configData", json={"data": {"hw_boardname": "b"}})
             actions[cid] = int((await stack.assign(client, cid, sid))["id"])
     repo = stack.rollouts.app.state.actions
+    cases = stack.rollouts.app.state.usecases
     t = stack.tenant
     a1, a2, a3 = actions["b1"], actions["b2"], actions["b3"]
     e = [uuid4() for _ in range(6)]
@@ -56,7 +57,7 @@ async def test_a_batch_of_reports_ends_as_the_same_reports_one_after_another(
         Report(t, a2, e[4], at(2), fb("proceeding"), "feedback"),
         Report(t, a3, e[5], at(4), fb("closed", "failure"), "feedback"),
     ]
-    results = await repo.apply_many(batch)
+    results = await cases.apply_many(batch)
     assert [(r.status, r.active) if r else None for r in results] == [
         ("running", True),
         ("running", True),
@@ -92,7 +93,7 @@ async def test_a_batch_of_reports_ends_as_the_same_reports_one_after_another(
         await queue_many(conn, events, **rest)
 
     repo.outbox.many = spy
-    again = await repo.apply_many(batch)
+    again = await cases.apply_many(batch)
     repo.outbox.many = queue_many
     assert queued == []
     assert [(r.status, r.active) if r else None for r in again] == [

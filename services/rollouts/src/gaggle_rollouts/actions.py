@@ -13,7 +13,6 @@ from pydantic import BaseModel
 from gaggle_contracts import names
 from gaggle_contracts.events import (
     ActionCreated,
-    FeedbackStatus,
     utcnow,
 )
 from gaggle_rollouts.catalogue import Catalogue
@@ -22,10 +21,9 @@ from gaggle_rollouts.domain import (
     KV_HISTORY,
     Action,
     ActionType,
+    Applied,
     Report,
-    ReportKind,
     Software,
-    apply_reports,
     deployment_entry,
 )
 from gaggle_rollouts.errors import ActionExistsError
@@ -323,49 +321,36 @@ class Actions:
         rows = await self.db.pool.fetch(SELECT_DEVICE_ACTIONS, tenant, controller_id, limit)
         return [_action(r) for r in rows]
 
-    async def apply(
-        self,
-        tenant: str,
-        action_id: int,
-        event_id: Any,
-        at: datetime,
-        fb: FeedbackStatus | None,
-        kind: ReportKind,
-        note: list[str] | None = None,
-    ) -> Action | None:
-        """Record a status entry and move the action as ``apply_report`` says.
+    async def lock(
+        self, conn: Conn, reports: Sequence[Report]
+    ) -> dict[tuple[str, int], tuple[Action, datetime | None]]:
+        """The reports' actions with their status time, locked in id order until commit.
 
-        Returns the action as it is now, or None if it does not exist (see ``apply_many``).
-        """
-        (result,) = await self.apply_many([Report(tenant, action_id, event_id, at, fb, kind, note)])
-        return result
-
-    async def apply_many(self, reports: Sequence[Report]) -> list[Action | None]:
-        """Apply many reports in one transaction; for each, its action as it is after it.
-
-        The actions are locked (in id order), so concurrent reports for one action are applied
-        one after the other, also across batches and replicas. A redelivered report (an
-        ``event_id`` already recorded) changes nothing. A report received before the one that
-        set an open action's current status only joins the history; closing always applies.
-        Reports of one action within the batch are applied in their order.
+        Concurrent reports for one action are so applied one after the other, also across
+        batches and replicas; two batches sharing actions cannot deadlock.
         """
         keys = sorted({(r.tenant, r.action_id) for r in reports}, key=lambda k: (k[1], k[0]))
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(LOCK_ACTIONS, [t for t, _ in keys], [a for _, a in keys])
-            current = {(r["tenant"], r["id"]): (_action(r), r["status_at"]) for r in rows}
-            event_ids = [r.event_id for r in reports if r.event_id is not None]
-            seen = {r[0] for r in await conn.fetch(KNOWN_EVENTS, event_ids)} if event_ids else set()
-            applied = apply_reports(current, reports, seen)
-            if applied.entries:
-                await conn.execute(
-                    INSERT_STATUSES, *(list(c) for c in zip(*applied.rows(), strict=True))
-                )
-            if applied.moved:
-                await self._moved(conn, applied.moved)
-            await self.outbox.many(conn, applied.events)
-            for tenant, controller_ids in applied.rendered.items():
-                await self.publish_deployments(conn, tenant, sorted(controller_ids))
-            return applied.results
+        rows = await conn.fetch(LOCK_ACTIONS, [t for t, _ in keys], [a for _, a in keys])
+        return {(r["tenant"], r["id"]): (_action(r), r["status_at"]) for r in rows}
+
+    async def seen(self, conn: Conn, reports: Sequence[Report]) -> set[object]:
+        """The reports' event ids that are in some action's history already (redeliveries)."""
+        event_ids = [r.event_id for r in reports if r.event_id is not None]
+        if not event_ids:
+            return set()
+        return {r[0] for r in await conn.fetch(KNOWN_EVENTS, event_ids)}
+
+    async def record(self, conn: Conn, applied: Applied) -> None:
+        """Store what applying reports did: history, new statuses, events, KV documents."""
+        if applied.entries:
+            await conn.execute(
+                INSERT_STATUSES, *(list(c) for c in zip(*applied.rows(), strict=True))
+            )
+        if applied.moved:
+            await self._moved(conn, applied.moved)
+        await self.outbox.many(conn, applied.events)
+        for tenant, controller_ids in applied.rendered.items():
+            await self.publish_deployments(conn, tenant, sorted(controller_ids))
 
     async def _moved(self, conn: Conn, moved: Sequence[tuple[Action, datetime]]) -> None:
         """Store the actions' new status; a rollout's closed action closes its membership."""

@@ -19,7 +19,7 @@ from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
 from gaggle_rollouts.handlers import SERVICE, SUBSCRIBERS
 from gaggle_rollouts.known import ReadThrough
-from gaggle_rollouts.plan import ACTIVE_STATES, RolloutState
+from gaggle_rollouts.plan import ACTIVE_STATES, MemberState, RolloutState
 from gaggle_rollouts.policies import Policies
 from gaggle_rollouts.rollout_routes import RolloutBody
 from gaggle_rollouts.rollout_store import RolloutStore
@@ -33,7 +33,6 @@ from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
 
 SCHEMA = "rollouts"
-DEVICE_STATES = ("waiting", "pending", "running", "success", "failure", "canceled")
 ROLLOUTS_BY_STATE = "SELECT state, count(*) FROM rollouts.rollouts GROUP BY state"
 DEVICES_OF_ACTIVE_ROLLOUTS = """
 SELECT d.state, count(*) FROM rollouts.rollout_devices d
@@ -104,7 +103,7 @@ def install_metrics(service: Service) -> None:
             }
         for state in get_args(RolloutState):
             rollouts.labels(state).set(by_state.get(state, 0))
-        for state in DEVICE_STATES:
+        for state in get_args(MemberState):
             devices.labels(state).set(by_device_state.get(state, 0))
 
     service.relay_observers.append(count_finished)
@@ -130,7 +129,8 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     store = RolloutStore(actions, catalogue)
     chooser = Chooser(service.db, actions, catalogue, policies, store.members)
     engine = Engine(store, actions, sweep_s=settings.sweep_s, window_s=settings.window_s)
-    subscribe(service.broker, common, UseCases(actions, catalogue, policies, chooser, engine))
+    cases = UseCases(service.db, actions, catalogue, policies, chooser, engine)
+    subscribe(service.broker, common, cases)
     service.background(engine.run)
     service.background(engine.windows)
     install_metrics(service)
@@ -147,6 +147,7 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     )
     # What the routes are given (deps.py).
     app.state.actions = actions
+    app.state.usecases = cases
     app.state.policies = policies
     app.state.chooser = chooser
     app.state.known = known

@@ -17,6 +17,7 @@ from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.policies import Policies
 from gaggle_rollouts.rollout_reads import RolloutReads
 from gaggle_rollouts.rollout_store import RolloutStore
+from gaggle_rollouts.usecases import UseCases
 from gaggle_runtime.auth import needs
 
 
@@ -30,6 +31,7 @@ def _state(name: str) -> Any:
 
 
 ActionsDep = Annotated[Actions, _state("actions")]
+UseCasesDep = Annotated[UseCases, _state("usecases")]
 PoliciesDep = Annotated[Policies, _state("policies")]
 ChooserDep = Annotated[Chooser, _state("chooser")]
 KnownDep = Annotated[ReadThrough, _state("known")]

@@ -45,7 +45,7 @@ async def on_device_updated(event: DeviceUpdated, cases: Cases) -> None:
 
 # Events fetched together are handled concurrently, so two reports of one device may be
 # applied in either order: the history is ordered by when the gateway received them, and a
-# report older than the one that set the action's status does not change it (Actions.apply_many).
+# report older than the one that set the action's status does not change it (domain.apply_reports).
 async def on_action_feedback(event: ActionFeedback, cases: Cases) -> None:
     """ota.v1.*.action.feedback -> history entry; status moved forward; KV refreshed."""
     await cases.report(event, "feedback", event.status)

@@ -19,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from gaggle_contracts import names
 from gaggle_contracts.events import utcnow
 from gaggle_rollouts.actions import Actions, ActionSpec
-from gaggle_rollouts.deps import ActionsDep, ChooserDep, KnownDep, PoliciesDep, Reader, Writer
+from gaggle_rollouts.deps import (
+    ActionsDep,
+    ChooserDep,
+    KnownDep,
+    PoliciesDep,
+    Reader,
+    UseCasesDep,
+    Writer,
+)
 from gaggle_rollouts.domain import Action, Software
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.policies import Policy, PolicyMatch
@@ -276,6 +284,7 @@ async def cancel_action(
     tenant: Writer,
     action_id: ActionIdParam,
     actions: ActionsDep,
+    cases: UseCasesDep,
 ) -> dict[str, Any]:
     tenant = tenant.lower()
     ident = _parse_id(action_id)
@@ -284,7 +293,7 @@ async def cancel_action(
         raise NotFoundError("action", action_id)
     if not existing.active:
         raise ApiError(409, "action_closed", f"action {action_id!r} is {existing.status}")
-    action = await actions.apply(
+    action = await cases.apply(
         tenant,
         ident,
         None,

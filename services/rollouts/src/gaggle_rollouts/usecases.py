@@ -8,8 +8,10 @@ rules themselves are the pure functions of :mod:`~gaggle_rollouts.domain` and
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
 from gaggle_contracts import names
 from gaggle_contracts.events import (
@@ -26,9 +28,10 @@ from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.decision import Decision
-from gaggle_rollouts.domain import Action, Report, ReportKind
+from gaggle_rollouts.domain import Action, Report, ReportKind, apply_reports
 from gaggle_rollouts.policies import Policies
 from gaggle_runtime.coalesce import Coalescer
+from gaggle_runtime.service import Database
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class Poke(Protocol):
 class UseCases:
     """The consumers' use cases over the repositories; bursts are coalesced per transaction."""
 
+    db: Database
     actions: Actions
     catalogue: Catalogue
     policies: Policies
@@ -56,7 +60,7 @@ class UseCases:
     def __post_init__(self) -> None:
         # A rollout's feedback is a burst: the reports of one pull are applied in one
         # transaction.
-        self.reports = Coalescer(self.actions.apply_many, max_batch=FEEDBACK_BATCH)
+        self.reports = Coalescer(self.apply_many, max_batch=FEEDBACK_BATCH)
         # A fleet's first contact is a burst of inventories: those of a pull are written at
         # once, and their devices chosen for together.
         self.inventory = Coalescer(self.policies.record_devices, max_batch=INVENTORY_BATCH)
@@ -121,7 +125,7 @@ class UseCases:
         await self.policies.record_device(event)
         action = await self.actions.open_action_of(event.tenant, event.controller_id)
         if action is not None:
-            closed = await self.actions.apply(
+            closed = await self.apply(
                 event.tenant,
                 action.id,
                 event.event_id,
@@ -137,7 +141,7 @@ class UseCases:
         await self.actions.set_auto_confirm(event.tenant, event.controller_id, event.active)
         action = await self.actions.open_action_of(event.tenant, event.controller_id)
         if event.active and action is not None and action.status == "wait_for_confirmation":
-            await self.actions.apply(
+            await self.apply(
                 event.tenant,
                 action.id,
                 event.event_id,
@@ -146,6 +150,33 @@ class UseCases:
                 "confirmed",
                 note=[f"Confirmed automatically ({event.initiator or 'device'})."],
             )
+
+    async def apply(
+        self,
+        tenant: str,
+        action_id: int,
+        event_id: Any,
+        at: datetime,
+        fb: FeedbackStatus | None,
+        kind: ReportKind,
+        note: list[str] | None = None,
+    ) -> Action | None:
+        """Apply one report (see :meth:`apply_many`); the action as it is now, None: no such."""
+        (result,) = await self.apply_many([Report(tenant, action_id, event_id, at, fb, kind, note)])
+        return result
+
+    async def apply_many(self, reports: Sequence[Report]) -> list[Action | None]:
+        """Apply many reports in one transaction; for each, its action as it is after it.
+
+        The actions are locked, so reports for one action are applied one after the other, also
+        across batches and replicas. What each report does is :func:`domain.apply_reports`.
+        """
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            current = await self.actions.lock(conn, reports)
+            seen = await self.actions.seen(conn, reports)
+            applied = apply_reports(current, reports, seen)
+            await self.actions.record(conn, applied)
+            return applied.results
 
     async def choose_many(self, devices: list[tuple[str, str]]) -> list[Decision | Exception]:
         """Choose for many ``(tenant, controller_id)`` at once; each device's decision."""

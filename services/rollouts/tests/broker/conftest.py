@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
 
-from gaggle_contracts.events import DeviceUpdated, FeedbackStatus, SoftwareCreated, SoftwareDeleted
+from gaggle_contracts.events import DeviceUpdated, Event, SoftwareCreated, SoftwareDeleted
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts.app import subscribe
 from gaggle_rollouts.decision import Decision
-from gaggle_rollouts.domain import Action, Report, ReportKind, apply_report
+from gaggle_rollouts.domain import Action, Applied, Report
 from gaggle_rollouts.usecases import UseCases
+
+
+class FakeConn:
+    """A connection whose transaction does nothing (the fakes keep no transactions)."""
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
+
+class FakeDatabase:
+    """Gives :class:`FakeConn` as the pool does connections."""
+
+    @property
+    def pool(self) -> FakeDatabase:
+        return self
+
+    def acquire(self) -> contextlib.AbstractAsyncContextManager[FakeConn]:
+        return contextlib.nullcontext(FakeConn())
 
 
 @dataclass
@@ -32,6 +52,7 @@ class FakeRepo:
     latest: list[str] = field(default_factory=list)
     history: list[Report] = field(default_factory=list)
     calls: list[tuple[str, Any]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     waiting_in_rollouts: set[str] = field(default_factory=set)
 
     def add(self, action: Action) -> Action:
@@ -61,29 +82,21 @@ class FakeRepo:
     async def may_want_more(self, action: Action) -> bool:
         return action.rollout_id is None or action.controller_id in self.waiting_in_rollouts
 
-    async def apply_many(self, reports: Sequence[Report]) -> list[Action | None]:
-        results: list[Action | None] = []
-        for report in reports:
-            action = self.actions.get(report.action_id)
-            if action is not None:
-                self.history.append(report)
-                status, active = apply_report(action, report.kind, report.fb)
-                action = self.actions[action.id] = replace(action, status=status, active=active)
-            results.append(action)
-        return results
+    async def lock(
+        self, conn: FakeConn, reports: Sequence[Report]
+    ) -> dict[tuple[str, int], tuple[Action, datetime | None]]:
+        ids = {r.action_id for r in reports}
+        return {(a.tenant, a.id): (a, None) for a in self.actions.values() if a.id in ids}
 
-    async def apply(
-        self,
-        tenant: str,
-        action_id: int,
-        event_id: Any,
-        at: Any,
-        fb: FeedbackStatus | None,
-        kind: ReportKind,
-        note: list[str] | None = None,
-    ) -> Action | None:
-        (result,) = await self.apply_many([Report(tenant, action_id, event_id, at, fb, kind, note)])
-        return result
+    async def seen(self, conn: FakeConn, reports: Sequence[Report]) -> set[object]:
+        recorded = {r.event_id for r in self.history}
+        return {r.event_id for r in reports if r.event_id in recorded}
+
+    async def record(self, conn: FakeConn, applied: Applied) -> None:
+        self.history.extend(report for _, report, _ in applied.entries)
+        for action, _ in applied.moved:
+            self.actions[action.id] = action
+        self.events.extend(applied.events)
 
     async def record_devices(self, events: list[DeviceUpdated]) -> list[None]:
         for e in events:
@@ -132,7 +145,7 @@ def engine() -> FakeEngine:
 async def broker(repo: FakeRepo, engine: FakeEngine) -> AsyncIterator[NatsBroker]:
     """The rollouts subscribers, wired as the service wires them, on an in-memory broker."""
     real = NatsBroker()
-    subscribe(real, CommonSettings(), UseCases(repo, repo, repo, repo, engine))  # type: ignore[arg-type]
+    subscribe(real, CommonSettings(), UseCases(FakeDatabase(), repo, repo, repo, repo, engine))  # type: ignore[arg-type]
     async with TestNatsBroker(real) as br:
         yield br
 

@@ -9,6 +9,8 @@ from faststream.nats import NatsBroker
 
 from gaggle_contracts.events import (
     ActionFeedback,
+    ActionFinished,
+    ActionUpdated,
     AutoConfirmChanged,
     CancelFeedback,
     ConfirmationFeedback,
@@ -68,6 +70,7 @@ async def test_action_feedback_closing_an_action_chooses_for_its_device_again(
     repo.add(action)
     await send(broker, ActionFeedback.model_validate(feedback("closed", "success")))
     assert (repo.actions[7].status, repo.actions[7].active) == ("finished", False)
+    assert [(type(e), e.status) for e in repo.events] == [(ActionFinished, "finished")]
     assert [r.kind for r in repo.history] == ["feedback"]
     assert repo.calls == [("choose", ("t", ("d1",)))]
     assert engine.poked == []
@@ -89,6 +92,7 @@ async def test_action_feedback_in_progress_keeps_the_action_open(
     repo.add(action)
     await send(broker, ActionFeedback.model_validate(feedback("download")))
     assert (repo.actions[7].status, repo.actions[7].active) == ("download", True)
+    assert [(type(e), e.status) for e in repo.events] == [(ActionUpdated, "download")]
     assert repo.calls == []
 
 
@@ -97,8 +101,19 @@ async def test_action_feedback_for_an_id_that_cannot_be_a_row_touches_nothing(
 ) -> None:
     repo.add(action)
     await send(broker, ActionFeedback.model_validate(feedback("closed", action_id="1" * 19)))
-    assert repo.history == []
+    assert (repo.history, repo.events) == ([], [])
     assert repo.actions[7] == action
+
+
+async def test_a_redelivered_action_feedback_changes_nothing(
+    broker: NatsBroker, repo: Any, action: Action
+) -> None:
+    repo.add(action)
+    event = ActionFeedback.model_validate(feedback("download"))
+    await send(broker, event)
+    await send(broker, event)
+    assert len(repo.history) == 1
+    assert len(repo.events) == 1
 
 
 async def test_cancel_feedback_accepted_cancels_the_action(
