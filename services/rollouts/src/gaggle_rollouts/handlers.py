@@ -29,7 +29,7 @@ Cases = Annotated[UseCases, Context("usecases")]
 
 
 async def on_software_created(event: SoftwareCreated, cases: Cases) -> None:
-    """ota.v1.*.software.created -> catalogue upsert; devices in ``latest`` chosen for again."""
+    """ota.v1.*.software.created -> catalogue upsert; devices in ``latest`` re-decided."""
     await cases.software_created(event)
 
 
@@ -39,7 +39,7 @@ async def on_software_deleted(event: SoftwareDeleted, cases: Cases) -> None:
 
 
 async def on_device_updated(event: DeviceUpdated, cases: Cases) -> None:
-    """ota.v1.*.device.updated -> inventory kept; chosen for again; deleted: action canceled."""
+    """ota.v1.*.device.updated -> inventory kept; re-decided; deleted: open action canceled."""
     await cases.device_updated(event)
 
 
