@@ -11,8 +11,7 @@ import pytest
 
 from gaggle_contracts.events import FeedbackStatus
 from gaggle_contracts.settings import CommonSettings
-from gaggle_rollouts.domain import feedback_status
-from gaggle_rollouts.repository import Report
+from gaggle_rollouts.domain import Report
 
 from .test_ddi_cycle import Stack
 from .test_ddi_cycle import stack as stack  # the fixture, used by name
@@ -36,7 +35,8 @@ async def test_a_batch_of_reports_ends_as_the_same_reports_one_after_another(
             await client.get(stack.dev(cid))
             await client.put(f"{stack.dev(cid)}/configData", json={"data": {"hw_boardname": "b"}})
             actions[cid] = int((await stack.assign(client, cid, sid))["id"])
-    repo = stack.rollouts.app.state.repo
+    repo = stack.rollouts.app.state.actions
+    cases = stack.rollouts.app.state.usecases
     t = stack.tenant
     a1, a2, a3 = actions["b1"], actions["b2"], actions["b3"]
     e = [uuid4() for _ in range(6)]
@@ -48,16 +48,16 @@ async def test_a_batch_of_reports_ends_as_the_same_reports_one_after_another(
 
     before = {a: len(await repo.history(a)) for a in (a1, a2, a3)}  # the creation's entries
     batch = [
-        Report(t, a1, e[0], at(1), fb("proceeding"), feedback_status),
-        Report(t, a1, e[0], at(1), fb("proceeding"), feedback_status),  # the same event twice
-        Report(t, a2, e[1], at(5), fb("download"), feedback_status),
-        Report(t, a1, e[2], at(3), fb("closed", "success"), feedback_status),
-        Report(t, 10**12, e[3], at(1), fb("proceeding"), feedback_status),  # no such action
+        Report(t, a1, e[0], at(1), fb("proceeding"), "feedback"),
+        Report(t, a1, e[0], at(1), fb("proceeding"), "feedback"),  # the same event twice
+        Report(t, a2, e[1], at(5), fb("download"), "feedback"),
+        Report(t, a1, e[2], at(3), fb("closed", "success"), "feedback"),
+        Report(t, 10**12, e[3], at(1), fb("proceeding"), "feedback"),  # no such action
         # Received before the report that set b2's status: it only joins the history.
-        Report(t, a2, e[4], at(2), fb("proceeding"), feedback_status),
-        Report(t, a3, e[5], at(4), fb("closed", "failure"), feedback_status),
+        Report(t, a2, e[4], at(2), fb("proceeding"), "feedback"),
+        Report(t, a3, e[5], at(4), fb("closed", "failure"), "feedback"),
     ]
-    results = await repo.apply_many(batch)
+    results = await cases.apply_many(batch)
     assert [(r.status, r.active) if r else None for r in results] == [
         ("running", True),
         ("running", True),
@@ -93,7 +93,7 @@ async def test_a_batch_of_reports_ends_as_the_same_reports_one_after_another(
         await queue_many(conn, events, **rest)
 
     repo.outbox.many = spy
-    again = await repo.apply_many(batch)
+    again = await cases.apply_many(batch)
     repo.outbox.many = queue_many
     assert queued == []
     assert [(r.status, r.active) if r else None for r in again] == [

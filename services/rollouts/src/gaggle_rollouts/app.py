@@ -6,27 +6,33 @@ from typing import Any, get_args
 
 import orjson
 from fastapi import FastAPI
+from faststream.nats import NatsBroker
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 
 from gaggle_contracts.events import ActionFinished
 from gaggle_contracts.settings import CommonSettings
+from gaggle_rollouts import errors, rollout_routes, routes
+from gaggle_rollouts.actions import Actions
+from gaggle_rollouts.catalogue import Catalogue
+from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
-from gaggle_rollouts.handlers import SERVICE, make_router
+from gaggle_rollouts.handlers import SERVICE, SUBSCRIBERS
 from gaggle_rollouts.known import ReadThrough
-from gaggle_rollouts.plan import ACTIVE_STATES, RolloutState
-from gaggle_rollouts.repository import Repo
-from gaggle_rollouts.rollout_routes import RolloutBody, make_rollout_routes
+from gaggle_rollouts.plan import ACTIVE_STATES, MemberState, RolloutState
+from gaggle_rollouts.policies import Policies
+from gaggle_rollouts.rollout_routes import RolloutBody
 from gaggle_rollouts.rollout_store import RolloutStore
-from gaggle_rollouts.routes import BulkPolicyBody, NewAction, PolicyBody, make_routes
+from gaggle_rollouts.routes import BulkPolicyBody, NewAction, PolicyBody
 from gaggle_rollouts.settings import RolloutsSettings
+from gaggle_rollouts.usecases import UseCases
+from gaggle_runtime.bus import consumer_options
 from gaggle_runtime.metrics import Metrics
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
 
 SCHEMA = "rollouts"
-DEVICE_STATES = ("waiting", "pending", "running", "success", "failure", "canceled")
 ROLLOUTS_BY_STATE = "SELECT state, count(*) FROM rollouts.rollouts GROUP BY state"
 DEVICES_OF_ACTIVE_ROLLOUTS = """
 SELECT d.state, count(*) FROM rollouts.rollout_devices d
@@ -97,11 +103,18 @@ def install_metrics(service: Service) -> None:
             }
         for state in get_args(RolloutState):
             rollouts.labels(state).set(by_state.get(state, 0))
-        for state in DEVICE_STATES:
+        for state in get_args(MemberState):
             devices.labels(state).set(by_device_state.get(state, 0))
 
     service.relay_observers.append(count_finished)
     service.metrics.sampler(sample)
+
+
+def subscribe(broker: NatsBroker, common: CommonSettings, cases: UseCases) -> None:
+    """Every rollouts consumer on ``broker``, its use cases in the broker's context."""
+    broker.context.set_global("usecases", cases)
+    for kind, handler, batch in SUBSCRIBERS:
+        broker.subscriber(**consumer_options(SERVICE, kind, common, batch=batch))(handler)
 
 
 def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
@@ -109,10 +122,15 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     service = Service(
         SERVICE, common, schema=SCHEMA, migrations_package="gaggle_rollouts.migrations"
     )
-    repo = Repo(service.db, Outbox(SCHEMA))
-    store = RolloutStore(repo)
-    engine = Engine(store, repo, sweep_s=settings.sweep_s, window_s=settings.window_s)
-    service.broker.include_router(make_router(repo, common, engine))
+    outbox = Outbox(SCHEMA)
+    catalogue = Catalogue(service.db)
+    policies = Policies(service.db, outbox)
+    actions = Actions(service.db, outbox, catalogue)
+    store = RolloutStore(actions, catalogue)
+    chooser = Chooser(service.db, actions, catalogue, policies, store.members)
+    engine = Engine(store, actions, sweep_s=settings.sweep_s, window_s=settings.window_s)
+    cases = UseCases(service.db, actions, catalogue, policies, chooser, engine)
+    subscribe(service.broker, common, cases)
     service.background(engine.run)
     service.background(engine.windows)
     install_metrics(service)
@@ -121,12 +139,26 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
         description="What every device should run: actions, their history, rollouts.",
     )
     known = ReadThrough(
-        repo, lambda: service.broker.connection, settings.lookup_timeout_s, service.tracing
+        catalogue,
+        policies,
+        lambda: service.broker.connection,
+        settings.lookup_timeout_s,
+        service.tracing,
     )
-    app.include_router(make_routes(repo, known))
-    app.include_router(make_rollout_routes(store, engine, known))
+    # What the routes are given (deps.py).
+    app.state.actions = actions
+    app.state.usecases = cases
+    app.state.policies = policies
+    app.state.chooser = chooser
+    app.state.known = known
+    app.state.store = store
+    app.state.reads = store.reads
+    app.state.engine = engine
+    app.state.catalogue = catalogue
+    errors.install(app)
+    app.include_router(routes.api)
+    app.include_router(rollout_routes.api)
     service.secure(app)
     add_examples(app, EXAMPLES)
     app.state.service = service
-    app.state.repo = repo
     return app

@@ -158,7 +158,7 @@ def _target(
     return Decision(software.software_id, "rollout", newest.rollout_id)
 
 
-def decide(
+def choose_software(
     device: DeviceView,
     policy: PolicyView,
     catalogue: Mapping[str, Candidate],

@@ -7,12 +7,14 @@ but changes nothing.
 
 from __future__ import annotations
 
+import json
 import zlib
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from gaggle_contracts.events import FeedbackStatus
+from gaggle_contracts.events import ActionFinished, ActionUpdated, Event, FeedbackStatus
 from gaggle_contracts.kv import (
     ArtifactDoc,
     ChunkDoc,
@@ -109,9 +111,57 @@ def confirmation_status(action: Action, confirmed: bool) -> tuple[str, bool]:
     return action.status, action.active
 
 
-def close_for_deleted_device(action: Action, _: object) -> tuple[str, bool]:
+def close_for_deleted_device(action: Action) -> tuple[str, bool]:
     """A deleted device's open action is canceled without waiting for the device."""
     return ("canceled", False) if action.active else (action.status, False)
+
+
+def cancel_requested_status(action: Action) -> tuple[str, bool]:
+    """An operator asked to cancel: an open action waits for the device's answer."""
+    return ("canceling", True) if action.active else (action.status, action.active)
+
+
+ReportKind = Literal[
+    "feedback", "cancel_feedback", "confirmed", "denied", "cancel_requested", "device_deleted"
+]
+"""What a report on an action is: the device's feedback or answer, or an operator's request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One report on an action: feedback from the device, or a note with what happened."""
+
+    tenant: str
+    action_id: int
+    event_id: Any
+    at: datetime
+    fb: FeedbackStatus | None
+    kind: ReportKind
+    note: list[str] | None = None
+
+
+def apply_report(action: Action, kind: ReportKind, fb: FeedbackStatus | None) -> tuple[str, bool]:
+    """The action's (status, active) after a report of ``kind``; status only moves forward.
+
+    Args:
+        action: The action as it stands.
+        kind: What the report is.
+        fb: The device's feedback, for ``feedback`` and ``cancel_feedback`` (else unused).
+
+    Raises:
+        ValueError: a feedback report without its feedback.
+    """
+    if kind in ("feedback", "cancel_feedback"):
+        if fb is None:
+            raise ValueError(f"a {kind} report needs the device's feedback")
+        if kind == "feedback":
+            return feedback_status(action, fb)
+        return cancel_feedback_status(action, fb)
+    if kind in ("confirmed", "denied"):
+        return confirmation_status(action, kind == "confirmed")
+    if kind == "cancel_requested":
+        return cancel_requested_status(action)
+    return close_for_deleted_device(action)
 
 
 def handling(
@@ -206,3 +256,106 @@ def deployment_entry(
 def with_status(action: Action, status: str, active: bool) -> Action:
     """A copy with a new status."""
     return replace(action, status=status, active=active)
+
+
+def announcement(action: Action, fb: FeedbackStatus | None) -> Event:
+    """``action.updated`` for an open action (with the report's details), else ``finished``."""
+    if action.active:
+        return ActionUpdated(
+            tenant=action.tenant,
+            controller_id=action.controller_id,
+            action_id=str(action.id),
+            status=action.status,
+            details=fb.details if fb else [],
+        )
+    return ActionFinished(
+        tenant=action.tenant,
+        controller_id=action.controller_id,
+        action_id=str(action.id),
+        status=action.status,
+        software_id=action.software_id,
+        version=action.version,
+    )
+
+
+@dataclass
+class Applied:
+    """What a batch of reports did: each report's action, and what to store and publish."""
+
+    results: list[Action | None] = field(default_factory=list)
+    """Each report's action as it is after it (None: no such action)."""
+    entries: list[tuple[int, Report, str]] = field(default_factory=list)
+    """History entries to record: (action id, report, status recorded), in report order."""
+    moved: list[tuple[Action, datetime]] = field(default_factory=list)
+    """Actions whose status changed, as they are now, with their status time; in id order."""
+    events: list[Event] = field(default_factory=list)
+    rendered: dict[str, set[str]] = field(default_factory=dict)
+    """Devices whose KV document must be rendered again, by tenant."""
+
+    def rows(self) -> list[tuple[object, ...]]:
+        """The history entries as ``action_status`` rows."""
+        return [
+            (
+                action_id,
+                r.event_id,
+                r.at,
+                status,
+                r.fb.execution if r.fb else None,
+                r.fb.finished if r.fb else None,
+                r.fb.code if r.fb else None,
+                json.dumps((r.fb.details if r.fb else r.note) or []),
+            )
+            for action_id, r, status in self.entries
+        ]
+
+
+def apply_reports(
+    current: dict[tuple[str, int], tuple[Action, datetime | None]],
+    reports: Sequence[Report],
+    seen: set[object],
+) -> Applied:
+    """Apply reports, in their order, to the actions ``current`` holds (with their status time).
+
+    A report whose ``event_id`` is in ``seen`` changes nothing (a redelivery). A report received
+    before the one that set an open action's current status only joins the history; closing
+    always applies.
+    """
+    out = Applied()
+    changed: set[tuple[str, int]] = set()
+    for report in reports:
+        key = (report.tenant, report.action_id)
+        if key not in current:
+            out.results.append(None)
+            continue
+        action, status_at = current[key]
+        if report.event_id is not None:
+            if report.event_id in seen:
+                out.results.append(action)  # seen before
+                continue
+            seen.add(report.event_id)
+        fb = report.fb
+        status, active = apply_report(action, report.kind, fb)
+        if active and status_at is not None and report.at < status_at:
+            status = action.status
+        out.entries.append((action.id, report, status))
+        if (status, active) == (action.status, action.active):
+            out.results.append(action)
+            if not active:
+                continue
+            if fb is not None:
+                # The device is at work (a first "proceeding" leaves the action "running"):
+                # say so, for the registry's update state and for watchers.
+                out.events.append(announcement(action, fb))
+        else:
+            action = with_status(action, status, active)
+            status_at = report.at if status_at is None else max(status_at, report.at)
+            current[key] = (action, status_at)
+            changed.add(key)
+            out.results.append(action)
+            out.events.append(announcement(action, fb))
+        out.rendered.setdefault(report.tenant, set()).add(action.controller_id)
+    for k in sorted(changed, key=lambda k: k[1]):
+        moved, at = current[k]
+        assert at is not None  # noqa: S101 - set above for every changed action
+        out.moved.append((moved, at))
+    return out

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 
-from gaggle_rollouts.repository import Repo
+from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.rollout_store import RolloutStore
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class Engine:
     def __init__(
         self,
         store: RolloutStore,
-        repo: Repo,
+        repo: Actions,
         *,
         sweep_s: float = 2.0,
         window_s: float = 30.0,

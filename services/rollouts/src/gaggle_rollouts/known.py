@@ -11,6 +11,7 @@ the event, when it comes, changes nothing. An id the owner does not know either 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from nats.aio.client import Client as NatsClient
@@ -26,52 +27,39 @@ from gaggle_contracts.rpc import (
     RpcRequest,
     SoftwareFound,
 )
+from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.domain import Software
-from gaggle_rollouts.repository import Repo
-from gaggle_runtime.http import ApiError
+from gaggle_rollouts.errors import OwnerUnavailable
+from gaggle_rollouts.policies import Policies
 from gaggle_runtime.rpc import RpcUnavailableError, ask
 from gaggle_runtime.telemetry import Tracing
 
 M = TypeVar("M", bound=RpcMessage)
 
 
-class OwnerUnavailableError(ApiError):
-    """An id rollouts has not been told of, whose owner did not answer: try again."""
-
-    def __init__(self, what: str, why: RpcUnavailableError) -> None:
-        super().__init__(
-            503, "unavailable", f"{what} is not known to rollouts yet and {why}; try again"
-        )
-
-
+@dataclass
 class ReadThrough:
     """Rollouts' copies of software and devices, completed from their owners on a miss."""
 
-    def __init__(
-        self,
-        repo: Repo,
-        nats: Callable[[], NatsClient],
-        timeout: float,
-        tracing: Tracing | None = None,
-    ) -> None:
-        self.repo = repo
-        self.nats = nats
-        self.timeout = timeout
-        self.tracing = tracing
+    catalogue: Catalogue
+    policies: Policies
+    nats: Callable[[], NatsClient]
+    timeout: float
+    tracing: Tracing | None = None
 
     async def _ask(self, request: RpcRequest, reply: type[M], what: str) -> M:
         try:
             return await ask(self.nats(), request, reply, self.timeout, self.tracing)
         except RpcUnavailableError as exc:
-            raise OwnerUnavailableError(what, exc) from exc
+            raise OwnerUnavailable(what, exc) from exc
 
     async def software(self, tenant: str, software_id: str) -> Software | None:
         """The software (deleted ones too), asked of artifacts if not announced yet; None: none.
 
         Raises:
-            OwnerUnavailableError: not known here, and artifacts did not answer.
+            OwnerUnavailable: not known here, and artifacts did not answer.
         """
-        known = await self.repo.software(tenant, software_id)
+        known = await self.catalogue.software(tenant, software_id)
         if known is not None:
             return known
         found = await self._ask(
@@ -83,16 +71,18 @@ class ReadThrough:
             return None
         # What on_software_created records; devices in mode latest are decided again when the
         # event itself arrives.
-        await self.repo.upsert_software(found.software)
+        await self.catalogue.upsert_software(found.software)
         if found.deleted:
-            await self.repo.delete_software(SoftwareDeleted(tenant=tenant, software_id=software_id))
-        return await self.repo.software(tenant, software_id)
+            await self.catalogue.delete_software(
+                SoftwareDeleted(tenant=tenant, software_id=software_id)
+            )
+        return await self.catalogue.software(tenant, software_id)
 
     async def device(self, tenant: str, controller_id: str) -> bool:
         """Whether the device exists (rollouts was told, or the registry knows it).
 
         Raises:
-            OwnerUnavailableError: not known here, and the registry did not answer.
+            OwnerUnavailable: not known here, and the registry did not answer.
         """
         return controller_id in await self.devices(tenant, [controller_id])
 
@@ -103,10 +93,10 @@ class ReadThrough:
         the time the registry last changed the device.
 
         Raises:
-            OwnerUnavailableError: some are not known here, and the registry did not answer.
+            OwnerUnavailable: some are not known here, and the registry did not answer.
         """
         ids = list(dict.fromkeys(controller_ids))
-        known = await self.repo.known_devices(tenant, ids)
+        known = await self.policies.known_devices(tenant, ids)
         # An id Gaggle refuses cannot name a device: no need to ask.
         missing = [c for c in ids if c not in known and names.CONTROLLER_ID_RE.match(c)]
         for i in range(0, len(missing), MAX_DEVICE_LOOKUP):
@@ -116,7 +106,7 @@ class ReadThrough:
                 FindDevices(tenant=tenant, controller_ids=chunk), DevicesFound, what
             )
             if found.devices:
-                await self.repo.record_devices(
+                await self.policies.record_devices(
                     [
                         DeviceUpdated(
                             tenant=tenant,

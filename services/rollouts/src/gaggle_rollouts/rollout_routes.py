@@ -1,5 +1,9 @@
 """Rollouts operator API: create a rollout, follow it, start, pause, resume, abort."""
 
+# Routes carry their documentation in summary= and description=: a docstring would become
+# the OpenAPI description of the operation.
+# ruff: noqa: D103
+
 from __future__ import annotations
 
 from datetime import time
@@ -9,17 +13,11 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gaggle_contracts import names
-from gaggle_contracts.access import Permission
-from gaggle_rollouts.engine import Engine
-from gaggle_rollouts.known import ReadThrough
+from gaggle_rollouts.deps import EngineDep, KnownDep, Reader, ReadsDep, StoreDep, Writer
 from gaggle_rollouts.plan import WaveSpec
-from gaggle_rollouts.rollout_store import DeviceFilter, NewRollout, RolloutStore
-from gaggle_runtime.auth import needs
+from gaggle_rollouts.rollout_filter import DeviceFilter, NewRollout
 from gaggle_runtime.http import NotFoundError
 
-TenantParam = Annotated[
-    str, Query(description="Tenant (case-insensitive)", pattern=names.TENANT_RE.pattern)
-]
 RolloutIdParam = Annotated[str, Path(max_length=64, description="Rollout id")]
 FEED_PATTERN = r"^[A-Za-z0-9._-]+$"
 
@@ -115,118 +113,111 @@ def parse_id(raw: str) -> int:
     return rollout_id
 
 
-def make_rollout_routes(store: RolloutStore, engine: Engine, known: ReadThrough) -> APIRouter:
-    """Routes bound to ``store``; changed rollouts are handed to ``engine``.
+api = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
-    A software or device id rollouts has not been told of yet is read through ``known`` before
-    the rollout is created, so an id that was just uploaded or registered works at once.
-    """
-    api = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
-    @api.post("", status_code=201, summary="Create a rollout (and start it with start=true)")
-    async def create_rollout(
-        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], body: RolloutBody
+def _new_rollout(body: RolloutBody) -> NewRollout:
+    f = body.filter
+    return NewRollout(
+        name=body.name,
+        software_id=body.software_id,
+        feed=body.feed,
+        device_filter=DeviceFilter(
+            f.hw_model,
+            f.hw_revision,
+            f.sw_version,
+            None if f.controller_ids is None else frozenset(f.controller_ids),
+        ),
+        waves=[WaveSpec(w.percent, w.count) for w in body.waves],
+        success_threshold=body.success_threshold,
+        error_threshold=body.error_threshold,
+        error_action=body.error_action,
+        action_type=body.action_type,
+        confirmation_required=body.confirmation_required,
+        maintenance_window=(
+            body.maintenance_window.model_dump() if body.maintenance_window else None
+        ),
+        start=body.start,
+    )
+
+
+@api.post("", status_code=201, summary="Create a rollout (and start it with start=true)")
+async def create_rollout(
+    tenant: Writer, body: RolloutBody, store: StoreDep, engine: EngineDep, known: KnownDep
+) -> dict[str, Any]:
+    # A software or device id rollouts has not been told of yet is read through ``known``
+    # first, so an id that was just uploaded or registered works at once.
+    tenant = tenant.lower()
+    await known.software(tenant, body.software_id)
+    if body.filter.controller_ids is not None:
+        await known.devices(tenant, body.filter.controller_ids)
+    doc = await store.create(tenant, _new_rollout(body))
+    engine.poke(int(doc["id"]))
+    return doc
+
+
+@api.get("", summary="Rollouts, newest first")
+async def list_rollouts(
+    tenant: Reader,
+    reads: ReadsDep,
+    feed: Annotated[str | None, Query(max_length=64, pattern=FEED_PATTERN)] = None,
+    state: Literal["created", "running", "paused", "finished", "aborted"] | None = None,
+    before: Annotated[str | None, Query(max_length=18, pattern=r"^\d+$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    items = await reads.find(
+        tenant.lower(), feed, state, None if before is None else int(before), limit
+    )
+    nxt = items[-1]["id"] if len(items) == limit else None
+    return {"items": items, "next": nxt}
+
+
+@api.get("/{rollout_id}", summary="One rollout with its waves and counters")
+async def get_rollout(
+    tenant: Reader, rollout_id: RolloutIdParam, reads: ReadsDep
+) -> dict[str, Any]:
+    doc = await reads.get(tenant.lower(), parse_id(rollout_id))
+    if doc is None:
+        raise NotFoundError("rollout", rollout_id)
+    return doc
+
+
+@api.get("/{rollout_id}/devices", summary="A rollout's devices, their wave and state")
+async def rollout_devices(
+    tenant: Reader,
+    rollout_id: RolloutIdParam,
+    reads: ReadsDep,
+    state: Literal["waiting", "pending", "running", "success", "failure", "canceled"] | None = None,
+    after: Annotated[str | None, Query(max_length=256)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    items = await reads.members(tenant.lower(), parse_id(rollout_id), state, after, limit)
+    if items is None:
+        raise NotFoundError("rollout", rollout_id)
+    nxt = items[-1]["controller_id"] if len(items) == limit else None
+    return {"items": items, "next": nxt}
+
+
+COMMANDS = {
+    "start": "Start a created rollout (its first wave)",
+    "pause": "Pause a running rollout (no new actions)",
+    "resume": "Resume a paused rollout (failures so far no longer count against its threshold)",
+    "abort": "Abort a rollout: its open actions are canceled",
+}
+
+
+def _command_route(name: str, summary: str) -> None:
+    async def command(
+        tenant: Writer, rollout_id: RolloutIdParam, store: StoreDep, engine: EngineDep
     ) -> dict[str, Any]:
-        tenant = tenant.lower()
-        await known.software(tenant, body.software_id)
-        if body.filter.controller_ids is not None:
-            await known.devices(tenant, body.filter.controller_ids)
-        new = NewRollout(
-            name=body.name,
-            software_id=body.software_id,
-            feed=body.feed,
-            device_filter=DeviceFilter(
-                body.filter.hw_model,
-                body.filter.hw_revision,
-                body.filter.sw_version,
-                None
-                if body.filter.controller_ids is None
-                else frozenset(body.filter.controller_ids),
-            ),
-            waves=[WaveSpec(w.percent, w.count) for w in body.waves],
-            success_threshold=body.success_threshold,
-            error_threshold=body.error_threshold,
-            error_action=body.error_action,
-            action_type=body.action_type,
-            confirmation_required=body.confirmation_required,
-            maintenance_window=(
-                body.maintenance_window.model_dump() if body.maintenance_window else None
-            ),
-            start=body.start,
-        )
-        doc = await store.create(tenant, new)
-        engine.poke(int(doc["id"]))
-        return doc
-
-    @api.get("", summary="Rollouts, newest first")
-    async def list_rollouts(
-        tenant: Annotated[str, needs(Permission.ROLLOUT_READ)],
-        feed: Annotated[str | None, Query(max_length=64, pattern=FEED_PATTERN)] = None,
-        state: Literal["created", "running", "paused", "finished", "aborted"] | None = None,
-        before: Annotated[str | None, Query(max_length=18, pattern=r"^\d+$")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    ) -> dict[str, Any]:
-        items = await store.find(
-            tenant.lower(), feed, state, None if before is None else int(before), limit
-        )
-        nxt = items[-1]["id"] if len(items) == limit else None
-        return {"items": items, "next": nxt}
-
-    @api.get("/{rollout_id}", summary="One rollout with its waves and counters")
-    async def get_rollout(
-        tenant: Annotated[str, needs(Permission.ROLLOUT_READ)], rollout_id: RolloutIdParam
-    ) -> dict[str, Any]:
-        doc = await store.get(tenant.lower(), parse_id(rollout_id))
-        if doc is None:
-            raise NotFoundError("rollout", rollout_id)
-        return doc
-
-    @api.get("/{rollout_id}/devices", summary="A rollout's devices, their wave and state")
-    async def rollout_devices(
-        tenant: Annotated[str, needs(Permission.ROLLOUT_READ)],
-        rollout_id: RolloutIdParam,
-        state: Literal["waiting", "pending", "running", "success", "failure", "canceled"]
-        | None = None,
-        after: Annotated[str | None, Query(max_length=256)] = None,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    ) -> dict[str, Any]:
-        items = await store.members(tenant.lower(), parse_id(rollout_id), state, after, limit)
-        if items is None:
-            raise NotFoundError("rollout", rollout_id)
-        nxt = items[-1]["controller_id"] if len(items) == limit else None
-        return {"items": items, "next": nxt}
-
-    async def command(rollout_id: str, tenant: str, name: str) -> dict[str, Any]:
         ident = parse_id(rollout_id)
         doc = await store.command(tenant.lower(), ident, name)
         engine.poke(ident)
         return doc
 
-    @api.post("/{rollout_id}/start", summary="Start a created rollout (its first wave)")
-    async def start_rollout(
-        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], rollout_id: RolloutIdParam
-    ) -> dict[str, Any]:
-        return await command(rollout_id, tenant, "start")
+    command.__name__ = f"{name}_rollout"
+    api.post(f"/{{rollout_id}}/{name}", summary=summary)(command)
 
-    @api.post("/{rollout_id}/pause", summary="Pause a running rollout (no new actions)")
-    async def pause_rollout(
-        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], rollout_id: RolloutIdParam
-    ) -> dict[str, Any]:
-        return await command(rollout_id, tenant, "pause")
 
-    @api.post(
-        "/{rollout_id}/resume",
-        summary="Resume a paused rollout (failures so far no longer count against its threshold)",
-    )
-    async def resume_rollout(
-        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], rollout_id: RolloutIdParam
-    ) -> dict[str, Any]:
-        return await command(rollout_id, tenant, "resume")
-
-    @api.post("/{rollout_id}/abort", summary="Abort a rollout: its open actions are canceled")
-    async def abort_rollout(
-        tenant: Annotated[str, needs(Permission.ROLLOUT_WRITE)], rollout_id: RolloutIdParam
-    ) -> dict[str, Any]:
-        return await command(rollout_id, tenant, "abort")
-
-    return api
+for _name, _summary in COMMANDS.items():
+    _command_route(_name, _summary)

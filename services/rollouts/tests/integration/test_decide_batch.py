@@ -9,8 +9,9 @@ import pytest
 
 from gaggle_contracts.events import Compatibility, DeviceUpdated, SoftwareCreated
 from gaggle_contracts.settings import CommonSettings
+from gaggle_rollouts.actions import ActionSpec
 from gaggle_rollouts.app import build_app
-from gaggle_rollouts.repository import ActionSpec, Policy
+from gaggle_rollouts.policies import Policy
 from gaggle_rollouts.settings import RolloutsSettings
 
 pytestmark = pytest.mark.integration
@@ -31,9 +32,10 @@ async def test_a_batch_decides_every_mode_and_lets_devices_join_a_running_rollou
     operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
 ) -> None:
     service = await serve(build_app(common, RolloutsSettings(sweep_s=60)))
-    repo = service.app.state.repo
+    state = service.app.state
+    catalogue, policies, actions = state.catalogue, state.policies, state.actions
     payload = b"image"
-    await repo.upsert_software(
+    await catalogue.upsert_software(
         SoftwareCreated(
             tenant=tenant,
             software_id="s1",
@@ -50,7 +52,7 @@ async def test_a_batch_decides_every_mode_and_lets_devices_join_a_running_rollou
     )
     # A running rollout of feed "default" with two members: one runs its version already, the
     # other's action stays open, so the rollout cannot finish before the batch is decided.
-    await repo.record_devices(
+    await policies.record_devices(
         [inventory(tenant, "current", "2.0.0"), inventory(tenant, "holder", "1.0.0")]
     )
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
@@ -63,17 +65,17 @@ async def test_a_batch_decides_every_mode_and_lets_devices_join_a_running_rollou
         rid = r.json()["id"]
 
     # Inventory recorded without deciding (as a pull's batch is, before its decisions).
-    await repo.set_policy(tenant, "pinned", Policy(mode="pinned"))
-    await repo.set_policy(tenant, "latest", Policy(mode="latest"))
-    await repo.set_policy(tenant, "busy", Policy(mode="assigned", software_id="s1"))
-    await repo.record_devices(
+    await policies.set_policy(tenant, "pinned", Policy(mode="pinned"))
+    await policies.set_policy(tenant, "latest", Policy(mode="latest"))
+    await policies.set_policy(tenant, "busy", Policy(mode="assigned", software_id="s1"))
+    await policies.record_devices(
         [inventory(tenant, cid, "1.0.0") for cid in ("r1", "r2", "pinned", "latest", "busy")]
     )
-    software = await repo.software(tenant, "s1")
-    busy = await repo.create_action(tenant, "busy", software, ActionSpec("forced"))
+    software = await catalogue.software(tenant, "s1")
+    busy = await actions.create_action(tenant, "busy", software, ActionSpec("forced"))
 
     ids = ["r1", "r2", "current", "pinned", "latest", "busy", "unknown", "r1"]
-    decisions = await repo.decide_batch(tenant, ids)
+    decisions = await state.chooser.choose_batch(tenant, ids)
     assert {cid: d.reason for cid, d in decisions.items()} == {
         "busy": "an action is open",
         "current": "device is success in the rollout",
@@ -88,7 +90,7 @@ async def test_a_batch_decides_every_mode_and_lets_devices_join_a_running_rollou
         "r1": "s1",
         "r2": "s1",
     }
-    opened = {cid: await repo.open_action_of(tenant, cid) for cid in ids}
+    opened = {cid: await actions.open_action_of(tenant, cid) for cid in ids}
     assert {cid for cid, action in opened.items() if action is not None} == {
         "r1",
         "r2",
@@ -100,7 +102,7 @@ async def test_a_batch_decides_every_mode_and_lets_devices_join_a_running_rollou
     assert opened["latest"].rollout_id is None
 
     # Deciding again opens nothing new.
-    again = await repo.decide_batch(tenant, ids)
+    again = await state.chooser.choose_batch(tenant, ids)
     assert {cid for cid, d in again.items() if d.software_id} == set()
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         doc = (

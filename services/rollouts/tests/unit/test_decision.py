@@ -9,7 +9,7 @@ from gaggle_rollouts.decision import (
     DeviceView,
     PolicyView,
     RolloutView,
-    decide,
+    choose_software,
     fits,
     same_version,
 )
@@ -155,7 +155,7 @@ def test_compatibility(
         ),
     ],
 )
-def test_decide(
+def test_choose_software(
     device: DeviceView,
     policy: PolicyView,
     rollouts: list[RolloutView],
@@ -163,7 +163,7 @@ def test_decide(
     expected: str | None,
     reason: str,
 ) -> None:
-    decision = decide(device, policy, CATALOGUE, rollouts, failed)
+    decision = choose_software(device, policy, CATALOGUE, rollouts, failed)
     assert (decision.software_id, decision.reason) == (expected, reason)
 
 
@@ -179,3 +179,55 @@ def test_decide(
 )
 def test_same_version(a: str | None, b: str | None, expected: bool) -> None:
     assert same_version(a, b) is expected
+
+
+@pytest.mark.parametrize(
+    ("device", "policy", "catalogue", "expected", "reason"),
+    [
+        (BOARD, PolicyView("latest"), {}, None, "no fitting software"),
+        (BOARD, PolicyView("latest"), {"16": CATALOGUE["16"]}, None, "no fitting software"),
+        (BOARD, PolicyView("latest"), {"13": CATALOGUE["13"]}, None, "no fitting software"),
+        (
+            BOARD,
+            PolicyView("assigned", software_id="99"),
+            CATALOGUE,
+            None,
+            "assigned software unknown or deleted",
+        ),
+        (BOARD, PolicyView("assigned"), CATALOGUE, None, "assigned software unknown or deleted"),
+        (
+            DeviceView("d3", hw_model="board", hw_revision="1.0", sw_version="1.10"),
+            PolicyView("latest"),
+            CATALOGUE,
+            None,
+            "up to date",
+        ),
+    ],
+)
+def test_choose_software_over_a_catalogue(
+    device: DeviceView,
+    policy: PolicyView,
+    catalogue: dict[str, Candidate],
+    expected: str | None,
+    reason: str,
+) -> None:
+    decision = choose_software(device, policy, catalogue)
+    assert (decision.software_id, decision.reason) == (expected, reason)
+
+
+@pytest.mark.parametrize(
+    ("device", "failed", "reason"),
+    [
+        (
+            DeviceView("d1", hw_model="board", hw_revision="1.0", sw_version="1.9"),
+            frozenset(),
+            "up to date",
+        ),
+        (BOARD, frozenset({"11"}), "failed on this device before"),
+    ],
+)
+def test_a_rollout_offers_nothing_to_a_device_up_to_date_or_failed_before(
+    device: DeviceView, failed: frozenset[str], reason: str
+) -> None:
+    decision = choose_software(device, PolicyView(), CATALOGUE, [rollout("r1", "11", 1)], failed)
+    assert (decision.software_id, decision.reason, decision.rollout_id) == (None, reason, "r1")

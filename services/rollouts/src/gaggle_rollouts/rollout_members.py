@@ -1,0 +1,179 @@
+"""A rollout's members: who joins it, and the actions opened for those whose wave started.
+
+Members waiting for their action are claimed with ``FOR UPDATE SKIP LOCKED``: replicas split
+the work instead of repeating it; a device chosen for on its own (``device.updated``) holds its
+advisory lock first and skips rows a batch holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from gaggle_rollouts.actions import Actions, ActionSpec
+from gaggle_rollouts.catalogue import Catalogue
+from gaggle_rollouts.decision import (
+    Decision,
+    DeviceView,
+    PolicyView,
+    RolloutView,
+    choose_software,
+    fits,
+)
+from gaggle_rollouts.policies import device_view
+from gaggle_rollouts.rollout_filter import DeviceFilter
+from gaggle_rollouts.rollout_phases import feed_key
+from gaggle_rollouts.rollout_sql import (
+    CLAIM_PENDING,
+    DEVICES_OF,
+    GROW_WAVE,
+    INSERT_MEMBER,
+    MEMBER,
+    NEWEST_ACTIVE,
+    SET_MEMBERS,
+    SHARE_FEED,
+    WAVES,
+)
+from gaggle_runtime.db import Conn
+
+CHUNK = 500
+"""Devices whose actions are opened in one transaction."""
+
+
+class Membership:
+    """Joins devices to rollouts and opens their actions through :class:`Actions`."""
+
+    def __init__(self, repo: Actions, catalogue: Catalogue) -> None:
+        self.repo = repo
+        self.catalogue = catalogue
+
+    async def choose_in_rollout(
+        self,
+        conn: Conn,
+        tenant: str,
+        device: DeviceView,
+        policy: PolicyView,
+        feeds: dict[str, Any],
+    ) -> Decision:
+        """Choose for a device in mode ``rollout``: by the newest active rollout of its feed.
+
+        The caller holds the device's advisory lock. A device that is not a member yet (new in
+        the feed, or its inventory arrived after the rollout was created) joins the rollout's
+        last wave if it matches its filter and the software fits it. Devices decided in one
+        transaction share ``feeds``: the feed's lock and rollout are taken once (the rollout
+        row is held FOR SHARE, so it cannot move on meanwhile).
+        """
+        if policy.feed in feeds:
+            row = feeds[policy.feed]
+        else:
+            await conn.execute(SHARE_FEED, feed_key(tenant, policy.feed))
+            row = feeds[policy.feed] = await conn.fetchrow(NEWEST_ACTIVE, tenant, policy.feed)
+        if row is None:
+            return Decision(None, "no running rollout in the feed")
+        rid = str(row["id"])
+        member = await conn.fetchrow(MEMBER, row["id"], device.controller_id)
+        state = member["state"] if member is not None else await self.join(conn, row, device)
+        if state is None:
+            return Decision(None, "device not in the rollout", rid)
+        if row["state"] != "running":
+            return Decision(None, "rollout paused", rid)
+        if state != "pending":
+            return Decision(None, f"device is {state} in the rollout", rid)
+        decided = await self.open_pending(conn, row, [device.controller_id])
+        return decided.get(device.controller_id, Decision(None, "being decided elsewhere", rid))
+
+    async def join(self, conn: Conn, rollout: asyncpg.Record, device: DeviceView) -> str | None:
+        """Add the device to the rollout's last wave if it may join; its member state, if any."""
+        if rollout["state"] not in ("running", "paused"):
+            return None
+        if not DeviceFilter.of(rollout["device_filter"]).matches(device):
+            return None
+        entry = await self.catalogue.entry(conn, rollout["tenant"], rollout["software_id"])
+        if entry is None or not fits(entry[1].compatibility, device):
+            return None
+        last = len(await conn.fetch(WAVES, rollout["id"]))
+        state = "pending" if rollout["current_wave"] >= last else "waiting"
+        inserted = await conn.execute(
+            INSERT_MEMBER, rollout["id"], rollout["tenant"], device.controller_id, last, state
+        )
+        if inserted.endswith(" 0"):
+            member = await conn.fetchrow(MEMBER, rollout["id"], device.controller_id)
+            return None if member is None else str(member["state"])
+        await conn.execute(GROW_WAVE, rollout["id"], last)
+        return state
+
+    async def open_pending(
+        self, conn: Conn, rollout: asyncpg.Record, only: Sequence[str] | None
+    ) -> dict[str, Decision]:
+        """Open actions for pending members (``only`` these, if given), a chunk at most."""
+        tenant = rollout["tenant"]
+        ids = [
+            r[0]
+            for r in await conn.fetch(
+                CLAIM_PENDING, rollout["id"], None if only is None else list(only), CHUNK
+            )
+        ]
+        if not ids:
+            return {}
+        entry = await self.catalogue.entry(conn, tenant, rollout["software_id"])
+        if entry is None:  # pragma: no cover - software rows are never deleted
+            raise RuntimeError(f"rollout {rollout['id']} names no software")
+        software, cand = entry
+        view = RolloutView(
+            str(rollout["id"]),
+            rollout["feed"],
+            software.software_id,
+            "running",
+            rollout["id"],
+            True,
+        )
+        devices = {r["controller_id"]: r for r in await conn.fetch(DEVICES_OF, tenant, ids)}
+        decided: dict[str, Decision] = {}
+        updates: dict[str, tuple[str, int | None]] = {}
+        to_open: list[str] = []
+        for controller_id in ids:
+            row = devices.get(controller_id)
+            if row is None or row["mode"] != "rollout" or row["feed"] != rollout["feed"]:
+                decided[controller_id] = Decision(None, "left the rollout's feed")
+                updates[controller_id] = ("canceled", None)
+                continue
+            decision = choose_software(
+                device_view(row),
+                PolicyView("rollout", rollout["feed"]),
+                {software.software_id: cand},
+                [view],
+            )
+            decided[controller_id] = decision
+            if decision.software_id is not None:
+                to_open.append(controller_id)
+            else:
+                updates[controller_id] = (
+                    ("success", None) if decision.reason == "up to date" else ("canceled", None)
+                )
+        spec = ActionSpec(
+            rollout["action_type"],
+            rollout["maintenance_window"],
+            rollout["confirmation_required"],
+            rollout["id"],
+        )
+        opened = await self.repo.open_actions(
+            conn,
+            tenant,
+            to_open,
+            software,
+            spec,
+            f"Rollout {rollout['name']!r} ({rollout['id']}): {software.version}.",
+        )
+        for action in opened:
+            updates[action.controller_id] = ("running", action.id)
+        if updates:
+            await conn.execute(
+                SET_MEMBERS,
+                rollout["id"],
+                list(updates),
+                [u[0] for u in updates.values()],
+                [u[1] for u in updates.values()],
+            )
+        return decided

@@ -1,0 +1,205 @@
+"""What rollouts does with each event it consumes: one method per use case, one transaction each.
+
+The subscribers (:mod:`gaggle_rollouts.handlers`) only translate an event into a call here; the
+rules themselves are the pure functions of :mod:`~gaggle_rollouts.domain` and
+:mod:`~gaggle_rollouts.decision`, and the repositories run their SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from gaggle_contracts import names
+from gaggle_contracts.events import (
+    ActionFeedback,
+    AutoConfirmChanged,
+    CancelFeedback,
+    ConfirmationFeedback,
+    DeviceUpdated,
+    FeedbackStatus,
+    SoftwareCreated,
+    SoftwareDeleted,
+)
+from gaggle_rollouts.actions import Actions
+from gaggle_rollouts.catalogue import Catalogue
+from gaggle_rollouts.choosing import Chooser
+from gaggle_rollouts.decision import Decision
+from gaggle_rollouts.domain import Action, Report, ReportKind, apply_reports
+from gaggle_rollouts.policies import Policies
+from gaggle_runtime.coalesce import Coalescer
+from gaggle_runtime.service import Database
+
+log = logging.getLogger(__name__)
+
+INVENTORY_BATCH = 64
+FEEDBACK_BATCH = 64
+
+
+class Poke(Protocol):
+    """Where a changed rollout is handed to be moved on (the engine)."""
+
+    def poke(self, rollout_id: int | None) -> None:
+        """Look at ``rollout_id`` soon (None: nothing to do)."""
+
+
+@dataclass
+class UseCases:
+    """The consumers' use cases over the repositories; bursts are coalesced per transaction."""
+
+    db: Database
+    actions: Actions
+    catalogue: Catalogue
+    policies: Policies
+    chooser: Chooser
+    engine: Poke
+
+    def __post_init__(self) -> None:
+        # A rollout's feedback is a burst: the reports of one pull are applied in one
+        # transaction.
+        self.reports = Coalescer(self.apply_many, max_batch=FEEDBACK_BATCH)
+        # A fleet's first contact is a burst of inventories: those of a pull are written at
+        # once, and their devices chosen for together.
+        self.inventory = Coalescer(self.policies.record_devices, max_batch=INVENTORY_BATCH)
+        self.choices = Coalescer(self.choose_many, max_batch=INVENTORY_BATCH)
+
+    async def software_created(self, event: SoftwareCreated) -> None:
+        """Catalogue upsert; devices in mode ``latest`` chosen for again."""
+        await self.catalogue.upsert_software(event)
+        await self.chooser.choose_chunked(
+            event.tenant, await self.policies.latest_mode_devices(event.tenant)
+        )
+
+    async def software_deleted(self, event: SoftwareDeleted) -> None:
+        """No new actions for that software."""
+        await self.catalogue.delete_software(event)
+
+    async def report(
+        self,
+        event: ActionFeedback | CancelFeedback | ConfirmationFeedback,
+        kind: ReportKind,
+        fb: FeedbackStatus | None,
+        note: list[str] | None = None,
+    ) -> Action | None:
+        """A device's report applied to its action (batched); the action as it is now."""
+        action_id = names.parse_row_id(event.action_id)
+        action = None
+        if action_id is not None:
+            action = await self.reports.submit(
+                Report(event.tenant, action_id, event.event_id, event.occurred_at, fb, kind, note)
+            )
+        if action is None:
+            log.warning(
+                "%s for unknown action tenant=%s action=%s",
+                event.kind,
+                event.tenant,
+                event.action_id,
+            )
+        elif not action.active:
+            log.info(
+                "action closed tenant=%s action=%s status=%s",
+                event.tenant,
+                action.id,
+                action.status,
+            )
+        await self._after(action)
+        return action
+
+    async def _after(self, action: Action | None) -> None:
+        if action is None:
+            return
+        self.engine.poke(action.rollout_id)
+        if not action.active and await self.actions.may_want_more(action):
+            # Whatever waited for this action (a started rollout wave, a newer software) now may.
+            await self.chooser.choose(action.tenant, action.controller_id)
+
+    async def device_updated(self, event: DeviceUpdated) -> None:
+        """Inventory kept and the device chosen for again; deleted: its open action canceled."""
+        if event.change != "deleted":
+            await self.inventory.submit(event)
+            await self.choices.submit((event.tenant, event.controller_id))
+            return
+        await self.policies.record_device(event)
+        action = await self.actions.open_action_of(event.tenant, event.controller_id)
+        if action is not None:
+            closed = await self.apply(
+                event.tenant,
+                action.id,
+                event.event_id,
+                event.occurred_at,
+                None,
+                "device_deleted",
+                note=["Device deleted."],
+            )
+            self.engine.poke(closed.rollout_id if closed else None)
+
+    async def auto_confirm(self, event: AutoConfirmChanged) -> None:
+        """Kept; switched on, a waiting action is confirmed."""
+        await self.actions.set_auto_confirm(event.tenant, event.controller_id, event.active)
+        action = await self.actions.open_action_of(event.tenant, event.controller_id)
+        if event.active and action is not None and action.status == "wait_for_confirmation":
+            await self.apply(
+                event.tenant,
+                action.id,
+                event.event_id,
+                event.occurred_at,
+                None,
+                "confirmed",
+                note=[f"Confirmed automatically ({event.initiator or 'device'})."],
+            )
+
+    async def apply(
+        self,
+        tenant: str,
+        action_id: int,
+        event_id: Any,
+        at: datetime,
+        fb: FeedbackStatus | None,
+        kind: ReportKind,
+        note: list[str] | None = None,
+    ) -> Action | None:
+        """Apply one report (see :meth:`apply_many`); the action as it is now, None: no such."""
+        (result,) = await self.apply_many([Report(tenant, action_id, event_id, at, fb, kind, note)])
+        return result
+
+    async def apply_many(self, reports: Sequence[Report]) -> list[Action | None]:
+        """Apply many reports in one transaction; for each, its action as it is after it.
+
+        The actions are locked, so reports for one action are applied one after the other, also
+        across batches and replicas. What each report does is :func:`domain.apply_reports`.
+        """
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            current = await self.actions.lock(conn, reports)
+            seen = await self.actions.seen(conn, reports)
+            applied = apply_reports(current, reports, seen)
+            await self.actions.record(conn, applied)
+            return applied.results
+
+    async def choose_many(self, devices: list[tuple[str, str]]) -> list[Decision | Exception]:
+        """Choose for many ``(tenant, controller_id)`` at once; each device's decision."""
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, controller_id in devices:
+            by_tenant.setdefault(tenant, []).append(controller_id)
+        try:
+            decided = {
+                (tenant, controller_id): decision
+                for tenant, ids in by_tenant.items()
+                for controller_id, decision in (
+                    await self.chooser.choose_batch(tenant, ids)
+                ).items()
+            }
+            return [decided[d] for d in devices]
+        except Exception:
+            # One device's failure must not fail the others: each is chosen for on its own,
+            # and only what fails again is redelivered.
+            log.warning("choosing for %d devices together failed; one by one", len(devices))
+            return [await self._alone(tenant, controller_id) for tenant, controller_id in devices]
+
+    async def _alone(self, tenant: str, controller_id: str) -> Decision | Exception:
+        try:
+            return await self.chooser.choose(tenant, controller_id)
+        except Exception as exc:
+            return exc
