@@ -13,7 +13,7 @@ help: ## List the targets
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv .tools && .tools/bin/pip install --quiet uv
 
-$(SYNC_STAMP): pyproject.toml uv.lock libs/*/pyproject.toml services/*/pyproject.toml | $(UV)
+$(SYNC_STAMP): pyproject.toml uv.lock libs/*/pyproject.toml services/*/pyproject.toml apps/*/pyproject.toml | $(UV)
 	$(UV) sync --all-packages --locked --python $(PYTHON) && touch $@
 
 sync: $(SYNC_STAMP) ## Create or update the virtual environment (.venv)

@@ -38,9 +38,9 @@ import pytest
 
 from gaggle_contracts.access import key_hash, new_api_key
 from gaggle_runtime.db import ensure_database, with_database
+from gaggle_servers import free_port
 from gaggle_sim import Device, Fleet, FleetConfig, FleetStats
 from gaggle_stack.__main__ import SERVICES
-from gaggle_stack.servers import free_port
 from gaggle_swu.build import make_rawfile_swu
 
 TENANT = "default"

@@ -38,7 +38,7 @@ from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime import metrics as metrics_module
 from gaggle_runtime.bus import make_broker, publish_event
-from gaggle_stack.servers import free_port
+from gaggle_servers import free_port
 from gaggle_storage import LocalStore, StorageSettings
 
 from .test_ddi_cycle import Stack, feedback

@@ -29,7 +29,7 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.domain import token_hash
 from gaggle_gateway.settings import GatewaySettings
-from gaggle_stack.servers import NatsProcess, free_port
+from gaggle_servers import NatsProcess, free_port
 from gaggle_storage import StorageSettings, open_store
 
 pytestmark = pytest.mark.integration
