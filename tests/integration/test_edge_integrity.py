@@ -19,7 +19,6 @@ import pytest
 
 from gaggle_contracts import names
 from gaggle_contracts.ddi import replaced_note
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.kv import (
     ArtifactDoc,
     ChunkDoc,
@@ -36,6 +35,7 @@ from gaggle_registry.app import build_app as build_registry
 from gaggle_registry.settings import RegistrySettings
 from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
+from gaggle_runtime.jetstream import ensure_all
 from gaggle_storage import LocalStore, StorageSettings
 
 from .test_ddi_cycle import Stack, feedback

@@ -11,7 +11,6 @@ import pytest
 
 from gaggle_contracts import names
 from gaggle_contracts.events import AutoConfirmChanged, ConfirmationFeedback, DeviceConfigReported
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.kv import (
     ArtifactDoc,
     ChunkDoc,
@@ -24,6 +23,7 @@ from gaggle_contracts.kv import (
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.settings import GatewaySettings
+from gaggle_runtime.jetstream import ensure_all
 from gaggle_storage import StorageSettings
 
 pytestmark = pytest.mark.integration

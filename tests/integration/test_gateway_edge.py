@@ -15,7 +15,6 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from gaggle_contracts import names
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.kv import (
     ArtifactDoc,
     ChunkDoc,
@@ -29,6 +28,7 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.domain import token_hash
 from gaggle_gateway.settings import GatewaySettings
+from gaggle_runtime.jetstream import ensure_all
 from gaggle_servers import NatsProcess, free_port
 from gaggle_storage import StorageSettings, open_store
 

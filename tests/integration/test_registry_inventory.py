@@ -490,7 +490,7 @@ async def test_registry_start_rebuilds_the_devices_kv_and_drops_stale_keys(
 ) -> None:
     import nats as nats_client
 
-    from gaggle_contracts.jetstream import ensure_all
+    from gaggle_runtime.jetstream import ensure_all
 
     nc = await nats_client.connect(common.nats_url)
     try:

@@ -15,12 +15,12 @@ import nats
 import pytest
 
 from gaggle_contracts import names
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.settings import GatewaySettings
 from gaggle_registry.app import build_app as build_registry
 from gaggle_registry.settings import RegistrySettings
+from gaggle_runtime.jetstream import ensure_all
 
 pytestmark = pytest.mark.integration
 
