@@ -18,8 +18,7 @@ from gaggle_registry.app import build_app as build_registry
 from gaggle_registry.settings import RegistrySettings
 from gaggle_runtime.jetstream import ensure_all
 from gaggle_runtime.outbox import Outbox
-
-from .test_registry_inventory import eventually
+from gaggle_testing import eventually
 
 pytestmark = pytest.mark.integration
 
