@@ -90,7 +90,11 @@ def status_body(execution: str, finished: str, details: str) -> str:
 
 
 async def open_action(client: httpx.AsyncClient, s: EdgeStack, cid: str, sid: str) -> str:
-    """An action of ``sid`` for ``cid``, once the gateway offers it."""
+    """An action of ``sid`` for ``cid``, once the gateway offers it.
+
+    The device polls first: an operator can only assign to a device the inventory knows.
+    """
+    assert (await client.get(s.dev(cid))).status_code == 200
     action = await s.assign(client, cid, sid)
     await s.wait_poll(client, cid, lambda links: "deploymentBase" in links)
     return str(action["id"])
@@ -202,6 +206,7 @@ async def test_confirmation_and_auto_confirm_with_nul_move_the_action(
 ) -> None:
     sid = await edge.software(common, b"q" * 500)
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+        assert (await client.get(edge.dev("cf-1"))).status_code == 200  # known to the inventory
         first = await edge.assign(client, "cf-1", sid, confirmation_required=True)
         await edge.wait_poll(client, "cf-1", lambda links: "confirmationBase" in links)
         r = await client.post(
@@ -216,6 +221,7 @@ async def test_confirmation_and_auto_confirm_with_nul_move_the_action(
             replaced_note(1),
         ]
 
+        assert (await client.get(edge.dev("cf-2"))).status_code == 200  # known to the inventory
         second = await edge.assign(client, "cf-2", sid, confirmation_required=True)
         await edge.wait_poll(client, "cf-2", lambda links: "confirmationBase" in links)
         r = await client.post(
