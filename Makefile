@@ -13,7 +13,7 @@ help: ## List the targets
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv .tools && .tools/bin/pip install --quiet uv
 
-$(SYNC_STAMP): pyproject.toml uv.lock libs/*/pyproject.toml services/*/pyproject.toml | $(UV)
+$(SYNC_STAMP): pyproject.toml uv.lock libs/*/pyproject.toml services/*/pyproject.toml apps/*/pyproject.toml | $(UV)
 	$(UV) sync --all-packages --locked --python $(PYTHON) && touch $@
 
 sync: $(SYNC_STAMP) ## Create or update the virtual environment (.venv)
@@ -54,9 +54,15 @@ lint: $(SYNC_STAMP) ## ruff
 typecheck: $(SYNC_STAMP) ## mypy --strict
 	$(UV) run --no-sync mypy
 
-check: lint typecheck ## lint + typecheck
+deps: $(SYNC_STAMP) ## deptry per workspace member: each declares every package its code imports
+	@for member in libs/*/ services/*/ apps/*/; do \
+		echo "deptry $$member"; \
+		(cd $$member && $(CURDIR)/.venv/bin/deptry src) || exit 1; \
+	done
+
+check: lint typecheck deps ## lint + typecheck + declared dependencies
 
 clean: ## Remove the environment and caches (keeps .gaggle/ data)
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
 
-.PHONY: help sync run test test-unit test-integration test-e2e fuzz-api bench-poll bench fmt lint typecheck check clean docs
+.PHONY: help sync run test test-unit test-integration test-e2e fuzz-api bench-poll bench fmt lint typecheck deps check clean docs

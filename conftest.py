@@ -37,7 +37,7 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.auth import put_key
 from gaggle_runtime.db import check_identifier, with_database
 from gaggle_runtime.serve import uvicorn_config
-from gaggle_stack.servers import EmbeddedPostgres, NatsProcess, free_port, wait_for_port
+from gaggle_servers import EmbeddedPostgres, NatsProcess, free_port, wait_for_port
 
 
 def _docker_available() -> bool:

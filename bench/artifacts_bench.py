@@ -58,7 +58,7 @@ import httpx
 from benchlib import Children, admin_key, bounded, child_env, http_status, say, tail
 
 from gaggle_runtime.db import ensure_database, with_database
-from gaggle_stack.servers import EmbeddedPostgres, NatsProcess, free_port, wait_for_port
+from gaggle_servers import EmbeddedPostgres, NatsProcess, free_port, wait_for_port
 from gaggle_storage import ObjectStore, S3Store, StorageSettings, open_store
 from gaggle_swu.build import SW_DESCRIPTION, build_swu, render_sw_description
 from gaggle_swu.cpio import CpioWriter

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from gaggle_contracts.access import key_hash
 from gaggle_runtime.auth import put_key
-from gaggle_stack.servers import EmbeddedPostgres, NatsProcess
+from gaggle_servers import EmbeddedPostgres, NatsProcess
 
 BENCH_DIR = Path(__file__).resolve().parent
 T = TypeVar("T")

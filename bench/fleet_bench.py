@@ -68,8 +68,8 @@ from benchlib import Children, git_version, machine_busy_seconds, say
 from gaggle_peer import GaggleStack
 from goosebit_peer import GOOSEBIT_VERSION, GoosebitPeer
 
+from gaggle_servers import free_port
 from gaggle_sim import Fleet, FleetConfig, FleetStats, run_fleet
-from gaggle_stack.servers import free_port
 from gaggle_swu.build import make_rawfile_swu
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from benchlib import Children, child_env, postmaster_pid, say, tail, wait_ready
 
-from gaggle_stack.servers import free_port
+from gaggle_servers import free_port
 
 HOST = "127.0.0.1"
 TENANT = "DEFAULT"

@@ -44,10 +44,10 @@ import nats
 from benchlib import Children, child_env, say, tail
 
 from gaggle_contracts import names
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.kv import DeviceEntry
 from gaggle_contracts.settings import CommonSettings
-from gaggle_stack.servers import NatsProcess, free_port
+from gaggle_runtime.jetstream import ensure_all
+from gaggle_servers import NatsProcess, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"

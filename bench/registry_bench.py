@@ -93,7 +93,7 @@ from gaggle_registry.domain import decode_cursor
 from gaggle_registry.listing import DeviceQuery, build_list_query, fetch_listing
 from gaggle_runtime.bus import make_broker, publish_raw
 from gaggle_runtime.db import ensure_database, with_database
-from gaggle_stack.servers import free_port
+from gaggle_servers import free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"

@@ -82,12 +82,12 @@ from gaggle_contracts.events import (
     RolloutProgressed,
     SoftwareCreated,
 )
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.kv import ArtifactDoc, ChunkDoc, DeploymentDoc, DeploymentEntry, OpenAction
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.bus import make_broker, publish_raw
 from gaggle_runtime.db import ensure_database, with_database
-from gaggle_stack.servers import free_port
+from gaggle_runtime.jetstream import ensure_all
+from gaggle_servers import free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"

@@ -9,7 +9,8 @@ the committed documents always match the code. Everything here is read from the 
 * ``docs/architecture.md``: services, the subjects each publishes and consumes (the
   ``publishers``/``consumers`` of every event class in ``gaggle_contracts.events``, which a test
   checks against the services' subscriptions), the KV buckets with their writers and readers,
-  and the request-reply subjects of ``gaggle_contracts.rpc``.
+  and the request-reply subjects of ``gaggle_contracts.rpc``, then the workspace members (libs,
+  services, apps) with the members each depends on, from their ``pyproject.toml``.
 
 Usage: ``python docs/generate.py [OUTPUT_DIR]`` (default: the folder of this file).
 """
@@ -21,6 +22,7 @@ import json
 import re
 import sys
 import tempfile
+import tomllib
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +39,15 @@ from gaggle_contracts.settings import CommonSettings
 
 SERVICES = ("gateway", "registry", "artifacts", "rollouts")
 """Service names, as in ``Service(name)`` and in the events' ``publishers``/``consumers``."""
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The workspace root: its members are ``libs/*``, ``services/*`` and ``apps/*``."""
+
+MEMBER_KINDS = (
+    ("libs", "library: imported, never run"),
+    ("services", "service: run, imports only libraries"),
+    ("apps", "app: run, imported by no member"),
+)
 
 SERVICE_PACKAGES = {
     "gateway": "services/ddi-gateway (gaggle_gateway)",
@@ -254,8 +265,37 @@ def architecture() -> str:
             f"| `{req.subject()}` | {req.service} | {', '.join(req.callers)} "
             f"| `{req.__name__}` | `{req.reply.__name__}` |"
         )
+    lines += workspace()
     lines.append("")
     return "\n".join(lines)
+
+
+def workspace() -> list[str]:
+    """The members of the workspace, by kind, with the members each one depends on."""
+    lines = [
+        "",
+        "## Workspace",
+        "",
+        "Each member declares every package its code imports (`make deps` checks it with deptry).",
+        "Services never import each other; `libs/contracts` imports only pydantic, semver and the",
+        "standard library.",
+        "",
+        "| member | kind | depends on (members) | what it is |",
+        "| --- | --- | --- | --- |",
+    ]
+    for folder, kind in MEMBER_KINDS:
+        for manifest in sorted((ROOT / folder).glob("*/pyproject.toml")):
+            project = tomllib.loads(manifest.read_text(encoding="utf-8"))["project"]
+            ours = [
+                re.split(r"[<>=\[; ]", dep, maxsplit=1)[0]
+                for dep in project.get("dependencies", [])
+                if dep.startswith("gaggle-")
+            ]
+            lines.append(
+                f"| `{folder}/{manifest.parent.name}` ({project['name']}) | {kind} "
+                f"| {', '.join(ours) or '-'} | {project.get('description', '')} |"
+            )
+    return lines
 
 
 def generate(out: Path) -> list[Path]:

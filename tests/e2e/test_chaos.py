@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +37,11 @@ import pytest
 
 from gaggle_contracts.access import key_hash, new_api_key
 from gaggle_runtime.db import ensure_database, with_database
+from gaggle_servers import free_port
 from gaggle_sim import Device, Fleet, FleetConfig, FleetStats
 from gaggle_stack.__main__ import SERVICES
-from gaggle_stack.servers import free_port
 from gaggle_swu.build import make_rawfile_swu
+from gaggle_testing import eventually
 
 TENANT = "default"
 BOARD = "chaos-board"
@@ -318,16 +318,6 @@ async def start_rollout(
         await asyncio.sleep(0.1)
 
 
-async def until(
-    what: str, check: Callable[[], Any], timeout: float, detail: Callable[[], str]
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout:.0f} s\n{detail()}")
-        await asyncio.sleep(0.2)
-
-
 def acknowledged_count(fleet: Fleet) -> int:
     return sum(len(d.acknowledged) for d in fleet.devices)
 
@@ -398,7 +388,12 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_server_is_killed(
                     await conn.close()
                 return bool(n == DEVICES)
 
-            await until("rollouts did not learn every device", known, 30, state)
+            await eventually(
+                known,
+                timeout=30,
+                interval=0.2,
+                explain=lambda: f"rollouts did not learn every device\n{state()}",
+            )
             rollout = await start_rollout(client, services, software_id)
             rollout_started = time.monotonic()
 
@@ -407,7 +402,12 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_server_is_killed(
                 services.check_alive()
                 return fleet.stats.successes + fleet.stats.failures > 0
 
-            await until("no device finished its update", first_results, 30, state)
+            await eventually(
+                first_results,
+                timeout=30,
+                interval=0.2,
+                explain=lambda: f"no device finished its update\n{state()}",
+            )
             server = restartable_postgres if victim == "postgres" else restartable_nats
             started = time.monotonic()
             acked, refused = acknowledged_count(fleet), fleet.stats.errors
@@ -429,7 +429,12 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_server_is_killed(
                 services.check_alive()
                 return settled(fleet)
 
-            await until("the devices did not all finish", done, 90, state)
+            await eventually(
+                done,
+                timeout=90,
+                interval=0.2,
+                explain=lambda: f"the devices did not all finish\n{state()}",
+            )
         await fleet.stop()
 
         # Now the server must show all of it; give the consumers time to catch up.

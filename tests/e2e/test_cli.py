@@ -24,8 +24,8 @@ import pytest
 from gaggle_artifacts.app import build_app as build_artifacts
 from gaggle_artifacts.settings import ArtifactsSettings
 from gaggle_contracts.settings import CommonSettings
+from gaggle_servers import free_port
 from gaggle_sim import Fleet, FleetConfig
-from gaggle_stack.servers import free_port
 from gaggle_storage import StorageSettings
 from gaggle_swu.build import make_rawfile_swu
 from tests.e2e.conftest import BOARD, REVISION, E2EStack, random_id

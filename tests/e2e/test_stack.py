@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gaggle_stack.servers import free_port
+from gaggle_servers import free_port
 
 pytestmark = pytest.mark.e2e
 

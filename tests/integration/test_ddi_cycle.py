@@ -2,140 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-import time
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from gaggle_artifacts.app import build_app as build_artifacts
-from gaggle_artifacts.settings import ArtifactsSettings
-from gaggle_contracts.events import Compatibility, SoftwareCreated
 from gaggle_contracts.settings import CommonSettings
-from gaggle_gateway.app import build_app as build_gateway
-from gaggle_gateway.settings import GatewaySettings
-from gaggle_registry.app import build_app as build_registry
-from gaggle_registry.settings import RegistrySettings
-from gaggle_rollouts.app import build_app as build_rollouts
-from gaggle_rollouts.settings import RolloutsSettings
-from gaggle_runtime.bus import make_broker, publish_event
-from gaggle_storage import LocalStore, StorageSettings
+from gaggle_testing import feedback
+from tests.integration.support import Stack
 
 pytestmark = pytest.mark.integration
-
-
-async def _chunks(data: bytes) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), 65536):
-        yield data[i : i + 65536]
-
-
-class Stack:
-    def __init__(self, gateway: Any, rollouts: Any, tenant: str, store: LocalStore) -> None:
-        self.gw = gateway.url
-        self.ro = rollouts.url
-        self.gateway = gateway
-        self.rollouts = rollouts
-        self.tenant = tenant
-        self.store = store
-
-    def dev(self, cid: str) -> str:
-        return f"{self.gw}/{self.tenant.upper()}/controller/v1/{cid}"
-
-    async def software(self, common: CommonSettings, payload: bytes, sid: str = "40") -> str:
-        key = f"{hashlib.sha256(payload).hexdigest()}/image.swu"
-        await self.store.write(key, _chunks(payload))
-        broker = make_broker(common.nats_url, "test")
-        await broker.connect()
-        try:
-            await publish_event(
-                broker,
-                SoftwareCreated(
-                    tenant=self.tenant,
-                    software_id=sid,
-                    name="board-image",
-                    version="1.2.3",
-                    filename="image-1.2.3.swu",
-                    size=len(payload),
-                    md5=hashlib.md5(payload).hexdigest(),  # noqa: S324 - hawkBit's hash
-                    sha1=hashlib.sha1(payload).hexdigest(),  # noqa: S324 - hawkBit's hash
-                    sha256=hashlib.sha256(payload).hexdigest(),
-                    compatibility=[Compatibility(hw_model="board", hw_revision="*")],
-                    object_key=key,
-                ),
-            )
-        finally:
-            await broker.stop()
-        return sid
-
-    async def assign(self, client: httpx.AsyncClient, cid: str, sid: str, **extra: Any) -> dict:
-        deadline = time.monotonic() + 10
-        while True:
-            r = await client.post(
-                f"{self.ro}/api/v1/devices/{cid}/actions",
-                params={"tenant": self.tenant},
-                json={"software_id": sid, **extra},
-            )
-            if r.status_code != 404 or time.monotonic() > deadline:
-                assert r.status_code == 201, r.text
-                return r.json()
-            await asyncio.sleep(0.05)
-
-    async def action(self, client: httpx.AsyncClient, action_id: str) -> dict:
-        r = await client.get(
-            f"{self.ro}/api/v1/actions/{action_id}", params={"tenant": self.tenant}
-        )
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    async def wait_action(
-        self, client: httpx.AsyncClient, action_id: str, status: str, timeout: float = 10
-    ) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            action = await self.action(client, action_id)
-            if action["status"] == status or time.monotonic() > deadline:
-                assert action["status"] == status, action
-                return action
-            await asyncio.sleep(0.05)
-
-    async def wait_poll(
-        self, client: httpx.AsyncClient, cid: str, predicate: Any, timeout: float = 10
-    ) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            body = (await client.get(self.dev(cid))).json()
-            if predicate(body["_links"]) or time.monotonic() > deadline:
-                assert predicate(body["_links"]), body
-                return body
-            await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def stack(common: CommonSettings, serve, tenant: str, tmp_path: Path) -> Stack:
-    storage = StorageSettings(backend="local", dir=tmp_path / "objects")
-    await serve(build_registry(common, RegistrySettings()))
-    # Asked by rollouts about software ids it was not told of (unknown ones are then 404).
-    await serve(build_artifacts(common, ArtifactsSettings(), storage))
-    rollouts = await serve(build_rollouts(common, RolloutsSettings()))
-    gateway = await serve(build_gateway(common, GatewaySettings(polling_sleep="00:00:05"), storage))
-    return Stack(gateway, rollouts, tenant, LocalStore(storage.dir))
-
-
-def feedback(execution: str, finished: str = "none", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": 1,
-        "time": "20261123T182554",
-        "status": {
-            "execution": execution,
-            "result": {"finished": finished, **extra},
-            "details": [f"{execution} {finished}"],
-        },
-    }
 
 
 async def test_full_deployment_cycle_with_download_range_and_final_feedback(

@@ -38,11 +38,10 @@ from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime import metrics as metrics_module
 from gaggle_runtime.bus import make_broker, publish_event
-from gaggle_stack.servers import free_port
+from gaggle_servers import free_port
 from gaggle_storage import LocalStore, StorageSettings
-
-from .test_ddi_cycle import Stack, feedback
-from .test_observability import eventually, value
+from gaggle_testing import eventually, feedback
+from tests.integration.support import Stack, value
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +172,7 @@ async def test_a_report_that_cannot_be_stored_is_parked_and_replayed_after_the_f
             items: list[dict[str, Any]] = r.json()["items"]
             return [x for x in items if x["kind"] == DeviceConfigReported.kind]
 
-        [letter] = await eventually(parked)
+        [letter] = await eventually(parked, timeout=15)
         for cid in good:
             assert (await device(cid)).get("hw_model") == cid
         assert (await device("poison")).get("hw_model") is None
@@ -218,7 +217,7 @@ async def test_a_report_that_cannot_be_stored_is_parked_and_replayed_after_the_f
         async def stored() -> bool:
             return (await device("poison")).get("hw_model") == "poison"
 
-        await eventually(stored)
+        await eventually(stored, timeout=15)
         assert await parked() == []
         metrics = (await client.get(f"{registry}/metrics")).text
         assert value(metrics, "gaggle_dead_letters", **labels) == 0
@@ -259,7 +258,7 @@ async def test_a_final_report_that_cannot_be_applied_holds_back_no_other_device(
             items: list[dict[str, Any]] = r.json()["items"]
             return items
 
-        [letter] = await eventually(parked)
+        [letter] = await eventually(parked, timeout=15)
         assert letter["consumer"] == "rollouts_action_feedback"
         assert f"closing action {actions['f2']} refused" in letter["error"]
         assert (await stack.action(client, actions["f2"]))["active"] is True
@@ -298,7 +297,7 @@ async def test_an_outbox_row_nats_refuses_is_parked_and_later_rows_are_delivered
         return None
 
     try:
-        assert await eventually(delivered) == b'{"n": 2}'
+        assert await eventually(delivered, timeout=15) == b'{"n": 2}'
     finally:
         await broker.stop()
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
@@ -310,7 +309,7 @@ async def test_an_outbox_row_nats_refuses_is_parked_and_later_rows_are_delivered
             items: list[dict[str, Any]] = r.json()["items"]
             return items
 
-        [letter] = await eventually(parked)
+        [letter] = await eventually(parked, timeout=15)
         assert (letter["source"], letter["kind"], letter["reason"]) == (
             "outbox",
             "device.updated",
@@ -384,7 +383,7 @@ async def test_a_database_away_is_retried_past_ten_deliveries_and_nothing_is_par
             info = await js.consumer_info(names.STREAM, durable)
             return (info.num_pending, info.num_ack_pending) == (0, 0)
 
-        await eventually(drained)
+        await eventually(drained, timeout=15)
         async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
 
             async def retries() -> float:

@@ -3,71 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from typing import Any
 
 import httpx
 import pytest
 
-from gaggle_contracts.events import Compatibility, SoftwareCreated
 from gaggle_contracts.settings import CommonSettings
-from gaggle_runtime.bus import make_broker, publish_event
-
-from .test_ddi_cycle import Stack
-from .test_ddi_cycle import stack as stack  # the fixture, used by name
+from gaggle_testing import publish_software
+from tests.integration.support import Stack, device, policy
 
 pytestmark = pytest.mark.integration
-
-
-async def publish_software(
-    common: CommonSettings, tenant: str, sid: str, version: str, pairs: list[tuple[str, str]]
-) -> None:
-    payload = f"image {sid}".encode()
-    broker = make_broker(common.nats_url, "test")
-    await broker.connect()
-    try:
-        await publish_event(
-            broker,
-            SoftwareCreated(
-                tenant=tenant,
-                software_id=sid,
-                name=f"img-{sid}",
-                version=version,
-                filename=f"img-{version}.swu",
-                size=len(payload),
-                md5=hashlib.md5(payload).hexdigest(),  # noqa: S324
-                sha1=hashlib.sha1(payload).hexdigest(),  # noqa: S324
-                sha256=hashlib.sha256(payload).hexdigest(),
-                compatibility=[Compatibility(hw_model=m, hw_revision=r) for m, r in pairs],
-                object_key=f"k/{sid}",
-            ),
-        )
-    finally:
-        await broker.stop()
-
-
-async def device(
-    client: httpx.AsyncClient, s: Stack, cid: str, board: str, rev: str, version: str
-) -> None:
-    await client.get(s.dev(cid))
-    r = await client.put(
-        f"{s.dev(cid)}/configData",
-        json={"data": {"hw_boardname": board, "hw_revision": rev, "sw_version": version}},
-    )
-    assert r.status_code == 200
-
-
-async def policy(client: httpx.AsyncClient, s: Stack, cid: str, body: dict[str, Any]) -> dict:
-    deadline = time.monotonic() + 10
-    while True:
-        r = await client.put(
-            f"{s.ro}/api/v1/devices/{cid}/policy", params={"tenant": s.tenant}, json=body
-        )
-        if r.status_code != 404 or time.monotonic() > deadline:
-            assert r.status_code == 200, r.text
-            return r.json()
-        await asyncio.sleep(0.05)
 
 
 async def offered_version(

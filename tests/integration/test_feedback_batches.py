@@ -12,9 +12,7 @@ import pytest
 from gaggle_contracts.events import FeedbackStatus
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts.domain import Report
-
-from .test_ddi_cycle import Stack
-from .test_ddi_cycle import stack as stack  # the fixture, used by name
+from tests.integration.support import Stack
 
 pytestmark = pytest.mark.integration
 

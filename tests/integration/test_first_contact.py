@@ -13,33 +13,9 @@ from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.settings import GatewaySettings
 from gaggle_registry.app import build_app as build_registry
 from gaggle_registry.settings import RegistrySettings
+from tests.integration.support import wait_listed
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_listed(
-    client: httpx.AsyncClient, registry_url: str, tenant: str, expected: set[str], timeout: float
-) -> set[str]:
-    """Poll the registry's list until it holds ``expected``; return what it finally listed."""
-    deadline = time.monotonic() + timeout
-    listed: set[str] = set()
-    while True:
-        listed = set()
-        cursor = None
-        while True:
-            params = {"tenant": tenant, "limit": 1000}
-            if cursor:
-                params["cursor"] = cursor
-            r = await client.get(f"{registry_url}/api/v1/devices", params=params)
-            assert r.status_code == 200, r.text
-            page = r.json()
-            listed |= {d["controller_id"] for d in page["items"]}
-            if page["next"] is None:
-                break
-            cursor = page["next"]
-        if expected <= listed or time.monotonic() > deadline:
-            return listed
-        await asyncio.sleep(0.05)
 
 
 async def test_first_poll_registers_device_and_registry_lists_it(

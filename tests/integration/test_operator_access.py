@@ -42,6 +42,7 @@ from gaggle_runtime.auth import operator_routes, requirement
 from gaggle_runtime.bus import make_broker, publish_event, publish_raw
 from gaggle_storage import StorageSettings
 from gaggle_swu.build import make_rawfile_swu
+from gaggle_testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -146,10 +147,12 @@ async def issue(
 
 
 async def until_accepted(client: httpx.AsyncClient, url: str, key: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while (await client.get(url, headers=bearer(key))).status_code == 401:
-        assert time.monotonic() < deadline, f"{url} still refuses a fresh key"
-        await asyncio.sleep(0.02)
+    async def accepted() -> bool:
+        return (await client.get(url, headers=bearer(key))).status_code != 401
+
+    await eventually(
+        accepted, timeout=timeout, interval=0.02, explain=lambda: f"{url} still refuses a fresh key"
+    )
 
 
 async def created(

@@ -8,7 +8,6 @@ what it just created, and gets a 404 only for what exists nowhere.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -36,7 +35,7 @@ from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime.bus import make_broker, publish_event
 from gaggle_storage import StorageSettings
 from gaggle_swu.build import make_rawfile_swu
-from tests.integration.test_observability import spans as spans  # the fixture, used by name
+from gaggle_testing import eventually
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
@@ -124,13 +123,6 @@ async def publish(common: CommonSettings, *events: Any) -> None:
             await publish_event(broker, event)
     finally:
         await broker.stop()
-
-
-async def eventually(check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def start_trio(

@@ -29,18 +29,9 @@ from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime.bus import make_broker, publish_raw
 from gaggle_storage import LocalStore, StorageSettings
+from gaggle_testing import eventually
 
 pytestmark = pytest.mark.integration
-
-
-async def eventually(check, timeout: float = 10.0) -> Any:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_redelivered_event_changes_nothing(
@@ -490,7 +481,7 @@ async def test_registry_start_rebuilds_the_devices_kv_and_drops_stale_keys(
 ) -> None:
     import nats as nats_client
 
-    from gaggle_contracts.jetstream import ensure_all
+    from gaggle_runtime.jetstream import ensure_all
 
     nc = await nats_client.connect(common.nats_url)
     try:

@@ -12,8 +12,7 @@ from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.settings import GatewaySettings
 from gaggle_registry.app import build_app as build_registry
 from gaggle_registry.settings import RegistrySettings
-
-from .test_first_contact import wait_listed
+from tests.integration.support import wait_listed
 
 pytestmark = pytest.mark.integration
 

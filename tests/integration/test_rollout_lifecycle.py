@@ -13,10 +13,8 @@ import pytest
 from gaggle_contracts.events import ActionFeedback, DeviceUpdated, FeedbackStatus
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.bus import make_broker, publish_event
-
-from .test_ddi_cycle import Stack, feedback
-from .test_ddi_cycle import stack as stack  # the fixture, used by name
-from .test_decisions import device, policy, publish_software
+from gaggle_testing import feedback, publish_software
+from tests.integration.support import Stack, device, policy
 
 pytestmark = pytest.mark.integration
 

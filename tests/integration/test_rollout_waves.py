@@ -46,11 +46,10 @@ from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime.bus import make_broker, publish_event
 from gaggle_runtime.serve import uvicorn_config
-from gaggle_stack.servers import free_port
+from gaggle_servers import free_port
 from gaggle_storage import LocalStore, StorageSettings
-
-from .test_ddi_cycle import Stack
-from .test_decisions import publish_software as announce_software
+from gaggle_testing import publish_software as announce_software
+from tests.integration.support import Stack
 
 pytestmark = pytest.mark.integration
 

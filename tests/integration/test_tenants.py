@@ -15,12 +15,13 @@ import nats
 import pytest
 
 from gaggle_contracts import names
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.settings import GatewaySettings
 from gaggle_registry.app import build_app as build_registry
 from gaggle_registry.settings import RegistrySettings
+from gaggle_runtime.jetstream import ensure_all
+from gaggle_testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +41,13 @@ async def messages(common: CommonSettings, tenant: str) -> int:
 async def until_status(
     client: httpx.AsyncClient, url: str, status: int, timeout: float = 5, **kw: Any
 ) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def answered() -> httpx.Response:
         r = await client.get(url, **kw)
-        if r.status_code == status:
-            return r
-        assert time.monotonic() < deadline, (r.status_code, r.text)
-        await asyncio.sleep(0.05)
+        assert r.status_code == status, (r.status_code, r.text)
+        return r
+
+    response: httpx.Response = await eventually(answered, timeout=timeout)
+    return response
 
 
 async def test_a_tenant_nobody_created_gets_404_and_nothing_is_registered(

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httpx
@@ -27,6 +26,7 @@ from gaggle_runtime import metrics as metrics_module
 from gaggle_runtime.bus import consumer_options, make_broker, publish_event, publish_raw
 from gaggle_runtime.coalesce import Coalescer
 from gaggle_runtime.service import Service
+from gaggle_testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -123,16 +123,6 @@ def fast(common: CommonSettings, monkeypatch: pytest.MonkeyPatch) -> CommonSetti
     )
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"still {result!r} after {timeout} s"
-        await asyncio.sleep(0.05)
-
-
 async def publish(common: CommonSettings, events: list[Event]) -> None:
     broker = make_broker(common.nats_url, "test")
     await broker.connect()
@@ -167,7 +157,7 @@ async def test_a_poison_event_is_parked_the_others_are_stored_and_a_replay_store
             items: list[dict[str, Any]] = r.json()["items"]
             return items
 
-        [letter] = await eventually(parked)
+        [letter] = await eventually(parked, timeout=15)
         assert await probe.items() == set(good)
         assert probe.calls["poison"] == fast.dead_letter_after
         assert letter["source"] == "consumer"
@@ -196,7 +186,7 @@ async def test_a_poison_event_is_parked_the_others_are_stored_and_a_replay_store
             info = await js.consumer_info(names.STREAM, probe.durable)
             return (info.num_ack_pending, info.num_pending) == (0, 0)
 
-        await eventually(acked)
+        await eventually(acked, timeout=15)
         assert probe.calls["poison"] == fast.dead_letter_after
 
         # Replaying before the cause is gone parks it again: the same dead letter, open again.
@@ -208,7 +198,7 @@ async def test_a_poison_event_is_parked_the_others_are_stored_and_a_replay_store
             again = await parked()
             return bool(again) and again[0]["attempts"] == 2 * fast.dead_letter_after
 
-        await eventually(parked_again)
+        await eventually(parked_again, timeout=15)
         assert [x["id"] for x in await parked()] == [letter["id"]]
 
         await probe.unblock("poison")
@@ -219,7 +209,7 @@ async def test_a_poison_event_is_parked_the_others_are_stored_and_a_replay_store
         async def stored() -> bool:
             return "poison" in await probe.items()
 
-        await eventually(stored)
+        await eventually(stored, timeout=15)
         assert await parked() == []
         replayed = (await client.get("/api/v1/dead-letters", params={"state": "replayed"})).json()
         assert [x["id"] for x in replayed["items"]] == [letter["id"]]
@@ -256,7 +246,7 @@ async def test_events_that_are_not_valid_are_parked_at_once(
             items: list[dict[str, Any]] = (await client.get("/api/v1/dead-letters")).json()["items"]
             return items if len(items) == 2 else []
 
-        letters = await eventually(both)
+        letters = await eventually(both, timeout=15)
         assert {(x["reason"], x["attempts"]) for x in letters} == {("invalid", 1)}
         assert {x["msg_id"] for x in letters} == {f"bad-{tenant}-1", f"bad-{tenant}-2"}
         first = (await client.get(f"/api/v1/dead-letters/{letters[1]['id']}")).json()
@@ -291,13 +281,13 @@ async def test_a_dependency_away_is_retried_past_ten_deliveries_and_nothing_is_p
         async def many_tries() -> bool:
             return probe.calls["patient"] >= 15
 
-        await eventually(many_tries)
+        await eventually(many_tries, timeout=15)
         probe.fail = None  # the dependency is back
 
         async def stored() -> bool:
             return "patient" in await probe.items()
 
-        await eventually(stored)
+        await eventually(stored, timeout=15)
     finally:
         await broker.stop()
     async with httpx.AsyncClient(base_url=url, auth=operator_auth, timeout=10) as client:
@@ -323,7 +313,7 @@ async def test_a_replay_is_handled_by_the_consumer_that_parked_it_alone(
             ).json()["items"]
             return items
 
-        [letter] = await eventually(parked)
+        [letter] = await eventually(parked, timeout=15)
         assert await keeps.items() == {"shared"}
         assert keeps.calls["shared"] == 1
         await parks.unblock("shared")
@@ -333,7 +323,7 @@ async def test_a_replay_is_handled_by_the_consumer_that_parked_it_alone(
         async def stored() -> bool:
             return "shared" in await parks.items()
 
-        await eventually(stored)
+        await eventually(stored, timeout=15)
 
         # The replay reached the other consumer too (its subject is the same), which acked it.
         js = keeps.service.broker.connection.jetstream()
@@ -342,7 +332,7 @@ async def test_a_replay_is_handled_by_the_consumer_that_parked_it_alone(
             info = await js.consumer_info(names.STREAM, keeps.durable)
             return (info.num_pending, info.num_ack_pending) == (0, 0)
 
-        await eventually(drained)
+        await eventually(drained, timeout=15)
         assert keeps.calls["shared"] == 1
         text = (await client.get(f"{keeps_url}/metrics")).text
         assert sample(text, "gaggle_events_consumed_total", kind=KIND, result="skipped") >= 1

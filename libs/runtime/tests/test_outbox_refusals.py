@@ -12,11 +12,11 @@ from faststream.nats import NatsBroker
 
 from gaggle_contracts import names
 from gaggle_contracts.events import DeviceDiscovered
-from gaggle_contracts.jetstream import ensure_all, stream_config
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime import db
 from gaggle_runtime.bus import NatsSink, make_broker
 from gaggle_runtime.deadletters import DeadLetterStore, NotReplayableError
+from gaggle_runtime.jetstream import ensure_all, stream_config
 from gaggle_runtime.outbox import Outbox, OutboxRelay
 
 pytestmark = pytest.mark.integration

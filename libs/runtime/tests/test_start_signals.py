@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gaggle_stack.servers import free_port
+from gaggle_servers import free_port
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

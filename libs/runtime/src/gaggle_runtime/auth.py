@@ -45,9 +45,9 @@ from gaggle_contracts.access import (
     new_api_key,
 )
 from gaggle_contracts.events import ApiKeysUsed, AuditRecorded, utcnow
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.http import ApiError, error_body, send_response
+from gaggle_runtime.jetstream import ensure_all
 from gaggle_runtime.mirror import BucketMirror
 
 log = logging.getLogger(__name__)

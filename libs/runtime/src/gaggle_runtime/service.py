@@ -28,7 +28,6 @@ from faststream.specification.asyncapi.site import get_asyncapi_html
 
 from gaggle_contracts import names
 from gaggle_contracts.events import EVENT_TYPES, AuditRecorded
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime import db
 from gaggle_runtime.auth import (
@@ -41,6 +40,7 @@ from gaggle_runtime.auth import (
 from gaggle_runtime.bus import NatsSink, make_broker, publish_event, publish_raw, update_consumers
 from gaggle_runtime.deadletters import ConsumerFailures, DeadLetterStore, make_dead_letter_routes
 from gaggle_runtime.http import error_body, install_error_handlers
+from gaggle_runtime.jetstream import ensure_all
 from gaggle_runtime.metrics import (
     CONTENT_TYPE,
     Metrics,

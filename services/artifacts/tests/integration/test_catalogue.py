@@ -33,7 +33,7 @@ from gaggle_contracts import names
 from gaggle_contracts.events import ActionCreated, SoftwareCreated, SoftwareDeleted
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.bus import make_broker, publish_event
-from gaggle_stack.servers import free_port
+from gaggle_servers import free_port
 from gaggle_storage import ObjectNotFoundError, StorageSettings
 from gaggle_swu.build import build_swu, make_rawfile_swu
 

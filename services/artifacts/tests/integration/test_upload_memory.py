@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import httpx
 import pytest
 
-from gaggle_stack.servers import free_port
+from gaggle_servers import free_port
 from gaggle_swu.build import SW_DESCRIPTION, render_sw_description
 from gaggle_swu.cpio import CpioWriter
 

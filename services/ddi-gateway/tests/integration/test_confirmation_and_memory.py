@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import httpx
@@ -11,7 +10,6 @@ import pytest
 
 from gaggle_contracts import names
 from gaggle_contracts.events import AutoConfirmChanged, ConfirmationFeedback, DeviceConfigReported
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.kv import (
     ArtifactDoc,
     ChunkDoc,
@@ -24,7 +22,9 @@ from gaggle_contracts.kv import (
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.settings import GatewaySettings
+from gaggle_runtime.jetstream import ensure_all
 from gaggle_storage import StorageSettings
+from gaggle_testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -79,12 +79,6 @@ async def bus(common: CommonSettings, tenant: str):  # type: ignore[no-untyped-d
     await nc.close()
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-
 async def test_confirmation_flow_endpoints(
     common: CommonSettings, serve, tenant: str, bus: Bus
 ) -> None:
@@ -98,7 +92,9 @@ async def test_confirmation_flow_endpoints(
         names.BUCKET_DEPLOYMENTS, "c1", entry("wait_for_confirmation").model_dump_json().encode()
     )
     key = names.kv_key(tenant, "c1")
-    await wait_for(lambda: key in mirror.deployments.values and key in mirror.devices.values)
+    await eventually(
+        lambda: key in mirror.deployments.values and key in mirror.devices.values, timeout=5
+    )
     base = f"{gw.url}/{tenant}/controller/v1/c1"
     async with httpx.AsyncClient(timeout=10) as client:
         poll = (await client.get(base)).json()
@@ -146,7 +142,7 @@ async def test_confirmation_flow_endpoints(
             "c1",
             entry("deployment", auto_confirm=True).model_dump_json().encode(),
         )
-        await wait_for(lambda: mirror.deployments.values[key].auto_confirm)
+        await eventually(lambda: mirror.deployments.values[key].auto_confirm, timeout=5)
         again = await client.post(f"{base}/confirmationBase/activateAutoConfirm")
         assert again.status_code == 409
         state = (await client.get(f"{base}/confirmationBase")).json()
@@ -172,7 +168,7 @@ async def test_declaring_installed_software_reports_it(
         assert r.status_code == 404
         await bus.put(names.BUCKET_DEVICES, "decl", DeviceEntry().model_dump_json().encode())
         key = names.kv_key(tenant, "decl")
-        await wait_for(lambda: key in app.state.gateway.mirror.devices.values)
+        await eventually(lambda: key in app.state.gateway.mirror.devices.values, timeout=5)
         r = await client.put(f"{base}/installedBase", json={"name": "os", "version": "3.1.0"})
         assert r.status_code == 200
         assert (await client.put(f"{base}/installedBase", json={"name": "os"})).status_code == 400
@@ -213,7 +209,7 @@ async def test_large_download_streams_in_bounded_memory(
     await bus.put(names.BUCKET_DEPLOYMENTS, "big", doc.model_dump_json().encode())
     key = names.kv_key(tenant, "big")
     mirror = app.state.gateway.mirror
-    await wait_for(lambda: key in mirror.deployments.values)
+    await eventually(lambda: key in mirror.deployments.values, timeout=5)
     url = f"{gw.url}/{tenant}/controller/v1/big/softwaremodules/7/artifacts/big.swu"
     before = _rss_kib()
     peak = before

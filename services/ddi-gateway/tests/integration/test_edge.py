@@ -7,69 +7,26 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal
 
 import httpx
-import nats
 import pytest
 from moto.server import ThreadedMotoServer
 
 from gaggle_contracts import names
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.kv import (
     ArtifactDoc,
-    ChunkDoc,
-    DeploymentDoc,
-    DeploymentEntry,
     DeviceEntry,
-    OpenAction,
     TenantConfig,
 )
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.domain import token_hash
 from gaggle_gateway.settings import GatewaySettings
-from gaggle_stack.servers import NatsProcess, free_port
+from gaggle_servers import NatsProcess, free_port
 from gaggle_storage import StorageSettings, open_store
+from gaggle_testing import ART, deployment, eventually, kv_put
 
 pytestmark = pytest.mark.integration
-
-
-async def kv_put(nats_url: str, bucket: str, key: str, value: bytes) -> None:
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        await ensure_all(js, CommonSettings(nats_url=nats_url))
-        await (await js.key_value(bucket)).put(key, value)
-    finally:
-        await nc.close()
-
-
-async def until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.05)
-
-
-def deployment(
-    action_id: str,
-    artifact: ArtifactDoc,
-    *,
-    state: Literal["deployment", "canceling", "wait_for_confirmation"] = "deployment",
-    closed: list[str] | None = None,
-) -> DeploymentEntry:
-    chunk = ChunkDoc(module_id="7", name="img", version="2.0", artifacts=[artifact])
-    return DeploymentEntry(
-        open=OpenAction(
-            action_id=action_id, state=state, c="1", deployment=DeploymentDoc(chunks=[chunk])
-        ),
-        closed=closed or [],
-    )
-
-
-ART = ArtifactDoc(
-    filename="a.swu", size=3, md5="m" * 32, sha1="s" * 40, sha256="h" * 64, object_key="k"
-)
 
 
 async def test_polls_are_answered_from_memory_while_nats_is_away_and_reports_get_503(
@@ -111,7 +68,7 @@ async def test_polls_are_answered_from_memory_while_nats_is_away_and_reports_get
                 r = await client.post(f"{base}/deploymentBase/5/feedback", json=feedback)
                 return r.status_code == 200
 
-            await until(accepted, timeout=15)
+            await eventually(accepted, timeout=15)
     finally:
         server.stop()
 

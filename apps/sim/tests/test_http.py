@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from apps.sim.tests.conftest import MiniServer, Reply, Seen
 from gaggle_sim.http import (
     ConnectionClosed,
     HttpClient,
@@ -15,7 +16,6 @@ from gaggle_sim.http import (
     Request,
     RequestTimeout,
 )
-from libs.sim.tests.conftest import MiniServer, Reply, Seen
 
 
 async def test_keep_alive_reuses_one_connection_for_sequential_requests(mini_server) -> None:

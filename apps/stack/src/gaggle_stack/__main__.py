@@ -21,7 +21,7 @@ from types import FrameType
 
 from gaggle_contracts.access import key_hash, key_id_of, new_api_key
 from gaggle_runtime.db import ensure_database, with_database
-from gaggle_stack.servers import EmbeddedPostgres, NatsProcess
+from gaggle_servers import EmbeddedPostgres, NatsProcess
 
 DEFAULT_NATS_PORT = 4250
 ADMIN_KEY_FILE = "admin.key"

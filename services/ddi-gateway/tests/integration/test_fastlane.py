@@ -16,8 +16,7 @@ from gaggle_gateway.app import build_app
 from gaggle_gateway.domain import token_hash
 from gaggle_gateway.fastlane import PollFastLane
 from gaggle_gateway.settings import GatewaySettings
-
-from .test_gateway_edge import ART, deployment, kv_put, until
+from gaggle_testing import ART, deployment, eventually, kv_put
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +86,7 @@ async def test_feedback_is_answered_alike_with_and_without_the_fast_lane(
             s = await client.get(f"{slow.url}/{tenant}/controller/v1/dev-1", headers=token)
         return r.status_code == s.status_code == 200
 
-    await until(mirrored, timeout=10)
+    await eventually(mirrored, timeout=10)
     through_lane, through_route = await answers(fast.url), await answers(slow.url)
     assert through_lane == through_route
     # And they did take different paths: only the FastAPI route is timed.

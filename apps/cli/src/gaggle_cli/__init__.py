@@ -1,7 +1,7 @@
 """gaggle: the operator command line of Gaggle.
 
 It talks only to the services' REST APIs (registry, artifacts, rollouts) with an operator API
-key; see ``gaggle --help`` and ``libs/cli/README.md``.
+key; see ``gaggle --help`` and ``apps/cli/README.md``.
 """
 
 from gaggle_cli.client import Api, CliError

@@ -15,8 +15,7 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime.bus import make_broker, publish_event
-
-from .test_decisions import publish_software
+from gaggle_testing import publish_software
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from apps.sim.tests.conftest import FakeDdi
 from gaggle_sim import Fleet, FleetConfig, FleetStats, assign_behaviours, run_fleet
 from gaggle_sim.device import action_id_of, feedback_url, parse_sleep, version_from_filename
-from libs.sim.tests.conftest import FakeDdi
 
 PAYLOAD = os.urandom(300_000)
 

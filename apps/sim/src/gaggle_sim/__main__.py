@@ -222,7 +222,7 @@ async def _run(args: argparse.Namespace, config: FleetConfig) -> FleetStats:
 def _runner(coro: Callable[[], Coroutine[Any, Any, FleetStats]]) -> FleetStats:
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+    except ImportError:  # pragma: no cover - no uvloop on Windows
         return asyncio.run(coro())
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro())

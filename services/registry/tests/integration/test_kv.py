@@ -12,14 +12,13 @@ import pytest
 from nats.js.kv import KeyValue
 
 from gaggle_contracts import names
-from gaggle_contracts.jetstream import ensure_all
 from gaggle_contracts.kv import DeviceEntry
 from gaggle_contracts.settings import CommonSettings
 from gaggle_registry.app import build_app as build_registry
 from gaggle_registry.settings import RegistrySettings
+from gaggle_runtime.jetstream import ensure_all
 from gaggle_runtime.outbox import Outbox
-
-from .test_registry_inventory import eventually
+from gaggle_testing import eventually
 
 pytestmark = pytest.mark.integration
 
