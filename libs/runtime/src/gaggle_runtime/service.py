@@ -130,8 +130,9 @@ async def _retrying(
         finally:
             if not work.done():
                 work.cancel()
-                with contextlib.suppress(BaseException):
-                    await work
+                # A client that is slow to give up its connecting (or swallows the
+                # cancellation) must not hold the stop up: wait a moment, then go on.
+                await asyncio.wait({work}, timeout=1.0)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
