@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 
@@ -62,6 +62,13 @@ Publish = Callable[[Event], Awaitable[None]]
 FeedbackKind = type[ActionFeedback] | type[CancelFeedback]
 
 
+class DeviceIds(TypedDict):
+    """Whose event it is: the fields every device event starts with."""
+
+    tenant: str
+    controller_id: str
+
+
 @dataclass(frozen=True)
 class Caller:
     """An authorised request of one device."""
@@ -76,6 +83,11 @@ class Caller:
     """Absolute base URL, with the tenant as the device wrote it."""
     registers: bool = False
     """An unknown device that this request registers (announced as discovered, not seen)."""
+
+    @property
+    def ids(self) -> DeviceIds:
+        """The device's ids, as its events carry them: ``Event(**caller.ids, ...)``."""
+        return {"tenant": self.tenant, "controller_id": self.controller_id}
 
     def deployment(self, mirror: Mirror) -> DeploymentEntry | None:
         """The device's entry in KV ``deployments``."""
@@ -264,9 +276,7 @@ class Gateway:
             Unavailable: the bus did not acknowledge; the device should retry.
         """
         self.check_attributes(caller, mode, data)
-        event = DeviceConfigReported(
-            tenant=caller.tenant, controller_id=caller.controller_id, mode=mode, data=data
-        )
+        event = DeviceConfigReported(**caller.ids, mode=mode, data=data)
         await self.report(caller, event, body)
 
     async def report_config_data(self, caller: Caller, data: bytes) -> None:

@@ -25,10 +25,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class DdiError(Exception):
-    """Base: an HTTP status, a hawkBit error code and a message for the device's log."""
+    """Base: an HTTP status, a hawkBit error code and a message for the device's log.
+
+    Each kind names its status and code where it is declared: ``class X(DdiError, status=…,
+    code=…)``. The base's own are those of a stray HTTP error, whose status is set per case.
+    """
 
     status = 400
     code = "hawkbit.server.error.rest.param.invalid"
+
+    def __init_subclass__(cls, *, status: int, code: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status = status
+        cls.code = code
 
     def __init__(self, message: str, **info: Any) -> None:
         super().__init__(message)
@@ -47,11 +56,8 @@ class DdiError(Exception):
         return Response(orjson.dumps(body), status_code=self.status, media_type="application/json")
 
 
-class Unauthorized(DdiError):
+class Unauthorized(DdiError, status=401, code="hawkbit.server.error.unauthorized"):
     """Missing or wrong credentials; says nothing about whether the device exists."""
-
-    status = 401
-    code = "hawkbit.server.error.unauthorized"
 
     def __init__(self) -> None:
         super().__init__("authentication required")
@@ -61,67 +67,43 @@ class Unauthorized(DdiError):
         return Response(status_code=401)
 
 
-class BadRequest(DdiError):
+class BadRequest(DdiError, status=400, code=DdiError.code):
     """The request is malformed."""
 
 
-class NotFound(DdiError):
+class NotFound(DdiError, status=404, code="hawkbit.server.error.repo.entityNotFound"):
     """No such device, action, module or artifact."""
 
-    status = 404
-    code = "hawkbit.server.error.repo.entityNotFound"
 
-
-class Gone(DdiError):
+class Gone(DdiError, status=410, code="hawkbit.server.error.action.closed"):
     """The action is closed; feedback for it is no longer taken."""
 
-    status = 410
-    code = "hawkbit.server.error.action.closed"
 
-
-class NotAllowed(DdiError):
+class NotAllowed(DdiError, status=405, code="hawkbit.server.error.action.notCanceling"):
     """The action is not in a state that takes this request (cancel feedback while running)."""
 
-    status = 405
-    code = "hawkbit.server.error.action.notCanceling"
 
-
-class Conflict(DdiError):
+class Conflict(DdiError, status=409, code="hawkbit.server.error.autoConfirmAlreadyActive"):
     """Auto-confirmation is already active."""
 
-    status = 409
-    code = "hawkbit.server.error.autoConfirmAlreadyActive"
 
-
-class PreconditionFailed(DdiError):
+class PreconditionFailed(DdiError, status=412, code="hawkbit.server.error.precondition"):
     """``If-Match`` names another version of the artifact."""
 
-    status = 412
-    code = "hawkbit.server.error.precondition"
 
-
-class PayloadTooLarge(DdiError):
+class PayloadTooLarge(DdiError, status=413, code="hawkbit.server.error.quota.payloadTooLarge"):
     """The body is larger than the gateway takes for this request."""
 
-    status = 413
-    code = "hawkbit.server.error.quota.payloadTooLarge"
 
-
-class QuotaExceeded(DdiError):
+class QuotaExceeded(DdiError, status=429, code="hawkbit.server.error.quota.tooManyEntries"):
     """The report would take the device or its action past one of hawkBit's quotas.
 
     Answered 429 as hawkBit does, without ``Retry-After``: the same report will not fit later.
     """
 
-    status = 429
-    code = "hawkbit.server.error.quota.tooManyEntries"
 
-
-class Unavailable(DdiError):
+class Unavailable(DdiError, status=503, code="hawkbit.server.error.unavailable"):
     """The event bus did not take the report; the device should retry."""
-
-    status = 503
-    code = "hawkbit.server.error.unavailable"
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -127,8 +127,7 @@ async def report_feedback(
         )
     event = kind(
         event_id=event_id,
-        tenant=caller.tenant,
-        controller_id=caller.controller_id,
+        **caller.ids,
         action_id=action_id,
         status=status,
         device_time=body.device_time(),

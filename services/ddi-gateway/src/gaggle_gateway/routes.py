@@ -214,8 +214,7 @@ async def confirmation_feedback(
         raise NotFound(f"action {action_id!r} does not await confirmation")
     body = await read_body(request, ConfirmationFeedbackBody, gw.settings.max_feedback_bytes)
     event = ConfirmationFeedback(
-        tenant=caller.tenant,
-        controller_id=caller.controller_id,
+        **caller.ids,
         action_id=action_id,
         confirmation=body.confirmation,
         code=body.code,
@@ -236,11 +235,7 @@ async def set_auto_confirm(
     if active:
         body = await read_body(request, AutoConfirmBody, gw.settings.max_body_bytes)
     event = AutoConfirmChanged(
-        tenant=caller.tenant,
-        controller_id=caller.controller_id,
-        active=active,
-        initiator=body.initiator,
-        remark=body.remark,
+        **caller.ids, active=active, initiator=body.initiator, remark=body.remark
     )
     await gw.report(caller, event, body)
     return Response(status_code=200)

@@ -9,7 +9,6 @@ import pytest
 
 from gaggle_contracts import names
 from gaggle_contracts.ddi import MAX_ATTRIBUTES
-from gaggle_contracts.events import Event
 from gaggle_contracts.kv import (
     ChunkDoc,
     DeploymentDoc,
@@ -20,6 +19,7 @@ from gaggle_contracts.kv import (
 )
 from gaggle_gateway.origin import Origin
 
+from ..publishing import lose_first_ack
 from .fakes import Bus
 
 BASE = "/default/controller/v1"
@@ -123,16 +123,7 @@ async def test_a_final_report_the_bus_may_have_lost_is_sent_again_under_its_even
     bus: Bus, entry: str
 ) -> None:
     known(bus, "d-1", open_action("5"))
-    publish = bus.gateway.publish_event
-    lost: list[Event] = []
-
-    async def ack_lost_once(event: Event) -> None:
-        await publish(event)
-        if not lost:
-            lost.append(event)
-            raise TimeoutError("no ack")
-
-    bus.gateway.publish_event = ack_lost_once
+    lost = lose_first_ack(bus.gateway)
     url = f"{BASE}/d-1/deploymentBase/5/feedback"
     async with bus.client(entry) as client:
         first = await client.post(url, json=closed())

@@ -14,20 +14,15 @@ import orjson
 import pytest
 
 from gaggle_contracts import names
-from gaggle_contracts.kv import (
-    ArtifactDoc,
-    ChunkDoc,
-    DeploymentDoc,
-    DeploymentEntry,
-    DeviceEntry,
-    OpenAction,
-    TenantConfig,
-)
+from gaggle_contracts.kv import DeploymentEntry, DeviceEntry, TenantConfig
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
+from gaggle_gateway.core import Gateway
 from gaggle_gateway.settings import GatewaySettings
 from gaggle_runtime.jetstream import ensure_all
-from gaggle_testing import eventually, feedback
+from gaggle_testing import ART, deployment, eventually, feedback
+
+from ..publishing import lose_first_ack
 
 pytestmark = pytest.mark.integration
 
@@ -50,18 +45,19 @@ async def feedback_count(nc: Any, tenant: str, kind: str) -> int:
     return int((info.state.subjects or {}).get(subject, 0))
 
 
-ART = ArtifactDoc(filename="a.swu", size=1, md5="m" * 32, sha1="s" * 40, sha256="h" * 64)
+async def known(nc: Any, tenant: str, cid: str, entry: DeploymentEntry) -> str:
+    """Register ``cid`` with ``entry`` in KV, as the registry and rollouts would; its key."""
+    key = names.kv_key(tenant, cid)
+    await put(nc, names.BUCKET_DEVICES, key, DeviceEntry(config_requested=False))
+    await put(nc, names.BUCKET_DEPLOYMENTS, key, entry)
+    return key
 
 
-def deployment(action_id: str, state: str = "deployment") -> DeploymentEntry:
-    chunk = ChunkDoc(module_id="9", name="img", version="2.0", artifacts=[ART])
-    return DeploymentEntry(
-        open=OpenAction(
-            action_id=action_id,
-            state=state,  # type: ignore[arg-type]
-            deployment=DeploymentDoc(chunks=[chunk]),
-        )
-    )
+async def start(common: CommonSettings, serve: Any, tenant: str) -> tuple[Gateway, str]:
+    """A gateway served over HTTP: its core, and the tenant's DDI base URL."""
+    app = build_gateway(common, GatewaySettings())
+    gw = await serve(app)
+    return app.state.gateway, f"{gw.url}/{tenant}/controller/v1"
 
 
 async def mirrored(gateway: Any, key: str, predicate: Any) -> None:
@@ -75,14 +71,9 @@ async def test_without_the_mirror_catching_up_the_gateway_reads_back_its_own_ack
 ) -> None:
     """Nothing closes the action in KV here: only the gateway's memory hides it."""
     await put(nc, names.BUCKET_TENANTS, tenant, TenantConfig(polling_sleep="00:10:00"))
-    for cid, state in (("m-1", "deployment"), ("m-2", "canceling")):
-        key = names.kv_key(tenant, cid)
-        await put(nc, names.BUCKET_DEVICES, key, DeviceEntry(config_requested=False))
-        await put(nc, names.BUCKET_DEPLOYMENTS, key, deployment("41", state))
-    app = build_gateway(common, GatewaySettings())
-    gw = await serve(app)
-    gateway = app.state.gateway
-    base = f"{gw.url}/{tenant}/controller/v1"
+    await known(nc, tenant, "m-1", deployment("41", ART))
+    await known(nc, tenant, "m-2", deployment("41", ART, state="canceling"))
+    gateway, base = await start(common, serve, tenant)
     kind = "action.feedback"
     async with httpx.AsyncClient(timeout=10) as client:
         assert "deploymentBase" in (await client.get(f"{base}/m-1")).json()["_links"]
@@ -125,7 +116,7 @@ async def test_without_the_mirror_catching_up_the_gateway_reads_back_its_own_ack
         assert await feedback_count(nc, tenant, "cancel.feedback") == 1
 
         # A new action for the device is offered at once.
-        await put(nc, names.BUCKET_DEPLOYMENTS, key, deployment("42"))
+        await put(nc, names.BUCKET_DEPLOYMENTS, key, deployment("42", ART))
         await mirrored(gateway, key, lambda e: e is not None and e.open is not None)
         links = (await client.get(f"{base}/m-1")).json()["_links"]
         assert links["deploymentBase"]["href"].startswith(f"{base}/m-1/deploymentBase/42?c=")
@@ -135,11 +126,9 @@ async def test_an_action_takes_a_thousand_statuses_then_429_but_still_its_final_
     common: CommonSettings, serve: Any, tenant: str, nc: Any
 ) -> None:
     await put(nc, names.BUCKET_TENANTS, tenant, TenantConfig())
-    key = names.kv_key(tenant, "st-1")
-    await put(nc, names.BUCKET_DEVICES, key, DeviceEntry(config_requested=False))
-    await put(nc, names.BUCKET_DEPLOYMENTS, key, deployment("7"))
-    gw = await serve(build_gateway(common, GatewaySettings()))
-    url = f"{gw.url}/{tenant}/controller/v1/st-1/deploymentBase/7/feedback"
+    await known(nc, tenant, "st-1", deployment("7", ART))
+    _, base = await start(common, serve, tenant)
+    url = f"{base}/st-1/deploymentBase/7/feedback"
     body = orjson.dumps(feedback("proceeding"))
     headers = {"Content-Type": "application/json"}
     async with httpx.AsyncClient(timeout=10) as client:
@@ -159,23 +148,10 @@ async def test_a_final_report_retried_after_a_lost_acknowledgement_is_200_and_st
 ) -> None:
     """The bus stored the report but its ack was lost (503); the device retries the same one."""
     await put(nc, names.BUCKET_TENANTS, tenant, TenantConfig())
-    key = names.kv_key(tenant, "u-1")
-    await put(nc, names.BUCKET_DEVICES, key, DeviceEntry(config_requested=False))
-    await put(nc, names.BUCKET_DEPLOYMENTS, key, deployment("51"))
-    app = build_gateway(common, GatewaySettings())
-    gw = await serve(app)
-    gateway = app.state.gateway
-    publish = gateway.publish_event
-    lost: list[Any] = []
-
-    async def ack_lost_once(event: Any) -> None:
-        await publish(event)
-        if not lost:
-            lost.append(event)
-            raise TimeoutError("no ack")
-
-    gateway.publish_event = ack_lost_once
-    url = f"{gw.url}/{tenant}/controller/v1/u-1/deploymentBase/51/feedback"
+    key = await known(nc, tenant, "u-1", deployment("51", ART))
+    gateway, base = await start(common, serve, tenant)
+    lost = lose_first_ack(gateway)
+    url = f"{base}/u-1/deploymentBase/51/feedback"
     kind = "action.feedback"
     async with httpx.AsyncClient(timeout=10) as client:
         assert (await client.post(url, json=feedback("closed", "success"))).status_code == 503

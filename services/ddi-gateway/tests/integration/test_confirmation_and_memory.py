@@ -8,17 +8,8 @@ import httpx
 import nats
 import pytest
 
-from gaggle_contracts import names
+from gaggle_contracts import kv, names
 from gaggle_contracts.events import AutoConfirmChanged, ConfirmationFeedback, DeviceConfigReported
-from gaggle_contracts.kv import (
-    ArtifactDoc,
-    ChunkDoc,
-    DeploymentDoc,
-    DeploymentEntry,
-    DeviceEntry,
-    OpenAction,
-    TenantConfig,
-)
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.settings import GatewaySettings
@@ -28,7 +19,7 @@ from gaggle_testing import eventually
 
 pytestmark = pytest.mark.integration
 
-ART = ArtifactDoc(
+ART = kv.ArtifactDoc(
     filename="big.swu",
     size=0,
     md5="m" * 32,
@@ -38,14 +29,14 @@ ART = ArtifactDoc(
 )
 
 
-def entry(state: str = "deployment", auto_confirm: bool = False) -> DeploymentEntry:
-    chunk = ChunkDoc(module_id="7", name="img", version="2.0", artifacts=[ART])
-    return DeploymentEntry(
-        open=OpenAction(
+def entry(state: str = "deployment", auto_confirm: bool = False) -> kv.DeploymentEntry:
+    chunk = kv.ChunkDoc(module_id="7", name="img", version="2.0", artifacts=[ART])
+    return kv.DeploymentEntry(
+        open=kv.OpenAction(
             action_id="12",
             c="77",
             state=state,  # type: ignore[arg-type]
-            deployment=DeploymentDoc(
+            deployment=kv.DeploymentDoc(
                 download="attempt", update="attempt", maintenance_window="available", chunks=[chunk]
             ),
             history=["newest", "older", "oldest"],
@@ -60,8 +51,9 @@ class Bus:
         self.js = nc.jetstream()
         self.tenant = tenant
 
-    async def put(self, bucket: str, cid: str, value: bytes) -> None:
-        await (await self.js.key_value(bucket)).put(names.kv_key(self.tenant, cid), value)
+    async def put(self, bucket: str, cid: str, value: kv.KvValue) -> None:
+        key = names.kv_key(self.tenant, cid)
+        await (await self.js.key_value(bucket)).put(key, value.model_dump_json().encode())
 
     async def last(self, kind: str) -> bytes:
         msg = await self.js.get_last_msg(names.STREAM, names.subject(self.tenant, kind))
@@ -73,8 +65,8 @@ async def bus(common: CommonSettings, tenant: str):  # type: ignore[no-untyped-d
     """The test's NATS, with its tenant created (as the registry's tenant API would)."""
     nc = await nats.connect(common.nats_url)
     await ensure_all(nc.jetstream(), common)
-    kv = await nc.jetstream().key_value(names.BUCKET_TENANTS)
-    await kv.put(tenant, TenantConfig().model_dump_json().encode())
+    tenants = await nc.jetstream().key_value(names.BUCKET_TENANTS)
+    await tenants.put(tenant, kv.TenantConfig().model_dump_json().encode())
     yield Bus(nc, tenant)
     await nc.close()
 
@@ -85,12 +77,8 @@ async def test_confirmation_flow_endpoints(
     app = build_gateway(common, GatewaySettings())
     gw = await serve(app)
     mirror = app.state.gateway.mirror
-    await bus.put(
-        names.BUCKET_DEVICES, "c1", DeviceEntry(config_requested=False).model_dump_json().encode()
-    )
-    await bus.put(
-        names.BUCKET_DEPLOYMENTS, "c1", entry("wait_for_confirmation").model_dump_json().encode()
-    )
+    await bus.put(names.BUCKET_DEVICES, "c1", kv.DeviceEntry(config_requested=False))
+    await bus.put(names.BUCKET_DEPLOYMENTS, "c1", entry("wait_for_confirmation"))
     key = names.kv_key(tenant, "c1")
     await eventually(
         lambda: key in mirror.deployments.values and key in mirror.devices.values, timeout=5
@@ -137,11 +125,7 @@ async def test_confirmation_flow_endpoints(
         sent_ac = AutoConfirmChanged.model_validate_json(await bus.last("device.auto_confirm"))
         assert (sent_ac.active, sent_ac.initiator, sent_ac.remark) == (True, "tech", "night shift")
 
-        await bus.put(
-            names.BUCKET_DEPLOYMENTS,
-            "c1",
-            entry("deployment", auto_confirm=True).model_dump_json().encode(),
-        )
+        await bus.put(names.BUCKET_DEPLOYMENTS, "c1", entry("deployment", auto_confirm=True))
         await eventually(lambda: mirror.deployments.values[key].auto_confirm, timeout=5)
         again = await client.post(f"{base}/confirmationBase/activateAutoConfirm")
         assert again.status_code == 409
@@ -166,7 +150,7 @@ async def test_declaring_installed_software_reports_it(
         # Unknown devices cannot declare anything.
         r = await client.put(f"{base}/installedBase", json={"name": "os", "version": "3.1.0"})
         assert r.status_code == 404
-        await bus.put(names.BUCKET_DEVICES, "decl", DeviceEntry().model_dump_json().encode())
+        await bus.put(names.BUCKET_DEVICES, "decl", kv.DeviceEntry())
         key = names.kv_key(tenant, "decl")
         await eventually(lambda: key in app.state.gateway.mirror.devices.values, timeout=5)
         r = await client.put(f"{base}/installedBase", json={"name": "os", "version": "3.1.0"})
@@ -193,20 +177,22 @@ async def test_large_download_streams_in_bounded_memory(
         f.truncate(size)  # sparse: the test costs no disk space
     app = build_gateway(common, GatewaySettings(), StorageSettings(backend="local", dir=objects))
     gw = await serve(app)
-    await bus.put(names.BUCKET_DEVICES, "big", DeviceEntry().model_dump_json().encode())
+    await bus.put(names.BUCKET_DEVICES, "big", kv.DeviceEntry())
     art = ART.model_copy(update={"size": size})
     doc = entry().model_copy(
         update={
             "open": entry().open.model_copy(  # type: ignore[union-attr]
                 update={
-                    "deployment": DeploymentDoc(
-                        chunks=[ChunkDoc(module_id="7", name="img", version="2.0", artifacts=[art])]
+                    "deployment": kv.DeploymentDoc(
+                        chunks=[
+                            kv.ChunkDoc(module_id="7", name="img", version="2.0", artifacts=[art])
+                        ]
                     )
                 }
             )
         }
     )
-    await bus.put(names.BUCKET_DEPLOYMENTS, "big", doc.model_dump_json().encode())
+    await bus.put(names.BUCKET_DEPLOYMENTS, "big", doc)
     key = names.kv_key(tenant, "big")
     mirror = app.state.gateway.mirror
     await eventually(lambda: key in mirror.deployments.values, timeout=5)

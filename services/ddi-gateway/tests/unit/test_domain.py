@@ -2,16 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from gaggle_contracts import kv
 from gaggle_contracts.events import FeedbackStatus
-from gaggle_contracts.kv import (
-    ChunkDoc,
-    DeploymentDoc,
-    DeploymentEntry,
-    DeviceEntry,
-    InstalledAction,
-    OpenAction,
-    TenantConfig,
-)
 from gaggle_gateway.domain import (
     NO_CREDENTIALS,
     Access,
@@ -24,10 +16,10 @@ from gaggle_gateway.domain import (
     token_hash,
 )
 
-OPEN = TenantConfig(anonymous=True, auto_register=True)
-CLOSED = TenantConfig(anonymous=False, auto_register=False, gateway_token_hash=token_hash("gw"))
-TOKENED = DeviceEntry(token_hash=token_hash("secret"))
-PLAIN = DeviceEntry()
+OPEN = kv.TenantConfig(anonymous=True, auto_register=True)
+CLOSED = kv.TenantConfig(anonymous=False, auto_register=False, gateway_token_hash=token_hash("gw"))
+TOKENED = kv.DeviceEntry(token_hash=token_hash("secret"))
+PLAIN = kv.DeviceEntry()
 
 
 @pytest.mark.parametrize(
@@ -74,11 +66,11 @@ def test_authorization_header_is_read_like_hawkbit(
         (Credentials("gateway", "nope"), CLOSED, TOKENED, True, Access.DENY),
         (Credentials("gateway", "gw"), OPEN, PLAIN, True, Access.DENY),  # no gateway token set
         # Auto-registration off: an unknown device polling is refused.
-        (NO_CREDENTIALS, TenantConfig(auto_register=False), None, True, Access.DENY),
+        (NO_CREDENTIALS, kv.TenantConfig(auto_register=False), None, True, Access.DENY),
         # TargetToken switched off for the tenant.
         (
             Credentials("target", "secret"),
-            TenantConfig(target_token=False),
+            kv.TenantConfig(target_token=False),
             TOKENED,
             True,
             Access.DENY,
@@ -88,8 +80,8 @@ def test_authorization_header_is_read_like_hawkbit(
 )
 def test_authorize(
     creds: Credentials | None,
-    tenant: TenantConfig,
-    device: DeviceEntry | None,
+    tenant: kv.TenantConfig,
+    device: kv.DeviceEntry | None,
     may_register: bool,
     expected: Access,
 ) -> None:
@@ -97,7 +89,9 @@ def test_authorize(
 
 
 BASE = "http://gw/DEFAULT/controller/v1/dev-1"
-DOC = DeploymentDoc(chunks=[ChunkDoc(module_id="40", name="img", version="1.0", artifacts=[])])
+DOC = kv.DeploymentDoc(
+    chunks=[kv.ChunkDoc(module_id="40", name="img", version="1.0", artifacts=[])]
+)
 
 
 def test_poll_of_new_device_offers_config_data_and_always_has_links() -> None:
@@ -106,15 +100,15 @@ def test_poll_of_new_device_offers_config_data_and_always_has_links() -> None:
         "config": {"polling": {"sleep": "00:01:00"}},
         "_links": {"configData": {"href": f"{BASE}/configData"}},
     }
-    assert poll_body(BASE, OPEN, DeviceEntry(config_requested=False), None)["_links"] == {}
+    assert poll_body(BASE, OPEN, kv.DeviceEntry(config_requested=False), None)["_links"] == {}
 
 
 def test_poll_offers_deployment_with_c_hash_and_installed_base() -> None:
-    entry = DeploymentEntry(
-        open=OpenAction(action_id="8", c="-2127183556", deployment=DOC),
-        installed=InstalledAction(action_id="4", deployment=DOC),
+    entry = kv.DeploymentEntry(
+        open=kv.OpenAction(action_id="8", c="-2127183556", deployment=DOC),
+        installed=kv.InstalledAction(action_id="4", deployment=DOC),
     )
-    links = poll_body(BASE, OPEN, DeviceEntry(config_requested=False), entry)["_links"]
+    links = poll_body(BASE, OPEN, kv.DeviceEntry(config_requested=False), entry)["_links"]
     assert links == {
         "deploymentBase": {"href": f"{BASE}/deploymentBase/8?c=-2127183556"},
         "installedBase": {"href": f"{BASE}/installedBase/4"},
@@ -129,15 +123,17 @@ def test_poll_offers_deployment_with_c_hash_and_installed_base() -> None:
     ],
 )
 def test_poll_shows_one_action_link_by_state(state: str, rel: str, href: str) -> None:
-    entry = DeploymentEntry(open=OpenAction(action_id="8", c="5", state=state, deployment=DOC))
+    entry = kv.DeploymentEntry(
+        open=kv.OpenAction(action_id="8", c="5", state=state, deployment=DOC)
+    )
     links = poll_body(BASE, OPEN, PLAIN, entry)["_links"]
     assert links[rel] == {"href": href}
     assert {"deploymentBase", "cancelAction", "confirmationBase"} & set(links) == {rel}
 
 
 def test_open_action_shortens_polling_when_configured() -> None:
-    tenant = TenantConfig(polling_sleep="00:05:00", polling_sleep_open_action="00:00:10")
-    entry = DeploymentEntry(open=OpenAction(action_id="8", deployment=DOC))
+    tenant = kv.TenantConfig(polling_sleep="00:05:00", polling_sleep_open_action="00:00:10")
+    entry = kv.DeploymentEntry(open=kv.OpenAction(action_id="8", deployment=DOC))
     assert poll_body(BASE, tenant, PLAIN, entry)["config"]["polling"]["sleep"] == "00:00:10"
     assert poll_body(BASE, tenant, PLAIN, None)["config"]["polling"]["sleep"] == "00:05:00"
 
@@ -146,13 +142,13 @@ def _status(execution: str, finished: str = "none") -> FeedbackStatus:
     return FeedbackStatus(execution=execution, finished=finished)  # type: ignore[arg-type]
 
 
-def _action(update: str = "forced", window: str | None = None) -> OpenAction:
-    doc = DeploymentDoc(
+def _action(update: str = "forced", window: str | None = None) -> kv.OpenAction:
+    doc = kv.DeploymentDoc(
         update=update,  # type: ignore[arg-type]
         maintenance_window=window,  # type: ignore[arg-type]
-        chunks=[ChunkDoc(module_id="1", name="n", version="1", artifacts=[])],
+        chunks=[kv.ChunkDoc(module_id="1", name="n", version="1", artifacts=[])],
     )
-    return OpenAction(action_id="1", deployment=doc)
+    return kv.OpenAction(action_id="1", deployment=doc)
 
 
 @pytest.mark.parametrize(
@@ -175,7 +171,7 @@ def _action(update: str = "forced", window: str | None = None) -> OpenAction:
     ],
 )
 def test_final_reports_are_those_that_close_the_action_in_rollouts(
-    cancel: bool, execution: str, finished: str, action: OpenAction, closes: bool
+    cancel: bool, execution: str, finished: str, action: kv.OpenAction, closes: bool
 ) -> None:
     assert closes_action(cancel, _status(execution, finished), action) is closes
 
