@@ -72,6 +72,18 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture
+def s3_endpoint() -> Iterator[str]:
+    """``host:port`` of an S3 API of this test alone (moto's server on a free port)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL server for this test session (URL of its ``postgres`` database)."""

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
 from gaggle_contracts import names
 from gaggle_contracts.kv import (
@@ -22,7 +21,7 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.domain import token_hash
 from gaggle_gateway.settings import GatewaySettings
-from gaggle_servers import NatsProcess, free_port
+from gaggle_servers import NatsProcess
 from gaggle_storage import StorageSettings, open_store
 from gaggle_testing import ART, deployment, eventually, kv_put
 
@@ -157,15 +156,6 @@ async def test_open_action_polling_interval_per_tenant(
         busy = (await client.get(f"{gw.url}/{tenant}/controller/v1/busy")).json()
     assert idle["config"]["polling"]["sleep"] == "00:05:00"
     assert busy["config"]["polling"]["sleep"] == "00:00:15"
-
-
-@pytest.fixture
-def s3_endpoint() -> AsyncIterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.mark.parametrize("presign", [True, False])
