@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 
 import asyncpg
 
 from gaggle_contracts.events import SoftwareCreated, SoftwareDeleted
+from gaggle_contracts.kv import ArtifactDoc
 from gaggle_rollouts.decision import Candidate
 from gaggle_rollouts.domain import Software
 from gaggle_runtime.db import Conn
@@ -46,7 +46,10 @@ def candidate(row: asyncpg.Record) -> Candidate:
 
 def software_of(row: asyncpg.Record) -> Software:
     """A ``rollouts.software`` row as actions and KV documents use it."""
-    return Software(**{f.name: row[f.name] for f in fields(Software)})
+    file = ArtifactDoc.model_validate(dict(row))  # the file's columns carry its field names
+    return Software(
+        row["tenant"], row["software_id"], row["name"], row["version"], file, row["deleted"]
+    )
 
 
 class Catalogue:
