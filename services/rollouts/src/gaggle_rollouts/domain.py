@@ -42,6 +42,8 @@ class Software:
     version: str
     file: ArtifactDoc
     """Its one file, as a device's deploymentBase offers it."""
+    compatibility: tuple[tuple[str, str], ...]
+    """The (hw_model, hw_revision) pairs it fits; ``*`` stands for any."""
     deleted: bool = False
 
 

@@ -106,6 +106,7 @@ SW = Software(
         sha256="h" * 64,
         object_key="k",
     ),
+    (("*", "*"),),
 )
 
 
