@@ -93,21 +93,9 @@ def test_action_types_map_to_ddi_handling(type_: str, expected: tuple[str, str])
     assert handling(type_) == expected  # type: ignore[arg-type]
 
 
-SW = Software(
-    "t",
-    "40",
-    "img",
-    "1.0",
-    ArtifactDoc(
-        filename="img-1.0.swu",
-        size=10,
-        md5="m" * 32,
-        sha1="s" * 40,
-        sha256="h" * 64,
-        object_key="k",
-    ),
-    (("*", "*"),),
-)
+HASHES = {"md5": "m" * 32, "sha1": "s" * 40, "sha256": "h" * 64}
+FILE = ArtifactDoc(filename="img-1.0.swu", size=10, object_key="k", **HASHES)
+SW = Software("t", "40", "img", "1.0", FILE, (("*", "*"),))
 
 
 def test_deployment_entry_offers_open_action_with_history_newest_first() -> None:
@@ -118,6 +106,7 @@ def test_deployment_entry_offers_open_action_with_history_newest_first() -> None
     assert entry.open.c == action_hash(1, "forced", "forced")
     assert entry.open.history == ["newest", "older"]
     art = entry.open.deployment.chunks[0].artifacts[0]
+    assert art == FILE
     assert (art.md5, art.sha1, art.sha256, art.object_key) == ("m" * 32, "s" * 40, "h" * 64, "k")
 
 
