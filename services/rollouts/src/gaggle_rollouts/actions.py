@@ -290,12 +290,14 @@ class Actions:
 
     async def open_action_of(self, tenant: str, controller_id: str) -> Action | None:
         """The device's open action, if any."""
-        row = await self.db.pool.fetchrow(OPEN_ACTION, tenant, controller_id)
-        return _action(row) if row else None
+        return await self._one(OPEN_ACTION, tenant, controller_id)
 
     async def get_action(self, tenant: str, action_id: int) -> Action | None:
         """One action, or None."""
-        row = await self.db.pool.fetchrow(SELECT_ACTION, tenant, action_id)
+        return await self._one(SELECT_ACTION, tenant, action_id)
+
+    async def _one(self, query: str, *args: object) -> Action | None:
+        row = await self.db.pool.fetchrow(query, *args)
         return _action(row) if row else None
 
     async def history(self, action_id: int) -> list[dict[str, Any]]:
