@@ -173,19 +173,6 @@ class Actions:
         rows = await conn.fetch(FAILED_SOFTWARE, tenant, controller_id)
         return frozenset(r["software_id"] for r in rows)
 
-    async def create_action(
-        self, tenant: str, controller_id: str, software: Software, spec: ActionSpec
-    ) -> Action:
-        """Open an action for a device.
-
-        Raises:
-            ActionExistsError: the device has an open action already.
-        """
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            return await self.open_one(
-                conn, tenant, controller_id, software, spec, "Assigned by an operator."
-            )
-
     async def open_one(
         self,
         conn: Conn,
@@ -266,29 +253,29 @@ class Actions:
 
     # --- decisions ----------------------------------------------------------------------------
 
-    async def refresh_windows(self) -> int:
-        """Open actions whose maintenance window opened or closed: stored and re-rendered."""
-        now = utcnow()
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(IN_WINDOWS)
-            changed: dict[str, list[tuple[int, str, bool]]] = {}
-            for r in rows:
-                window = Window.parse(r["maintenance_window"])
-                is_open = window is not None and window.is_open(now)
-                if is_open != r["window_open"]:
-                    changed.setdefault(r["tenant"], []).append(
-                        (r["id"], r["controller_id"], is_open)
-                    )
-            for tenant, items in changed.items():
-                await conn.execute(SET_WINDOWS, [i[0] for i in items], [i[2] for i in items])
-                await self.publish_deployments(conn, tenant, [i[1] for i in items])
-            return sum(len(v) for v in changed.values())
+    async def refresh_windows(self, conn: Conn, now: datetime) -> int:
+        """Open actions whose maintenance window opened or closed at ``now``: stored, re-rendered.
 
-    async def set_auto_confirm(self, tenant: str, controller_id: str, active: bool) -> None:
+        Returns:
+            How many actions changed.
+        """
+        changed: dict[str, list[tuple[int, str, bool]]] = {}
+        for r in await conn.fetch(IN_WINDOWS):
+            window = Window.parse(r["maintenance_window"])
+            is_open = window is not None and window.is_open(now)
+            if is_open != r["window_open"]:
+                changed.setdefault(r["tenant"], []).append((r["id"], r["controller_id"], is_open))
+        for tenant, items in changed.items():
+            await conn.execute(SET_WINDOWS, [i[0] for i in items], [i[2] for i in items])
+            await self.publish_deployments(conn, tenant, [i[1] for i in items])
+        return sum(len(v) for v in changed.values())
+
+    async def set_auto_confirm(
+        self, conn: Conn, tenant: str, controller_id: str, active: bool
+    ) -> None:
         """The device switched auto-confirmation: kept, and its KV document re-rendered."""
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            await conn.execute(SET_AUTO_CONFIRM, tenant, controller_id, active)
-            await self.publish_deployment(conn, tenant, controller_id)
+        await conn.execute(SET_AUTO_CONFIRM, tenant, controller_id, active)
+        await self.publish_deployment(conn, tenant, controller_id)
 
     async def may_want_more(self, action: Action) -> bool:
         """Whether a decision may open something now that ``action`` closed.
@@ -303,12 +290,14 @@ class Actions:
 
     async def open_action_of(self, tenant: str, controller_id: str) -> Action | None:
         """The device's open action, if any."""
-        row = await self.db.pool.fetchrow(OPEN_ACTION, tenant, controller_id)
-        return _action(row) if row else None
+        return await self._one(OPEN_ACTION, tenant, controller_id)
 
     async def get_action(self, tenant: str, action_id: int) -> Action | None:
         """One action, or None."""
-        row = await self.db.pool.fetchrow(SELECT_ACTION, tenant, action_id)
+        return await self._one(SELECT_ACTION, tenant, action_id)
+
+    async def _one(self, query: str, *args: object) -> Action | None:
+        row = await self.db.pool.fetchrow(query, *args)
         return _action(row) if row else None
 
     async def history(self, action_id: int) -> list[dict[str, Any]]:

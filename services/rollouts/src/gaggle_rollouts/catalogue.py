@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 
 import asyncpg
 
 from gaggle_contracts.events import SoftwareCreated, SoftwareDeleted
-from gaggle_rollouts.decision import Candidate
+from gaggle_contracts.kv import ArtifactDoc
 from gaggle_rollouts.domain import Software
 from gaggle_runtime.db import Conn
 from gaggle_runtime.service import Database
@@ -34,19 +33,18 @@ SELECT * FROM rollouts.software WHERE tenant = $1 AND software_id = ANY($2::text
 SELECT_CATALOGUE = "SELECT * FROM rollouts.software WHERE tenant = $1"
 
 
-def candidate(row: asyncpg.Record) -> Candidate:
-    """A ``rollouts.software`` row as decisions see it."""
-    return Candidate(
+def software_of(row: asyncpg.Record) -> Software:
+    """A ``rollouts.software`` row."""
+    file = ArtifactDoc.model_validate(dict(row))  # the file's columns carry its field names
+    return Software(
+        row["tenant"],
         row["software_id"],
+        row["name"],
         row["version"],
+        file,
         tuple((c["hw_model"], c["hw_revision"]) for c in row["compatibility"]),
         row["deleted"],
     )
-
-
-def software_of(row: asyncpg.Record) -> Software:
-    """A ``rollouts.software`` row as actions and KV documents use it."""
-    return Software(**{f.name: row[f.name] for f in fields(Software)})
 
 
 class Catalogue:
@@ -84,17 +82,15 @@ class Catalogue:
         row = await (conn or self.db.pool).fetchrow(SELECT_SOFTWARE, tenant, software_id)
         return software_of(row) if row else None
 
-    async def entry(
-        self, conn: Conn, tenant: str, software_id: str
-    ) -> tuple[Software, Candidate] | None:
-        """One software as actions and decisions see it (deleted ones too), or None."""
+    async def entry(self, conn: Conn, tenant: str, software_id: str) -> Software | None:
+        """One software (deleted ones too), or None, read in the caller's transaction."""
         row = await conn.fetchrow(SELECT_SOFTWARE, tenant, software_id)
-        return None if row is None else (software_of(row), candidate(row))
+        return None if row is None else software_of(row)
 
-    async def all(self, conn: Conn, tenant: str) -> dict[str, tuple[Software, Candidate]]:
+    async def all(self, conn: Conn, tenant: str) -> dict[str, Software]:
         """The tenant's whole catalogue (deleted software too), by id."""
         rows = await conn.fetch(SELECT_CATALOGUE, tenant)
-        return {r["software_id"]: (software_of(r), candidate(r)) for r in rows}
+        return {r["software_id"]: software_of(r) for r in rows}
 
     async def many(
         self, conn: Conn, tenant: str, software_ids: Sequence[str]

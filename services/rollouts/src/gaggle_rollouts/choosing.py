@@ -13,7 +13,7 @@ from typing import Any
 
 from gaggle_rollouts.actions import Actions, ActionSpec
 from gaggle_rollouts.catalogue import Catalogue
-from gaggle_rollouts.decision import Candidate, Decision, DeviceView, PolicyView, choose_software
+from gaggle_rollouts.decision import Decision, DeviceView, PolicyView, choose_software
 from gaggle_rollouts.domain import Software
 from gaggle_rollouts.policies import Policies
 from gaggle_rollouts.rollout_members import Membership
@@ -102,11 +102,9 @@ class Chooser:
             shared.catalogue = await self.catalogue.all(conn, tenant)
         catalogue = shared.catalogue
         failed = await self.actions.failed_software(conn, tenant, controller_id)
-        decision = choose_software(
-            device, policy, {k: v[1] for k, v in catalogue.items()}, (), failed
-        )
+        decision = choose_software(device, policy, catalogue, (), failed)
         if decision.software_id is not None:
-            software = catalogue[decision.software_id][0]
+            software = catalogue[decision.software_id]
             await self.actions.open_one(
                 conn,
                 tenant,
@@ -122,6 +120,6 @@ class _Shared:
     """What the devices chosen for in one transaction share, read at most once for them all."""
 
     def __init__(self) -> None:
-        self.catalogue: dict[str, tuple[Software, Candidate]] | None = None
+        self.catalogue: dict[str, Software] | None = None
         self.feeds: dict[str, Any] = {}
         """A feed's newest active rollout (None: none), its feed lock taken."""

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gaggle_contracts.versions import InvalidVersionError, SwVersion
+from gaggle_rollouts.domain import Software
 
 ANY = "*"
 
@@ -40,16 +41,6 @@ class DeviceView:
     hw_model: str | None = None
     hw_revision: str | None = None
     sw_version: str | None = None
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A software as a decision sees it."""
-
-    software_id: str
-    version: str
-    compatibility: tuple[tuple[str, str], ...]
-    deleted: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,7 +109,7 @@ def same_version(a: str | None, b: str | None) -> bool:
 def _target(
     device: DeviceView,
     policy: PolicyView,
-    catalogue: Mapping[str, Candidate],
+    catalogue: Mapping[str, Software],
     rollouts: Iterable[RolloutView],
 ) -> Decision:
     if policy.mode == "pinned":
@@ -131,7 +122,7 @@ def _target(
             return Decision(None, "assigned software does not fit the device")
         return Decision(software.software_id, "assigned")
     if policy.mode == "latest":
-        best: tuple[SwVersion, Candidate] | None = None
+        best: tuple[SwVersion, Software] | None = None
         for software in catalogue.values():
             version = _version(software.version)
             if software.deleted or version is None or not fits(software.compatibility, device):
@@ -161,7 +152,7 @@ def _target(
 def choose_software(
     device: DeviceView,
     policy: PolicyView,
-    catalogue: Mapping[str, Candidate],
+    catalogue: Mapping[str, Software],
     rollouts: Iterable[RolloutView] = (),
     failed_software: frozenset[str] = frozenset(),
 ) -> Decision:

@@ -40,13 +40,10 @@ class Software:
     software_id: str
     name: str
     version: str
-    filename: str
-    size: int
-    md5: str
-    sha1: str
-    sha256: str
-    object_key: str | None = None
-    external_url: str | None = None
+    file: ArtifactDoc
+    """Its one file, as a device's deploymentBase offers it."""
+    compatibility: tuple[tuple[str, str], ...]
+    """The (hw_model, hw_revision) pairs it fits; ``*`` stands for any."""
     deleted: bool = False
 
 
@@ -191,21 +188,12 @@ def action_hash(action_id: int, download: str, update: str) -> str:
 def deployment_doc(action: Action, software: Software) -> DeploymentDoc:
     """The deploymentBase document of ``action``: one chunk with the software's one file."""
     download, update = handling(action.type, action.window_open)
-    artifact = ArtifactDoc(
-        filename=software.filename,
-        size=software.size,
-        md5=software.md5,
-        sha1=software.sha1,
-        sha256=software.sha256,
-        object_key=software.object_key,
-        external_url=software.external_url,
-    )
     chunk = ChunkDoc(
         module_id=software.software_id,
         part="os",
         name=software.name,
         version=software.version,
-        artifacts=[artifact],
+        artifacts=[software.file],
     )
     window: Literal["available", "unavailable"] | None = None
     if action.window_open is not None:

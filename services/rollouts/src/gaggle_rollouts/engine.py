@@ -15,6 +15,7 @@ import logging
 
 from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.rollout_store import RolloutStore
+from gaggle_rollouts.usecases import refresh_windows
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Engine:
         while True:
             await asyncio.sleep(self.window_s)
             try:
-                await self.repo.refresh_windows()
+                await refresh_windows(self.repo.db, self.repo)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -135,38 +135,34 @@ class Policies:
             return Policy()
         return Policy(row["mode"], row["feed"], row["software_id"])
 
-    async def set_policy(self, tenant: str, controller_id: str, policy: Policy) -> Policy:
-        """Store a policy and announce it (``device.policy_changed``) in one transaction."""
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                UPSERT_POLICY, tenant, controller_id, policy.mode, policy.feed, policy.software_id
-            )
-            await self.outbox.event(conn, policy.changed(tenant, controller_id))
-        return policy
+    async def set_policy(self, conn: Conn, tenant: str, controller_id: str, policy: Policy) -> None:
+        """Store a device's policy and announce it (``device.policy_changed``)."""
+        await conn.execute(
+            UPSERT_POLICY, tenant, controller_id, policy.mode, policy.feed, policy.software_id
+        )
+        await self.outbox.event(conn, policy.changed(tenant, controller_id))
 
-    async def set_policies(self, tenant: str, match: PolicyMatch, policy: Policy) -> list[str]:
+    async def set_policies(
+        self, conn: Conn, tenant: str, match: PolicyMatch, policy: Policy
+    ) -> list[str]:
         """Store ``policy`` for every known device ``match`` selects, announced; their ids."""
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            ids = [
-                r[0]
-                for r in await conn.fetch(
-                    MATCH_DEVICES,
-                    tenant,
-                    match.hw_model,
-                    match.hw_revision,
-                    match.sw_version,
-                    match.feed,
-                    match.mode,
-                    None if match.controller_ids is None else list(match.controller_ids),
-                )
-            ]
-            if not ids:
-                return []
+        rows = await conn.fetch(
+            MATCH_DEVICES,
+            tenant,
+            match.hw_model,
+            match.hw_revision,
+            match.sw_version,
+            match.feed,
+            match.mode,
+            None if match.controller_ids is None else list(match.controller_ids),
+        )
+        ids = [r[0] for r in rows]
+        if ids:
             await conn.execute(
                 UPSERT_POLICIES, tenant, ids, policy.mode, policy.feed, policy.software_id
             )
             await self.outbox.many(conn, events=[policy.changed(tenant, c) for c in ids])
-            return ids
+        return ids
 
     async def record_device(self, event: DeviceUpdated) -> None:
         """Keep the inventory decisions read (a deleted device is forgotten)."""

@@ -90,8 +90,8 @@ class Membership:
             return None
         if not DeviceFilter.of(rollout["device_filter"]).matches(device):
             return None
-        entry = await self.catalogue.entry(conn, rollout["tenant"], rollout["software_id"])
-        if entry is None or not fits(entry[1].compatibility, device):
+        software = await self.catalogue.entry(conn, rollout["tenant"], rollout["software_id"])
+        if software is None or not fits(software.compatibility, device):
             return None
         last = len(await conn.fetch(WAVES, rollout["id"]))
         state = "pending" if rollout["current_wave"] >= last else "waiting"
@@ -117,10 +117,9 @@ class Membership:
         ]
         if not ids:
             return {}
-        entry = await self.catalogue.entry(conn, tenant, rollout["software_id"])
-        if entry is None:  # pragma: no cover - software rows are never deleted
+        software = await self.catalogue.entry(conn, tenant, rollout["software_id"])
+        if software is None:  # pragma: no cover - software rows are never deleted
             raise RuntimeError(f"rollout {rollout['id']} names no software")
-        software, cand = entry
         view = RolloutView(
             str(rollout["id"]),
             rollout["feed"],
@@ -142,7 +141,7 @@ class Membership:
             decision = choose_software(
                 device_view(row),
                 PolicyView("rollout", rollout["feed"]),
-                {software.software_id: cand},
+                {software.software_id: software},
                 [view],
             )
             decided[controller_id] = decision

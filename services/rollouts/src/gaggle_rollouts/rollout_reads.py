@@ -64,14 +64,14 @@ class RolloutReads:
     async def document(self, conn: Conn, rollout: asyncpg.Record) -> dict[str, Any]:
         """A rollout as the operator API shows it: waves and counters included."""
         progress = await progress_of(conn, rollout["id"])
-        entry = await self.catalogue.entry(conn, rollout["tenant"], rollout["software_id"])
+        software = await self.catalogue.entry(conn, rollout["tenant"], rollout["software_id"])
         return {
             "id": str(rollout["id"]),
             "tenant": rollout["tenant"],
             "name": rollout["name"],
             "feed": rollout["feed"],
             "software_id": rollout["software_id"],
-            "version": entry[0].version if entry is not None else None,
+            "version": software.version if software is not None else None,
             "filter": rollout["device_filter"],
             "state": rollout["state"],
             "reason": rollout["reason"],

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from datetime import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -113,6 +113,16 @@ def parse_id(raw: str) -> int:
     return rollout_id
 
 
+T = TypeVar("T")
+
+
+def _found(value: T | None, rollout_id: str) -> T:
+    """What was read of the rollout; unknown (404) when there is no such rollout."""
+    if value is None:
+        raise NotFoundError("rollout", rollout_id)
+    return value
+
+
 api = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
 
@@ -176,10 +186,7 @@ async def list_rollouts(
 async def get_rollout(
     tenant: Reader, rollout_id: RolloutIdParam, reads: ReadsDep
 ) -> dict[str, Any]:
-    doc = await reads.get(tenant.lower(), parse_id(rollout_id))
-    if doc is None:
-        raise NotFoundError("rollout", rollout_id)
-    return doc
+    return _found(await reads.get(tenant.lower(), parse_id(rollout_id)), rollout_id)
 
 
 @api.get("/{rollout_id}/devices", summary="A rollout's devices, their wave and state")
@@ -191,9 +198,8 @@ async def rollout_devices(
     after: Annotated[str | None, Query(max_length=256)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
-    items = await reads.members(tenant.lower(), parse_id(rollout_id), state, after, limit)
-    if items is None:
-        raise NotFoundError("rollout", rollout_id)
+    found = await reads.members(tenant.lower(), parse_id(rollout_id), state, after, limit)
+    items = _found(found, rollout_id)
     nxt = items[-1]["controller_id"] if len(items) == limit else None
     return {"items": items, "next": nxt}
 

@@ -60,14 +60,13 @@ class RolloutStore:
         """Create a rollout with its waves (and start it if asked); the rollout's document."""
         async with self.db.pool.acquire() as conn, conn.transaction():
             await conn.execute(LOCK_FEED, feed_key(tenant, new.feed))
-            entry = await self.catalogue.entry(conn, tenant, new.software_id)
-            if entry is None:
+            software = await self.catalogue.entry(conn, tenant, new.software_id)
+            if software is None:
                 raise NotKnown(f"software {new.software_id!r} is unknown", "software_id")
-            if entry[1].deleted:
+            if software.deleted:
                 raise Refused(
                     "software_deleted", f"software {new.software_id!r} is deleted", "software_id"
                 )
-            software = entry[1]
             devices = [device_view(r) for r in await conn.fetch(FEED_DEVICES, tenant, new.feed)]
             if (
                 not devices

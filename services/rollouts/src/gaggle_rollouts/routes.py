@@ -21,7 +21,6 @@ from gaggle_contracts.events import utcnow
 from gaggle_rollouts.actions import Actions, ActionSpec
 from gaggle_rollouts.deps import (
     ActionsDep,
-    ChooserDep,
     KnownDep,
     PoliciesDep,
     Reader,
@@ -82,11 +81,13 @@ class BulkPolicyBody(BaseModel):
     policy: PolicyBody
 
 
-def _parse_id(raw: str) -> int:
-    action_id = names.parse_row_id(raw)
-    if action_id is None:
-        raise NotFoundError("action", raw)
-    return action_id
+async def _action(actions: Actions, tenant: str, raw_id: str) -> Action:
+    """The tenant's action of that id, else 404 (a malformed id names no action either)."""
+    action_id = names.parse_row_id(raw_id)
+    action = None if action_id is None else await actions.get_action(tenant, action_id)
+    if action is None:
+        raise NotFoundError("action", raw_id)
+    return action
 
 
 def _check_id(controller_id: str) -> None:
@@ -166,12 +167,13 @@ async def create_action(
     controller_id: ControllerIdParam,
     body: NewAction,
     actions: ActionsDep,
+    cases: UseCasesDep,
     known: KnownDep,
 ) -> dict[str, Any]:
     tenant = await _valid_device(known, tenant, controller_id)
     chosen = await _software(known, tenant, body.software_id)
     window = body.maintenance_window.model_dump() if body.maintenance_window else None
-    action = await actions.create_action(
+    action = await cases.assign(
         tenant,
         controller_id,
         chosen,
@@ -198,13 +200,12 @@ async def put_policy(
     tenant: Writer,
     controller_id: ControllerIdParam,
     body: PolicyBody,
-    policies: PoliciesDep,
-    chooser: ChooserDep,
+    cases: UseCasesDep,
     known: KnownDep,
 ) -> dict[str, Any]:
     tenant = await _valid_device(known, tenant, controller_id)
-    policy = await policies.set_policy(tenant, controller_id, await _checked(known, tenant, body))
-    decision = await chooser.choose(tenant, controller_id)
+    policy = await _checked(known, tenant, body)
+    decision = await cases.set_policy(tenant, controller_id, policy)
     return {
         "controller_id": controller_id,
         **policy.public(),
@@ -220,8 +221,7 @@ async def put_policy(
 async def put_policies(
     tenant: Writer,
     body: BulkPolicyBody,
-    policies: PoliciesDep,
-    chooser: ChooserDep,
+    cases: UseCasesDep,
     known: KnownDep,
 ) -> dict[str, Any]:
     tenant = tenant.lower()
@@ -236,7 +236,7 @@ async def put_policies(
     f = body.filter
     if f.controller_ids is not None:  # those the registry knows and rollouts not yet
         await known.devices(tenant, f.controller_ids)
-    ids = await policies.set_policies(
+    ids = await cases.set_policies(
         tenant,
         PolicyMatch(
             f.hw_model,
@@ -248,7 +248,6 @@ async def put_policies(
         ),
         policy,
     )
-    chooser.choose_later(tenant, ids)
     return {"matched": len(ids), **policy.public()}
 
 
@@ -273,10 +272,7 @@ async def get_action(
     action_id: ActionIdParam,
     actions: ActionsDep,
 ) -> dict[str, Any]:
-    action = await actions.get_action(tenant.lower(), _parse_id(action_id))
-    if action is None:
-        raise NotFoundError("action", action_id)
-    return await _render(actions, action)
+    return await _render(actions, await _action(actions, tenant.lower(), action_id))
 
 
 @api.post("/actions/{action_id}/cancel", summary="Ask the device to cancel an open action")
@@ -287,15 +283,12 @@ async def cancel_action(
     cases: UseCasesDep,
 ) -> dict[str, Any]:
     tenant = tenant.lower()
-    ident = _parse_id(action_id)
-    existing = await actions.get_action(tenant, ident)
-    if existing is None:
-        raise NotFoundError("action", action_id)
+    existing = await _action(actions, tenant, action_id)
     if not existing.active:
         raise ApiError(409, "action_closed", f"action {action_id!r} is {existing.status}")
     action = await cases.apply(
         tenant,
-        ident,
+        existing.id,
         None,
         utcnow(),
         None,

@@ -1,8 +1,10 @@
-"""What rollouts does with each event it consumes: one method per use case, one transaction each.
+"""What rollouts does with each event it consumes and each change an operator asks for.
 
-The subscribers (:mod:`gaggle_rollouts.handlers`) only translate an event into a call here; the
-rules themselves are the pure functions of :mod:`~gaggle_rollouts.domain` and
-:mod:`~gaggle_rollouts.decision`, and the repositories run their SQL.
+One method per use case, which owns its transaction. The subscribers
+(:mod:`gaggle_rollouts.handlers`) and the routes only translate an event or a request into a call
+here; the rules themselves are the pure functions of :mod:`~gaggle_rollouts.domain` and
+:mod:`~gaggle_rollouts.decision`, and the repositories run their SQL on the connection they are
+given.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from gaggle_contracts.events import (
     FeedbackStatus,
     SoftwareCreated,
     SoftwareDeleted,
+    utcnow,
 )
-from gaggle_rollouts.actions import Actions
+from gaggle_rollouts.actions import Actions, ActionSpec
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.decision import Decision
-from gaggle_rollouts.domain import Action, Report, ReportKind, apply_reports
-from gaggle_rollouts.policies import Policies
+from gaggle_rollouts.domain import Action, Report, ReportKind, Software, apply_reports
+from gaggle_rollouts.policies import Policies, Policy, PolicyMatch
 from gaggle_runtime.coalesce import Coalescer
 from gaggle_runtime.service import Database
 
@@ -48,7 +51,7 @@ class Poke(Protocol):
 
 @dataclass
 class UseCases:
-    """The consumers' use cases over the repositories; bursts are coalesced per transaction."""
+    """The use cases over the repositories; the consumers' bursts are coalesced per transaction."""
 
     db: Database
     actions: Actions
@@ -138,7 +141,10 @@ class UseCases:
 
     async def auto_confirm(self, event: AutoConfirmChanged) -> None:
         """Kept; switched on, a waiting action is confirmed."""
-        await self.actions.set_auto_confirm(event.tenant, event.controller_id, event.active)
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            await self.actions.set_auto_confirm(
+                conn, event.tenant, event.controller_id, event.active
+            )
         action = await self.actions.open_action_of(event.tenant, event.controller_id)
         if event.active and action is not None and action.status == "wait_for_confirmation":
             await self.apply(
@@ -150,6 +156,32 @@ class UseCases:
                 "confirmed",
                 note=[f"Confirmed automatically ({event.initiator or 'device'})."],
             )
+
+    async def assign(
+        self, tenant: str, controller_id: str, software: Software, spec: ActionSpec
+    ) -> Action:
+        """An operator assigns a software to a device: its action, opened.
+
+        Raises:
+            ActionExistsError: the device has an open action already.
+        """
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            return await self.actions.open_one(
+                conn, tenant, controller_id, software, spec, "Assigned by an operator."
+            )
+
+    async def set_policy(self, tenant: str, controller_id: str, policy: Policy) -> Decision:
+        """A device's policy stored and announced; the decision it leads to, taken at once."""
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            await self.policies.set_policy(conn, tenant, controller_id, policy)
+        return await self.chooser.choose(tenant, controller_id)
+
+    async def set_policies(self, tenant: str, match: PolicyMatch, policy: Policy) -> list[str]:
+        """One policy for every known device ``match`` selects; their ids, chosen for later."""
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            ids = await self.policies.set_policies(conn, tenant, match, policy)
+        self.chooser.choose_later(tenant, ids)
+        return ids
 
     async def apply(
         self,
@@ -203,3 +235,9 @@ class UseCases:
             return await self.chooser.choose(tenant, controller_id)
         except Exception as exc:
             return exc
+
+
+async def refresh_windows(db: Database, actions: Actions) -> int:
+    """Actions whose maintenance window opened or closed, stored and re-rendered; how many."""
+    async with db.pool.acquire() as conn, conn.transaction():
+        return await actions.refresh_windows(conn, utcnow())

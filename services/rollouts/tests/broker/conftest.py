@@ -116,7 +116,9 @@ class FakeRepo:
             None,
         )
 
-    async def set_auto_confirm(self, tenant: str, controller_id: str, active: bool) -> None:
+    async def set_auto_confirm(
+        self, conn: FakeConn, tenant: str, controller_id: str, active: bool
+    ) -> None:
         self.auto_confirm[(tenant, controller_id)] = active
 
 

@@ -35,6 +35,19 @@ def feedback(execution: str, finished: str = "none", action_id: str = "7") -> di
     }
 
 
+def confirmation(answer: str, details: list[str] | None = None) -> ConfirmationFeedback:
+    """The device's answer about action 7, which waits for its confirmation."""
+    return ConfirmationFeedback.model_validate(
+        {
+            "tenant": "t",
+            "controller_id": "d1",
+            "action_id": "7",
+            "confirmation": answer,
+            "details": details or [],
+        }
+    )
+
+
 SOFTWARE = {
     "tenant": "t",
     "software_id": "s2",
@@ -129,12 +142,7 @@ async def test_confirmation_confirmed_runs_the_waiting_action_with_the_devices_w
     broker: NatsBroker, repo: Any, action: Action
 ) -> None:
     repo.add(replace(action, status="wait_for_confirmation"))
-    await send(
-        broker,
-        ConfirmationFeedback(
-            tenant="t", controller_id="d1", action_id="7", confirmation="confirmed", details=["ok"]
-        ),
-    )
+    await send(broker, confirmation("confirmed", ["ok"]))
     assert repo.actions[7].status == "running"
     assert repo.history[0].note == ["Confirmed by the device.", "ok"]
 
@@ -143,10 +151,7 @@ async def test_confirmation_denied_keeps_the_action_waiting(
     broker: NatsBroker, repo: Any, action: Action
 ) -> None:
     repo.add(replace(action, status="wait_for_confirmation"))
-    await send(
-        broker,
-        ConfirmationFeedback(tenant="t", controller_id="d1", action_id="7", confirmation="denied"),
-    )
+    await send(broker, confirmation("denied"))
     assert repo.actions[7].status == "wait_for_confirmation"
     assert [r.kind for r in repo.history] == ["denied"]
 

@@ -65,14 +65,15 @@ async def test_a_batch_decides_every_mode_and_lets_devices_join_a_running_rollou
         rid = r.json()["id"]
 
     # Inventory recorded without deciding (as a pull's batch is, before its decisions).
-    await policies.set_policy(tenant, "pinned", Policy(mode="pinned"))
-    await policies.set_policy(tenant, "latest", Policy(mode="latest"))
-    await policies.set_policy(tenant, "busy", Policy(mode="assigned", software_id="s1"))
+    async with policies.db.pool.acquire() as conn, conn.transaction():
+        await policies.set_policy(conn, tenant, "pinned", Policy(mode="pinned"))
+        await policies.set_policy(conn, tenant, "latest", Policy(mode="latest"))
+        await policies.set_policy(conn, tenant, "busy", Policy(mode="assigned", software_id="s1"))
     await policies.record_devices(
         [inventory(tenant, cid, "1.0.0") for cid in ("r1", "r2", "pinned", "latest", "busy")]
     )
     software = await catalogue.software(tenant, "s1")
-    busy = await actions.create_action(tenant, "busy", software, ActionSpec("forced"))
+    busy = await state.usecases.assign(tenant, "busy", software, ActionSpec("forced"))
 
     ids = ["r1", "r2", "current", "pinned", "latest", "busy", "unknown", "r1"]
     decisions = await state.chooser.choose_batch(tenant, ids)

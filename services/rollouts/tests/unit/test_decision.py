@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from gaggle_contracts.kv import ArtifactDoc
 from gaggle_rollouts.decision import (
-    Candidate,
     DeviceView,
     PolicyView,
     RolloutView,
@@ -13,18 +13,31 @@ from gaggle_rollouts.decision import (
     fits,
     same_version,
 )
+from gaggle_rollouts.domain import Software
 
 BOARD = DeviceView("d1", hw_model="board", hw_revision="1.0", sw_version="1.0.0")
 BARE = DeviceView("d2")  # never reported its hardware
 
+
+def sw(
+    software_id: str,
+    version: str,
+    compatibility: tuple[tuple[str, str], ...],
+    deleted: bool = False,
+) -> Software:
+    """A software of the catalogue; its file plays no part in a decision."""
+    file = ArtifactDoc(filename="f", size=1, md5="0", sha1="0", sha256="0")
+    return Software("t", software_id, "img", version, file, compatibility, deleted)
+
+
 CATALOGUE = {
-    "10": Candidate("10", "1.0.0", (("board", "1.0"),)),
-    "11": Candidate("11", "1.9.0", (("board", "*"),)),
-    "12": Candidate("12", "1.10.0", (("board", "1.0"), ("board", "2.0"))),
-    "13": Candidate("13", "9.0.0", (("other", "*"),)),
-    "14": Candidate("14", "2.0.0", (("board", "1.0"),), deleted=True),
-    "15": Candidate("15", "0.5", (("*", "*"),)),
-    "16": Candidate("16", "not-a-version!", (("board", "*"),)),
+    "10": sw("10", "1.0.0", (("board", "1.0"),)),
+    "11": sw("11", "1.9.0", (("board", "*"),)),
+    "12": sw("12", "1.10.0", (("board", "1.0"), ("board", "2.0"))),
+    "13": sw("13", "9.0.0", (("other", "*"),)),
+    "14": sw("14", "2.0.0", (("board", "1.0"),), deleted=True),
+    "15": sw("15", "0.5", (("*", "*"),)),
+    "16": sw("16", "not-a-version!", (("board", "*"),)),
 }
 
 
@@ -207,7 +220,7 @@ def test_same_version(a: str | None, b: str | None, expected: bool) -> None:
 def test_choose_software_over_a_catalogue(
     device: DeviceView,
     policy: PolicyView,
-    catalogue: dict[str, Candidate],
+    catalogue: dict[str, Software],
     expected: str | None,
     reason: str,
 ) -> None:

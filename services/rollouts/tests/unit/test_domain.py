@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from gaggle_contracts.events import FeedbackStatus
+from gaggle_contracts.kv import ArtifactDoc
 from gaggle_rollouts.domain import (
     Action,
     Software,
@@ -92,7 +93,9 @@ def test_action_types_map_to_ddi_handling(type_: str, expected: tuple[str, str])
     assert handling(type_) == expected  # type: ignore[arg-type]
 
 
-SW = Software("t", "40", "img", "1.0", "img-1.0.swu", 10, "m" * 32, "s" * 40, "h" * 64, "k")
+HASHES = {"md5": "m" * 32, "sha1": "s" * 40, "sha256": "h" * 64}
+FILE = ArtifactDoc(filename="img-1.0.swu", size=10, object_key="k", **HASHES)
+SW = Software("t", "40", "img", "1.0", FILE, (("*", "*"),))
 
 
 def test_deployment_entry_offers_open_action_with_history_newest_first() -> None:
@@ -103,7 +106,8 @@ def test_deployment_entry_offers_open_action_with_history_newest_first() -> None
     assert entry.open.c == action_hash(1, "forced", "forced")
     assert entry.open.history == ["newest", "older"]
     art = entry.open.deployment.chunks[0].artifacts[0]
-    assert (art.md5, art.sha1, art.sha256, art.object_key) == (SW.md5, SW.sha1, SW.sha256, "k")
+    assert art == FILE
+    assert (art.md5, art.sha1, art.sha256, art.object_key) == ("m" * 32, "s" * 40, "h" * 64, "k")
 
 
 def test_canceling_action_is_offered_as_cancel() -> None:
