@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -31,6 +31,16 @@ class NotFoundError(ApiError):
 
     def __init__(self, what: str, ident: str) -> None:
         super().__init__(404, "not_found", f"{what} {ident!r} not found")
+
+
+T = TypeVar("T")
+
+
+def found(value: T | None, what: str, ident: str) -> T:
+    """``value``, which a store answered for the ``what`` named ``ident``; 404 if there was none."""
+    if value is None:
+        raise NotFoundError(what, ident)
+    return value
 
 
 async def send_response(

@@ -14,6 +14,7 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
+from gaggle_runtime.state import put_parts
 from gaggle_storage import S3Store, StorageSettings, open_store
 
 SCHEMA = "artifacts"
@@ -58,9 +59,5 @@ def build_app(
             ]
         },
     )
-    app.state.service = service
-    app.state.store = store
-    app.state.repo = repo
-    app.state.settings = settings
-    app.state.storage = storage
+    put_parts(app, service=service, store=store, repo=repo, settings=settings, storage=storage)
     return app

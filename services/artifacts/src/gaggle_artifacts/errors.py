@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 from gaggle_artifacts.domain import QuotaExceededError
-from gaggle_runtime.http import ApiError, NotFoundError
+from gaggle_runtime.http import ApiError, NotFoundError, found
 from gaggle_swu import SwuError
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "NotFoundError",
     "OverQuotaError",
     "UploadTooLargeError",
+    "found",
 ]
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
-from gaggle_artifacts.domain import Software
+from gaggle_artifacts.domain import NewSoftware, Software
 from gaggle_contracts.events import SoftwareDeleted
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
@@ -57,32 +56,11 @@ def _software(row: asyncpg.Record) -> Software:
 
 
 @dataclass(frozen=True)
-class NewSoftware:
-    """What an upload or registration found, before it has an id."""
-
-    tenant: str
-    name: str
-    version: str
-    filename: str
-    size: int
-    md5: str
-    sha1: str
-    sha256: str
-    object_key: str | None
-    external_url: str | None
-    compatibility: list[tuple[str, str]]
-    description: str | None
-    signed: bool
-    members: list[tuple[str, int]]
-    images: list[dict[str, Any]]
-
-
 class Repo:
     """The ``artifacts`` schema."""
 
-    def __init__(self, db: Database, outbox: Outbox) -> None:
-        self.db = db
-        self.outbox = outbox
+    db: Database
+    outbox: Outbox
 
     async def insert(self, new: NewSoftware) -> Software | None:
         """Store a new software and queue ``software.created``; None if its bytes are known."""

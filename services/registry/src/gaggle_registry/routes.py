@@ -28,7 +28,7 @@ from gaggle_registry.errors import (
     DeviceExistsError,
     InvalidCursorError,
     InvalidRequestError,
-    NotFoundError,
+    found,
 )
 from gaggle_registry.listing import DeviceListing, DeviceQuery
 from gaggle_registry.repository import Repo
@@ -118,16 +118,14 @@ async def list_body(listing: DeviceListing, tenant: str, params: ListParams) -> 
 api = APIRouter(prefix="/api/v1", tags=["devices"])
 
 
-def found(device: Device | None, controller_id: str) -> Device:
+def found_device(device: Device | None, controller_id: str) -> Device:
     """``device``, which a store answered for ``controller_id``; 404 if there was none."""
-    if device is None:
-        raise NotFoundError("device", controller_id)
-    return device
+    return found(device, "device", controller_id)
 
 
 async def load(repo: Repo, tenant: str, controller_id: str) -> Device:
     """The device, or 404."""
-    return found(await repo.get(tenant.lower(), controller_id), controller_id)
+    return found_device(await repo.get(tenant.lower(), controller_id), controller_id)
 
 
 @api.get("/devices", summary="List devices: filters, sort, keyset pagination")
@@ -181,7 +179,7 @@ async def patch_device(
         ("name" in given, body.name),
         ("tags" in given and body.tags is not None, body.tags),
     )
-    return found(device, controller_id).public()
+    return found_device(device, controller_id).public()
 
 
 @api.delete(
@@ -194,7 +192,7 @@ async def delete_device(
     repo: Devices,
 ) -> dict[str, Any]:
     """Remove a device, its token and its KV entry."""
-    found(await repo.delete(tenant.lower(), controller_id), controller_id)
+    found_device(await repo.delete(tenant.lower(), controller_id), controller_id)
     return {
         "controller_id": controller_id,
         "deleted": True,
@@ -210,7 +208,9 @@ async def rotate_token(
 ) -> dict[str, Any]:
     """A new token for the device; the old one stops working."""
     token = new_token()
-    found(await repo.set_token(tenant.lower(), controller_id, token_hash(token)), controller_id)
+    found_device(
+        await repo.set_token(tenant.lower(), controller_id, token_hash(token)), controller_id
+    )
     return {"controller_id": controller_id, "token": token}
 
 
@@ -221,7 +221,9 @@ async def revoke_token(
     repo: Devices,
 ) -> dict[str, Any]:
     """The device without its token; the device as it is now."""
-    return found(await repo.set_token(tenant.lower(), controller_id, None), controller_id).public()
+    return found_device(
+        await repo.set_token(tenant.lower(), controller_id, None), controller_id
+    ).public()
 
 
 @api.get(
