@@ -71,12 +71,17 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str
     return f"invalid {first['field']}: {first['problem']}", problems
 
 
+def api_error_response(exc: ApiError) -> JSONResponse:
+    """The answer to an ``ApiError``: its status and the JSON error body."""
+    return JSONResponse(error_body(exc.code, exc.message, **exc.info), status_code=exc.status)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map validation errors to 400, ``ApiError`` to its status, anything else to a logged 500."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, **exc.info), status_code=exc.status)
+        return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from gaggle_artifacts.errors import install as install_refusals
 from gaggle_artifacts.handlers import SERVICE, build_router, provide
 from gaggle_artifacts.lookups import make_responder
 from gaggle_artifacts.repository import Repo
@@ -49,6 +50,7 @@ def build_app(
         description="SWUpdate images: upload, parse, store in S3-compatible storage, serve.",
     )
     app.include_router(api)
+    install_refusals(app)
     service.secure(app)
     add_examples(
         app,
