@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -89,15 +90,17 @@ class Repo:
             await self.outbox.event(conn, software.created_event())
             return software
 
+    async def _one(self, query: str, *args: Any) -> Software | None:
+        row = await self.db.pool.fetchrow(query, *args)
+        return _software(row) if row else None
+
     async def by_sha256(self, tenant: str, sha256: str) -> Software | None:
         """The live software with these bytes, if any."""
-        row = await self.db.pool.fetchrow(BY_SHA256, tenant, sha256)
-        return _software(row) if row else None
+        return await self._one(BY_SHA256, tenant, sha256)
 
     async def get(self, tenant: str, software_id: int) -> Software | None:
         """One software (deleted ones too), or None."""
-        row = await self.db.pool.fetchrow(BY_ID, tenant, software_id)
-        return _software(row) if row else None
+        return await self._one(BY_ID, tenant, software_id)
 
     async def search(
         self,
