@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -31,6 +31,16 @@ class NotFoundError(ApiError):
 
     def __init__(self, what: str, ident: str) -> None:
         super().__init__(404, "not_found", f"{what} {ident!r} not found")
+
+
+T = TypeVar("T")
+
+
+def found(value: T | None, what: str, ident: str) -> T:
+    """``value``, which a store answered for the ``what`` named ``ident``; 404 if there was none."""
+    if value is None:
+        raise NotFoundError(what, ident)
+    return value
 
 
 async def send_response(
@@ -61,12 +71,17 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str
     return f"invalid {first['field']}: {first['problem']}", problems
 
 
+def api_error_response(exc: ApiError) -> JSONResponse:
+    """The answer to an ``ApiError``: its status and the JSON error body."""
+    return JSONResponse(error_body(exc.code, exc.message, **exc.info), status_code=exc.status)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map validation errors to 400, ``ApiError`` to its status, anything else to a logged 500."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, **exc.info), status_code=exc.status)
+        return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from gaggle_artifacts.errors import install as install_refusals
 from gaggle_artifacts.handlers import SERVICE, build_router, provide
 from gaggle_artifacts.lookups import make_responder
 from gaggle_artifacts.repository import Repo
@@ -14,6 +15,7 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
+from gaggle_runtime.state import put_parts
 from gaggle_storage import S3Store, StorageSettings, open_store
 
 SCHEMA = "artifacts"
@@ -48,6 +50,7 @@ def build_app(
         description="SWUpdate images: upload, parse, store in S3-compatible storage, serve.",
     )
     app.include_router(api)
+    install_refusals(app)
     service.secure(app)
     add_examples(
         app,
@@ -58,9 +61,5 @@ def build_app(
             ]
         },
     )
-    app.state.service = service
-    app.state.store = store
-    app.state.repo = repo
-    app.state.settings = settings
-    app.state.storage = storage
+    put_parts(app, service=service, store=store, repo=repo, settings=settings, storage=storage)
     return app

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import Depends, Request
+from typing import Annotated
 
 from gaggle_artifacts.repository import Repo
 from gaggle_artifacts.settings import ArtifactsSettings
+from gaggle_runtime.state import part
 from gaggle_storage import ObjectStore, StorageSettings
 
-
-def state(name: str) -> Any:
-    """A dependency giving ``app.state.<name>``."""
-
-    def part(request: Request) -> Any:
-        return getattr(request.app.state, name)
-
-    return Depends(part)
-
-
-Catalogue = Annotated[Repo, state("repo")]
-Store = Annotated[ObjectStore, state("store")]
+Catalogue = Annotated[Repo, part("repo")]
+Store = Annotated[ObjectStore, part("store")]
 """Where uploaded images' bytes are kept."""
-Settings = Annotated[ArtifactsSettings, state("settings")]
-Storage = Annotated[StorageSettings, state("storage")]
+Settings = Annotated[ArtifactsSettings, part("settings")]
+Storage = Annotated[StorageSettings, part("storage")]

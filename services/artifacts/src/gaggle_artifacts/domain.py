@@ -136,10 +136,9 @@ def version_key(text: str) -> tuple[int, Any]:
 
 
 @dataclass(frozen=True)
-class Software:
-    """One software (one image file, stored here or hosted elsewhere)."""
+class NewSoftware:
+    """What an upload or registration found, before it has an id."""
 
-    id: int
     tenant: str
     name: str
     version: str
@@ -155,6 +154,13 @@ class Software:
     signed: bool = False
     members: list[tuple[str, int]] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Software(NewSoftware):
+    """One software (one image file, stored here or hosted elsewhere)."""
+
+    id: int
     used: bool = False
     deleted: bool = False
     created_at: datetime | None = None

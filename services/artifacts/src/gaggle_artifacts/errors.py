@@ -15,12 +15,19 @@
     ├── InvalidImageError               422 invalid_image.<code>: not a usable .swu image
     ├── OverQuotaError                  422 quota_exceeded: metadata over a ``domain.MAX_*``
     └── FetchFailedError                422 fetch_failed: external software could not be read
+
+Taking an image in (``ingest``) raises domain errors, not these: :func:`install` answers each
+as the HTTP error :func:`refusal` names for it.
 """
 
 from __future__ import annotations
 
-from gaggle_artifacts.domain import QuotaExceededError
-from gaggle_runtime.http import ApiError, NotFoundError
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from gaggle_artifacts.domain import MAX_MEMBERS, QuotaExceededError
+from gaggle_artifacts.ingest import MalformedBodyError, TooLargeError
+from gaggle_runtime.http import ApiError, NotFoundError, api_error_response, found
 from gaggle_swu import SwuError
 
 __all__ = [
@@ -37,6 +44,7 @@ __all__ = [
     "NotFoundError",
     "OverQuotaError",
     "UploadTooLargeError",
+    "found",
 ]
 
 
@@ -127,3 +135,32 @@ class FetchFailedError(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(422, "fetch_failed", message)
+
+
+def refusal(exc: Exception) -> ApiError:
+    """The HTTP error for what refused an image while it was taken in (``ingest``)."""
+    if isinstance(exc, SwuError) and exc.code == "too_many_members":
+        exc = QuotaExceededError("members", "files in the archive", MAX_MEMBERS, MAX_MEMBERS + 1)
+    if isinstance(exc, SwuError):
+        return InvalidImageError(exc)
+    if isinstance(exc, QuotaExceededError):
+        return OverQuotaError(exc)
+    if isinstance(exc, TooLargeError):
+        return UploadTooLargeError(exc.limit)
+    if isinstance(exc, MalformedBodyError):
+        return InvalidRequestError(str(exc))
+    raise TypeError(f"no HTTP error for {type(exc).__name__}")
+
+
+REFUSALS = (SwuError, QuotaExceededError, TooLargeError, MalformedBodyError)
+"""The errors taking an image in raises, each answered as :func:`refusal` says."""
+
+
+def install(app: FastAPI) -> None:
+    """Answer the errors of taking an image in as the HTTP errors above, in this one place."""
+
+    async def _refused(_: Request, exc: Exception) -> JSONResponse:
+        return api_error_response(refusal(exc))
+
+    for kind in REFUSALS:
+        app.add_exception_handler(kind, _refused)

@@ -17,50 +17,39 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
-from gaggle_artifacts.domain import (
-    MAX_MEMBERS,
-    MAX_SW_DESCRIPTION,
-    QuotaExceededError,
-    check_quotas,
-)
-from gaggle_artifacts.errors import (
-    ApiError,
-    InvalidImageError,
-    InvalidRequestError,
-    OverQuotaError,
-    UploadTooLargeError,
-)
-from gaggle_swu import SwDescription, SwuError, SwuInfo, SwuStreamParser
+from gaggle_artifacts.domain import MAX_MEMBERS, MAX_SW_DESCRIPTION, check_quotas
+from gaggle_swu import SwDescription, SwuInfo, SwuStreamParser
 
 SLICE = 1024 * 1024
 """Bytes gathered before hashing and writing: fewer, larger steps."""
+
+
+class TooLargeError(Exception):
+    """The image is larger than the limit it was taken in with."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"image larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+class MalformedBodyError(Exception):
+    """A multipart request body that cannot be read for its file."""
 
 
 def check_metadata(info: SwDescription, members: int = 0) -> None:
     """Refuse an image whose metadata is over a quota.
 
     Raises:
-        OverQuotaError: which quota, its limit, and what the image has.
+        QuotaExceededError: which quota, its limit, and what the image has.
     """
-    try:
-        check_quotas(
-            name=info.name,
-            version=info.version,
-            description=info.description,
-            compatibility=info.compatibility,
-            images=len(info.images),
-            members=members,
-        )
-    except QuotaExceededError as exc:
-        raise OverQuotaError(exc) from exc
-
-
-def _refusal(exc: SwuError) -> ApiError:
-    if exc.code == "too_many_members":
-        return OverQuotaError(
-            QuotaExceededError("members", "files in the archive", MAX_MEMBERS, MAX_MEMBERS + 1)
-        )
-    return InvalidImageError(exc)
+    check_quotas(
+        name=info.name,
+        version=info.version,
+        description=info.description,
+        compatibility=info.compatibility,
+        images=len(info.images),
+        members=members,
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +65,9 @@ class Ingested:
 
 class Ingest:
     """Hashes, parses and counts bytes as they pass; raises as soon as something is wrong.
+
+    What it raises (``TooLargeError``, ``gaggle_swu.SwuError``, ``domain.QuotaExceededError``)
+    is answered over HTTP by ``errors.install``.
 
     The metadata quotas are checked as soon as the sw-description (the first member) is read,
     so an image over one stops there rather than after all its bytes were stored.
@@ -105,7 +97,7 @@ class Ingest:
         async for chunk in chunks:
             self.size += len(chunk)
             if self.size > self.limit:
-                raise UploadTooLargeError(self.limit)
+                raise TooLargeError(self.limit)
             buffer += chunk
             if len(buffer) >= SLICE:
                 data = bytes(buffer)
@@ -118,10 +110,7 @@ class Ingest:
             yield data
 
     async def _inspect(self, data: bytes) -> None:
-        try:
-            self.parser.feed(data)
-        except SwuError as exc:
-            raise _refusal(exc) from exc
+        self.parser.feed(data)
         if not self._checked and self.parser.description is not None:
             self._checked = True
             check_metadata(self.parser.description)
@@ -129,10 +118,7 @@ class Ingest:
 
     def result(self) -> Ingested:
         """The hashes and the parsed image, once every byte went through."""
-        try:
-            info = self.parser.finish()
-        except SwuError as exc:
-            raise _refusal(exc) from exc
+        info = self.parser.finish()
         check_metadata(info, len(info.members))
         return Ingested(
             self.size, self.md5.hexdigest(), self.sha1.hexdigest(), self.sha256.hexdigest(), info
@@ -196,7 +182,7 @@ def _feed(parser: MultipartParser, chunk: bytes) -> None:
     try:
         parser.write(chunk)
     except MultipartParseError as exc:
-        raise InvalidRequestError(f"malformed multipart body: {exc}") from exc
+        raise MalformedBodyError(f"malformed multipart body: {exc}") from exc
 
 
 async def multipart_file(
@@ -205,12 +191,12 @@ async def multipart_file(
     """The filename and a stream of the bytes of the file part ``field`` of a multipart body.
 
     Raises:
-        InvalidRequestError: no boundary, no such part, or the body ends inside it.
+        MalformedBodyError: no boundary, no such part, or the body ends inside it.
     """
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
-        raise InvalidRequestError("multipart body without a boundary")
+        raise MalformedBodyError("multipart body without a boundary")
     part = _FilePart(field)
     parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]
     chunks = body.__aiter__()
@@ -219,7 +205,7 @@ async def multipart_file(
         try:
             _feed(parser, await chunks.__anext__())
         except StopAsyncIteration:
-            raise InvalidRequestError(f"multipart body has no {field!r} file part") from None
+            raise MalformedBodyError(f"multipart body has no {field!r} file part") from None
 
     async def data() -> AsyncIterator[bytes]:
         while True:
@@ -232,6 +218,6 @@ async def multipart_file(
             try:
                 _feed(parser, await chunks.__anext__())
             except StopAsyncIteration:
-                raise InvalidRequestError("multipart body ends inside the file") from None
+                raise MalformedBodyError("multipart body ends inside the file") from None
 
     return part.filename, data()

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from gaggle_artifacts.domain import Software
+from gaggle_artifacts.domain import NewSoftware, Software
 from gaggle_contracts.events import SoftwareDeleted
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
@@ -57,32 +57,11 @@ def _software(row: asyncpg.Record) -> Software:
 
 
 @dataclass(frozen=True)
-class NewSoftware:
-    """What an upload or registration found, before it has an id."""
-
-    tenant: str
-    name: str
-    version: str
-    filename: str
-    size: int
-    md5: str
-    sha1: str
-    sha256: str
-    object_key: str | None
-    external_url: str | None
-    compatibility: list[tuple[str, str]]
-    description: str | None
-    signed: bool
-    members: list[tuple[str, int]]
-    images: list[dict[str, Any]]
-
-
 class Repo:
     """The ``artifacts`` schema."""
 
-    def __init__(self, db: Database, outbox: Outbox) -> None:
-        self.db = db
-        self.outbox = outbox
+    db: Database
+    outbox: Outbox
 
     async def insert(self, new: NewSoftware) -> Software | None:
         """Store a new software and queue ``software.created``; None if its bytes are known."""
@@ -111,15 +90,17 @@ class Repo:
             await self.outbox.event(conn, software.created_event())
             return software
 
+    async def _one(self, query: str, *args: Any) -> Software | None:
+        row = await self.db.pool.fetchrow(query, *args)
+        return _software(row) if row else None
+
     async def by_sha256(self, tenant: str, sha256: str) -> Software | None:
         """The live software with these bytes, if any."""
-        row = await self.db.pool.fetchrow(BY_SHA256, tenant, sha256)
-        return _software(row) if row else None
+        return await self._one(BY_SHA256, tenant, sha256)
 
     async def get(self, tenant: str, software_id: int) -> Software | None:
         """One software (deleted ones too), or None."""
-        row = await self.db.pool.fetchrow(BY_ID, tenant, software_id)
-        return _software(row) if row else None
+        return await self._one(BY_ID, tenant, software_id)
 
     async def search(
         self,

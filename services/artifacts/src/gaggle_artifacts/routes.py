@@ -20,6 +20,7 @@ from gaggle_artifacts.errors import (
     InvalidRequestError,
     NotFoundError,
     UploadTooLargeError,
+    found,
 )
 from gaggle_artifacts.ingest import multipart_file
 from gaggle_artifacts.repository import Repo
@@ -203,10 +204,9 @@ async def delete_software(
     store: Store,
 ) -> dict[str, Any]:
     """Delete software: soft if a device ever had it, hard (bytes too) otherwise."""
-    result = await repo.delete(tenant.lower(), _parse_id(software_id))
-    if result is None:
-        raise NotFoundError("software", software_id)
-    software, hard = result
+    software, hard = found(
+        await repo.delete(tenant.lower(), _parse_id(software_id)), "software", software_id
+    )
     if software.object_key:
         try:
             await store.delete(software.object_key)

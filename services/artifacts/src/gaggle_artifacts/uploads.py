@@ -17,7 +17,13 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
-from gaggle_artifacts.domain import MAX_FILENAME, MAX_URL, BadFilenameError, check_filename
+from gaggle_artifacts.domain import (
+    MAX_FILENAME,
+    MAX_URL,
+    BadFilenameError,
+    NewSoftware,
+    check_filename,
+)
 from gaggle_artifacts.errors import (
     DuplicateImageError,
     FetchFailedError,
@@ -26,7 +32,7 @@ from gaggle_artifacts.errors import (
     InvalidUrlError,
 )
 from gaggle_artifacts.ingest import Ingest, Ingested
-from gaggle_artifacts.repository import NewSoftware, Repo
+from gaggle_artifacts.repository import Repo
 from gaggle_artifacts.settings import ArtifactsSettings
 from gaggle_storage import ObjectStore
 

@@ -503,14 +503,20 @@ async def nothing_left(artifacts: Artifacts, common: CommonSettings) -> None:
     assert await artifacts.announced(common.nats_url) == 0
 
 
+async def refused(artifacts: Artifacts, auth: httpx.Auth, data: bytes) -> dict[str, Any]:
+    """The body of the 422 an upload of ``data`` is answered."""
+    async with httpx.AsyncClient(auth=auth, timeout=30) as client:
+        r = await artifacts.upload(client, data)
+    assert r.status_code == 422, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
 @pytest.mark.parametrize(("quota", "data"), QUOTAS, ids=[f"{q}-{len(d)}" for q, d in QUOTAS])
 async def test_an_upload_over_a_metadata_quota_is_422_and_leaves_nothing(
     operator_auth: httpx.Auth, artifacts: Artifacts, common: CommonSettings, quota: str, data: bytes
 ) -> None:
-    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
-        r = await artifacts.upload(client, data)
-    assert r.status_code == 422, r.text
-    body = r.json()
+    body = await refused(artifacts, operator_auth, data)
     assert body["error"] == "quota_exceeded"
     assert body["quota"] == quota
     assert body["found"] > body["limit"]
@@ -545,10 +551,7 @@ async def test_a_quota_stops_the_upload_at_the_sw_description(
 async def test_a_version_or_sw_description_too_long_is_422_and_leaves_nothing(
     operator_auth: httpx.Auth, artifacts: Artifacts, common: CommonSettings, data: bytes, code: str
 ) -> None:
-    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
-        r = await artifacts.upload(client, data)
-    assert r.status_code == 422, r.text
-    assert r.json()["error"] == code
+    assert (await refused(artifacts, operator_auth, data))["error"] == code
     await nothing_left(artifacts, common)
 
 

@@ -81,12 +81,12 @@ def decode_audit_cursor(cursor: str) -> tuple[datetime, int]:
     return moment, int(seq)
 
 
+@dataclass(frozen=True)
 class AccessStore:
     """Keys and audit entries in the registry's schema."""
 
-    def __init__(self, db: Database, outbox: Outbox) -> None:
-        self.db = db
-        self.outbox = outbox
+    db: Database
+    outbox: Outbox
 
     async def issue(
         self,

@@ -12,7 +12,7 @@ from gaggle_contracts.access import Permission
 from gaggle_contracts.events import utcnow
 from gaggle_registry.access import AuditQuery, decode_audit_cursor
 from gaggle_registry.deps import Access, Actor
-from gaggle_registry.errors import InvalidCursorError, InvalidRequestError, NotFoundError
+from gaggle_registry.errors import InvalidCursorError, InvalidRequestError, found
 from gaggle_runtime.auth import needs
 
 KeyIdParam = Annotated[str, Path(pattern=r"^[a-z0-9]{12}$", description="The key's id")]
@@ -63,10 +63,7 @@ async def list_keys(
 @api.get("/keys/{key_id}", summary="One API key")
 async def get_key(key_id: KeyIdParam, tenant: Admin, store: Access) -> dict[str, Any]:
     """One key of the tenant (404 if it is another tenant's)."""
-    doc = await store.get_key(tenant, key_id)
-    if doc is None:
-        raise NotFoundError("key", key_id)
-    return doc
+    return found(await store.get_key(tenant, key_id), "key", key_id)
 
 
 @api.delete("/keys/{key_id}", summary="Revoke an API key, on every service")
@@ -74,10 +71,7 @@ async def revoke_key(
     key_id: KeyIdParam, tenant: Admin, actor: Actor, store: Access
 ) -> dict[str, Any]:
     """Revoke a key; every service refuses it within moments."""
-    doc = await store.revoke(tenant, key_id, actor)
-    if doc is None:
-        raise NotFoundError("key", key_id)
-    return doc
+    return found(await store.revoke(tenant, key_id, actor), "key", key_id)
 
 
 @api.get("/audit", summary="Operator changes, newest first")

@@ -30,6 +30,7 @@ from gaggle_registry.tenants import FirstKey
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
+from gaggle_runtime.state import put_parts
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +127,14 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
     app.add_middleware(ListFastLane, listing=listing)
     service.secure(app)
     add_examples(app, EXAMPLES)
-    app.state.service = service
-    app.state.repo = repo
-    app.state.presence = presence
-    app.state.listing = listing
-    app.state.access = access
-    app.state.tenants = tenant_store
-    app.state.bootstrap_tenant = settings.bootstrap_tenant.lower()
+    put_parts(
+        app,
+        service=service,
+        repo=repo,
+        presence=presence,
+        listing=listing,
+        access=access,
+        tenants=tenant_store,
+        bootstrap_tenant=settings.bootstrap_tenant.lower(),
+    )
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from nats.aio.client import Client as NatsClient
@@ -12,15 +12,7 @@ from gaggle_registry.listing import DeviceListing
 from gaggle_registry.repository import Repo
 from gaggle_registry.tenant_store import TenantStore
 from gaggle_runtime.auth import PRINCIPAL, Principal
-
-
-def state(name: str) -> Any:
-    """A dependency giving ``app.state.<name>``."""
-
-    def part(request: Request) -> Any:
-        return getattr(request.app.state, name)
-
-    return Depends(part)
+from gaggle_runtime.state import part
 
 
 def _nats(request: Request) -> NatsClient:
@@ -33,11 +25,11 @@ def _actor(request: Request) -> str:
     return principal.actor if isinstance(principal, Principal) else "unknown"
 
 
-Devices = Annotated[Repo, state("repo")]
-Listing = Annotated[DeviceListing, state("listing")]
-Access = Annotated[AccessStore, state("access")]
-Tenants = Annotated[TenantStore, state("tenants")]
-Bootstrap = Annotated[str, state("bootstrap_tenant")]
+Devices = Annotated[Repo, part("repo")]
+Listing = Annotated[DeviceListing, part("listing")]
+Access = Annotated[AccessStore, part("access")]
+Tenants = Annotated[TenantStore, part("tenants")]
+Bootstrap = Annotated[str, part("bootstrap_tenant")]
 """The tenant whose admins manage every tenant (lower case)."""
 Nats = Annotated[NatsClient, Depends(_nats)]
 Actor = Annotated[str, Depends(_actor)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gaggle_runtime.http import ApiError, NotFoundError
+from gaggle_runtime.http import ApiError, NotFoundError, found
 
 __all__ = [
     "ApiError",
@@ -21,6 +21,7 @@ __all__ = [
     "InvalidCursorError",
     "InvalidRequestError",
     "NotFoundError",
+    "found",
 ]
 
 

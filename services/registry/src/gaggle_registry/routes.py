@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response, StreamingResponse
 from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +29,7 @@ from gaggle_registry.errors import (
     DeviceExistsError,
     InvalidCursorError,
     InvalidRequestError,
-    NotFoundError,
+    found,
 )
 from gaggle_registry.listing import DeviceListing, DeviceQuery
 from gaggle_registry.repository import Repo
@@ -39,6 +40,28 @@ DeviceReader = Annotated[str, needs(Permission.DEVICE_READ)]
 """The caller's tenant, if it may read devices."""
 DeviceWriter = Annotated[str, needs(Permission.DEVICE_WRITE)]
 """The caller's tenant, if it may change devices."""
+
+
+@dataclass(frozen=True)
+class Addressed:
+    """The device a route's path names, in the caller's tenant (lower case)."""
+
+    tenant: str
+    controller_id: str
+
+
+def _to_read(tenant: DeviceReader, controller_id: DeviceIdParam) -> Addressed:
+    return Addressed(tenant.lower(), controller_id)
+
+
+def _to_change(tenant: DeviceWriter, controller_id: DeviceIdParam) -> Addressed:
+    return Addressed(tenant.lower(), controller_id)
+
+
+DeviceToRead = Annotated[Addressed, Depends(_to_read)]
+"""The device the path names, if the caller may read devices."""
+DeviceToChange = Annotated[Addressed, Depends(_to_change)]
+"""The device the path names, if the caller may change devices."""
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 KEEPALIVE_S = 15.0
 
@@ -118,16 +141,14 @@ async def list_body(listing: DeviceListing, tenant: str, params: ListParams) -> 
 api = APIRouter(prefix="/api/v1", tags=["devices"])
 
 
-def found(device: Device | None, controller_id: str) -> Device:
+def found_device(device: Device | None, controller_id: str) -> Device:
     """``device``, which a store answered for ``controller_id``; 404 if there was none."""
-    if device is None:
-        raise NotFoundError("device", controller_id)
-    return device
+    return found(device, "device", controller_id)
 
 
-async def load(repo: Repo, tenant: str, controller_id: str) -> Device:
+async def load(repo: Repo, at: Addressed) -> Device:
     """The device, or 404."""
-    return found(await repo.get(tenant.lower(), controller_id), controller_id)
+    return found_device(await repo.get(at.tenant, at.controller_id), at.controller_id)
 
 
 @api.get("/devices", summary="List devices: filters, sort, keyset pagination")
@@ -157,71 +178,52 @@ async def create_device(tenant: DeviceWriter, body: NewDevice, repo: Devices) ->
 
 
 @api.get("/devices/{controller_id}", summary="One device")
-async def get_device(
-    tenant: DeviceReader,
-    controller_id: DeviceIdParam,
-    repo: Devices,
-) -> dict[str, Any]:
+async def get_device(device: DeviceToRead, repo: Devices) -> dict[str, Any]:
     """One device as operators see it."""
-    return (await load(repo, tenant, controller_id)).public()
+    return (await load(repo, device)).public()
 
 
 @api.patch("/devices/{controller_id}", summary="Change name and tags")
-async def patch_device(
-    tenant: DeviceWriter,
-    controller_id: DeviceIdParam,
-    body: DevicePatch,
-    repo: Devices,
-) -> dict[str, Any]:
+async def patch_device(device: DeviceToChange, body: DevicePatch, repo: Devices) -> dict[str, Any]:
     """Change a device's name and/or tags; the fields left out stay."""
     given = body.model_fields_set
-    device = await repo.patch(
-        tenant.lower(),
-        controller_id,
+    patched = await repo.patch(
+        device.tenant,
+        device.controller_id,
         ("name" in given, body.name),
         ("tags" in given and body.tags is not None, body.tags),
     )
-    return found(device, controller_id).public()
+    return found_device(patched, device.controller_id).public()
 
 
 @api.delete(
     "/devices/{controller_id}",
     summary="Delete a device; the rollouts service cancels its open action",
 )
-async def delete_device(
-    tenant: DeviceWriter,
-    controller_id: DeviceIdParam,
-    repo: Devices,
-) -> dict[str, Any]:
+async def delete_device(device: DeviceToChange, repo: Devices) -> dict[str, Any]:
     """Remove a device, its token and its KV entry."""
-    found(await repo.delete(tenant.lower(), controller_id), controller_id)
+    found_device(await repo.delete(device.tenant, device.controller_id), device.controller_id)
     return {
-        "controller_id": controller_id,
+        "controller_id": device.controller_id,
         "deleted": True,
         "open_action": "canceled by the rollouts service (device.updated: deleted)",
     }
 
 
 @api.post("/devices/{controller_id}/token", summary="Rotate the device token (shown once)")
-async def rotate_token(
-    tenant: DeviceWriter,
-    controller_id: DeviceIdParam,
-    repo: Devices,
-) -> dict[str, Any]:
+async def rotate_token(device: DeviceToChange, repo: Devices) -> dict[str, Any]:
     """A new token for the device; the old one stops working."""
     token = new_token()
-    found(await repo.set_token(tenant.lower(), controller_id, token_hash(token)), controller_id)
-    return {"controller_id": controller_id, "token": token}
+    rotated = await repo.set_token(device.tenant, device.controller_id, token_hash(token))
+    found_device(rotated, device.controller_id)
+    return {"controller_id": device.controller_id, "token": token}
 
 
 @api.delete("/devices/{controller_id}/token", summary="Revoke the device token")
-async def revoke_token(
-    tenant: DeviceWriter,
-    controller_id: DeviceIdParam,
-    repo: Devices,
-) -> dict[str, Any]:
+async def revoke_token(device: DeviceToChange, repo: Devices) -> dict[str, Any]:
     """The device without its token; the device as it is now."""
-    return found(await repo.set_token(tenant.lower(), controller_id, None), controller_id).public()
+    revoked = await repo.set_token(device.tenant, device.controller_id, None)
+    return found_device(revoked, device.controller_id).public()
 
 
 @api.get(
@@ -229,17 +231,11 @@ async def revoke_token(
     summary="Live feedback of a device (Server-Sent Events)",
     response_class=StreamingResponse,
 )
-async def stream_logs(
-    tenant: DeviceReader,
-    controller_id: DeviceIdParam,
-    repo: Devices,
-    nc: Nats,
-) -> StreamingResponse:
+async def stream_logs(device: DeviceToRead, repo: Devices, nc: Nats) -> StreamingResponse:
     """The device's feedback as Server-Sent Events, as it arrives."""
-    tenant = tenant.lower()
-    await load(repo, tenant, controller_id)
+    await load(repo, device)
     return StreamingResponse(
-        feedback_events(nc, tenant, controller_id),
+        feedback_events(nc, device.tenant, device.controller_id),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

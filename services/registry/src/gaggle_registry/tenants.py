@@ -22,7 +22,7 @@ from gaggle_contracts import names
 from gaggle_contracts.access import Permission
 from gaggle_contracts.events import utcnow
 from gaggle_registry.deps import Access, Actor, Bootstrap, Tenants
-from gaggle_registry.errors import InvalidRequestError, NotFoundError
+from gaggle_registry.errors import InvalidRequestError, NotFoundError, found
 from gaggle_registry.tenant_store import TenantSettings
 from gaggle_runtime.auth import needs
 
@@ -67,10 +67,7 @@ async def get_tenant(
 ) -> dict[str, Any]:
     """A tenant's device-side settings (404 for one the caller may not manage)."""
     tenant = target(caller, name, bootstrap)
-    doc = await store.get(tenant)
-    if doc is None:
-        raise NotFoundError("tenant", tenant)
-    return doc
+    return found(await store.get(tenant), "tenant", tenant)
 
 
 @api.put(

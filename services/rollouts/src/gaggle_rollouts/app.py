@@ -31,6 +31,7 @@ from gaggle_runtime.metrics import Metrics
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
+from gaggle_runtime.state import put_parts
 
 SCHEMA = "rollouts"
 ROLLOUTS_BY_STATE = "SELECT state, count(*) FROM rollouts.rollouts GROUP BY state"
@@ -146,15 +147,18 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
         service.tracing,
     )
     # What the routes are given (deps.py).
-    app.state.actions = actions
-    app.state.usecases = cases
-    app.state.policies = policies
-    app.state.chooser = chooser
-    app.state.known = known
-    app.state.store = store
-    app.state.reads = store.reads
-    app.state.engine = engine
-    app.state.catalogue = catalogue
+    put_parts(
+        app,
+        actions=actions,
+        usecases=cases,
+        policies=policies,
+        chooser=chooser,
+        known=known,
+        store=store,
+        reads=store.reads,
+        engine=engine,
+        catalogue=catalogue,
+    )
     errors.install(app)
     app.include_router(routes.api)
     app.include_router(rollout_routes.api)

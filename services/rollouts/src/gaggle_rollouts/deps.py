@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import Depends, Request
+from typing import Annotated
 
 from gaggle_contracts.access import Permission
 from gaggle_rollouts.actions import Actions
@@ -19,25 +17,16 @@ from gaggle_rollouts.rollout_reads import RolloutReads
 from gaggle_rollouts.rollout_store import RolloutStore
 from gaggle_rollouts.usecases import UseCases
 from gaggle_runtime.auth import needs
+from gaggle_runtime.state import part
 
-
-def _state(name: str) -> Any:
-    """A dependency that gives ``app.state.<name>``."""
-
-    def given(request: Request) -> Any:
-        return getattr(request.app.state, name)
-
-    return Depends(given)
-
-
-ActionsDep = Annotated[Actions, _state("actions")]
-UseCasesDep = Annotated[UseCases, _state("usecases")]
-PoliciesDep = Annotated[Policies, _state("policies")]
-ChooserDep = Annotated[Chooser, _state("chooser")]
-KnownDep = Annotated[ReadThrough, _state("known")]
-StoreDep = Annotated[RolloutStore, _state("store")]
-ReadsDep = Annotated[RolloutReads, _state("reads")]
-EngineDep = Annotated[Engine, _state("engine")]
+ActionsDep = Annotated[Actions, part("actions")]
+UseCasesDep = Annotated[UseCases, part("usecases")]
+PoliciesDep = Annotated[Policies, part("policies")]
+ChooserDep = Annotated[Chooser, part("chooser")]
+KnownDep = Annotated[ReadThrough, part("known")]
+StoreDep = Annotated[RolloutStore, part("store")]
+ReadsDep = Annotated[RolloutReads, part("reads")]
+EngineDep = Annotated[Engine, part("engine")]
 
 Reader = Annotated[str, needs(Permission.ROLLOUT_READ)]
 """The tenant of a caller allowed to read rollouts' data."""
