@@ -72,9 +72,9 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    """``host:port`` of an S3 API of this test alone (moto's server on a free port)."""
+    """``host:port`` of an S3 API for this test module (moto's server on a free port)."""
     from moto.server import ThreadedMotoServer
 
     port = free_port()

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import nats
 import pytest
-from moto.server import ThreadedMotoServer
 
 from gaggle_artifacts.app import build_app
 from gaggle_artifacts.domain import (
@@ -33,7 +32,6 @@ from gaggle_contracts import names
 from gaggle_contracts.events import ActionCreated, SoftwareCreated, SoftwareDeleted
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.bus import make_broker, publish_event
-from gaggle_servers import free_port
 from gaggle_storage import ObjectNotFoundError, StorageSettings
 from gaggle_swu.build import build_swu, make_rawfile_swu
 
@@ -50,15 +48,6 @@ def image(version: str = "1.2.3", board: str = "board", payload: bytes | None = 
         key=None,
         cert=None,
     )
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture(params=["local", "s3"])
