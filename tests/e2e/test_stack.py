@@ -7,9 +7,11 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,134 @@ def test_make_run_stack_serves_the_readme_walkthrough_and_keeps_data(tmp_path: P
         assert [d["controller_id"] for d in listed["items"]] == ["dev-1"]
     finally:
         assert again.interrupt() == 0
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """The direct children of ``pid`` with their command lines."""
+    found: dict[int, str] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                cmd = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except FileNotFoundError:
+                continue
+            found[int(child)] = cmd
+    return found
+
+
+def child_pid(stack: Stack, needle: str) -> int | None:
+    assert stack.proc is not None
+    pids = [p for p, cmd in children_of(stack.proc.pid).items() if needle in cmd]
+    return pids[0] if pids else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def postmaster_pid(pg_dir: Path) -> int:
+    try:
+        return int((pg_dir / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return 0
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def test_stack_restarts_killed_processes_and_stops_services_before_nats(tmp_path: Path) -> None:
+    ports = {k: free_port() for k in ("nats", "gateway", "registry", "artifacts", "rollouts")}
+    stack = Stack(tmp_path / "data", ports)
+    stack.start()
+    try:
+        gateway = child_pid(stack, "gaggle_gateway")
+        nats = child_pid(stack, "nats-server")
+        assert gateway is not None and nats is not None
+        os.kill(gateway, signal.SIGKILL)
+        os.kill(nats, signal.SIGKILL)
+        killed = time.monotonic()
+        # Both come back on their own, in new processes, and the gateway is ready again.
+        deadline = killed + 20
+        while time.monotonic() < deadline:
+            new_gateway = child_pid(stack, "gaggle_gateway")
+            new_nats = child_pid(stack, "nats-server")
+            back = new_gateway not in (None, gateway) and new_nats not in (None, nats)
+            if back and ready(ports["gateway"]):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("not restarted:\n" + stack.log.read_text()[-3000:])
+        recovered = time.monotonic() - killed
+        assert recovered < 15, recovered
+        # The rest kept running all along.
+        assert stack.proc is not None and stack.proc.poll() is None
+        for other in ("registry", "artifacts", "rollouts"):
+            assert ready(ports[other]), other
+        log = stack.log.read_text()
+        assert "gateway exited with -9; restarting in 1 s" in log
+        assert "nats exited with -9; restarting in 1 s" in log
+        assert "gateway restarted" in log and "nats restarted" in log
+
+        # The postmaster, killed, starts again on the same data: the registry's devices answer.
+        key = (tmp_path / "data" / "admin.key").read_text().strip()
+        listing = f"curl -sf -H 'Authorization: Bearer $KEY' http://127.0.0.1:{ports['registry']}/api/v1/devices"
+        assert json.loads(run(listing, key))["items"] == []
+        postmaster = postmaster_pid(tmp_path / "data" / "pg")
+        os.kill(postmaster, signal.SIGKILL)
+        killed = time.monotonic()
+        deadline = killed + 30
+        while time.monotonic() < deadline:
+            pid = postmaster_pid(tmp_path / "data" / "pg")
+            if pid != postmaster and alive(pid):
+                try:
+                    assert json.loads(run(listing, key))["items"] == []
+                    break
+                except subprocess.CalledProcessError:
+                    pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError("postgres not back:\n" + stack.log.read_text()[-3000:])
+        assert "postgres postmaster exited; restarting in 1 s" in stack.log.read_text()
+        pg_recovered = time.monotonic() - killed
+        assert pg_recovered < 20, pg_recovered
+        services = [child_pid(stack, f"gaggle_{s}") for s in ("gateway", "registry")]
+        nats = child_pid(stack, "nats-server")
+    finally:
+        code = stack.interrupt()
+    log = stack.log.read_text()
+    assert code == 0, log[-3000:]
+    assert nats is not None and all(services)
+    assert not alive(nats) and not any(alive(p) for p in services if p)
+    order = [log.index(f"Stopping {what} ...") for what in ("the services", "NATS", "PostgreSQL")]
+    assert order == sorted(order), log[-3000:]
+
+
+def test_stack_refuses_a_taken_port_and_starts_nothing(tmp_path: Path) -> None:
+    ports = {k: free_port() for k in ("nats", "gateway", "registry", "artifacts", "rollouts")}
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", ports["nats"]))
+        foreign.listen()
+        stack = Stack(tmp_path / "data", ports)
+        out = subprocess.run(
+            [sys.executable, "-m", "gaggle_stack"],
+            env=stack.env,
+            capture_output=True,
+            timeout=30,
+        )
+    text = out.stdout.decode() + out.stderr.decode()
+    assert out.returncode != 0
+    assert f"port {ports['nats']} (NATS) is already in use" in text, text
+    assert "GAGGLE_STACK_NATS_PORT" in text
+    assert "Gaggle is up" not in text
+    # Nothing was started: no store, no database, no key.
+    assert not (tmp_path / "data" / "nats").exists()
+    assert not (tmp_path / "data" / "pg").exists()

@@ -3,6 +3,9 @@
 Everything lives under ``GAGGLE_DATA_DIR`` (default ``./.gaggle``), so a second start finds the same
 data. ``GAGGLE_DATABASE_URL`` (or ``DATABASE_URL``) uses an existing PostgreSQL instead of the
 embedded one; ``GAGGLE_NATS_URL`` an existing NATS. Ctrl-C stops everything.
+
+Like compose's ``restart: unless-stopped``, a process that dies (a service, nats-server, the
+postmaster) is started again after a back-off while the others keep running.
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ from types import FrameType
 
 from gaggle_contracts.access import key_hash, key_id_of, new_api_key
 from gaggle_runtime.db import ensure_database, with_database
-from gaggle_servers import EmbeddedPostgres, NatsProcess
+from gaggle_servers import EmbeddedPostgres, NatsProcess, port_in_use
 
 DEFAULT_NATS_PORT = 4250
+NATS_PORT_VARIABLE = "GAGGLE_STACK_NATS_PORT"
 ADMIN_KEY_FILE = "admin.key"
+# compose's back-off: 1 s doubling to 30 s, and a process that stayed up this long starts at 1 s.
+FIRST_DELAY = 1.0
+MAX_DELAY = 30.0
+SETTLED_AFTER = 30.0
 
 
 @dataclass(frozen=True)
@@ -63,14 +71,48 @@ def _ready(port: int) -> bool:
         return False
 
 
+@dataclass
+class Backoff:
+    """When to start a dead process again: each quick death doubles the wait, up to a cap."""
+
+    started_at: float = 0.0
+    delay: float = 0.0
+    due: float | None = None
+
+    def schedule(self, now: float) -> float:
+        """Set ``due`` after a death at ``now``; returns the wait."""
+        if now - self.started_at >= SETTLED_AFTER:
+            self.delay = 0.0
+        self.delay = min(self.delay * 2, MAX_DELAY) if self.delay else FIRST_DELAY
+        self.due = now + self.delay
+        return self.delay
+
+
+def taken_ports() -> list[str]:
+    """One line per port the stack would listen on that something else already holds."""
+    wanted: list[tuple[int, str, str]] = []
+    if not os.environ.get("GAGGLE_NATS_URL"):
+        port = int(os.environ.get(NATS_PORT_VARIABLE, DEFAULT_NATS_PORT))
+        wanted.append((port, "NATS", NATS_PORT_VARIABLE))
+    wanted += [(s.port, s.name, f"{s.env_prefix}PORT") for s in SERVICES]
+    return [
+        f"port {port} ({what}) is already in use; stop what listens there, "
+        f"or choose another port with {variable}"
+        for port, what, variable in wanted
+        if port_in_use(port)
+    ]
+
+
 class Stack:
-    """The running stack and how to stop it."""
+    """The running stack: starts, watches and restarts its processes, and stops them in order."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.nats: NatsProcess | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.env: dict[str, str] = {}
+        self.backoff: dict[str, Backoff] = {}
 
     def start_infrastructure(self) -> dict[str, str]:
         """NATS and PostgreSQL (embedded unless given); returns the environment for services."""
@@ -78,8 +120,11 @@ class Stack:
         nats_url = os.environ.get("GAGGLE_NATS_URL")
         if not nats_url:
             port = int(os.environ.get("GAGGLE_STACK_NATS_PORT", DEFAULT_NATS_PORT))
-            self.nats = NatsProcess(self.data_dir / "nats", port, self.data_dir / "nats.log")
+            self.nats = NatsProcess(
+                self.data_dir / "nats", port, self.data_dir / "nats.log", own_session=True
+            )
             self.nats.start()
+            self.backoff["nats"] = Backoff(time.monotonic())
             nats_url = self.nats.url
         env["GAGGLE_NATS_URL"] = nats_url
 
@@ -87,6 +132,7 @@ class Stack:
         if not db_url:
             self.postgres = EmbeddedPostgres(self.data_dir / "pg")
             db_url = with_database(self.postgres.start(), "gaggle")
+            self.backoff["postgres"] = Backoff(time.monotonic())
         asyncio.run(ensure_database(db_url))
         env["GAGGLE_DATABASE_URL"] = db_url
         objects = self.data_dir / "objects"
@@ -96,12 +142,54 @@ class Stack:
 
     def start_services(self, env: dict[str, str]) -> None:
         """Start the four services with ``env`` added to ours."""
-        full = {**os.environ, **env}
+        self.env = {**os.environ, **env}
         for spec in SERVICES:
-            full.setdefault(f"{spec.env_prefix}PORT", str(spec.port))
-            self.children[spec.name] = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", spec.module], env=full
-            )
+            self.env.setdefault(f"{spec.env_prefix}PORT", str(spec.port))
+            self._spawn(spec)
+
+    def _spawn(self, spec: ServiceSpec) -> None:
+        # Their own session keeps the terminal's Ctrl-C away: stop() signals them, in order.
+        self.children[spec.name] = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", spec.module], env=self.env, start_new_session=True
+        )
+        self.backoff[spec.name] = Backoff(time.monotonic())
+
+    def supervise(self) -> None:
+        """Note processes that died, and start those whose back-off has passed."""
+        now = time.monotonic()
+        dead: dict[str, str] = {}
+        for name, proc in self.children.items():
+            if proc.poll() is not None:
+                dead[name] = f"exited with {proc.returncode}"
+        if self.nats is not None and self.nats.proc is not None and not self.nats.running:
+            dead["nats"] = f"exited with {self.nats.proc.returncode}"
+        if self.postgres is not None and not self.postgres.running:
+            dead["postgres"] = "postmaster exited"
+        for name, why in dead.items():
+            backoff = self.backoff[name]
+            if backoff.due is None:
+                wait = backoff.schedule(now)
+                _say(f"gaggle-stack: {name} {why}; restarting in {wait:.0f} s")
+            elif now >= backoff.due:
+                self._restart(name, backoff, now)
+
+    def _restart(self, name: str, backoff: Backoff, now: float) -> None:
+        try:
+            if name == "nats" and self.nats is not None:
+                if port_in_use(self.nats.port):
+                    raise RuntimeError(f"port {self.nats.port} is taken by another process")
+                self.nats.start()
+            elif name == "postgres" and self.postgres is not None:
+                self.postgres.restart()
+            else:
+                self._spawn(next(s for s in SERVICES if s.name == name))
+        except (RuntimeError, OSError, subprocess.SubprocessError, AssertionError) as exc:
+            wait = backoff.schedule(time.monotonic())
+            _say(f"gaggle-stack: {name} did not start again ({exc}); retrying in {wait:.0f} s")
+            return
+        backoff.due = None
+        backoff.started_at = time.monotonic()
+        _say(f"gaggle-stack: {name} restarted")
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until every service answers ``/readyz`` with 200."""
@@ -119,7 +207,8 @@ class Stack:
             raise RuntimeError(f"not ready after {timeout:.0f} s: {', '.join(pending)}")
 
     def stop(self) -> None:
-        """Services first (they drain), then NATS, then PostgreSQL."""
+        """Services first (they drain and publish their last events), then NATS, then PostgreSQL."""
+        _say("Stopping the services ...")
         for proc in self.children.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -129,8 +218,10 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
         if self.nats:
+            _say("Stopping NATS ...")
             self.nats.stop()
         if self.postgres:
+            _say("Stopping PostgreSQL ...")
             self.postgres.stop()
 
 
@@ -177,6 +268,12 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    taken = taken_ports()
+    if taken:
+        for line in taken:
+            _say(f"gaggle-stack: {line}")
+        _say("gaggle-stack: not started; Gaggle never uses a server it did not start itself there")
+        sys.exit(1)
     code = 0
     try:
         key, created = admin_key(data_dir)
@@ -201,9 +298,7 @@ def main() -> None:
         _say('Operators send it as "Authorization: Bearer <key>".')
         _say("Press Ctrl-C to stop.")
         while not stopping:
-            for name, proc in stack.children.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}")
+            stack.supervise()
             time.sleep(0.2)
     except RuntimeError as exc:
         _say(f"gaggle-stack: {exc}")

@@ -22,6 +22,20 @@ def free_port() -> int:
         return port
 
 
+def port_in_use(port: int) -> bool:
+    """Whether something already listens on (or holds) ``127.0.0.1:port``.
+
+    Binds as a server would (``SO_REUSEADDR``), so connections lingering in TIME_WAIT do not count.
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
 def wait_for_port(
     host: str, port: int, timeout: float, proc: subprocess.Popen[Any] | None = None
 ) -> None:
@@ -60,10 +74,19 @@ def nats_server_binary() -> str:
 class NatsProcess:
     """A ``nats-server -js`` child process on 127.0.0.1 with its store in ``store_dir``."""
 
-    def __init__(self, store_dir: Path, port: int = 0, log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int = 0,
+        log_file: Path | None = None,
+        *,
+        own_session: bool = False,
+    ) -> None:
         self.store_dir = store_dir
         self.port = port or free_port()
         self.log_file = log_file
+        # In its own session the terminal's Ctrl-C reaches only the parent, which stops it last.
+        self.own_session = own_session
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,8 +110,15 @@ class NatsProcess:
         out: Any = subprocess.DEVNULL
         if self.log_file is not None:
             args += ["-l", str(self.log_file)]
-        self.proc = subprocess.Popen(args, stdout=out, stderr=out)  # noqa: S603
+        self.proc = subprocess.Popen(  # noqa: S603
+            args, stdout=out, stderr=out, start_new_session=self.own_session
+        )
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+
+    @property
+    def running(self) -> bool:
+        """Whether the process was started and has not exited."""
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate, then kill if it lingers."""
@@ -115,6 +145,23 @@ class EmbeddedPostgres:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        uri: str = self._server.get_uri()
+        return uri
+
+    @property
+    def running(self) -> bool:
+        """Whether the postmaster is alive."""
+        if self._server is None:
+            return False
+        info = self._server._postmaster_info
+        return info is not None and bool(info.process.is_running())
+
+    def restart(self) -> str:
+        """Start the postmaster again on the same folder after it died; return its URL."""
+        import pgserver.postgres_server as pgs
+
+        with pgs.PostgresServer._lock:
+            self._server.ensure_postgres_running()
         uri: str = self._server.get_uri()
         return uri
 
