@@ -1,4 +1,4 @@
-"""`make run`'s stack as a user meets it: start, the README walk-through, Ctrl-C, start again."""
+"""`make run`'s stack as a user meets it: start, the README walk-through, a crash, Ctrl-C, a taken port."""
 
 from __future__ import annotations
 
@@ -252,10 +252,16 @@ def test_stack_restarts_killed_processes_and_stops_services_before_nats(tmp_path
     assert order == sorted(order), log[-3000:]
 
 
-def test_stack_refuses_a_taken_port_and_starts_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("taken", "what", "variable"),
+    [("nats", "NATS", "GAGGLE_STACK_NATS_PORT"), ("gateway", "gateway", "GAGGLE_GATEWAY_PORT")],
+)
+def test_stack_refuses_a_taken_port_and_starts_nothing(
+    tmp_path: Path, taken: str, what: str, variable: str
+) -> None:
     ports = {k: free_port() for k in ("nats", "gateway", "registry", "artifacts", "rollouts")}
     with socket.socket() as foreign:
-        foreign.bind(("127.0.0.1", ports["nats"]))
+        foreign.bind(("127.0.0.1", ports[taken]))
         foreign.listen()
         stack = Stack(tmp_path / "data", ports)
         out = subprocess.run(
@@ -266,8 +272,8 @@ def test_stack_refuses_a_taken_port_and_starts_nothing(tmp_path: Path) -> None:
         )
     text = out.stdout.decode() + out.stderr.decode()
     assert out.returncode != 0
-    assert f"port {ports['nats']} (NATS) is already in use" in text, text
-    assert "GAGGLE_STACK_NATS_PORT" in text
+    assert f"port {ports[taken]} ({what}) is already in use" in text, text
+    assert f"choose another port with {variable}" in text
     assert "Gaggle is up" not in text
     # Nothing was started: no store, no database, no key.
     assert not (tmp_path / "data" / "nats").exists()
