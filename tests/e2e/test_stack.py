@@ -1,4 +1,4 @@
-"""`make run`'s stack as a user meets it: start, the README walk-through, a crash, Ctrl-C, a taken port."""
+"""`make run`'s stack as a user meets it: start, walk-through, a crash, Ctrl-C, a taken port."""
 
 from __future__ import annotations
 
