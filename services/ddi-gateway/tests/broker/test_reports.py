@@ -129,7 +129,9 @@ async def test_a_final_report_the_bus_may_have_lost_is_sent_again_under_its_even
         first = await client.post(url, json=closed())
         retry = await client.post(url, json=closed())
         again = await client.post(url, json=closed())
-    assert [first.status_code, retry.status_code, again.status_code] == [503, 200, 200]
+    assert [first.status_code, retry.status_code, again.status_code] == [429, 200, 200]
+    assert first.headers["Retry-After"] == "5"
+    assert first.json()["errorCode"] == "hawkbit.server.error.tooManyRequests"
     ids = [e["event_id"] for e in bus.events("action.feedback")]
     assert ids == [str(lost[0].event_id)] * 2
 
