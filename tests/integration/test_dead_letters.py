@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -420,4 +421,47 @@ async def test_a_database_away_is_retried_past_ten_deliveries_and_nothing_is_par
             assert info.config.max_deliver == -1
     finally:
         await broker.stop()
+        await proxy.stop()
+
+
+async def test_operator_apis_answer_503_while_their_database_is_away_then_200(
+    common: CommonSettings,
+    serve: Any,
+    operator_auth: httpx.Auth,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = Proxy(common.database_url)
+    await proxy.start()
+    through = common.model_copy(update={"database_url": proxy.url})
+    registry = await serve(build_registry(through, RegistrySettings()))
+    rollouts = await serve(build_rollouts(through, RolloutsSettings()))
+    urls = [f"{registry.url}/api/v1/devices", f"{rollouts.url}/api/v1/rollouts"]
+    try:
+        async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+            for url in urls:
+                assert (await client.get(url)).status_code == 200
+            await proxy.stop()
+            caplog.clear()
+            for url in urls:
+                r = await client.get(url)
+                assert r.status_code == 503, r.text
+                assert r.json() == {
+                    "error": "unavailable",
+                    "message": "database unavailable; retry later",
+                }
+                assert r.headers["Retry-After"] == "5"
+            away = [rec for rec in caplog.records if rec.name == "gaggle_runtime.http"]
+            assert {rec.levelname for rec in away} == {"WARNING"}
+            assert len(away) == len(urls)
+            assert all(rec.exc_info is None for rec in away)
+            assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+
+            await proxy.start()
+            for url in urls:
+
+                async def back(url: str = url) -> bool:
+                    return (await client.get(url)).status_code == 200
+
+                await eventually(back, timeout=15)
+    finally:
         await proxy.stop()

@@ -12,7 +12,21 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
+from gaggle_runtime.failures import describe, is_transient
+
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5
+"""``Retry-After`` of a 503 while a dependency is away: PostgreSQL and NATS restart in 2 to 4 s."""
+
+_AWAY = (
+    ConnectionError,  # refused or reset while connecting to the database
+    TimeoutError,  # no connection from the pool in time
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # connection closed, pool closing
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+)
 
 
 class ApiError(Exception):
@@ -76,8 +90,46 @@ def api_error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.message, **exc.info), status_code=exc.status)
 
 
+def _database_in(exc: BaseException) -> bool:
+    """Whether ``exc`` or its causes came from asyncpg (a refused connect is a plain OSError)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, asyncpg.PostgresError | asyncpg.InterfaceError):
+            return True
+        frame = seen.__traceback__
+        while frame is not None:
+            if str(frame.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg."):
+                return True
+            frame = frame.tb_next
+        seen = seen.__cause__
+    return False
+
+
+def unavailable_response(request: Request, exc: BaseException) -> JSONResponse:
+    """503 with ``Retry-After`` for a request that failed because a dependency is away.
+
+    Logged at WARNING without a traceback: the cause is outside this service, and an outage
+    would otherwise fill the log with one traceback per request.
+    """
+    what = "database" if _database_in(exc) else "a service this API depends on is"
+    log.warning(
+        "%s unavailable; answered 503 method=%s path=%s error=%s",
+        what,
+        request.method,
+        request.url.path,
+        describe(exc, 300),
+    )
+    return JSONResponse(
+        error_body("unavailable", f"{what} unavailable; retry later"),
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map validation errors to 400, ``ApiError`` to its status, anything else to a logged 500."""
+    """Validation errors: 400; ``ApiError``: its status; a dependency away: 503; else 500."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -102,7 +154,19 @@ def install_error_handlers(app: FastAPI) -> None:
         message = "text contains a character that cannot be stored (e.g. NUL)"
         return JSONResponse(error_body("invalid_request", message), 400)
 
+    async def _away(request: Request, exc: Exception) -> JSONResponse:
+        if not is_transient(exc):
+            raise exc  # a value PostgreSQL refused, say: the 500 below
+        return unavailable_response(request, exc)
+
+    # Handlers for these exact kinds run before Starlette's outermost middleware, which would
+    # re-raise to the server (and so log a traceback) even after its handler answered.
+    for kind in _AWAY:
+        app.add_exception_handler(kind, _away)
+
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):  # raised from a connection error, say
+            return unavailable_response(request, exc)
         log.error("unhandled error", exc_info=exc)
         return JSONResponse(error_body("internal", "internal error; see the service log"), 500)

@@ -7,7 +7,7 @@ lets the gateway read its own writes meanwhile: an action whose final report it 
 not offered again, a retried identical final report is answered 200 without a second event, and
 a different report for it is answered 410 as for any closed action.
 
-A final report the bus did not acknowledge in time (the device got 503) may still have been
+A final report the bus did not acknowledge in time (the device got 429) may still have been
 stored. Its event id is remembered as unsure, so that the device's retry of the same report is
 published again under the same id: JetStream and rollouts then keep it once, and the retry is
 answered 200 even if the first attempt already closed the action.

@@ -3,8 +3,8 @@
 A request passes three steps here. :meth:`Gateway.authorize` checks the path and credentials
 against the KV mirror and says who the caller is; :meth:`Gateway.sighted` notes that the device
 was seen (or discovered); the rules of the request then read the mirror, and reports are answered
-once JetStream acknowledged their event, else 503 so the device retries. Feedback reports have
-rules of their own, in ``feedback.py``.
+once JetStream acknowledged their event, else 429 with ``Retry-After`` so the device retries.
+Feedback reports have rules of their own, in ``feedback.py``.
 
 Only tenants that exist are served (``Gateway.tenant_exists``); a device's report past one of
 hawkBit's quotas is refused (429) before it is acknowledged; and what this gateway acknowledged
@@ -39,11 +39,11 @@ from gaggle_gateway.domain import (
 )
 from gaggle_gateway.errors import (
     BadRequest,
+    Busy,
     DdiError,
     NotFound,
     QuotaExceeded,
     Unauthorized,
-    Unavailable,
 )
 from gaggle_gateway.mirror import Mirror
 from gaggle_gateway.origin import Origin
@@ -223,12 +223,14 @@ class Gateway:
         """Publish and wait for JetStream's ack.
 
         Raises:
-            Unavailable: the bus did not acknowledge; the device should retry.
+            Busy: the bus did not acknowledge in time; the device should retry later.
         """
         try:
             await self.publish_event(event)
         except Exception as exc:
-            raise Unavailable("event bus unavailable; retry later") from exc
+            raise Busy(
+                "event bus busy or unavailable; retry later", self.settings.busy_retry_after_s
+            ) from exc
 
     async def report(self, caller: Caller, event: Event, body: DeviceBody) -> None:
         """Publish a device's report (:meth:`publish`), then note any text made storable."""
@@ -273,7 +275,7 @@ class Gateway:
 
         Raises:
             QuotaExceeded: the device would have more than ``MAX_ATTRIBUTES`` attributes.
-            Unavailable: the bus did not acknowledge; the device should retry.
+            Busy: the bus did not acknowledge in time; the device should retry later.
         """
         self.check_attributes(caller, mode, data)
         event = DeviceConfigReported(**caller.ids, mode=mode, data=data)
@@ -285,7 +287,7 @@ class Gateway:
         Raises:
             BadRequest: not JSON, or not a configData body.
             QuotaExceeded: as :meth:`report_config`, or past a quota of the body itself.
-            Unavailable: the bus did not acknowledge; the device should retry.
+            Busy: the bus did not acknowledge in time; the device should retry later.
         """
         body = parse_body(data, ConfigDataBody)
         await self.report_config(caller, body.effective_mode, body.data, body)

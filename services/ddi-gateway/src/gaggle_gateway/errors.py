@@ -10,7 +10,7 @@ DdiError
 ├── PreconditionFailed  412 If-Match names another artifact version
 ├── PayloadTooLarge     413 body over the gateway's limit
 ├── QuotaExceeded       429 past one of hawkBit's quotas (attributes, statuses, messages)
-└── Unavailable         503 the bus did not acknowledge; the device retries
+└── Busy                429 + Retry-After: the bus did not acknowledge in time; retry later
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ class DdiError(Exception):
         self.message = message
         self.info = info
 
+    def headers(self) -> dict[str, str] | None:
+        """Headers the answer carries besides its content type."""
+        return None
+
     def response(self) -> Response:
         """The JSON answer."""
         body: dict[str, Any] = {
@@ -53,7 +57,12 @@ class DdiError(Exception):
         }
         if self.info:
             body["info"] = self.info
-        return Response(orjson.dumps(body), status_code=self.status, media_type="application/json")
+        return Response(
+            orjson.dumps(body),
+            status_code=self.status,
+            headers=self.headers(),
+            media_type="application/json",
+        )
 
 
 class Unauthorized(DdiError, status=401, code="hawkbit.server.error.unauthorized"):
@@ -102,8 +111,20 @@ class QuotaExceeded(DdiError, status=429, code="hawkbit.server.error.quota.tooMa
     """
 
 
-class Unavailable(DdiError, status=503, code="hawkbit.server.error.unavailable"):
-    """The event bus did not take the report; the device should retry."""
+class Busy(DdiError, status=429, code="hawkbit.server.error.tooManyRequests"):
+    """The event bus did not acknowledge the report in time; the device should come back later.
+
+    Answered 429 with ``Retry-After``, never 503: SWUpdate takes a 503 as an access error and
+    gives up the report, while SWUpdate and rauc-hawkbit-updater both retry a 429.
+    """
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` in whole seconds."""
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -21,7 +21,7 @@ from gaggle_gateway.acks import FinalReport, fingerprint
 from gaggle_gateway.bodies import parse_body, read_limited
 from gaggle_gateway.core import Caller, FeedbackKind, Gateway, open_action
 from gaggle_gateway.domain import closes_action
-from gaggle_gateway.errors import Gone, NotAllowed, NotFound, QuotaExceeded, Unavailable
+from gaggle_gateway.errors import Busy, Gone, NotAllowed, NotFound, QuotaExceeded
 
 
 async def take_feedback(
@@ -104,7 +104,7 @@ async def report_feedback(
         QuotaExceeded: more messages than a status may have, or more statuses than an
             action may have (a final report is always taken, so the action can close).
         Gone: a report other than the final one, for an action closed here.
-        Unavailable: the bus did not acknowledge; the device should retry.
+        Busy: the bus did not acknowledge in time; the device should retry later.
     """
     body = parse_body(data, FeedbackBody)
     status = body.to_status()
@@ -134,7 +134,7 @@ async def report_feedback(
     )
     try:
         await gw.publish(event)
-    except Unavailable:
+    except Busy:
         if final:
             gw.acks.sent_unsure(caller.key, action_id, printed, event_id, time.monotonic())
         raise

@@ -2,7 +2,8 @@
 
 Reads (poll, deploymentBase, cancelAction, installedBase, confirmationBase, artifacts) cost a
 dictionary look-up and a JSON render; reports (configData, feedback) are answered 200 only after
-JetStream acknowledged the event, else 503 so the device retries. See ddi-api.md for each rule.
+JetStream acknowledged the event, else 429 with ``Retry-After`` so the device retries. See
+ddi-api.md for each rule.
 
 Every route takes its :class:`~gaggle_gateway.core.Caller` from one dependency (path checked,
 tenant existing, credentials, sighting noted), and the :class:`~gaggle_gateway.core.Gateway`

@@ -33,7 +33,10 @@ class GatewaySettings(BaseSettings):
     max_feedback_bytes: int = Field(512 * 1024, ge=1024)
     """Largest feedback body taken (SWUpdate uploads ~50 log lines per feedback)."""
     publish_timeout_s: float = Field(3.0, gt=0)
-    """How long a device report waits for JetStream's ack before it is answered 503."""
+    """How long a device report waits for JetStream's ack before it is answered 429."""
+    busy_retry_after_s: int = Field(5, ge=1, le=3600)
+    """``Retry-After`` of that 429. A NATS restart is ready again in 2 to 4 s, so a device that
+    heeds it finds the bus back; rauc-hawkbit-updater retries after 1 s regardless."""
     seen_flush_s: float = Field(1.0, gt=0)
     """How often batched ``device.seen`` sightings are published."""
     rediscover_after_s: float = Field(30.0, gt=0)

@@ -118,6 +118,32 @@ async def test_deployment_feedback_publishes_it_once_and_remembers_the_final_rep
     assert "deploymentBase" not in poll.json()["_links"]
 
 
+async def test_a_report_the_bus_does_not_acknowledge_is_429_alike_on_both_entry_points(
+    bus: Bus,
+) -> None:
+    known(bus, "d-1", open_action("5"))
+    answers = []
+    for entry in ENTRIES:
+        lose_first_ack(bus.gateway)
+        async with bus.client(entry) as client:
+            config = await client.put(f"{BASE}/d-1/configData", json={"data": {"hw": entry}})
+        lose_first_ack(bus.gateway)
+        async with bus.client(entry) as client:
+            url = f"{BASE}/d-1/deploymentBase/5/feedback"
+            progress = await client.post(url, json=closed("proceeding", "none"))
+        for r in (config, progress):
+            assert r.status_code == 429, r.text
+            assert r.headers["Retry-After"] == "5"
+            assert r.headers["Content-Type"] == "application/json"
+        answers.append((config.json(), progress.json()))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == {
+        "exceptionClass": "Busy",
+        "errorCode": "hawkbit.server.error.tooManyRequests",
+        "message": "event bus busy or unavailable; retry later",
+    }
+
+
 @pytest.mark.parametrize("entry", ENTRIES)
 async def test_a_final_report_the_bus_may_have_lost_is_sent_again_under_its_event_id(
     bus: Bus, entry: str
@@ -129,7 +155,9 @@ async def test_a_final_report_the_bus_may_have_lost_is_sent_again_under_its_even
         first = await client.post(url, json=closed())
         retry = await client.post(url, json=closed())
         again = await client.post(url, json=closed())
-    assert [first.status_code, retry.status_code, again.status_code] == [503, 200, 200]
+    assert [first.status_code, retry.status_code, again.status_code] == [429, 200, 200]
+    assert first.headers["Retry-After"] == "5"
+    assert first.json()["errorCode"] == "hawkbit.server.error.tooManyRequests"
     ids = [e["event_id"] for e in bus.events("action.feedback")]
     assert ids == [str(lost[0].event_id)] * 2
 

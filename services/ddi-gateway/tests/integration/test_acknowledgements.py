@@ -146,7 +146,7 @@ async def test_an_action_takes_a_thousand_statuses_then_429_but_still_its_final_
 async def test_a_final_report_retried_after_a_lost_acknowledgement_is_200_and_stored_once(
     common: CommonSettings, serve: Any, tenant: str, nc: Any
 ) -> None:
-    """The bus stored the report but its ack was lost (503); the device retries the same one."""
+    """The bus stored the report but its ack was lost (429); the device retries the same one."""
     await put(nc, names.BUCKET_TENANTS, tenant, TenantConfig())
     key = await known(nc, tenant, "u-1", deployment("51", ART))
     gateway, base = await start(common, serve, tenant)
@@ -154,7 +154,9 @@ async def test_a_final_report_retried_after_a_lost_acknowledgement_is_200_and_st
     url = f"{base}/u-1/deploymentBase/51/feedback"
     kind = "action.feedback"
     async with httpx.AsyncClient(timeout=10) as client:
-        assert (await client.post(url, json=feedback("closed", "success"))).status_code == 503
+        first = await client.post(url, json=feedback("closed", "success"))
+        assert first.status_code == 429
+        assert first.headers["Retry-After"] == "5"
         assert await feedback_count(nc, tenant, kind) == 1  # stored all the same
         # Rollouts closes the action and the mirror catches up before the device retries.
         await put(nc, names.BUCKET_DEPLOYMENTS, key, DeploymentEntry(closed=["51"]))

@@ -28,7 +28,7 @@ from gaggle_testing import ART, deployment, eventually, kv_put
 pytestmark = pytest.mark.integration
 
 
-async def test_polls_are_answered_from_memory_while_nats_is_away_and_reports_get_503(
+async def test_polls_are_answered_from_memory_while_nats_is_away_and_reports_get_429(
     tmp_path: Path, serve
 ) -> None:
     server = NatsProcess(tmp_path / "nats")
@@ -55,10 +55,14 @@ async def test_polls_are_answered_from_memory_while_nats_is_away_and_reports_get
             assert (await client.get(f"{base}/deploymentBase/5")).json()["id"] == "5"
 
             r = await client.post(f"{base}/deploymentBase/5/feedback", json=feedback)
-            assert r.status_code == 503
+            assert r.status_code == 429
+            assert r.headers["Retry-After"] == "5"
+            assert r.json()["exceptionClass"] == "Busy"
+            assert r.json()["errorCode"] == "hawkbit.server.error.tooManyRequests"
             assert "retry" in r.json()["message"]
             r = await client.put(f"{base}/configData", json={"data": {"a": "b"}})
-            assert r.status_code == 503
+            assert r.status_code == 429
+            assert r.headers["Retry-After"] == "5"
 
             # NATS back on the same port and store: reports are taken again.
             server.start()
