@@ -6,12 +6,15 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -77,16 +80,28 @@ def run(cmd: str, key: str) -> str:
     return out.stdout.decode()
 
 
-def test_make_run_stack_serves_the_readme_walkthrough_and_keeps_data(tmp_path: Path) -> None:
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A folder of the test's own outside pytest's temporary root.
+
+    The embedded PostgreSQL runs as another user when the stack runs as root, and pytest makes
+    its temporary root private to the user (mode 0700) whenever a session starts.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="gstack-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_make_run_stack_serves_the_readme_walkthrough_and_keeps_data(home: Path) -> None:
     ports = {k: free_port() for k in ("nats", "gateway", "registry", "artifacts", "rollouts")}
     commands = [
         c.replace(":8080", f":{ports['gateway']}").replace(":8081", f":{ports['registry']}")
         for c in readme_commands()
     ]
     assert len(commands) == 3, commands
-    stack = Stack(tmp_path / "data", ports)
+    stack = Stack(home / "data", ports)
     stack.start()
-    key_file = tmp_path / "data" / "admin.key"
+    key_file = home / "data" / "admin.key"
     key = key_file.read_text().strip()
     # Printed once, stored for the user only.
     assert key in stack.log.read_text()
@@ -133,7 +148,7 @@ def test_make_run_stack_serves_the_readme_walkthrough_and_keeps_data(tmp_path: P
     assert "Stopped." in log
 
     # A second start finds the same data again.
-    again = Stack(tmp_path / "data", ports)
+    again = Stack(home / "data", ports)
     again.start()
     assert key not in again.log.read_text()
     try:
@@ -185,9 +200,9 @@ def ready(port: int) -> bool:
         return False
 
 
-def test_stack_restarts_killed_processes_and_stops_services_before_nats(tmp_path: Path) -> None:
+def test_stack_restarts_killed_processes_and_stops_services_before_nats(home: Path) -> None:
     ports = {k: free_port() for k in ("nats", "gateway", "registry", "artifacts", "rollouts")}
-    stack = Stack(tmp_path / "data", ports)
+    stack = Stack(home / "data", ports)
     stack.start()
     try:
         gateway = child_pid(stack, "gaggle_gateway")
@@ -219,15 +234,15 @@ def test_stack_restarts_killed_processes_and_stops_services_before_nats(tmp_path
         assert "gateway restarted" in log and "nats restarted" in log
 
         # The postmaster, killed, starts again on the same data: the registry's devices answer.
-        key = (tmp_path / "data" / "admin.key").read_text().strip()
+        key = (home / "data" / "admin.key").read_text().strip()
         listing = f"curl -sf -H 'Authorization: Bearer $KEY' http://127.0.0.1:{ports['registry']}/api/v1/devices"
         assert json.loads(run(listing, key))["items"] == []
-        postmaster = postmaster_pid(tmp_path / "data" / "pg")
+        postmaster = postmaster_pid(home / "data" / "pg")
         os.kill(postmaster, signal.SIGKILL)
         killed = time.monotonic()
         deadline = killed + 30
         while time.monotonic() < deadline:
-            pid = postmaster_pid(tmp_path / "data" / "pg")
+            pid = postmaster_pid(home / "data" / "pg")
             if pid != postmaster and alive(pid):
                 try:
                     assert json.loads(run(listing, key))["items"] == []
@@ -257,13 +272,13 @@ def test_stack_restarts_killed_processes_and_stops_services_before_nats(tmp_path
     [("nats", "NATS", "GAGGLE_STACK_NATS_PORT"), ("gateway", "gateway", "GAGGLE_GATEWAY_PORT")],
 )
 def test_stack_refuses_a_taken_port_and_starts_nothing(
-    tmp_path: Path, taken: str, what: str, variable: str
+    home: Path, taken: str, what: str, variable: str
 ) -> None:
     ports = {k: free_port() for k in ("nats", "gateway", "registry", "artifacts", "rollouts")}
     with socket.socket() as foreign:
         foreign.bind(("127.0.0.1", ports[taken]))
         foreign.listen()
-        stack = Stack(tmp_path / "data", ports)
+        stack = Stack(home / "data", ports)
         out = subprocess.run(
             [sys.executable, "-m", "gaggle_stack"],
             env=stack.env,
@@ -276,5 +291,5 @@ def test_stack_refuses_a_taken_port_and_starts_nothing(
     assert f"choose another port with {variable}" in text
     assert "Gaggle is up" not in text
     # Nothing was started: no store, no database, no key.
-    assert not (tmp_path / "data" / "nats").exists()
-    assert not (tmp_path / "data" / "pg").exists()
+    assert not (home / "data" / "nats").exists()
+    assert not (home / "data" / "pg").exists()
