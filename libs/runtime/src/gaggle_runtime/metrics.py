@@ -121,7 +121,7 @@ class Metrics:
 
 
 class MirrorCollector:
-    """``gaggle_kv_mirror_entries`` and ``gaggle_kv_mirror_age_seconds`` of followed buckets."""
+    """``gaggle_kv_mirror_entries``, ``_age_seconds`` and ``_stale`` of followed buckets."""
 
     def __init__(self, mirrors: Sequence[BucketMirror[Any]]) -> None:
         self.mirrors = list(mirrors)
@@ -143,14 +143,21 @@ class MirrorCollector:
             "Seconds since the in-memory copy of a KV bucket last changed (or was loaded).",
             labels=["bucket"],
         )
+        stale = GaugeMetricFamily(
+            "gaggle_kv_mirror_stale",
+            "1 while the in-memory copy of a KV bucket may be behind (NATS away, reloading).",
+            labels=["bucket"],
+        )
         if with_values:
             now = time.time()
             for mirror in self.mirrors:
                 entries.add_metric([mirror.bucket], len(mirror.values))
+                stale.add_metric([mirror.bucket], 0 if mirror.current else 1)
                 if mirror.updated_at is not None:
                     age.add_metric([mirror.bucket], max(0.0, now - mirror.updated_at))
         yield entries
         yield age
+        yield stale
 
 
 class EventMetrics(BaseMiddleware):

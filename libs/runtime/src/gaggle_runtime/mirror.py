@@ -1,19 +1,20 @@
 """A KV bucket followed into memory: initial values first, then every change as it happens.
 
 Values are parsed once, when they arrive, never per read. If NATS goes away, the dictionary keeps
-its last known state; the watch restarts when NATS is back.
+its last known state, marked not current, and the bucket is reloaded as soon as NATS is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from nats.js.client import JetStreamContext
-from nats.js.kv import KV_DEL, KV_PURGE
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class BucketMirror(Generic[V]):
         self.loaded = asyncio.Event()
         self.updated_at: float | None = None
         """When ``values`` last changed or was loaded (``time.time()``), for the metrics."""
+        self.current = False
+        """Whether ``values`` follow the bucket now: loaded, connected, no reload pending."""
 
     def apply(
         self, target: dict[str, V], key: str, operation: str | None, value: bytes | None
@@ -45,28 +48,62 @@ class BucketMirror(Generic[V]):
         except ValidationError:
             log.warning("ignored malformed KV value bucket=%s key=%s", self.bucket, key)
 
-    async def watch(self, js_factory: Callable[[], JetStreamContext]) -> None:
-        """Follow the bucket forever, restarting the watch after errors.
+    async def watch(
+        self, js_factory: Callable[[], JetStreamContext], check_every_s: float = 0.2
+    ) -> None:
+        """Follow the bucket forever, restarting the watch after errors and NATS reconnects.
+
+        The watch's ordered consumer alone notices a lost connection only after two missed
+        heartbeats, many seconds in which the mirror would silently fall behind: so the client is
+        checked every ``check_every_s``, the mirror counts as not current while it is away, and
+        the bucket is reloaded as soon as it has reconnected.
 
         The first load fills ``values`` directly; a reload after an interruption fills a fresh
         dict and swaps it in when complete, so polls see the old state until then.
         """
         while True:
+            self.current = False
             try:
-                kv = await js_factory().key_value(self.bucket)
-                watcher = await kv.watchall()
-                staging: dict[str, V] | None = {} if self.loaded.is_set() else None
-                async for entry in watcher:
-                    if entry is None:  # the initial values are all in
-                        if staging is not None:
-                            self.values, staging = staging, None
-                        self.updated_at = time.time()
-                        self.loaded.set()
-                        continue
-                    target = self.values if staging is None else staging
-                    self.apply(target, entry.key, entry.operation, entry.value)
+                js = js_factory()
+                client = js._nc
+                reconnects = client.stats["reconnects"]
+                watcher = await (await js.key_value(self.bucket)).watchall()
+                feed = asyncio.create_task(self._feed(watcher), name=f"kv-{self.bucket}")
+                try:
+                    while not feed.done():
+                        await asyncio.wait({feed}, timeout=check_every_s)
+                        if not client.is_connected:
+                            self.current = False
+                        elif client.stats["reconnects"] != reconnects:
+                            log.info("NATS reconnected; reloading bucket=%s", self.bucket)
+                            break
+                    else:
+                        feed.result()
+                        raise RuntimeError("the watch ended")
+                finally:
+                    feed.cancel()
+                    with contextlib.suppress(BaseException):
+                        await feed
+                    with contextlib.suppress(Exception):
+                        # nats-py leaves stop() unannotated.
+                        await watcher.stop()  # type: ignore[no-untyped-call]
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self.current = False
                 log.warning("KV watch interrupted; retrying bucket=%s", self.bucket, exc_info=True)
                 await asyncio.sleep(1.0)
+
+    async def _feed(self, watcher: KeyValue.KeyWatcher) -> None:
+        """Apply the watch's entries until it ends; ``current`` once its initial values are in."""
+        staging: dict[str, V] | None = {} if self.loaded.is_set() else None
+        async for entry in watcher:
+            if entry is None:  # the initial values are all in
+                if staging is not None:
+                    self.values, staging = staging, None
+                self.updated_at = time.time()
+                self.loaded.set()
+                self.current = True
+                continue
+            target = self.values if staging is None else staging
+            self.apply(target, entry.key, entry.operation, entry.value)

@@ -188,7 +188,7 @@ class Service:
         self.on_stop: list[Hook] = []
         self.auth = Authenticator(common)
         self.ready_checks: dict[str, Callable[[], bool]] = {
-            "api_keys": self.auth.keys.loaded.is_set
+            "api_keys": lambda: self.auth.keys.current
         }
         self.mirror_metrics = MirrorCollector([self.auth.keys])
         """The KV buckets this process follows, for ``gaggle_kv_mirror_*``; add yours."""

@@ -71,7 +71,7 @@ def build_app(
         gc.freeze()
 
     service.on_start.append(wait_for_mirror)
-    service.ready_checks["kv_mirror"] = lambda: mirror.loaded
+    service.ready_checks["kv_mirror"] = lambda: mirror.current
     service.mirror_metrics.mirrors.extend(mirror.buckets)
     service.metrics.collector(gateway.polls)
     service.metrics.collector(gateway.replaced)

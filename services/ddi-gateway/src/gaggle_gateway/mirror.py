@@ -2,8 +2,8 @@
 
 Each bucket is watched from start-up: the initial values fill a dictionary, later updates keep it
 current. Values are parsed once, when they arrive, never per poll. If NATS goes away, the
-dictionaries keep their last known state and polls are still answered; the watch restarts when
-NATS is back.
+dictionaries keep their last known state and polls are still answered, but the mirror is not
+current (``/readyz`` says so); each bucket is reloaded as soon as NATS is back.
 
 Which tenants exist comes from these and from the ``api_keys`` bucket every service follows
 (``gaggle_runtime.auth``): a tenant with an operator key exists.
@@ -52,6 +52,11 @@ class Mirror:
     def loaded(self) -> bool:
         """Whether every bucket has delivered its initial values."""
         return all(b.loaded.is_set() for b in self.buckets)
+
+    @property
+    def current(self) -> bool:
+        """Whether every bucket follows NATS now (none is disconnected or reloading)."""
+        return all(b.current for b in self.buckets) and self.key_tenants.keys.current
 
     async def wait_loaded(self, timeout: float) -> None:
         """Wait until every bucket is loaded."""
