@@ -29,11 +29,13 @@ from gaggle_contracts.events import ActionFeedback, CancelFeedback, DeviceConfig
 from gaggle_contracts.kv import DeploymentEntry, DeviceEntry, OpenAction, TenantConfig
 from gaggle_gateway.acks import Acks
 from gaggle_gateway.bodies import parse_body
-from gaggle_gateway.counters import PollCounts, ReplacedCounts
+from gaggle_gateway.counters import PollCounts, ReplacedCounts, Strain
 from gaggle_gateway.domain import (
     Access,
+    Pacing,
     attributes_after,
     authorize,
+    jitter_share,
     parse_authorization,
     poll_body,
 )
@@ -117,6 +119,9 @@ class Gateway:
         self.polls = PollCounts()
         self.replaced = ReplacedCounts()
         self.acks = Acks(settings.final_memory_s, settings.final_memory_max)
+        self.strain = Strain(
+            settings.busy_window_s, settings.busy_threshold, settings.busy_max_factor
+        )
 
     def tenant_config(self, tenant: str) -> TenantConfig:
         """The tenant's configuration from KV, else the defaults."""
@@ -217,7 +222,13 @@ class Gateway:
             self.polls.idle += 1
         else:
             self.polls.action += 1
-        return orjson.dumps(poll_body(caller.base, caller.config, caller.device, entry))
+        body = poll_body(caller.base, caller.config, caller.device, entry, self.pacing(caller))
+        return orjson.dumps(body)
+
+    def pacing(self, caller: Caller) -> Pacing:
+        """How the device's polling sleep is shaped now: its jitter, stretched while busy."""
+        share = jitter_share(caller.tenant, caller.controller_id) * self.settings.poll_jitter
+        return Pacing(share, self.strain.factor(time.monotonic()))
 
     async def publish(self, event: Event) -> None:
         """Publish and wait for JetStream's ack.
@@ -228,6 +239,7 @@ class Gateway:
         try:
             await self.publish_event(event)
         except Exception as exc:
+            self.strain.refused(time.monotonic())
             raise Busy(
                 "event bus busy or unavailable; retry later", self.settings.busy_retry_after_s
             ) from exc

@@ -7,6 +7,7 @@ in gooseBit's embedded default, anonymous polls. A refusal never says whether th
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from enum import Enum
@@ -142,16 +143,73 @@ def _unknown(tenant: TenantConfig, may_register: bool) -> Access:
     return Access.UNKNOWN if not may_register else Access.DENY
 
 
+MAX_SLEEP_S = 24 * 3600 - 1
+"""``23:59:59``: every DDI client parses ``HH:MM:SS`` below 24 h."""
+
+
+def sleep_seconds(sleep: str) -> int:
+    """Seconds of an ``HH:MM:SS`` polling interval (validated where it was configured)."""
+    hours, minutes, seconds = sleep.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+
+
+def format_sleep(seconds: int) -> str:
+    """``HH:MM:SS`` of ``seconds``, capped at :data:`MAX_SLEEP_S`."""
+    seconds = max(0, min(seconds, MAX_SLEEP_S))
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def jitter_share(tenant: str, controller_id: str) -> float:
+    """A device's fixed place in ``[-1, 1]``, from a hash of its ids.
+
+    Stable across polls, restarts and gateway workers, so a device keeps its rhythm while a
+    fleet that started together spreads out.
+    """
+    digest = hashlib.blake2b(f"{tenant}/{controller_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / (2**64 - 1) * 2 - 1
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How a poll's ``sleep`` is shaped for one device.
+
+    ``jitter`` is the largest share of the interval a device's sleep moves by (0.1: up to 10%
+    either way), ``factor`` how much the interval is stretched while the system is busy.
+    """
+
+    share: float = 0.0
+    """The device's :func:`jitter_share`, times the jitter setting."""
+    factor: float = 1.0
+
+    def sleep(self, sleep: str) -> str:
+        """``sleep`` stretched by the factor, then moved by the device's share; whole seconds.
+
+        A sleep of at least one second stays at least one second, and at most ``23:59:59``.
+        """
+        base = sleep_seconds(sleep)
+        if self.share == 0.0 and self.factor == 1.0:
+            return sleep
+        stretched = base * self.factor
+        seconds = round(stretched + stretched * self.share)
+        return format_sleep(max(seconds, min(base, 1)))
+
+
+STEADY = Pacing()
+"""No jitter, no stretch: the tenant's interval as configured."""
+
+
 def poll_body(
     base: str,
     tenant: TenantConfig,
     device: DeviceEntry | None,
     deployment: DeploymentEntry | None,
+    pacing: Pacing = STEADY,
 ) -> dict[str, Any]:
     """The base poll answer. ``base`` is the absolute ``…/controller/v1/{id}`` URL.
 
     ``_links`` is always present (rauc-hawkbit indexes it); at most one of confirmationBase,
     cancelAction and deploymentBase; deploymentBase and confirmationBase carry ``?c=``.
+    ``pacing`` shapes the sleep, the open-action interval as the tenant's own.
     """
     links: dict[str, dict[str, str]] = {}
     sleep = tenant.polling_sleep
@@ -175,7 +233,7 @@ def poll_body(
             }
     if device is None or device.config_requested:
         links["configData"] = {"href": f"{base}/configData"}
-    return {"config": {"polling": {"sleep": sleep}}, "_links": links}
+    return {"config": {"polling": {"sleep": pacing.sleep(sleep)}}, "_links": links}
 
 
 MAX_HISTORY = 100
