@@ -32,7 +32,6 @@ from gaggle_gateway.bodies import parse_body
 from gaggle_gateway.counters import PollCounts, ReplacedCounts, Strain
 from gaggle_gateway.domain import (
     Access,
-    Pacing,
     attributes_after,
     authorize,
     jitter_share,
@@ -119,6 +118,7 @@ class Gateway:
         self.polls = PollCounts()
         self.replaced = ReplacedCounts()
         self.acks = Acks(settings.final_memory_s, settings.final_memory_max)
+        self.poll_jitter = settings.poll_jitter
         self.strain = Strain(
             settings.busy_window_s, settings.busy_threshold, settings.busy_max_factor
         )
@@ -222,13 +222,11 @@ class Gateway:
             self.polls.idle += 1
         else:
             self.polls.action += 1
-        body = poll_body(caller.base, caller.config, caller.device, entry, self.pacing(caller))
-        return orjson.dumps(body)
-
-    def pacing(self, caller: Caller) -> Pacing:
-        """How the device's polling sleep is shaped now: its jitter, stretched while busy."""
-        share = jitter_share(caller.tenant, caller.controller_id) * self.settings.poll_jitter
-        return Pacing(share, self.strain.factor(time.monotonic()))
+        share = jitter_share(caller.tenant, caller.controller_id) * self.poll_jitter
+        factor = self.strain.factor(time.monotonic())
+        return orjson.dumps(
+            poll_body(caller.base, caller.config, caller.device, entry, share, factor)
+        )
 
     async def publish(self, event: Event) -> None:
         """Publish and wait for JetStream's ack.

@@ -6,14 +6,7 @@ import pytest
 
 from gaggle_contracts import kv
 from gaggle_gateway.counters import Strain
-from gaggle_gateway.domain import (
-    STEADY,
-    Pacing,
-    format_sleep,
-    jitter_share,
-    poll_body,
-    sleep_seconds,
-)
+from gaggle_gateway.domain import format_sleep, jitter_share, paced, poll_body, sleep_seconds
 
 BASE = "http://gw/default/controller/v1/dev-1"
 
@@ -32,7 +25,7 @@ def test_a_device_always_gets_the_same_share() -> None:
 
 def test_a_fleet_spreads_within_a_tenth_of_the_interval() -> None:
     found = [
-        sleep_seconds(Pacing(jitter_share("default", f"dev-{n}") * 0.1).sleep("00:10:00"))
+        sleep_seconds(paced("00:10:00", jitter_share("default", f"dev-{n}") * 0.1))
         for n in range(1000)
     ]
     assert all(540 <= s <= 660 for s in found)
@@ -48,20 +41,22 @@ def test_shares_lie_between_minus_one_and_one() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pacing", "sleep", "expected"),
+    ("sleep", "share", "factor", "expected"),
     [
-        (STEADY, "00:01:00", "00:01:00"),
-        (Pacing(0.1), "00:01:00", "00:01:06"),
-        (Pacing(-0.1), "00:01:00", "00:00:54"),
-        (Pacing(0.0, 4.0), "00:01:00", "00:04:00"),
-        (Pacing(-0.05, 2.0), "00:10:00", "00:19:00"),
-        (Pacing(-0.1), "00:00:01", "00:00:01"),  # never below a second
-        (Pacing(0.0, 3.0), "00:00:00", "00:00:00"),
-        (Pacing(0.1, 4.0), "23:00:00", "23:59:59"),  # DDI clients parse below 24 h
+        ("00:01:00", 0.0, 1.0, "00:01:00"),
+        ("00:01:00", 0.1, 1.0, "00:01:06"),
+        ("00:01:00", -0.1, 1.0, "00:00:54"),
+        ("00:01:00", 0.0, 4.0, "00:04:00"),
+        ("00:10:00", -0.05, 2.0, "00:19:00"),
+        ("00:00:01", -0.1, 1.0, "00:00:01"),  # never below a second
+        ("00:00:00", 0.0, 3.0, "00:00:00"),
+        ("23:00:00", 0.1, 4.0, "23:59:59"),  # DDI clients parse below 24 h
     ],
 )
-def test_pacing_stretches_then_moves_the_sleep(pacing: Pacing, sleep: str, expected: str) -> None:
-    assert pacing.sleep(sleep) == expected
+def test_the_sleep_is_stretched_then_moved_by_the_share(
+    sleep: str, share: float, factor: float, expected: str
+) -> None:
+    assert paced(sleep, share, factor) == expected
 
 
 def test_sleeps_are_formatted_as_ddi_clients_parse_them() -> None:
@@ -77,9 +72,8 @@ def test_the_open_action_interval_is_paced_like_the_tenant_interval() -> None:
             {"action_id": "5", "state": "deployment", "deployment": kv.DeploymentDoc(chunks=[])}
         )
     )
-    pacing = Pacing(-0.08, 2.0)
-    assert seconds_of(poll_body(BASE, tenant, None, None, pacing)) == 1840
-    assert seconds_of(poll_body(BASE, tenant, None, entry, pacing)) == 184
+    assert seconds_of(poll_body(BASE, tenant, None, None, -0.08, 2.0)) == 1840
+    assert seconds_of(poll_body(BASE, tenant, None, entry, -0.08, 2.0)) == 184
 
 
 def test_the_sleep_is_stretched_from_the_threshold_on_and_bounded() -> None:
