@@ -22,7 +22,9 @@ async def test_first_poll_registers_device_and_registry_lists_it(
     operator_auth: httpx.Auth, common: CommonSettings, serve, tenant: str
 ) -> None:
     registry = await serve(build_registry(common, RegistrySettings()))
-    gateway = await serve(build_gateway(common, GatewaySettings(polling_sleep="00:00:30")))
+    gateway = await serve(
+        build_gateway(common, GatewaySettings(polling_sleep="00:00:30", poll_jitter=0))
+    )
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         r = await client.get(f"{gateway.url}/{tenant.upper()}/controller/v1/dev-1")
         polled_at = time.monotonic()

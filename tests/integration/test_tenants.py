@@ -97,7 +97,7 @@ async def test_an_operator_creates_a_tenant_and_configures_its_devices(
 ) -> None:
     # The operator's key is of the registry's bootstrap tenant: it may create others.
     registry = await serve(build_registry(common, RegistrySettings()))
-    gw = await serve(build_gateway(common, GatewaySettings()))
+    gw = await serve(build_gateway(common, GatewaySettings(poll_jitter=0)))
     acme = f"acme{secrets.token_hex(4)}"
     poll = f"{gw.url}/{acme.upper()}/controller/v1/dev-1"
     admin = {"Authorization": f"Bearer {operator_key}"}
@@ -169,7 +169,7 @@ async def test_the_command_line_creates_and_shows_a_tenant(
     common: CommonSettings, serve: Any, operator_key: str
 ) -> None:
     registry = await serve(build_registry(common, RegistrySettings()))
-    gw = await serve(build_gateway(common, GatewaySettings()))
+    gw = await serve(build_gateway(common, GatewaySettings(poll_jitter=0)))
     name = f"cli{secrets.token_hex(4)}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("GAGGLE_")},

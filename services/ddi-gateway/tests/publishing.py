@@ -22,3 +22,12 @@ def lose_first_ack(gateway: Gateway) -> list[Event]:
 
     gateway.publish_event = ack_lost_once
     return lost
+
+
+def refuse_all(gateway: Gateway) -> None:
+    """Make the bus acknowledge nothing from now on (every publish times out)."""
+
+    async def refused(event: Event) -> None:
+        raise TimeoutError("no ack")
+
+    gateway.publish_event = refused

@@ -75,6 +75,7 @@ def build_app(
     service.mirror_metrics.mirrors.extend(mirror.buckets)
     service.metrics.collector(gateway.polls)
     service.metrics.collector(gateway.replaced)
+    service.metrics.collector(gateway.strain)
     app = service.app(
         title="Gaggle DDI gateway",
         description="Eclipse hawkBit DDI API for devices (SWUpdate, rauc-hawkbit-updater, ...).",

@@ -29,11 +29,12 @@ from gaggle_contracts.events import ActionFeedback, CancelFeedback, DeviceConfig
 from gaggle_contracts.kv import DeploymentEntry, DeviceEntry, OpenAction, TenantConfig
 from gaggle_gateway.acks import Acks
 from gaggle_gateway.bodies import parse_body
-from gaggle_gateway.counters import PollCounts, ReplacedCounts
+from gaggle_gateway.counters import PollCounts, ReplacedCounts, Strain
 from gaggle_gateway.domain import (
     Access,
     attributes_after,
     authorize,
+    jitter_share,
     parse_authorization,
     poll_body,
 )
@@ -117,6 +118,10 @@ class Gateway:
         self.polls = PollCounts()
         self.replaced = ReplacedCounts()
         self.acks = Acks(settings.final_memory_s, settings.final_memory_max)
+        self.poll_jitter = settings.poll_jitter
+        self.strain = Strain(
+            settings.busy_window_s, settings.busy_threshold, settings.busy_max_factor
+        )
 
     def tenant_config(self, tenant: str) -> TenantConfig:
         """The tenant's configuration from KV, else the defaults."""
@@ -217,7 +222,11 @@ class Gateway:
             self.polls.idle += 1
         else:
             self.polls.action += 1
-        return orjson.dumps(poll_body(caller.base, caller.config, caller.device, entry))
+        share = jitter_share(caller.tenant, caller.controller_id) * self.poll_jitter
+        factor = self.strain.factor(time.monotonic())
+        return orjson.dumps(
+            poll_body(caller.base, caller.config, caller.device, entry, share, factor)
+        )
 
     async def publish(self, event: Event) -> None:
         """Publish and wait for JetStream's ack.
@@ -228,6 +237,7 @@ class Gateway:
         try:
             await self.publish_event(event)
         except Exception as exc:
+            self.strain.refused(time.monotonic())
             raise Busy(
                 "event bus busy or unavailable; retry later", self.settings.busy_retry_after_s
             ) from exc

@@ -8,8 +8,10 @@ in gooseBit's embedded default, anonymous polls. A refusal never says whether th
 from __future__ import annotations
 
 import hmac
+import zlib
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -142,16 +144,62 @@ def _unknown(tenant: TenantConfig, may_register: bool) -> Access:
     return Access.UNKNOWN if not may_register else Access.DENY
 
 
+MAX_SLEEP_S = 24 * 3600 - 1
+"""``23:59:59``: every DDI client parses ``HH:MM:SS`` below 24 h."""
+
+
+@lru_cache(maxsize=256)
+def sleep_seconds(sleep: str) -> int:
+    """Seconds of an ``HH:MM:SS`` polling interval (validated where it was configured)."""
+    hours, minutes, seconds = sleep.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+
+
+@lru_cache(maxsize=4096)
+def format_sleep(seconds: int) -> str:
+    """``HH:MM:SS`` of ``seconds``, capped at :data:`MAX_SLEEP_S`."""
+    seconds = max(0, min(seconds, MAX_SLEEP_S))
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def jitter_share(tenant: str, controller_id: str) -> float:
+    """A device's fixed place in ``[-1, 1]``, from a hash of its ids.
+
+    Stable across polls, restarts and gateway workers, so a device keeps its rhythm while a
+    fleet that started together spreads out. CRC-32 spreads ids well enough for this and costs
+    a fraction of a cryptographic hash on the poll path.
+    """
+    return zlib.crc32(f"{tenant}/{controller_id}".encode()) / 0x7FFFFFFF - 1
+
+
+def paced(sleep: str, share: float = 0.0, factor: float = 1.0) -> str:
+    """``sleep`` stretched by ``factor``, then moved by ``share`` of itself; whole seconds.
+
+    ``share`` is the device's :func:`jitter_share` times the jitter setting (0.1: up to 10%
+    either way), ``factor`` the stretch while the system is busy. A sleep of at least one second
+    stays at least one second, and at most ``23:59:59``.
+    """
+    if share == 0.0 and factor == 1.0:
+        return sleep
+    base = sleep_seconds(sleep)
+    stretched = base * factor
+    return format_sleep(max(round(stretched + stretched * share), min(base, 1)))
+
+
 def poll_body(
     base: str,
     tenant: TenantConfig,
     device: DeviceEntry | None,
     deployment: DeploymentEntry | None,
+    share: float = 0.0,
+    factor: float = 1.0,
 ) -> dict[str, Any]:
     """The base poll answer. ``base`` is the absolute ``…/controller/v1/{id}`` URL.
 
     ``_links`` is always present (rauc-hawkbit indexes it); at most one of confirmationBase,
     cancelAction and deploymentBase; deploymentBase and confirmationBase carry ``?c=``.
+    The sleep is :func:`paced` by ``share`` and ``factor``, the open-action interval as the
+    tenant's own.
     """
     links: dict[str, dict[str, str]] = {}
     sleep = tenant.polling_sleep
@@ -175,7 +223,7 @@ def poll_body(
             }
     if device is None or device.config_requested:
         links["configData"] = {"href": f"{base}/configData"}
-    return {"config": {"polling": {"sleep": sleep}}, "_links": links}
+    return {"config": {"polling": {"sleep": paced(sleep, share, factor)}}, "_links": links}
 
 
 MAX_HISTORY = 100

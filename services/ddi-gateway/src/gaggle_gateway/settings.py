@@ -37,6 +37,15 @@ class GatewaySettings(BaseSettings):
     busy_retry_after_s: int = Field(5, ge=1, le=3600)
     """``Retry-After`` of that 429. A NATS restart is ready again in 2 to 4 s, so a device that
     heeds it finds the bus back; rauc-hawkbit-updater retries after 1 s regardless."""
+    poll_jitter: float = Field(0.1, ge=0, le=0.5)
+    """Largest share by which a device's polling sleep moves from the tenant's (0.1: up to 10%
+    either way), fixed per device by a hash of its ids, so a fleet started together spreads out."""
+    busy_window_s: float = Field(10.0, gt=0)
+    """How far back reports answered 429 (bus not acknowledging) count towards a busy gateway."""
+    busy_threshold: int = Field(5, ge=1)
+    """Refused reports within that window from which the polling sleep is stretched."""
+    busy_max_factor: float = Field(4.0, ge=1, le=100)
+    """Most the polling sleep is stretched while busy (the factor is 1 + refusals / threshold)."""
     seen_flush_s: float = Field(1.0, gt=0)
     """How often batched ``device.seen`` sightings are published."""
     rediscover_after_s: float = Field(30.0, gt=0)

@@ -55,7 +55,7 @@ async def known(nc: Any, tenant: str, cid: str, entry: DeploymentEntry) -> str:
 
 async def start(common: CommonSettings, serve: Any, tenant: str) -> tuple[Gateway, str]:
     """A gateway served over HTTP: its core, and the tenant's DDI base URL."""
-    app = build_gateway(common, GatewaySettings())
+    app = build_gateway(common, GatewaySettings(poll_jitter=0))
     gw = await serve(app)
     return app.state.gateway, f"{gw.url}/{tenant}/controller/v1"
 

@@ -7,6 +7,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -94,7 +95,7 @@ async def locked_gateway(common: CommonSettings, serve, tenant: str) -> tuple[st
         .model_dump_json()
         .encode(),
     )
-    gw = await serve(build_gateway(common, GatewaySettings()))
+    gw = await serve(build_gateway(common, GatewaySettings(poll_jitter=0)))
     return gw.url, tenant
 
 
@@ -154,12 +155,49 @@ async def test_open_action_polling_interval_per_tenant(
         names.kv_key(tenant, "busy"),
         deployment("9", ART).model_dump_json().encode(),
     )
-    gw = await serve(build_gateway(common, GatewaySettings()))
+    gw = await serve(build_gateway(common, GatewaySettings(poll_jitter=0)))
     async with httpx.AsyncClient(timeout=10) as client:
         idle = (await client.get(f"{gw.url}/{tenant}/controller/v1/idle")).json()
         busy = (await client.get(f"{gw.url}/{tenant}/controller/v1/busy")).json()
     assert idle["config"]["polling"]["sleep"] == "00:05:00"
     assert busy["config"]["polling"]["sleep"] == "00:00:15"
+
+
+async def test_a_device_keeps_its_jitter_with_and_without_an_open_action(
+    common: CommonSettings, serve, tenant: str
+) -> None:
+    config = TenantConfig(polling_sleep="00:16:40", polling_sleep_open_action="00:01:40")
+    await kv_put(common.nats_url, names.BUCKET_TENANTS, tenant, config.model_dump_json().encode())
+    gw = await serve(build_gateway(common, GatewaySettings(poll_jitter=0.1)))
+    url = f"{gw.url}/{tenant}/controller/v1"
+    async with httpx.AsyncClient(timeout=10) as client:
+        idle = {}
+        for cid in (f"dev-{n}" for n in range(20)):
+            idle[cid] = seconds((await client.get(f"{url}/{cid}")).json())
+            assert seconds((await client.get(f"{url}/{cid}")).json()) == idle[cid]
+        assert all(900 <= s <= 1100 for s in idle.values()), idle
+        assert len(set(idle.values())) > 10, idle
+        for cid in idle:
+            key = names.kv_key(tenant, cid)
+            value = deployment("9", ART).model_dump_json().encode()
+            await kv_put(common.nats_url, names.BUCKET_DEPLOYMENTS, key, value)
+
+        async def open_sleeps() -> dict[str, int]:
+            bodies = [(await client.get(f"{url}/{cid}")).json() for cid in idle]
+            assert all("deploymentBase" in b["_links"] for b in bodies)
+            return {cid: seconds(b) for cid, b in zip(idle, bodies, strict=True)}
+
+        busy = await eventually(open_sleeps)
+    # A tenth of the interval, moved by the same share: 1000 s ± 100 and 100 s ± 10.
+    for cid, sleep in busy.items():
+        assert 90 <= sleep <= 110
+        assert abs((sleep - 100) * 10 - (idle[cid] - 1000)) <= 6, (cid, sleep, idle[cid])
+
+
+def seconds(poll: dict[str, Any]) -> int:
+    """The ``HH:MM:SS`` polling sleep of a poll answer, in seconds."""
+    hours, minutes, secs = poll["config"]["polling"]["sleep"].split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + int(secs)
 
 
 @pytest.mark.parametrize("presign", [True, False])

@@ -1,0 +1,64 @@
+"""The polling sleep a device is handed: its own jitter, stretched while reports are refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gaggle_gateway.counters import Strain
+
+from ..publishing import refuse_all
+from .fakes import Bus
+
+BASE = "/default/controller/v1"
+ENTRIES = ["lane", "routes"]
+
+
+async def sleeps(bus: Bus, cid: str) -> list[int]:
+    """The sleep, in seconds, of a poll of ``cid`` through each entry point."""
+    found = []
+    for entry in ENTRIES:
+        async with bus.client(entry) as client:
+            r = await client.get(f"{BASE}/{cid}")
+        assert r.status_code == 200, r.text
+        hours, minutes, seconds = r.json()["config"]["polling"]["sleep"].split(":")
+        found.append(int(hours) * 3600 + int(minutes) * 60 + int(seconds))
+    return found
+
+
+def factor(bus: Bus) -> float:
+    [family] = bus.gateway.strain.collect()
+    [sample] = family.samples
+    return sample.value
+
+
+async def test_polls_are_stretched_while_reports_are_refused_and_normal_once_that_clears(
+    bus: Bus,
+) -> None:
+    bus.gateway.strain = Strain(window_s=1.0, threshold=5, max_factor=4.0)
+    normal = await sleeps(bus, "d-1")
+    # The tenant's minute, moved by at most a tenth, alike on both entry points.
+    assert normal[0] == normal[1]
+    assert 54 <= normal[0] <= 66
+    assert factor(bus) == 1.0
+
+    refuse_all(bus.gateway)
+    for n in range(4):
+        async with bus.client(ENTRIES[n % 2]) as client:
+            r = await client.put(f"{BASE}/d-1/configData", json={"data": {"n": str(n)}})
+        assert r.status_code == 429, r.text
+    assert await sleeps(bus, "d-1") == normal  # below the threshold
+    for n in range(6):
+        async with bus.client(ENTRIES[n % 2]) as client:
+            r = await client.put(f"{BASE}/d-1/configData", json={"data": {"n": str(n)}})
+        assert r.status_code == 429, r.text
+
+    # Ten refusals, twice the threshold: three times the interval, the same share of jitter.
+    stretched = await sleeps(bus, "d-1")
+    assert stretched[0] == stretched[1]
+    assert 162 <= stretched[0] <= 198
+    assert abs(stretched[0] - 3 * normal[0]) <= 2
+    assert factor(bus) == 3.0
+
+    await asyncio.sleep(1.1)
+    assert await sleeps(bus, "d-1") == normal
+    assert factor(bus) == 1.0

@@ -1,0 +1,100 @@
+"""Jitter and stretch of the polling sleep, and the busy signal behind the stretch."""
+
+from __future__ import annotations
+
+import pytest
+
+from gaggle_contracts import kv
+from gaggle_gateway.counters import Strain
+from gaggle_gateway.domain import format_sleep, jitter_share, paced, poll_body, sleep_seconds
+
+BASE = "http://gw/default/controller/v1/dev-1"
+
+
+def seconds_of(body: dict[str, object]) -> int:
+    config = body["config"]
+    assert isinstance(config, dict)
+    return sleep_seconds(config["polling"]["sleep"])
+
+
+def test_a_device_always_gets_the_same_share() -> None:
+    assert jitter_share("default", "dev-1") == jitter_share("default", "dev-1")
+    assert jitter_share("default", "dev-1") != jitter_share("default", "dev-2")
+    assert jitter_share("acme", "dev-1") != jitter_share("default", "dev-1")
+
+
+def test_a_fleet_spreads_within_a_tenth_of_the_interval() -> None:
+    found = [
+        sleep_seconds(paced("00:10:00", jitter_share("default", f"dev-{n}") * 0.1))
+        for n in range(1000)
+    ]
+    assert all(540 <= s <= 660 for s in found)
+    assert len(set(found)) > 100
+    # Both sides of the interval, about evenly.
+    assert 400 < sum(s < 600 for s in found) < 600
+
+
+def test_shares_lie_between_minus_one_and_one() -> None:
+    shares = [jitter_share("t", f"d{n}") for n in range(1000)]
+    assert all(-1 <= s <= 1 for s in shares)
+    assert min(shares) < -0.9 and max(shares) > 0.9
+
+
+@pytest.mark.parametrize(
+    ("sleep", "share", "factor", "expected"),
+    [
+        ("00:01:00", 0.0, 1.0, "00:01:00"),
+        ("00:01:00", 0.1, 1.0, "00:01:06"),
+        ("00:01:00", -0.1, 1.0, "00:00:54"),
+        ("00:01:00", 0.0, 4.0, "00:04:00"),
+        ("00:10:00", -0.05, 2.0, "00:19:00"),
+        ("00:00:01", -0.1, 1.0, "00:00:01"),  # never below a second
+        ("00:00:00", 0.0, 3.0, "00:00:00"),
+        ("23:00:00", 0.1, 4.0, "23:59:59"),  # DDI clients parse below 24 h
+    ],
+)
+def test_the_sleep_is_stretched_then_moved_by_the_share(
+    sleep: str, share: float, factor: float, expected: str
+) -> None:
+    assert paced(sleep, share, factor) == expected
+
+
+def test_sleeps_are_formatted_as_ddi_clients_parse_them() -> None:
+    assert format_sleep(3723) == "01:02:03"
+    assert format_sleep(-5) == "00:00:00"
+    assert sleep_seconds("01:02:03") == 3723
+
+
+def test_the_open_action_interval_is_paced_like_the_tenant_interval() -> None:
+    tenant = kv.TenantConfig(polling_sleep="00:16:40", polling_sleep_open_action="00:01:40")
+    entry = kv.DeploymentEntry(
+        open=kv.OpenAction.model_validate(
+            {"action_id": "5", "state": "deployment", "deployment": kv.DeploymentDoc(chunks=[])}
+        )
+    )
+    assert seconds_of(poll_body(BASE, tenant, None, None, -0.08, 2.0)) == 1840
+    assert seconds_of(poll_body(BASE, tenant, None, entry, -0.08, 2.0)) == 184
+
+
+def test_the_sleep_is_stretched_from_the_threshold_on_and_bounded() -> None:
+    strain = Strain(window_s=10.0, threshold=5, max_factor=4.0)
+    assert strain.factor(0.0) == 1.0
+    for _ in range(4):
+        strain.refused(1.0)
+    assert strain.factor(1.0) == 1.0
+    strain.refused(2.0)
+    assert strain.factor(2.0) == 2.0
+    for _ in range(100):
+        strain.refused(3.0)
+    assert strain.factor(3.0) == 4.0
+    assert len(strain.refusals) <= 21  # bounded: what is past the largest factor is not kept
+
+
+def test_the_stretch_clears_as_refusals_age_out_of_the_window() -> None:
+    strain = Strain(window_s=10.0, threshold=2, max_factor=4.0)
+    for at in (0.0, 5.0, 6.0):
+        strain.refused(at)
+    assert strain.factor(9.0) == 2.5
+    assert strain.factor(10.0) == 2.0  # the refusal at 0 s is out
+    assert strain.factor(15.5) == 1.0
+    assert strain.factor(16.0) == 1.0
