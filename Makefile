@@ -34,7 +34,7 @@ test-e2e: $(SYNC_STAMP) ## Only the end-to-end tests
 	$(UV) run --no-sync pytest -m e2e $(PYTEST_ARGS)
 
 chaos: $(SYNC_STAMP) ## Chaos suite: kill each part mid-rollout, 500 devices (GAGGLE_CHAOS_DEVICES)
-	GAGGLE_CHAOS_DEVICES=$${GAGGLE_CHAOS_DEVICES:-500} $(UV) run --no-sync pytest tests/e2e/test_chaos.py -rP $(PYTEST_ARGS)
+	GAGGLE_CHAOS_ALL=1 GAGGLE_CHAOS_DEVICES=$${GAGGLE_CHAOS_DEVICES:-500} $(UV) run --no-sync pytest tests/e2e/test_chaos.py -rP $(PYTEST_ARGS)
 
 fuzz-api: $(SYNC_STAMP) ## Schemathesis against every operator API, 100 examples per operation
 	GAGGLE_FUZZ_EXAMPLES=$${GAGGLE_FUZZ_EXAMPLES:-100} $(UV) run --no-sync pytest tests/integration/test_api_fuzz.py $(PYTEST_ARGS)
