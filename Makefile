@@ -33,6 +33,9 @@ test-integration: $(SYNC_STAMP) ## Only the integration tests
 test-e2e: $(SYNC_STAMP) ## Only the end-to-end tests
 	$(UV) run --no-sync pytest -m e2e $(PYTEST_ARGS)
 
+chaos: $(SYNC_STAMP) ## Chaos suite: kill each part mid-rollout, 500 devices (GAGGLE_CHAOS_DEVICES)
+	GAGGLE_CHAOS_ALL=1 GAGGLE_CHAOS_DEVICES=$${GAGGLE_CHAOS_DEVICES:-500} $(UV) run --no-sync pytest tests/e2e/test_chaos.py -rP $(PYTEST_ARGS)
+
 fuzz-api: $(SYNC_STAMP) ## Schemathesis against every operator API, 100 examples per operation
 	GAGGLE_FUZZ_EXAMPLES=$${GAGGLE_FUZZ_EXAMPLES:-100} $(UV) run --no-sync pytest tests/integration/test_api_fuzz.py $(PYTEST_ARGS)
 
@@ -65,4 +68,4 @@ check: lint typecheck deps ## lint + typecheck + declared dependencies
 clean: ## Remove the environment and caches (keeps .gaggle/ data)
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
 
-.PHONY: help sync run test test-unit test-integration test-e2e fuzz-api bench-poll bench fmt lint typecheck deps check clean docs
+.PHONY: help sync run test test-unit test-integration test-e2e chaos fuzz-api bench-poll bench fmt lint typecheck deps check clean docs
