@@ -8,7 +8,6 @@ writing KV entries, so what it sees can only come from the gateway's own memory.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from gaggle_registry.settings import RegistrySettings
 from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_storage import LocalStore, StorageSettings
-from gaggle_testing import feedback
+from gaggle_testing import eventually, feedback
 from tests.integration.support import Stack
 
 pytestmark = pytest.mark.integration
@@ -45,13 +44,11 @@ class EdgeStack(Stack):
     async def device(
         self, client: httpx.AsyncClient, cid: str, check: Any, timeout: float = 10
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
+        async def listed() -> dict[str, Any] | None:
             r = await client.get(f"{self.reg}/api/v1/devices/{cid}", params={"tenant": self.tenant})
-            if r.status_code == 200 and check(r.json()):
-                return dict(r.json())
-            assert time.monotonic() < deadline, r.text
-            await asyncio.sleep(0.05)
+            return dict(r.json()) if r.status_code == 200 and check(r.json()) else None
+
+        return dict(await eventually(listed, timeout))
 
     async def registered(self, client: httpx.AsyncClient, cid: str) -> None:
         """The device polled once, and the registry has it."""
@@ -59,15 +56,19 @@ class EdgeStack(Stack):
         await self.device(client, cid, lambda d: True)
 
     async def policy(self, client: httpx.AsyncClient, cid: str, body: dict[str, Any]) -> None:
-        deadline = time.monotonic() + 10
-        while True:
-            r = await client.put(
-                f"{self.ro}/api/v1/devices/{cid}/policy", params={"tenant": self.tenant}, json=body
-            )
-            if r.status_code != 404 or time.monotonic() > deadline:
-                assert r.status_code == 200, r.text
-                return
-            await asyncio.sleep(0.05)
+        url = f"{self.ro}/api/v1/devices/{cid}/policy"
+        r = await until_known(lambda: client.put(url, params={"tenant": self.tenant}, json=body))
+        assert r.status_code == 200, r.text
+
+
+async def until_known(request: Any) -> httpx.Response:
+    """``request()``'s answer once it is not 404 (what it names has reached the service)."""
+
+    async def answer() -> httpx.Response | None:
+        r: httpx.Response = await request()
+        return r if r.status_code != 404 else None
+
+    return await eventually(answer)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -191,17 +192,10 @@ async def test_installed_base_with_nul_records_the_software(
     operator_auth: httpx.Auth, edge: EdgeStack
 ) -> None:
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
-        await client.get(edge.dev("ib-1"))
-        await edge.device(client, "ib-1", lambda d: True)
-        deadline = time.monotonic() + 10
-        while True:  # until the gateway's mirror has the registered device
-            r = await client.put(
-                f"{edge.dev('ib-1')}/installedBase",
-                **raw('{"name": "img\\u0000", "version": "2.0\\ud800"}'),
-            )
-            if r.status_code != 404 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        await edge.registered(client, "ib-1")
+        body = raw('{"name": "img\\u0000", "version": "2.0\\ud800"}')
+        # Until the gateway's mirror has the registered device.
+        r = await until_known(lambda: client.put(f"{edge.dev('ib-1')}/installedBase", **body))
         assert r.status_code == 200, r.text
         device = await edge.device(client, "ib-1", lambda d: d["sw_version"] is not None)
         assert device["sw_version"] == f"2.0{R}"
@@ -310,10 +304,11 @@ async def test_feedback_with_more_than_fifty_messages_is_429(
         assert "at most 50 messages per status" in r.json()["message"]
         body["status"]["details"] = body["status"]["details"][:50]
         assert (await client.post(url, json=body)).status_code == 200
-        deadline = time.monotonic() + 10
-        while len((action := await edge.action(client, action_id))["history"]) < 2:
-            assert time.monotonic() < deadline, action
-            await asyncio.sleep(0.05)
+
+        async def reported() -> bool:
+            return len((await edge.action(client, action_id))["history"]) >= 2
+
+        await eventually(reported)
         await asyncio.sleep(0.3)
         history = (await edge.action(client, action_id))["history"]
         assert len(history) == 2  # the creation, and the report taken
