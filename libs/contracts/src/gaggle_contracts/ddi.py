@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ModelWrapValidatorHandler,
     PrivateAttr,
     field_validator,
@@ -129,6 +130,11 @@ class ConfigDataBody(DeviceBody):
     """``PUT …/configData``."""
 
     mode: ConfigMode | None = None
+    time: JsonValue = None
+    """The device's time of the report (SWUpdate and rauc-hawkbit send ``YYYYMMDDTHHMMSS``),
+    in whatever form: it only tells two reports of the same attributes apart (their event ids)."""
+    timestamp: JsonValue = None
+    """As ``time``, in hawkBit's newer form (epoch milliseconds)."""
     data: dict[
         Annotated[str, Field(min_length=1, max_length=MAX_ATTRIBUTE_KEY)],
         Annotated[str, Field(max_length=MAX_ATTRIBUTE_VALUE)],

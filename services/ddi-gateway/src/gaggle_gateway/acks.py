@@ -8,9 +8,10 @@ not offered again, a retried identical final report is answered 200 without a se
 a different report for it is answered 410 as for any closed action.
 
 A final report the bus did not acknowledge in time (the device got 429) may still have been
-stored. Its event id is remembered as unsure, so that the device's retry of the same report is
-published again under the same id: JetStream and rollouts then keep it once, and the retry is
-answered 200 even if the first attempt already closed the action.
+stored. It is remembered as unsure, so that the device's retry of the same report is published
+again, under the same event id (a report's id is derived from it, ``ids.py``): JetStream and
+rollouts then keep it once, and the retry is answered 200 even if the first attempt already
+closed the action (the mirror alone would then answer 410).
 
 The memories are bounded: a final report is kept while the mirror still shows its action open
 and for ``keep_s`` after the acknowledgement (the retry window), an unsure one for ``keep_s``,
@@ -24,7 +25,6 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from uuid import UUID
 
 from gaggle_contracts.events import FeedbackStatus
 from gaggle_contracts.kv import DeploymentEntry
@@ -45,8 +45,8 @@ class FinalReport:
     fingerprint: bytes
     at: float
     """When it was acknowledged, or sent without an acknowledgement (monotonic seconds)."""
-    event_id: UUID | None = None
-    """Set while unsure: the id its event was sent under, for a retry to be sent again under."""
+    unsure: bool = False
+    """Sent, but the bus did not acknowledge it: a retry is sent again (under the same id)."""
 
 
 def _is_open(deployments: Mapping[str, DeploymentEntry], key: str, action_id: str) -> bool:
@@ -77,12 +77,10 @@ class Acks:
         final = self.unsure.get(key)
         return final if final is not None and final.action_id == action_id else None
 
-    def sent_unsure(
-        self, key: str, action_id: str, fingerprint: bytes, event_id: UUID, now: float
-    ) -> None:
+    def sent_unsure(self, key: str, action_id: str, fingerprint: bytes, now: float) -> None:
         """Note a final report whose event the bus may or may not have stored."""
         self.unsure.pop(key, None)
-        self.unsure[key] = FinalReport(action_id, fingerprint, now, event_id)
+        self.unsure[key] = FinalReport(action_id, fingerprint, now, unsure=True)
         while len(self.unsure) > self.max_finals:
             self.unsure.popitem(last=False)
 

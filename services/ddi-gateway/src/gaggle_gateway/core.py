@@ -46,6 +46,7 @@ from gaggle_gateway.errors import (
     QuotaExceeded,
     Unauthorized,
 )
+from gaggle_gateway.ids import report_id
 from gaggle_gateway.mirror import Mirror
 from gaggle_gateway.origin import Origin
 from gaggle_gateway.reporting import DeviceReporter
@@ -279,16 +280,31 @@ class Gateway:
             )
 
     async def report_config(
-        self, caller: Caller, mode: str, data: dict[str, str], body: DeviceBody
+        self,
+        caller: Caller,
+        mode: str,
+        data: dict[str, str],
+        body: DeviceBody,
+        stamp: Any = None,
     ) -> None:
         """Attributes reported by the device (configData, installedBase), once JetStream has them.
+
+        The event id is the report's (``ids.py``): mode, attributes and ``stamp``, the device's
+        time of the report as sent, if any.
 
         Raises:
             QuotaExceeded: the device would have more than ``MAX_ATTRIBUTES`` attributes.
             Busy: the bus did not acknowledge in time; the device should retry later.
         """
         self.check_attributes(caller, mode, data)
-        event = DeviceConfigReported(**caller.ids, mode=mode, data=data)
+        kind = DeviceConfigReported.kind
+        content = {"mode": mode, "data": data, "time": stamp}
+        event = DeviceConfigReported(
+            event_id=report_id(kind, caller.tenant, caller.controller_id, None, content),
+            **caller.ids,
+            mode=mode,
+            data=data,
+        )
         await self.report(caller, event, body)
 
     async def report_config_data(self, caller: Caller, data: bytes) -> None:
@@ -300,7 +316,8 @@ class Gateway:
             Busy: the bus did not acknowledge in time; the device should retry later.
         """
         body = parse_body(data, ConfigDataBody)
-        await self.report_config(caller, body.effective_mode, body.data, body)
+        stamp = [body.time, body.timestamp]
+        await self.report_config(caller, body.effective_mode, body.data, body, stamp)
 
     async def forget(self, every_s: float = 5.0, counts_every: int = 12) -> None:
         """Forget, now and then, acknowledged reports the KV mirror has caught up with.

@@ -4,24 +4,27 @@ Deployment and cancel feedback arrive by the fast lane or by the FastAPI routes;
 request to :func:`take_feedback`. The action is checked before the body is read (404, 405 and
 410 cost no upload); the report is answered 200 once JetStream has its event, and what this
 gateway acknowledged is remembered (``acks.py``): a closed action's final report is answered
-200 again without a second event, an unsure one is sent again under its first event id.
+200 again without a second event. Each report's event id is derived from the report
+(``ids.py``), so a retry of a report the bus may have stored is stored once.
 """
 
 from __future__ import annotations
 
 import time
-from uuid import uuid4
+from typing import Any
+from uuid import UUID
 
 from starlette.types import Receive, Scope
 
 from gaggle_contracts.ddi import MAX_STATUSES, FeedbackBody
-from gaggle_contracts.events import CancelFeedback
+from gaggle_contracts.events import CancelFeedback, FeedbackStatus
 from gaggle_contracts.kv import OpenAction
 from gaggle_gateway.acks import FinalReport, fingerprint
 from gaggle_gateway.bodies import parse_body, read_limited
 from gaggle_gateway.core import Caller, FeedbackKind, Gateway, open_action
 from gaggle_gateway.domain import closes_action
 from gaggle_gateway.errors import Busy, Gone, NotAllowed, NotFound, QuotaExceeded
+from gaggle_gateway.ids import report_id
 
 
 async def take_feedback(
@@ -96,8 +99,8 @@ async def report_feedback(
 
     A report for an action this gateway saw closed (``target`` is its final report) is
     answered 200 without an event if it repeats that report (a retry), else 410. A repeat of
-    a final report the bus did not acknowledge is sent again under the first attempt's
-    event id, so it is stored once whether or not the first attempt was.
+    a final report the bus did not acknowledge is sent again: its event id is the first
+    attempt's (:func:`feedback_id`), so it is stored once whether or not the first attempt was.
 
     Raises:
         BadRequest: not JSON, or not a feedback body.
@@ -109,15 +112,14 @@ async def report_feedback(
     body = parse_body(data, FeedbackBody)
     status = body.to_status()
     printed = fingerprint(kind.kind, status)
-    event_id = uuid4()
     if isinstance(target, FinalReport) and target.fingerprint != printed:
-        if target.event_id is None:
+        if not target.unsure:
             raise Gone(f"action {action_id!r} is closed")
         target = open_feedback_target(gw, caller, action_id, kind)
     if isinstance(target, FinalReport):
-        if target.event_id is None:
+        if not target.unsure:
             return
-        event_id, final = target.event_id, True
+        final = True
     else:
         final = closes_action(kind is CancelFeedback, status, target)
     if not final and gw.acks.count(caller.key, action_id) >= MAX_STATUSES:
@@ -126,7 +128,7 @@ async def report_feedback(
             quota=MAX_STATUSES,
         )
     event = kind(
-        event_id=event_id,
+        event_id=feedback_id(caller, action_id, kind, status, None if final else body),
         **caller.ids,
         action_id=action_id,
         status=status,
@@ -136,7 +138,26 @@ async def report_feedback(
         await gw.publish(event)
     except Busy:
         if final:
-            gw.acks.sent_unsure(caller.key, action_id, printed, event_id, time.monotonic())
+            gw.acks.sent_unsure(caller.key, action_id, printed, time.monotonic())
         raise
     gw.acks.acknowledged(caller.key, action_id, printed if final else None, time.monotonic())
     gw.noted(caller, kind.kind, body)
+
+
+def feedback_id(
+    caller: Caller,
+    action_id: str,
+    kind: FeedbackKind,
+    status: FeedbackStatus,
+    body: FeedbackBody | None,
+) -> UUID:
+    """The event id of a feedback report (``ids.py``).
+
+    ``body`` is given for a report that does not close the action: its device time as sent
+    then tells two reports of the same status apart. A final report's id is its status alone.
+    """
+    content: dict[str, Any] = {"status": status.model_dump(mode="json")}
+    if body is not None:
+        content["time"] = body.time
+        content["timestamp"] = body.timestamp
+    return report_id(kind.kind, caller.tenant, caller.controller_id, action_id, content)

@@ -37,6 +37,7 @@ from gaggle_gateway.domain import action_json, artifact_json, find_module, histo
 from gaggle_gateway.downloads import serve_artifact
 from gaggle_gateway.errors import Conflict, NotFound
 from gaggle_gateway.feedback import check_feedback_target, take_feedback
+from gaggle_gateway.ids import report_id
 from gaggle_gateway.origin import Origin
 
 BASE = "/{tenant}/controller/v1/{controller_id}"
@@ -214,7 +215,11 @@ async def confirmation_feedback(
     if action.state != "wait_for_confirmation":
         raise NotFound(f"action {action_id!r} does not await confirmation")
     body = await read_body(request, ConfirmationFeedbackBody, gw.settings.max_feedback_bytes)
+    content = body.model_dump(mode="json", include={"confirmation", "code", "details"})
     event = ConfirmationFeedback(
+        event_id=report_id(
+            ConfirmationFeedback.kind, caller.tenant, caller.controller_id, action_id, content
+        ),
         **caller.ids,
         action_id=action_id,
         confirmation=body.confirmation,
@@ -233,6 +238,9 @@ async def set_auto_confirm(
     if active and entry is not None and entry.auto_confirm:
         raise Conflict("auto-confirmation is already active")
     body = AutoConfirmBody()
+    # A switch, not a report: its event id stays random. Applying one twice changes nothing,
+    # while an id derived from it would drop a device's second deactivation within the bus's
+    # duplicate window (off, on, off) and leave auto-confirmation on.
     if active:
         body = await read_body(request, AutoConfirmBody, gw.settings.max_body_bytes)
     event = AutoConfirmChanged(

@@ -278,3 +278,46 @@ async def test_authorising_notes_nothing_until_the_sighting_is_recorded(bus: Bus
     assert await gw.reporter.flush() == 1
     [seen] = bus.events("device.seen")
     assert [s["controller_id"] for s in seen["sightings"]] == ["d-1"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+async def test_a_repeated_report_has_the_event_id_of_the_first_and_another_report_not(
+    bus: Bus, entry: str
+) -> None:
+    known(bus, "d-1", open_action("5"))
+    progress = {
+        "time": "20261123T182554",
+        "status": {"execution": "proceeding", "result": {"finished": "none"}, "details": ["x"]},
+    }
+    later = {**progress, "time": "20261123T182555"}
+    attributes = {"data": {"hw": "b"}, "time": "20261123T182554"}
+    async with bus.client(entry) as client:
+        url = f"{BASE}/d-1/deploymentBase/5/feedback"
+        for body in (progress, progress, later):
+            assert (await client.post(url, json=body)).status_code == 200
+        for body in (attributes, attributes, {**attributes, "data": {"hw": "c"}}):
+            assert (await client.put(f"{BASE}/d-1/configData", json=body)).status_code == 200
+    for kind in ("action.feedback", "device.config_reported"):
+        first, retry, other = (e["event_id"] for e in bus.events(kind))
+        assert first == retry != other
+
+
+async def test_confirmations_are_identified_by_their_content_auto_confirm_switches_are_not(
+    bus: Bus,
+) -> None:
+    known(bus, "d-1", open_action("5", "wait_for_confirmation"))
+    async with bus.client("routes") as client:
+        url = f"{BASE}/d-1/confirmationBase/5/feedback"
+        for body in (
+            {"confirmation": "denied"},
+            {"confirmation": "denied"},
+            {"confirmation": "confirmed"},
+        ):
+            assert (await client.post(url, json=body)).status_code == 200
+        off = f"{BASE}/d-1/confirmationBase/deactivateAutoConfirm"
+        for _ in range(2):
+            assert (await client.post(off)).status_code == 200
+    first, retry, other = (e["event_id"] for e in bus.events("confirmation.feedback"))
+    assert first == retry != other
+    switches = [e["event_id"] for e in bus.events("device.auto_confirm")]
+    assert len(set(switches)) == 2

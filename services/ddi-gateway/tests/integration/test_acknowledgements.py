@@ -129,13 +129,16 @@ async def test_an_action_takes_a_thousand_statuses_then_429_but_still_its_final_
     await known(nc, tenant, "st-1", deployment("7", ART))
     _, base = await start(common, serve, tenant)
     url = f"{base}/st-1/deploymentBase/7/feedback"
-    body = orjson.dumps(feedback("proceeding"))
     headers = {"Content-Type": "application/json"}
+
+    def step(i: int) -> bytes:  # statuses that differ, so none is a retry of another
+        return orjson.dumps(feedback("proceeding", progress={"cnt": i, "of": 1001}))
+
     async with httpx.AsyncClient(timeout=10) as client:
-        for _ in range(1000):
-            r = await client.post(url, content=body, headers=headers)
+        for i in range(1000):
+            r = await client.post(url, content=step(i), headers=headers)
             assert r.status_code == 200
-        r = await client.post(url, content=body, headers=headers)
+        r = await client.post(url, content=step(1000), headers=headers)
         assert r.status_code == 429
         assert r.json()["info"] == {"quota": 1000}
         assert "1000 statuses" in r.json()["message"]
@@ -167,3 +170,41 @@ async def test_a_final_report_retried_after_a_lost_acknowledgement_is_200_and_st
         assert (await client.post(url, json=feedback("proceeding"))).status_code == 410
     assert await feedback_count(nc, tenant, kind) == 1  # the retry went under the same id
     assert len(lost) == 1
+
+
+async def test_a_report_retried_after_a_lost_acknowledgement_is_stored_once(
+    common: CommonSettings, serve: Any, tenant: str, nc: Any
+) -> None:
+    """Progress and configData: the retry carries the first attempt's event id, JetStream drops it.
+
+    A report that differs (another message, or the same one sent a second later) is stored.
+    """
+    await put(nc, names.BUCKET_TENANTS, tenant, TenantConfig())
+    await known(nc, tenant, "r-1", deployment("61", ART))
+    gateway, base = await start(common, serve, tenant)
+    url = f"{base}/r-1/deploymentBase/61/feedback"
+    attributes = {"mode": "merge", "data": {"hw": "b"}, "time": "20261123T182554"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for send, kind in (
+            (lambda: client.post(url, json=feedback("proceeding")), "action.feedback"),
+            (
+                lambda: client.put(f"{base}/r-1/configData", json=attributes),
+                "device.config_reported",
+            ),
+        ):
+            lost = lose_first_ack(gateway)
+            first = await send()
+            assert first.status_code == 429
+            assert await feedback_count(nc, tenant, kind) == 1  # stored all the same
+            assert (await send()).status_code == 200
+            assert (await send()).status_code == 200
+            assert await feedback_count(nc, tenant, kind) == 1
+            assert len(lost) == 1
+
+        later = feedback("proceeding")
+        later["time"] = "20261123T182555"
+        assert (await client.post(url, json=later)).status_code == 200
+        other = feedback("proceeding")
+        other["status"]["details"] = ["another step"]
+        assert (await client.post(url, json=other)).status_code == 200
+    assert await feedback_count(nc, tenant, "action.feedback") == 3

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from uuid import uuid4
-
 from gaggle_contracts.events import FeedbackStatus
 from gaggle_contracts.kv import ChunkDoc, DeploymentDoc, DeploymentEntry, OpenAction
 from gaggle_gateway.acks import Acks, fingerprint
+from gaggle_gateway.ids import report_id
 
 DOC = DeploymentDoc(chunks=[ChunkDoc(module_id="1", name="n", version="1", artifacts=[])])
 SUCCESS = FeedbackStatus(execution="closed", finished="success", details=["done"])
@@ -79,13 +78,12 @@ def test_at_most_max_finals_are_remembered_the_oldest_go_first() -> None:
     assert list(acks.finals) == ["t.d3", "t.d4", "t.d2"]
 
 
-def test_an_unsure_final_report_keeps_its_event_id_until_acknowledged_or_its_window_ends() -> None:
+def test_an_unsure_final_report_is_remembered_until_acknowledged_or_its_window_ends() -> None:
     acks = Acks(keep_s=60, max_finals=10)
-    event_id = uuid4()
-    acks.sent_unsure("t.d", "5", b"f", event_id, now=100)
+    acks.sent_unsure("t.d", "5", b"f", now=100)
     unsure = acks.unsure_final("t.d", "5")
     assert unsure is not None
-    assert (unsure.event_id, unsure.fingerprint) == (event_id, b"f")
+    assert (unsure.unsure, unsure.fingerprint) == (True, b"f")
     assert acks.final("t.d", "5") is None  # not acknowledged: still offered
     assert acks.unsure_final("t.d", "6") is None
     acks.sweep({}, now=150)
@@ -93,9 +91,26 @@ def test_an_unsure_final_report_keeps_its_event_id_until_acknowledged_or_its_win
     acks.sweep({}, now=161)
     assert acks.unsure_final("t.d", "5") is None
 
-    acks.sent_unsure("t.d", "5", b"f", event_id, now=200)
+    acks.sent_unsure("t.d", "5", b"f", now=200)
     acks.acknowledged("t.d", "5", b"f", now=201)  # the retry got its acknowledgement
     assert acks.unsure_final("t.d", "5") is None
     final = acks.final("t.d", "5")
     assert final is not None
-    assert final.event_id is None
+    assert not final.unsure
+
+
+def test_a_report_id_is_the_same_for_the_same_report_and_differs_for_any_other() -> None:
+    content = {"status": SUCCESS.model_dump(mode="json"), "time": "20261123T182554"}
+    same = report_id("action.feedback", "t", "d", "5", dict(reversed(list(content.items()))))
+    assert report_id("action.feedback", "t", "d", "5", content) == same
+    others = {
+        report_id("cancel.feedback", "t", "d", "5", content),
+        report_id("action.feedback", "u", "d", "5", content),
+        report_id("action.feedback", "t", "e", "5", content),
+        report_id("action.feedback", "t", "d", "6", content),
+        report_id("action.feedback", "t", "d", "5", {**content, "time": "20261123T182555"}),
+        report_id("action.feedback", "t", "d", "5", {**content, "status": None}),
+        report_id("action.feedback", "t", "d/5", None, content),  # no ambiguity in the joins
+    }
+    assert same not in others
+    assert len(others) == 7
