@@ -34,6 +34,7 @@ from gaggle_gateway.domain import (
     Access,
     attributes_after,
     authorize,
+    dither_at,
     jitter_share,
     parse_authorization,
     poll_body,
@@ -209,8 +210,14 @@ class Gateway:
     ) -> bytes:
         """The base poll answer, rendered.
 
+        While the ``deployments`` mirror is not current (NATS away, or the bucket reloading
+        after a reconnect), a device it shows with an open action is answered 429 (the action
+        may have closed meanwhile), and any other device nothing to do, with a sleep of at least
+        ``Retry-After`` (README: Scaling the gateway).
+
         Raises:
             DdiError: as :meth:`authorize`.
+            Busy: the mirror is not current and shows the device with an open action.
         """
         try:
             caller = self.authorize(origin, tenant, controller_id, authorization, may_register=True)
@@ -219,14 +226,29 @@ class Gateway:
             raise
         self.sighted(caller, origin.address)
         entry = self.deployment(caller)
+        at_least = 0
+        if not self.mirror.deployments.current:
+            if entry is not None and entry.open is not None:
+                self.polls.fail(429)
+                raise self.reloading()
+            at_least = self.settings.busy_retry_after_s
         if entry is None or entry.open is None:
             self.polls.idle += 1
         else:
             self.polls.action += 1
         share = jitter_share(caller.tenant, caller.controller_id) * self.poll_jitter
+        dither = dither_at(self.polls.idle + self.polls.action, share)
         factor = self.strain.factor(time.monotonic())
-        return orjson.dumps(
-            poll_body(caller.base, caller.config, caller.device, entry, share, factor)
+        body = poll_body(
+            caller.base, caller.config, caller.device, entry, share, factor, dither, at_least
+        )
+        return orjson.dumps(body)
+
+    def reloading(self) -> Busy:
+        """The 429 of a request whose answer depends on a ``deployments`` mirror not current."""
+        return Busy(
+            "device state is being reloaded after a NATS interruption; retry later",
+            self.settings.busy_retry_after_s,
         )
 
     async def publish(self, event: Event) -> None:
@@ -341,9 +363,13 @@ def open_action(caller: Caller, gw: Gateway, action_id: str) -> OpenAction:
 
     Raises:
         NotFound: malformed id, or not the device's open action.
+        Busy: the ``deployments`` mirror is not current, so the action may have closed or
+            opened meanwhile.
     """
     if not ACTION_ID_RE.match(action_id):
         raise NotFound(f"action {action_id!r} not found")
+    if not gw.mirror.deployments.current:
+        raise gw.reloading()
     entry = gw.deployment(caller)
     if entry is None or entry.open is None or entry.open.action_id != action_id:
         raise NotFound(f"action {action_id!r} not found")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-POLL_FAILURES = {400: "bad_request", 401: "unauthorized", 404: "not_found"}
+POLL_FAILURES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 429: "busy"}
 
 
 class ReplacedCounts:
@@ -48,7 +48,8 @@ class PollCounts:
     """``gaggle_ddi_polls_total{outcome}``: plain integers on the poll path, read when scraped.
 
     Outcomes: ``idle`` (nothing to do), ``action`` (the device has an open action),
-    ``unauthorized``, ``not_found``, ``bad_request`` and ``error`` (any other refusal).
+    ``unauthorized``, ``not_found``, ``bad_request``, ``busy`` (429: the mirror is reloading) and
+    ``error`` (any other refusal).
     """
 
     __slots__ = ("action", "failed", "idle")

@@ -8,6 +8,7 @@ in gooseBit's embedded default, anonymous polls. A refusal never says whether th
 from __future__ import annotations
 
 import hmac
+import math
 import zlib
 from dataclasses import dataclass
 from enum import Enum
@@ -172,18 +173,45 @@ def jitter_share(tenant: str, controller_id: str) -> float:
     return zlib.crc32(f"{tenant}/{controller_id}".encode()) / 0x7FFFFFFF - 1
 
 
-def paced(sleep: str, share: float = 0.0, factor: float = 1.0) -> str:
+GOLDEN = (5**0.5 - 1) / 2
+"""The golden ratio's fraction: its multiples modulo 1 are spread over ``[0, 1)`` as evenly as
+any sequence can be, from the first few on (an additive recurrence, or Weyl sequence)."""
+
+
+def dither_at(sequence: int, share: float = 0.0) -> float:
+    """A point in ``[0, 1)`` for the ``sequence``-th poll, moved by the device's ``share``.
+
+    Successive polls get points spread evenly over the interval whatever the fleet's size; the
+    device's share keeps two gateway processes at the same count from handing a device the
+    same rounding.
+    """
+    return (sequence * GOLDEN + share) % 1.0
+
+
+def paced(
+    sleep: str, share: float = 0.0, factor: float = 1.0, dither: float = 0.5, at_least: int = 0
+) -> str:
     """``sleep`` stretched by ``factor``, then moved by ``share`` of itself; whole seconds.
 
     ``share`` is the device's :func:`jitter_share` times the jitter setting (0.1: up to 10%
-    either way), ``factor`` the stretch while the system is busy. A sleep of at least one second
-    stays at least one second, and at most ``23:59:59``.
+    either way), ``factor`` the stretch while the system is busy. The result, ``target``
+    seconds, is rounded down or up by ``dither`` (a point in ``[0, 1)``): up when ``dither`` is
+    below its fraction. With dithers spread evenly over successive polls (:func:`dither_at`) a
+    device sleeps ``target`` on average, not ``target`` rounded: 5.3 s is 5 s seven polls in
+    ten and 6 s three in ten. So a fleet keeps the configured poll rate (the shares average
+    out), and a short interval spreads too: 5 s moved by at most 10% would round to 5 s for
+    every device, and a fleet that started together would stay in step.
+
+    A sleep of at least one second stays at least one second, and at most ``23:59:59``; it is
+    at least ``at_least`` seconds.
     """
-    if share == 0.0 and factor == 1.0:
+    if share == 0.0 and factor == 1.0 and not at_least:
         return sleep
     base = sleep_seconds(sleep)
-    stretched = base * factor
-    return format_sleep(max(round(stretched + stretched * share), min(base, 1)))
+    target = base * factor * (1 + share)
+    whole = math.floor(target)
+    seconds = whole + 1 if dither < target - whole else whole
+    return format_sleep(max(seconds, min(base, 1), at_least))
 
 
 def poll_body(
@@ -193,13 +221,15 @@ def poll_body(
     deployment: DeploymentEntry | None,
     share: float = 0.0,
     factor: float = 1.0,
+    dither: float = 0.5,
+    at_least: int = 0,
 ) -> dict[str, Any]:
     """The base poll answer. ``base`` is the absolute ``…/controller/v1/{id}`` URL.
 
     ``_links`` is always present (rauc-hawkbit indexes it); at most one of confirmationBase,
     cancelAction and deploymentBase; deploymentBase and confirmationBase carry ``?c=``.
-    The sleep is :func:`paced` by ``share`` and ``factor``, the open-action interval as the
-    tenant's own.
+    The sleep is :func:`paced` by ``share``, ``factor``, ``dither`` and ``at_least``, the
+    open-action interval as the tenant's own.
     """
     links: dict[str, dict[str, str]] = {}
     sleep = tenant.polling_sleep
@@ -223,7 +253,8 @@ def poll_body(
             }
     if device is None or device.config_requested:
         links["configData"] = {"href": f"{base}/configData"}
-    return {"config": {"polling": {"sleep": paced(sleep, share, factor)}}, "_links": links}
+    polling = {"sleep": paced(sleep, share, factor, dither, at_least)}
+    return {"config": {"polling": polling}, "_links": links}
 
 
 MAX_HISTORY = 100

@@ -188,6 +188,8 @@ async def declare_installed(caller: Device, request: Request, gw: Gw) -> Respons
 
 @router.get(BASE + "/confirmationBase", summary="Auto-confirmation state")
 async def confirmation_base(caller: RegisteringDevice, gw: Gw) -> Response:
+    if not gw.mirror.deployments.current:
+        raise gw.reloading()
     entry = gw.deployment(caller)
     active = bool(entry and entry.auto_confirm)
     links: dict[str, dict[str, str]] = {}

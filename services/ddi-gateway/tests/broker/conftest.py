@@ -66,9 +66,12 @@ async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
         settings = GatewaySettings()
         storage = StorageSettings(backend="local", dir=tmp_path / "objects")
         reporter = DeviceReporter(fake, rediscover_after_s=30, flush_s=1)
+        mirror = Mirror()
+        for bucket in mirror.buckets:  # filled by the tests, as current as a watch keeps it
+            bucket.current = True
         gateway = Gateway(
             settings,
-            Mirror(),
+            mirror,
             reporter,
             open_store(storage),
             storage,

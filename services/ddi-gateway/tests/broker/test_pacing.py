@@ -25,6 +25,11 @@ async def sleeps(bus: Bus, cid: str) -> list[int]:
     return found
 
 
+def alike(found: list[int], normal: list[int]) -> bool:
+    """The same sleep but for the rounding: within a second of the normal ones."""
+    return max(found) - min(normal) <= 1 and max(normal) - min(found) <= 1
+
+
 def factor(bus: Bus) -> float:
     [family] = bus.gateway.strain.collect()
     [sample] = family.samples
@@ -36,9 +41,10 @@ async def test_polls_are_stretched_while_reports_are_refused_and_normal_once_tha
 ) -> None:
     bus.gateway.strain = Strain(window_s=1.0, threshold=5, max_factor=4.0)
     normal = await sleeps(bus, "d-1")
-    # The tenant's minute, moved by at most a tenth, alike on both entry points.
-    assert normal[0] == normal[1]
-    assert 54 <= normal[0] <= 66
+    # The tenant's minute, moved by at most a tenth, alike on both entry points (but for the
+    # rounding, down or up by turns).
+    assert abs(normal[0] - normal[1]) <= 1
+    assert min(normal) >= 54 and max(normal) <= 66
     assert factor(bus) == 1.0
 
     refuse_all(bus.gateway)
@@ -46,7 +52,7 @@ async def test_polls_are_stretched_while_reports_are_refused_and_normal_once_tha
         async with bus.client(ENTRIES[n % 2]) as client:
             r = await client.put(f"{BASE}/d-1/configData", json={"data": {"n": str(n)}})
         assert r.status_code == 429, r.text
-    assert await sleeps(bus, "d-1") == normal  # below the threshold
+    assert alike(await sleeps(bus, "d-1"), normal)  # below the threshold
     for n in range(6):
         async with bus.client(ENTRIES[n % 2]) as client:
             r = await client.put(f"{BASE}/d-1/configData", json={"data": {"n": str(n)}})
@@ -54,11 +60,11 @@ async def test_polls_are_stretched_while_reports_are_refused_and_normal_once_tha
 
     # Ten refusals, twice the threshold: three times the interval, the same share of jitter.
     stretched = await sleeps(bus, "d-1")
-    assert stretched[0] == stretched[1]
-    assert 162 <= stretched[0] <= 198
-    assert abs(stretched[0] - 3 * normal[0]) <= 2
+    assert abs(stretched[0] - stretched[1]) <= 1
+    assert min(stretched) >= 162 and max(stretched) <= 198
+    assert abs(stretched[0] - 3 * normal[0]) <= 4
     assert factor(bus) == 3.0
 
     await asyncio.sleep(1.1)
-    assert await sleeps(bus, "d-1") == normal
+    assert alike(await sleeps(bus, "d-1"), normal)
     assert factor(bus) == 1.0

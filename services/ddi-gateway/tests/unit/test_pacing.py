@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import heapq
+import statistics
+from collections import Counter
+
 import pytest
 
 from gaggle_contracts import kv
 from gaggle_gateway.counters import Strain
-from gaggle_gateway.domain import format_sleep, jitter_share, paced, poll_body, sleep_seconds
+from gaggle_gateway.domain import (
+    dither_at,
+    format_sleep,
+    jitter_share,
+    paced,
+    poll_body,
+    sleep_seconds,
+)
 
 BASE = "http://gw/default/controller/v1/dev-1"
 
@@ -98,3 +109,61 @@ def test_the_stretch_clears_as_refusals_age_out_of_the_window() -> None:
     assert strain.factor(10.0) == 2.0  # the refusal at 0 s is out
     assert strain.factor(15.5) == 1.0
     assert strain.factor(16.0) == 1.0
+
+
+def fleet_polls(
+    devices: int, polls: int, sleep: str, dithered: bool
+) -> tuple[list[int], list[int]]:
+    """A fleet that polls for the first time together; every sleep handed out, and when each
+    device polls last (seconds since the start). The gateway counts polls in the order they
+    arrive, as ``Gateway.poll`` does.
+    """
+    shares = [jitter_share("default", f"dev-{n:04d}") * 0.1 for n in range(devices)]
+    due = [(0, n) for n in range(devices)]
+    heapq.heapify(due)
+    handed: list[int] = []
+    last = [0] * devices
+    for sequence in range(1, devices * polls + 1):
+        at, n = heapq.heappop(due)
+        point = dither_at(sequence, shares[n]) if dithered else 0.5
+        slept = sleep_seconds(paced(sleep, shares[n], 1.0, point))
+        handed.append(slept)
+        last[n] = at
+        heapq.heappush(due, (at + slept, n))
+    return handed, last
+
+
+def test_a_fleet_started_together_spreads_over_a_five_second_interval_at_its_rate() -> None:
+    handed, last = fleet_polls(1000, 30, "00:00:05", dithered=True)
+    assert set(handed) == {4, 5, 6}
+    assert abs(statistics.fmean(handed) - 5) < 0.02  # the configured rate, for the fleet
+    # After 30 polls the fleet is spread over the five seconds of the interval, not in step.
+    slots = Counter(at % 5 for at in last)
+    assert len(slots) == 5
+    assert max(slots.values()) < 300
+
+    # Rounded alone, the ten percent either way is lost: every device sleeps five seconds and
+    # the whole fleet polls in the same second, poll after poll.
+    handed, last = fleet_polls(1000, 30, "00:00:05", dithered=False)
+    assert set(handed) == {5}
+    assert len(Counter(at % 5 for at in last)) == 1
+
+
+def test_each_device_sleeps_its_own_target_on_average() -> None:
+    share = 0.06  # 5.3 s: 5 s seven polls in ten, 6 s three in ten
+    handed = [
+        sleep_seconds(paced("00:00:05", share, 1.0, dither_at(n, share))) for n in range(1000)
+    ]
+    assert set(handed) == {5, 6}
+    assert abs(statistics.fmean(handed) - 5.3) < 0.01
+
+
+def test_dither_points_spread_evenly_over_the_unit_interval() -> None:
+    points = [dither_at(n, 0.03) for n in range(1000)]
+    assert all(0 <= p < 1 for p in points)
+    assert all(90 <= c <= 110 for c in Counter(int(p * 10) for p in points).values())
+
+
+def test_a_sleep_is_at_least_what_it_is_asked_to_be() -> None:
+    assert paced("00:00:02", 0.0, 1.0, 0.5, at_least=5) == "00:00:05"
+    assert paced("00:01:00", 0.0, 1.0, 0.5, at_least=5) == "00:01:00"
