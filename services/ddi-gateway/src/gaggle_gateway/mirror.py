@@ -2,8 +2,9 @@
 
 Each bucket is watched from start-up: the initial values fill a dictionary, later updates keep it
 current. Values are parsed once, when they arrive, never per poll. If NATS goes away, the
-dictionaries keep their last known state and polls are still answered, but the mirror is not
-current (``/readyz`` says so); each bucket is reloaded as soon as NATS is back.
+dictionaries keep their last known state, but the mirror is not current (``/readyz`` says so)
+and no action is offered from it: such requests are answered 429 (``core.py``); each bucket is
+reloaded as soon as NATS is back.
 
 Which tenants exist comes from these and from the ``api_keys`` bucket every service follows
 (``gaggle_runtime.auth``): a tenant with an operator key exists.

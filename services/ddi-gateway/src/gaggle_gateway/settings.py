@@ -36,10 +36,13 @@ class GatewaySettings(BaseSettings):
     """How long a device report waits for JetStream's ack before it is answered 429."""
     busy_retry_after_s: int = Field(5, ge=1, le=3600)
     """``Retry-After`` of that 429. A NATS restart is ready again in 2 to 4 s, so a device that
-    heeds it finds the bus back; rauc-hawkbit-updater retries after 1 s regardless."""
+    heeds it finds the bus back; rauc-hawkbit-updater retries after 1 s regardless. Also the
+    ``Retry-After`` of requests refused while the KV mirror is behind, and the least sleep an
+    idle device is handed meanwhile."""
     poll_jitter: float = Field(0.1, ge=0, le=0.5)
     """Largest share by which a device's polling sleep moves from the tenant's (0.1: up to 10%
-    either way), fixed per device by a hash of its ids, so a fleet started together spreads out."""
+    either way), fixed per device by a hash of its ids, so a fleet started together spreads out.
+    The whole seconds handed out are rounded down or up by turns, so the mean is kept."""
     busy_window_s: float = Field(10.0, gt=0)
     """How far back reports answered 429 (bus not acknowledging) count towards a busy gateway."""
     busy_threshold: int = Field(5, ge=1)

@@ -321,3 +321,40 @@ async def test_confirmations_are_identified_by_their_content_auto_confirm_switch
     assert first == retry != other
     switches = [e["event_id"] for e in bus.events("device.auto_confirm")]
     assert len(set(switches)) == 2
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+async def test_while_the_deployments_mirror_is_not_current_no_action_is_answered_from_it(
+    bus: Bus, entry: str
+) -> None:
+    bus.gateway.mirror.tenants.values["default"] = TenantConfig(polling_sleep="00:00:02")
+    known(bus, "d-1", open_action("5"))
+    known(bus, "d-2", open_action("6"))
+    known(bus, "d-3")
+    async with bus.client(entry) as client:
+        final = await client.post(f"{BASE}/d-2/deploymentBase/6/feedback", json=closed())
+        assert final.status_code == 200
+        bus.gateway.mirror.deployments.current = False
+        for path in ("", "/deploymentBase/5", "/confirmationBase", "/cancelAction/5"):
+            r = await client.get(f"{BASE}/d-1{path}")
+            assert r.status_code == 429, path
+            assert r.headers["Retry-After"] == "5"
+        url = f"{BASE}/d-1/deploymentBase/5/feedback"
+        assert (await client.post(url, json=closed("proceeding", "none"))).status_code == 429
+        # What this gateway acknowledged it still knows: no offer, and the retry is 200.
+        idle = await client.get(f"{BASE}/d-2")
+        assert (idle.status_code, idle.json()["_links"]) == (200, {})
+        again = await client.post(f"{BASE}/d-2/deploymentBase/6/feedback", json=closed())
+        assert again.status_code == 200
+        # Nothing to do, as far as the mirror knows: come back once it has caught up.
+        idle = await client.get(f"{BASE}/d-3")
+        assert idle.status_code == 200
+        assert idle.json() == {"config": {"polling": {"sleep": "00:00:05"}}, "_links": {}}
+
+        bus.gateway.mirror.deployments.current = True
+        links = (await client.get(f"{BASE}/d-1")).json()["_links"]
+        assert "/deploymentBase/5?c=" in links["deploymentBase"]["href"]
+        sleep = (await client.get(f"{BASE}/d-3")).json()["config"]["polling"]["sleep"]
+        assert sleep in ("00:00:01", "00:00:02", "00:00:03")
+    assert len(bus.events("action.feedback")) == 1
+    assert bus.gateway.polls.failed == {429: 1}

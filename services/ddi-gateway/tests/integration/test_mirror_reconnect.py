@@ -16,7 +16,7 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.settings import GatewaySettings
 from gaggle_runtime.jetstream import ensure_all
-from gaggle_testing import eventually
+from gaggle_testing import ART, deployment, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +36,17 @@ async def test_after_a_nats_restart_the_mirror_catches_up_within_seconds(
     await ensure_all(nc.jetstream(), common)
     tenants = await nc.jetstream().key_value(names.BUCKET_TENANTS)
     await tenants.put(tenant, TenantConfig().model_dump_json().encode())
+    deployments = await nc.jetstream().key_value(names.BUCKET_DEPLOYMENTS)
+    busy_key = names.kv_key(tenant, "busy-1")
+    await deployments.put(busy_key, deployment("7", ART).model_dump_json().encode())
     await nc.close()
     app = build_gateway(common, GatewaySettings())
     gw = await serve(app)
     mirror = app.state.gateway.mirror
     async with httpx.AsyncClient(timeout=5) as client:
         assert (await readyz(client, gw.url))[0] == 200
+        poll = f"{gw.url}/{tenant}/controller/v1/busy-1"
+        assert "deploymentBase" in (await client.get(poll)).json()["_links"]
 
         restartable_nats.kill()
         # While NATS is away the gateway says so, and every mirror counts as stale.
@@ -55,6 +60,10 @@ async def test_after_a_nats_restart_the_mirror_catches_up_within_seconds(
         assert body["checks"]["kv_mirror"] is False
         metrics = (await client.get(f"{gw.url}/metrics")).text
         assert f'gaggle_kv_mirror_stale{{bucket="{names.BUCKET_DEVICES}"}} 1.0' in metrics
+        # Its open action may have closed meanwhile: the device is asked to come back.
+        busy = await client.get(poll)
+        assert busy.status_code == 429
+        assert busy.headers["Retry-After"] == "5"
 
         restartable_nats.start()
         nc = await nats.connect(restartable_nats.url)
@@ -78,5 +87,6 @@ async def test_after_a_nats_restart_the_mirror_catches_up_within_seconds(
         )
         status, body = await readyz(client, gw.url)
         assert status == 200, body
+        assert "deploymentBase" in (await client.get(poll)).json()["_links"]
         metrics = (await client.get(f"{gw.url}/metrics")).text
         assert f'gaggle_kv_mirror_stale{{bucket="{names.BUCKET_DEVICES}"}} 0.0' in metrics
