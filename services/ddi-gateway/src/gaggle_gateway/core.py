@@ -47,7 +47,7 @@ from gaggle_gateway.errors import (
     QuotaExceeded,
     Unauthorized,
 )
-from gaggle_gateway.ids import report_id
+from gaggle_gateway.ids import report_id, stamp
 from gaggle_gateway.mirror import Mirror
 from gaggle_gateway.origin import Origin
 from gaggle_gateway.reporting import DeviceReporter
@@ -307,12 +307,13 @@ class Gateway:
         mode: str,
         data: dict[str, str],
         body: DeviceBody,
-        stamp: Any = None,
+        device_time: tuple[Any, Any] = (None, None),
     ) -> None:
         """Attributes reported by the device (configData, installedBase), once JetStream has them.
 
-        The event id is the report's (``ids.py``): mode, attributes and ``stamp``, the device's
-        time of the report as sent, if any.
+        The event id is the report's (``ids.py``): mode, attributes and the
+        :func:`~gaggle_gateway.ids.stamp` of ``device_time`` (``time`` and ``timestamp`` as
+        the device sent them).
 
         Raises:
             QuotaExceeded: the device would have more than ``MAX_ATTRIBUTES`` attributes.
@@ -320,7 +321,7 @@ class Gateway:
         """
         self.check_attributes(caller, mode, data)
         kind = DeviceConfigReported.kind
-        content = {"mode": mode, "data": data, "time": stamp}
+        content = {"mode": mode, "data": data, "time": stamp(*device_time, time.time())}
         event = DeviceConfigReported(
             event_id=report_id(kind, caller.tenant, caller.controller_id, None, content),
             **caller.ids,
@@ -338,8 +339,8 @@ class Gateway:
             Busy: the bus did not acknowledge in time; the device should retry later.
         """
         body = parse_body(data, ConfigDataBody)
-        stamp = [body.time, body.timestamp]
-        await self.report_config(caller, body.effective_mode, body.data, body, stamp)
+        device_time = (body.time, body.timestamp)
+        await self.report_config(caller, body.effective_mode, body.data, body, device_time)
 
     async def forget(self, every_s: float = 5.0, counts_every: int = 12) -> None:
         """Forget, now and then, acknowledged reports the KV mirror has caught up with.

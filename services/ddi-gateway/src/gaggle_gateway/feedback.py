@@ -24,7 +24,7 @@ from gaggle_gateway.bodies import parse_body, read_limited
 from gaggle_gateway.core import Caller, FeedbackKind, Gateway, open_action
 from gaggle_gateway.domain import closes_action
 from gaggle_gateway.errors import Busy, Gone, NotAllowed, NotFound, QuotaExceeded
-from gaggle_gateway.ids import report_id
+from gaggle_gateway.ids import report_id, stamp
 
 
 async def take_feedback(
@@ -153,11 +153,10 @@ def feedback_id(
 ) -> UUID:
     """The event id of a feedback report (``ids.py``).
 
-    ``body`` is given for a report that does not close the action: its device time as sent
-    then tells two reports of the same status apart. A final report's id is its status alone.
+    ``body`` is given for a report that does not close the action: its :func:`stamp` then
+    tells two reports of the same status apart. A final report's id is its status alone.
     """
     content: dict[str, Any] = {"status": status.model_dump(mode="json")}
     if body is not None:
-        content["time"] = body.time
-        content["timestamp"] = body.timestamp
+        content["time"] = stamp(body.time, body.timestamp, time.time())
     return report_id(kind.kind, caller.tenant, caller.controller_id, action_id, content)

@@ -11,17 +11,22 @@ action's history, keeps it once for good.
 What counts as the content decides which reports are one report:
 
 - feedback (deploymentBase, cancelAction) that does not close the action: the status (execution,
-  result, code, details, progress) and the device's own ``time`` / ``timestamp`` as sent. Two
-  identical statuses with the same device time are one report; clients send the time to the
-  second, so a device that repeats a message a second or more later is kept twice. A device
-  that sends no time has identical statuses of one action kept once.
+  result, code, details, progress) and its :func:`stamp`: the device's own ``time`` /
+  ``timestamp`` as sent. Two identical statuses with the same device time are one report;
+  clients send the time to the second, so a device that repeats a message a second or more
+  later is kept twice.
 - a final report (one that closes the action): the status alone, without the device time. An
   action closes once, so a second final report with the same status is a retry, even if the
   client wrote a new time into it.
-- confirmation feedback: confirmation, code and details (the body has no time).
-- configData and installedBase: mode, attributes and the device time if sent. Applying the same
-  attributes twice in a row changes nothing, so a retry with a new time costs only a second
-  write.
+- confirmation feedback: confirmation, code, details and the stamp.
+- configData and installedBase: mode, attributes and the stamp. Applying the same attributes
+  twice in a row changes nothing, so a retry with a new time costs only a second write.
+
+A report without a device time is stamped with the gateway's clock in windows of
+:data:`WINDOW_S`: identical reports within one window are one report, as the bus's duplicate
+window would have them anyway, and a device that repeats a report later (a second cancel
+rejected with the same words) is kept again. A retry that falls into the next window is kept
+twice, as any repeated report.
 """
 
 from __future__ import annotations
@@ -33,6 +38,20 @@ import orjson
 
 REPORTS = UUID("6f1c2a8e-5b0d-4c57-9a61-0d3e7c2b9f14")
 """Namespace of report ids; fixed, so ids agree across processes and versions."""
+WINDOW_S = 120
+"""Windows of the clock that stamp reports without a device time: JetStream's default
+duplicate window, counted from the epoch so that every gateway process has the same ones."""
+
+
+def stamp(device_time: Any, device_timestamp: Any, now: float) -> Any:
+    """What tells a report apart from an identical one sent at another time.
+
+    The device's ``time`` and ``timestamp`` as sent; without either, the window of
+    :data:`WINDOW_S` seconds ``now`` (``time.time()``) falls in.
+    """
+    if device_time is None and device_timestamp is None:
+        return {"window": int(now // WINDOW_S)}
+    return [device_time, device_timestamp]
 
 
 def report_id(

@@ -16,6 +16,7 @@ from ``app.state.gateway``, where ``app.py`` puts it.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, TypeVar, cast
 
 import orjson
@@ -37,7 +38,7 @@ from gaggle_gateway.domain import action_json, artifact_json, find_module, histo
 from gaggle_gateway.downloads import serve_artifact
 from gaggle_gateway.errors import Conflict, NotFound
 from gaggle_gateway.feedback import check_feedback_target, take_feedback
-from gaggle_gateway.ids import report_id
+from gaggle_gateway.ids import report_id, stamp
 from gaggle_gateway.origin import Origin
 
 BASE = "/{tenant}/controller/v1/{controller_id}"
@@ -218,6 +219,7 @@ async def confirmation_feedback(
         raise NotFound(f"action {action_id!r} does not await confirmation")
     body = await read_body(request, ConfirmationFeedbackBody, gw.settings.max_feedback_bytes)
     content = body.model_dump(mode="json", include={"confirmation", "code", "details"})
+    content["time"] = stamp(None, None, time.time())
     event = ConfirmationFeedback(
         event_id=report_id(
             ConfirmationFeedback.kind, caller.tenant, caller.controller_id, action_id, content

@@ -5,7 +5,7 @@ from __future__ import annotations
 from gaggle_contracts.events import FeedbackStatus
 from gaggle_contracts.kv import ChunkDoc, DeploymentDoc, DeploymentEntry, OpenAction
 from gaggle_gateway.acks import Acks, fingerprint
-from gaggle_gateway.ids import report_id
+from gaggle_gateway.ids import WINDOW_S, report_id, stamp
 
 DOC = DeploymentDoc(chunks=[ChunkDoc(module_id="1", name="n", version="1", artifacts=[])])
 SUCCESS = FeedbackStatus(execution="closed", finished="success", details=["done"])
@@ -114,3 +114,12 @@ def test_a_report_id_is_the_same_for_the_same_report_and_differs_for_any_other()
     }
     assert same not in others
     assert len(others) == 7
+
+
+def test_a_report_without_a_device_time_is_stamped_with_the_window_of_the_clock() -> None:
+    start = 1000 * WINDOW_S
+    assert stamp(None, None, start) == stamp(None, None, start + WINDOW_S - 0.5)
+    assert stamp(None, None, start) != stamp(None, None, start + WINDOW_S)
+    # The device's time, when it sends one, wins over the clock.
+    assert stamp("20261123T182554", None, start) == stamp("20261123T182554", None, start + 999)
+    assert stamp("20261123T182554", None, start) != stamp(None, 1764000000000, start)
