@@ -14,6 +14,7 @@ from gaggle_contracts.events import ActionFinished
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts import errors, rollout_routes, routes
 from gaggle_rollouts.actions import Actions
+from gaggle_rollouts.caps import TenantCaps
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
@@ -83,7 +84,8 @@ def install_metrics(service: Service) -> None:
     rollouts = Gauge("gaggle_rollouts", "Rollouts, by state.", ["state"], registry=metrics.registry)
     devices = Gauge(
         "gaggle_rollout_devices",
-        "Devices of running and paused rollouts, by where they stand.",
+        "Devices of running and paused rollouts, by where they stand"
+        " (pending: queued for their action).",
         ["state"],
         registry=metrics.registry,
     )
@@ -127,11 +129,15 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     catalogue = Catalogue(service.db)
     policies = Policies(service.db, outbox)
     actions = Actions(service.db, outbox, catalogue)
-    store = RolloutStore(actions, catalogue)
+    caps = TenantCaps()
+    store = RolloutStore(actions, catalogue, caps)
     chooser = Chooser(service.db, actions, catalogue, policies, store.members)
     engine = Engine(store, actions, sweep_s=settings.sweep_s, window_s=settings.window_s)
     cases = UseCases(service.db, actions, catalogue, policies, chooser, engine)
     subscribe(service.broker, common, cases)
+    # Each tenant's cap on updates in flight, from registry's KV tenants (never its tables).
+    service.background(lambda: caps.mirror.watch(service.broker.connection.jetstream))
+    service.mirror_metrics.mirrors.append(caps.mirror)
     service.background(engine.run)
     service.background(engine.windows)
     install_metrics(service)
