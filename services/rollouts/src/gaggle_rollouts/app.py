@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, get_args
 
 import orjson
@@ -34,7 +36,11 @@ from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
 from gaggle_runtime.state import put_parts
 
+log = logging.getLogger(__name__)
+
 SCHEMA = "rollouts"
+CAPS_WAIT_S = 10.0
+"""How long start-up waits for the tenants' caps on updates in flight (KV ``tenants``)."""
 ROLLOUTS_BY_STATE = "SELECT state, count(*) FROM rollouts.rollouts GROUP BY state"
 DEVICES_OF_ACTIVE_ROLLOUTS = """
 SELECT d.state, count(*) FROM rollouts.rollout_devices d
@@ -138,6 +144,16 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     # Each tenant's cap on updates in flight, from registry's KV tenants (never its tables).
     service.background(lambda: caps.mirror.watch(service.broker.connection.jetstream))
     service.mirror_metrics.mirrors.append(caps.mirror)
+
+    async def wait_for_caps() -> None:
+        # Until the bucket is loaded no action opens (a lower cap must not be overrun); wait
+        # for it here rather than have the first decisions say "queued" for no reason.
+        try:
+            await asyncio.wait_for(caps.mirror.loaded.wait(), CAPS_WAIT_S)
+        except TimeoutError:
+            log.warning("KV tenants not loaded yet; rollouts open no action until it is")
+
+    service.on_start.append(wait_for_caps)
     service.background(engine.run)
     service.background(engine.windows)
     install_metrics(service)

@@ -8,7 +8,7 @@ Actions open only into free slots under the tenant's cap on updates in flight (d
 open action, whatever opened it): the others of a started wave stay queued (``pending``), in wave
 and id order, until earlier actions close. Slots are counted and filled under the tenant's
 in-flight lock; a wave's batch waits for it (taken before the rollout's row), a device deciding
-on its own only tries it (it holds device locks already) and stays queued if it is busy.
+on its own waits briefly (it holds other locks already) and stays queued if it stays busy.
 """
 
 from __future__ import annotations
@@ -42,15 +42,19 @@ from gaggle_rollouts.rollout_sql import (
     LOCK_IN_FLIGHT,
     MEMBER,
     NEWEST_ACTIVE,
+    RESET_LOCK_TIMEOUT,
+    SET_LOCK_TIMEOUT,
     SET_MEMBERS,
     SHARE_FEED,
-    TRY_LOCK_IN_FLIGHT,
     WAVES,
 )
 from gaggle_runtime.db import Conn
 
 CHUNK = 500
 """Devices whose actions are opened in one transaction."""
+LOCK_WAIT_MS = 300
+"""How long a device deciding on its own waits for its tenant's in-flight lock before it stays
+queued (a wave's batch holds the lock while it opens a chunk; the engine opens it later)."""
 
 
 class Membership:
@@ -71,9 +75,26 @@ class Membership:
             return 0
         if wait:
             await conn.execute(LOCK_IN_FLIGHT, tenant)
-        elif not await conn.fetchval(TRY_LOCK_IN_FLIGHT, tenant):
+        elif not await self._lock_briefly(conn, tenant):
             return 0
         return free_slots(cap, await conn.fetchval(IN_FLIGHT, tenant), CHUNK)
+
+    async def _lock_briefly(self, conn: Conn, tenant: str) -> bool:
+        """Take the tenant's in-flight lock if it comes within ``LOCK_WAIT_MS``.
+
+        A device deciding on its own holds locks a wave's batch may wait for (its rollout's row,
+        behind an operator's command): giving up before PostgreSQL's deadlock check (1 s) breaks
+        any such cycle without failing anyone's transaction. The savepoint keeps the caller's.
+        """
+        try:
+            async with conn.transaction():
+                await conn.execute(SET_LOCK_TIMEOUT, f"{LOCK_WAIT_MS}ms")
+                await conn.execute(LOCK_IN_FLIGHT, tenant)
+        except asyncpg.LockNotAvailableError:
+            return False
+        finally:
+            await conn.execute(RESET_LOCK_TIMEOUT)
+        return True
 
     async def choose_in_rollout(
         self,

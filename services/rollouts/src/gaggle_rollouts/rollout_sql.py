@@ -93,7 +93,8 @@ FOR UPDATE OF m SKIP LOCKED"""
 # The tenant's cap on updates in flight: actions are counted and opened under this lock, so two
 # openers (replicas, or a wave and a device deciding alone) never both fill the same free slots.
 LOCK_IN_FLIGHT = "SELECT pg_advisory_xact_lock(hashtext('in-flight:' || $1))"
-TRY_LOCK_IN_FLIGHT = "SELECT pg_try_advisory_xact_lock(hashtext('in-flight:' || $1))"
+SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', $1, true)"
+RESET_LOCK_TIMEOUT = "SET LOCAL lock_timeout TO DEFAULT"
 IN_FLIGHT = "SELECT count(*)::int FROM rollouts.actions WHERE tenant = $1 AND active"
 ROLLOUT_TENANT = "SELECT tenant, state FROM rollouts.rollouts WHERE id = $1"
 RUNNING_OF_SAME_TENANTS = """
