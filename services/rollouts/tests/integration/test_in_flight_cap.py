@@ -289,3 +289,23 @@ async def test_two_replicas_never_open_more_than_the_cap_nor_two_actions_for_a_d
         await db.close()
     assert 0 < highest <= cap
     assert per_device == dict.fromkeys(devices, 1)
+
+
+async def test_a_deleted_device_frees_its_slot(
+    operator_auth: httpx.Auth, common: CommonSettings, serve: Any, tenant: str, broker: Any
+) -> None:
+    service = await serve(build_app(common, RolloutsSettings(sweep_s=600)))
+    await set_cap(common, tenant, 1)
+    await eventually(lambda: service.app.state.store.members.caps.cap(tenant) == 1)
+    await publish_software(common, tenant, "s1", "2.0.0", [("board", "*")])
+    await service.app.state.policies.record_devices([inventory(tenant, c) for c in ("d0", "d1")])
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+        ro = Rollouts(service.url, tenant, client, broker)
+        rid = await ro.create({"name": "one at a time", "software_id": "s1", "start": True})
+        await ro.counters(rid, running=1, queued=1)
+        assert list(await ro.members(rid, "running")) == ["d0"]
+        await publish_event(
+            broker, DeviceUpdated(tenant=tenant, controller_id="d0", change="deleted")
+        )
+        await ro.counters(rid, running=1, queued=0, canceled=1)
+        assert list(await ro.members(rid, "running")) == ["d1"]
