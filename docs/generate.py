@@ -86,7 +86,7 @@ BUCKETS = (
     Bucket(
         names.BUCKET_TENANTS,
         ("registry",),
-        ("gateway",),
+        ("gateway", "rollouts"),
         "gaggle_contracts.kv.TenantConfig",
         "`<tenant>`",
     ),

@@ -125,6 +125,7 @@ async def test_waves_start_one_after_the_other_and_the_rollout_finishes(
         assert doc["counters"] == {
             "total": 10,
             "pending": 0,
+            "queued": 0,
             "running": 0,
             "success": 10,
             "failure": 0,

@@ -15,11 +15,14 @@ import nats
 import pytest
 
 from gaggle_contracts import names
+from gaggle_contracts.kv import MAX_UPDATES_IN_FLIGHT, MAX_UPDATES_IN_FLIGHT_LIMIT
 from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.settings import GatewaySettings
 from gaggle_registry.app import build_app as build_registry
 from gaggle_registry.settings import RegistrySettings
+from gaggle_rollouts.app import build_app as build_rollouts
+from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime.jetstream import ensure_all
 from gaggle_testing import eventually
 
@@ -165,6 +168,43 @@ async def test_an_operator_creates_a_tenant_and_configures_its_devices(
         assert r.status_code == 400 and "gateway_token" in r.text
 
 
+async def test_the_cap_on_updates_in_flight_is_set_in_registry_and_read_by_rollouts(
+    common: CommonSettings, serve: Any, operator_key: str
+) -> None:
+    registry = await serve(build_registry(common, RegistrySettings()))
+    rollouts = await serve(build_rollouts(common, RolloutsSettings(sweep_s=60)))
+    caps = rollouts.app.state.store.members.caps
+    name = f"cap{secrets.token_hex(4)}"
+    url = f"{registry.url}/api/v1/tenants/{name}"
+    admin = {"Authorization": f"Bearer {operator_key}"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        # A tenant never configured has the default cap.
+        await eventually(lambda: caps.cap(name) == MAX_UPDATES_IN_FLIGHT)
+        r = await client.put(url, json={"max_updates_in_flight": 3}, headers=admin)
+        assert r.status_code == 201, r.text
+        assert r.json()["max_updates_in_flight"] == 3
+        await eventually(lambda: caps.cap(name) == 3)
+
+        # Anything but a whole number from 1 to the limit is a clear 400; nothing changes.
+        for bad in (0, -5, MAX_UPDATES_IN_FLIGHT_LIMIT + 1, 2.5, "7", True, None):
+            r = await client.put(url, json={"max_updates_in_flight": bad}, headers=admin)
+            assert r.status_code == 400, (bad, r.text)
+            body = r.json()
+            assert body["error"] == "invalid_request", body
+            assert body["message"].startswith("invalid max_updates_in_flight"), body
+        got = await client.get(url, headers=admin)
+        assert got.json()["max_updates_in_flight"] == 3
+
+        # Settings replaced without it take the default again, as every omitted setting does.
+        r = await client.put(url, json={"polling_sleep": "00:00:30"}, headers=admin)
+        assert r.json()["max_updates_in_flight"] == MAX_UPDATES_IN_FLIGHT
+        await eventually(lambda: caps.cap(name) == MAX_UPDATES_IN_FLIGHT)
+        r = await client.put(
+            url, json={"max_updates_in_flight": MAX_UPDATES_IN_FLIGHT_LIMIT}, headers=admin
+        )
+        assert r.status_code == 200, r.text
+
+
 async def test_the_command_line_creates_and_shows_a_tenant(
     common: CommonSettings, serve: Any, operator_key: str
 ) -> None:
@@ -177,7 +217,7 @@ async def test_the_command_line_creates_and_shows_a_tenant(
         "GAGGLE_API_KEY": operator_key,
     }
 
-    async def gaggle(*args: str) -> Any:
+    async def gaggle(*args: str, code: int = 0) -> Any:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -189,13 +229,18 @@ async def test_the_command_line_creates_and_shows_a_tenant(
             stderr=asyncio.subprocess.PIPE,
         )
         out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        return json.loads(out)
+        assert proc.returncode == code, err.decode()
+        return json.loads(out) if code == 0 else err.decode()
 
-    created = await gaggle("tenants", "set", name, "--polling-sleep", "00:00:07")
+    created = await gaggle(
+        "tenants", "set", name, "--polling-sleep", "00:00:07", "--max-updates-in-flight", "25"
+    )
     assert (created["tenant"], created["polling_sleep"]) == (name, "00:00:07")
+    assert created["max_updates_in_flight"] == 25
     shown = await gaggle("tenants", "show", name)
-    assert shown["polling_sleep"] == "00:00:07"
+    assert (shown["polling_sleep"], shown["max_updates_in_flight"]) == ("00:00:07", 25)
+    refused = await gaggle("tenants", "set", name, "--max-updates-in-flight", "0", code=2)
+    assert "--max-updates-in-flight" in refused
     async with httpx.AsyncClient(timeout=10) as client:
         r = await until_status(client, f"{gw.url}/{name}/controller/v1/dev-1", 200)
         assert r.json()["config"]["polling"]["sleep"] == "00:00:07"

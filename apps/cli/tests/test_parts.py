@@ -10,12 +10,13 @@ from pathlib import Path
 import click
 import httpx
 import pytest
+from rich.console import Console
 
 from gaggle_cli.__main__ import run
 from gaggle_cli.client import refusal
 from gaggle_cli.devices import _sse, feedback_line, since_value
 from gaggle_cli.output import counters_line, size, when
-from gaggle_cli.rollouts import outcome, parse_waves, parse_window
+from gaggle_cli.rollouts import outcome, parse_waves, parse_window, watch_render
 
 
 def test_waves_are_percentages_or_counts() -> None:
@@ -155,6 +156,30 @@ def test_watch_outcomes() -> None:
     assert outcome({"id": "3", "state": "created"}) is None
 
 
+def test_watch_shows_the_queued_devices_of_each_wave() -> None:
+    doc = {
+        "id": "4",
+        "name": "capped",
+        "state": "running",
+        "current_wave": 1,
+        "counters": {"total": 10, "success": 2, "running": 3, "pending": 5, "queued": 5},
+        "waves": [
+            {
+                "wave": 1,
+                "counters": {"total": 10, "success": 2, "running": 3, "pending": 5, "queued": 5},
+            }
+        ],
+    }
+    console = Console(record=True, width=140)
+    console.print(watch_render(doc))
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "QUEUED" in line)
+    row = next(line for line in lines if line.startswith("wave 1"))
+    names = header.split()
+    assert names == ["DONE", "SUCCESS", "FAILURE", "RUNNING", "QUEUED", "PENDING", "CANCELED"]
+    assert row.split()[-len(names) :] == ["2/10", "2", "0", "3", "5", "5", "0"]
+
+
 def test_formatting() -> None:
     assert when("2026-11-24T01:02:03.456789Z") == "2026-11-24 01:02:03"
     assert when(None) == "-"
@@ -163,6 +188,8 @@ def test_formatting() -> None:
     assert counters_line({"total": 3, "success": 1, "canceled": 1}) == (
         "1/3 success, 0 failure, 0 running, 0 pending, 1 canceled"
     )
+    capped = {"total": 10, "running": 3, "pending": 7, "queued": 7}
+    assert counters_line(capped) == "0/10 success, 0 failure, 3 running, 7 pending (7 queued)"
 
 
 @pytest.fixture

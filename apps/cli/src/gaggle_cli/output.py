@@ -90,12 +90,18 @@ def details(console: Console, pairs: Iterable[tuple[str, Any]]) -> None:
 
 
 def counters_line(counters: Mapping[str, Any]) -> str:
-    """``3/10 success, 1 failure, 2 running, 4 pending`` (canceled only when there are any)."""
+    """``3/10 success, 1 failure, 2 running, 4 pending (3 queued)``.
+
+    Queued (of the pending, those whose wave started and wait for a slot under the tenant's cap
+    on updates in flight) and canceled are shown only when there are any.
+    """
     line = (
         f"{counters.get('success', 0)}/{counters.get('total', 0)} success, "
         f"{counters.get('failure', 0)} failure, {counters.get('running', 0)} running, "
         f"{counters.get('pending', 0)} pending"
     )
+    if counters.get("queued"):
+        line += f" ({counters['queued']} queued)"
     if counters.get("canceled"):
         line += f", {counters['canceled']} canceled"
     return line

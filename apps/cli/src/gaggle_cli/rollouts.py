@@ -101,6 +101,7 @@ WAVE_COLUMNS: list[Column] = [
     ("SUCCESS", lambda w: (w.get("counters") or {}).get("success")),
     ("FAILURE", lambda w: (w.get("counters") or {}).get("failure")),
     ("RUNNING", lambda w: (w.get("counters") or {}).get("running")),
+    ("QUEUED", lambda w: (w.get("counters") or {}).get("queued", 0)),
     ("PENDING", lambda w: (w.get("counters") or {}).get("pending")),
     ("CANCELED", lambda w: (w.get("counters") or {}).get("canceled")),
 ]
@@ -142,7 +143,12 @@ def show_rollout(state: State, doc: Mapping[str, Any]) -> None:
 
 @cli.group()
 def rollouts() -> None:
-    """Rollouts: one software to the devices of a feed, wave after wave."""
+    """Rollouts: one software to the devices of a feed, wave after wave.
+
+    A started wave's devices get their actions as the tenant's cap on updates in flight allows
+    (gaggle tenants set --max-updates-in-flight); the others are counted as queued (a part of
+    pending) and get theirs as earlier actions end.
+    """
 
 
 @rollouts.command("create")
@@ -350,7 +356,8 @@ def watch_render(doc: Mapping[str, Any]) -> RenderableType:
     if doc.get("reason"):
         head.append(f"\n{doc['reason']}", style="dim")
     grid = Table(box=None, pad_edge=False, header_style="bold")
-    for header in ("", "", "DONE", "SUCCESS", "FAILURE", "RUNNING", "PENDING", "CANCELED"):
+    headers = ("", "", "DONE", "SUCCESS", "FAILURE", "RUNNING", "QUEUED", "PENDING", "CANCELED")
+    for header in headers:
         grid.add_column(header, justify="right" if header else "left")
     rows: list[tuple[str, Mapping[str, Any]]] = [("all", doc.get("counters") or {})]
     rows += [(f"wave {w.get('wave')}", w.get("counters") or {}) for w in doc.get("waves") or []]
@@ -370,6 +377,7 @@ def watch_render(doc: Mapping[str, Any]) -> RenderableType:
             str(counters.get("success", 0)),
             str(counters.get("failure", 0)),
             str(counters.get("running", 0)),
+            str(counters.get("queued", 0)),
             str(counters.get("pending", 0)),
             str(counters.get("canceled", 0)),
         )

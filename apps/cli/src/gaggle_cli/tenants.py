@@ -16,6 +16,7 @@ TENANT_COLUMNS: list[Column] = [
     ("ANONYMOUS", lambda t: t.get("anonymous")),
     ("AUTO-REGISTER", lambda t: t.get("auto_register")),
     ("GATEWAY TOKEN", lambda t: t.get("has_gateway_token")),
+    ("IN FLIGHT", lambda t: t.get("max_updates_in_flight")),
     ("UPDATED", lambda t: when(t.get("updated_at"))),
 ]
 
@@ -38,6 +39,7 @@ def _show(state: State, doc: dict[str, Any]) -> None:
             ("auto-registration", doc.get("auto_register")),
             ("target tokens", doc.get("target_token")),
             ("gateway token", doc.get("has_gateway_token")),
+            ("max updates in flight", doc.get("max_updates_in_flight")),
             ("updated", when(doc.get("updated_at"))),
         ],
     )
@@ -45,7 +47,7 @@ def _show(state: State, doc: dict[str, Any]) -> None:
 
 @cli.group()
 def tenants() -> None:
-    """Tenants and their device-side settings (needs an admin key)."""
+    """Tenants and their settings: polling, device access, updates in flight (admin key)."""
 
 
 @tenants.command("list")
@@ -78,6 +80,13 @@ def show(state: State, name: str) -> None:
 @click.option("--target-token/--no-target-token", default=True, show_default=True)
 @click.option("--gateway-token", metavar="TOKEN", help="Set the tenant-wide GatewayToken.")
 @click.option("--no-gateway-token", is_flag=True, help="Remove the GatewayToken.")
+@click.option(
+    "--max-updates-in-flight",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Devices that may have an open action at once; rollouts queue the others "
+    "[default: the registry's, 1000].",
+)
 @json_option
 @pass_state
 def set_tenant(
@@ -90,6 +99,7 @@ def set_tenant(
     target_token: bool,
     gateway_token: str | None,
     no_gateway_token: bool,
+    max_updates_in_flight: int | None,
 ) -> None:
     """Create a tenant, or replace its settings (a GatewayToken is kept unless changed)."""
     if gateway_token is not None and no_gateway_token:
@@ -101,6 +111,8 @@ def set_tenant(
         "auto_register": auto_register,
         "target_token": target_token,
     }
+    if max_updates_in_flight is not None:
+        body["max_updates_in_flight"] = max_updates_in_flight
     if gateway_token is not None or no_gateway_token:
         body["gateway_token"] = gateway_token
     _show(state, state.api.request("registry", "PUT", _path(name), json_body=body))

@@ -393,6 +393,9 @@ class RolloutProgressed(Event):
     failure: int = 0
     canceled: int = 0
     wave: int | None = None
+    queued: int = 0
+    """Of ``pending``, the devices whose wave started and that wait for their action: for a free
+    slot under the tenant's cap on updates in flight, or for the rollout to resume."""
 
 
 # --- from every service with an operator API -------------------------------------------------

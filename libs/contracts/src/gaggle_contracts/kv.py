@@ -12,6 +12,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MAX_UPDATES_IN_FLIGHT = 1_000
+"""Default cap on a tenant's devices with an open action (gooseBit's ``max_concurrent_updates``)."""
+MAX_UPDATES_IN_FLIGHT_LIMIT = 1_000_000
+"""The largest cap an operator may set: far above any one server's fleet, still a number."""
+
 
 def token_hash(token: str) -> str:
     """SHA-256 hex of a device or gateway token: only hashes are stored, sent and compared."""
@@ -119,7 +124,10 @@ class DeploymentEntry(KvValue):
 
 
 class TenantConfig(KvValue):
-    """Per-tenant device-side settings, in ``tenants`` under the tenant name."""
+    """Per-tenant settings, in ``tenants`` under the tenant name. Written by registry.
+
+    The gateway reads the device-side ones; rollouts reads ``max_updates_in_flight``.
+    """
 
     polling_sleep: str = "00:01:00"
     """``HH:MM:SS`` below 24 h, as every DDI client parses it."""
@@ -133,3 +141,6 @@ class TenantConfig(KvValue):
     """``TargetToken`` authentication is accepted."""
     gateway_token_hash: str | None = None
     """SHA-256 hex of the tenant-wide ``GatewayToken``; none: gateway tokens are refused."""
+    max_updates_in_flight: int = MAX_UPDATES_IN_FLIGHT
+    """Devices that may have an open action at once; rollouts queue the others of a started wave
+    and open their actions as earlier ones close. Registry checks the range where it is set."""

@@ -9,7 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gaggle_contracts import names
 from gaggle_contracts.ddi import SLEEP_RE
-from gaggle_contracts.kv import TenantConfig, token_hash
+from gaggle_contracts.kv import (
+    MAX_UPDATES_IN_FLIGHT,
+    MAX_UPDATES_IN_FLIGHT_LIMIT,
+    TenantConfig,
+    token_hash,
+)
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
 
@@ -26,7 +31,7 @@ RETURNING *, (xmax = 0) AS created"""
 
 
 class TenantSettings(BaseModel):
-    """A tenant's device-side settings; omitted fields take their defaults.
+    """A tenant's settings; omitted fields take their defaults.
 
     ``gateway_token``: omitted keeps the current one, ``null`` removes it, a string sets it
     (only its SHA-256 is kept).
@@ -40,6 +45,13 @@ class TenantSettings(BaseModel):
     auto_register: bool = True
     target_token: bool = True
     gateway_token: str | None = Field(None, min_length=8, max_length=128)
+    max_updates_in_flight: int = Field(
+        MAX_UPDATES_IN_FLIGHT,
+        ge=1,
+        le=MAX_UPDATES_IN_FLIGHT_LIMIT,
+        strict=True,
+        description="Devices that may have an open action at once (rollouts queue the rest).",
+    )
 
 
 def tenant_doc(row: asyncpg.Record) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 
 A tenant exists for devices once it has an entry in KV ``tenants``, an API key, or is one the
 gateway is configured with (``GAGGLE_GATEWAY_TENANTS``, ``default`` out of the box); a poll to
-any other tenant is answered 404. The registry keeps each configured tenant's device-side
-settings (``TenantConfig``) in its table and writes the KV entry through the outbox in the same
-transaction.
+any other tenant is answered 404. The registry keeps each configured tenant's settings
+(``TenantConfig``: the device-side ones the gateway reads, and the cap on updates in flight that
+rollouts reads) in its table and writes the KV entry through the outbox in the same transaction.
 
 An admin may configure its own tenant; an admin of the registry's bootstrap tenant
 (``GAGGLE_REGISTRY_BOOTSTRAP_TENANT``) may create and configure any tenant and issue its first
@@ -61,18 +61,18 @@ async def list_tenants(caller: Admin, store: Tenants, bootstrap: Bootstrap) -> d
     return {"items": await store.list(None if caller == bootstrap else caller)}
 
 
-@api.get("/tenants/{name}", summary="A tenant's device-side settings")
+@api.get("/tenants/{name}", summary="A tenant's settings")
 async def get_tenant(
     name: TenantParam, caller: Admin, store: Tenants, bootstrap: Bootstrap
 ) -> dict[str, Any]:
-    """A tenant's device-side settings (404 for one the caller may not manage)."""
+    """A tenant's settings (404 for one the caller may not manage)."""
     tenant = target(caller, name, bootstrap)
     return found(await store.get(tenant), "tenant", tenant)
 
 
 @api.put(
     "/tenants/{name}",
-    summary="Create a tenant or replace its device-side settings",
+    summary="Create a tenant or replace its settings",
     responses={201: {"description": "Created"}},
 )
 async def put_tenant(

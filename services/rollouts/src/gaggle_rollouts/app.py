@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, get_args
 
 import orjson
@@ -14,6 +16,7 @@ from gaggle_contracts.events import ActionFinished
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts import errors, rollout_routes, routes
 from gaggle_rollouts.actions import Actions
+from gaggle_rollouts.caps import TenantCaps
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
@@ -33,7 +36,11 @@ from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
 from gaggle_runtime.state import put_parts
 
+log = logging.getLogger(__name__)
+
 SCHEMA = "rollouts"
+CAPS_WAIT_S = 10.0
+"""How long start-up waits for the tenants' caps on updates in flight (KV ``tenants``)."""
 ROLLOUTS_BY_STATE = "SELECT state, count(*) FROM rollouts.rollouts GROUP BY state"
 DEVICES_OF_ACTIVE_ROLLOUTS = """
 SELECT d.state, count(*) FROM rollouts.rollout_devices d
@@ -83,7 +90,8 @@ def install_metrics(service: Service) -> None:
     rollouts = Gauge("gaggle_rollouts", "Rollouts, by state.", ["state"], registry=metrics.registry)
     devices = Gauge(
         "gaggle_rollout_devices",
-        "Devices of running and paused rollouts, by where they stand.",
+        "Devices of running and paused rollouts, by where they stand"
+        " (pending: queued for their action).",
         ["state"],
         registry=metrics.registry,
     )
@@ -127,11 +135,25 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     catalogue = Catalogue(service.db)
     policies = Policies(service.db, outbox)
     actions = Actions(service.db, outbox, catalogue)
-    store = RolloutStore(actions, catalogue)
+    caps = TenantCaps()
+    store = RolloutStore(actions, catalogue, caps)
     chooser = Chooser(service.db, actions, catalogue, policies, store.members)
     engine = Engine(store, actions, sweep_s=settings.sweep_s, window_s=settings.window_s)
     cases = UseCases(service.db, actions, catalogue, policies, chooser, engine)
     subscribe(service.broker, common, cases)
+    # Each tenant's cap on updates in flight, from registry's KV tenants (never its tables).
+    service.background(lambda: caps.mirror.watch(service.broker.connection.jetstream))
+    service.mirror_metrics.mirrors.append(caps.mirror)
+
+    async def wait_for_caps() -> None:
+        # Until the bucket is loaded no action opens (a lower cap must not be overrun); wait
+        # for it here rather than have the first decisions say "queued" for no reason.
+        try:
+            await asyncio.wait_for(caps.mirror.loaded.wait(), CAPS_WAIT_S)
+        except TimeoutError:
+            log.warning("KV tenants not loaded yet; rollouts open no action until it is")
+
+    service.on_start.append(wait_for_caps)
     service.background(engine.run)
     service.background(engine.windows)
     install_metrics(service)

@@ -1,10 +1,12 @@
 """The rollouts engine: background loops that open a rollout's actions and move it on.
 
 Handlers and API requests ``poke`` a rollout after they changed it; the engine then opens the
-actions its started waves are owed (in chunks) and evaluates it (next wave, pause, abort,
-finish). A sweep every ``sweep_s`` does the same for every active rollout, which also finishes
-whatever a crashed process left half done. Maintenance windows are re-checked every
-``window_s``.
+actions its started waves are owed (in chunks, as many as the tenant's cap on updates in flight
+leaves free) and evaluates it (next wave, pause, abort, finish). The pokes of a burst (a pull of
+feedback) are taken together, once per burst: the poked rollouts, and the running rollouts of
+their tenants that have devices queued for a slot, are each stepped once. A sweep every
+``sweep_s`` does the same for every active rollout, which also finishes whatever a crashed
+process left half done. Maintenance windows are re-checked every ``window_s``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ class Engine:
             self._wake.clear()
             ids, self._dirty = self._dirty, set()
             try:
-                if not ids:
+                if ids:
+                    ids |= set(await self.store.queued_elsewhere(ids))
+                else:
                     ids = set(await self.store.active_ids())
                 for rollout_id in sorted(ids):
                     await self.step(rollout_id)

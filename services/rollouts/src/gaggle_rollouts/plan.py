@@ -14,6 +14,8 @@ from datetime import UTC, datetime, time
 from typing import Any, Literal
 
 MemberState = Literal["waiting", "pending", "running", "success", "failure", "canceled"]
+"""``waiting``: its wave has not started; ``pending``: queued for its action (counted as
+``queued``); ``running``: its action is open; then how its action ended."""
 RolloutState = Literal["created", "running", "paused", "finished", "aborted"]
 ErrorAction = Literal["pause", "abort"]
 
@@ -63,6 +65,9 @@ class Counters:
     total: int = 0
     pending: int = 0
     """Not started yet: their wave has not begun, or their action is not open yet."""
+    queued: int = 0
+    """Of ``pending``, those whose wave started: waiting for a free slot under the tenant's cap
+    on updates in flight (or for the rollout to resume). Neither successes nor failures."""
     running: int = 0
     success: int = 0
     failure: int = 0
@@ -73,6 +78,8 @@ class Counters:
         self.total += n
         if state in ("waiting", "pending"):
             self.pending += n
+            if state == "pending":
+                self.queued += n
         else:
             setattr(self, state, getattr(self, state) + n)
 
@@ -156,6 +163,17 @@ def next_step(
     if overall.pending == 0 and overall.running == 0:
         return Step("finish", "every device is done")
     return Step("none")
+
+
+def free_slots(cap: int | None, in_flight: int, chunk: int) -> int:
+    """How many actions may be opened now: what the tenant's cap leaves free, a chunk at most.
+
+    ``cap`` is the tenant's cap on devices with an open action (None: not known yet, so nothing
+    opens); ``in_flight`` counts the tenant's open actions, whatever opened them.
+    """
+    if cap is None:
+        return 0
+    return max(0, min(cap - in_flight, chunk))
 
 
 def transition(state: str, command: str) -> RolloutState | None:

@@ -3,6 +3,12 @@
 Members waiting for their action are claimed with ``FOR UPDATE SKIP LOCKED``: replicas split
 the work instead of repeating it; a device chosen for on its own (``device.updated``) holds its
 advisory lock first and skips rows a batch holds.
+
+Actions open only into free slots under the tenant's cap on updates in flight (devices with an
+open action, whatever opened it): the others of a started wave stay queued (``pending``), in wave
+and id order, until earlier actions close. Slots are counted and filled under the tenant's
+in-flight lock; a wave's batch waits for it (taken before the rollout's row), a device deciding
+on its own waits briefly (it holds other locks already) and stays queued if it stays busy.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from gaggle_rollouts.actions import Actions, ActionSpec
+from gaggle_rollouts.caps import Caps
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.decision import (
     Decision,
@@ -22,6 +29,7 @@ from gaggle_rollouts.decision import (
     choose_software,
     fits,
 )
+from gaggle_rollouts.plan import free_slots
 from gaggle_rollouts.policies import device_view
 from gaggle_rollouts.rollout_filter import DeviceFilter
 from gaggle_rollouts.rollout_phases import feed_key
@@ -29,9 +37,13 @@ from gaggle_rollouts.rollout_sql import (
     CLAIM_PENDING,
     DEVICES_OF,
     GROW_WAVE,
+    IN_FLIGHT,
     INSERT_MEMBER,
+    LOCK_IN_FLIGHT,
     MEMBER,
     NEWEST_ACTIVE,
+    RESET_LOCK_TIMEOUT,
+    SET_LOCK_TIMEOUT,
     SET_MEMBERS,
     SHARE_FEED,
     WAVES,
@@ -40,14 +52,49 @@ from gaggle_runtime.db import Conn
 
 CHUNK = 500
 """Devices whose actions are opened in one transaction."""
+LOCK_WAIT_MS = 300
+"""How long a device deciding on its own waits for its tenant's in-flight lock before it stays
+queued (a wave's batch holds the lock while it opens a chunk; the engine opens it later)."""
 
 
 class Membership:
     """Joins devices to rollouts and opens their actions through :class:`Actions`."""
 
-    def __init__(self, repo: Actions, catalogue: Catalogue) -> None:
+    def __init__(self, repo: Actions, catalogue: Catalogue, caps: Caps) -> None:
         self.repo = repo
         self.catalogue = catalogue
+        self.caps = caps
+
+    async def slots(self, conn: Conn, tenant: str, *, wait: bool) -> int:
+        """Actions the tenant may open now (a chunk at most), its in-flight lock then held.
+
+        ``wait``: wait for the lock; else 0 when another opener holds it.
+        """
+        cap = self.caps.cap(tenant)
+        if cap is None:
+            return 0
+        if wait:
+            await conn.execute(LOCK_IN_FLIGHT, tenant)
+        elif not await self._lock_briefly(conn, tenant):
+            return 0
+        return free_slots(cap, await conn.fetchval(IN_FLIGHT, tenant), CHUNK)
+
+    async def _lock_briefly(self, conn: Conn, tenant: str) -> bool:
+        """Take the tenant's in-flight lock if it comes within ``LOCK_WAIT_MS``.
+
+        A device deciding on its own holds locks a wave's batch may wait for (its rollout's row,
+        behind an operator's command): giving up before PostgreSQL's deadlock check (1 s) breaks
+        any such cycle without failing anyone's transaction. The savepoint keeps the caller's.
+        """
+        try:
+            async with conn.transaction():
+                await conn.execute(SET_LOCK_TIMEOUT, f"{LOCK_WAIT_MS}ms")
+                await conn.execute(LOCK_IN_FLIGHT, tenant)
+        except asyncpg.LockNotAvailableError:
+            return False
+        finally:
+            await conn.execute(RESET_LOCK_TIMEOUT)
+        return True
 
     async def choose_in_rollout(
         self,
@@ -81,7 +128,11 @@ class Membership:
             return Decision(None, "rollout paused", rid)
         if state != "pending":
             return Decision(None, f"device is {state} in the rollout", rid)
-        decided = await self.open_pending(conn, row, [device.controller_id])
+        if await self.slots(conn, tenant, wait=False) < 1:
+            return Decision(
+                None, "queued for a free slot under the tenant's cap on updates in flight", rid
+            )
+        decided = await self.open_pending(conn, row, [device.controller_id], 1)
         return decided.get(device.controller_id, Decision(None, "being decided elsewhere", rid))
 
     async def join(self, conn: Conn, rollout: asyncpg.Record, device: DeviceView) -> str | None:
@@ -105,14 +156,17 @@ class Membership:
         return state
 
     async def open_pending(
-        self, conn: Conn, rollout: asyncpg.Record, only: Sequence[str] | None
+        self, conn: Conn, rollout: asyncpg.Record, only: Sequence[str] | None, limit: int
     ) -> dict[str, Decision]:
-        """Open actions for pending members (``only`` these, if given), a chunk at most."""
+        """Open actions for up to ``limit`` queued members (``only`` these, if given).
+
+        The caller holds the tenant's in-flight lock and got ``limit`` from :meth:`slots`.
+        """
         tenant = rollout["tenant"]
         ids = [
             r[0]
             for r in await conn.fetch(
-                CLAIM_PENDING, rollout["id"], None if only is None else list(only), CHUNK
+                CLAIM_PENDING, rollout["id"], None if only is None else list(only), limit
             )
         ]
         if not ids:

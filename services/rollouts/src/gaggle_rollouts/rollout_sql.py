@@ -88,8 +88,22 @@ WHERE m.rollout_id = $1 AND m.state = 'pending'
   AND ($2::text[] IS NULL OR m.controller_id = ANY($2::text[]))
   AND NOT EXISTS (SELECT 1 FROM rollouts.actions a
                   WHERE a.tenant = m.tenant AND a.controller_id = m.controller_id AND a.active)
-ORDER BY m.controller_id LIMIT $3
+ORDER BY m.wave, m.controller_id LIMIT $3
 FOR UPDATE OF m SKIP LOCKED"""
+# The tenant's cap on updates in flight: actions are counted and opened under this lock, so two
+# openers (replicas, or a wave and a device deciding alone) never both fill the same free slots.
+LOCK_IN_FLIGHT = "SELECT pg_advisory_xact_lock(hashtext('in-flight:' || $1))"
+SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', $1, true)"
+RESET_LOCK_TIMEOUT = "SET LOCAL lock_timeout TO DEFAULT"
+IN_FLIGHT = "SELECT count(*)::int FROM rollouts.actions WHERE tenant = $1 AND active"
+ROLLOUT_TENANT = "SELECT tenant, state FROM rollouts.rollouts WHERE id = $1"
+RUNNING_OF_SAME_TENANTS = """
+SELECT id FROM rollouts.rollouts
+WHERE state = 'running'
+  AND tenant IN (SELECT tenant FROM rollouts.rollouts WHERE id = ANY($1::bigint[]))
+  AND EXISTS (SELECT 1 FROM rollouts.rollout_devices m WHERE m.rollout_id = rollouts.id
+              AND m.state = 'pending')
+ORDER BY id"""
 DEVICES_OF = """
 SELECT d.*, coalesce(p.mode, 'rollout') AS mode, coalesce(p.feed, 'default') AS feed
 FROM rollouts.devices d

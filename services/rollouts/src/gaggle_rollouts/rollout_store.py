@@ -11,14 +11,18 @@ How two replicas (or two events) never decide twice:
   reads them (no read-modify-write to lose).
 - The partial unique index on open actions refuses a second open action for a device, whatever
   the path.
+- Actions are counted against the tenant's cap on updates in flight and opened under the tenant's
+  in-flight lock (:meth:`Membership.slots`), taken before the rollout's row.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from gaggle_rollouts.actions import Actions
+from gaggle_rollouts.caps import Caps
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.decision import fits, same_version
 from gaggle_rollouts.errors import NotKnown, Refused
@@ -37,6 +41,8 @@ from gaggle_rollouts.rollout_sql import (
     INSERT_WAVES,
     LOCK_FEED,
     LOCK_ROLLOUT,
+    ROLLOUT_TENANT,
+    RUNNING_OF_SAME_TENANTS,
     SELECT_ROLLOUT,
     SHARE_ROLLOUT,
     WAVES,
@@ -48,12 +54,12 @@ log = logging.getLogger(__name__)
 class RolloutStore:
     """Rollouts' transactions: creation, operators' commands, the engine's steps."""
 
-    def __init__(self, repo: Actions, catalogue: Catalogue) -> None:
+    def __init__(self, repo: Actions, catalogue: Catalogue, caps: Caps) -> None:
         self.repo = repo
         self.catalogue = catalogue
         self.db = repo.db
         self.phases = Phases(repo)
-        self.members = Membership(repo, catalogue)
+        self.members = Membership(repo, catalogue, caps)
         self.reads = RolloutReads(repo.db, catalogue)
 
     async def create(self, tenant: str, new: NewRollout) -> dict[str, Any]:
@@ -151,18 +157,34 @@ class RolloutStore:
         """Ids of running and paused rollouts (every tenant)."""
         return [r[0] for r in await self.db.pool.fetch(ACTIVE_IDS)]
 
-    async def activate(self, rollout_id: int) -> int:
-        """Open actions for the started devices of a running rollout, a chunk per transaction.
+    async def queued_elsewhere(self, rollout_ids: Collection[int]) -> list[int]:
+        """Running rollouts with queued devices, of the tenants of ``rollout_ids``.
 
+        A closed action frees a slot of its tenant, not of its rollout: whichever of the
+        tenant's rollouts waits for one gets it.
+        """
+        rows = await self.db.pool.fetch(RUNNING_OF_SAME_TENANTS, list(rollout_ids))
+        return [r[0] for r in rows]
+
+    async def activate(self, rollout_id: int) -> int:
+        """Open actions for queued devices of a running rollout, a chunk per transaction.
+
+        As many as the tenant's cap on updates in flight leaves free; the others stay queued.
         Returns how many devices were settled (opened, or found done or gone).
         """
+        first = await self.db.pool.fetchrow(ROLLOUT_TENANT, rollout_id)
+        if first is None or first["state"] != "running":
+            return 0
         settled = 0
         while True:
             async with self.db.pool.acquire() as conn, conn.transaction():
+                free = await self.members.slots(conn, first["tenant"], wait=True)
+                if free < 1:
+                    return settled
                 row = await conn.fetchrow(SHARE_ROLLOUT, rollout_id)
                 if row is None or row["state"] != "running":
                     return settled
-                decided = await self.members.open_pending(conn, row, None)
+                decided = await self.members.open_pending(conn, row, None, free)
             if not decided:
                 return settled
             settled += len(decided)

@@ -6,7 +6,15 @@ from datetime import UTC, datetime, time
 
 import pytest
 
-from gaggle_rollouts.plan import Progress, WaveSpec, Window, next_step, transition, wave_sizes
+from gaggle_rollouts.plan import (
+    Progress,
+    WaveSpec,
+    Window,
+    free_slots,
+    next_step,
+    transition,
+    wave_sizes,
+)
 
 P, C = (lambda n: WaveSpec(percent=n)), (lambda n: WaveSpec(count=n))
 
@@ -81,16 +89,66 @@ def test_zero_error_threshold_stops_at_the_first_failure_and_abort_is_honoured()
     assert step.kind == "abort"
 
 
-def test_counters_fold_waiting_into_pending() -> None:
+def test_counters_fold_waiting_into_pending_and_count_the_queued_apart() -> None:
     overall = progress({"success": 3, "running": 1}, {"waiting": 4, "pending": 2}).overall()
     assert overall.public() == {
         "total": 10,
         "pending": 6,
+        "queued": 2,
         "running": 1,
         "success": 3,
         "failure": 0,
         "canceled": 0,
     }
+
+
+@pytest.mark.parametrize(
+    ("cap", "in_flight", "chunk", "free"),
+    [
+        (3, 0, 500, 3),  # an idle tenant fills its cap
+        (3, 1, 500, 2),
+        (3, 3, 500, 0),  # at the cap: everyone else waits
+        (3, 5, 500, 0),  # over it (the cap was lowered): never negative
+        (1000, 10, 500, 500),  # a chunk per transaction at most
+        (None, 0, 500, 0),  # the cap is not known yet: nothing opens
+    ],
+)
+def test_free_slots_are_what_the_cap_leaves_a_chunk_at_most(
+    cap: int | None, in_flight: int, chunk: int, free: int
+) -> None:
+    assert free_slots(cap, in_flight, chunk) == free
+
+
+def test_queued_devices_are_neither_successes_nor_failures_for_the_next_wave() -> None:
+    # Wave 1 of 10 under a cap of 3: 2 succeeded, 1 runs, 7 queued; 80 % success is 8 of 10.
+    queued = progress({"success": 2, "running": 1, "pending": 7}, {"waiting": 10})
+    kwargs = {"current_wave": 1, "wave_count": 2, "success_threshold": 80, "error_threshold": 20}
+    assert next_step(progress=queued, error_action="pause", **kwargs).kind == "none"
+    done = progress({"success": 8, "running": 1, "pending": 1}, {"waiting": 10})
+    assert next_step(progress=done, error_action="pause", **kwargs).kind == "next_wave"
+
+
+def test_failures_trip_the_error_threshold_against_the_whole_wave_queued_included() -> None:
+    # 2 failures of a wave of 10 is 20 %, not over it; the queued still count in the wave.
+    kwargs = {"current_wave": 1, "wave_count": 1, "success_threshold": 100, "error_threshold": 20}
+    at = progress({"failure": 2, "running": 1, "pending": 7})
+    assert next_step(progress=at, error_action="abort", **kwargs).kind == "none"
+    over = progress({"failure": 3, "pending": 7})
+    assert next_step(progress=over, error_action="abort", **kwargs).kind == "abort"
+
+
+def test_a_last_wave_with_queued_devices_is_not_finished() -> None:
+    queued = progress({"success": 9, "pending": 1})
+    step = next_step(
+        current_wave=1,
+        wave_count=1,
+        progress=queued,
+        success_threshold=100,
+        error_threshold=100,
+        error_action="pause",
+    )
+    assert step.kind == "none"
+    assert queued.overall().queued == 1
 
 
 @pytest.mark.parametrize(
