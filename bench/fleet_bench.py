@@ -575,7 +575,8 @@ async def overload_run(
     prefix = f"{OVERLOAD_PREFIX}{n}-"
     say(
         f"{server.name}: overload, one rollout to {n:,} devices polling every "
-        f"{args.overload_poll:g} s, {args.overload_image_kib:g} KiB image"
+        f"{args.overload_poll:g} s, {args.overload_image_kib:g} KiB image, "
+        f"{args.overload_connections} simulator connections"
     )
     image = await asyncio.to_thread(
         build_image, folder, args.overload_image_kib / 1024, args.seed, board
@@ -588,6 +589,7 @@ async def overload_run(
         id_prefix=prefix,
         hw_model=board,
         poll="server",  # SWUpdate obeys the sleep, stretched or not; the stack's is the poll
+        connections=args.overload_connections,
         ramp_up=float(args.overload_poll),  # a fleet that polls steadily, not in one burst
     )
     fleet = Fleet(config)
@@ -1112,6 +1114,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--overload-image-kib", type=float, default=64.0, help="overload image payload KiB (64)"
     )
     p.add_argument(
+        "--overload-connections",
+        type=int,
+        default=1000,
+        help="overload: simulator requests (and connections) in flight at most (1000)",
+    )
+    p.add_argument(
         "--verify",
         default="sha256",
         choices=["sha256", "head", "none"],
@@ -1151,7 +1159,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--phases: some of 1, 2, 3, overload; phase 1 needs phase 2")
     if min(args.devices, args.rollout_devices, args.connections) < 1 or args.poll_seconds <= 0:
         p.error("sizes and durations must be positive")
-    if args.overload_devices < 1 or args.overload_small < 0 or args.overload_poll < 1:
+    if (
+        min(args.overload_devices, args.overload_poll, args.overload_connections) < 1
+        or args.overload_small < 0
+    ):
         p.error("--overload-devices and --overload-poll must be positive")
     return args
 

@@ -18,7 +18,7 @@ from email.utils import format_datetime
 import pytest
 
 from apps.sim.tests.conftest import FakeDdi, Reply, Seen
-from gaggle_sim import FleetConfig, FleetStats
+from gaggle_sim import Fleet, FleetConfig, FleetStats
 from gaggle_sim.__main__ import summary
 from gaggle_sim.device import (
     DEFAULT_RETRY_AFTER,
@@ -325,3 +325,36 @@ def test_summary_shows_throttled_server_errors_and_dropped_per_kind() -> None:
     assert "5xx          1 (feedback 1)" in text
     assert "dropped      1 (download 1)" in text
     assert json.loads(json.dumps(stats.snapshot()))["answers"]["poll"] == {"200": 1, "429": 1}
+
+
+async def test_a_fleet_under_back_pressure_finishes_with_only_200s_and_429s(fake_ddi) -> None:
+    fake = await fake_ddi(artifact=PAYLOAD)
+    assert fake.server is not None
+    answered = {"n": 0}
+
+    def every_third(req: Seen) -> Reply:
+        answered["n"] += 1
+        if answered["n"] % 3 == 0:
+            return Reply(429, b"{}", {"Retry-After": "0"})
+        return fake.handle(req)
+
+    fake.server.handler = every_third
+    config = FleetConfig(fake.base_url, 6, poll=0.05, jitter=0.0)
+    for i in range(6):
+        fake.assign(f"sim-{i:06d}")
+    fleet = Fleet(config)
+    await fleet.start()
+    try:
+        done = await fleet.wait(
+            lambda s: s.successes >= 6 and all(not d.report_version for d in fleet.devices),
+            timeout=20,
+        )
+    finally:
+        await fleet.stop()
+    stats = fleet.stats
+    assert done, stats.snapshot()
+    assert all(d.sw_version == "2.0.0" for d in fleet.devices)
+    assert all(fake.registered[f"sim-{i:06d}"]["sw_version"] == "2.0.0" for i in range(6))
+    assert sum(stats.throttled.values()) > 0
+    assert (stats.other_answers(), stats.errors, stats.poll_errors, stats.failures) == (0, 0, 0, 0)
+    assert fake.problems == []
