@@ -617,7 +617,10 @@ async def overload_run(
         )
         res["usage"] = await meter.stop()
         res["registered_s"] = round(registered_s, 3)
-        res["before_rollout"] = {k: before[k] for k in ("polls", "throttled", "other_answers")}
+        res["before_rollout"] = {
+            k: before[k]
+            for k in ("polls", "throttled", "server_errors", "dropped", "other_answers")
+        }
         res["listed_new_version"] = await _listed_new(server, client, prefix, board, n)
     finally:
         with contextlib.suppress(Exception):

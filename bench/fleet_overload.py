@@ -29,6 +29,21 @@ RolloutState = Callable[[], Awaitable[Any]]
 MetricsText = Callable[[], Awaitable[str]]
 
 
+def since(now: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """The answer counters of a snapshot ``now`` minus those of an earlier one."""
+    out: dict[str, Any] = {
+        "other_answers": now["other_answers"] - then["other_answers"],
+        "throttle_wait_s": round(now["throttle_wait_s"] - then["throttle_wait_s"], 3),
+    }
+    for key in ("throttled", "server_errors", "dropped"):
+        out[key] = {k: v - then[key].get(k, 0) for k, v in now[key].items()}
+    out["answers"] = {
+        kind: {s: n - then["answers"].get(kind, {}).get(s, 0) for s, n in statuses.items()}
+        for kind, statuses in now["answers"].items()
+    }
+    return out
+
+
 def confirmed(fleet: Fleet, version: str) -> int:
     """Devices that run ``version`` and whose configData saying so was answered 200."""
     return sum(1 for d in fleet.devices if d.sw_version == version and not d.report_version)
@@ -161,6 +176,7 @@ async def run_overload(
     """
     n = len(fleet.devices)
     holder: dict[str, Any] = {}
+    base = fleet.stats.snapshot()  # what registration cost is not the rollout's
 
     async def state() -> Any:
         return None if "rollout" not in holder else await rollout_state(holder["rollout"])  # type: ignore[misc]
@@ -189,7 +205,7 @@ async def run_overload(
     elapsed = time.perf_counter() - t0
     await timeline.stop()
     stats = fleet.stats
-    snap = stats.snapshot()
+    snap = since(stats.snapshot(), base)
     return {
         "devices": n,
         "rollout_request_s": round(request_s, 3),
@@ -199,7 +215,7 @@ async def run_overload(
         "successes": stats.successes,
         "failures": stats.failures,
         "confirmed": confirmed(fleet, version),
-        "other_answers": stats.other_answers(),
+        "other_answers": snap["other_answers"],
         "throttled": snap["throttled"],
         "server_errors": snap["server_errors"],
         "dropped": snap["dropped"],
@@ -269,6 +285,19 @@ def _kinds(counts: dict[str, int]) -> str:
     return f"{_total(counts):,}" + (f" ({parts})" if parts else "")
 
 
+def _before(res: dict[str, Any]) -> str:
+    """Answers other than 200/429 while the fleet registered: total, 5xx and dropped kinds."""
+    before = res.get("before_rollout") or {}
+    if "other_answers" not in before:
+        return "-"
+    text = f"{before['other_answers']:,}"
+    for label in ("server_errors", "dropped"):
+        counts = before.get(label) or {}
+        if _total(counts):
+            text += f"; {'5xx' if label == 'server_errors' else 'dropped'} {_kinds(counts)}"
+    return text
+
+
 def table(runs: list[dict[str, Any]], poll_s: float) -> list[str]:
     """A Markdown table, one column per fleet size, and the goal lines of each run."""
     heads = [f"{r['devices']:,} devices" for r in runs]
@@ -297,6 +326,7 @@ def table(runs: list[dict[str, Any]], poll_s: float) -> list[str]:
     row("  of which dropped", [_kinds(r["dropped"]) for r in runs])
     row("429 answers", [_kinds(r["throttled"]) for r in runs])
     row("Retry-After waited, device-s", [num(r["throttle_wait_s"]) for r in runs])
+    row("before the rollout (registration): other than 200/429", [_before(r) for r in runs])
     row("peak gateway sleep factor", [num(r.get("peak_sleep_factor"), 2) for r in runs])
     row("server CPU s", [num((r.get("usage") or {}).get("server_cpu_s")) for r in runs])
     row("peak memory MiB (RSS)", [num((r.get("usage") or {}).get("peak_rss_mib"), 0) for r in runs])

@@ -204,9 +204,9 @@ async def test_a_throttled_progress_report_is_sent_again_after_retry_after_witho
 
     delay, seen = await driver.step()
     assert delay == 0.0  # the final report went out: poll again at once
-    # Carried on where it stopped: no poll first, and the accepted configData not sent again.
+    # Carried on where it stopped: no poll or deploymentBase first, and the accepted configData
+    # not sent again.
     assert seen == [
-        "deploymentBase",
         "feedback:proceeding",
         "download",
         "feedback:proceeding",
@@ -252,7 +252,7 @@ async def test_a_throttled_download_is_taken_up_again_without_a_second_progress_
     delay, seen = await driver.step()
     assert (delay, seen[-1]) == (2.0, "download")
     delay, seen = await driver.step()
-    assert seen[:2] == ["deploymentBase", "download"]
+    assert seen[:2] == ["download", "feedback:proceeding"]
     assert driver.stats.throttled["download"] == 1
     assert driver.stats.downloads == 1
     assert (driver.stats.successes, driver.stats.errors) == (1, 0)

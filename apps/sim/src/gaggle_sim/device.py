@@ -31,7 +31,8 @@ report that got no answer, a 5xx or a 429 is sent again at the next step.
 A 429 is back-pressure, not an error: the device waits as long as its ``Retry-After`` says (1 s
 without one) and then sends that request again; the step ends there, so the wait costs a timer
 and no connection. A poll answer's work interrupted by a 429 (configData, deploymentBase,
-feedback, download) is taken up again where it stopped, without polling again first, as
+feedback, download) is taken up again where it stopped, without polling (or reading an
+deploymentBase already read) again first, as
 SWUpdate and rauc-hawkbit-updater retry a request answered 429 (other-clients.md).
 
 A device remembers the actions whose final report or cancel the server answered 200; a later poll
@@ -300,6 +301,7 @@ class Device:
         "_announced",
         "_attempts",
         "_closed",
+        "_deployment",
         "_downloaded",
         "_finished",
         "_last_body",
@@ -355,6 +357,8 @@ class Device:
         self._downloaded = False
         self._announced = False
         self._attempts = 0
+        self._deployment: dict[str, Any] | None = None
+        """The ``deployment`` of the current action, while a 429 interrupted its work."""
         self._resume: dict[str, str] | None = None
         """The links of a poll answer whose work a 429 interrupted: done next, without a poll."""
         self._pending_final: _Final | None = None
@@ -472,6 +476,7 @@ class Device:
             _count_reoffers(ctx, self._finished, links)
         if self._closed:
             self._closed = _still_offered(self._closed, links)
+        self._deployment = None  # read afresh after each poll (a maintenance window may open)
         return await self._act(ctx, dict(links))
 
     async def _act(self, ctx: DeviceContext, links: dict[str, str]) -> float | None:
@@ -537,6 +542,7 @@ class Device:
         self.install = None
         self._downloaded = False
         self._announced = False
+        self._deployment = None
         self._attempts = 0
         self.state = "idle"
 
@@ -583,22 +589,13 @@ class Device:
             stats.deployments_seen += 1
         if self.install is not None or self._pending_final is not None:
             return
-        self._check_offline(ctx)
-        response = await self._request(ctx, "GET", href, None, kind="deploymentBase")
-        if response is None:
-            return
-        if response.status in (404, 410):
-            raise _Abandon
-        if response.status != 200:
-            stats.error(f"{self.controller_id} deploymentBase: HTTP {response.status}")
-            return
-        try:
-            document = response.json()
-            deployment = document["deployment"]
-            chunks = deployment.get("chunks") or []
-        except (ValueError, KeyError, TypeError, AttributeError):
-            stats.error(f"{self.controller_id} deploymentBase: unexpected answer")
-            return
+        deployment = self._deployment
+        if deployment is None:
+            deployment = await self._fetch_deployment(ctx, href)
+            if deployment is None:
+                return
+            self._deployment = deployment
+        chunks = deployment.get("chunks") or []
         if deployment.get("download") == "skip":
             return
         artifacts = [
@@ -652,6 +649,27 @@ class Device:
         self.install = _Install(action_id, feedback, version, count, ctx.loop.time() + seconds)
         if seconds <= 0:
             await self._finish_install(ctx, self.install)
+
+    async def _fetch_deployment(self, ctx: DeviceContext, href: str) -> dict[str, Any] | None:
+        """GET deploymentBase: its ``deployment``, or None (counted as an error) if unusable."""
+        self._check_offline(ctx)
+        stats = ctx.stats
+        response = await self._request(ctx, "GET", href, None, kind="deploymentBase")
+        if response is None:
+            return None
+        if response.status in (404, 410):
+            raise _Abandon
+        if response.status != 200:
+            stats.error(f"{self.controller_id} deploymentBase: HTTP {response.status}")
+            return None
+        try:
+            deployment = response.json()["deployment"]
+        except (ValueError, KeyError, TypeError):
+            deployment = None
+        if not isinstance(deployment, dict):
+            stats.error(f"{self.controller_id} deploymentBase: unexpected answer")
+            return None
+        return deployment
 
     async def _finish_install(self, ctx: DeviceContext, install: _Install) -> None:
         await self._feedback(
