@@ -221,6 +221,7 @@ async def run_overload(
         "dropped": snap["dropped"],
         "answers": snap["answers"],
         "throttle_wait_s": snap["throttle_wait_s"],
+        "error_samples": list(stats.error_samples),
         "peak_sleep_factor": max(
             (p["sleep_factor"] for p in timeline.points if p.get("sleep_factor") is not None),
             default=None,
@@ -340,6 +341,11 @@ def table(runs: list[dict[str, Any]], poll_s: float) -> list[str]:
     lines.append("")
     for r in runs:
         lines += [f"{r['devices']:,} devices: {line}" for line in goal_lines(r)]
+    for r in runs:
+        samples = r.get("error_samples") or []
+        if samples:
+            lines.append(f"- {r['devices']:,} devices, the last errors the devices saw:")
+            lines += [f"    {text}" for text in samples[-3:]]
     return lines
 
 
