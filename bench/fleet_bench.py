@@ -34,6 +34,12 @@ client's choice, not the server's ``sleep``:
    simulator's ``reoffered``: a poll that still offered an action after its final report was
    answered 200).
 
+``--phases overload`` (Gaggle only, alone or after the others) is the overload scenario of
+``fleet_overload``: one rollout to ``--overload-devices`` devices that poll every
+``--overload-poll`` seconds (the gateway's polling sleep, which they obey), until every device
+was told of its success and reported its new version; it prints its own table and goal lines and
+writes a timeline PNG per fleet size.
+
 The phases run in the order 2, 1, 3 on each server (first contact registers the devices the
 steady polls need). Every phase has a time limit (``--phase-timeout``); a phase that runs out
 says so and reports what it reached. Prints a Markdown table with each figure for both servers,
@@ -62,6 +68,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import fleet_overload
 import httpx
 import uvloop
 from benchlib import Children, git_version, machine_busy_seconds, say
@@ -81,6 +88,8 @@ INSTALLED = "1.0.0"
 NEW_VERSION = "2.0.0"
 FLEET_PREFIX = "fleet-"
 ROLLOUT_PREFIX = "roll-"
+OVERLOAD_PREFIX = "over-"
+OVERLOAD_BOARD = "sim-overload"
 SAMPLE_S = 0.2
 
 GOAL_POLL_RATIO = 20.0
@@ -543,6 +552,98 @@ async def phase_rollout(
     return res
 
 
+async def phase_overload(
+    server: Server, args: argparse.Namespace, client: httpx.AsyncClient, folder: Path
+) -> list[dict[str, Any]]:
+    """The overload scenario (``fleet_overload``), for the smaller fleet first if asked."""
+    if not isinstance(server, GaggleStack):
+        say(f"{server.name}: the overload scenario runs against Gaggle only; skipped")
+        return []
+    sizes = [n for n in (args.overload_small, args.overload_devices) if n]
+    return [await overload_run(server, args, client, folder, n) for n in sizes]
+
+
+async def overload_run(
+    server: GaggleStack,
+    args: argparse.Namespace,
+    client: httpx.AsyncClient,
+    folder: Path,
+    n: int,
+) -> dict[str, Any]:
+    """``n`` devices polling as the gateway says (every ``--overload-poll`` s), one rollout."""
+    board = f"{OVERLOAD_BOARD}-{n}"
+    prefix = f"{OVERLOAD_PREFIX}{n}-"
+    say(
+        f"{server.name}: overload, one rollout to {n:,} devices polling every "
+        f"{args.overload_poll:g} s, {args.overload_image_kib:g} KiB image, "
+        f"{args.overload_connections} simulator connections"
+    )
+    image = await asyncio.to_thread(
+        build_image, folder, args.overload_image_kib / 1024, args.seed, board
+    )
+    software_id = await asyncio.wait_for(server.upload(client, image), args.phase_timeout)
+    config = fleet_config(
+        server,
+        args,
+        count=n,
+        id_prefix=prefix,
+        hw_model=board,
+        poll="server",  # SWUpdate obeys the sleep, stretched or not; the stack's is the poll
+        connections=args.overload_connections,
+        ramp_up=float(args.overload_poll),  # a fleet that polls steadily, not in one burst
+    )
+    fleet = Fleet(config)
+    await fleet.start()
+    try:
+        r0 = time.perf_counter()
+        if not await wait_stats(fleet, server, lambda s: s.config_sent >= n, args.phase_timeout):
+            raise RuntimeError(f"{server.name}: only {fleet.stats.config_sent} of {n} registered")
+        await server.wait_known(client, prefix, board, n, args.phase_timeout)
+        registered_s = time.perf_counter() - r0
+        say(f"{server.name}: {n:,} overload devices registered in {registered_s:.1f} s")
+        before = fleet.stats.snapshot()
+        meter = Meter(server)
+        await meter.start()
+        res = await fleet_overload.run_overload(
+            fleet,
+            version=NEW_VERSION,
+            start_rollout=lambda: server.start_rollout(
+                client, software_id, f"overload {n}", args.phase_timeout
+            ),
+            rollout_state=lambda rollout: server.rollout_state(client, rollout),
+            metrics=lambda: server.gateway_metrics(client),
+            check_alive=server.check_alive,
+            timeout=args.phase_timeout,
+        )
+        res["usage"] = await meter.stop()
+        res["registered_s"] = round(registered_s, 3)
+        res["before_rollout"] = {
+            k: before[k]
+            for k in ("polls", "throttled", "server_errors", "dropped", "other_answers")
+        }
+        res["listed_new_version"] = await _listed_new(server, client, prefix, board, n)
+    finally:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(30):
+                await fleet.stop()
+    for line in fleet_overload.goal_lines(res):
+        say(f"{server.name}: {n:,} devices: {line}")
+    return res
+
+
+async def _listed_new(
+    server: GaggleStack, client: httpx.AsyncClient, prefix: str, board: str, n: int
+) -> int:
+    """Devices the registry lists with the new version (read until all, for at most 30 s)."""
+    listed = 0
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(30):
+            while listed < n:
+                listed = await server.count_listed(client, prefix, board, NEW_VERSION)
+                await asyncio.sleep(0.5)
+    return listed
+
+
 async def prime(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     """One device of the fleet's board makes first contact alone, before the phases.
 
@@ -580,25 +681,27 @@ async def run_server(
                 out["steady"] = await phase_steady(server, args)
             if 3 in args.phases:
                 out["rollout"] = await phase_rollout(server, args, client, image)
+            if args.overload:
+                out["overload"] = await phase_overload(server, args, client, image.parent)
         server.check_alive()
     finally:
         await asyncio.to_thread(server.stop)
     return out
 
 
-def build_image(folder: Path, mib: float, seed: int) -> Path:
-    """The rollout image: a real .swu with ``mib`` MiB of random payload for ``sim-rollout``."""
+def build_image(folder: Path, mib: float, seed: int, board: str = ROLLOUT_BOARD) -> Path:
+    """A rollout image: a real .swu with ``mib`` MiB of random payload for ``board``."""
     payload = random.Random(seed).randbytes(int(mib * 2**20))
     data = make_rawfile_swu(
         payload,
         version=NEW_VERSION,
-        board=ROLLOUT_BOARD,
+        board=board,
         revisions=[REVISION],
         install_path="/tmp/gaggle-sim/payload.bin",  # noqa: S108 (a path inside the image)
         key=None,
         cert=None,
     )
-    path = folder / f"fleet-{NEW_VERSION}.swu"
+    path = folder / f"{board}-{NEW_VERSION}.swu"
     path.write_bytes(data)
     return path
 
@@ -881,6 +984,44 @@ def chart(results: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def overload_report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
+    """The overload table and goal lines with their verdicts, when the scenario ran."""
+    runs = (results["servers"].get("Gaggle") or {}).get("overload") or []
+    if not runs:
+        return None
+    lines = [
+        f"Overload benchmark, {results['started'][:16].replace('T', ' ')} UTC, Gaggle "
+        f"{results['code']}; {machine_text(results['machine'])}",
+        "",
+        *fleet_overload.table(runs, args.overload_poll),
+    ]
+    for r in runs:
+        lines.append(
+            f"- {r['devices']:,} devices: registered in {r['registered_s']:.1f} s; rollout "
+            f"request {r['rollout_request_s']:.2f} s; registry lists "
+            f"{r['listed_new_version']:,} with {NEW_VERSION}; {cpu_note(r['usage'])}"
+        )
+    return {
+        "table": "\n".join(lines),
+        "verdicts": {str(r["devices"]): fleet_overload.verdict(r) for r in runs},
+    }
+
+
+def overload_charts(results: dict[str, Any], out: Path) -> list[Path]:
+    """One timeline PNG per overload run, next to the JSON."""
+    written = []
+    for r in (results["servers"].get("Gaggle") or {}).get("overload") or []:
+        png = out.with_name(f"{out.stem}-overload-{r['devices']}.png")
+        title = (
+            f"Overload {results['started'][:16].replace('T', ' ')} UTC, Gaggle "
+            f"{results['code']}: one rollout to {r['devices']:,} devices polling every "
+            f"{results['params']['overload_poll']} s"
+        )
+        fleet_overload.chart(r, title, png)
+        written.append(png)
+    return written
+
+
 # --------------------------------------------------------------------------------------------
 # Main
 
@@ -913,7 +1054,10 @@ async def run(
     for name in args.servers:
         server: Server
         if name == "gaggle":
-            server = GaggleStack(children, tmp / "gaggle" / "data")
+            settings = {}
+            if args.overload:  # the devices poll as the gateway says: every --overload-poll s
+                settings["GAGGLE_GATEWAY_POLLING_SLEEP"] = _hms(args.overload_poll)
+            server = GaggleStack(children, tmp / "gaggle" / "data", settings)
         else:
             server = GoosebitPeer(children, tmp / "goosebit", free_port())
         try:
@@ -925,6 +1069,11 @@ async def run(
             results["servers"][server.name] = {"name": server.name, "error": str(exc)[:2000]}
             args.keep_logs = True
     return results
+
+
+def _hms(seconds: int) -> str:
+    """``HH:MM:SS`` of whole seconds (the DDI ``sleep`` format)."""
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _sigterm(_signo: int, _frame: Any) -> None:
@@ -950,6 +1099,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--image-mib", type=float, default=4.0, help="rollout image payload MiB (4)")
     p.add_argument(
+        "--overload-devices", type=int, default=10_000, help="overload scenario fleet (10000)"
+    )
+    p.add_argument(
+        "--overload-poll",
+        type=int,
+        default=5,
+        help="overload: the gateway's polling sleep, whole seconds, obeyed by the devices (5)",
+    )
+    p.add_argument(
+        "--overload-small",
+        type=int,
+        default=0,
+        help="overload: also run a fleet of this size first, for comparison (0: none)",
+    )
+    p.add_argument(
+        "--overload-image-kib", type=float, default=64.0, help="overload image payload KiB (64)"
+    )
+    p.add_argument(
+        "--overload-connections",
+        type=int,
+        default=1000,
+        help="overload: simulator requests (and connections) in flight at most (1000)",
+    )
+    p.add_argument(
         "--verify",
         default="sha256",
         choices=["sha256", "head", "none"],
@@ -964,7 +1137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--phases",
         default="1,2,3",
-        help="which phases to run (1,2,3; phase 1 needs phase 2's devices)",
+        help="which phases to run (1,2,3,overload; phase 1 needs phase 2's devices)",
     )
     p.add_argument("--phase-timeout", type=float, default=600.0, help="seconds per phase (600)")
     p.add_argument("--start-timeout", type=float, default=180.0, help="server start (180)")
@@ -975,18 +1148,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if not args.servers or any(s not in ("gaggle", "goosebit") for s in args.servers):
         p.error("--servers: gaggle, goosebit or both")
+    tokens = {x.strip() for x in args.phases.split(",") if x.strip()}
+    args.overload = "overload" in tokens
     try:
-        args.phases = sorted({int(x) for x in args.phases.split(",") if x.strip()})
+        args.phases = sorted({int(x) for x in tokens - {"overload"}})
     except ValueError:
-        p.error("--phases: a comma-separated list of 1, 2, 3")
+        p.error("--phases: a comma-separated list of 1, 2, 3, overload")
     if (
-        not args.phases
+        not (args.phases or args.overload)
         or not set(args.phases) <= {1, 2, 3}
         or (1 in args.phases and 2 not in args.phases)
     ):
-        p.error("--phases: some of 1, 2, 3; phase 1 needs phase 2")
+        p.error("--phases: some of 1, 2, 3, overload; phase 1 needs phase 2")
     if min(args.devices, args.rollout_devices, args.connections) < 1 or args.poll_seconds <= 0:
         p.error("sizes and durations must be positive")
+    if (
+        min(args.overload_devices, args.overload_poll, args.overload_connections) < 1
+        or args.overload_small < 0
+    ):
+        p.error("--overload-devices and --overload-poll must be positive")
     return args
 
 
@@ -1008,7 +1188,11 @@ def main(argv: list[str] | None = None) -> int:
         # servers need (the same for both).
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             results = runner.run(run(args, tmp, children, started))
-        table, verdicts = report(results, args)
+        table, verdicts = report(results, args) if args.phases else ("", {})
+        overload = overload_report(results, args)
+        if overload:
+            table = "\n\n".join(t for t in (table, overload["table"]) if t)
+            verdicts["overload"] = overload["verdicts"]
         results["verdicts"] = verdicts
         results["table"] = table
         print(table)  # noqa: T201
@@ -1017,10 +1201,13 @@ def main(argv: list[str] | None = None) -> int:
         out = RESULTS_DIR / f"fleet-{stamp}Z.json"
         out.write_text(json.dumps(results, indent=2, default=str) + "\n")
         say(f"results written to {out.relative_to(BENCH_DIR.parent)}")
-        if not args.no_chart:
+        if not args.no_chart and args.phases:
             png = out.with_suffix(".png")
             chart(results, png)
             say(f"chart written to {png.relative_to(BENCH_DIR.parent)}")
+        if not args.no_chart:
+            for png in overload_charts(results, out):
+                say(f"chart written to {png.relative_to(BENCH_DIR.parent)}")
         if any("error" in s for s in results["servers"].values()):
             code = 1
     except KeyboardInterrupt:

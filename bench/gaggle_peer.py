@@ -34,9 +34,13 @@ class GaggleStack:
 
     name = "Gaggle"
 
-    def __init__(self, children: Children, data_dir: Path) -> None:
+    def __init__(
+        self, children: Children, data_dir: Path, settings: dict[str, str] | None = None
+    ) -> None:
         self.children = children
         self.data_dir = data_dir
+        self.settings = dict(settings or {})
+        """Extra ``GAGGLE_*`` settings for the stack, e.g. the gateway's polling sleep."""
         self.ports = {s: free_port() for s in SERVICES}
         self.nats_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -76,6 +80,7 @@ class GaggleStack:
             GAGGLE_DATA_DIR=str(self.data_dir),
             GAGGLE_STACK_NATS_PORT=str(self.nats_port),
             **{f"GAGGLE_{s.upper()}_PORT": str(p) for s, p in self.ports.items()},
+            **self.settings,
         )
         env.pop("DATABASE_URL", None)  # never an outside PostgreSQL
         script = Path(sys.executable).parent / "gaggle-stack"
@@ -139,6 +144,12 @@ class GaggleStack:
         r.raise_for_status()
         doc = r.json()
         return {"state": doc.get("state"), "counters": doc.get("counters")}
+
+    async def gateway_metrics(self, client: httpx.AsyncClient) -> str:
+        """The gateway's ``/metrics`` page (Prometheus text)."""
+        r = await client.get(f"{self.url('gateway')}/metrics", headers=self.headers())
+        r.raise_for_status()
+        return r.text
 
     async def count_listed(
         self, client: httpx.AsyncClient, prefix: str, hw_model: str, sw_version: str

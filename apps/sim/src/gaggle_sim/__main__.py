@@ -166,6 +166,13 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
     )
 
 
+def _per_kind(counts: dict[str, int]) -> str:
+    """``12 (poll 10, feedback 2)``: a total and its kinds (only those that happened)."""
+    parts = ", ".join(f"{kind} {n:,}" for kind, n in counts.items() if n)
+    total = sum(counts.values())
+    return f"{total:,} ({parts})" if parts else f"{total:,}"
+
+
 def summary(stats: FleetStats) -> str:
     """The end-of-run report."""
     s = stats.snapshot()
@@ -173,6 +180,7 @@ def summary(stats: FleetStats) -> str:
         f"gaggle-sim: {s['devices']} devices, {s['elapsed_s']:.1f} s",
         f"  polls        {s['polls']:,} ({s['poll_rate']:,.0f}/s), p50 {s['p50_ms']:.2f} ms, "
         f"p99 {s['p99_ms']:.2f} ms, max {s['max_ms']:.1f} ms, {s['poll_errors']} failed",
+        f"  answers      {s['other_answers']:,} other than 2xx and 429 (dropped included)",
         f"  configData   {s['config_sent']:,} sent",
         f"  deployments  {s['deployments_seen']:,} seen, {s['downloads']:,} downloads "
         f"({s['download_bytes'] / 1e6:,.1f} MB, {s['resumed']} resumed)",
@@ -182,6 +190,9 @@ def summary(stats: FleetStats) -> str:
         f"  re-offered   {s['reoffered']:,} finished actions offered again "
         f"({s['reoffers']:,} answers), {s['final_retries_gone']:,} retried final reports "
         "answered 410",
+        f"  throttled    {_per_kind(s['throttled'])}, waited {s['throttle_wait_s']:,.1f} s",
+        f"  5xx          {_per_kind(s['server_errors'])}",
+        f"  dropped      {_per_kind(s['dropped'])}",
         f"  errors       {s['errors']:,}",
     ]
     lines.extend(f"    {message}" for message in s["error_samples"][-5:])

@@ -28,6 +28,13 @@ SWUpdate does when it starts again after an update. After a successful installat
 name), whatever the server answered to its final report: it runs what it installed. A final
 report that got no answer, a 5xx or a 429 is sent again at the next step.
 
+A 429 is back-pressure, not an error: the device waits as long as its ``Retry-After`` says (1 s
+without one) and then sends that request again; the step ends there, so the wait costs a timer
+and no connection. A poll answer's work interrupted by a 429 (configData, deploymentBase,
+feedback, download) is taken up again where it stopped, without polling (or reading an
+deploymentBase already read) again first, as
+SWUpdate and rauc-hawkbit-updater retry a request answered 429 (other-clients.md).
+
 A device remembers the actions whose final report or cancel the server answered 200; a later poll
 that still offers one of them is counted (``FleetStats.reoffered``), and not run again.
 """
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import hashlib
 import json
 import re
@@ -58,6 +66,11 @@ _VERSION_IN_NAME = re.compile(r"(\d+(?:\.\d+)+(?:[-+~][0-9A-Za-z.\-+~]*)?)")
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+\Z")
 _SLEEP_CACHE: dict[str, float] = {}
 _JSON = ("Content-Type", "application/json")
+
+DEFAULT_RETRY_AFTER = 1.0
+"""Seconds a device waits after a 429 without a usable ``Retry-After``."""
+MAX_RETRY_AFTER = 600.0
+"""The longest ``Retry-After`` a device obeys (a longer one is cut to this)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,16 @@ class DeviceContext:
             return self.spread(self.fixed)
         return self.spread(server_sleep)
 
+    def stretch(self, seconds: float) -> float:
+        """``seconds`` lengthened by up to the configured jitter, never shortened.
+
+        Devices told to come back after the same ``Retry-After`` spread out a little instead
+        of returning in one burst, and none of them comes back early.
+        """
+        if self.jitter and seconds > 0:
+            return seconds * (1.0 + self.jitter * self.random())
+        return seconds
+
     def retry_after(self, last_sleep: float) -> float:
         """Time to the next attempt after a failed poll (bounded, never a busy loop)."""
         if self.mode == "fast":
@@ -154,6 +177,35 @@ def parse_sleep(value: Any) -> float:
     if len(_SLEEP_CACHE) < 1000:
         _SLEEP_CACHE[value] = result
     return result
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date.
+
+    Args:
+        value: the header, if the answer had one.
+        now: the current POSIX time for an HTTP-date (``time.time()`` when None).
+
+    Returns:
+        ``DEFAULT_RETRY_AFTER`` when absent or unreadable, else the wait, between 0 and
+        ``MAX_RETRY_AFTER``.
+    """
+    if value is None:
+        return DEFAULT_RETRY_AFTER
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return DEFAULT_RETRY_AFTER
+        if when.tzinfo is None:
+            return DEFAULT_RETRY_AFTER
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return DEFAULT_RETRY_AFTER
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def version_from_filename(name: str) -> str | None:
@@ -204,6 +256,14 @@ class _Abandon(Exception):
     """The action went away (404/410) while the device worked on it."""
 
 
+class _Throttled(Exception):
+    """A request was answered 429: the step ends, the device comes back after ``wait`` s."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait)
+        self.wait = wait
+
+
 @dataclass
 class _Final:
     url: str
@@ -238,8 +298,10 @@ class Device:
     """
 
     __slots__ = (
+        "_announced",
         "_attempts",
         "_closed",
+        "_deployment",
         "_downloaded",
         "_finished",
         "_last_body",
@@ -248,6 +310,7 @@ class Device:
         "_poll_failures",
         "_poll_now",
         "_record",
+        "_resume",
         "_went_offline",
         "acknowledged",
         "action_id",
@@ -292,7 +355,12 @@ class Device:
         self._last_parsed: tuple[float, dict[str, str]] = (60.0, {})
         self._closed: set[str] | None = None
         self._downloaded = False
+        self._announced = False
         self._attempts = 0
+        self._deployment: dict[str, Any] | None = None
+        """The ``deployment`` of the current action, while a 429 interrupted its work."""
+        self._resume: dict[str, str] | None = None
+        """The links of a poll answer whose work a 429 interrupted: done next, without a poll."""
         self._pending_final: _Final | None = None
         self._poll_failures = 0
         self._went_offline = False
@@ -324,12 +392,22 @@ class Device:
                 if wait > 0:
                     return wait
                 await self._finish_install(ctx, self.install)
-            delay = await self._poll(ctx)
+            if self._resume is not None:
+                delay = await self._act(ctx, self._resume)
+            else:
+                delay = await self._poll(ctx)
+        except _Throttled as throttled:
+            return throttled.wait
         except _GoOffline:
+            self._resume = None
             return self._go_offline(ctx)
         except _Abandon:
+            self._resume = None
             self._reset_action()
             delay = ctx.interval(self.last_sleep)
+        except Exception:
+            self._resume = None  # an unexpected answer: start again from a poll
+            raise
         if self.install is not None:
             return max(0.0, self.install.ready_at - ctx.loop.time())
         if self._poll_now and delay is not None:
@@ -360,9 +438,13 @@ class Device:
         try:
             response = await ctx.client.send(self.poll_request)
         except HttpError as exc:
+            stats.drop("poll")
             stats.error(f"{self.controller_id} poll: {exc}", poll=True)
             return self._poll_failed(ctx)
         stats.latency((time.perf_counter() - began) * 1000.0)
+        stats.answer("poll", response.status)
+        if response.status == 429:
+            raise self._throttled(ctx, "poll", response)
         if response.status != 200:
             stats.error(f"{self.controller_id} poll: HTTP {response.status}", poll=True)
             return self._poll_failed(ctx)
@@ -390,16 +472,28 @@ class Device:
         config_href = links.get("configData")
         if config_href is not None:
             self.config_href = config_href
-        if config_href is not None or self.report_version:
-            await self._put_config(ctx)
-        if ctx.mode == "once":
-            self.state = "done"
-            return None
-
         if self._finished:
             _count_reoffers(ctx, self._finished, links)
         if self._closed:
             self._closed = _still_offered(self._closed, links)
+        self._deployment = None  # read afresh after each poll (a maintenance window may open)
+        return await self._act(ctx, dict(links))
+
+    async def _act(self, ctx: DeviceContext, links: dict[str, str]) -> float | None:
+        """Do what a poll answer asks for; the delay until the next step.
+
+        ``links`` is kept until the work is done: when a request is answered 429 the step ends
+        there, and the next one carries on from it (a configData already accepted is not sent
+        again) instead of polling first.
+        """
+        self._resume = links
+        if "configData" in links or self.report_version:
+            await self._put_config(ctx)
+            links.pop("configData", None)
+        if ctx.mode == "once":
+            self._resume = None
+            self.state = "done"
+            return None
         cancel = links.get("cancelAction")
         deployment = links.get("deploymentBase")
         confirmation = links.get("confirmationBase")
@@ -409,7 +503,14 @@ class Device:
             await self._deploy(ctx, deployment)
         elif confirmation is not None:
             await self._confirm(ctx, confirmation)
-        return ctx.interval(sleep)
+        self._resume = None
+        return ctx.interval(self.last_sleep)
+
+    def _throttled(self, ctx: DeviceContext, kind: str, response: Response) -> _Throttled:
+        """Count a 429 to a request of ``kind``; the wait its ``Retry-After`` asks for."""
+        wait = ctx.stretch(retry_after_seconds(response.headers.get("retry-after")))
+        ctx.stats.throttle(kind, wait)
+        return _Throttled(wait)
 
     def _poll_failed(self, ctx: DeviceContext) -> float | None:
         self._poll_failures += 1
@@ -440,6 +541,8 @@ class Device:
         self.action_id = None
         self.install = None
         self._downloaded = False
+        self._announced = False
+        self._deployment = None
         self._attempts = 0
         self.state = "idle"
 
@@ -465,7 +568,7 @@ class Device:
             },
             "mode": "merge",
         }
-        response = await self._request(ctx, "PUT", href, body, what="configData")
+        response = await self._request(ctx, "PUT", href, body, kind="configData")
         if response is not None and response.status == 200:
             ctx.stats.config_sent += 1
             self.report_version = False
@@ -486,22 +589,13 @@ class Device:
             stats.deployments_seen += 1
         if self.install is not None or self._pending_final is not None:
             return
-        self._check_offline(ctx)
-        response = await self._request(ctx, "GET", href, None, what="deploymentBase")
-        if response is None:
-            return
-        if response.status in (404, 410):
-            raise _Abandon
-        if response.status != 200:
-            stats.error(f"{self.controller_id} deploymentBase: HTTP {response.status}")
-            return
-        try:
-            document = response.json()
-            deployment = document["deployment"]
-            chunks = deployment.get("chunks") or []
-        except (ValueError, KeyError, TypeError, AttributeError):
-            stats.error(f"{self.controller_id} deploymentBase: unexpected answer")
-            return
+        deployment = self._deployment
+        if deployment is None:
+            deployment = await self._fetch_deployment(ctx, href)
+            if deployment is None:
+                return
+            self._deployment = deployment
+        chunks = deployment.get("chunks") or []
         if deployment.get("download") == "skip":
             return
         artifacts = [
@@ -516,10 +610,12 @@ class Device:
         count = len(artifacts)
 
         if not self._downloaded:
-            await self._feedback(
-                ctx, feedback, action_id, "proceeding", "none", (0, count),
-                "Installing Update Chunk Artifacts.",
-            )  # fmt: skip
+            if not self._announced:  # sent again only after a failed download
+                await self._feedback(
+                    ctx, feedback, action_id, "proceeding", "none", (0, count),
+                    "Installing Update Chunk Artifacts.",
+                )  # fmt: skip
+                self._announced = True
             self.state = "downloading"
             for artifact in artifacts:
                 outcome = await self._download(ctx, artifact)
@@ -529,6 +625,7 @@ class Device:
                     self._attempts += 1
                     if self._attempts < ctx.config.download_attempts:
                         self.state = "idle"
+                        self._announced = False
                         return
                     outcome = f"Download failed: {outcome[6:]}"
                 else:
@@ -552,6 +649,27 @@ class Device:
         self.install = _Install(action_id, feedback, version, count, ctx.loop.time() + seconds)
         if seconds <= 0:
             await self._finish_install(ctx, self.install)
+
+    async def _fetch_deployment(self, ctx: DeviceContext, href: str) -> dict[str, Any] | None:
+        """GET deploymentBase: its ``deployment``, or None (counted as an error) if unusable."""
+        self._check_offline(ctx)
+        stats = ctx.stats
+        response = await self._request(ctx, "GET", href, None, kind="deploymentBase")
+        if response is None:
+            return None
+        if response.status in (404, 410):
+            raise _Abandon
+        if response.status != 200:
+            stats.error(f"{self.controller_id} deploymentBase: HTTP {response.status}")
+            return None
+        try:
+            deployment = response.json()["deployment"]
+        except (ValueError, KeyError, TypeError):
+            deployment = None
+        if not isinstance(deployment, dict):
+            stats.error(f"{self.controller_id} deploymentBase: unexpected answer")
+            return None
+        return deployment
 
     async def _finish_install(self, ctx: DeviceContext, install: _Install) -> None:
         await self._feedback(
@@ -589,11 +707,13 @@ class Device:
     async def _send_final(self, ctx: DeviceContext, final: _Final) -> None:
         self._check_offline(ctx)
         final.sent += 1
-        response = await self._request(ctx, "POST", final.url, final.body, what="final feedback")
+        response = await self._request(
+            ctx, "POST", final.url, final.body, kind="feedback", what="final feedback"
+        )
         if response is None:
             return  # sent again at the next step
         status = response.status
-        if status >= 500 or status == 429:
+        if status >= 500:
             ctx.stats.error(f"{self.controller_id} final feedback: HTTP {status}")
             return  # sent again at the next step
         self._pending_final = None
@@ -670,9 +790,14 @@ class Device:
             try:
                 response = await ctx.client.send(Request("GET", url, request_headers), stream=True)
             except (HttpError, ValueError) as exc:
+                if isinstance(exc, HttpError):
+                    stats.drop("download")
                 stats.error(f"{self.controller_id} download: {exc}")
                 return f"retry:{exc}"
+            stats.answer("download", response.status)
             try:
+                if response.status == 429:
+                    raise self._throttled(ctx, "download", response)
                 if received and response.status == 206:
                     start = _range_start(response.headers.get("content-range"))
                     if start != received:
@@ -705,6 +830,7 @@ class Device:
                     if throttle is not None:
                         await asyncio.sleep(len(chunk) / throttle)
             except HttpError as exc:
+                stats.drop("download")
                 stats.error(f"{self.controller_id} download: {exc}")
                 return f"retry:{exc}"
             finally:
@@ -733,7 +859,7 @@ class Device:
         if self._is_closed("c" + action_id):
             return
         self._check_offline(ctx)
-        response = await self._request(ctx, "GET", href, None, what="cancelAction")
+        response = await self._request(ctx, "GET", href, None, kind="cancelAction")
         if response is None:
             return
         if response.status != 200:
@@ -743,7 +869,9 @@ class Device:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             stop_id = str(response.json()["cancelAction"]["stopId"])
         body = self._feedback_body(stop_id, "closed", "success", None, "Update canceled.")
-        answer = await self._request(ctx, "POST", feedback_url(href), body, what="cancel feedback")
+        answer = await self._request(
+            ctx, "POST", feedback_url(href), body, kind="feedback", what="cancel feedback"
+        )
         if answer is None:
             return
         if answer.status != 200:
@@ -764,7 +892,7 @@ class Device:
         self._check_offline(ctx)
         body = {"confirmation": "confirmed", "code": 200, "details": ["Confirmed by gaggle-sim."]}
         response = await self._request(
-            ctx, "POST", feedback_url(href), body, what="confirmation feedback"
+            ctx, "POST", feedback_url(href), body, kind="feedback", what="confirmation feedback"
         )
         if response is None:
             return
@@ -807,7 +935,7 @@ class Device:
         """An informational feedback; a 404 or 410 means the action went away."""
         self._check_offline(ctx)
         body = self._feedback_body(action_id, execution, finished, progress, detail)
-        response = await self._request(ctx, "POST", url, body, what="feedback")
+        response = await self._request(ctx, "POST", url, body, kind="feedback")
         if response is None:
             return
         if response.status in (404, 410):
@@ -824,22 +952,33 @@ class Device:
         url: str,
         body: bytes | dict[str, Any] | None,
         *,
-        what: str,
+        kind: str,
+        what: str | None = None,
     ) -> Response | None:
-        """Send a JSON request; None (counted as an error) when no answer came."""
+        """Send a JSON request of ``kind``; None (counted as an error) when no answer came.
+
+        Raises:
+            _Throttled: the answer was 429 (counted apart, not as an error).
+        """
+        what = what or kind
         headers = [("Accept", "application/json"), *self.auth]
         data: bytes | None = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers.append(_JSON)
         try:
-            return await ctx.client.send(Request(method, url, headers, data))
+            response = await ctx.client.send(Request(method, url, headers, data))
         except HttpError as exc:
+            ctx.stats.drop(kind)
             ctx.stats.error(f"{self.controller_id} {what}: {exc}")
             return None
         except ValueError as exc:
             ctx.stats.error(f"{self.controller_id} {what}: bad link {url!r}: {exc}")
             return None
+        ctx.stats.answer(kind, response.status)
+        if response.status == 429:
+            raise self._throttled(ctx, kind, response)
+        return response
 
 
 def _count_reoffers(ctx: DeviceContext, finished: dict[str, int], links: dict[str, str]) -> None:

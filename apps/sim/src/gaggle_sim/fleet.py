@@ -253,14 +253,15 @@ class Fleet:
 
 
 def progress_line(stats: FleetStats, rate: float) -> str:
-    """One line of live progress: polls and their rate, downloads, outcomes, errors."""
+    """One line of live progress: polls and their rate, downloads, outcomes, 429s, errors."""
     mb = stats.download_bytes / 1e6
     return (
         f"{stats.elapsed():7.1f}s  polls {stats.polls} ({rate:,.0f}/s)  "
         f"config {stats.config_sent}  deploy {stats.deployments_seen}  "
         f"dl {stats.downloads} ({mb:,.1f} MB, {stats.resumed} resumed)  "
         f"ok {stats.successes}  failed {stats.failures}  canceled {stats.cancels}  "
-        f"re-offered {stats.reoffered}  errors {stats.poll_errors}+{stats.errors}"
+        f"re-offered {stats.reoffered}  429 {sum(stats.throttled.values())}  "
+        f"errors {stats.poll_errors}+{stats.errors}"
     )
 
 

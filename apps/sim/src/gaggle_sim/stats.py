@@ -11,13 +11,22 @@ MAX_LATENCY_SAMPLES = 100_000
 
 MAX_ERROR_SAMPLES = 20
 
+KINDS = ("poll", "deploymentBase", "feedback", "configData", "download", "cancelAction")
+"""The kinds of request counted apart: base polls, deploymentBase reads, feedback of every sort
+(progress, final, cancel, confirmation), configData, artifact downloads, cancelAction reads."""
+
+
+def _per_kind() -> dict[str, int]:
+    return dict.fromkeys(KINDS, 0)
+
 
 class FleetStats:
     """Counters the devices update as they go; read them at any time.
 
     Attributes:
         polls: base polls answered 200.
-        poll_errors: base polls that failed (network error, timeout, status other than 200).
+        poll_errors: base polls that failed (network error, timeout, status other than 200
+            and 429).
         config_sent: configData reports accepted.
         deployments_seen: actions a device started on (each action counted once per device).
         downloads: artifacts downloaded to the end (or to 64 KiB with ``verify="head"``).
@@ -39,7 +48,15 @@ class FleetStats:
             or a 429) and answered 410 Gone: the server had taken an earlier attempt, or
             closed the action for another reason.
         errors: other failed requests (deploymentBase, feedback, downloads, configData) and
-            unexpected answers.
+            unexpected answers; a 429 is not an error (see ``throttled``).
+        answers: per kind of request (``KINDS``), how many answers had each HTTP status.
+        throttled: per kind, requests answered 429; the device waited ``Retry-After`` before
+            sending that request again.
+        server_errors: per kind, requests answered with a 5xx status (also counted in
+            ``poll_errors`` or ``errors``).
+        dropped: per kind, requests that got no complete answer: connection refused or
+            closed, timeout, unreadable answer (also counted in ``poll_errors`` or ``errors``).
+        throttle_wait_s: seconds of ``Retry-After`` waits, summed over every 429.
         latencies_ms: base-poll latencies in milliseconds (at most ``MAX_LATENCY_SAMPLES``,
             a uniform sample once there were more polls).
         error_samples: the last few error descriptions, for diagnostics.
@@ -63,6 +80,11 @@ class FleetStats:
         self.reoffers = 0
         self.final_retries_gone = 0
         self.errors = 0
+        self.answers: dict[str, dict[int, int]] = {kind: {} for kind in KINDS}
+        self.throttled = _per_kind()
+        self.server_errors = _per_kind()
+        self.dropped = _per_kind()
+        self.throttle_wait_s = 0.0
         self.latencies_ms: list[float] = []
         self.error_samples: list[str] = []
         self.devices = 0
@@ -95,6 +117,32 @@ class FleetStats:
         slot = self._rng.randrange(self._samples_seen)
         if slot < self._max_samples:
             samples[slot] = ms
+
+    def answer(self, kind: str, status: int) -> None:
+        """Count one HTTP answer to a request of ``kind`` (5xx also in ``server_errors``)."""
+        statuses = self.answers.setdefault(kind, {})
+        statuses[status] = statuses.get(status, 0) + 1
+        if status >= 500:
+            self.server_errors[kind] = self.server_errors.get(kind, 0) + 1
+
+    def throttle(self, kind: str, wait: float) -> None:
+        """Count a 429 to a request of ``kind``, after which the device waits ``wait`` s."""
+        self.throttled[kind] = self.throttled.get(kind, 0) + 1
+        self.throttle_wait_s += wait
+
+    def drop(self, kind: str) -> None:
+        """Count a request of ``kind`` that got no complete answer."""
+        self.dropped[kind] = self.dropped.get(kind, 0) + 1
+
+    def other_answers(self) -> int:
+        """Requests answered neither 2xx nor 429, or not answered at all (dropped)."""
+        odd = sum(
+            n
+            for statuses in self.answers.values()
+            for status, n in statuses.items()
+            if not (200 <= status < 300 or status == 429)
+        )
+        return odd + sum(self.dropped.values())
 
     def error(self, message: str, *, poll: bool = False) -> None:
         """Count a failed request and keep its description."""
@@ -171,5 +219,14 @@ class FleetStats:
             "reoffers": self.reoffers,
             "final_retries_gone": self.final_retries_gone,
             "errors": self.errors,
+            "throttled": dict(self.throttled),
+            "server_errors": dict(self.server_errors),
+            "dropped": dict(self.dropped),
+            "throttle_wait_s": round(self.throttle_wait_s, 3),
+            "other_answers": self.other_answers(),
+            "answers": {
+                kind: {str(status): n for status, n in sorted(statuses.items())}
+                for kind, statuses in self.answers.items()
+            },
             "error_samples": list(self.error_samples),
         }
