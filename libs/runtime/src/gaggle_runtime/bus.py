@@ -55,7 +55,8 @@ def make_broker(nats_url: str, service: str, *, middlewares: Sequence[Any] = ())
         graceful_timeout=10.0,
         specification_url=public_url(nats_url),
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        # nats-py takes float seconds; FastStream annotates the option as int.
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]
     )
 
 

@@ -34,6 +34,10 @@ from gaggle_runtime.telemetry import Tracing, continued, current_traceparent
 log = logging.getLogger(__name__)
 
 
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 2.0
+"""How soon the relay tries again after an interruption: the first time, and at most."""
+
 OutboxRow = tuple[str, str, str | None, str | None, bytes, str | None]
 Observer = Callable[[str, bytes], None]
 """Told ``(subject, payload)`` of every event the relay published."""
@@ -163,6 +167,7 @@ class OutboxRelay:
         self.dead_letters = dead_letters or DeadLetterStore(outbox.schema, lambda: pool, outbox)
         self.park_after = park_after
         self._failures: dict[int, int] = {}
+        self._retry_s = RETRY_FIRST_S
         schema = outbox.schema
         self._select = (
             f"SELECT id, op, target, key, msg_id, payload, traceparent FROM {schema}.outbox"  # noqa: S608
@@ -172,7 +177,11 @@ class OutboxRelay:
         self._lock_key = f"gaggle-outbox:{schema}"
 
     async def run(self) -> None:
-        """Relay until cancelled; retries after errors (NATS or database away)."""
+        """Relay until cancelled; retries after errors (NATS or database away).
+
+        The first retry comes after ``RETRY_FIRST_S``, doubling to ``RETRY_MAX_S`` while the
+        failures go on: a restarted database is used again within a fraction of a second.
+        """
         while True:
             try:
                 await self._lead()
@@ -180,21 +189,29 @@ class OutboxRelay:
                 raise
             except Exception:
                 log.warning(
-                    "outbox relay interrupted; retrying schema=%s",
+                    "outbox relay interrupted; retrying schema=%s in=%.1fs",
                     self.outbox.schema,
+                    self._retry_s,
                     exc_info=True,
                 )
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(self._retry_s)
+                self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
 
     async def _lead(self) -> None:
         conn = await asyncpg.connect(self.dsn)
+        # A lost connection (the database restarted) wakes the loop below at once: without its
+        # LISTEN, new rows would otherwise wait for the idle poll.
+        conn.add_termination_listener(lambda _: self._wake.set())
         try:
             # Only the lock holder relays, which keeps KV writes per key in commit order.
             lock = "SELECT pg_try_advisory_lock(hashtext($1))"
             while not await conn.fetchval(lock, self._lock_key):  # noqa: ASYNC110
                 await asyncio.sleep(2.0)
             await conn.add_listener(self.outbox.channel, self._on_notify)
+            self._retry_s = RETRY_FIRST_S
             while True:
+                if conn.is_closed():
+                    raise ConnectionError("the outbox relay's database connection was lost")
                 self._wake.clear()
                 await self.drain()
                 with contextlib.suppress(TimeoutError):
