@@ -70,3 +70,14 @@ def test_a_spare_exits_when_its_supervisor_lets_go_and_a_start_without_one_is_co
         cold.kill()
         raise
     assert served(tmp_path)
+
+
+def test_a_spare_started_before_it_is_warm_still_serves(tmp_path: Path) -> None:
+    launcher = make_launcher(tmp_path)
+    launcher.prepare_spare()
+    proc = launcher.start()  # at once: the spare is still importing
+    try:
+        assert proc.wait(30) == 0, (tmp_path / "log").read_text()
+    finally:
+        launcher.discard_spare()
+    assert served(tmp_path)

@@ -8,6 +8,7 @@ of a second (``make run`` keeps one spare per service).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -49,7 +50,9 @@ def await_activation() -> None:
     import uvicorn.protocols.http.httptools_impl  # noqa: F401 - loaded now, not when started
 
     with socket.socket(fileno=int(raw)) as sock, sock.makefile("rb") as stream:
-        sock.sendall(READY)
+        # A supervisor that needed us before we were ready has sent ``start`` and let go.
+        with contextlib.suppress(OSError):
+            sock.sendall(READY)
         if stream.readline() != START:
             sys.exit(0)
 
