@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 2.0
 """How soon the relay tries again after an interruption: the first time, and at most."""
+BUS_RETRY_S = 0.25
+"""How often the relay tries the bus again while NATS is away (the database still there)."""
 
 OutboxRow = tuple[str, str, str | None, str | None, bytes, str | None]
 Observer = Callable[[str, bytes], None]
@@ -168,6 +170,7 @@ class OutboxRelay:
         self.park_after = park_after
         self._failures: dict[int, int] = {}
         self._retry_s = RETRY_FIRST_S
+        self._bus_away = False
         schema = outbox.schema
         self._select = (
             f"SELECT id, op, target, key, msg_id, payload, traceparent FROM {schema}.outbox"  # noqa: S608
@@ -213,12 +216,39 @@ class OutboxRelay:
                 if conn.is_closed():
                     raise ConnectionError("the outbox relay's database connection was lost")
                 self._wake.clear()
-                await self.drain()
+                if not await self._drain_or_wait(conn):
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_poll_s)
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
+
+    async def _drain_or_wait(self, conn: asyncpg.Connection) -> bool:
+        """Drain; False after a transient failure with the database still there (NATS away).
+
+        The bus coming back is not announced, so the relay tries again every ``BUS_RETRY_S``
+        on the same connection and lock, and the rows written meanwhile follow within that.
+        Anything else (the database gone, an unexpected error) goes up to :meth:`run`.
+        """
+        try:
+            await self.drain()
+        except Exception as exc:
+            if conn.is_closed() or not is_transient(exc):
+                raise
+            if not self._bus_away:
+                log.warning(
+                    "outbox relay waiting for the bus schema=%s error=%s",
+                    self.outbox.schema,
+                    describe(exc, 300),
+                )
+            self._bus_away = True
+            await asyncio.sleep(BUS_RETRY_S)
+            return False
+        if self._bus_away:
+            log.info("outbox relay resumed schema=%s", self.outbox.schema)
+            self._bus_away = False
+        return True
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
