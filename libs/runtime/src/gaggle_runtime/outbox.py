@@ -38,6 +38,8 @@ RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 2.0
 """How soon the relay tries again after an interruption: the first time, and at most."""
 BUS_RETRY_S = 0.25
+LOCK_RETRY_S = 0.5
+"""How often a relay that is not the leader asks for the lead again."""
 """How often the relay tries the bus again while NATS is away (the database still there)."""
 
 OutboxRow = tuple[str, str, str | None, str | None, bytes, str | None]
@@ -207,10 +209,12 @@ class OutboxRelay:
         conn.add_termination_listener(lambda _: self._wake.set())
         try:
             # Only the lock holder relays, which keeps KV writes per key in commit order.
+            # A crashed leader's session can hold the lock for a moment after it died.
             lock = "SELECT pg_try_advisory_lock(hashtext($1))"
             while not await conn.fetchval(lock, self._lock_key):  # noqa: ASYNC110
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(LOCK_RETRY_S)
             await conn.add_listener(self.outbox.channel, self._on_notify)
+            log.info("outbox relay leading schema=%s", self.outbox.schema)
             self._retry_s = RETRY_FIRST_S
             while True:
                 if conn.is_closed():
