@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 
 RETRY_FIRST_S = 0.2
-RETRY_MAX_S = 2.0
-"""How soon the relay tries again after an interruption: the first time, and at most."""
+RETRY_MAX_S = 0.5
+"""How soon the relay tries again after an interruption: the first time, and at most (a refused
+connection to the database costs little, and a restarted one is used again within this)."""
 BUS_RETRY_S = 0.25
 LOCK_RETRY_S = 0.5
 """How often a relay that is not the leader asks for the lead again."""
@@ -185,7 +186,7 @@ class OutboxRelay:
         """Relay until cancelled; retries after errors (NATS or database away).
 
         The first retry comes after ``RETRY_FIRST_S``, doubling to ``RETRY_MAX_S`` while the
-        failures go on: a restarted database is used again within a fraction of a second.
+        failures go on: a restarted database is used again within half a second.
         """
         while True:
             try:
@@ -193,11 +194,14 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.warning(
+                # The first failure with its traceback; the retries of the same outage quietly.
+                first = self._retry_s == RETRY_FIRST_S
+                log.log(
+                    logging.WARNING if first else logging.DEBUG,
                     "outbox relay interrupted; retrying schema=%s in=%.1fs",
                     self.outbox.schema,
                     self._retry_s,
-                    exc_info=True,
+                    exc_info=first,
                 )
                 await asyncio.sleep(self._retry_s)
                 self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
