@@ -34,6 +34,15 @@ from gaggle_runtime.telemetry import Tracing, continued, current_traceparent
 log = logging.getLogger(__name__)
 
 
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 0.5
+"""How soon the relay tries again after an interruption: the first time, and at most (a refused
+connection to the database costs little, and a restarted one is used again within this)."""
+BUS_RETRY_S = 0.25
+LOCK_RETRY_S = 0.5
+"""How often a relay that is not the leader asks for the lead again."""
+"""How often the relay tries the bus again while NATS is away (the database still there)."""
+
 OutboxRow = tuple[str, str, str | None, str | None, bytes, str | None]
 Observer = Callable[[str, bytes], None]
 """Told ``(subject, payload)`` of every event the relay published."""
@@ -163,6 +172,8 @@ class OutboxRelay:
         self.dead_letters = dead_letters or DeadLetterStore(outbox.schema, lambda: pool, outbox)
         self.park_after = park_after
         self._failures: dict[int, int] = {}
+        self._retry_s = RETRY_FIRST_S
+        self._bus_away = False
         schema = outbox.schema
         self._select = (
             f"SELECT id, op, target, key, msg_id, payload, traceparent FROM {schema}.outbox"  # noqa: S608
@@ -172,36 +183,80 @@ class OutboxRelay:
         self._lock_key = f"gaggle-outbox:{schema}"
 
     async def run(self) -> None:
-        """Relay until cancelled; retries after errors (NATS or database away)."""
+        """Relay until cancelled; retries after errors (NATS or database away).
+
+        The first retry comes after ``RETRY_FIRST_S``, doubling to ``RETRY_MAX_S`` while the
+        failures go on: a restarted database is used again within half a second.
+        """
         while True:
             try:
                 await self._lead()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.warning(
-                    "outbox relay interrupted; retrying schema=%s",
+                # The first failure with its traceback; the retries of the same outage quietly.
+                first = self._retry_s == RETRY_FIRST_S
+                log.log(
+                    logging.WARNING if first else logging.DEBUG,
+                    "outbox relay interrupted; retrying schema=%s in=%.1fs",
                     self.outbox.schema,
-                    exc_info=True,
+                    self._retry_s,
+                    exc_info=first,
                 )
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(self._retry_s)
+                self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
 
     async def _lead(self) -> None:
         conn = await asyncpg.connect(self.dsn)
+        # A lost connection (the database restarted) wakes the loop below at once: without its
+        # LISTEN, new rows would otherwise wait for the idle poll.
+        conn.add_termination_listener(lambda _: self._wake.set())
         try:
             # Only the lock holder relays, which keeps KV writes per key in commit order.
+            # A crashed leader's session can hold the lock for a moment after it died.
             lock = "SELECT pg_try_advisory_lock(hashtext($1))"
             while not await conn.fetchval(lock, self._lock_key):  # noqa: ASYNC110
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(LOCK_RETRY_S)
             await conn.add_listener(self.outbox.channel, self._on_notify)
+            log.info("outbox relay leading schema=%s", self.outbox.schema)
+            self._retry_s = RETRY_FIRST_S
             while True:
+                if conn.is_closed():
+                    raise ConnectionError("the outbox relay's database connection was lost")
                 self._wake.clear()
-                await self.drain()
+                if not await self._drain_or_wait(conn):
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_poll_s)
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
+
+    async def _drain_or_wait(self, conn: asyncpg.Connection) -> bool:
+        """Drain; False after a transient failure with the database still there (NATS away).
+
+        The bus coming back is not announced, so the relay tries again every ``BUS_RETRY_S``
+        on the same connection and lock, and the rows written meanwhile follow within that.
+        Anything else (the database gone, an unexpected error) goes up to :meth:`run`.
+        """
+        try:
+            await self.drain()
+        except Exception as exc:
+            if conn.is_closed() or not is_transient(exc):
+                raise
+            if not self._bus_away:
+                log.warning(
+                    "outbox relay waiting for the bus schema=%s error=%s",
+                    self.outbox.schema,
+                    describe(exc, 300),
+                )
+            self._bus_away = True
+            await asyncio.sleep(BUS_RETRY_S)
+            return False
+        if self._bus_away:
+            log.info("outbox relay resumed schema=%s", self.outbox.schema)
+            self._bus_away = False
+        return True
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

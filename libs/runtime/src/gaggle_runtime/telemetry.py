@@ -24,20 +24,23 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 from starlette.types import Scope
 
 from gaggle_contracts.settings import CommonSettings
+
+if TYPE_CHECKING:
+    # The SDK (with psutil) is imported only when tracing is on: a quicker start without it.
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 TRACES_PATH = "/v1/traces"
 EXPORT_TIMEOUT_S = 5.0
@@ -73,6 +76,9 @@ class Tracing:
     """One service's tracer provider and what it instruments."""
 
     def __init__(self, service: str, processor: SpanProcessor, *, owns_exporter: bool) -> None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+
         resource = Resource.create(
             {"service.name": f"gaggle-{service}", "service.namespace": "gaggle"}
         )
@@ -122,10 +128,13 @@ class Tracing:
 def tracing_for(service: str, common: CommonSettings) -> Tracing | None:
     """The service's tracing, or None when it is off (no endpoint, no test exporter)."""
     if _exporter is not None:
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
         return Tracing(service, SimpleSpanProcessor(_exporter), owns_exporter=False)
     if not common.otel_endpoint:
         return None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     exporter = OTLPSpanExporter(endpoint=traces_url(common.otel_endpoint), timeout=EXPORT_TIMEOUT_S)
     return Tracing(service, BatchSpanProcessor(exporter), owns_exporter=True)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from minio import Minio
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gaggle_storage.base import ObjectStore
 from gaggle_storage.local import LocalStore
-from gaggle_storage.s3 import S3Store
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 
 class StorageSettings(BaseSettings):
@@ -36,9 +37,12 @@ class StorageSettings(BaseSettings):
 
 
 def open_store(settings: StorageSettings) -> ObjectStore:
-    """The configured store."""
+    """The configured store; the S3 client is imported only for the S3 back-end."""
     if settings.backend == "local":
         return LocalStore(settings.dir)
+    from minio import Minio
+
+    from gaggle_storage.s3 import S3Store
 
     def client(endpoint: str) -> Minio:
         return Minio(

@@ -16,7 +16,7 @@ from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Service
 from gaggle_runtime.state import put_parts
-from gaggle_storage import S3Store, StorageSettings, open_store
+from gaggle_storage import StorageSettings, open_store
 
 SCHEMA = "artifacts"
 
@@ -33,6 +33,10 @@ def build_app(
     repo = Repo(service.db, Outbox(SCHEMA))
 
     async def ensure_bucket() -> None:
+        if storage.backend != "s3":
+            return  # the S3 client is not even imported: a restart is quicker without it
+        from gaggle_storage.s3 import S3Store
+
         if isinstance(store, S3Store):
             await store.ensure_bucket()
 

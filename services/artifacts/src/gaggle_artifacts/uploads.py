@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
@@ -147,6 +146,10 @@ async def register_external(
         external.filename or unquote(urlsplit(external.url).path.rsplit("/", 1)[-1]) or "image.swu"
     )
     ingest = Ingest(settings.max_upload_bytes)
+    # Imported here, not at start: httpx (with the rich console it loads when present) is
+    # about half a second of a restart, and only external software needs it.
+    import httpx
+
     try:
         async with (
             httpx.AsyncClient(
