@@ -167,11 +167,18 @@ class NatsSink:
 
 
 def consumer_options(
-    service: str, kind: str, common: CommonSettings, *, batch: int | None = None
+    service: str,
+    kind: str,
+    common: CommonSettings,
+    *,
+    batch: int | None = None,
+    whole: bool = False,
 ) -> dict[str, Any]:
     """Subscriber options for a durable, explicitly acked pull consumer of ``kind`` events.
 
     ``batch`` overrides how many events one pull fetches (they are handled concurrently).
+    ``whole``: the handler gets the pull's raw payloads at once (``list[bytes]``, undecoded)
+    and settles each event itself (:func:`gaggle_runtime.batches.consume_batch`).
     Replicas of a service share the durable, so each event is handled by one of them. The ack
     comes after the handler (and so after its transaction) returns. A failure is nacked with a
     delay, and JetStream never gives up on an event (no ``max_deliver``): the service's
@@ -182,10 +189,16 @@ def consumer_options(
         "subject": names.subscription(kind),
         "stream": JStream(names.STREAM, declare=False),
         "durable": names.durable(service, kind),
-        "pull_sub": PullSub(batch_size=batch or common.pull_batch, timeout=1.0),
+        "pull_sub": PullSub(batch_size=batch or common.pull_batch, timeout=1.0, batch=whole),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "config": ConsumerConfig(max_deliver=UNLIMITED, ack_wait=common.ack_wait_s),
+        **({"decoder": raw_payloads} if whole else {}),
     }
+
+
+def raw_payloads(msg: Any) -> list[bytes]:
+    """A batch's payloads as they came: each event is decoded, and fails, on its own."""
+    return list(msg.body)
 
 
 async def update_consumers(js: JetStreamContext, wanted: Iterable[ConsumerConfig]) -> list[str]:

@@ -176,7 +176,7 @@ class Service:
             DeadLetterStore(schema, lambda: self.db.pool, self.outbox) if schema else None
         )
         """Events its consumers could not process, outbox rows the bus refused."""
-        self.failures = ConsumerFailures(name, common, self.dead_letters)
+        self.failures = ConsumerFailures(name, common, self.dead_letters, self.metrics)
         middlewares: list[Any] = [event_metrics(self.metrics), self.failures.middleware()]
         if self.tracing is not None:
             middlewares.insert(0, self.tracing.broker_middleware())

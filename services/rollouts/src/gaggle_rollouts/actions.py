@@ -131,6 +131,12 @@ SELECT EXISTS (SELECT 1 FROM rollouts.rollout_devices
                WHERE tenant = $1 AND controller_id = $2 AND state = 'pending')
     OR EXISTS (SELECT 1 FROM rollouts.policies
                WHERE tenant = $1 AND controller_id = $2 AND mode <> 'rollout')"""
+WANT_MORE = """
+SELECT k.controller_id FROM unnest($2::text[]) AS k(controller_id)
+WHERE EXISTS (SELECT 1 FROM rollouts.rollout_devices AS m
+              WHERE m.tenant = $1 AND m.controller_id = k.controller_id AND m.state = 'pending')
+   OR EXISTS (SELECT 1 FROM rollouts.policies AS p
+              WHERE p.tenant = $1 AND p.controller_id = k.controller_id AND p.mode <> 'rollout')"""
 OPEN_ACTION_DEVICES = """
 SELECT controller_id FROM rollouts.actions
 WHERE tenant = $1 AND controller_id = ANY($2::text[]) AND active"""
@@ -287,6 +293,20 @@ class Actions:
         if action.rollout_id is None:
             return True
         return bool(await self.db.pool.fetchval(MAY_WANT_MORE, action.tenant, action.controller_id))
+
+    async def may_want_more_many(self, actions: Sequence[Action]) -> list[Action]:
+        """The closed ``actions`` for which :meth:`may_want_more` holds; one query per tenant."""
+        wanting = [a for a in actions if a.rollout_id is None]
+        by_tenant: dict[str, list[Action]] = {}
+        for a in actions:
+            if a.rollout_id is not None:
+                by_tenant.setdefault(a.tenant, []).append(a)
+        for tenant, of_tenant in by_tenant.items():
+            ids = sorted({a.controller_id for a in of_tenant})
+            rows = await self.db.pool.fetch(WANT_MORE, tenant, ids)
+            want = {r[0] for r in rows}
+            wanting += [a for a in of_tenant if a.controller_id in want]
+        return wanting
 
     async def open_action_of(self, tenant: str, controller_id: str) -> Action | None:
         """The device's open action, if any."""

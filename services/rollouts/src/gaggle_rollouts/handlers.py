@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from faststream import Context
+from faststream.nats.message import NatsBatchMessage
 
 from gaggle_contracts.events import (
     ActionFeedback,
@@ -21,11 +22,15 @@ from gaggle_contracts.events import (
     SoftwareCreated,
     SoftwareDeleted,
 )
-from gaggle_rollouts.usecases import FEEDBACK_BATCH, INVENTORY_BATCH, UseCases
+from gaggle_rollouts.usecases import FEEDBACK_PULL, INVENTORY_BATCH, UseCases
+from gaggle_runtime.batches import consume_batch
+from gaggle_runtime.deadletters import ConsumerFailures
 
 SERVICE = "rollouts"
 
 Cases = Annotated[UseCases, Context("usecases")]
+Pulled = Annotated[NatsBatchMessage, Context("message")]
+Failures = Annotated[ConsumerFailures, Context("failures")]
 
 
 async def on_software_created(event: SoftwareCreated, cases: Cases) -> None:
@@ -43,12 +48,21 @@ async def on_device_updated(event: DeviceUpdated, cases: Cases) -> None:
     await cases.device_updated(event)
 
 
-# Events fetched together are handled concurrently, so two reports of one device may be
-# applied in either order: the history is ordered by when the gateway received them, and a
-# report older than the one that set the action's status does not change it (domain.apply_reports).
-async def on_action_feedback(event: ActionFeedback, cases: Cases) -> None:
-    """ota.v1.*.action.feedback -> history entry; status moved forward; KV refreshed."""
-    await cases.report(event, "feedback", event.status)
+# A pull's feedback is applied in one transaction, in pull order; a redelivered report may come
+# after a newer one: the history is ordered by when the gateway received them, and a report older
+# than the one that set the action's status does not change it (domain.apply_reports).
+async def on_action_feedback(
+    payloads: list[bytes], msg: Pulled, cases: Cases, failures: Failures
+) -> None:
+    """ota.v1.*.action.feedback (a pull at once) -> history; status moved forward; KV refreshed.
+
+    Each event is decoded alone (an invalid one is parked alone) and acked only once the
+    batch's transaction committed and its follow-ups ran.
+    """
+    del payloads  # the raw messages carry them, with what settling each event needs
+    await consume_batch(
+        failures, msg.raw_message, ActionFeedback.model_validate_json, cases.feedback_batch
+    )
 
 
 async def on_cancel_feedback(event: CancelFeedback, cases: Cases) -> None:
@@ -74,9 +88,11 @@ SUBSCRIBERS: list[tuple[str, Callable[..., Awaitable[Any]], int | None]] = [
     (SoftwareCreated.kind, on_software_created, None),
     (SoftwareDeleted.kind, on_software_deleted, None),
     (DeviceUpdated.kind, on_device_updated, INVENTORY_BATCH),
-    (ActionFeedback.kind, on_action_feedback, FEEDBACK_BATCH),
+    (ActionFeedback.kind, on_action_feedback, FEEDBACK_PULL),
     (CancelFeedback.kind, on_cancel_feedback, None),
     (ConfirmationFeedback.kind, on_confirmation, None),
     (AutoConfirmChanged.kind, on_auto_confirm, None),
 ]
 """(event kind, subscriber, events per pull if not the default) of every rollouts consumer."""
+WHOLE_PULLS = frozenset({ActionFeedback.kind})
+"""Consumers whose subscriber gets a pull at once (and settles each event itself)."""
