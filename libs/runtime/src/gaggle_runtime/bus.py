@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 JSON_HEADERS = {"content-type": "application/json"}
 _SUBJECT_RE = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
 UNLIMITED = -1
+GATHER_S = 0.05
+"""Longest a whole-pull consumer waits to fill its batch: what a lone event waits at most."""
 HEADER_RESERVE = 512
 """Bytes kept free for headers added after the check (the tracing middleware's)."""
 
@@ -178,7 +180,8 @@ def consumer_options(
 
     ``batch`` overrides how many events one pull fetches (they are handled concurrently).
     ``whole``: the handler gets the pull's raw payloads at once (``list[bytes]``, undecoded)
-    and settles each event itself (:func:`gaggle_runtime.batches.consume_batch`).
+    and settles (acks) each event itself (:func:`gaggle_runtime.batches.consume_batch`); a pull
+    then gathers events for :data:`GATHER_S` at most, so a lone event is not kept waiting.
     Replicas of a service share the durable, so each event is handled by one of them. The ack
     comes after the handler (and so after its transaction) returns. A failure is nacked with a
     delay, and JetStream never gives up on an event (no ``max_deliver``): the service's
@@ -189,8 +192,10 @@ def consumer_options(
         "subject": names.subscription(kind),
         "stream": JStream(names.STREAM, declare=False),
         "durable": names.durable(service, kind),
-        "pull_sub": PullSub(batch_size=batch or common.pull_batch, timeout=1.0, batch=whole),
-        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "pull_sub": PullSub(
+            batch_size=batch or common.pull_batch, timeout=GATHER_S if whole else 1.0, batch=whole
+        ),
+        "ack_policy": AckPolicy.MANUAL if whole else AckPolicy.NACK_ON_ERROR,
         "config": ConsumerConfig(max_deliver=UNLIMITED, ack_wait=common.ack_wait_s),
         **({"decoder": raw_payloads} if whole else {}),
     }

@@ -401,7 +401,7 @@ class ConsumerFailures:
         """Run the handler; turn its failure into a retry, a dead letter, or a skip.
 
         A batch (the raw message is a list) is settled message by message by its handler
-        (:meth:`settle`); what escapes it is retried, as the handler could not settle them.
+        (:meth:`settle`); if it fails, the events it did not settle are retried.
         """
         raw = msg.raw_message
         if isinstance(raw, list):
@@ -423,8 +423,6 @@ class ConsumerFailures:
     async def _batch(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
         try:
             return await call_next(msg)
-        except HandlerException:
-            raise
         except Exception as exc:
             log.warning(
                 "batch of %d events not handled; retrying those not settled error=%s",
@@ -432,7 +430,8 @@ class ConsumerFailures:
                 describe(exc, 300),
                 exc_info=not is_transient(exc),
             )
-            raise Retry(delay=self._delay(1)) from exc
+            await msg.nack(delay=self._delay(1))
+            return None
 
     async def settle(self, raw: Any, exc: BaseException | None) -> str:
         """Answer JetStream for one event of a batch by its outcome; the outcome's label.

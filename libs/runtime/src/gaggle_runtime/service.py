@@ -186,6 +186,8 @@ class Service:
         self.on_start: list[Hook] = []
         """Run after the database, bus and background tasks are up, before subscribers start."""
         self.on_stop: list[Hook] = []
+        self.on_stopping: list[Hook] = []
+        """Run first on stop, before the subscribers stop: finish work they handed off."""
         self.auth = Authenticator(common)
         self.ready_checks: dict[str, Callable[[], bool]] = {
             "api_keys": lambda: self.auth.keys.current
@@ -381,6 +383,11 @@ class Service:
     async def _stop(self) -> None:
         with contextlib.suppress(Exception):
             await self._publish_key_use()
+        for hook in self.on_stopping:
+            try:
+                await hook()
+            except Exception:
+                log.warning("stopping hook failed", exc_info=True)
         with contextlib.suppress(Exception):
             await self.broker.stop()
         for hook in self.on_stop:

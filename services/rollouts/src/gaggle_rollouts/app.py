@@ -25,7 +25,8 @@ from gaggle_rollouts.rollout_routes import RolloutBody
 from gaggle_rollouts.rollout_store import RolloutStore
 from gaggle_rollouts.routes import BulkPolicyBody, NewAction, PolicyBody
 from gaggle_rollouts.settings import RolloutsSettings
-from gaggle_rollouts.usecases import UseCases
+from gaggle_rollouts.usecases import FEEDBACK_IN_FLIGHT, UseCases
+from gaggle_runtime.batches import BatchRunner
 from gaggle_runtime.bus import consumer_options
 from gaggle_runtime.deadletters import ConsumerFailures
 from gaggle_runtime.metrics import Metrics
@@ -117,17 +118,21 @@ def subscribe(
     common: CommonSettings,
     cases: UseCases,
     failures: ConsumerFailures | None = None,
-) -> None:
+) -> BatchRunner:
     """Every rollouts consumer on ``broker``, its use cases in the broker's context.
 
     ``failures`` settles each event of the consumers fed a pull at once (``WHOLE_PULLS``); the
     service's own, with its dead-letter store (without: a failure for good is only logged).
+    Returns the runner of the feedback batches, to be closed before the subscribers stop.
     """
+    runner = BatchRunner(FEEDBACK_IN_FLIGHT)
     broker.context.set_global("usecases", cases)
     broker.context.set_global("failures", failures or ConsumerFailures(SERVICE, common, None))
+    broker.context.set_global("feedback_runner", runner)
     for kind, handler, batch in SUBSCRIBERS:
         options = consumer_options(SERVICE, kind, common, batch=batch, whole=kind in WHOLE_PULLS)
         broker.subscriber(**options)(handler)
+    return runner
 
 
 def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
@@ -143,7 +148,8 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     chooser = Chooser(service.db, actions, catalogue, policies, store.members)
     engine = Engine(store, actions, sweep_s=settings.sweep_s, window_s=settings.window_s)
     cases = UseCases(service.db, actions, catalogue, policies, chooser, engine)
-    subscribe(service.broker, common, cases, service.failures)
+    runner = subscribe(service.broker, common, cases, service.failures)
+    service.on_stopping.append(runner.close)
     service.background(engine.run)
     service.background(engine.windows)
     install_metrics(service)

@@ -23,7 +23,7 @@ from gaggle_contracts.events import (
     SoftwareDeleted,
 )
 from gaggle_rollouts.usecases import FEEDBACK_PULL, INVENTORY_BATCH, UseCases
-from gaggle_runtime.batches import consume_batch
+from gaggle_runtime.batches import BatchRunner, consume_batch
 from gaggle_runtime.deadletters import ConsumerFailures
 
 SERVICE = "rollouts"
@@ -31,6 +31,7 @@ SERVICE = "rollouts"
 Cases = Annotated[UseCases, Context("usecases")]
 Pulled = Annotated[NatsBatchMessage, Context("message")]
 Failures = Annotated[ConsumerFailures, Context("failures")]
+Runner = Annotated[BatchRunner, Context("feedback_runner")]
 
 
 async def on_software_created(event: SoftwareCreated, cases: Cases) -> None:
@@ -52,16 +53,21 @@ async def on_device_updated(event: DeviceUpdated, cases: Cases) -> None:
 # after a newer one: the history is ordered by when the gateway received them, and a report older
 # than the one that set the action's status does not change it (domain.apply_reports).
 async def on_action_feedback(
-    payloads: list[bytes], msg: Pulled, cases: Cases, failures: Failures
+    payloads: list[bytes], msg: Pulled, cases: Cases, failures: Failures, runner: Runner
 ) -> None:
     """ota.v1.*.action.feedback (a pull at once) -> history; status moved forward; KV refreshed.
 
     Each event is decoded alone (an invalid one is parked alone) and acked only once the
-    batch's transaction committed and its follow-ups ran.
+    batch's transaction committed and its follow-ups ran. A few pulls are applied at once
+    (:data:`FEEDBACK_IN_FLIGHT`), each in its own transaction.
     """
     del payloads  # the raw messages carry them, with what settling each event needs
-    await consume_batch(
-        failures, msg.raw_message, ActionFeedback.model_validate_json, cases.feedback_batch
+    raws = msg.raw_message
+    await runner.submit(
+        raws,
+        lambda: consume_batch(
+            failures, raws, ActionFeedback.model_validate_json, cases.feedback_batch
+        ),
     )
 
 

@@ -43,6 +43,8 @@ FEEDBACK_BATCH = 64
 """Reports of cancel and confirmation feedback applied in one transaction at most."""
 FEEDBACK_PULL = 512
 """deploymentBase feedback events fetched, applied and acked together (one transaction)."""
+FEEDBACK_IN_FLIGHT = 3
+"""Pulls of deploymentBase feedback applied at once, each in its own transaction."""
 
 
 class Poke(Protocol):
