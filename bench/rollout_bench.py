@@ -547,13 +547,13 @@ class Fed:
 async def count_successes(
     client: httpx.AsyncClient, base: str, rid: str, bulk: int, timeout: float
 ) -> float:
-    """Poll the rollout every 20 ms until it counts ``bulk`` successes; perf_counter then."""
+    """Poll the rollout every 50 ms until it counts ``bulk`` successes; perf_counter then."""
     seen_at, doc = await poll_rollout(
         client,
         base,
         rid,
         lambda d: int(d["counters"]["success"]) >= bulk,
-        0.02,
+        0.05,
         "feedback absorbed",
         timeout,
     )

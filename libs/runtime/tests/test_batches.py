@@ -138,9 +138,7 @@ async def test_a_transient_failure_of_the_whole_batch_retries_every_event_unpark
         raise ConnectionResetError("database away")
 
     raws = [raw(i, f"t{i}", delivered=3) for i in range(1, 4)]
-    assert await consume_batch(policy(store), raws, Thing.model_validate_json, away) == {
-        "retry": 3
-    }
+    assert await consume_batch(policy(store), raws, Thing.model_validate_json, away) == {"retry": 3}
     assert [r.answers for r in raws] == [[("nak", 2.0)]] * 3
     assert store.letters == []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -127,10 +127,16 @@ async def publish_raw(
 
 
 class NatsSink:
-    """The outbox relay's way out: JetStream publishes and KV writes on the broker's connection."""
+    """The outbox relay's way out: JetStream publishes and KV writes on the broker's connection.
 
-    def __init__(self, broker: NatsBroker) -> None:
+    With ``published`` (told each published subject, for the service's counter) and no tracing,
+    events go straight to nats-py, past the broker's middlewares: the relay publishes every event
+    a service emits, and the counter is all those middlewares would do then.
+    """
+
+    def __init__(self, broker: NatsBroker, published: Callable[[str], None] | None = None) -> None:
         self.broker = broker
+        self.published = published
         self._buckets: dict[str, KeyValue] = {}
         self._lock = asyncio.Lock()
 
@@ -147,7 +153,16 @@ class NatsSink:
 
     async def publish(self, subject: str, payload: bytes, msg_id: str | None) -> None:
         """Publish and wait for the ack."""
-        await publish_raw(self.broker, subject, payload, msg_id)
+        if self.published is None:
+            await publish_raw(self.broker, subject, payload, msg_id)
+            return
+        headers = {**JSON_HEADERS, "Nats-Msg-Id": msg_id} if msg_id else dict(JSON_HEADERS)
+        connection = self.broker.connection
+        check_publishable(subject, payload, headers, connection.max_payload)
+        await connection.jetstream().publish(
+            subject, payload, timeout=5.0, stream=names.STREAM, headers=headers
+        )
+        self.published(subject)
 
     async def kv_put(self, bucket: str, key: str, payload: bytes) -> None:
         """Put one value; inside a trace, with its ``traceparent`` as a message header."""

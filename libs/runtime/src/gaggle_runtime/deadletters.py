@@ -329,9 +329,8 @@ def _detail(row: asyncpg.Record) -> dict[str, Any]:
 # --- consumers ------------------------------------------------------------------------------
 
 
-def _origin(raw: Any) -> tuple[str, tuple[str, int] | None]:
-    """The durable consumer that got ``raw``, and the key its failures are counted by."""
-    meta = _metadata(raw)
+def _origin(meta: Any) -> tuple[str, tuple[str, int] | None]:
+    """The durable consumer of a message's ``meta``, and the key its failures are counted by."""
     consumer = str(getattr(meta, "consumer", "") or "")
     return consumer, ((consumer, int(meta.sequence.stream)) if meta is not None else None)
 
@@ -394,8 +393,10 @@ class ConsumerFailures:
     def skips(self, raw: Any) -> bool:
         """Whether ``raw`` is a replay meant for another consumer of its subject (acked as is)."""
         replay_for = (raw.headers or {}).get(REPLAY_FOR)
-        consumer = _origin(raw)[0]
-        return bool(replay_for and consumer and replay_for != consumer)
+        if not replay_for:
+            return False
+        consumer = _origin(_metadata(raw))[0]
+        return bool(consumer and replay_for != consumer)
 
     async def handle(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
         """Run the handler; turn its failure into a retry, a dead letter, or a skip.
@@ -408,7 +409,7 @@ class ConsumerFailures:
             return await self._batch(call_next, msg)
         if self.skips(raw):
             raise Skipped()
-        consumer, key = _origin(raw)
+        consumer, key = _origin(_metadata(raw))
         try:
             result = await call_next(msg)
         except RejectMessage as exc:
@@ -441,7 +442,8 @@ class ConsumerFailures:
         acked, an invalid or rejected event parked at once, a replay for another consumer
         (:class:`Skipped`) acked.
         """
-        consumer, key = _origin(raw)
+        meta = _metadata(raw)
+        consumer, key = _origin(meta)
         if exc is None or isinstance(exc, Skipped):
             self._forget(key)
             await raw.ack()
@@ -459,7 +461,10 @@ class ConsumerFailures:
                 await raw.term()
                 outcome = "rejected"
         if self.metrics is not None:
-            self.metrics.events_consumed.labels(kind_of(str(raw.subject)), outcome).inc()
+            kind = kind_of(str(raw.subject))
+            if int(getattr(meta, "num_delivered", 1) or 1) > 1:
+                self.metrics.events_redelivered.labels(kind).inc()
+            self.metrics.events_consumed.labels(kind, outcome).inc()
         return outcome
 
     async def _failed(

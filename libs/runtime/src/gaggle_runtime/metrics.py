@@ -176,8 +176,6 @@ class EventMetrics(BaseMiddleware):
         """
         raw = msg.raw_message
         if isinstance(raw, list):
-            for one in raw:
-                self._redelivered(one)
             return await call_next(msg)
         self._redelivered(raw)
         kind = kind_of(getattr(raw, "subject", ""))

@@ -47,6 +47,7 @@ from gaggle_runtime.metrics import (
     MirrorCollector,
     RequestMetrics,
     event_metrics,
+    kind_of,
 )
 from gaggle_runtime.outbox import Observer, Outbox, OutboxRelay
 from gaggle_runtime.telemetry import tracing_for
@@ -246,6 +247,9 @@ class Service:
     ) -> None:
         await publish_raw(self.broker, subject, payload, msg_id, headers=headers)
 
+    def _count_published(self, subject: str) -> None:
+        self.metrics.events_published.labels(kind_of(subject)).inc()
+
     def background(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``factory()`` as a task from start until stop."""
         self._background.append(factory)
@@ -292,7 +296,7 @@ class Service:
                     self.common.database_url,
                     pool,
                     self.outbox,
-                    NatsSink(self.broker),
+                    NatsSink(self.broker, self._count_published if self.tracing is None else None),
                     tracing=self.tracing,
                     observers=self.relay_observers,
                     dead_letters=self.dead_letters,

@@ -22,6 +22,7 @@ from gaggle_rollouts.domain import (
     Action,
     ActionType,
     Applied,
+    Docs,
     Report,
     Software,
     deployment_entry,
@@ -357,9 +358,14 @@ class Actions:
             )
         if applied.moved:
             await self._moved(conn, applied.moved)
-        await self.outbox.many(conn, applied.events)
+        puts: list[tuple[str, str, BaseModel]] = []
+        deletes: list[tuple[str, str]] = []
         for tenant, controller_ids in applied.rendered.items():
-            await self.publish_deployments(conn, tenant, sorted(controller_ids))
+            rendered = await self.render_deployments(conn, tenant, sorted(controller_ids))
+            puts += rendered[0]
+            deletes += rendered[1]
+        # The events and the KV writes in one statement (events first, as they were).
+        await self.outbox.many(conn, applied.events, kv_puts=puts, kv_deletes=deletes)
 
     async def _moved(self, conn: Conn, moved: Sequence[tuple[Action, datetime]]) -> None:
         """Store the actions' new status; a rollout's closed action closes its membership."""
@@ -388,6 +394,13 @@ class Actions:
         self, conn: Conn, tenant: str, controller_ids: Sequence[str]
     ) -> None:
         """Render the KV ``deployments`` entries of many devices, in a fixed number of queries."""
+        puts, deletes = await self.render_deployments(conn, tenant, controller_ids)
+        await self.outbox.many(conn, kv_puts=puts, kv_deletes=deletes)
+
+    async def render_deployments(
+        self, conn: Conn, tenant: str, controller_ids: Sequence[str]
+    ) -> tuple[list[tuple[str, str, BaseModel]], list[tuple[str, str]]]:
+        """The KV ``deployments`` puts and deletes of many devices, from the tables."""
         ids = list(dict.fromkeys(controller_ids))
         open_rows = {
             r["controller_id"]: _action(r) for r in await conn.fetch(OPEN_ACTIONS, tenant, ids)
@@ -408,6 +421,7 @@ class Actions:
         auto = {r[0] for r in await conn.fetch(AUTO_CONFIRM, tenant, ids)}
         puts: list[tuple[str, str, BaseModel]] = []
         deletes: list[tuple[str, str]] = []
+        docs = Docs()
         for controller_id in ids:
             action = open_rows.get(controller_id)
             open_part = None
@@ -418,11 +432,15 @@ class Actions:
             if done is not None and done.software_id in catalogue:
                 installed_part = (done, catalogue[done.software_id])
             entry = deployment_entry(
-                open_part, installed_part, closed.get(controller_id, []), controller_id in auto
+                open_part,
+                installed_part,
+                closed.get(controller_id, []),
+                controller_id in auto,
+                docs,
             )
             key = names.kv_key(tenant, controller_id)
             if entry is None:
                 deletes.append((names.BUCKET_DEPLOYMENTS, key))
             else:
                 puts.append((names.BUCKET_DEPLOYMENTS, key, entry))
-        await self.outbox.many(conn, kv_puts=puts, kv_deletes=deletes)
+        return puts, deletes
