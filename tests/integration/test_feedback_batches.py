@@ -187,16 +187,18 @@ async def test_one_pull_of_feedback_for_many_devices_applies_each_event_once(
             [letter] = await eventually(parked, timeout=10)
             assert (letter["msg_id"], letter["reason"]) == ("garbage-1", "invalid")
 
-        async def all_finished() -> None:
+        async def all_finished() -> bool:
             assert sorted(e.action_id for e in finished) == sorted(actions.values())
+            return True
 
         await eventually(all_finished, timeout=10)
 
-        async def settled() -> None:
+        async def settled() -> bool:
             info = await broker.connection.jetstream().consumer_info(
                 names.STREAM, names.durable("rollouts", "action.feedback")
             )
             assert (info.num_pending, info.num_ack_pending) == (0, 0), info
+            return True
 
         await eventually(settled, timeout=10)
         await asyncio.sleep(0.2)  # nothing announced twice, also a moment later
