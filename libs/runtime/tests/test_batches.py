@@ -11,7 +11,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from gaggle_contracts.settings import CommonSettings
-from gaggle_runtime.batches import BatchRunner, consume_batch
+from gaggle_runtime import batches
+from gaggle_runtime.batches import BatchRunner
+from gaggle_runtime.bus import decode_each
 from gaggle_runtime.deadletters import REPLAY_FOR, ConsumerFailures, Letter
 
 CONSUMER = "svc_thing_happened"
@@ -68,6 +70,12 @@ def policy(store: Store, after: int = 3) -> ConsumerFailures:
     return ConsumerFailures("svc", common, store)  # type: ignore[arg-type]
 
 
+async def consume_batch(failures: ConsumerFailures, raws: list[Raw], handle: Any) -> dict[str, int]:
+    """What the subscriber does with a pull: its payloads decoded each, then the batch."""
+    decoded = decode_each(Thing)(SimpleNamespace(body=[r.data for r in raws]))
+    return await batches.consume_batch(failures, raws, decoded, Thing.model_validate_json, handle)
+
+
 class Handler:
     """Handles a batch: records the names it got; fails the names it is told to."""
 
@@ -88,7 +96,7 @@ async def test_every_event_of_a_pull_is_handled_in_one_call_and_acked_after_it()
         seen_acked.append(sum(len(r.answers) for r in raws))
         return [None] * len(things)
 
-    outcomes = await consume_batch(policy(Store()), raws, Thing.model_validate_json, handle)
+    outcomes = await consume_batch(policy(Store()), raws, handle)
     assert outcomes == {"ok": 5}
     assert seen_acked == [0]  # nothing was answered before the handler returned
     assert [r.answers for r in raws] == [[("ack", None)]] * 5
@@ -99,7 +107,7 @@ async def test_an_invalid_event_is_parked_alone_and_the_others_of_its_pull_are_h
     raws = [raw(1, "a"), Raw(b"{not json", 2, {"Nats-Msg-Id": "m2"}), raw(3, "c")]
     raws.insert(2, Raw(b'{"other": 1}', 4, {"Nats-Msg-Id": "m4"}))  # JSON, not a Thing
     handler = Handler()
-    outcomes = await consume_batch(policy(store), raws, Thing.model_validate_json, handler)
+    outcomes = await consume_batch(policy(store), raws, handler)
     assert handler.calls == [["a", "c"]]
     assert outcomes == {"ok": 2, "dead_letter": 2}
     assert [(letter.msg_id, letter.reason) for letter in store.letters] == [
@@ -116,15 +124,13 @@ async def test_an_event_whose_outcome_is_a_failure_is_retried_then_parked_the_ot
     failures = policy(store, after=2)
     handler = Handler({"bad": ValueError("refused")})
     first = [raw(1, "good"), raw(2, "bad"), raw(3, "fine")]
-    assert await consume_batch(failures, first, Thing.model_validate_json, handler) == {
+    assert await consume_batch(failures, first, handler) == {
         "ok": 2,
         "retry": 1,
     }
     assert [r.answers for r in first] == [[("ack", None)], [("nak", 0.5)], [("ack", None)]]
     again = [raw(2, "bad", delivered=2)]
-    assert await consume_batch(failures, again, Thing.model_validate_json, handler) == {
-        "dead_letter": 1
-    }
+    assert await consume_batch(failures, again, handler) == {"dead_letter": 1}
     assert again[0].answers == [("ack", None)]
     assert [(letter.msg_id, letter.reason, letter.attempts) for letter in store.letters] == [
         ("m2", "failed", 2)
@@ -138,7 +144,7 @@ async def test_a_transient_failure_of_the_whole_batch_retries_every_event_unpark
         raise ConnectionResetError("database away")
 
     raws = [raw(i, f"t{i}", delivered=3) for i in range(1, 4)]
-    assert await consume_batch(policy(store), raws, Thing.model_validate_json, away) == {"retry": 3}
+    assert await consume_batch(policy(store), raws, away) == {"retry": 3}
     assert [r.answers for r in raws] == [[("nak", 2.0)]] * 3
     assert store.letters == []
 
@@ -148,7 +154,7 @@ async def test_a_replay_for_another_consumer_is_acked_untouched() -> None:
     replay = raw(1, "r")
     replay.headers[REPLAY_FOR] = "other_consumer"
     raws = [replay, raw(2, "mine")]
-    outcomes = await consume_batch(policy(Store()), raws, Thing.model_validate_json, handler)
+    outcomes = await consume_batch(policy(Store()), raws, handler)
     assert handler.calls == [["mine"]]
     assert outcomes == {"skipped": 1, "ok": 1}
     assert [r.answers for r in raws] == [[("ack", None)], [("ack", None)]]

@@ -1,8 +1,9 @@
 """Consuming a pull's events as one batch: decoded one by one, handled at once, settled each.
 
-A consumer subscribed with ``consumer_options(..., whole=True)`` gets the raw messages of one
-pull. :func:`consume_batch` decodes each (an invalid one is parked alone), hands the valid events
-to the handler in one call, and answers JetStream for each event by its own outcome with
+A consumer subscribed with ``consumer_options(..., whole=Model)`` gets one pull at once: the raw
+messages, and each payload decoded or left as bytes (:func:`gaggle_runtime.bus.decode_each`).
+:func:`consume_batch` parks each payload that is not an event alone, hands the events to the
+handler in one call, and answers JetStream for each event by its own outcome with
 :meth:`ConsumerFailures.settle <gaggle_runtime.deadletters.ConsumerFailures.settle>`: acked
 once the handler returned (so after its transaction committed), retried or parked when its
 outcome is an exception. One bad event so never holds back the others of its pull.
@@ -40,14 +41,17 @@ class Settles(Protocol):
 async def consume_batch(
     failures: Settles,
     raws: Sequence[Any],
+    decoded: Sequence[E | bytes],
     decode: Callable[[bytes], E],
     handle: Callable[[list[E]], Awaitable[Sequence[BaseException | None]]],
 ) -> dict[str, int]:
-    """Decode, handle together, settle each; how many events ended how (``ok``, ``retry``...).
+    """Handle a pull's events together, settle each; how many ended how (``ok``, ``retry``...).
 
-    ``handle`` gets the decoded events in pull order and returns one outcome per event (None:
-    done). If it raises, every event of the call gets that exception as its outcome: a
-    transient one is retried later, anything else counts towards parking each event.
+    ``decoded`` holds each raw message's event, or its payload when it did not decode: that one
+    is decoded again with ``decode`` for the error, and parked as invalid. ``handle`` gets the
+    events in pull order and returns one outcome per event (None: done). If it raises, every
+    event of the call gets that exception as its outcome: a transient one is retried later,
+    anything else counts towards parking each event.
     """
     outcomes: dict[str, int] = {}
 
@@ -56,14 +60,17 @@ async def consume_batch(
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
     valid: list[tuple[Any, E]] = []
-    for raw in raws:
+    for raw, item in zip(raws, decoded, strict=True):
         if failures.skips(raw):
             await settle(raw, Skipped())
             continue
-        try:
-            valid.append((raw, decode(raw.data)))
-        except Exception as exc:
-            await settle(raw, exc)
+        if isinstance(item, bytes):
+            try:
+                item = decode(item)
+            except Exception as exc:
+                await settle(raw, exc)
+                continue
+        valid.append((raw, item))
     if not valid:
         return outcomes
     results: Sequence[BaseException | None]

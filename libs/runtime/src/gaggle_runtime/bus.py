@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from faststream import AckPolicy
@@ -14,6 +14,7 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, PubAck, PullSub
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
+from pydantic import BaseModel
 
 from gaggle_contracts import names
 from gaggle_contracts.events import Event
@@ -22,6 +23,8 @@ from gaggle_runtime.failures import PermanentPublishError
 from gaggle_runtime.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 JSON_HEADERS = {"content-type": "application/json"}
 _SUBJECT_RE = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
@@ -189,14 +192,15 @@ def consumer_options(
     common: CommonSettings,
     *,
     batch: int | None = None,
-    whole: bool = False,
+    whole: type[BaseModel] | None = None,
 ) -> dict[str, Any]:
     """Subscriber options for a durable, explicitly acked pull consumer of ``kind`` events.
 
     ``batch`` overrides how many events one pull fetches (they are handled concurrently).
-    ``whole``: the handler gets the pull's raw payloads at once (``list[bytes]``, undecoded)
-    and settles (acks) each event itself (:func:`gaggle_runtime.batches.consume_batch`); a pull
-    then gathers events for :data:`GATHER_S` at most, so a lone event is not kept waiting.
+    ``whole`` (the event model): the handler gets the pull at once, each payload decoded as
+    ``whole`` or left as bytes when it is not one (:func:`decode_each`), and settles (acks) each
+    event itself (:func:`gaggle_runtime.batches.consume_batch`); a pull then gathers events for
+    :data:`GATHER_S` at most, so a lone event is not kept waiting.
     Replicas of a service share the durable, so each event is handled by one of them. The ack
     comes after the handler (and so after its transaction) returns. A failure is nacked with a
     delay, and JetStream never gives up on an event (no ``max_deliver``): the service's
@@ -208,17 +212,33 @@ def consumer_options(
         "stream": JStream(names.STREAM, declare=False),
         "durable": names.durable(service, kind),
         "pull_sub": PullSub(
-            batch_size=batch or common.pull_batch, timeout=GATHER_S if whole else 1.0, batch=whole
+            batch_size=batch or common.pull_batch,
+            timeout=1.0 if whole is None else GATHER_S,
+            batch=whole is not None,
         ),
-        "ack_policy": AckPolicy.MANUAL if whole else AckPolicy.NACK_ON_ERROR,
+        "ack_policy": AckPolicy.NACK_ON_ERROR if whole is None else AckPolicy.MANUAL,
         "config": ConsumerConfig(max_deliver=UNLIMITED, ack_wait=common.ack_wait_s),
-        **({"decoder": raw_payloads} if whole else {}),
+        **({} if whole is None else {"decoder": decode_each(whole)}),
     }
 
 
-def raw_payloads(msg: Any) -> list[bytes]:
-    """A batch's payloads as they came: each event is decoded, and fails, on its own."""
-    return list(msg.body)
+def decode_each(model: type[M]) -> Callable[[Any], list[M | bytes]]:
+    """A batch decoder: each payload as ``model``, or its bytes when it is not one.
+
+    Each event so fails on its own (:func:`gaggle_runtime.batches.consume_batch` parks it) and
+    the others of its pull are decoded once, here.
+    """
+
+    def decode(msg: Any) -> list[M | bytes]:
+        decoded: list[M | bytes] = []
+        for payload in msg.body:
+            try:
+                decoded.append(model.model_validate_json(payload))
+            except ValueError:  # pydantic's ValidationError, a payload that is not UTF-8
+                decoded.append(bytes(payload))
+        return decoded
+
+    return decode
 
 
 async def update_consumers(js: JetStreamContext, wanted: Iterable[ConsumerConfig]) -> list[str]:

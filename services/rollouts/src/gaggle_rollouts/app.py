@@ -130,7 +130,7 @@ def subscribe(
     broker.context.set_global("failures", failures or ConsumerFailures(SERVICE, common, None))
     broker.context.set_global("feedback_runner", runner)
     for kind, handler, batch in SUBSCRIBERS:
-        options = consumer_options(SERVICE, kind, common, batch=batch, whole=kind in WHOLE_PULLS)
+        options = consumer_options(SERVICE, kind, common, batch=batch, whole=WHOLE_PULLS.get(kind))
         broker.subscriber(**options)(handler)
     return runner
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from faststream import Context
 from faststream.nats.message import NatsBatchMessage
+from pydantic import BaseModel
 
 from gaggle_contracts.events import (
     ActionFeedback,
@@ -53,20 +54,21 @@ async def on_device_updated(event: DeviceUpdated, cases: Cases) -> None:
 # after a newer one: the history is ordered by when the gateway received them, and a report older
 # than the one that set the action's status does not change it (domain.apply_reports).
 async def on_action_feedback(
-    payloads: list[bytes], msg: Pulled, cases: Cases, failures: Failures, runner: Runner
+    events: list[ActionFeedback | bytes],
+    msg: Pulled,
+    cases: Cases,
+    failures: Failures,
+    runner: Runner,
 ) -> None:
-    """ota.v1.*.action.feedback (a pull at once) -> history; status moved forward; KV refreshed.
-
-    Each event is decoded alone (an invalid one is parked alone) and acked only once the
-    batch's transaction committed and its follow-ups ran. A few pulls are applied at once
-    (:data:`FEEDBACK_IN_FLIGHT`), each in its own transaction.
-    """
-    del payloads  # the raw messages carry them, with what settling each event needs
+    """ota.v1.*.action.feedback (a pull at once) -> history; status moved forward; KV refreshed."""
+    # Each event was decoded alone (a payload that is not one stays bytes and is parked alone);
+    # each is acked only once the batch's transaction committed and its follow-ups ran. A few
+    # pulls are applied at once (FEEDBACK_IN_FLIGHT), each in its own transaction.
     raws = msg.raw_message
     await runner.submit(
         raws,
         lambda: consume_batch(
-            failures, raws, ActionFeedback.model_validate_json, cases.feedback_batch
+            failures, raws, events, ActionFeedback.model_validate_json, cases.feedback_batch
         ),
     )
 
@@ -100,5 +102,5 @@ SUBSCRIBERS: list[tuple[str, Callable[..., Awaitable[Any]], int | None]] = [
     (AutoConfirmChanged.kind, on_auto_confirm, None),
 ]
 """(event kind, subscriber, events per pull if not the default) of every rollouts consumer."""
-WHOLE_PULLS = frozenset({ActionFeedback.kind})
-"""Consumers whose subscriber gets a pull at once (and settles each event itself)."""
+WHOLE_PULLS: dict[str, type[BaseModel]] = {ActionFeedback.kind: ActionFeedback}
+"""Consumers whose subscriber gets a pull at once (and settles each event itself): the model."""
