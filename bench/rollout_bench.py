@@ -840,9 +840,27 @@ def absorbed_rate(res: dict[str, Any]) -> float:
     return median([(r.members - 1) / r.absorbed_s for r in res["rounds"]])
 
 
+def cpu_per_report(res: dict[str, Any]) -> float:
+    """Median CPU ms per absorbed report of rollouts, PostgreSQL and NATS together."""
+    return median(
+        [
+            sum(r.feedback_cpu_s.get(k, 0.0) for k in ("rollouts", "postgres", "nats"))
+            * 1000
+            / (r.members - 1)
+            for r in res["rounds"]
+        ]
+    )
+
+
 def verdict_lines(this: dict[str, Any], baseline: dict[str, Any] | None, mode: str) -> list[str]:
-    """The comparison with the baseline and the floor, and the goal line."""
+    """The comparison with the baseline and the floor, and the goal line.
+
+    The CPU per report (rollouts, PostgreSQL, NATS) does not depend on what else runs on the
+    machine, unlike the rates; ``cores / CPU per report`` is what the machine's cores would
+    absorb if nothing else ran.
+    """
     rate = absorbed_rate(this)
+    cores = os.cpu_count() or 1
     lines = [""]
     if baseline is not None:
         base = absorbed_rate(baseline)
@@ -850,6 +868,13 @@ def verdict_lines(this: dict[str, Any], baseline: dict[str, Any] | None, mode: s
             f"feedback absorbed ({mode}): {this['code']} {rate:,.0f} reports/s, baseline "
             f"{baseline['code']} {base:,.0f} reports/s: {rate / base:.1f}x the baseline"
         )
+    for label, res in (("this", this), ("baseline", baseline)):
+        if res is not None:
+            ms = cpu_per_report(res)
+            lines.append(
+                f"CPU per report ({label}, {res['code']}): {ms:.2f} ms of rollouts + PostgreSQL "
+                f"+ NATS; {cores} cores alone would absorb at most {cores * 1000 / ms:,.0f}/s"
+            )
     floors = [(r.members - 1) / r.floor_s for r in this["rounds"] if r.floor_s]
     if floors:
         floor = median(floors)

@@ -41,10 +41,14 @@ log = logging.getLogger(__name__)
 INVENTORY_BATCH = 64
 FEEDBACK_BATCH = 64
 """Reports of cancel and confirmation feedback applied in one transaction at most."""
-FEEDBACK_PULL = 512
+FEEDBACK_PULL = 320
 """deploymentBase feedback events fetched, applied and acked together (one transaction)."""
 FEEDBACK_IN_FLIGHT = 3
-"""Pulls of deploymentBase feedback applied at once, each in its own transaction."""
+"""Pulls of deploymentBase feedback applied at once, each in its own transaction.
+
+JetStream stops delivering to a consumer with 1,000 events unacked (its default
+``max_ack_pending``): ``FEEDBACK_PULL * FEEDBACK_IN_FLIGHT`` stays below it.
+"""
 
 
 class Poke(Protocol):
