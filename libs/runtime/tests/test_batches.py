@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import nats.errors
+import pytest
 from pydantic import BaseModel
 
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime import batches
 from gaggle_runtime.batches import BatchRunner
-from gaggle_runtime.bus import decode_each
+from gaggle_runtime.bus import decode_each, guard_fetches
 from gaggle_runtime.deadletters import REPLAY_FOR, ConsumerFailures, Letter
 
 CONSUMER = "svc_thing_happened"
@@ -188,3 +190,25 @@ async def test_the_runner_keeps_at_most_its_batches_in_flight_and_closes_after_t
     await closing
     assert sorted(finished) == [1, 2, 3]
     assert late.answers == [("nak", None)]
+
+
+async def test_a_bare_timeout_of_a_fetch_becomes_the_one_faststream_expects() -> None:
+    class Subscription:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def fetch(self, batch: int, timeout: float) -> list[Any]:
+            self.calls += 1
+            if self.calls == 1:
+                return ["m"]
+            raise TimeoutError  # what nats-py raises from some empty fetches
+
+    subscription = Subscription()
+    broker = SimpleNamespace(
+        subscribers=[SimpleNamespace(subscription=subscription), SimpleNamespace()]
+    )
+    assert guard_fetches(broker) == 1  # type: ignore[arg-type]
+    assert guard_fetches(broker) == 0  # type: ignore[arg-type]  # not wrapped twice
+    assert await subscription.fetch(batch=2, timeout=0.05) == ["m"]
+    with pytest.raises(nats.errors.TimeoutError):
+        await subscription.fetch(batch=2, timeout=0.05)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import nats.errors
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PubAck, PullSub
 from nats.js.client import JetStreamContext
@@ -239,6 +240,38 @@ def decode_each(model: type[M]) -> Callable[[Any], list[M | bytes]]:
         return decoded
 
     return decode
+
+
+def guard_fetches(broker: NatsBroker) -> int:
+    """Make every started pull subscription's empty fetch end the way FastStream expects.
+
+    nats-py ends some empty fetches with a bare ``asyncio.TimeoutError``; FastStream's pull loop
+    catches only ``nats.errors.TimeoutError``, so its task dies and restarts, and the events a
+    batch subscriber had already fetched in that round wait for ``ack_wait`` to come again.
+    Returns how many subscriptions were guarded.
+    """
+    guarded = 0
+    for subscriber in broker.subscribers:
+        subscription = getattr(subscriber, "subscription", None)
+        fetch = getattr(subscription, "fetch", None)
+        if fetch is None or getattr(fetch, "guarded", False):
+            continue
+        subscription.fetch = _guarded(fetch)  # type: ignore[union-attr]
+        guarded += 1
+    return guarded
+
+
+def _guarded(fetch: Callable[..., Any]) -> Callable[..., Any]:
+    async def guarded_fetch(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fetch(*args, **kwargs)
+        except nats.errors.TimeoutError:
+            raise
+        except TimeoutError as exc:
+            raise nats.errors.TimeoutError from exc
+
+    guarded_fetch.guarded = True  # type: ignore[attr-defined]
+    return guarded_fetch
 
 
 async def update_consumers(js: JetStreamContext, wanted: Iterable[ConsumerConfig]) -> list[str]:

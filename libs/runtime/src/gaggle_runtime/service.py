@@ -37,7 +37,14 @@ from gaggle_runtime.auth import (
     Unauthenticated,
     document_permissions,
 )
-from gaggle_runtime.bus import NatsSink, make_broker, publish_event, publish_raw, update_consumers
+from gaggle_runtime.bus import (
+    NatsSink,
+    guard_fetches,
+    make_broker,
+    publish_event,
+    publish_raw,
+    update_consumers,
+)
 from gaggle_runtime.deadletters import ConsumerFailures, DeadLetterStore, make_dead_letter_routes
 from gaggle_runtime.http import error_body, install_error_handlers
 from gaggle_runtime.jetstream import ensure_all
@@ -312,6 +319,7 @@ class Service:
             [s.config for s in self.broker.subscribers if hasattr(s, "config")],
         )
         await self.broker.start()
+        guard_fetches(self.broker)
         log.info("service started service=%s", self.name)
 
     async def _publish_key_use(self) -> None:
