@@ -44,8 +44,10 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -61,17 +63,21 @@ from benchlib import (
     CpuMeter,
     admin_key,
     bounded,
-    child_env,
     cpu_text,
     git_version,
-    postmaster_pid,
     run_with_servers,
     say,
     tail,
-    wait_ready,
 )
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
+from rollout_feedback import (
+    RolloutsProcess,
+    add_floor_consumer,
+    baseline_checkout,
+    first_delivery,
+    floor_drain,
+)
 
 from gaggle_contracts import names
 from gaggle_contracts.events import (
@@ -91,13 +97,13 @@ from gaggle_servers import free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
-HOST = "127.0.0.1"
 TENANT = "default"
 BOARD = "bench-board"
 REVISION = "1.0"
 INSTALLED = "1.0.0"
 GOAL_ALL_IN_KV_S = 10.0
 GOAL_LAST_TO_FINISHED_S = 2.0
+GOAL_FEEDBACK_PER_S = 5_000
 FLOOR_BUCKET = "bench_floor"
 
 
@@ -278,12 +284,17 @@ class Round:
     last_stored_s: float
     """JetStream timestamp of the last of those KV writes (server clock, same machine)."""
     create_cpu_s: dict[str, float]
+    feedback_mode: str
+    """``backlog``: published while the service was down; ``live``: while it ran."""
     feedback_published_s: float
     """All but the last device's success feedback published (acked by JetStream)."""
     absorbed_s: float
-    """First feedback published -> the rollout counts them all."""
+    """backlog: the service's first delivery -> the rollout counts them all.
+    live: first feedback published -> the rollout counts them all."""
     absorbed_lag_s: float
-    """Last of those publishes acked -> the rollout counts them all."""
+    """backlog: service started -> its first delivery. live: last publish acked -> counted."""
+    floor_s: float | None
+    """backlog: a bare nats-py consumer fetching and acking the same events."""
     feedback_cpu_s: dict[str, float]
     last_to_finished_s: float
     """The last feedback published -> GET says finished."""
@@ -401,12 +412,14 @@ async def run_round(
     nc: NatsClient,
     broker: Any,
     client: httpx.AsyncClient,
-    base: str,
-    meter: CpuMeter,
+    service: RolloutsProcess,
     progress: ProgressWatch,
 ) -> Round:
     """Create a rollout for a new version, time it into KV, feed back success, time finished."""
     js = nc.jetstream()
+    base = service.base
+    meter = service.meter
+    assert meter is not None  # noqa: S101 - started
     sw = software_event(round_no)
     await publish_raw(broker, sw.subject, sw.model_dump_json().encode(), sw.message_id)
     await wait_drained(js, SoftwareCreated.kind, 60)
@@ -470,29 +483,10 @@ async def run_round(
         )
         events.append((event.subject, event.model_dump_json().encode(), event.message_id))
     last = events.pop()
-    bulk = len(events)
-    cpu0 = meter.snapshot()
-    t0 = time.perf_counter()
-    published_s = await publish_all(broker, events, args.inflight, args.phase_timeout)
-    say(f"round {round_no}: {bulk:,} success feedback events published in {published_s:.2f} s")
-    seen_at, doc = await poll_rollout(
-        client,
-        base,
-        rid,
-        lambda d: int(d["counters"]["success"]) >= bulk,
-        0.05,
-        "feedback absorbed",
-        args.phase_timeout,
-    )
-    cpu1 = meter.snapshot()
-    absorbed_s = seen_at - t0
-    if doc["state"] != "running":
-        raise RuntimeError(f"rollout {rid} is {doc['state']} with one device left: {doc}")
-    say(
-        f"round {round_no}: {bulk:,} successes counted {absorbed_s:.2f} s after the first "
-        f"publish ({bulk / absorbed_s:,.0f}/s); " + cpu_text(CpuMeter.used(cpu0, cpu1), absorbed_s)
-    )
-
+    if args.feedback == "live":
+        fed = await live_feedback(round_no, args, broker, client, service, rid, events)
+    else:
+        fed = await backlog_feedback(round_no, args, nc, broker, client, service, rid, events)
     t_last = time.perf_counter()
     await publish_raw(broker, *last, timeout=30)
     finished_at, final = await poll_rollout(
@@ -520,10 +514,12 @@ async def run_round(
         all_in_kv_s=all_in_kv_s,
         last_stored_s=last_stored_s,
         create_cpu_s=create_cpu,
-        feedback_published_s=published_s,
-        absorbed_s=absorbed_s,
-        absorbed_lag_s=seen_at - (t0 + published_s),
-        feedback_cpu_s=CpuMeter.used(cpu0, cpu1),
+        feedback_mode=args.feedback,
+        feedback_published_s=fed.published_s,
+        absorbed_s=fed.absorbed_s,
+        absorbed_lag_s=fed.lag_s,
+        floor_s=fed.floor_s,
+        feedback_cpu_s=fed.cpu_s,
         last_to_finished_s=finished_at - t_last,
         last_to_finished_event_s=(event_at - t_last) if event_at is not None else None,
         progressed_events=progress.count.get(rid, 0),
@@ -535,6 +531,106 @@ async def run_round(
         f"{result.progressed_events} rollout.progressed events"
     )
     return result
+
+
+@dataclass
+class Fed:
+    """How the feedback of all devices but one was absorbed."""
+
+    published_s: float
+    absorbed_s: float
+    lag_s: float
+    cpu_s: dict[str, float]
+    floor_s: float | None = None
+
+
+async def count_successes(
+    client: httpx.AsyncClient, base: str, rid: str, bulk: int, timeout: float
+) -> float:
+    """Poll the rollout every 50 ms until it counts ``bulk`` successes; perf_counter then."""
+    seen_at, doc = await poll_rollout(
+        client,
+        base,
+        rid,
+        lambda d: int(d["counters"]["success"]) >= bulk,
+        0.05,
+        "feedback absorbed",
+        timeout,
+    )
+    if doc["state"] != "running":
+        raise RuntimeError(f"rollout {rid} is {doc['state']} with one device left: {doc}")
+    return seen_at
+
+
+async def live_feedback(
+    round_no: int,
+    args: argparse.Namespace,
+    broker: Any,
+    client: httpx.AsyncClient,
+    service: RolloutsProcess,
+    rid: str,
+    events: list[tuple[str, bytes, str]],
+) -> Fed:
+    """Publish while the service runs; time from the first publish until all are counted."""
+    bulk = len(events)
+    base = service.base
+    meter = service.meter
+    assert meter is not None  # noqa: S101 - started
+    cpu0 = meter.snapshot()
+    t0 = time.perf_counter()
+    published_s = await publish_all(broker, events, args.inflight, args.phase_timeout)
+    say(f"round {round_no}: {bulk:,} success feedback events published in {published_s:.2f} s")
+    seen_at = await count_successes(client, base, rid, bulk, args.phase_timeout)
+    cpu = CpuMeter.used(cpu0, meter.snapshot())
+    absorbed_s = seen_at - t0
+    say(
+        f"round {round_no}: {bulk:,} successes counted {absorbed_s:.2f} s after the first "
+        f"publish ({bulk / absorbed_s:,.0f}/s); " + cpu_text(cpu, absorbed_s)
+    )
+    return Fed(published_s, absorbed_s, seen_at - (t0 + published_s), cpu)
+
+
+async def backlog_feedback(
+    round_no: int,
+    args: argparse.Namespace,
+    nc: NatsClient,
+    broker: Any,
+    client: httpx.AsyncClient,
+    service: RolloutsProcess,
+    rid: str,
+    events: list[tuple[str, bytes, str]],
+) -> Fed:
+    """Publish while the service is down; time from its first delivery until all are counted.
+
+    The same backlog is drained first by a bare nats-py consumer that only acks (the floor).
+    """
+    bulk = len(events)
+    await add_floor_consumer(nc)
+    say(f"round {round_no}: stopping rollouts to publish the feedback as a backlog")
+    await service.stop()
+    published_s = await publish_all(broker, events, args.inflight, args.phase_timeout)
+    floor_s = await floor_drain(nc, bulk, args.phase_timeout)
+    say(
+        f"round {round_no}: {bulk:,} success feedback events published in {published_s:.2f} s; "
+        f"a bare consumer fetched and acked them in {floor_s:.2f} s ({bulk / floor_s:,.0f}/s)"
+    )
+    t_spawn = time.perf_counter()
+    meter = service.spawn()
+    first = asyncio.create_task(first_delivery(nc, ActionFeedback.kind, meter))
+    try:
+        await service.ready(args.start_timeout)
+        seen_at = await count_successes(client, service.base, rid, bulk, args.phase_timeout)
+        cpu1 = meter.snapshot()
+        t_first, cpu0 = await bounded("first delivery", 5, first)
+    finally:
+        first.cancel()
+    cpu = CpuMeter.used(cpu0, cpu1)
+    absorbed_s = seen_at - t_first
+    say(
+        f"round {round_no}: {bulk:,} successes counted {absorbed_s:.2f} s after the first "
+        f"delivery ({bulk / absorbed_s:,.0f}/s); " + cpu_text(cpu, absorbed_s)
+    )
+    return Fed(published_s, absorbed_s, t_first - t_spawn, cpu, floor_s)
 
 
 def progressed_text(r: Round) -> str:
@@ -566,27 +662,23 @@ async def run(
     try:
         await ensure_all(nc.jetstream(), common)
         key, _ = await admin_key(nats_url, TENANT)
-        port = free_port()
-        log = tmp / "rollouts.log"
-        code = code_version()
-        say(f"starting rollouts on {HOST}:{port}")
-        rollouts = children.spawn(
-            [sys.executable, "-m", "gaggle_rollouts"],
-            child_env(
-                GAGGLE_NATS_URL=nats_url,
-                GAGGLE_DATABASE_URL=database_url,
-                GAGGLE_ROLLOUTS_HOST=HOST,
-                GAGGLE_ROLLOUTS_PORT=str(port),
-                GAGGLE_LOG_JSON="false",
-                GAGGLE_LOG_LEVEL="INFO",
+        code = args.code_label or code_version()
+        service = RolloutsProcess(
+            children,
+            tmp,
+            {
+                "GAGGLE_NATS_URL": nats_url,
+                "GAGGLE_DATABASE_URL": database_url,
+                "GAGGLE_LOG_JSON": "false",
+                "GAGGLE_LOG_LEVEL": "INFO",
                 **args.env,
-            ),
-            log,
+            },
+            free_port(),
+            nats_pid,
+            args.code_dir,
         )
-        await wait_ready(
-            "rollouts", rollouts, log, f"http://{HOST}:{port}/readyz", args.start_timeout
-        )
-        meter = CpuMeter("rollouts", rollouts.pid, postmaster_pid(tmp / "pg"), nats_pid)
+        say(f"starting rollouts at {code} on {service.base}")
+        meter = await service.start(args.start_timeout)
         await broker.connect()
 
         say(f"announcing {args.devices:,} devices (device.updated)")
@@ -612,17 +704,16 @@ async def run(
         floor = await floor_phase(nc, args, software_event(0))
         progress = ProgressWatch()
         await progress.start(nc)
-        base = f"http://{HOST}:{port}"
         rounds: list[Round] = []
         bearer = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(timeout=30, headers=bearer) as client:
             for round_no in range(1, args.rounds + 1):
                 rounds.append(
-                    await run_round(round_no, args, nc, broker, client, base, meter, progress)
+                    await run_round(round_no, args, nc, broker, client, service, progress)
                 )
-                if rollouts.poll() is not None:
-                    raise RuntimeError(f"rollouts died:\n{tail(log)}")
-        log_text = await asyncio.to_thread(log.read_text, errors="replace")
+                if not service.alive():
+                    raise RuntimeError(f"rollouts died:\n{tail(service.log)}")
+        log_text = await asyncio.to_thread(service.log.read_text, errors="replace")
         res = {
             "code": code,
             "fleet_s": fleet_s,
@@ -677,24 +768,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[str
             f"{r.last_stored_s:>7.2f} {r.all_in_kv_s / floor.pipelined_s:>7.1f} "
             f"{r.all_in_kv_s / floor.sequential_s:>6.2f}"
         )
-    lines += [
-        "",
-        f"feedback: {args.devices - 1:,} success events published ({args.inflight} in flight), "
-        "then the last one alone",
-        f"{'round':>5} {'publish':>8} {'counted':>8} {'per s':>7} {'lag':>6} "
-        f"{'last->finished GET':>19} {'event':>7} {'events':>7}",
-    ]
-    for r in rounds:
-        event = (
-            f"{r.last_to_finished_event_s * 1000:>5.0f}ms"
-            if r.last_to_finished_event_s is not None
-            else "   none"
-        )
-        lines.append(
-            f"{r.round:>5} {r.feedback_published_s:>7.2f}s {r.absorbed_s:>7.2f}s "
-            f"{(r.members - 1) / r.absorbed_s:>7,.0f} {r.absorbed_lag_s:>5.2f}s "
-            f"{r.last_to_finished_s * 1000:>17.0f}ms {event} {r.progressed_events:>7}"
-        )
+    lines += ["", *feedback_table(rounds, args)]
     all_kv = median([r.all_in_kv_s for r in rounds])
     last = median([r.last_to_finished_s for r in rounds])
     kv_met = all_kv < GOAL_ALL_IN_KV_S
@@ -721,6 +795,98 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[str
         "last_to_finished_met": last_met,
     }
     return "\n".join(lines), verdicts
+
+
+def feedback_table(rounds: list[Round], args: argparse.Namespace) -> list[str]:
+    """The feedback phase's lines: per round, absorbed reports/s (and the floor's)."""
+    if args.feedback == "live":
+        lines = [
+            f"feedback: {args.devices - 1:,} success events published ({args.inflight} in "
+            "flight) while rollouts runs, then the last one alone; 'counted': first publish -> "
+            "the rollout counts them all",
+            f"{'round':>5} {'publish':>8} {'counted':>8} {'per s':>7} {'lag':>6} "
+            f"{'last->finished GET':>19} {'event':>7} {'events':>7}",
+        ]
+    else:
+        lines = [
+            f"feedback: {args.devices - 1:,} success events published while rollouts is down, "
+            "then it is started; 'counted': its consumer's first delivery -> the rollout counts "
+            "them all; 'floor': a bare nats-py consumer fetching and acking the same events; "
+            "then the last one alone",
+            f"{'round':>5} {'publish':>8} {'counted':>8} {'per s':>7} {'floor/s':>8} "
+            f"{'last->finished GET':>19} {'event':>7} {'events':>7}",
+        ]
+    for r in rounds:
+        event = (
+            f"{r.last_to_finished_event_s * 1000:>5.0f}ms"
+            if r.last_to_finished_event_s is not None
+            else "   none"
+        )
+        middle = (
+            f"{r.absorbed_lag_s:>5.2f}s"
+            if r.floor_s is None
+            else f"{(r.members - 1) / r.floor_s:>8,.0f}"
+        )
+        lines.append(
+            f"{r.round:>5} {r.feedback_published_s:>7.2f}s {r.absorbed_s:>7.2f}s "
+            f"{(r.members - 1) / r.absorbed_s:>7,.0f} {middle} "
+            f"{r.last_to_finished_s * 1000:>17.0f}ms {event} {r.progressed_events:>7}"
+        )
+    return lines
+
+
+def absorbed_rate(res: dict[str, Any]) -> float:
+    """Median reports/s absorbed over the rounds of a run."""
+    return median([(r.members - 1) / r.absorbed_s for r in res["rounds"]])
+
+
+def cpu_per_report(res: dict[str, Any]) -> float:
+    """Median CPU ms per absorbed report of rollouts, PostgreSQL and NATS together."""
+    return median(
+        [
+            sum(r.feedback_cpu_s.get(k, 0.0) for k in ("rollouts", "postgres", "nats"))
+            * 1000
+            / (r.members - 1)
+            for r in res["rounds"]
+        ]
+    )
+
+
+def verdict_lines(this: dict[str, Any], baseline: dict[str, Any] | None, mode: str) -> list[str]:
+    """The comparison with the baseline and the floor, and the goal line.
+
+    The CPU per report (rollouts, PostgreSQL, NATS) does not depend on what else runs on the
+    machine, unlike the rates; ``cores / CPU per report`` is what the machine's cores would
+    absorb if nothing else ran.
+    """
+    rate = absorbed_rate(this)
+    cores = os.cpu_count() or 1
+    lines = [""]
+    if baseline is not None:
+        base = absorbed_rate(baseline)
+        lines.append(
+            f"feedback absorbed ({mode}): {this['code']} {rate:,.0f} reports/s, baseline "
+            f"{baseline['code']} {base:,.0f} reports/s: {rate / base:.1f}x the baseline"
+        )
+    for label, res in (("this", this), ("baseline", baseline)):
+        if res is not None:
+            ms = cpu_per_report(res)
+            lines.append(
+                f"CPU per report ({label}, {res['code']}): {ms:.2f} ms of rollouts + PostgreSQL "
+                f"+ NATS; {cores} cores alone would absorb at most {cores * 1000 / ms:,.0f}/s"
+            )
+    floors = [(r.members - 1) / r.floor_s for r in this["rounds"] if r.floor_s]
+    if floors:
+        floor = median(floors)
+        lines.append(
+            f"floor (bare nats-py consumer fetching and acking the same events): {floor:,.0f}/s; "
+            f"rollouts absorbs {rate / floor:.2f} of it"
+        )
+    met = "met" if rate >= GOAL_FEEDBACK_PER_S else "not met"
+    lines.append(
+        f"feedback absorbed = {rate:,.0f} reports/s (goal >= {GOAL_FEEDBACK_PER_S:,}/s: {met})"
+    )
+    return lines
 
 
 def emit(res: dict[str, Any], args: argparse.Namespace, started: datetime) -> None:
@@ -779,6 +945,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep-logs", action="store_true", help="keep the temporary directory with the logs"
     )
     p.add_argument(
+        "--feedback",
+        choices=("backlog", "live"),
+        default="backlog",
+        help="backlog: publish the feedback while rollouts is down, time how fast it absorbs "
+        "it once started (default); live: publish while it runs",
+    )
+    p.add_argument(
+        "--baseline-ref",
+        metavar="GIT_REF",
+        help="run the same benchmark first against this git ref (checked out in a temporary "
+        "worktree) and compare, e.g. main",
+    )
+    p.add_argument(
         "--rollouts-env",
         action="append",
         default=[],
@@ -798,8 +977,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 when it ran (goals met or not), 1 on failure, 130 on Ctrl-C."""
-    return run_with_servers(parse_args(argv), "gaggle-robench-", run)
+    """Run the benchmark; 0 when it ran (goals met or not), 1 on failure, 130 on Ctrl-C.
+
+    With ``--baseline-ref``, the baseline runs first, the same way, on its own NATS and
+    PostgreSQL; then this checkout; then the two are compared.
+    """
+    args = parse_args(argv)
+    runs: dict[str, dict[str, Any]] = {}
+
+    def keeping(label: str) -> Callable[..., Any]:
+        async def kept(*parts: Any) -> dict[str, Any]:
+            runs[label] = await run(*parts)
+            return runs[label]
+
+        return kept
+
+    if args.baseline_ref:
+        holder = Path(tempfile.mkdtemp(prefix="gaggle-robase-"))
+        try:
+            with baseline_checkout(args.baseline_ref, holder) as (code_dir, commit):
+                args.code_dir, args.code_label = code_dir, f"{args.baseline_ref}={commit}"
+                done = run_with_servers(args, "gaggle-robench-", keeping("baseline"))
+        finally:
+            shutil.rmtree(holder, ignore_errors=True)
+        if done:
+            return done
+    args.code_dir, args.code_label = None, None
+    done = run_with_servers(args, "gaggle-robench-", keeping("this"))
+    if done:
+        return done
+    print("\n".join(verdict_lines(runs["this"], runs.get("baseline"), args.feedback)))  # noqa: T201
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -9,9 +10,12 @@ from uuid import uuid4
 import httpx
 import pytest
 
-from gaggle_contracts.events import FeedbackStatus
+from gaggle_contracts import names
+from gaggle_contracts.events import ActionFeedback, ActionFinished, FeedbackStatus
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts.domain import Report
+from gaggle_runtime.bus import make_broker, publish_event, publish_raw
+from gaggle_testing import eventually
 from tests.integration.support import Stack
 
 pytestmark = pytest.mark.integration
@@ -112,3 +116,94 @@ async def test_a_batch_of_reports_ends_as_the_same_reports_one_after_another(
         body = await stack.wait_poll(client, "b2", lambda links: "deploymentBase" in links)
         deployment = (await client.get(body["_links"]["deploymentBase"]["href"])).json()
         assert deployment["id"] == str(a2)
+
+
+async def test_one_pull_of_feedback_for_many_devices_applies_each_event_once(
+    operator_auth: httpx.Auth, stack: Stack, common: CommonSettings
+) -> None:
+    """A pull with reports of many devices, one event twice, an invalid and an unknown one."""
+    sid = await stack.software(common, b"image" * 200)
+    devices = [f"p{i}" for i in range(8)]
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+        actions: dict[str, str] = {}
+        for cid in devices:
+            await client.get(stack.dev(cid))
+            await client.put(f"{stack.dev(cid)}/configData", json={"data": {"hw_boardname": "b"}})
+            actions[cid] = (await stack.assign(client, cid, sid))["id"]
+        for cid in devices:
+            await stack.wait_poll(client, cid, lambda links: "deploymentBase" in links)
+
+    service = stack.rollouts.app.state.service
+    [consumer] = [
+        s
+        for s in service.broker.subscribers
+        if getattr(s.config, "durable_name", None) == names.durable("rollouts", "action.feedback")
+    ]
+    broker = make_broker(common.nats_url, "test")
+    await broker.connect()
+    finished: list[ActionFinished] = []
+
+    async def on_finished(msg: Any) -> None:
+        finished.append(ActionFinished.model_validate_json(msg.data))
+
+    watch = await broker.connection.subscribe(
+        names.subject(stack.tenant, ActionFinished.kind), cb=on_finished
+    )
+    success = FeedbackStatus(execution="closed", finished="success", details=["done"])
+    events = [
+        ActionFeedback(
+            tenant=stack.tenant, controller_id=cid, action_id=actions[cid], status=success
+        )
+        for cid in devices
+    ]
+    unknown = ActionFeedback(
+        tenant=stack.tenant, controller_id="p0", action_id=str(10**12), status=success
+    )
+    subject = events[0].subject
+    try:
+        await consumer.stop()  # what follows is published while nobody pulls: one pull
+        for event in events:
+            await publish_event(broker, event)
+        # The same event again under another message id (JetStream would drop the same id).
+        await publish_raw(broker, subject, events[0].encode(), f"{events[0].message_id}-again")
+        await publish_raw(broker, subject, b'{"tenant": "not an event"', "garbage-1")
+        await publish_event(broker, unknown)
+        await consumer.start()
+        async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+            for cid in devices:
+                done = await stack.wait_action(client, actions[cid], "finished")
+                assert [h["execution"] for h in done["history"]] == [None, "closed"], cid
+                # The gateway stops offering the closed action (its KV entry was rewritten).
+                await stack.wait_poll(client, cid, lambda links: "deploymentBase" not in links)
+
+            async def parked() -> list[dict[str, Any]]:
+                r = await client.get(
+                    f"{stack.ro}/api/v1/dead-letters", params={"kind": "action.feedback"}
+                )
+                items: list[dict[str, Any]] = r.json()["items"]
+                assert items
+                return items
+
+            [letter] = await eventually(parked, timeout=10)
+            assert (letter["msg_id"], letter["reason"]) == ("garbage-1", "invalid")
+
+        async def all_finished() -> bool:
+            assert sorted(e.action_id for e in finished) == sorted(actions.values())
+            return True
+
+        await eventually(all_finished, timeout=10)
+
+        async def settled() -> bool:
+            info = await broker.connection.jetstream().consumer_info(
+                names.STREAM, names.durable("rollouts", "action.feedback")
+            )
+            assert (info.num_pending, info.num_ack_pending) == (0, 0), info
+            return True
+
+        await eventually(settled, timeout=10)
+        await asyncio.sleep(0.2)  # nothing announced twice, also a moment later
+        assert len(finished) == len(devices)
+        assert {e.status for e in finished} == {"finished"}
+    finally:
+        await watch.unsubscribe()
+        await broker.stop()

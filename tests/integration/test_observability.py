@@ -113,24 +113,43 @@ async def test_one_trace_links_a_feedback_post_to_the_rollouts_handling_of_it(
     def named(found: list[ReadableSpan], service: str, name: str) -> list[ReadableSpan]:
         return [s for s in found if _service(s) == f"gaggle-{service}" and s.name == name]
 
-    # The rollouts consumer handled that very event, in the gateway request's trace.
+    # The rollouts consumer handled that very event in the span of its pull: a trace of its own,
+    # linked to the gateway request's trace (a pull applies many devices' feedback at once).
     handled = f"ota.v1.{tenant}.action.feedback process"
-    trace = await eventually(
-        lambda: _when(in_trace(), lambda t: named(t, "rollouts", handled)), timeout=10
-    )
-    consumer = named(trace, "rollouts", handled)[0]
+
+    async def pull_span() -> ReadableSpan | None:
+        for created in finished():
+            if (
+                _service(created) == "gaggle-rollouts"
+                and created.name.endswith(" create")
+                and any(link.context.trace_id == trace_id for link in created.links)
+            ):
+                pull = created.context.trace_id
+                return next(
+                    (s for s in finished() if s.context.trace_id == pull and s.name == handled),
+                    None,
+                )
+        return None
+
+    consumer = await eventually(pull_span, timeout=10)
     assert consumer.kind is SpanKind.CONSUMER
+    pull_trace = consumer.context.trace_id
+
+    async def in_pull_trace() -> list[ReadableSpan]:
+        return [s for s in finished() if s.context.trace_id == pull_trace]
+
     # ... with its SQL as children of that handling.
+    trace = await in_pull_trace()
     sql = [s for s in trace if _service(s) == "gaggle-rollouts" and s.kind is SpanKind.CLIENT]
     assert sql, "no SQL spans under the rollouts consumer"
     assert any(s.parent is not None and s.parent.span_id == consumer.context.span_id for s in sql)
 
-    # The outbox relay, later, sent the KV write and the action.finished event in the same trace,
-    # and the registry consumed that event there too.
+    # The outbox relay, later, sent the KV write and the action.finished event in the pull's
+    # trace, and the registry consumed that event there too.
     finished_kind = f"ota.v1.{tenant}.action.finished process"
     trace = await eventually(
         lambda: _when(
-            in_trace(),
+            in_pull_trace(),
             lambda t: (
                 named(t, "registry", finished_kind)
                 and [s for s in t if s.name in ("deployments put", "deployments delete")]

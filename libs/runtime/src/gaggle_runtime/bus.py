@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import nats.errors
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PubAck, PullSub
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
+from pydantic import BaseModel
 
 from gaggle_contracts import names
 from gaggle_contracts.events import Event
@@ -23,9 +25,13 @@ from gaggle_runtime.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
 
+M = TypeVar("M", bound=BaseModel)
+
 JSON_HEADERS = {"content-type": "application/json"}
 _SUBJECT_RE = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
 UNLIMITED = -1
+GATHER_S = 0.05
+"""Longest a whole-pull consumer waits to fill its batch: what a lone event waits at most."""
 HEADER_RESERVE = 512
 """Bytes kept free for headers added after the check (the tracing middleware's)."""
 
@@ -127,10 +133,16 @@ async def publish_raw(
 
 
 class NatsSink:
-    """The outbox relay's way out: JetStream publishes and KV writes on the broker's connection."""
+    """The outbox relay's way out: JetStream publishes and KV writes on the broker's connection.
 
-    def __init__(self, broker: NatsBroker) -> None:
+    With ``published`` (told each published subject, for the service's counter) and no tracing,
+    events go straight to nats-py, past the broker's middlewares: the relay publishes every event
+    a service emits, and the counter is all those middlewares would do then.
+    """
+
+    def __init__(self, broker: NatsBroker, published: Callable[[str], None] | None = None) -> None:
         self.broker = broker
+        self.published = published
         self._buckets: dict[str, KeyValue] = {}
         self._lock = asyncio.Lock()
 
@@ -147,7 +159,16 @@ class NatsSink:
 
     async def publish(self, subject: str, payload: bytes, msg_id: str | None) -> None:
         """Publish and wait for the ack."""
-        await publish_raw(self.broker, subject, payload, msg_id)
+        if self.published is None:
+            await publish_raw(self.broker, subject, payload, msg_id)
+            return
+        headers = {**JSON_HEADERS, "Nats-Msg-Id": msg_id} if msg_id else dict(JSON_HEADERS)
+        connection = self.broker.connection
+        check_publishable(subject, payload, headers, connection.max_payload)
+        await connection.jetstream().publish(
+            subject, payload, timeout=5.0, stream=names.STREAM, headers=headers
+        )
+        self.published(subject)
 
     async def kv_put(self, bucket: str, key: str, payload: bytes) -> None:
         """Put one value; inside a trace, with its ``traceparent`` as a message header."""
@@ -169,11 +190,20 @@ class NatsSink:
 
 
 def consumer_options(
-    service: str, kind: str, common: CommonSettings, *, batch: int | None = None
+    service: str,
+    kind: str,
+    common: CommonSettings,
+    *,
+    batch: int | None = None,
+    whole: type[BaseModel] | None = None,
 ) -> dict[str, Any]:
     """Subscriber options for a durable, explicitly acked pull consumer of ``kind`` events.
 
     ``batch`` overrides how many events one pull fetches (they are handled concurrently).
+    ``whole`` (the event model): the handler gets the pull at once, each payload decoded as
+    ``whole`` or left as bytes when it is not one (:func:`decode_each`), and settles (acks) each
+    event itself (:func:`gaggle_runtime.batches.consume_batch`); a pull then gathers events for
+    :data:`GATHER_S` at most, so a lone event is not kept waiting.
     Replicas of a service share the durable, so each event is handled by one of them. The ack
     comes after the handler (and so after its transaction) returns. A failure is nacked with a
     delay, and JetStream never gives up on an event (no ``max_deliver``): the service's
@@ -184,10 +214,66 @@ def consumer_options(
         "subject": names.subscription(kind),
         "stream": JStream(names.STREAM, declare=False),
         "durable": names.durable(service, kind),
-        "pull_sub": PullSub(batch_size=batch or common.pull_batch, timeout=1.0),
-        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "pull_sub": PullSub(
+            batch_size=batch or common.pull_batch,
+            timeout=1.0 if whole is None else GATHER_S,
+            batch=whole is not None,
+        ),
+        "ack_policy": AckPolicy.NACK_ON_ERROR if whole is None else AckPolicy.MANUAL,
         "config": ConsumerConfig(max_deliver=UNLIMITED, ack_wait=common.ack_wait_s),
+        **({} if whole is None else {"decoder": decode_each(whole)}),
     }
+
+
+def decode_each(model: type[M]) -> Callable[[Any], list[M | bytes]]:
+    """A batch decoder: each payload as ``model``, or its bytes when it is not one.
+
+    Each event so fails on its own (:func:`gaggle_runtime.batches.consume_batch` parks it) and
+    the others of its pull are decoded once, here.
+    """
+
+    def decode(msg: Any) -> list[M | bytes]:
+        decoded: list[M | bytes] = []
+        for payload in msg.body:
+            try:
+                decoded.append(model.model_validate_json(payload))
+            except ValueError:  # pydantic's ValidationError, a payload that is not UTF-8
+                decoded.append(bytes(payload))
+        return decoded
+
+    return decode
+
+
+def guard_fetches(broker: NatsBroker) -> int:
+    """Make every started pull subscription's empty fetch end the way FastStream expects.
+
+    nats-py ends some empty fetches with a bare ``asyncio.TimeoutError``; FastStream's pull loop
+    catches only ``nats.errors.TimeoutError``, so its task dies and restarts, and the events a
+    batch subscriber had already fetched in that round wait for ``ack_wait`` to come again.
+    Returns how many subscriptions were guarded.
+    """
+    guarded = 0
+    for subscriber in broker.subscribers:
+        subscription = getattr(subscriber, "subscription", None)
+        fetch = getattr(subscription, "fetch", None)
+        if fetch is None or getattr(fetch, "guarded", False):
+            continue
+        subscription.fetch = _guarded(fetch)  # type: ignore[union-attr]
+        guarded += 1
+    return guarded
+
+
+def _guarded(fetch: Callable[..., Any]) -> Callable[..., Any]:
+    async def guarded_fetch(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fetch(*args, **kwargs)
+        except nats.errors.TimeoutError:
+            raise
+        except TimeoutError as exc:
+            raise nats.errors.TimeoutError from exc
+
+    guarded_fetch.guarded = True  # type: ignore[attr-defined]
+    return guarded_fetch
 
 
 async def update_consumers(js: JetStreamContext, wanted: Iterable[ConsumerConfig]) -> list[str]:

@@ -87,19 +87,33 @@ class Coalescer(Generic[T, R]):
                 future.set_result(result)
 
     async def _results(self, items: list[T]) -> Sequence[R | Exception]:
-        """``run_many(items)``; if it fails for good, each item's outcome alone."""
-        try:
-            return await self.run_many(items)
-        except Exception as exc:
-            if len(items) == 1 or is_transient(exc):
-                raise
-            log.warning(
-                "a batch of %d failed; each item alone error=%s", len(items), describe(exc, 300)
-            )
-        return [await self._alone(item) for item in items]
+        return await run_each(self.run_many, items)
 
-    async def _alone(self, item: T) -> R | Exception:
-        try:
-            return (await self.run_many([item]))[0]
-        except Exception as exc:
-            return exc
+
+async def run_each(
+    run_many: Callable[[list[T]], Awaitable[Sequence[R | Exception]]], items: list[T]
+) -> Sequence[R | Exception]:
+    """``run_many(items)``; if it fails for good, each item's outcome alone.
+
+    A transient failure (or the failure of a single item) is raised: every item would meet it.
+    Any other failure has each item run alone, so the good ones commit and only the bad one
+    gets its exception as its outcome.
+    """
+    try:
+        return await run_many(items)
+    except Exception as exc:
+        if len(items) == 1 or is_transient(exc):
+            raise
+        log.warning(
+            "a batch of %d failed; each item alone error=%s", len(items), describe(exc, 300)
+        )
+    return [await _alone(run_many, item) for item in items]
+
+
+async def _alone(
+    run_many: Callable[[list[T]], Awaitable[Sequence[R | Exception]]], item: T
+) -> R | Exception:
+    try:
+        return (await run_many([item]))[0]
+    except Exception as exc:
+        return exc

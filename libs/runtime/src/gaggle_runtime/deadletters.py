@@ -41,7 +41,7 @@ from gaggle_runtime.auth import needs
 from gaggle_runtime.db import Conn, check_identifier
 from gaggle_runtime.failures import Parked, Retry, Skipped, describe, is_transient, retry_delay
 from gaggle_runtime.http import ApiError, NotFoundError
-from gaggle_runtime.metrics import kind_of
+from gaggle_runtime.metrics import Metrics, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,12 @@ def _detail(row: asyncpg.Record) -> dict[str, Any]:
 # --- consumers ------------------------------------------------------------------------------
 
 
+def _origin(meta: Any) -> tuple[str, tuple[str, int] | None]:
+    """The durable consumer of a message's ``meta``, and the key its failures are counted by."""
+    consumer = str(getattr(meta, "consumer", "") or "")
+    return consumer, ((consumer, int(meta.sequence.stream)) if meta is not None else None)
+
+
 def _metadata(raw: Any) -> Any:
     try:
         return raw.metadata
@@ -351,8 +357,16 @@ class ConsumerFailures:
     the event terminated, as nothing could keep it.
     """
 
-    def __init__(self, service: str, common: CommonSettings, store: DeadLetterStore | None) -> None:
+    def __init__(
+        self,
+        service: str,
+        common: CommonSettings,
+        store: DeadLetterStore | None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.service = service
+        self.metrics = metrics
+        """Where a batch's events are counted (:meth:`settle`); single events count elsewhere."""
         self.store = store
         self.first_delay_s = common.retry_delay_s
         self.max_delay_s = common.retry_delay_max_s
@@ -376,53 +390,118 @@ class ConsumerFailures:
         if key is not None:
             self._failures.pop(key, None)
 
+    def skips(self, raw: Any) -> bool:
+        """Whether ``raw`` is a replay meant for another consumer of its subject (acked as is)."""
+        replay_for = (raw.headers or {}).get(REPLAY_FOR)
+        if not replay_for:
+            return False
+        consumer = _origin(_metadata(raw))[0]
+        return bool(consumer and replay_for != consumer)
+
     async def handle(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
-        """Run the handler; turn its failure into a retry, a dead letter, or a skip."""
+        """Run the handler; turn its failure into a retry, a dead letter, or a skip.
+
+        A batch (the raw message is a list) is settled message by message by its handler
+        (:meth:`settle`); if it fails, the events it did not settle are retried.
+        """
         raw = msg.raw_message
-        headers: Mapping[str, str] = raw.headers or {}
-        meta = _metadata(raw)
-        consumer = str(getattr(meta, "consumer", "") or "")
-        replay_for = headers.get(REPLAY_FOR)
-        if replay_for and consumer and replay_for != consumer:
+        if isinstance(raw, list):
+            return await self._batch(call_next, msg)
+        if self.skips(raw):
             raise Skipped()
-        key = (consumer, int(meta.sequence.stream)) if meta is not None else None
+        consumer, key = _origin(_metadata(raw))
         try:
             result = await call_next(msg)
         except RejectMessage as exc:
-            await self._park(raw, consumer, key, "rejected", exc.__cause__ or exc, 1)
+            await self._failed(raw, consumer, key, exc)
         except HandlerException:
             raise
-        except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            await self._park(raw, consumer, key, "invalid", exc, 1)
         except Exception as exc:
-            delivered = int(getattr(meta, "num_delivered", 1) or 1)
-            if is_transient(exc):
-                level = logging.WARNING if delivered & (delivered - 1) == 0 else logging.DEBUG
-                log.log(
-                    level,
-                    "event not handled, a dependency is away; retrying consumer=%s subject=%s"
-                    " delivery=%d error=%s",
-                    consumer,
-                    raw.subject,
-                    delivered,
-                    describe(exc, 300),
-                )
-                raise Retry(delay=self._delay(delivered)) from exc
-            failures = self._count(key)
-            if failures < self.dead_letter_after:
-                log.warning(
-                    "event failed; retrying consumer=%s subject=%s failure=%d of %d error=%s",
-                    consumer,
-                    raw.subject,
-                    failures,
-                    self.dead_letter_after,
-                    describe(exc, 300),
-                    exc_info=failures == 1,
-                )
-                raise Retry(delay=self._delay(failures)) from exc
-            await self._park(raw, consumer, key, "failed", exc, failures)
+            await self._failed(raw, consumer, key, exc)
         self._forget(key)
         return result
+
+    async def _batch(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
+        try:
+            return await call_next(msg)
+        except Exception as exc:
+            log.warning(
+                "batch of %d events not handled; retrying those not settled error=%s",
+                len(msg.raw_message),
+                describe(exc, 300),
+                exc_info=not is_transient(exc),
+            )
+            await msg.nack(delay=self._delay(1))
+            return None
+
+    async def settle(self, raw: Any, exc: BaseException | None) -> str:
+        """Answer JetStream for one event of a batch by its outcome; the outcome's label.
+
+        ``None``: handled, acked. Otherwise what :meth:`handle` does with a failure: a
+        transient one nacked with a delay, a permanent one retried a few times then parked and
+        acked, an invalid or rejected event parked at once, a replay for another consumer
+        (:class:`Skipped`) acked.
+        """
+        meta = _metadata(raw)
+        consumer, key = _origin(meta)
+        if exc is None or isinstance(exc, Skipped):
+            self._forget(key)
+            await raw.ack()
+            outcome = "ok" if exc is None else "skipped"
+        else:
+            try:
+                await self._failed(raw, consumer, key, exc)
+            except Retry as retry:
+                await raw.nak(delay=retry.extra_options.get("delay"))
+                outcome = "retry"
+            except Parked:
+                await raw.ack()
+                outcome = "dead_letter"
+            except RejectMessage:
+                await raw.term()
+                outcome = "rejected"
+        if self.metrics is not None:
+            kind = kind_of(str(raw.subject))
+            if int(getattr(meta, "num_delivered", 1) or 1) > 1:
+                self.metrics.events_redelivered.labels(kind).inc()
+            self.metrics.events_consumed.labels(kind, outcome).inc()
+        return outcome
+
+    async def _failed(
+        self, raw: Any, consumer: str, key: tuple[str, int] | None, exc: BaseException
+    ) -> NoReturn:
+        """Turn a failure of ``raw``'s handling into a retry or a dead letter (raised)."""
+        if isinstance(exc, RejectMessage):
+            await self._park(raw, consumer, key, "rejected", exc.__cause__ or exc, 1)
+        if isinstance(exc, (ValidationError, json.JSONDecodeError, UnicodeDecodeError)):
+            await self._park(raw, consumer, key, "invalid", exc, 1)
+        meta = _metadata(raw)
+        delivered = int(getattr(meta, "num_delivered", 1) or 1)
+        if is_transient(exc):
+            level = logging.WARNING if delivered & (delivered - 1) == 0 else logging.DEBUG
+            log.log(
+                level,
+                "event not handled, a dependency is away; retrying consumer=%s subject=%s"
+                " delivery=%d error=%s",
+                consumer,
+                raw.subject,
+                delivered,
+                describe(exc, 300),
+            )
+            raise Retry(delay=self._delay(delivered)) from exc
+        failures = self._count(key)
+        if failures < self.dead_letter_after:
+            log.warning(
+                "event failed; retrying consumer=%s subject=%s failure=%d of %d error=%s",
+                consumer,
+                raw.subject,
+                failures,
+                self.dead_letter_after,
+                describe(exc, 300),
+                exc_info=(type(exc), exc, exc.__traceback__) if failures == 1 else False,
+            )
+            raise Retry(delay=self._delay(failures)) from exc
+        await self._park(raw, consumer, key, "failed", exc, failures)
 
     def _delay(self, attempt: int) -> float:
         return retry_delay(attempt, self.first_delay_s, self.max_delay_s)

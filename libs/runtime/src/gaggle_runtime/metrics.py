@@ -169,15 +169,17 @@ class EventMetrics(BaseMiddleware):
     metrics: Metrics
 
     async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-        """Count the event by result; a delivery after the first also counts as redelivered."""
+        """Count the event by result; a delivery after the first also counts as redelivered.
+
+        A batch's events are counted one by one as they are settled
+        (:meth:`~gaggle_runtime.deadletters.ConsumerFailures.settle`).
+        """
         raw = msg.raw_message
+        if isinstance(raw, list):
+            return await call_next(msg)
+        self._redelivered(raw)
         kind = kind_of(getattr(raw, "subject", ""))
         metrics = self.metrics
-        try:
-            if raw.metadata.num_delivered > 1:
-                metrics.events_redelivered.labels(kind).inc()
-        except Exception:  # not a JetStream message
-            log.debug("no JetStream metadata subject=%s", getattr(raw, "subject", "?"))
         try:
             result = await call_next(msg)
         except RejectMessage:
@@ -200,6 +202,13 @@ class EventMetrics(BaseMiddleware):
             raise
         metrics.events_consumed.labels(kind, "ok").inc()
         return result
+
+    def _redelivered(self, raw: Any) -> None:
+        try:
+            if raw.metadata.num_delivered > 1:
+                self.metrics.events_redelivered.labels(kind_of(raw.subject)).inc()
+        except Exception:  # not a JetStream message
+            log.debug("no JetStream metadata subject=%s", getattr(raw, "subject", "?"))
 
     async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
         """Count the event once JetStream has acknowledged it."""

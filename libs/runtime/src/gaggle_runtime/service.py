@@ -37,7 +37,14 @@ from gaggle_runtime.auth import (
     Unauthenticated,
     document_permissions,
 )
-from gaggle_runtime.bus import NatsSink, make_broker, publish_event, publish_raw, update_consumers
+from gaggle_runtime.bus import (
+    NatsSink,
+    guard_fetches,
+    make_broker,
+    publish_event,
+    publish_raw,
+    update_consumers,
+)
 from gaggle_runtime.deadletters import ConsumerFailures, DeadLetterStore, make_dead_letter_routes
 from gaggle_runtime.http import error_body, install_error_handlers
 from gaggle_runtime.jetstream import ensure_all
@@ -47,6 +54,7 @@ from gaggle_runtime.metrics import (
     MirrorCollector,
     RequestMetrics,
     event_metrics,
+    kind_of,
 )
 from gaggle_runtime.outbox import Observer, Outbox, OutboxRelay
 from gaggle_runtime.telemetry import tracing_for
@@ -176,7 +184,7 @@ class Service:
             DeadLetterStore(schema, lambda: self.db.pool, self.outbox) if schema else None
         )
         """Events its consumers could not process, outbox rows the bus refused."""
-        self.failures = ConsumerFailures(name, common, self.dead_letters)
+        self.failures = ConsumerFailures(name, common, self.dead_letters, self.metrics)
         middlewares: list[Any] = [event_metrics(self.metrics), self.failures.middleware()]
         if self.tracing is not None:
             middlewares.insert(0, self.tracing.broker_middleware())
@@ -186,6 +194,8 @@ class Service:
         self.on_start: list[Hook] = []
         """Run after the database, bus and background tasks are up, before subscribers start."""
         self.on_stop: list[Hook] = []
+        self.on_stopping: list[Hook] = []
+        """Run first on stop, before the subscribers stop: finish work they handed off."""
         self.auth = Authenticator(common)
         self.ready_checks: dict[str, Callable[[], bool]] = {
             "api_keys": lambda: self.auth.keys.current
@@ -244,6 +254,9 @@ class Service:
     ) -> None:
         await publish_raw(self.broker, subject, payload, msg_id, headers=headers)
 
+    def _count_published(self, subject: str) -> None:
+        self.metrics.events_published.labels(kind_of(subject)).inc()
+
     def background(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``factory()`` as a task from start until stop."""
         self._background.append(factory)
@@ -290,7 +303,7 @@ class Service:
                     self.common.database_url,
                     pool,
                     self.outbox,
-                    NatsSink(self.broker),
+                    NatsSink(self.broker, self._count_published if self.tracing is None else None),
                     tracing=self.tracing,
                     observers=self.relay_observers,
                     dead_letters=self.dead_letters,
@@ -306,6 +319,7 @@ class Service:
             [s.config for s in self.broker.subscribers if hasattr(s, "config")],
         )
         await self.broker.start()
+        guard_fetches(self.broker)
         log.info("service started service=%s", self.name)
 
     async def _publish_key_use(self) -> None:
@@ -381,6 +395,11 @@ class Service:
     async def _stop(self) -> None:
         with contextlib.suppress(Exception):
             await self._publish_key_use()
+        for hook in self.on_stopping:
+            try:
+                await hook()
+            except Exception:
+                log.warning("stopping hook failed", exc_info=True)
         with contextlib.suppress(Exception):
             await self.broker.stop()
         for hook in self.on_stop:

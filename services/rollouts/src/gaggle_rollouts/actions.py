@@ -22,6 +22,7 @@ from gaggle_rollouts.domain import (
     Action,
     ActionType,
     Applied,
+    Docs,
     Report,
     Software,
     deployment_entry,
@@ -131,6 +132,12 @@ SELECT EXISTS (SELECT 1 FROM rollouts.rollout_devices
                WHERE tenant = $1 AND controller_id = $2 AND state = 'pending')
     OR EXISTS (SELECT 1 FROM rollouts.policies
                WHERE tenant = $1 AND controller_id = $2 AND mode <> 'rollout')"""
+WANT_MORE = """
+SELECT k.controller_id FROM unnest($2::text[]) AS k(controller_id)
+WHERE EXISTS (SELECT 1 FROM rollouts.rollout_devices AS m
+              WHERE m.tenant = $1 AND m.controller_id = k.controller_id AND m.state = 'pending')
+   OR EXISTS (SELECT 1 FROM rollouts.policies AS p
+              WHERE p.tenant = $1 AND p.controller_id = k.controller_id AND p.mode <> 'rollout')"""
 OPEN_ACTION_DEVICES = """
 SELECT controller_id FROM rollouts.actions
 WHERE tenant = $1 AND controller_id = ANY($2::text[]) AND active"""
@@ -288,6 +295,20 @@ class Actions:
             return True
         return bool(await self.db.pool.fetchval(MAY_WANT_MORE, action.tenant, action.controller_id))
 
+    async def may_want_more_many(self, actions: Sequence[Action]) -> list[Action]:
+        """The closed ``actions`` for which :meth:`may_want_more` holds; one query per tenant."""
+        wanting = [a for a in actions if a.rollout_id is None]
+        by_tenant: dict[str, list[Action]] = {}
+        for a in actions:
+            if a.rollout_id is not None:
+                by_tenant.setdefault(a.tenant, []).append(a)
+        for tenant, of_tenant in by_tenant.items():
+            ids = sorted({a.controller_id for a in of_tenant})
+            rows = await self.db.pool.fetch(WANT_MORE, tenant, ids)
+            want = {r[0] for r in rows}
+            wanting += [a for a in of_tenant if a.controller_id in want]
+        return wanting
+
     async def open_action_of(self, tenant: str, controller_id: str) -> Action | None:
         """The device's open action, if any."""
         return await self._one(OPEN_ACTION, tenant, controller_id)
@@ -337,9 +358,14 @@ class Actions:
             )
         if applied.moved:
             await self._moved(conn, applied.moved)
-        await self.outbox.many(conn, applied.events)
+        puts: list[tuple[str, str, BaseModel]] = []
+        deletes: list[tuple[str, str]] = []
         for tenant, controller_ids in applied.rendered.items():
-            await self.publish_deployments(conn, tenant, sorted(controller_ids))
+            rendered = await self.render_deployments(conn, tenant, sorted(controller_ids))
+            puts += rendered[0]
+            deletes += rendered[1]
+        # The events and the KV writes in one statement (events first, as they were).
+        await self.outbox.many(conn, applied.events, kv_puts=puts, kv_deletes=deletes)
 
     async def _moved(self, conn: Conn, moved: Sequence[tuple[Action, datetime]]) -> None:
         """Store the actions' new status; a rollout's closed action closes its membership."""
@@ -368,6 +394,13 @@ class Actions:
         self, conn: Conn, tenant: str, controller_ids: Sequence[str]
     ) -> None:
         """Render the KV ``deployments`` entries of many devices, in a fixed number of queries."""
+        puts, deletes = await self.render_deployments(conn, tenant, controller_ids)
+        await self.outbox.many(conn, kv_puts=puts, kv_deletes=deletes)
+
+    async def render_deployments(
+        self, conn: Conn, tenant: str, controller_ids: Sequence[str]
+    ) -> tuple[list[tuple[str, str, BaseModel]], list[tuple[str, str]]]:
+        """The KV ``deployments`` puts and deletes of many devices, from the tables."""
         ids = list(dict.fromkeys(controller_ids))
         open_rows = {
             r["controller_id"]: _action(r) for r in await conn.fetch(OPEN_ACTIONS, tenant, ids)
@@ -388,6 +421,7 @@ class Actions:
         auto = {r[0] for r in await conn.fetch(AUTO_CONFIRM, tenant, ids)}
         puts: list[tuple[str, str, BaseModel]] = []
         deletes: list[tuple[str, str]] = []
+        docs = Docs()
         for controller_id in ids:
             action = open_rows.get(controller_id)
             open_part = None
@@ -398,11 +432,15 @@ class Actions:
             if done is not None and done.software_id in catalogue:
                 installed_part = (done, catalogue[done.software_id])
             entry = deployment_entry(
-                open_part, installed_part, closed.get(controller_id, []), controller_id in auto
+                open_part,
+                installed_part,
+                closed.get(controller_id, []),
+                controller_id in auto,
+                docs,
             )
             key = names.kv_key(tenant, controller_id)
             if entry is None:
                 deletes.append((names.BUCKET_DEPLOYMENTS, key))
             else:
                 puts.append((names.BUCKET_DEPLOYMENTS, key, entry))
-        await self.outbox.many(conn, kv_puts=puts, kv_deletes=deletes)
+        return puts, deletes

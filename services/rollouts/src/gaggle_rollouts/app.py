@@ -20,7 +20,7 @@ from gaggle_rollouts.caps import TenantCaps
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
-from gaggle_rollouts.handlers import SERVICE, SUBSCRIBERS
+from gaggle_rollouts.handlers import SERVICE, SUBSCRIBERS, WHOLE_PULLS
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.plan import ACTIVE_STATES, MemberState, RolloutState
 from gaggle_rollouts.policies import Policies
@@ -28,8 +28,10 @@ from gaggle_rollouts.rollout_routes import RolloutBody
 from gaggle_rollouts.rollout_store import RolloutStore
 from gaggle_rollouts.routes import BulkPolicyBody, NewAction, PolicyBody
 from gaggle_rollouts.settings import RolloutsSettings
-from gaggle_rollouts.usecases import UseCases
+from gaggle_rollouts.usecases import FEEDBACK_IN_FLIGHT, UseCases
+from gaggle_runtime.batches import BatchRunner
 from gaggle_runtime.bus import consumer_options
+from gaggle_runtime.deadletters import ConsumerFailures
 from gaggle_runtime.metrics import Metrics
 from gaggle_runtime.openapi import add_examples
 from gaggle_runtime.outbox import Outbox
@@ -119,11 +121,26 @@ def install_metrics(service: Service) -> None:
     service.metrics.sampler(sample)
 
 
-def subscribe(broker: NatsBroker, common: CommonSettings, cases: UseCases) -> None:
-    """Every rollouts consumer on ``broker``, its use cases in the broker's context."""
+def subscribe(
+    broker: NatsBroker,
+    common: CommonSettings,
+    cases: UseCases,
+    failures: ConsumerFailures | None = None,
+) -> BatchRunner:
+    """Every rollouts consumer on ``broker``, its use cases in the broker's context.
+
+    ``failures`` settles each event of the consumers fed a pull at once (``WHOLE_PULLS``); the
+    service's own, with its dead-letter store (without: a failure for good is only logged).
+    Returns the runner of the feedback batches, to be closed before the subscribers stop.
+    """
+    runner = BatchRunner(FEEDBACK_IN_FLIGHT)
     broker.context.set_global("usecases", cases)
+    broker.context.set_global("failures", failures or ConsumerFailures(SERVICE, common, None))
+    broker.context.set_global("feedback_runner", runner)
     for kind, handler, batch in SUBSCRIBERS:
-        broker.subscriber(**consumer_options(SERVICE, kind, common, batch=batch))(handler)
+        options = consumer_options(SERVICE, kind, common, batch=batch, whole=WHOLE_PULLS.get(kind))
+        broker.subscriber(**options)(handler)
+    return runner
 
 
 def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
@@ -140,7 +157,8 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     chooser = Chooser(service.db, actions, catalogue, policies, store.members)
     engine = Engine(store, actions, sweep_s=settings.sweep_s, window_s=settings.window_s)
     cases = UseCases(service.db, actions, catalogue, policies, chooser, engine)
-    subscribe(service.broker, common, cases)
+    runner = subscribe(service.broker, common, cases, service.failures)
+    service.on_stopping.append(runner.close)
     # Each tenant's cap on updates in flight, from registry's KV tenants (never its tables).
     service.background(lambda: caps.mirror.watch(service.broker.connection.jetstream))
     service.mirror_metrics.mirrors.append(caps.mirror)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -203,19 +203,41 @@ def deployment_doc(action: Action, software: Software) -> DeploymentDoc:
     )
 
 
+class Docs:
+    """:func:`deployment_doc` kept per (software, action type, window): devices share them.
+
+    Rendering a rollout's devices at once builds each distinct document once, not per device.
+    """
+
+    def __init__(self) -> None:
+        self._docs: dict[tuple[str, str, ActionType, bool | None], DeploymentDoc] = {}
+
+    def __call__(self, action: Action, software: Software) -> DeploymentDoc:
+        """The deploymentBase document of ``action`` (see :func:`deployment_doc`)."""
+        key = (software.tenant, software.software_id, action.type, action.window_open)
+        doc = self._docs.get(key)
+        if doc is None:
+            doc = self._docs[key] = deployment_doc(action, software)
+        return doc
+
+
 def deployment_entry(
     open_action: tuple[Action, Software, list[str]] | None,
     installed: tuple[Action, Software] | None,
     closed_ids: list[int],
     auto_confirm: bool = False,
+    docs: Callable[[Action, Software], DeploymentDoc] = deployment_doc,
 ) -> DeploymentEntry | None:
-    """What KV ``deployments`` says for a device; None: nothing to say (delete the key)."""
+    """What KV ``deployments`` says for a device; None: nothing to say (delete the key).
+
+    ``docs`` builds the deploymentBase documents (a :class:`Docs` shares them among devices).
+    """
     if open_action is None and installed is None and not closed_ids and not auto_confirm:
         return None
     open_doc = None
     if open_action is not None:
         action, software, history = open_action
-        doc = deployment_doc(action, software)
+        doc = docs(action, software)
         state: Literal["deployment", "canceling", "wait_for_confirmation"] = "deployment"
         if action.status in ("canceling", "wait_for_confirmation"):
             state = action.status  # type: ignore[assignment]
@@ -230,9 +252,7 @@ def deployment_entry(
     installed_doc = None
     if installed is not None:
         action, software = installed
-        installed_doc = InstalledAction(
-            action_id=str(action.id), deployment=deployment_doc(action, software)
-        )
+        installed_doc = InstalledAction(action_id=str(action.id), deployment=docs(action, software))
     return DeploymentEntry(
         open=open_doc,
         installed=installed_doc,

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from faststream import Context
+from faststream.nats.message import NatsBatchMessage
+from pydantic import BaseModel
 
 from gaggle_contracts.events import (
     ActionFeedback,
@@ -21,11 +23,16 @@ from gaggle_contracts.events import (
     SoftwareCreated,
     SoftwareDeleted,
 )
-from gaggle_rollouts.usecases import FEEDBACK_BATCH, INVENTORY_BATCH, UseCases
+from gaggle_rollouts.usecases import FEEDBACK_PULL, INVENTORY_BATCH, UseCases
+from gaggle_runtime.batches import BatchRunner, consume_batch
+from gaggle_runtime.deadletters import ConsumerFailures
 
 SERVICE = "rollouts"
 
 Cases = Annotated[UseCases, Context("usecases")]
+Pulled = Annotated[NatsBatchMessage, Context("message")]
+Failures = Annotated[ConsumerFailures, Context("failures")]
+Runner = Annotated[BatchRunner, Context("feedback_runner")]
 
 
 async def on_software_created(event: SoftwareCreated, cases: Cases) -> None:
@@ -43,12 +50,27 @@ async def on_device_updated(event: DeviceUpdated, cases: Cases) -> None:
     await cases.device_updated(event)
 
 
-# Events fetched together are handled concurrently, so two reports of one device may be
-# applied in either order: the history is ordered by when the gateway received them, and a
-# report older than the one that set the action's status does not change it (domain.apply_reports).
-async def on_action_feedback(event: ActionFeedback, cases: Cases) -> None:
-    """ota.v1.*.action.feedback -> history entry; status moved forward; KV refreshed."""
-    await cases.report(event, "feedback", event.status)
+# A pull's feedback is applied in one transaction, in pull order; a redelivered report may come
+# after a newer one: the history is ordered by when the gateway received them, and a report older
+# than the one that set the action's status does not change it (domain.apply_reports).
+async def on_action_feedback(
+    events: list[ActionFeedback | bytes],
+    msg: Pulled,
+    cases: Cases,
+    failures: Failures,
+    runner: Runner,
+) -> None:
+    """ota.v1.*.action.feedback (a pull at once) -> history; status moved forward; KV refreshed."""
+    # Each event was decoded alone (a payload that is not one stays bytes and is parked alone);
+    # each is acked only once the batch's transaction committed and its follow-ups ran. A few
+    # pulls are applied at once (FEEDBACK_IN_FLIGHT), each in its own transaction.
+    raws = msg.raw_message
+    await runner.submit(
+        raws,
+        lambda: consume_batch(
+            failures, raws, events, ActionFeedback.model_validate_json, cases.feedback_batch
+        ),
+    )
 
 
 async def on_cancel_feedback(event: CancelFeedback, cases: Cases) -> None:
@@ -74,9 +96,11 @@ SUBSCRIBERS: list[tuple[str, Callable[..., Awaitable[Any]], int | None]] = [
     (SoftwareCreated.kind, on_software_created, None),
     (SoftwareDeleted.kind, on_software_deleted, None),
     (DeviceUpdated.kind, on_device_updated, INVENTORY_BATCH),
-    (ActionFeedback.kind, on_action_feedback, FEEDBACK_BATCH),
+    (ActionFeedback.kind, on_action_feedback, FEEDBACK_PULL),
     (CancelFeedback.kind, on_cancel_feedback, None),
     (ConfirmationFeedback.kind, on_confirmation, None),
     (AutoConfirmChanged.kind, on_auto_confirm, None),
 ]
 """(event kind, subscriber, events per pull if not the default) of every rollouts consumer."""
+WHOLE_PULLS: dict[str, type[BaseModel]] = {ActionFeedback.kind: ActionFeedback}
+"""Consumers whose subscriber gets a pull at once (and settles each event itself): the model."""

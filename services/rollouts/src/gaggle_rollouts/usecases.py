@@ -33,13 +33,22 @@ from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.decision import Decision
 from gaggle_rollouts.domain import Action, Report, ReportKind, Software, apply_reports
 from gaggle_rollouts.policies import Policies, Policy, PolicyMatch
-from gaggle_runtime.coalesce import Coalescer
+from gaggle_runtime.coalesce import Coalescer, run_each
 from gaggle_runtime.service import Database
 
 log = logging.getLogger(__name__)
 
 INVENTORY_BATCH = 64
 FEEDBACK_BATCH = 64
+"""Reports of cancel and confirmation feedback applied in one transaction at most."""
+FEEDBACK_PULL = 320
+"""deploymentBase feedback events fetched, applied and acked together (one transaction)."""
+FEEDBACK_IN_FLIGHT = 3
+"""Pulls of deploymentBase feedback applied at once, each in its own transaction.
+
+JetStream stops delivering to a consumer with 1,000 events unacked (its default
+``max_ack_pending``): ``FEEDBACK_PULL * FEEDBACK_IN_FLIGHT`` stays below it.
+"""
 
 
 class Poke(Protocol):
@@ -94,30 +103,83 @@ class UseCases:
             action = await self.reports.submit(
                 Report(event.tenant, action_id, event.event_id, event.occurred_at, fb, kind, note)
             )
-        if action is None:
-            log.warning(
-                "%s for unknown action tenant=%s action=%s",
-                event.kind,
-                event.tenant,
-                event.action_id,
-            )
-        elif not action.active:
-            log.info(
-                "action closed tenant=%s action=%s status=%s",
-                event.tenant,
-                action.id,
-                action.status,
-            )
+        _log_outcome(event, action)
         await self._after(action)
         return action
+
+    async def feedback_batch(self, events: Sequence[ActionFeedback]) -> list[Exception | None]:
+        """A pull's deploymentBase feedback applied in one transaction; each event's outcome.
+
+        The reports go through :meth:`apply_many` together (a report that fails for good is
+        applied alone, see :func:`~gaggle_runtime.coalesce.run_each`), then the follow-ups of
+        the actions they changed run once for the batch (:meth:`after_changed`). An event's
+        outcome is None when it is done (its action unknown included), else its exception.
+        """
+        outcomes: list[Exception | None] = [None] * len(events)
+        reports: list[Report] = []
+        at: list[int] = []
+        for i, event in enumerate(events):
+            action_id = names.parse_row_id(event.action_id)
+            if action_id is None:
+                _log_outcome(event, None)
+                continue
+            reports.append(
+                Report(
+                    event.tenant,
+                    action_id,
+                    event.event_id,
+                    event.occurred_at,
+                    event.status,
+                    "feedback",
+                )
+            )
+            at.append(i)
+        if not reports:
+            return outcomes
+        results = await run_each(self.apply_many, reports)
+        changed: dict[int, Action] = {}
+        for i, result in zip(at, results, strict=True):
+            if isinstance(result, Exception):
+                outcomes[i] = result
+                continue
+            _log_outcome(events[i], result)
+            if result is not None:
+                changed[result.id] = result
+        failed = await self.after_changed(list(changed.values()))
+        for i, result in zip(at, results, strict=True):
+            if isinstance(result, Action) and result.id in failed:
+                outcomes[i] = failed[result.id]
+        return outcomes
 
     async def _after(self, action: Action | None) -> None:
         if action is None:
             return
-        self.engine.poke(action.rollout_id)
-        if not action.active and await self.actions.may_want_more(action):
-            # Whatever waited for this action (a started rollout wave, a newer software) now may.
-            await self.chooser.choose(action.tenant, action.controller_id)
+        failed = await self.after_changed([action])
+        if action.id in failed:
+            raise failed[action.id]
+
+    async def after_changed(self, actions: Sequence[Action]) -> dict[int, Exception]:
+        """Follow-ups once reports changed ``actions``; the failures, by action id.
+
+        Their rollouts are poked; for the closed ones whose device may want more (see
+        :meth:`Actions.may_want_more_many`), whatever waited for them (a started rollout wave, a
+        newer software) is chosen now. Runs once per batch of reports, not once per report.
+        """
+        for rollout_id in {a.rollout_id for a in actions}:
+            self.engine.poke(rollout_id)
+        closed = [a for a in actions if not a.active]
+        if not closed:
+            return {}
+        wanting = await self.actions.may_want_more_many(closed)
+        if not wanting:
+            return {}
+        devices = list(dict.fromkeys((a.tenant, a.controller_id) for a in wanting))
+        decided = dict(zip(devices, await self.choose_many(devices), strict=True))
+        return {
+            a.id: outcome
+            for a in wanting
+            if isinstance(outcome := decided[(a.tenant, a.controller_id)], Exception)
+        }
 
     async def device_updated(self, event: DeviceUpdated) -> None:
         """Inventory kept and the device chosen for again; deleted: its open action canceled."""
@@ -235,6 +297,22 @@ class UseCases:
             return await self.chooser.choose(tenant, controller_id)
         except Exception as exc:
             return exc
+
+
+def _log_outcome(
+    event: ActionFeedback | CancelFeedback | ConfirmationFeedback, action: Action | None
+) -> None:
+    if action is None:
+        log.warning(
+            "%s for unknown action tenant=%s action=%s",
+            event.kind,
+            event.tenant,
+            event.action_id,
+        )
+    elif not action.active:
+        log.info(
+            "action closed tenant=%s action=%s status=%s", event.tenant, action.id, action.status
+        )
 
 
 async def refresh_windows(db: Database, actions: Actions) -> int:

@@ -82,6 +82,9 @@ class FakeRepo:
     async def may_want_more(self, action: Action) -> bool:
         return action.rollout_id is None or action.controller_id in self.waiting_in_rollouts
 
+    async def may_want_more_many(self, actions: Sequence[Action]) -> list[Action]:
+        return [a for a in actions if await self.may_want_more(a)]
+
     async def lock(
         self, conn: FakeConn, reports: Sequence[Report]
     ) -> dict[tuple[str, int], tuple[Action, datetime | None]]:

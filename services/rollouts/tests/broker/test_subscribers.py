@@ -23,7 +23,9 @@ from gaggle_rollouts.domain import Action
 
 
 async def send(broker: NatsBroker, event: Event) -> None:
+    """Publish, and wait until the feedback batches it may have started are applied."""
     await broker.publish(event.model_dump(mode="json"), event.subject, stream="OTA")
+    await broker.context.get("feedback_runner").idle()
 
 
 def feedback(execution: str, finished: str = "none", action_id: str = "7") -> dict[str, Any]:
