@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,74 @@ async def fleet(common: CommonSettings, serve, tenant: str, tmp_path: Path) -> d
         "tenant": tenant,
         "store": LocalStore(storage.dir),
     }
+
+
+async def test_a_config_report_redelivered_late_does_not_undo_a_newer_one(
+    common: CommonSettings, serve, tenant: str
+) -> None:
+    registry = await serve(build_registry(common, RegistrySettings()))
+    pool = registry.app.state.service.db.pool
+    broker = make_broker(common.nats_url, "test")
+    await broker.connect()
+    now = datetime.now(UTC)
+
+    def report(at: datetime, mode: str, data: dict[str, str]) -> DeviceConfigReported:
+        return DeviceConfigReported(
+            tenant=tenant, controller_id="late1", mode=mode, data=data, occurred_at=at
+        )
+
+    async def device() -> Any:
+        return await pool.fetchrow(
+            "SELECT * FROM registry.devices WHERE tenant = $1 AND controller_id = 'late1'", tenant
+        )
+
+    try:
+        newer = report(now, "merge", {"hw_boardname": "b", "sw_version": "2.0.0"})
+        await publish_raw(broker, newer.subject, newer.model_dump_json().encode(), None)
+        await eventually(lambda: _version_is(device, "2.0.0"))
+        # The report the device sent before its update, delivered again only now: its old
+        # version must not come back, while a key the device has not reported since is kept.
+        older = report(
+            now - timedelta(seconds=10),
+            "merge",
+            {"sw_version": "1.0.0", "boot_slot": "a"},
+        )
+        replaced = report(now - timedelta(seconds=5), "replace", {"sw_version": "0.9.0"})
+        for event in (older, replaced):
+            await publish_raw(broker, event.subject, event.model_dump_json().encode(), None)
+
+        async def merged() -> Any:
+            row = await device()
+            return row if row["attributes"].get("boot_slot") == "a" else None
+
+        row = await eventually(merged)
+        js = broker.connection.jetstream()
+
+        async def consumed() -> bool:
+            info = await js.consumer_info(
+                names.STREAM, names.durable("registry", "device.config_reported")
+            )
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await eventually(consumed)
+        row = await device()
+        assert row["sw_version"] == "2.0.0"
+        assert dict(row["attributes"]) == {
+            "hw_boardname": "b",
+            "sw_version": "2.0.0",
+            "boot_slot": "a",
+        }
+        # A newer report applies as always.
+        newest = report(now + timedelta(seconds=1), "merge", {"sw_version": "2.0.1"})
+        await publish_raw(broker, newest.subject, newest.model_dump_json().encode(), None)
+        await eventually(lambda: _version_is(device, "2.0.1"))
+    finally:
+        await broker.stop()
+
+
+async def _version_is(device: Any, version: str) -> bool:
+    row = await device()
+    return row is not None and row["sw_version"] == version
 
 
 async def test_device_tokens_created_rotated_revoked(

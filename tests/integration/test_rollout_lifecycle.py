@@ -380,7 +380,7 @@ async def test_devices_whose_inventory_lands_while_the_rollout_is_created_all_jo
         # already creating the rollout, retrying until the feed has a device.
         reports = asyncio.gather(*(report(cid, "board") for cid in ids))
         async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while True:
                 r = await client.post(
                     f"{stack.ro}/api/v1/rollouts",

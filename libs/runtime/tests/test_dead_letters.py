@@ -249,9 +249,11 @@ async def test_events_that_are_not_valid_are_parked_at_once(
         letters = await eventually(both, timeout=15)
         assert {(x["reason"], x["attempts"]) for x in letters} == {("invalid", 1)}
         assert {x["msg_id"] for x in letters} == {f"bad-{tenant}-1", f"bad-{tenant}-2"}
-        first = (await client.get(f"/api/v1/dead-letters/{letters[1]['id']}")).json()
+        by_msg = {x["msg_id"]: x for x in letters}
+        not_json = by_msg[f"bad-{tenant}-1"]
+        first = (await client.get(f"/api/v1/dead-letters/{not_json['id']}")).json()
         assert (first["payload"], first["payload_encoding"]) == ("not json at all", "text")
-        assert "item" in letters[0]["error"]
+        assert "item" in by_msg[f"bad-{tenant}-2"]["error"]
 
 
 async def test_a_dependency_away_is_retried_past_ten_deliveries_and_nothing_is_parked(

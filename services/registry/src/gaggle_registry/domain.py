@@ -75,6 +75,19 @@ def merge_attributes(current: dict[str, str], mode: str, data: dict[str, str]) -
     return result
 
 
+def late_data(current: dict[str, str], mode: str, data: dict[str, str]) -> dict[str, str]:
+    """What a configData report older than one already applied may still merge.
+
+    JetStream may redeliver a report after a newer one of the same device was applied (its
+    first delivery timed out). Applying it as it is would put an old value back, for example
+    the version the device ran before its update. So a late ``merge`` only adds keys the
+    device has not reported since, and a late ``replace`` or ``remove`` changes nothing.
+    """
+    if mode != "merge":
+        return {}
+    return {k: v for k, v in data.items() if k not in current}
+
+
 def lifted(attributes: dict[str, str]) -> dict[str, str | None]:
     """The column values taken from the attributes."""
     return {column: attributes.get(key) for key, column in LIFTED.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +20,7 @@ from gaggle_contracts.events import (
 from gaggle_registry.domain import (
     Device,
     TooManyAttributesError,
+    late_data,
     lifted,
     merge_attributes,
 )
@@ -26,6 +28,8 @@ from gaggle_registry.presence import record_sightings
 from gaggle_runtime.db import Conn
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +83,11 @@ FOR UPDATE OF d"""
 UPDATE_ATTRIBUTES_MANY = _with_presence(
     """UPDATE registry.devices AS d
 SET attributes = u.attributes, hw_model = u.hw_model, hw_revision = u.hw_revision,
-    sw_version = u.sw_version, config_requested = false, updated_at = now()
-FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[])
-    AS u(tenant, controller_id, attributes, hw_model, hw_revision, sw_version)
+    sw_version = u.sw_version, config_requested = false, updated_at = now(),
+    config_reported_at = GREATEST(d.config_reported_at, u.reported_at)
+FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[],
+    $7::timestamptz[])
+    AS u(tenant, controller_id, attributes, hw_model, hw_revision, sw_version, reported_at)
 WHERE d.tenant = u.tenant AND d.controller_id = u.controller_id
 RETURNING d.*"""
 )
@@ -217,14 +223,27 @@ class Repo:
             )
             rows = await conn.fetch(LOCK_MANY, [t for (t, _), _ in keys], [c for (_, c), _ in keys])
             attributes = {(r["tenant"], r["controller_id"]): dict(r["attributes"]) for r in rows}
+            newest = {(r["tenant"], r["controller_id"]): r["config_reported_at"] for r in rows}
             changed: set[tuple[str, str]] = set()
             for i, event in enumerate(events):
                 key = (event.tenant, event.controller_id)
+                last = newest[key]
                 try:
-                    attributes[key] = merge_attributes(attributes[key], event.mode, event.data)
+                    if last is not None and event.occurred_at < last:
+                        log.info(
+                            "late config report tenant=%s controller_id=%s: only new keys",
+                            event.tenant,
+                            event.controller_id,
+                        )
+                        late = late_data(attributes[key], event.mode, event.data)
+                        merged = merge_attributes(attributes[key], "merge", late)
+                    else:
+                        merged = merge_attributes(attributes[key], event.mode, event.data)
+                        newest[key] = event.occurred_at
                 except TooManyAttributesError as exc:
                     results[i] = exc
                     continue
+                attributes[key] = merged
                 changed.add(key)
             order = sorted(changed)
             lifts = [lifted(attributes[k]) for k in order]
@@ -236,6 +255,7 @@ class Repo:
                 [c["hw_model"] for c in lifts],
                 [c["hw_revision"] for c in lifts],
                 [c["sw_version"] for c in lifts],
+                [newest[k] for k in order],
             )
             devices = {(r["tenant"], r["controller_id"]): _device(r) for r in updated}
             await self._publish_devices(

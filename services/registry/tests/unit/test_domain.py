@@ -7,6 +7,7 @@ from gaggle_registry.domain import (
     Device,
     TooManyAttributesError,
     kv_changes,
+    late_data,
     lifted,
     merge_attributes,
 )
@@ -92,3 +93,10 @@ def test_kv_changes_of_a_matching_bucket_are_none() -> None:
 
 def test_a_listed_device_has_exactly_the_fields_of_a_single_one() -> None:
     assert list(LIST_COLUMNS) == list(Device(tenant="t", controller_id="d").public())
+
+
+def test_a_late_config_report_only_adds_keys_not_reported_since() -> None:
+    current = {"sw_version": "2.0.0", "hw_boardname": "b"}
+    assert late_data(current, "merge", {"sw_version": "1.0.0", "slot": "a"}) == {"slot": "a"}
+    assert late_data(current, "replace", {"sw_version": "1.0.0"}) == {}
+    assert late_data(current, "remove", {"sw_version": ""}) == {}
