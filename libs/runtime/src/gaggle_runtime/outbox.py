@@ -8,6 +8,11 @@ dropped by JetStream. One relay per schema is active at a time (an advisory lock
 keeps KV writes for the same key in commit order. When tracing is on, each row keeps the W3C
 ``traceparent`` of the transaction that wrote it, and the relay sends it under that trace.
 
+Without tracing, a :class:`BatchSink` (``NatsSink`` in a service) gets a batch's rows pipelined:
+the next row of every key at once, sent back to back with all their acks awaited together, then
+the next wave. A key's rows never travel together, so a failed one is never overtaken by its
+successor, and the rows are deleted only once acknowledged.
+
 The relay cannot jam: a row the bus refuses for good (too large, a subject or key it cannot hold),
 or that fails ``park_after`` times for another reason, is parked in ``dead_letters`` (see
 :mod:`gaggle_runtime.deadletters`) in the transaction that deletes it, and the rows behind it go
@@ -129,7 +134,7 @@ def _kv_value(bucket: str, value: BaseModel) -> bytes:
 
 
 class Sink(Protocol):
-    """Where the relay sends rows: NATS in production, a list in tests."""
+    """Where the relay sends rows one at a time: NATS in production, a list in tests."""
 
     async def publish(self, subject: str, payload: bytes, msg_id: str | None) -> None:
         """Publish to JetStream and wait for its ack."""
