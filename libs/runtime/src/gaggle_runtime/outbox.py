@@ -341,6 +341,8 @@ class OutboxRelay:
                 if result is None:
                     self._failures.pop(row["id"], None)
                     done.append(row["id"])
+                elif not isinstance(result, Exception):
+                    raise result  # cancelled, or the process is stopping
                 elif self._refused(row["id"], result):
                     parked.append((row, result))
                 else:
