@@ -88,7 +88,14 @@ from gaggle_contracts.events import (
     RolloutProgressed,
     SoftwareCreated,
 )
-from gaggle_contracts.kv import ArtifactDoc, ChunkDoc, DeploymentDoc, DeploymentEntry, OpenAction
+from gaggle_contracts.kv import (
+    ArtifactDoc,
+    ChunkDoc,
+    DeploymentDoc,
+    DeploymentEntry,
+    OpenAction,
+    TenantConfig,
+)
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.bus import make_broker, publish_raw
 from gaggle_runtime.db import ensure_database, with_database
@@ -661,6 +668,11 @@ async def run(
     broker = make_broker(nats_url, "rollout-bench")
     try:
         await ensure_all(nc.jetstream(), common)
+        # The whole fleet updates at once: the tenant's cap on updates in flight, as registry
+        # publishes it, is the fleet's size (the default cap would queue all but 1,000).
+        tenants = await nc.jetstream().key_value(names.BUCKET_TENANTS)
+        cap = TenantConfig(max_updates_in_flight=args.devices)
+        await tenants.put(TENANT, cap.model_dump_json().encode())
         key, _ = await admin_key(nats_url, TENANT)
         code = args.code_label or code_version()
         service = RolloutsProcess(

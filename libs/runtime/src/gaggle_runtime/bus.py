@@ -10,8 +10,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
+import nats.js.errors
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PubAck, PullSub
+from nats.js.api import Header
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
@@ -20,7 +22,9 @@ from pydantic import BaseModel
 from gaggle_contracts import names
 from gaggle_contracts.events import Event
 from gaggle_contracts.settings import CommonSettings
+from gaggle_runtime.acks import AckedPublisher, Message
 from gaggle_runtime.failures import PermanentPublishError
+from gaggle_runtime.outbox import Outgoing
 from gaggle_runtime.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,8 @@ M = TypeVar("M", bound=BaseModel)
 
 JSON_HEADERS = {"content-type": "application/json"}
 _SUBJECT_RE = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
+_KV_KEY_RE = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
+"""The keys nats-py's ``KeyValue`` accepts (it checks the same before a put or delete)."""
 UNLIMITED = -1
 GATHER_S = 0.05
 """Longest a whole-pull consumer waits to fill its batch: what a lone event waits at most."""
@@ -145,6 +151,7 @@ class NatsSink:
         self.published = published
         self._buckets: dict[str, KeyValue] = {}
         self._lock = asyncio.Lock()
+        self._publisher: AckedPublisher | None = None
 
     async def bucket(self, name: str) -> KeyValue:
         """The KV handle of ``name``, looked up once."""
@@ -187,6 +194,51 @@ class NatsSink:
     async def kv_delete(self, bucket: str, key: str) -> None:
         """Delete one key."""
         await (await self.bucket(bucket)).delete(key)
+
+    async def send_many(self, rows: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Send all ``rows`` back to back, then wait for their acks together (no tracing).
+
+        Per row None (stored) or what kept it out: a refusal found before sending
+        (:class:`PermanentPublishError`, an invalid key) or the server's answer or silence.
+        Events carry ``Nats-Msg-Id``, so JetStream drops one that a retry sends again.
+        """
+        connection = self.broker.connection
+        if self._publisher is None or self._publisher.nc is not connection:
+            self._publisher = AckedPublisher(connection)
+        results: list[BaseException | None] = [None] * len(rows)
+        messages: list[Message] = []
+        sent: list[int] = []
+        for i, row in enumerate(rows):
+            try:
+                message = await self._message(row)
+                check_publishable(
+                    message.subject, message.payload, message.headers or {}, connection.max_payload
+                )
+            except Exception as exc:
+                results[i] = exc
+                continue
+            messages.append(message)
+            sent.append(i)
+        for i, outcome in zip(sent, await self._publisher.publish_many(messages), strict=True):
+            results[i] = outcome
+            if outcome is None and self.published is not None and rows[i].op == "event":
+                self.published(rows[i].target)
+        return results
+
+    async def _message(self, row: Outgoing) -> Message:
+        """What JetStream is sent for ``row``: an event, or a KV put or delete of its key."""
+        if row.op == "event":
+            headers = {**JSON_HEADERS, Header.EXPECTED_STREAM: names.STREAM}
+            if row.msg_id:
+                headers["Nats-Msg-Id"] = row.msg_id
+            return Message(row.target, row.payload, headers)
+        key = row.key or ""
+        if not _KV_KEY_RE.match(key):
+            raise nats.js.errors.InvalidKeyError(key)
+        kv = await self.bucket(row.target)
+        if row.op == "kv_put":
+            return Message(f"{kv._pre}{key}", row.payload, None)
+        return Message(f"{kv._pre}{key}", b"", {"KV-Operation": "DEL"})
 
 
 def consumer_options(

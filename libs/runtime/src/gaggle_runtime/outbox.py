@@ -8,6 +8,11 @@ dropped by JetStream. One relay per schema is active at a time (an advisory lock
 keeps KV writes for the same key in commit order. When tracing is on, each row keeps the W3C
 ``traceparent`` of the transaction that wrote it, and the relay sends it under that trace.
 
+Without tracing, a :class:`BatchSink` (``NatsSink`` in a service) gets a batch's rows pipelined:
+the next row of every key at once, sent back to back with all their acks awaited together, then
+the next wave. A key's rows never travel together, so a failed one is never overtaken by its
+successor, and the rows are deleted only once acknowledged.
+
 The relay cannot jam: a row the bus refuses for good (too large, a subject or key it cannot hold),
 or that fails ``park_after`` times for another reason, is parked in ``dead_letters`` (see
 :mod:`gaggle_runtime.deadletters`) in the transaction that deletes it, and the rows behind it go
@@ -20,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import asyncpg
 from pydantic import BaseModel
@@ -129,7 +134,7 @@ def _kv_value(bucket: str, value: BaseModel) -> bytes:
 
 
 class Sink(Protocol):
-    """Where the relay sends rows: NATS in production, a list in tests."""
+    """Where the relay sends rows one at a time: NATS in production, a list in tests."""
 
     async def publish(self, subject: str, payload: bytes, msg_id: str | None) -> None:
         """Publish to JetStream and wait for its ack."""
@@ -139,6 +144,33 @@ class Sink(Protocol):
 
     async def kv_delete(self, bucket: str, key: str) -> None:
         """Delete a KV key."""
+
+
+class Outgoing(NamedTuple):
+    """One outbox row as a sink sends it."""
+
+    op: str
+    target: str
+    key: str | None
+    msg_id: str | None
+    payload: bytes
+
+
+@runtime_checkable
+class BatchSink(Sink, Protocol):
+    """A sink that sends many rows at once: all of them, then all the acks awaited together."""
+
+    async def send_many(self, rows: Sequence[Outgoing]) -> Sequence[BaseException | None]:
+        """Send ``rows`` in order; per row None (stored) or the error that kept it out."""
+
+
+def _lanes(rows: Sequence[asyncpg.Record]) -> list[list[asyncpg.Record]]:
+    """The rows by ordering key, each key's rows in id order: a KV key, or a device's events."""
+    lanes: dict[tuple[str, str | None], list[asyncpg.Record]] = {}
+    for row in rows:
+        lane = ("", row["key"]) if row["op"] == "event" else (row["target"], row["key"])
+        lanes.setdefault(lane, []).append(row)
+    return list(lanes.values())
 
 
 class OutboxRelay:
@@ -163,6 +195,8 @@ class OutboxRelay:
         self.outbox = outbox
         self.sink = sink
         self.tracing = tracing
+        # Traced rows go one by one, each in its span; otherwise a batch sink sends them at once.
+        self._batch_sink = sink if tracing is None and isinstance(sink, BatchSink) else None
         self.observers = list(observers)
         self.batch = batch
         self.idle_poll_s = idle_poll_s
@@ -264,11 +298,13 @@ class OutboxRelay:
     async def drain(self) -> int:
         """Publish everything pending now; return how many rows were sent.
 
-        Rows of a batch are sent concurrently, except that rows sharing an ordering key (the same
-        KV key, or events of the same device) go one after the other in id order. When a send
-        fails transiently, the rows of its key after it are left for the next attempt, so a
-        retry can never overtake a newer write of the same key. A row refused for good is parked
-        and the rows behind it go on.
+        A batch goes out in waves: each wave sends the next row of every ordering key (the same
+        KV key, or events of the same device) at once (pipelined, all acks awaited together,
+        when the sink can and tracing is off), so a key's rows go one after the other in id
+        order. When a send fails transiently, the rows of its key after it are not sent and wait
+        for the next attempt, so a retry can never overtake a newer write of the same key. A row
+        refused for good is parked and the rows behind it go on. The rows sent are deleted (and
+        the refused ones parked) once the batch's waves are over, also after a failure.
         """
         sent = 0
         while True:
@@ -276,25 +312,64 @@ class OutboxRelay:
                 rows = await conn.fetch(self._select, self.batch)
                 if not rows:
                     return sent
-                lanes: dict[tuple[str, str | None], list[asyncpg.Record]] = {}
-                for row in rows:
-                    lane = ("", row["key"]) if row["op"] == "event" else (row["target"], row["key"])
-                    lanes.setdefault(lane, []).append(row)
                 done: list[int] = []
                 parked: list[tuple[asyncpg.Record, BaseException]] = []
                 try:
-                    results = await asyncio.gather(
-                        *(self._send_lane(lane, done, parked) for lane in lanes.values()),
-                        return_exceptions=True,
-                    )
+                    failure = await self._send_waves(_lanes(rows), done, parked)
                 finally:
                     if done or parked:
                         await self._finish(conn, done, parked)
                         sent += len(done)
                         self.published += len(done)
-                for result in results:
-                    if isinstance(result, BaseException):
-                        raise result
+                if failure is not None:
+                    raise failure
+
+    async def _send_waves(
+        self,
+        lanes: list[list[asyncpg.Record]],
+        done: list[int],
+        parked: list[tuple[asyncpg.Record, BaseException]],
+    ) -> BaseException | None:
+        """Send the lanes' rows wave by wave; the first transient failure, if any."""
+        failure: BaseException | None = None
+        position = 0
+        while lanes:
+            wave = [lane[position] for lane in lanes]
+            results = await self._send_wave(wave)
+            going: list[list[asyncpg.Record]] = []
+            for lane, row, result in zip(lanes, wave, results, strict=True):
+                if result is None:
+                    self._failures.pop(row["id"], None)
+                    done.append(row["id"])
+                elif not isinstance(result, Exception):
+                    raise result  # cancelled, or the process is stopping
+                elif self._refused(row["id"], result):
+                    parked.append((row, result))
+                else:
+                    failure = failure or result
+                    continue  # the rest of this key waits for the next attempt
+                if len(lane) > position + 1:
+                    going.append(lane)
+            lanes = going
+            position += 1
+        return failure
+
+    async def _send_wave(self, rows: list[asyncpg.Record]) -> Sequence[BaseException | None]:
+        """Send one row of each of several keys at once; per row None or its failure."""
+        if self._batch_sink is None:
+            return await asyncio.gather(*(self._send(row) for row in rows), return_exceptions=True)
+        results = await self._batch_sink.send_many(
+            [
+                Outgoing(r["op"], r["target"], r["key"], r["msg_id"], bytes(r["payload"]))
+                for r in rows
+            ]
+        )
+        if self.observers:
+            for row, result in zip(rows, results, strict=True):
+                if result is None and row["op"] == "event":
+                    for observe in self.observers:
+                        observe(row["target"], bytes(row["payload"]))
+        return results
 
     async def _finish(
         self, conn: Conn, done: list[int], parked: list[tuple[asyncpg.Record, BaseException]]
@@ -321,23 +396,6 @@ class OutboxRelay:
                 len(row["payload"]),
                 describe(exc),
             )
-
-    async def _send_lane(
-        self,
-        lane: list[asyncpg.Record],
-        done: list[int],
-        parked: list[tuple[asyncpg.Record, BaseException]],
-    ) -> None:
-        for row in lane:
-            try:
-                await self._send(row)
-            except Exception as exc:
-                if not self._refused(row["id"], exc):
-                    raise
-                parked.append((row, exc))
-                continue
-            self._failures.pop(row["id"], None)
-            done.append(row["id"])
 
     def _refused(self, row_id: int, exc: BaseException) -> bool:
         """Whether a failed row is to be parked: refused for good, or failing too often."""
