@@ -13,13 +13,9 @@ def main() -> None:
     settings = GatewaySettings()
     if settings.workers > 1:
         # Each worker process builds its own app (and its own KV mirror) from the environment.
-        run(
-            "gaggle_gateway.app:create_app",
-            settings.host,
-            settings.port,
-            workers=settings.workers,
-            loop=ACCEPT_ALL_LOOP,
-        )
+        # uvloop here: asyncio's loop sets no TCP_NODELAY on the workers' shared socket (40 ms
+        # delayed ACKs per answer); each worker's loop accepts one connection per iteration.
+        run("gaggle_gateway.app:create_app", settings.host, settings.port, workers=settings.workers)
         return
     # Devices connect in bursts: a loop that accepts them all at once (see ACCEPT_ALL_LOOP).
     serve_main("gateway", build_app, GatewaySettings, loop=ACCEPT_ALL_LOOP)
