@@ -72,10 +72,10 @@ import fleet_overload
 import httpx
 import uvloop
 from benchlib import Children, git_version, machine_busy_seconds, say
-from gaggle_contracts.kv import MAX_UPDATES_IN_FLIGHT_LIMIT
 from gaggle_peer import GaggleStack
 from goosebit_peer import GOOSEBIT_VERSION, GoosebitPeer
 
+from gaggle_contracts.kv import MAX_UPDATES_IN_FLIGHT_LIMIT
 from gaggle_servers import free_port
 from gaggle_sim import Fleet, FleetConfig, FleetStats, run_fleet
 from gaggle_swu.build import make_rawfile_swu

@@ -146,7 +146,9 @@ class GaggleStack:
                 raise RuntimeError(f"Gaggle rollout: {r.status_code} {r.text[:500]}")
             await asyncio.sleep(0.05)
 
-    async def set_cap(self, client: httpx.AsyncClient, cap: int | None, tenant: str = "default") -> int:
+    async def set_cap(
+        self, client: httpx.AsyncClient, cap: int | None, tenant: str = "default"
+    ) -> int:
         """The tenant's cap on updates in flight, first set to ``cap`` unless None.
 
         ``PUT /api/v1/tenants/{tenant}`` replaces all of a tenant's settings, so the others are
