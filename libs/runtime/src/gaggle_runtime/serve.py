@@ -72,13 +72,13 @@ class ListenSettings(Protocol):
 ACCEPT_ALL_LOOP = "asyncio"
 """The event loop for a server that many clients connect to at once (the DDI gateway).
 
-uvloop's libuv (1.45 on) accepts one connection per loop iteration. Under load an iteration
-handles hundreds of requests and takes 0.1 to 1 s, so a burst of new connections (a fleet whose
-keep-alive connections the server closed) waited in the listen queue for tens of seconds, their
-requests unread, and the devices timed out. asyncio's loop accepts every waiting connection (up
-to the backlog) each time the listening socket is readable. It sets TCP_NODELAY only on the
-connections of a socket it opened itself (``host`` and ``port``), so it serves one process; uvicorn
-workers share a socket it did not open, and are served on uvloop.
+uvloop's libuv (since libuv#3696, 2022) accepts one connection per loop iteration. Under load
+an iteration handles hundreds of requests and takes 0.1 to 1 s, so a burst of new connections (a
+fleet whose keep-alive connections the server closed) waited in the listen queue for tens of
+seconds, their requests unread, and the devices timed out. asyncio's loop accepts every waiting
+connection (up to the backlog) each time the listening socket is readable. It sets TCP_NODELAY
+only on the connections of a socket it opened itself (``host`` and ``port``), so it serves one
+process; uvicorn workers share a socket it did not open, and are served on uvloop.
 """
 
 
