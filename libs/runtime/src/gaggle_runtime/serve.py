@@ -1,5 +1,7 @@
 """Running an ASGI app: uvicorn with uvloop and httptools (TCP_NODELAY kept, no 40 ms stalls).
 
+The DDI gateway, alone in its process, runs on asyncio's loop instead (:data:`ACCEPT_ALL_LOOP`).
+
 A service process can also be started as a warm spare (``GAGGLE_STANDBY_FD``, see
 :func:`await_activation`): it does its imports, which are nearly all of a cold start's time, and
 then waits until its supervisor tells it to serve, so a crashed service is replaced in a fraction
