@@ -75,6 +75,7 @@ from benchlib import Children, git_version, machine_busy_seconds, say
 from gaggle_peer import GaggleStack
 from goosebit_peer import GOOSEBIT_VERSION, GoosebitPeer
 
+from gaggle_contracts.kv import MAX_UPDATES_IN_FLIGHT_LIMIT
 from gaggle_servers import free_port
 from gaggle_sim import Fleet, FleetConfig, FleetStats, run_fleet
 from gaggle_swu.build import make_rawfile_swu
@@ -582,6 +583,9 @@ async def overload_run(
         build_image, folder, args.overload_image_kib / 1024, args.seed, board
     )
     software_id = await asyncio.wait_for(server.upload(client, image), args.phase_timeout)
+    # Set before the devices register: rollouts has the new cap long before the rollout starts.
+    cap = await server.set_cap(client, args.overload_cap)
+    say(f"{server.name}: tenant default, cap on updates in flight {cap:,}")
     config = fleet_config(
         server,
         args,
@@ -616,6 +620,7 @@ async def overload_run(
             timeout=args.phase_timeout,
         )
         res["usage"] = await meter.stop()
+        res["cap"] = cap
         res["registered_s"] = round(registered_s, 3)
         res["before_rollout"] = {
             k: before[k]
@@ -1123,6 +1128,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="overload: simulator requests (and connections) in flight at most (1000)",
     )
     p.add_argument(
+        "--overload-cap",
+        type=int,
+        default=None,
+        help="overload: set tenant default's cap on updates in flight first (default: as it is)",
+    )
+    p.add_argument(
         "--verify",
         default="sha256",
         choices=["sha256", "head", "none"],
@@ -1167,6 +1178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         or args.overload_small < 0
     ):
         p.error("--overload-devices and --overload-poll must be positive")
+    if args.overload_cap is not None and not 1 <= args.overload_cap <= MAX_UPDATES_IN_FLIGHT_LIMIT:
+        p.error(f"--overload-cap: a whole number from 1 to {MAX_UPDATES_IN_FLIGHT_LIMIT:,}")
     return args
 
 

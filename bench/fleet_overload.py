@@ -325,6 +325,7 @@ def table(runs: list[dict[str, Any]], poll_s: float) -> list[str]:
     row("answers other than 200/429", [f"{r['other_answers']:,}" for r in runs], "0")
     row("  of which 5xx", [_kinds(r["server_errors"]) for r in runs])
     row("  of which dropped", [_kinds(r["dropped"]) for r in runs])
+    row("cap on updates in flight", [num(r.get("cap"), 0) for r in runs])
     row("429 answers", [_kinds(r["throttled"]) for r in runs])
     row("Retry-After waited, device-s", [num(r["throttle_wait_s"]) for r in runs])
     row("before the rollout (registration): other than 200/429", [_before(r) for r in runs])

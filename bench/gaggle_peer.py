@@ -22,7 +22,17 @@ from typing import Any
 import httpx
 from benchlib import Children, child_env, postmaster_pid, say, tail, wait_ready
 
+from gaggle_contracts.kv import MAX_UPDATES_IN_FLIGHT
 from gaggle_servers import free_port
+
+TENANT_SETTINGS = (
+    "polling_sleep",
+    "polling_sleep_open_action",
+    "anonymous",
+    "auto_register",
+    "target_token",
+)
+"""A tenant's settings that ``PUT`` replaces and ``GET`` shows (besides the cap)."""
 
 HOST = "127.0.0.1"
 TENANT = "DEFAULT"
@@ -135,6 +145,29 @@ class GaggleStack:
             if r.status_code not in (404, 409) or time.monotonic() > deadline:
                 raise RuntimeError(f"Gaggle rollout: {r.status_code} {r.text[:500]}")
             await asyncio.sleep(0.05)
+
+    async def set_cap(
+        self, client: httpx.AsyncClient, cap: int | None, tenant: str = "default"
+    ) -> int:
+        """The tenant's cap on updates in flight, first set to ``cap`` unless None.
+
+        ``PUT /api/v1/tenants/{tenant}`` replaces all of a tenant's settings, so the others are
+        read first and sent back as they are (the gateway token is kept when omitted). A
+        tenant never configured has every default; None leaves it untouched.
+        """
+        url = f"{self.url('registry')}/api/v1/tenants/{tenant}"
+        r = await client.get(url, headers=self.headers())
+        if r.status_code not in (200, 404):
+            raise RuntimeError(f"Gaggle tenant {tenant}: {r.status_code} {r.text[:500]}")
+        doc: dict[str, Any] = r.json() if r.status_code == 200 else {}
+        if cap is None:
+            return int(doc.get("max_updates_in_flight", MAX_UPDATES_IN_FLIGHT))
+        body = {k: doc[k] for k in TENANT_SETTINGS if k in doc}
+        body["max_updates_in_flight"] = cap
+        r = await client.put(url, json=body, headers=self.headers())
+        if r.status_code not in (200, 201):
+            raise RuntimeError(f"Gaggle tenant {tenant} cap: {r.status_code} {r.text[:500]}")
+        return int(r.json()["max_updates_in_flight"])
 
     async def rollout_state(self, client: httpx.AsyncClient, rollout: dict[str, Any]) -> Any:
         """``GET /api/v1/rollouts/{id}``: state and counters."""

@@ -1,5 +1,7 @@
 """Running an ASGI app: uvicorn with uvloop and httptools (TCP_NODELAY kept, no 40 ms stalls).
 
+The DDI gateway, alone in its process, runs on asyncio's loop instead (:data:`ACCEPT_ALL_LOOP`).
+
 A service process can also be started as a warm spare (``GAGGLE_STANDBY_FD``, see
 :func:`await_activation`): it does its imports, which are nearly all of a cold start's time, and
 then waits until its supervisor tells it to serve, so a crashed service is replaced in a fraction
@@ -69,26 +71,43 @@ class ListenSettings(Protocol):
     port: int
 
 
+ACCEPT_ALL_LOOP = "asyncio"
+"""The event loop for a server that many clients connect to at once (the DDI gateway).
+
+uvloop's libuv (since libuv#3696, 2022) accepts one connection per loop iteration. Under load
+an iteration handles hundreds of requests and takes 0.1 to 1 s, so a burst of new connections (a
+fleet whose keep-alive connections the server closed) waited in the listen queue for tens of
+seconds, their requests unread, and the devices timed out. asyncio's loop accepts every waiting
+connection (up to the backlog) each time the listening socket is readable. It sets TCP_NODELAY
+only on the connections of a socket it opened itself (``host`` and ``port``), so it serves one
+process; uvicorn workers share a socket it did not open, and are served on uvloop.
+"""
+
+
 def main(
     service: str,
     build_app: Callable[[CommonSettings, Any], Any],
     settings_class: Callable[[], ListenSettings],
+    *,
+    loop: str = "uvloop",
 ) -> None:
     """A service's entry point: settings from the environment, logging, serve until stopped."""
     await_activation()
     common = CommonSettings()
     settings = settings_class()
     configure_logging(service, common.log_level, json_lines=common.log_json)
-    run(build_app(common, settings), settings.host, settings.port)
+    run(build_app(common, settings), settings.host, settings.port, loop=loop)
 
 
-def run(app: Any, host: str, port: int, *, workers: int = 1) -> None:
+def run(app: Any, host: str, port: int, *, workers: int = 1, loop: str = "uvloop") -> None:
     """Serve ``app`` until SIGINT/SIGTERM.
 
     ``app`` is an ASGI app, or the import string of an app factory
     (``"package.module:factory"``), which ``workers`` > 1 needs: uvicorn then runs that many
-    processes on one socket, each calling the factory.
+    processes on one socket, each calling the factory. ``loop`` is uvicorn's event loop
+    (``uvloop``, or :data:`ACCEPT_ALL_LOOP` for a server facing a fleet).
     """
     await_activation()
     factory = isinstance(app, str)
-    uvicorn.run(app, host=host, port=port, workers=workers, factory=factory, **OPTIONS)
+    options = {**OPTIONS, "loop": loop}
+    uvicorn.run(app, host=host, port=port, workers=workers, factory=factory, **options)
