@@ -39,9 +39,9 @@ from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime import metrics as metrics_module
 from gaggle_runtime.bus import make_broker, publish_event
-from gaggle_servers import free_port
 from gaggle_storage import LocalStore, StorageSettings
 from gaggle_testing import eventually, feedback
+from gaggle_testing.proxy import TcpProxy
 from tests.integration.support import Stack, value
 
 pytestmark = pytest.mark.integration
@@ -321,57 +321,23 @@ async def test_an_outbox_row_nats_refuses_is_parked_and_later_rows_are_delivered
         assert value(metrics, "gaggle_dead_letters", service="registry", kind="outbox") == 1
 
 
-class Proxy:
-    """A TCP proxy to PostgreSQL that can be taken away (every connection cut) and brought back."""
-
-    def __init__(self, database_url: str) -> None:
-        parts = urlsplit(database_url)
-        host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
-        port = parts.port or 5432
-        self.unix = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
-        self.target = (host, port)
-        self.port = free_port()
-        auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        self.url = urlunsplit(("postgresql", f"{auth}127.0.0.1:{self.port}", parts.path, "", ""))
-        self.server: asyncio.Server | None = None
-        self.links: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-        for writer in list(self.links):
-            writer.transport.abort()
-        self.links.clear()
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.unix:
-            up_reader, up_writer = await asyncio.open_unix_connection(self.unix)
-        else:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self.links |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self.links -= {writer, up_writer}
+def database_proxy(database_url: str) -> tuple[TcpProxy, str]:
+    """A proxy to the PostgreSQL of ``database_url``, and the URL that goes through it."""
+    parts = urlsplit(database_url)
+    host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
+    port = parts.port or 5432
+    proxy = TcpProxy(f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port))
+    auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    url = urlunsplit(("postgresql", f"{auth}127.0.0.1:{proxy.port}", parts.path, "", ""))
+    return proxy, url
 
 
 async def test_a_database_away_is_retried_past_ten_deliveries_and_nothing_is_parked(
     common: CommonSettings, serve: Any, operator_auth: httpx.Auth, tenant: str
 ) -> None:
-    proxy = Proxy(common.database_url)
+    proxy, url = database_proxy(common.database_url)
     await proxy.start()
-    through = common.model_copy(update={"database_url": proxy.url})
+    through = common.model_copy(update={"database_url": url})
     registry = await serve(build_registry(through, RegistrySettings()))
     durable = names.durable("registry", DeviceConfigReported.kind)
     broker = make_broker(common.nats_url, "test")
@@ -430,9 +396,9 @@ async def test_operator_apis_answer_503_while_their_database_is_away_then_200(
     operator_auth: httpx.Auth,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    proxy = Proxy(common.database_url)
+    proxy, url = database_proxy(common.database_url)
     await proxy.start()
-    through = common.model_copy(update={"database_url": proxy.url})
+    through = common.model_copy(update={"database_url": url})
     registry = await serve(build_registry(through, RegistrySettings()))
     rollouts = await serve(build_rollouts(through, RolloutsSettings()))
     urls = [f"{registry.url}/api/v1/devices", f"{rollouts.url}/api/v1/rollouts"]

@@ -7,7 +7,6 @@ the test changes KV directly (one action closes, another opens), as rollouts wou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,50 +20,10 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_gateway.app import build_app as build_gateway
 from gaggle_gateway.settings import GatewaySettings
 from gaggle_runtime.jetstream import ensure_all
-from gaggle_servers import free_port
 from gaggle_testing import ART, deployment, eventually, feedback
+from gaggle_testing.proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
-
-
-class TcpProxy:
-    """A TCP proxy that can be taken away (every connection cut) and brought back."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-        self.links: set[asyncio.StreamWriter] = set()
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-        for writer in list(self.links):
-            writer.transport.abort()
-        self.links.clear()
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self.links |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self.links -= {writer, up_writer}
 
 
 async def put(nc: Any, bucket: str, key: str, value: Any) -> None:
@@ -91,7 +50,8 @@ async def test_while_the_mirror_is_behind_no_action_is_offered_from_it(
     proxy = TcpProxy((url.hostname or "127.0.0.1", url.port or 4222))
     await proxy.start()
     app = build_gateway(
-        common.model_copy(update={"nats_url": proxy.url}), GatewaySettings(poll_jitter=0)
+        common.model_copy(update={"nats_url": f"nats://127.0.0.1:{proxy.port}"}),
+        GatewaySettings(poll_jitter=0),
     )
     gw = await serve(app)
     mirror = app.state.gateway.mirror
