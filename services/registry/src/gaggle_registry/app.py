@@ -51,18 +51,34 @@ EXAMPLES: dict[type[BaseModel], list[dict[str, Any]]] = {
 }
 
 
-async def held_values(kv: KeyValue) -> dict[str, bytes]:
-    """Every key a KV bucket holds, with its value (deleted keys left out)."""
-    watcher = await kv.watchall(ignore_deletes=True)
+async def held_values(kv: KeyValue, timeout: float = 30.0) -> dict[str, bytes]:
+    """Every key a KV bucket holds, with its value (deleted keys left out).
+
+    The watch is read up to the last value the server counts as pending for it (``delta`` 0), or
+    the bucket's last message as of the call, not up to nats-py's end-of-initial-values marker:
+    that marker can arrive before the values (when the server answers the watcher's consumer info
+    before the values it already sent have been read), and a read that stopped there would miss
+    keys.
+    """
+    state = (await kv.status()).stream_info.state
+    last = state.last_seq
     held: dict[str, bytes] = {}
+    if not state.messages:
+        return held
+    watcher = await kv.watchall()
     try:
-        async for entry in watcher:
-            if entry is None:  # the watcher's marker: everything held has been delivered
-                break
-            held[entry.key] = entry.value or b""
+        while True:
+            entry = await watcher.updates(timeout=timeout)
+            if entry is None:  # the marker: not trusted, see above
+                continue
+            if entry.operation is None:
+                held[entry.key] = entry.value or b""
+            else:  # a delete or purge marker
+                held.pop(entry.key, None)
+            if entry.delta == 0 or (entry.revision or 0) >= last:
+                return held
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-    return held
 
 
 def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:

@@ -42,12 +42,11 @@ async def tenant_writes(
 ) -> list[tuple[str, bytes | None]]:
     """(key, value or None for a delete) of every write to ``tenant``'s keys while ``start`` runs.
 
-    The watch starts before ``start()``; it ends once ``expected`` writes arrived and then
-    nothing more for ``settle`` seconds.
+    Writes are told from what the bucket held before by their revision (stream sequence), not by
+    nats-py's end-of-initial-values marker, which can arrive before the values.
     """
+    before = (await kv.status()).stream_info.state.last_seq
     watcher = await kv.watch(f"{tenant}.>")
-    while (await watcher.updates(timeout=5)) is not None:  # what the bucket holds already
-        pass
     await start()
     writes: list[tuple[str, bytes | None]] = []
     while True:
@@ -55,6 +54,8 @@ async def tenant_writes(
             entry = await watcher.updates(timeout=10 if len(writes) < expected else settle)
         except nats.errors.TimeoutError:
             break
+        if entry is None or (entry.revision or 0) <= before:
+            continue
         writes.append((entry.key, None if entry.operation else entry.value))
     await watcher.stop()
     return writes
