@@ -67,8 +67,10 @@ class BucketMirror(Generic[V]):
                 js = js_factory()
                 client = js._nc
                 reconnects = client.stats["reconnects"]
-                watcher = await (await js.key_value(self.bucket)).watchall()
-                feed = asyncio.create_task(self._feed(watcher), name=f"kv-{self.bucket}")
+                kv = await js.key_value(self.bucket)
+                empty = not (await kv.status()).stream_info.state.messages
+                watcher = await kv.watchall()
+                feed = asyncio.create_task(self._feed(watcher, empty), name=f"kv-{self.bucket}")
                 try:
                     while not feed.done():
                         await asyncio.wait({feed}, timeout=check_every_s)
@@ -94,16 +96,26 @@ class BucketMirror(Generic[V]):
                 log.warning("KV watch interrupted; retrying bucket=%s", self.bucket, exc_info=True)
                 await asyncio.sleep(1.0)
 
-    async def _feed(self, watcher: KeyValue.KeyWatcher) -> None:
-        """Apply the watch's entries until it ends; ``current`` once its initial values are in."""
+    async def _feed(self, watcher: KeyValue.KeyWatcher, empty: bool) -> None:
+        """Apply the watch's entries until it ends; ``current`` once its initial values are in.
+
+        The initial values are in at the entry the server counts nothing more pending after
+        (``delta`` 0). nats-py's end marker (``None``) is trusted only when the bucket was
+        ``empty`` or after entries: when the server answers the watcher's consumer info before
+        the values it already sent have been read, that marker comes first.
+        """
         staging: dict[str, V] | None = {} if self.loaded.is_set() else None
+        initial = True
+        seen = False
         async for entry in watcher:
-            if entry is None:  # the initial values are all in
+            if entry is not None:
+                seen = True
+                target = self.values if staging is None else staging
+                self.apply(target, entry.key, entry.operation, entry.value)
+            if initial and (entry.delta == 0 if entry is not None else empty or seen):
+                initial = False
                 if staging is not None:
                     self.values, staging = staging, None
                 self.updated_at = time.time()
                 self.loaded.set()
                 self.current = True
-                continue
-            target = self.values if staging is None else staging
-            self.apply(target, entry.key, entry.operation, entry.value)

@@ -68,7 +68,7 @@ async def held_values(kv: KeyValue, timeout: float = 30.0) -> dict[str, bytes]:
     watcher = await kv.watchall()
     try:
         while True:
-            entry = await watcher.updates(timeout=timeout)
+            entry = await watcher.updates(timeout=timeout)  # type: ignore[no-untyped-call]
             if entry is None:  # the marker: not trusted, see above
                 continue
             if entry.operation is None:
