@@ -17,6 +17,7 @@ from gaggle_contracts.kv import (
     OpenAction,
     TenantConfig,
 )
+from gaggle_gateway import ids, routes
 from gaggle_gateway.origin import Origin
 
 from ..publishing import lose_first_ack
@@ -303,8 +304,12 @@ async def test_a_repeated_report_has_the_event_id_of_the_first_and_another_repor
 
 
 async def test_confirmations_are_identified_by_their_content_auto_confirm_switches_are_not(
-    bus: Bus,
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A confirmation carries no device time: the gateway's clock stamps it, held inside one
+    # window here so that the retry cannot fall into the next.
+    now = (1_000 + 0.5) * ids.WINDOW_S
+    monkeypatch.setattr(routes, "stamp", lambda t, ts, _now: ids.stamp(t, ts, now))
     known(bus, "d-1", open_action("5", "wait_for_confirmation"))
     async with bus.client("routes") as client:
         url = f"{BASE}/d-1/confirmationBase/5/feedback"
