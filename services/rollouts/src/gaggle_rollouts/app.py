@@ -16,7 +16,7 @@ from gaggle_contracts.events import ActionFinished
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts import errors, rollout_routes, routes
 from gaggle_rollouts.actions import Actions
-from gaggle_rollouts.caps import TenantCaps
+from gaggle_rollouts.caps import TenantApprovals, TenantCaps
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
@@ -198,6 +198,7 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
         reads=store.reads,
         engine=engine,
         catalogue=catalogue,
+        approvals=TenantApprovals(caps.mirror),
     )
     errors.install(app)
     app.include_router(routes.api)

@@ -6,7 +6,8 @@ leaves free) and evaluates it (next wave, pause, abort, finish). The pokes of a 
 feedback) are taken together, once per burst: the poked rollouts, and the running rollouts of
 their tenants that have devices queued for a slot, are each stepped once. A sweep every
 ``sweep_s`` does the same for every active rollout, which also finishes whatever a crashed
-process left half done. Maintenance windows are re-checked every ``window_s``.
+process left half done. Maintenance windows and the force times of time-forced actions are
+re-checked every ``window_s``.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Engine:
                 return
 
     async def windows(self) -> None:
-        """Re-render the documents of actions whose maintenance window opened or closed."""
+        """Re-render the documents of actions whose window opened or closed, or turned forced."""
         while True:
             await asyncio.sleep(self.window_s)
             try:
@@ -87,4 +88,4 @@ class Engine:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.warning("maintenance window refresh failed", exc_info=True)
+                log.warning("maintenance window and force time refresh failed", exc_info=True)

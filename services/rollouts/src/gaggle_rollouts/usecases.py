@@ -25,7 +25,6 @@ from gaggle_contracts.events import (
     FeedbackStatus,
     SoftwareCreated,
     SoftwareDeleted,
-    utcnow,
 )
 from gaggle_rollouts.actions import Actions, ActionSpec
 from gaggle_rollouts.catalogue import Catalogue
@@ -316,6 +315,11 @@ def _log_outcome(
 
 
 async def refresh_windows(db: Database, actions: Actions) -> int:
-    """Actions whose maintenance window opened or closed, stored and re-rendered; how many."""
+    """Actions whose window opened or closed, or whose force time came: stored, re-rendered.
+
+    Returns:
+        How many actions changed, at ``actions.clock()``.
+    """
+    now = actions.clock()
     async with db.pool.acquire() as conn, conn.transaction():
-        return await actions.refresh_windows(conn, utcnow())
+        return await actions.refresh_windows(conn, now) + await actions.refresh_forced(conn, now)
