@@ -265,3 +265,53 @@ async def test_approval_blocks_the_start_until_an_approver_approves(
         assert by_action[("approve_rollout", "success")]["actor"] == doc["approval_by"]
         assert ("approve_rollout", "denied") in by_action
         assert ("start_rollout", "rejected") in by_action
+
+        # Denied: the rollout is aborted and never reaches a device.
+        r = await client.post(
+            f"{stack.ro}/api/v1/rollouts",
+            headers=bearer("operator"),
+            json={"name": "denied", "software_id": "ap", "filter": {"controller_ids": ["a1"]}},
+        )
+        assert r.status_code == 201, r.text
+        other = r.json()["id"]
+        r = await client.post(
+            f"{stack.ro}/api/v1/rollouts/{other}/deny",
+            headers=bearer("approver"),
+            json={"remark": "not before the fair"},
+        )
+        assert r.status_code == 200, r.text
+        assert (r.json()["state"], r.json()["approval"]) == ("aborted", "denied")
+        assert r.json()["reason"] == f"approval denied by {r.json()['approval_by']}"
+        r = await client.post(
+            f"{stack.ro}/api/v1/rollouts/{other}/approve", headers=bearer("approver")
+        )
+        assert r.status_code == 409 and "denied already" in r.json()["message"], r.text
+
+
+async def test_bad_windows_and_force_times_are_refused_with_reasons(
+    operator_auth: httpx.Auth, stack: Stack
+) -> None:
+    url = f"{stack.ro}/api/v1/rollouts"
+    base = {"name": "x", "software_id": "whatever"}
+    cases = [
+        ({"timezone": "Mars/Olympus", "start": "02:00", "end": "04:00"}, "unknown time zone"),
+        ({"schedule": "61 2 * * *", "duration": "01:00:00"}, "not a valid cron"),
+        ({"schedule": "0 2 * * *", "duration": "2h"}, "duration: expected HH:MM:SS"),
+        ({"start": "02:00", "end": "04:00", "days": ["funday"]}, "days"),
+    ]
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+        for window, words in cases:
+            r = await client.post(
+                url, params={"tenant": stack.tenant}, json={**base, "maintenance_window": window}
+            )
+            assert r.status_code == 400, (window, r.text)
+            assert r.headers["content-type"] == "application/json"
+            assert words in r.text, (window, r.text)
+        for extra, words in [
+            ({"action_type": "timeforced"}, "needs a forcetime"),
+            ({"forcetime": "2026-12-24T18:00:00+01:00"}, "only a timeforced"),
+            ({"action_type": "timeforced", "forcetime": "2026-12-24T18:00:00"}, "timezone"),
+        ]:
+            r = await client.post(url, params={"tenant": stack.tenant}, json={**base, **extra})
+            assert r.status_code == 400, (extra, r.text)
+            assert words in r.text, (extra, r.text)
