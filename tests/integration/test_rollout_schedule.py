@@ -91,7 +91,8 @@ async def test_a_time_forced_action_turns_from_attempt_to_forced_at_its_time(
         still = await deployment(client, stack, "t1", lambda d: True)
         assert still["deployment"]["update"] == "attempt" and still["href"] == soft["href"]
 
-        await tick(actions, forcetime)
+        # At its time the engine's own loop (every GAGGLE_ROLLOUTS_FORCE_S) turns it forced.
+        actions.clock = lambda: forcetime
         forced = await deployment(client, stack, "t1", lambda d: d["update"] == "forced")
         assert forced["deployment"]["download"] == "forced"
         assert forced["href"] != soft["href"]  # a new ?c=: cached GETs refresh (ddi-api.md §3)

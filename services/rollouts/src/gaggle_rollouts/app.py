@@ -155,7 +155,13 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     caps = TenantCaps()
     store = RolloutStore(actions, catalogue, caps)
     chooser = Chooser(service.db, actions, catalogue, policies, store.members)
-    engine = Engine(store, actions, sweep_s=settings.sweep_s, window_s=settings.window_s)
+    engine = Engine(
+        store,
+        actions,
+        sweep_s=settings.sweep_s,
+        window_s=settings.window_s,
+        force_s=settings.force_s,
+    )
     cases = UseCases(service.db, actions, catalogue, policies, chooser, engine)
     runner = subscribe(service.broker, common, cases, service.failures)
     service.on_stopping.append(runner.close)

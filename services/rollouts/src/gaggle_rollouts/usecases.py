@@ -314,12 +314,17 @@ def _log_outcome(
         )
 
 
-async def refresh_windows(db: Database, actions: Actions) -> int:
-    """Actions whose window opened or closed, or whose force time came: stored, re-rendered.
+async def refresh_windows(db: Database, actions: Actions, *, windows: bool = True) -> int:
+    """Actions whose force time came, or whose window opened or closed: stored, re-rendered.
+
+    Windows are looked at only with ``windows``.
 
     Returns:
         How many actions changed, at ``actions.clock()``.
     """
     now = actions.clock()
     async with db.pool.acquire() as conn, conn.transaction():
-        return await actions.refresh_windows(conn, now) + await actions.refresh_forced(conn, now)
+        changed = await actions.refresh_forced(conn, now)
+        if windows:
+            changed += await actions.refresh_windows(conn, now)
+        return changed
