@@ -32,9 +32,9 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 """Day names, in ``datetime.weekday()`` order."""
 MAX_WINDOWS = 20
 MAX_DURATION = timedelta(days=7)
-_OFFSET_RE = re.compile(r"^([+-])(\d{2}):(\d{2})$")
-_CLOCK_RE = re.compile(r"^\d{2}:\d{2}$")
-_DURATION_RE = re.compile(r"^(\d{1,3}):(\d{2}):(\d{2})$")
+_OFFSET_RE = re.compile(r"^([+-])(\d{2}):(\d{2})$", re.ASCII)
+_CLOCK_RE = re.compile(r"^\d{2}:\d{2}$", re.ASCII)
+_DURATION_RE = re.compile(r"^(\d{1,3}):(\d{2}):(\d{2})$", re.ASCII)
 _DST_SLACK = timedelta(hours=3)
 """More than any shift of a zone's clocks: how far around ``now`` cron fire times are looked at."""
 

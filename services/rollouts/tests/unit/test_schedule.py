@@ -174,6 +174,7 @@ def test_days_several_windows_offsets_and_cron(
         ({"schedule": "0 2 * * *", "duration": "00:00:00"}, "above"),
         ({"schedule": "0 2 * * *", "duration": "169:00:00"}, "168"),
         ({"schedule": "0 2 * * *", "duration": "01:60:00"}, "59"),
+        ({"schedule": "0 2 * * *", "duration": "\u0661:00:00"}, "HH:MM:SS"),  # ASCII digits only
         ({"start": "02:00", "end": "04:00", "duration": "01:00:00"}, "duration goes"),
     ],
 )
