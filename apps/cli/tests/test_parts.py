@@ -247,6 +247,14 @@ def test_watch_shows_the_queued_devices_of_each_wave() -> None:
     assert row.split()[-len(names) :] == ["2/10", "2", "0", "3", "5", "5", "0"]
 
 
+def test_watch_says_a_rollout_waits_for_approval() -> None:
+    doc = {"id": "5", "name": "gated", "state": "created", "approval": "pending", "waves": []}
+    console = Console(record=True, width=140)
+    console.print(watch_render(doc))
+    assert "waits for approval" in console.export_text()
+    assert outcome(doc) is None  # watched on until it is approved (or denied)
+
+
 def test_formatting() -> None:
     assert when("2026-11-24T01:02:03.456789Z") == "2026-11-24 01:02:03"
     assert when(None) == "-"

@@ -153,6 +153,8 @@ def _state_text(doc: Mapping[str, Any]) -> str:
     line = str(doc.get("state"))
     if doc.get("reason"):
         line += f" ({doc['reason']})"
+    elif doc.get("approval") == "pending":
+        line += " (waits for approval)"
     return line
 
 
@@ -500,6 +502,8 @@ def watch_render(doc: Mapping[str, Any]) -> RenderableType:
     )
     if doc.get("reason"):
         head.append(f"\n{doc['reason']}", style="dim")
+    elif doc.get("approval") == "pending":
+        head.append("\nwaits for approval (rollouts approve)", style="dim")
     grid = Table(box=None, pad_edge=False, header_style="bold")
     headers = ("", "", "DONE", "SUCCESS", "FAILURE", "RUNNING", "QUEUED", "PENDING", "CANCELED")
     for header in headers:
