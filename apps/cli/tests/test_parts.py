@@ -16,7 +16,15 @@ from gaggle_cli.__main__ import run
 from gaggle_cli.client import refusal
 from gaggle_cli.devices import _sse, feedback_line, since_value
 from gaggle_cli.output import counters_line, size, when
-from gaggle_cli.rollouts import outcome, parse_waves, parse_window, watch_render
+from gaggle_cli.rollouts import (
+    outcome,
+    parse_forcetime,
+    parse_waves,
+    parse_window,
+    watch_render,
+    window_body,
+    window_text,
+)
 
 
 def test_waves_are_percentages_or_counts() -> None:
@@ -32,6 +40,65 @@ def test_window() -> None:
     assert parse_window("02:00-04:00") == {"start": "02:00", "end": "04:00"}
     with pytest.raises(click.BadParameter):
         parse_window("2-4")
+
+
+def test_window_options_make_one_window_several_or_a_schedule() -> None:
+    assert window_body((), None, None, None, None) is None
+    assert window_body(("02:00-04:00",), None, None, None, None) == {
+        "start": "02:00",
+        "end": "04:00",
+    }
+    assert window_body(("02:00-04:00",), "Sat, sun", "Europe/Berlin", None, None) == {
+        "timezone": "Europe/Berlin",
+        "start": "02:00",
+        "end": "04:00",
+        "days": ["sat", "sun"],
+    }
+    assert window_body(("01:00-02:00", "13:00-14:00"), None, None, None, None) == {
+        "windows": [{"start": "01:00", "end": "02:00"}, {"start": "13:00", "end": "14:00"}]
+    }
+    assert window_body((), None, "+02:00", "0 2 * * 1-5", "02:00:00") == {
+        "timezone": "+02:00",
+        "schedule": "0 2 * * 1-5",
+        "duration": "02:00:00",
+    }
+    for bad in [
+        (("02:00-04:00",), None, None, "0 2 * * *", "01:00:00"),
+        ((), None, None, "0 2 * * *", None),
+        ((), "mon", None, None, None),
+        ((), None, "UTC", None, None),
+    ]:
+        with pytest.raises(click.UsageError):
+            window_body(*bad)
+
+
+def test_window_text() -> None:
+    assert window_text(None) == ""
+    assert window_text({"start": "02:00", "end": "04:00"}) == "02:00-04:00 UTC"
+    assert (
+        window_text(
+            {
+                "timezone": "Europe/Berlin",
+                "windows": [{"start": "1:00", "end": "2:00", "days": ["sat"]}],
+            }
+        )
+        == "1:00-2:00 (sat) Europe/Berlin"
+    )
+    assert window_text({"schedule": "0 2 * * *", "duration": "01:00:00"}) == (
+        "cron '0 2 * * *' for 01:00:00 UTC"
+    )
+
+
+def test_forcetime_takes_iso_with_zone_or_time_from_now() -> None:
+    assert parse_forcetime(None) is None
+    assert parse_forcetime("2026-12-24T18:00:00+01:00") == "2026-12-24T18:00:00+01:00"
+    value = parse_forcetime("2h")
+    assert value is not None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    assert abs(datetime.now(UTC) + timedelta(hours=2) - parsed) < timedelta(seconds=5)
+    for bad in ("2026-12-24T18:00:00", "tomorrow", "-2h"):
+        with pytest.raises(click.BadParameter):
+            parse_forcetime(bad)
 
 
 def test_since_takes_ago_or_iso() -> None:
@@ -178,6 +245,14 @@ def test_watch_shows_the_queued_devices_of_each_wave() -> None:
     names = header.split()
     assert names == ["DONE", "SUCCESS", "FAILURE", "RUNNING", "QUEUED", "PENDING", "CANCELED"]
     assert row.split()[-len(names) :] == ["2/10", "2", "0", "3", "5", "5", "0"]
+
+
+def test_watch_says_a_rollout_waits_for_approval() -> None:
+    doc = {"id": "5", "name": "gated", "state": "created", "approval": "pending", "waves": []}
+    console = Console(record=True, width=140)
+    console.print(watch_render(doc))
+    assert "waits for approval" in console.export_text()
+    assert outcome(doc) is None  # watched on until it is approved (or denied)
 
 
 def test_formatting() -> None:

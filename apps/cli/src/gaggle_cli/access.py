@@ -18,6 +18,7 @@ PERMISSIONS = (
     "software:write",
     "rollout:read",
     "rollout:write",
+    "rollout:approve",
     "admin",
 )
 
@@ -49,7 +50,9 @@ def keys() -> None:
 
 @keys.command("issue")
 @click.option("--name", required=True, help="What the key is for.")
-@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), help="A role.")
+@click.option(
+    "--role", type=click.Choice(["viewer", "operator", "approver", "admin"]), help="A role."
+)
 @click.option(
     "--permission",
     "permissions",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -22,6 +23,8 @@ from gaggle_cli.output import Column, counters_line, details, print_json, table,
 BASE = "/api/v1/rollouts"
 STATES = ("created", "running", "paused", "finished", "aborted")
 OPERATOR_PAUSE = "by an operator"
+_AHEAD = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_waves(value: str | None) -> list[dict[str, int]] | None:
@@ -51,7 +54,7 @@ def parse_waves(value: str | None) -> list[dict[str, int]] | None:
 
 
 def parse_window(value: str | None) -> dict[str, str] | None:
-    """``02:00-04:00`` (UTC) as ``{"start": "02:00", "end": "04:00"}``.
+    """``02:00-04:00`` as ``{"start": "02:00", "end": "04:00"}``.
 
     Raises:
         click.BadParameter: not ``HH:MM-HH:MM``.
@@ -60,8 +63,86 @@ def parse_window(value: str | None) -> dict[str, str] | None:
         return None
     start, sep, end = value.partition("-")
     if not sep or len(start.strip()) != 5 or len(end.strip()) != 5:
-        raise click.BadParameter("expected HH:MM-HH:MM (UTC)", param_hint="--window")
+        raise click.BadParameter("expected HH:MM-HH:MM", param_hint="--window")
     return {"start": start.strip(), "end": end.strip()}
+
+
+def window_body(
+    windows: tuple[str, ...],
+    days: str | None,
+    timezone: str | None,
+    schedule: str | None,
+    duration: str | None,
+) -> dict[str, Any] | None:
+    """The maintenance window of the create options; None when none is given.
+
+    ``--window`` (repeated) with ``--days``, or ``--schedule`` with ``--duration``, each with an
+    optional ``--timezone``. The service checks the values.
+
+    Raises:
+        click.UsageError: options that do not go together.
+    """
+    body: dict[str, Any] = {}
+    if timezone is not None:
+        body["timezone"] = timezone
+    if schedule is not None or duration is not None:
+        if windows or days:
+            raise click.UsageError("give --window (and --days) or --schedule, not both")
+        if schedule is None or duration is None:
+            raise click.UsageError("--schedule and --duration go together")
+        return {**body, "schedule": schedule, "duration": duration}
+    if not windows:
+        if days is not None or timezone is not None:
+            raise click.UsageError("--days and --timezone need --window or --schedule")
+        return None
+    day_list = [d.strip().lower() for d in days.split(",")] if days is not None else None
+    parts = [parse_window(w) or {} for w in windows]
+    for part in parts:
+        if day_list is not None:
+            part["days"] = day_list  # type: ignore[assignment]
+    if len(parts) == 1:
+        return {**body, **parts[0]}
+    return {**body, "windows": parts}
+
+
+def window_text(window: Mapping[str, Any] | None) -> str:
+    """A maintenance window in a few words: ``02:00-04:00 (sat,sun) Europe/Berlin``."""
+    if not window:
+        return ""
+    zone = window.get("timezone") or "UTC"
+    if window.get("schedule"):
+        return f"cron {window['schedule']!r} for {window.get('duration')} {zone}"
+
+    def daily(w: Mapping[str, Any]) -> str:
+        days = f" ({','.join(w['days'])})" if w.get("days") else ""
+        return f"{w.get('start')}-{w.get('end')}{days}"
+
+    parts = window.get("windows") or [window]
+    return f"{', '.join(daily(w) for w in parts)} {zone}"
+
+
+def parse_forcetime(value: str | None) -> str | None:
+    """A force time: an ISO 8601 time with its zone, or ``30m``, ``2h``, ``1d`` from now.
+
+    Raises:
+        click.BadParameter: neither.
+    """
+    if value is None:
+        return None
+    found = _AHEAD.match(value.strip())
+    if found:
+        ahead = timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+        return (datetime.now(UTC) + ahead).isoformat().replace("+00:00", "Z")
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise click.BadParameter(
+            "expected an ISO 8601 time with its zone (2026-12-24T18:00:00+01:00) or 30m, 2h, 1d",
+            param_hint="--timeforced",
+        )
+    return value.strip()
 
 
 def _path(rollout_id: str, rest: str = "") -> str:
@@ -72,6 +153,8 @@ def _state_text(doc: Mapping[str, Any]) -> str:
     line = str(doc.get("state"))
     if doc.get("reason"):
         line += f" ({doc['reason']})"
+    elif doc.get("approval") == "pending":
+        line += " (waits for approval)"
     return line
 
 
@@ -107,9 +190,19 @@ WAVE_COLUMNS: list[Column] = [
 ]
 
 
+def _by(actor: str | None) -> str:
+    return f" by {actor}" if actor else ""
+
+
 def show_rollout(state: State, doc: Mapping[str, Any]) -> None:
     """Print a rollout: its settings, overall counters and a table of its waves."""
-    window = doc.get("maintenance_window") or {}
+    window = window_text(doc.get("maintenance_window"))
+    forced = f", forced from {when(doc.get('forcetime'))}" if doc.get("forcetime") else ""
+    approval = doc.get("approval")
+    if approval and doc.get("approval_by"):
+        approval += f" by {doc['approval_by']} {when(doc.get('approval_at'))}"
+        if doc.get("approval_remark"):
+            approval += f": {doc['approval_remark']}"
     details(
         state.out,
         [
@@ -127,11 +220,12 @@ def show_rollout(state: State, doc: Mapping[str, Any]) -> None:
             ),
             (
                 "actions",
-                f"{doc.get('action_type')}"
+                f"{doc.get('action_type')}{forced}"
                 + (", confirmation required" if doc.get("confirmation_required") else "")
-                + (f", window {window.get('start')}-{window.get('end')} UTC" if window else ""),
+                + (f", window {window}" if window else ""),
             ),
-            ("created", when(doc.get("created_at"))),
+            ("approval", approval),
+            ("created", when(doc.get("created_at")) + _by(doc.get("created_by"))),
             ("started", when(doc.get("started_at"))),
             ("finished", when(doc.get("finished_at"))),
         ],
@@ -174,11 +268,28 @@ def rollouts() -> None:
 @click.option(
     "--type",
     "action_type",
-    type=click.Choice(["forced", "soft", "downloadonly"]),
-    help="Action type [forced].",
+    type=click.Choice(["forced", "soft", "timeforced", "downloadonly"]),
+    help="Action type [forced; timeforced with --timeforced].",
+)
+@click.option(
+    "--timeforced",
+    metavar="TIME",
+    help="Soft until TIME, forced after (ISO 8601 with zone, or 30m, 2h, 1d from now).",
 )
 @click.option("--confirm", is_flag=True, help="Devices must confirm before installing.")
-@click.option("--window", metavar="HH:MM-HH:MM", help="Daily maintenance window, UTC.")
+@click.option(
+    "--window",
+    "windows",
+    multiple=True,
+    metavar="HH:MM-HH:MM",
+    help="Daily maintenance window (repeat for several); end before start spans midnight.",
+)
+@click.option("--days", metavar="LIST", help="The windows' days: mon,tue,...,sun [every day].")
+@click.option(
+    "--timezone", metavar="ZONE", help="Of the window: Europe/Berlin, +02:00 or UTC [UTC]."
+)
+@click.option("--schedule", metavar="CRON", help="Window starts, a 5-field cron expression.")
+@click.option("--duration", metavar="HH:MM:SS", help="How long each scheduled window lasts.")
 @click.option("--hw-model", help="Only devices of this hardware model.")
 @click.option("--hw-revision", help="Only devices of this hardware revision.")
 @click.option("--sw-version", help="Only devices running this version.")
@@ -198,15 +309,24 @@ def create(
     error_threshold: int | None,
     error_action: str | None,
     action_type: str | None,
+    timeforced: str | None,
     confirm: bool,
-    window: str | None,
+    windows: tuple[str, ...],
+    days: str | None,
+    timezone: str | None,
+    schedule: str | None,
+    duration: str | None,
     hw_model: str | None,
     hw_revision: str | None,
     sw_version: str | None,
     devices_: tuple[str, ...],
     start: bool,
 ) -> None:
-    """Create a rollout (and start it with --start)."""
+    """Create a rollout (and start it with --start, or once approved where that is asked)."""
+    if timeforced is not None and action_type not in (None, "timeforced"):
+        raise click.UsageError("--timeforced makes the actions timeforced: drop --type")
+    if timeforced is not None:
+        action_type = "timeforced"
     selection = {
         "hw_model": hw_model,
         "hw_revision": hw_revision,
@@ -223,8 +343,9 @@ def create(
         "error_threshold": error_threshold,
         "error_action": error_action,
         "action_type": action_type,
+        "forcetime": parse_forcetime(timeforced),
         "confirmation_required": confirm or None,
-        "maintenance_window": parse_window(window),
+        "maintenance_window": window_body(windows, days, timezone, schedule, duration),
         "start": start,
     }
     doc = state.api.request(
@@ -344,6 +465,32 @@ for _name in ("start", "pause", "resume", "abort"):
     _command(_name)
 
 
+def _decision(name: str) -> None:
+    @rollouts.command(name)
+    @click.argument("rollout_id", metavar="ID")
+    @click.option("--remark", metavar="TEXT", help="Why, for the record.")
+    @json_option
+    @pass_state
+    def run(state: State, rollout_id: str, remark: str | None) -> None:
+        body = {"remark": remark} if remark is not None else None
+        doc = state.api.request("rollouts", "POST", _path(rollout_id, f"/{name}"), json_body=body)
+        if state.json:
+            print_json(doc)
+            return
+        state.out.print(
+            f"Rollout {doc.get('id')}: approval {doc.get('approval')}, {_state_text(doc)}."
+        )
+
+    run.__doc__ = {
+        "approve": "Approve a rollout that waits for approval (needs rollout:approve).",
+        "deny": "Deny a rollout that waits for approval: it is aborted (needs rollout:approve).",
+    }[name]
+
+
+for _name in ("approve", "deny"):
+    _decision(_name)
+
+
 def watch_render(doc: Mapping[str, Any]) -> RenderableType:
     """The live view: a headline, then a bar for the whole rollout and for each wave."""
     head = Text.assemble(
@@ -355,6 +502,8 @@ def watch_render(doc: Mapping[str, Any]) -> RenderableType:
     )
     if doc.get("reason"):
         head.append(f"\n{doc['reason']}", style="dim")
+    elif doc.get("approval") == "pending":
+        head.append("\nwaits for approval (rollouts approve)", style="dim")
     grid = Table(box=None, pad_edge=False, header_style="bold")
     headers = ("", "", "DONE", "SUCCESS", "FAILURE", "RUNNING", "QUEUED", "PENDING", "CANCELED")
     for header in headers:

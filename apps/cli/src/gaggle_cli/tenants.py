@@ -17,6 +17,7 @@ TENANT_COLUMNS: list[Column] = [
     ("AUTO-REGISTER", lambda t: t.get("auto_register")),
     ("GATEWAY TOKEN", lambda t: t.get("has_gateway_token")),
     ("IN FLIGHT", lambda t: t.get("max_updates_in_flight")),
+    ("APPROVAL", lambda t: t.get("rollout_approval")),
     ("UPDATED", lambda t: when(t.get("updated_at"))),
 ]
 
@@ -40,6 +41,7 @@ def _show(state: State, doc: dict[str, Any]) -> None:
             ("target tokens", doc.get("target_token")),
             ("gateway token", doc.get("has_gateway_token")),
             ("max updates in flight", doc.get("max_updates_in_flight")),
+            ("rollout approval", doc.get("rollout_approval")),
             ("updated", when(doc.get("updated_at"))),
         ],
     )
@@ -47,7 +49,7 @@ def _show(state: State, doc: dict[str, Any]) -> None:
 
 @cli.group()
 def tenants() -> None:
-    """Tenants and their settings: polling, device access, updates in flight (admin key)."""
+    """Tenants and their settings: polling, device access, updates in flight, approval (admin)."""
 
 
 @tenants.command("list")
@@ -87,6 +89,12 @@ def show(state: State, name: str) -> None:
     help="Devices that may have an open action at once; rollouts queue the others "
     "[default: the registry's, 1000].",
 )
+@click.option(
+    "--rollout-approval/--no-rollout-approval",
+    default=False,
+    show_default=True,
+    help="New rollouts wait for someone with rollout:approve before they can start.",
+)
 @json_option
 @pass_state
 def set_tenant(
@@ -100,6 +108,7 @@ def set_tenant(
     gateway_token: str | None,
     no_gateway_token: bool,
     max_updates_in_flight: int | None,
+    rollout_approval: bool,
 ) -> None:
     """Create a tenant, or replace its settings (a GatewayToken is kept unless changed)."""
     if gateway_token is not None and no_gateway_token:
@@ -110,6 +119,7 @@ def set_tenant(
         "anonymous": anonymous,
         "auto_register": auto_register,
         "target_token": target_token,
+        "rollout_approval": rollout_approval,
     }
     if max_updates_in_flight is not None:
         body["max_updates_in_flight"] = max_updates_in_flight

@@ -33,6 +33,8 @@ class Permission(StrEnum):
     SOFTWARE_WRITE = "software:write"
     ROLLOUT_READ = "rollout:read"
     ROLLOUT_WRITE = "rollout:write"
+    ROLLOUT_APPROVE = "rollout:approve"
+    """Approve or deny rollouts, where the tenant asks for approval (``rollout_approval``)."""
     ADMIN = "admin"
 
 
@@ -42,9 +44,11 @@ _WRITE = frozenset({Permission.DEVICE_WRITE, Permission.SOFTWARE_WRITE, Permissi
 ROLES: dict[str, frozenset[Permission]] = {
     "viewer": _READ,
     "operator": _READ | _WRITE,
+    "approver": _READ | {Permission.ROLLOUT_APPROVE},
     "admin": frozenset(Permission),
 }
-"""Built-in roles: ``viewer`` reads, ``operator`` also changes, ``admin`` also manages access."""
+"""Built-in roles: ``viewer`` reads, ``operator`` also changes, ``approver`` reads and approves or
+denies rollouts, ``admin`` does everything and manages access."""
 
 
 def expand(names: list[str] | tuple[str, ...] | frozenset[str]) -> frozenset[Permission]:

@@ -396,6 +396,9 @@ class RolloutProgressed(Event):
     queued: int = 0
     """Of ``pending``, the devices whose wave started and that wait for their action: for a free
     slot under the tenant's cap on updates in flight, or for the rollout to resume."""
+    approval: str | None = None
+    """Where the rollout's approval stands (``pending``, ``approved``, ``denied``); None where its
+    tenant asks for none."""
 
 
 # --- from every service with an operator API -------------------------------------------------

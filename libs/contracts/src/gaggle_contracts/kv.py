@@ -126,7 +126,8 @@ class DeploymentEntry(KvValue):
 class TenantConfig(KvValue):
     """Per-tenant settings, in ``tenants`` under the tenant name. Written by registry.
 
-    The gateway reads the device-side ones; rollouts reads ``max_updates_in_flight``.
+    The gateway reads the device-side ones; rollouts reads ``max_updates_in_flight`` and
+    ``rollout_approval``.
     """
 
     polling_sleep: str = "00:01:00"
@@ -144,3 +145,6 @@ class TenantConfig(KvValue):
     max_updates_in_flight: int = MAX_UPDATES_IN_FLIGHT
     """Devices that may have an open action at once; rollouts queue the others of a started wave
     and open their actions as earlier ones close. Registry checks the range where it is set."""
+    rollout_approval: bool = False
+    """New rollouts wait for someone with ``rollout:approve`` before they can start (hawkBit's
+    ``rollout.approval.enabled``). Rollouts reads it."""

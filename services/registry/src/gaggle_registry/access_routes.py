@@ -27,7 +27,7 @@ class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=128)
-    role: Literal["viewer", "operator", "admin"] | None = None
+    role: Literal["viewer", "operator", "approver", "admin"] | None = None
     permissions: list[Permission] | None = Field(None, max_length=len(Permission))
     expires_at: AwareDatetime | None = None
     expires_in_days: int | None = Field(None, ge=1, le=3650)

@@ -52,6 +52,10 @@ class TenantSettings(BaseModel):
         strict=True,
         description="Devices that may have an open action at once (rollouts queue the rest).",
     )
+    rollout_approval: bool = Field(
+        False,
+        description="New rollouts wait for someone with rollout:approve before they can start.",
+    )
 
 
 def tenant_doc(row: asyncpg.Record) -> dict[str, Any]:

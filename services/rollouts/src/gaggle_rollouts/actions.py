@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -28,15 +30,17 @@ from gaggle_rollouts.domain import (
     deployment_entry,
 )
 from gaggle_rollouts.errors import ActionExistsError
-from gaggle_rollouts.plan import Window
+from gaggle_rollouts.schedule import ScheduleError, Window
 from gaggle_runtime.db import Conn
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
 
+log = logging.getLogger(__name__)
+
 INSERT_ACTIONS = """
 INSERT INTO rollouts.actions (tenant, controller_id, software_id, version, type, status,
-                              rollout_id, maintenance_window, window_open)
-SELECT $1, u.controller_id, $2, $3, $4, u.status, $5, $6::jsonb, $7
+                              rollout_id, maintenance_window, window_open, forcetime, force_due)
+SELECT $1, u.controller_id, $2, $3, $4, u.status, $5, $6::jsonb, $7, $10, $11
 FROM unnest($8::text[], $9::text[]) AS u(controller_id, status)
 ON CONFLICT (tenant, controller_id) WHERE active DO NOTHING
 RETURNING *"""
@@ -123,6 +127,10 @@ WHERE active AND maintenance_window IS NOT NULL FOR UPDATE"""
 SET_WINDOWS = """
 UPDATE rollouts.actions a SET window_open = u.is_open, updated_at = now()
 FROM unnest($1::bigint[], $2::boolean[]) AS u(id, is_open) WHERE a.id = u.id"""
+FORCE_DUE = """
+UPDATE rollouts.actions SET force_due = true, updated_at = now()
+WHERE active AND type = 'timeforced' AND NOT force_due AND forcetime <= $1
+RETURNING tenant, controller_id"""
 SET_AUTO_CONFIRM = """
 INSERT INTO rollouts.devices (tenant, controller_id, auto_confirm, updated_at)
 VALUES ($1, $2, $3, '-infinity')
@@ -149,6 +157,16 @@ SELECT software_id FROM (
 WHERE status = 'error'"""
 
 
+def _window_open(raw: dict[str, Any], now: datetime) -> bool | None:
+    """Whether a stored window is open at ``now``; None (and a warning) if it cannot be read."""
+    try:
+        window = Window.parse(raw)
+    except ScheduleError:
+        log.warning("unreadable maintenance window left as it was window=%s", raw, exc_info=True)
+        return None
+    return window is not None and window.is_open(now)
+
+
 def _action(row: asyncpg.Record) -> Action:
     return Action(**{f.name: row[f.name] for f in fields(Action)})
 
@@ -158,9 +176,11 @@ class ActionSpec:
     """How actions are opened: their type, window, confirmation, and rollout if any."""
 
     type: ActionType = "forced"
-    maintenance_window: dict[str, str] | None = None
+    maintenance_window: dict[str, Any] | None = None
     confirmation_required: bool = False
     rollout_id: int | None = None
+    forcetime: datetime | None = None
+    """When a ``timeforced`` action turns forced."""
 
 
 class Actions:
@@ -170,6 +190,8 @@ class Actions:
         self.db = db
         self.outbox = outbox
         self.catalogue = catalogue
+        self.clock: Callable[[], datetime] = utcnow
+        """Now, for maintenance windows and force times (a test may set another clock)."""
 
     async def busy(self, conn: Conn, tenant: str, controller_ids: Sequence[str]) -> set[str]:
         """Those of the devices with an open action."""
@@ -222,6 +244,7 @@ class Actions:
             waiting = {c for c in controller_ids if c not in auto}
         statuses = ["wait_for_confirmation" if c in waiting else "running" for c in controller_ids]
         window = Window.parse(spec.maintenance_window)
+        now = self.clock()
         rows = await conn.fetch(
             INSERT_ACTIONS,
             tenant,
@@ -230,9 +253,11 @@ class Actions:
             spec.type,
             spec.rollout_id,
             spec.maintenance_window,
-            None if window is None else window.is_open(utcnow()),
+            None if window is None else window.is_open(now),
             list(controller_ids),
             statuses,
+            spec.forcetime,
+            spec.forcetime is not None and spec.forcetime <= now,
         )
         actions = [_action(r) for r in rows]
         if not actions:
@@ -267,15 +292,32 @@ class Actions:
             How many actions changed.
         """
         changed: dict[str, list[tuple[int, str, bool]]] = {}
+        known: dict[str, bool | None] = {}  # a rollout's actions share one window
         for r in await conn.fetch(IN_WINDOWS):
-            window = Window.parse(r["maintenance_window"])
-            is_open = window is not None and window.is_open(now)
-            if is_open != r["window_open"]:
+            raw = r["maintenance_window"]
+            text = json.dumps(raw, sort_keys=True)
+            if text not in known:
+                known[text] = _window_open(raw, now)
+            is_open = known[text]
+            if is_open is not None and is_open != r["window_open"]:
                 changed.setdefault(r["tenant"], []).append((r["id"], r["controller_id"], is_open))
         for tenant, items in changed.items():
             await conn.execute(SET_WINDOWS, [i[0] for i in items], [i[2] for i in items])
             await self.publish_deployments(conn, tenant, [i[1] for i in items])
         return sum(len(v) for v in changed.values())
+
+    async def refresh_forced(self, conn: Conn, now: datetime) -> int:
+        """Time-forced actions whose force time came by ``now``: turned forced, re-rendered.
+
+        Returns:
+            How many actions turned forced.
+        """
+        by_tenant: dict[str, list[str]] = {}
+        for r in await conn.fetch(FORCE_DUE, now):
+            by_tenant.setdefault(r["tenant"], []).append(r["controller_id"])
+        for tenant, controller_ids in by_tenant.items():
+            await self.publish_deployments(conn, tenant, controller_ids)
+        return sum(len(v) for v in by_tenant.values())
 
     async def set_auto_confirm(
         self, conn: Conn, tenant: str, controller_id: str, active: bool

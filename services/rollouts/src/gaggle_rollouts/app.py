@@ -16,7 +16,7 @@ from gaggle_contracts.events import ActionFinished
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts import errors, rollout_routes, routes
 from gaggle_rollouts.actions import Actions
-from gaggle_rollouts.caps import TenantCaps
+from gaggle_rollouts.caps import TenantApprovals, TenantCaps
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
@@ -155,7 +155,13 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     caps = TenantCaps()
     store = RolloutStore(actions, catalogue, caps)
     chooser = Chooser(service.db, actions, catalogue, policies, store.members)
-    engine = Engine(store, actions, sweep_s=settings.sweep_s, window_s=settings.window_s)
+    engine = Engine(
+        store,
+        actions,
+        sweep_s=settings.sweep_s,
+        window_s=settings.window_s,
+        force_s=settings.force_s,
+    )
     cases = UseCases(service.db, actions, catalogue, policies, chooser, engine)
     runner = subscribe(service.broker, common, cases, service.failures)
     service.on_stopping.append(runner.close)
@@ -198,6 +204,7 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
         reads=store.reads,
         engine=engine,
         catalogue=catalogue,
+        approvals=TenantApprovals(caps.mirror),
     )
     errors.install(app)
     app.include_router(routes.api)

@@ -1,7 +1,8 @@
-"""Each tenant's cap on updates in flight, as registry publishes it in KV ``tenants``.
+"""Each tenant's cap on updates in flight and approval rule, from registry's KV ``tenants``.
 
 Registry owns tenants and their settings; rollouts follows the bucket into memory (as the gateway
-does) and never reads registry's tables. A tenant without an entry has the default cap.
+does) and never reads registry's tables. A tenant without an entry has the default cap and asks
+for no approval.
 """
 
 from __future__ import annotations
@@ -47,3 +48,17 @@ class TenantCaps:
             return None
         config = self.mirror.values.get(tenant)
         return MAX_UPDATES_IN_FLIGHT if config is None else max(1, config.max_updates_in_flight)
+
+
+class TenantApprovals:
+    """Whether a tenant's new rollouts wait for an approver (followed ``tenants`` bucket)."""
+
+    def __init__(self, mirror: BucketMirror[TenantConfig]) -> None:
+        self.mirror = mirror
+
+    def required(self, tenant: str) -> bool | None:
+        """The tenant's ``rollout_approval``; None before the bucket's initial values arrived."""
+        if not self.mirror.loaded.is_set():
+            return None
+        config = self.mirror.values.get(tenant)
+        return config is not None and config.rollout_approval

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from fastapi import Depends, Request
+
 from gaggle_contracts.access import Permission
 from gaggle_rollouts.actions import Actions
+from gaggle_rollouts.caps import TenantApprovals
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
 from gaggle_rollouts.known import ReadThrough
@@ -16,7 +19,7 @@ from gaggle_rollouts.policies import Policies
 from gaggle_rollouts.rollout_reads import RolloutReads
 from gaggle_rollouts.rollout_store import RolloutStore
 from gaggle_rollouts.usecases import UseCases
-from gaggle_runtime.auth import needs
+from gaggle_runtime.auth import PRINCIPAL, Principal, needs
 from gaggle_runtime.state import part
 
 ActionsDep = Annotated[Actions, part("actions")]
@@ -27,8 +30,20 @@ KnownDep = Annotated[ReadThrough, part("known")]
 StoreDep = Annotated[RolloutStore, part("store")]
 ReadsDep = Annotated[RolloutReads, part("reads")]
 EngineDep = Annotated[Engine, part("engine")]
+ApprovalsDep = Annotated[TenantApprovals, part("approvals")]
+
+
+def _actor(request: Request) -> str:
+    principal = request.scope.get("state", {}).get(PRINCIPAL)
+    return principal.actor if isinstance(principal, Principal) else "unknown"
+
+
+Actor = Annotated[str, Depends(_actor)]
+"""Who the caller is, as the audit log names them."""
 
 Reader = Annotated[str, needs(Permission.ROLLOUT_READ)]
 """The tenant of a caller allowed to read rollouts' data."""
 Writer = Annotated[str, needs(Permission.ROLLOUT_WRITE)]
 """The tenant of a caller allowed to change it."""
+Approver = Annotated[str, needs(Permission.ROLLOUT_APPROVE)]
+"""The tenant of a caller allowed to approve or deny rollouts."""

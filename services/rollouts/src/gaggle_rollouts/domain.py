@@ -25,7 +25,7 @@ from gaggle_contracts.kv import (
     OpenAction,
 )
 
-ActionType = Literal["forced", "soft", "downloadonly"]
+ActionType = Literal["forced", "soft", "timeforced", "downloadonly"]
 KV_HISTORY = 20
 """Status messages kept in the KV document for ``actionHistory``."""
 KV_CLOSED_IDS = 10
@@ -64,6 +64,10 @@ class Action:
     rollout_id: int | None = None
     window_open: bool | None = None
     """None: no maintenance window; else whether the window is open now."""
+    forcetime: datetime | None = None
+    """For ``timeforced``: when the action turns from soft to forced."""
+    force_due: bool = False
+    """For ``timeforced``: whether ``forcetime`` has passed (as last rendered)."""
 
 
 def feedback_status(action: Action, fb: FeedbackStatus) -> tuple[str, bool]:
@@ -162,14 +166,15 @@ def apply_report(action: Action, kind: ReportKind, fb: FeedbackStatus | None) ->
 
 
 def handling(
-    action_type: ActionType, window_open: bool | None = None
+    action_type: ActionType, window_open: bool | None = None, force_due: bool = False
 ) -> tuple[HandlingType, HandlingType]:
-    """``download`` and ``update`` handling of an action type.
+    """``download`` and ``update`` handling of an action type (ddi-api.md, handling table).
 
-    Outside its maintenance window (``window_open`` False) a device may download but must not
-    install: ``update`` is ``skip`` (ddi-api.md, maintenanceWindow).
+    A ``timeforced`` action is soft (``attempt``) until its force time and forced after it
+    (``force_due``). Outside its maintenance window (``window_open`` False) a device may download
+    but must not install: ``update`` is ``skip``.
     """
-    if action_type == "soft":
+    if action_type == "soft" or (action_type == "timeforced" and not force_due):
         download, update = "attempt", "attempt"
     elif action_type == "downloadonly":
         download, update = "forced", "skip"
@@ -187,7 +192,7 @@ def action_hash(action_id: int, download: str, update: str) -> str:
 
 def deployment_doc(action: Action, software: Software) -> DeploymentDoc:
     """The deploymentBase document of ``action``: one chunk with the software's one file."""
-    download, update = handling(action.type, action.window_open)
+    download, update = handling(action.type, action.window_open, action.force_due)
     chunk = ChunkDoc(
         module_id=software.software_id,
         part="os",
@@ -204,17 +209,23 @@ def deployment_doc(action: Action, software: Software) -> DeploymentDoc:
 
 
 class Docs:
-    """:func:`deployment_doc` kept per (software, action type, window): devices share them.
+    """:func:`deployment_doc` kept per (software, action type, window, forced): devices share them.
 
     Rendering a rollout's devices at once builds each distinct document once, not per device.
     """
 
     def __init__(self) -> None:
-        self._docs: dict[tuple[str, str, ActionType, bool | None], DeploymentDoc] = {}
+        self._docs: dict[tuple[str, str, ActionType, bool | None, bool], DeploymentDoc] = {}
 
     def __call__(self, action: Action, software: Software) -> DeploymentDoc:
         """The deploymentBase document of ``action`` (see :func:`deployment_doc`)."""
-        key = (software.tenant, software.software_id, action.type, action.window_open)
+        key = (
+            software.tenant,
+            software.software_id,
+            action.type,
+            action.window_open,
+            action.force_due,
+        )
         doc = self._docs.get(key)
         if doc is None:
             doc = self._docs[key] = deployment_doc(action, software)

@@ -6,7 +6,8 @@ leaves free) and evaluates it (next wave, pause, abort, finish). The pokes of a 
 feedback) are taken together, once per burst: the poked rollouts, and the running rollouts of
 their tenants that have devices queued for a slot, are each stepped once. A sweep every
 ``sweep_s`` does the same for every active rollout, which also finishes whatever a crashed
-process left half done. Maintenance windows are re-checked every ``window_s``.
+process left half done. Maintenance windows are re-checked every ``window_s``, the force times of
+time-forced actions every ``force_s`` (one indexed query that finds nothing most of the time).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ class Engine:
         *,
         sweep_s: float = 2.0,
         window_s: float = 30.0,
+        force_s: float = 1.0,
         min_interval_s: float = 0.05,
     ) -> None:
         self.store = store
         self.repo = repo
         self.sweep_s = sweep_s
         self.window_s = window_s
+        self.force_s = force_s
         self.min_interval_s = min_interval_s
         """Pokes arriving faster than this are taken together (a burst of feedback)."""
         self._dirty: set[int] = set()
@@ -79,12 +82,17 @@ class Engine:
                 return
 
     async def windows(self) -> None:
-        """Re-render the documents of actions whose maintenance window opened or closed."""
+        """Re-render the documents of actions that turned forced, or whose window opened or shut."""
+        loop = asyncio.get_running_loop()
+        windows_due = loop.time() + self.window_s
         while True:
-            await asyncio.sleep(self.window_s)
+            await asyncio.sleep(min(self.force_s, self.window_s))
             try:
-                await refresh_windows(self.repo.db, self.repo)
+                windows = loop.time() >= windows_due
+                await refresh_windows(self.repo.db, self.repo, windows=windows)
+                if windows:
+                    windows_due = loop.time() + self.window_s
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.warning("maintenance window refresh failed", exc_info=True)
+                log.warning("maintenance window and force time refresh failed", exc_info=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, time
 from typing import Any, Literal
 
 MemberState = Literal["waiting", "pending", "running", "success", "failure", "canceled"]
@@ -18,6 +17,8 @@ MemberState = Literal["waiting", "pending", "running", "success", "failure", "ca
 ``queued``); ``running``: its action is open; then how its action ended."""
 RolloutState = Literal["created", "running", "paused", "finished", "aborted"]
 ErrorAction = Literal["pause", "abort"]
+Approval = Literal["pending", "approved", "denied"]
+"""Where a rollout's approval stands, for tenants that ask for approval."""
 
 ACTIVE_STATES: frozenset[str] = frozenset({"running", "paused"})
 CLOSED_STATES: frozenset[str] = frozenset({"finished", "aborted"})
@@ -176,8 +177,19 @@ def free_slots(cap: int | None, in_flight: int, chunk: int) -> int:
     return max(0, min(cap - in_flight, chunk))
 
 
-def transition(state: str, command: str) -> RolloutState | None:
-    """The state an operator command leads to, or None when it is not allowed from ``state``."""
+def transition(state: str, command: str, approval: str | None = None) -> RolloutState | None:
+    """The state an operator command leads to, or None when it is not allowed from ``state``.
+
+    ``approval`` is where the rollout's approval stands (None: its tenant asks for none). A rollout
+    waiting for approval (``pending``) cannot start; ``approve`` and ``deny`` apply to it alone:
+    approval leaves it ``created``, ready to start, and denial aborts it.
+    """
+    if command in ("approve", "deny"):
+        if state != "created" or approval != "pending":
+            return None
+        return "created" if command == "approve" else "aborted"
+    if command == "start" and approval == "pending":
+        return None
     allowed: Mapping[str, Mapping[str, RolloutState]] = {
         "start": {"created": "running"},
         "pause": {"running": "paused"},
@@ -187,23 +199,23 @@ def transition(state: str, command: str) -> RolloutState | None:
     return allowed.get(command, {}).get(state)
 
 
-@dataclass(frozen=True)
-class Window:
-    """A daily maintenance window in UTC; ``end`` before ``start`` spans midnight."""
+def refusal(state: str, command: str, approval: str | None) -> str:
+    """Why :func:`transition` refuses ``command``, in the operator's words."""
+    if command == "start" and state == "created" and approval == "pending":
+        return "cannot start the rollout: it waits for approval"
+    if command in ("approve", "deny"):
+        if approval is None:
+            return f"cannot {command} the rollout: it needs no approval"
+        if approval != "pending":
+            return f"cannot {command} the rollout: it was {approval} already"
+    return f"cannot {command} a {state} rollout"
 
-    start: time
-    end: time
 
-    def is_open(self, now: datetime) -> bool:
-        """Whether ``now`` (aware) lies in the window."""
-        t = now.astimezone(UTC).time()
-        if self.start <= self.end:
-            return self.start <= t < self.end
-        return t >= self.start or t < self.end
+def approval_on_create(required: bool) -> Approval | None:
+    """Where a new rollout's approval stands: ``pending`` when its tenant asks for approval."""
+    return "pending" if required else None
 
-    @classmethod
-    def parse(cls, raw: Mapping[str, str] | None) -> Window | None:
-        """From ``{"start": "HH:MM", "end": "HH:MM"}``; None for None."""
-        if raw is None:
-            return None
-        return cls(time.fromisoformat(raw["start"]), time.fromisoformat(raw["end"]))
+
+def approval_after(command: str) -> Approval:
+    """Where the approval stands after ``approve`` or ``deny``."""
+    return "approved" if command == "approve" else "denied"

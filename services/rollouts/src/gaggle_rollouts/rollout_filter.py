@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from gaggle_rollouts.decision import DeviceView
@@ -64,5 +65,10 @@ class NewRollout:
     error_action: ErrorAction
     action_type: str
     confirmation_required: bool
-    maintenance_window: dict[str, str] | None
+    maintenance_window: dict[str, Any] | None
     start: bool
+    forcetime: datetime | None = None
+    created_by: str | None = None
+    """Who asked for it, as the audit log names them."""
+    approval_required: bool = False
+    """Its tenant asks for approval: it waits for an approver before it can start."""

@@ -210,6 +210,7 @@ class Membership:
             rollout["maintenance_window"],
             rollout["confirmation_required"],
             rollout["id"],
+            rollout["forcetime"],
         )
         opened = await self.repo.open_actions(
             conn,

@@ -144,7 +144,12 @@ class Phases:
         if progress is None:
             progress = await progress_of(conn, rollout["id"])
         counters = progress.overall()
-        mark = (rollout["state"], rollout["current_wave"], *counters.public().values())
+        mark = (
+            rollout["state"],
+            rollout["current_wave"],
+            rollout["approval"],
+            *counters.public().values(),
+        )
         if self._emitted.get(rollout["id"]) == mark:
             return
         self._emitted[rollout["id"]] = mark
@@ -157,6 +162,7 @@ class Phases:
                 rollout_id=str(rollout["id"]),
                 state=rollout["state"],
                 wave=rollout["current_wave"] or None,
+                approval=rollout["approval"],
                 **counters.public(),
             ),
         )

@@ -6,17 +6,28 @@
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from gaggle_contracts import names
-from gaggle_rollouts.deps import EngineDep, KnownDep, Reader, ReadsDep, StoreDep, Writer
+from gaggle_rollouts.deps import (
+    Actor,
+    ApprovalsDep,
+    Approver,
+    EngineDep,
+    KnownDep,
+    Reader,
+    ReadsDep,
+    StoreDep,
+    Writer,
+)
 from gaggle_rollouts.plan import WaveSpec
 from gaggle_rollouts.rollout_filter import DeviceFilter, NewRollout
-from gaggle_runtime.http import NotFoundError
+from gaggle_rollouts.schedule import MAX_WINDOWS, Window
+from gaggle_runtime.http import ApiError, NotFoundError
 
 RolloutIdParam = Annotated[str, Path(max_length=64, description="Rollout id")]
 FEED_PATTERN = r"^[A-Za-z0-9._-]+$"
@@ -50,25 +61,58 @@ class WaveBody(BaseModel):
         return self
 
 
-class WindowBody(BaseModel):
-    """A daily maintenance window, UTC; ``end`` before ``start`` spans midnight."""
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class DailyBody(BaseModel):
+    """A daily window on the wall clock of the window's time zone."""
 
     model_config = ConfigDict(extra="forbid")
 
-    start: str = Field(pattern=r"^\d{2}:\d{2}$")
-    end: str = Field(pattern=r"^\d{2}:\d{2}$")
+    start: str = Field(max_length=5, description="HH:MM")
+    end: str = Field(max_length=5, description="HH:MM; before start: spans midnight")
+    days: list[Day] | None = Field(
+        None, min_length=1, max_length=7, description="Days it starts on; none: every day"
+    )
 
-    @field_validator("start", "end")
-    @classmethod
-    def _clock(cls, value: str) -> str:
-        time.fromisoformat(value)  # raises ValueError for 25:00
-        return value
+
+class WindowBody(BaseModel):
+    """A maintenance window: outside it a device may download but not install.
+
+    Exactly one of: ``start``/``end`` (one daily window, optionally on some ``days``), ``windows``
+    (several), or ``schedule`` with ``duration`` (a cron expression, as hawkBit's). Times are in
+    ``timezone``. ``{"start": "02:00", "end": "04:00"}`` alone is a daily window in UTC.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    timezone: str = Field(
+        "UTC",
+        min_length=1,
+        max_length=64,
+        description="An IANA time zone (Europe/Berlin), an offset (+02:00), or UTC",
+    )
+    start: str | None = Field(None, max_length=5, description="HH:MM")
+    end: str | None = Field(None, max_length=5, description="HH:MM; before start: spans midnight")
+    days: list[Day] | None = Field(None, min_length=1, max_length=7)
+    windows: list[DailyBody] | None = Field(None, min_length=1, max_length=MAX_WINDOWS)
+    schedule: str | None = Field(
+        None,
+        max_length=128,
+        description="Cron expression, 5 fields (minute hour day-of-month month day-of-week)",
+    )
+    duration: str | None = Field(
+        None, max_length=12, description="HH:MM:SS each scheduled window lasts"
+    )
 
     @model_validator(mode="after")
-    def _not_empty(self) -> WindowBody:
-        if self.start == self.end:
-            raise ValueError("a maintenance window needs start and end to differ")
+    def _valid(self) -> WindowBody:
+        Window.parse(self.stored())  # ScheduleError is a ValueError: a 4xx naming the part
         return self
+
+    def stored(self) -> dict[str, Any]:
+        """As stored with the rollout and its actions, and shown."""
+        return self.model_dump(exclude_none=True)
 
 
 class RolloutBody(BaseModel):
@@ -90,10 +134,18 @@ class RolloutBody(BaseModel):
         20, ge=0, le=100, description="% of failed devices (of started waves) tolerated"
     )
     error_action: Literal["pause", "abort"] = "pause"
-    action_type: Literal["forced", "soft", "downloadonly"] = "forced"
+    action_type: Literal["forced", "soft", "timeforced", "downloadonly"] = "forced"
+    forcetime: AwareDatetime | None = Field(
+        None, description="For timeforced: soft until this time, forced after it"
+    )
     confirmation_required: bool = False
     maintenance_window: WindowBody | None = None
-    start: bool = False
+    start: bool = Field(False, description="Start at once (with approval on: once it is approved)")
+
+    @model_validator(mode="after")
+    def _forcetime(self) -> RolloutBody:
+        check_forcetime(self.action_type, self.forcetime)
+        return self
 
     @model_validator(mode="after")
     def _waves(self) -> RolloutBody:
@@ -103,6 +155,18 @@ class RolloutBody(BaseModel):
         if units == {"percent"} and sum(w.percent or 0 for w in self.waves) > 100:
             raise ValueError("waves: the percentages add up to more than 100")
         return self
+
+
+def check_forcetime(action_type: str, forcetime: datetime | None) -> None:
+    """A ``timeforced`` action needs its force time, and only it has one.
+
+    Raises:
+        ValueError: one without the other.
+    """
+    if action_type == "timeforced" and forcetime is None:
+        raise ValueError("forcetime: a timeforced action needs a forcetime (ISO 8601, with zone)")
+    if action_type != "timeforced" and forcetime is not None:
+        raise ValueError("forcetime: only a timeforced action has a forcetime")
 
 
 def parse_id(raw: str) -> int:
@@ -126,7 +190,7 @@ def _found(value: T | None, rollout_id: str) -> T:
 api = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
 
-def _new_rollout(body: RolloutBody) -> NewRollout:
+def _new_rollout(body: RolloutBody, actor: str, approval_required: bool) -> NewRollout:
     f = body.filter
     return NewRollout(
         name=body.name,
@@ -144,24 +208,41 @@ def _new_rollout(body: RolloutBody) -> NewRollout:
         error_action=body.error_action,
         action_type=body.action_type,
         confirmation_required=body.confirmation_required,
-        maintenance_window=(
-            body.maintenance_window.model_dump() if body.maintenance_window else None
-        ),
+        maintenance_window=(body.maintenance_window.stored() if body.maintenance_window else None),
         start=body.start,
+        forcetime=body.forcetime,
+        created_by=actor,
+        approval_required=approval_required,
     )
 
 
-@api.post("", status_code=201, summary="Create a rollout (and start it with start=true)")
+@api.post(
+    "",
+    status_code=201,
+    summary="Create a rollout (and start it with start=true)",
+    description="Where the tenant asks for approval (`rollout_approval`), the rollout waits for "
+    "an approver (`approval: pending`) and starts only once approved: at once if it was created "
+    "with start=true, else with `start`.",
+)
 async def create_rollout(
-    tenant: Writer, body: RolloutBody, store: StoreDep, engine: EngineDep, known: KnownDep
+    tenant: Writer,
+    body: RolloutBody,
+    store: StoreDep,
+    engine: EngineDep,
+    known: KnownDep,
+    approvals: ApprovalsDep,
+    actor: Actor,
 ) -> dict[str, Any]:
     # A software or device id rollouts has not been told of yet is read through ``known``
     # first, so an id that was just uploaded or registered works at once.
     tenant = tenant.lower()
+    required = approvals.required(tenant)
+    if required is None:
+        raise ApiError(503, "unavailable", "tenant settings are not loaded yet; retry")
     await known.software(tenant, body.software_id)
     if body.filter.controller_ids is not None:
         await known.devices(tenant, body.filter.controller_ids)
-    doc = await store.create(tenant, _new_rollout(body))
+    doc = await store.create(tenant, _new_rollout(body, actor, required))
     engine.poke(int(doc["id"]))
     return doc
 
@@ -227,3 +308,37 @@ def _command_route(name: str, summary: str) -> None:
 
 for _name, _summary in COMMANDS.items():
     _command_route(_name, _summary)
+
+
+class DecisionBody(BaseModel):
+    """An approver's decision on a rollout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    remark: str | None = Field(None, max_length=1024, description="Why, for the record")
+
+
+def _decision_route(name: str, summary: str) -> None:
+    async def decide(
+        tenant: Approver,
+        rollout_id: RolloutIdParam,
+        store: StoreDep,
+        engine: EngineDep,
+        actor: Actor,
+        body: DecisionBody | None = None,
+    ) -> dict[str, Any]:
+        ident = parse_id(rollout_id)
+        remark = body.remark if body is not None else None
+        doc = await store.command(tenant.lower(), ident, name, actor, remark)
+        engine.poke(ident)
+        return doc
+
+    decide.__name__ = f"{name}_rollout"
+    api.post(f"/{{rollout_id}}/{name}", summary=summary)(decide)
+
+
+_decision_route(
+    "approve",
+    "Approve a rollout that waits for approval (it starts at once if created with start=true)",
+)
+_decision_route("deny", "Deny a rollout that waits for approval: it is aborted")

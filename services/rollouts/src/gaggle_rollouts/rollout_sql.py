@@ -3,8 +3,9 @@
 INSERT_ROLLOUT = """
 INSERT INTO rollouts.rollouts (tenant, name, feed, software_id, device_filter, action_type,
                                confirmation_required, maintenance_window, success_threshold,
-                               error_threshold, error_action)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8::jsonb, $9, $10, $11)
+                               error_threshold, error_action, forcetime, approval,
+                               start_on_approval, created_by)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8::jsonb, $9, $10, $11, $12, $13, $14, $15)
 RETURNING *"""
 FEED_KNOWN = """
 SELECT EXISTS (SELECT 1 FROM rollouts.policies WHERE tenant = $1 AND feed = $2)"""
@@ -60,6 +61,11 @@ UPDATE rollouts.rollout_devices SET state = 'pending'
 WHERE rollout_id = $1 AND wave = $2 AND state = 'waiting'"""
 WAVE_STARTED = """
 UPDATE rollouts.rollout_waves SET started_at = now() WHERE rollout_id = $1 AND wave = $2"""
+SET_APPROVAL = """
+UPDATE rollouts.rollouts
+SET approval = $2, approval_by = $3, approval_at = now(), approval_remark = $4
+WHERE id = $1
+RETURNING *"""
 SET_STATE = """
 UPDATE rollouts.rollouts
 SET state = $2, reason = $3, current_wave = $4, failures_forgiven = $5,

@@ -26,7 +26,14 @@ from gaggle_rollouts.caps import Caps
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.decision import fits, same_version
 from gaggle_rollouts.errors import NotKnown, Refused
-from gaggle_rollouts.plan import next_step, transition, wave_sizes
+from gaggle_rollouts.plan import (
+    approval_after,
+    approval_on_create,
+    next_step,
+    refusal,
+    transition,
+    wave_sizes,
+)
 from gaggle_rollouts.policies import device_view
 from gaggle_rollouts.rollout_filter import NewRollout
 from gaggle_rollouts.rollout_members import Membership
@@ -44,6 +51,7 @@ from gaggle_rollouts.rollout_sql import (
     ROLLOUT_TENANT,
     RUNNING_OF_SAME_TENANTS,
     SELECT_ROLLOUT,
+    SET_APPROVAL,
     SHARE_ROLLOUT,
     WAVES,
 )
@@ -110,6 +118,10 @@ class RolloutStore:
                 new.success_threshold,
                 new.error_threshold,
                 new.error_action,
+                new.forcetime,
+                approval_on_create(new.approval_required),
+                new.start and new.approval_required,
+                new.created_by,
             )
             sizes = wave_sizes(len(members), new.waves)
             waves = [w for w, size in enumerate(sizes, start=1) for _ in range(size)]
@@ -125,22 +137,47 @@ class RolloutStore:
                     for d in members
                 ],
             )
-            if new.start:
+            if new.start and rollout["approval"] is None:
                 rollout = await self.phases.start(conn, rollout)
             await self.phases.progressed(conn, rollout)
             return await self.reads.document(conn, rollout)
 
-    async def command(self, tenant: str, rollout_id: int, command: str) -> dict[str, Any]:
-        """Start, pause, resume or abort; the rollout's document afterwards."""
+    async def command(
+        self,
+        tenant: str,
+        rollout_id: int,
+        command: str,
+        actor: str | None = None,
+        remark: str | None = None,
+    ) -> dict[str, Any]:
+        """Start, pause, resume, abort, approve or deny; the rollout's document afterwards.
+
+        ``actor`` and ``remark`` are kept with an approval or denial.
+        """
         async with self.db.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(SELECT_ROLLOUT, tenant, rollout_id)
             if row is None:
                 raise NotKnown(f"rollout '{rollout_id}' not found")
             row = await row_of(conn, LOCK_ROLLOUT, rollout_id)
-            target = transition(row["state"], command)
+            target = transition(row["state"], command, row["approval"])
             if target is None:
-                raise Refused("invalid_transition", f"cannot {command} a {row['state']} rollout")
-            if command == "start":
+                raise Refused("invalid_transition", refusal(row["state"], command, row["approval"]))
+            if command in ("approve", "deny"):
+                row = await row_of(
+                    conn, SET_APPROVAL, rollout_id, approval_after(command), actor, remark
+                )
+                log.info(
+                    "rollout approval tenant=%s rollout=%s approval=%s by=%s",
+                    tenant,
+                    rollout_id,
+                    row["approval"],
+                    actor,
+                )
+                if command == "deny":
+                    row = await self.phases.abort(conn, row, f"approval denied by {actor}")
+                elif row["start_on_approval"]:
+                    row = await self.phases.start(conn, row)
+            elif command == "start":
                 row = await self.phases.start(conn, row)
             elif command == "pause":
                 row = await self.phases.set_state(conn, row, "paused", "paused by an operator")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from gaggle_contracts import names
 from gaggle_contracts.events import utcnow
@@ -30,7 +30,7 @@ from gaggle_rollouts.deps import (
 from gaggle_rollouts.domain import Action, Software
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.policies import Policy, PolicyMatch
-from gaggle_rollouts.rollout_routes import WindowBody
+from gaggle_rollouts.rollout_routes import WindowBody, check_forcetime
 from gaggle_runtime.http import ApiError, NotFoundError
 
 ActionIdParam = Annotated[str, Path(max_length=64, description="Action id")]
@@ -42,9 +42,17 @@ class NewAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     software_id: str = Field(min_length=1, max_length=64)
-    type: Literal["forced", "soft", "downloadonly"] = "forced"
+    type: Literal["forced", "soft", "timeforced", "downloadonly"] = "forced"
+    forcetime: AwareDatetime | None = Field(
+        None, description="For timeforced: soft until this time, forced after it"
+    )
     maintenance_window: WindowBody | None = None
     confirmation_required: bool = False
+
+    @model_validator(mode="after")
+    def _forcetime(self) -> NewAction:
+        check_forcetime(self.type, self.forcetime)
+        return self
 
 
 class PolicyBody(BaseModel):
@@ -129,6 +137,7 @@ async def _render(actions: Actions, action: Action) -> dict[str, Any]:
         "software_id": action.software_id,
         "version": action.version,
         "type": action.type,
+        "forcetime": action.forcetime,
         "status": action.status,
         "active": action.active,
         "created_at": action.created_at,
@@ -172,12 +181,12 @@ async def create_action(
 ) -> dict[str, Any]:
     tenant = await _valid_device(known, tenant, controller_id)
     chosen = await _software(known, tenant, body.software_id)
-    window = body.maintenance_window.model_dump() if body.maintenance_window else None
+    window = body.maintenance_window.stored() if body.maintenance_window else None
     action = await cases.assign(
         tenant,
         controller_id,
         chosen,
-        ActionSpec(body.type, window, body.confirmation_required),
+        ActionSpec(body.type, window, body.confirmation_required, forcetime=body.forcetime),
     )
     return await _render(actions, action)
 

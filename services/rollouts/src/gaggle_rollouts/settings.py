@@ -17,5 +17,7 @@ class RolloutsSettings(BaseSettings):
     """How often every active rollout is looked at, besides when something changes it."""
     window_s: float = 30.0
     """How often maintenance windows of open actions are re-checked."""
+    force_s: float = Field(1.0, gt=0)
+    """How often open time-forced actions are checked for their force time."""
     lookup_timeout_s: float = Field(2.0, gt=0)
     """How long to wait for artifacts or registry about an id rollouts was not told of yet."""

@@ -25,7 +25,6 @@ from gaggle_contracts.events import (
     FeedbackStatus,
     SoftwareCreated,
     SoftwareDeleted,
-    utcnow,
 )
 from gaggle_rollouts.actions import Actions, ActionSpec
 from gaggle_rollouts.catalogue import Catalogue
@@ -315,7 +314,17 @@ def _log_outcome(
         )
 
 
-async def refresh_windows(db: Database, actions: Actions) -> int:
-    """Actions whose maintenance window opened or closed, stored and re-rendered; how many."""
+async def refresh_windows(db: Database, actions: Actions, *, windows: bool = True) -> int:
+    """Actions whose force time came, or whose window opened or closed: stored, re-rendered.
+
+    Windows are looked at only with ``windows``.
+
+    Returns:
+        How many actions changed, at ``actions.clock()``.
+    """
+    now = actions.clock()
     async with db.pool.acquire() as conn, conn.transaction():
-        return await actions.refresh_windows(conn, utcnow())
+        changed = await actions.refresh_forced(conn, now)
+        if windows:
+            changed += await actions.refresh_windows(conn, now)
+        return changed

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
+
 import pytest
 
 from gaggle_contracts.events import FeedbackStatus
@@ -91,6 +94,47 @@ def test_cancel_feedback_for_an_action_not_being_canceled_changes_nothing() -> N
 )
 def test_action_types_map_to_ddi_handling(type_: str, expected: tuple[str, str]) -> None:
     assert handling(type_) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("type_", "window_open", "force_due", "expected"),
+    [
+        # hawkBit's table (ddi-api.md): timeforced is soft until its forcetime, forced after
+        ("timeforced", None, False, ("attempt", "attempt")),
+        ("timeforced", None, True, ("forced", "forced")),
+        ("timeforced", True, False, ("attempt", "attempt")),
+        ("timeforced", True, True, ("forced", "forced")),
+        ("timeforced", False, False, ("attempt", "skip")),
+        ("timeforced", False, True, ("forced", "skip")),
+        # the force time means nothing to the other types
+        ("soft", None, True, ("attempt", "attempt")),
+        ("forced", None, False, ("forced", "forced")),
+        ("downloadonly", True, True, ("forced", "skip")),
+        # a closed window holds back the install whatever the type
+        ("soft", False, False, ("attempt", "skip")),
+        ("forced", False, False, ("forced", "skip")),
+        ("forced", True, False, ("forced", "forced")),
+    ],
+)
+def test_handling_by_type_window_and_force_time(
+    type_: str, window_open: bool | None, force_due: bool, expected: tuple[str, str]
+) -> None:
+    assert handling(type_, window_open, force_due) == expected  # type: ignore[arg-type]
+
+
+def test_a_time_forced_action_changes_its_hash_when_it_turns_forced() -> None:
+    soft = replace(act(type_="timeforced"), forcetime=datetime(2026, 1, 1, tzinfo=UTC))
+    forced = replace(soft, force_due=True)
+    before = deployment_entry((soft, SW, []), None, [])
+    after = deployment_entry((forced, SW, []), None, [])
+    assert before is not None and before.open is not None
+    assert after is not None and after.open is not None
+    assert (before.open.deployment.download, before.open.deployment.update) == (
+        "attempt",
+        "attempt",
+    )
+    assert (after.open.deployment.download, after.open.deployment.update) == ("forced", "forced")
+    assert before.open.c != after.open.c
 
 
 HASHES = {"md5": "m" * 32, "sha1": "s" * 40, "sha256": "h" * 64}

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
-
 import pytest
 
 from gaggle_rollouts.plan import (
     Progress,
     WaveSpec,
-    Window,
+    approval_after,
+    approval_on_create,
     free_slots,
     next_step,
+    refusal,
     transition,
     wave_sizes,
 )
@@ -169,18 +169,48 @@ def test_transitions(state: str, command: str, to: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("start", "end", "clock", "is_open"),
+    ("state", "approval", "command", "to"),
     [
-        ("02:00", "04:00", "03:00", True),
-        ("02:00", "04:00", "04:00", False),
-        ("22:00", "02:00", "23:30", True),  # across midnight
-        ("22:00", "02:00", "01:59", True),
-        ("22:00", "02:00", "12:00", False),
+        # no approval asked: as before
+        ("created", None, "start", "running"),
+        ("created", None, "approve", None),
+        ("created", None, "deny", None),
+        # waiting for approval: no start; approve keeps it created, deny aborts it
+        ("created", "pending", "start", None),
+        ("created", "pending", "approve", "created"),
+        ("created", "pending", "deny", "aborted"),
+        ("created", "pending", "abort", "aborted"),
+        # approved: starts like any other, and is approved only once
+        ("created", "approved", "start", "running"),
+        ("created", "approved", "approve", None),
+        ("created", "approved", "deny", None),
+        ("running", "approved", "pause", "paused"),
+        # denied: aborted, nothing more
+        ("aborted", "denied", "start", None),
+        ("aborted", "denied", "approve", None),
     ],
 )
-def test_maintenance_window(start: str, end: str, clock: str, is_open: bool) -> None:
-    window = Window(time.fromisoformat(start), time.fromisoformat(end))
-    now = datetime.combine(
-        datetime(2026, 11, 23, tzinfo=UTC).date(), time.fromisoformat(clock), UTC
-    )
-    assert window.is_open(now) is is_open
+def test_approval_gates_the_start(
+    state: str, approval: str | None, command: str, to: str | None
+) -> None:
+    assert transition(state, command, approval) == to
+
+
+@pytest.mark.parametrize(
+    ("state", "approval", "command", "words"),
+    [
+        ("created", "pending", "start", "waits for approval"),
+        ("created", None, "approve", "needs no approval"),
+        ("created", "approved", "approve", "approved already"),
+        ("aborted", "denied", "approve", "denied already"),
+        ("finished", None, "pause", "cannot pause a finished rollout"),
+    ],
+)
+def test_refusals_say_why(state: str, approval: str | None, command: str, words: str) -> None:
+    assert words in refusal(state, command, approval)
+
+
+def test_a_new_rollout_waits_for_approval_only_where_the_tenant_asks() -> None:
+    assert approval_on_create(True) == "pending"
+    assert approval_on_create(False) is None
+    assert (approval_after("approve"), approval_after("deny")) == ("approved", "denied")
