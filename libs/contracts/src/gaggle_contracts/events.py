@@ -139,12 +139,13 @@ class Sighting(BaseModel):
 class DeviceSeen(Event):
     """A batch of sightings of known devices, flushed about once a second, never per poll.
 
-    Published by ddi-gateway; consumed by registry (last seen, address).
+    Published by ddi-gateway; consumed by registry (last seen, address) and rollouts (devices
+    in a soak after their success are seen back).
     """
 
     kind: ClassVar[str] = "device.seen"
     publishers: ClassVar[tuple[str, ...]] = ("gateway",)
-    consumers: ClassVar[tuple[str, ...]] = ("registry",)
+    consumers: ClassVar[tuple[str, ...]] = ("registry", "rollouts")
     sightings: list[Sighting]
 
 
@@ -347,16 +348,43 @@ class ActionUpdated(Event):
 
 
 class ActionFinished(Event):
-    """An action closed (finished, error, canceled). Published by rollouts; consumed by registry."""
+    """An action closed (finished, error, canceled, timed out). From rollouts; registry consumes.
+
+    ``timed_out``: its device went past one of the action's limits (no report for too long, or
+    no final state in time), or went silent in its rollout's soak time after its success.
+    """
 
     kind: ClassVar[str] = "action.finished"
     publishers: ClassVar[tuple[str, ...]] = ("rollouts",)
     consumers: ClassVar[tuple[str, ...]] = ("registry",)
     controller_id: ControllerId
     action_id: str
-    status: Literal["finished", "error", "canceled", "downloaded"]
+    status: Literal["finished", "error", "canceled", "downloaded", "timed_out"]
     software_id: str
     version: str
+    rollout_id: str | None = None
+
+
+class ActionRolledBack(Event):
+    """A device fell back to the version it ran before a successful action (A/B fallback).
+
+    Published by rollouts when the device's report of its running version (configData
+    ``sw_version`` or ``PUT installedBase``, through registry's ``device.updated``) names its old
+    version again after the action finished. The action is then ``rolled_back``, a failure of its
+    rollout, and the software is not offered to the device again until an operator clears it.
+    For operators and tools.
+    """
+
+    kind: ClassVar[str] = "action.rolled_back"
+    publishers: ClassVar[tuple[str, ...]] = ("rollouts",)
+    consumers: ClassVar[tuple[str, ...]] = ()
+    controller_id: ControllerId
+    action_id: str
+    software_id: str
+    version: str
+    """The version the action installed and the device left."""
+    reported_version: str | None = None
+    """The version the device reports running again."""
     rollout_id: str | None = None
 
 
@@ -396,6 +424,14 @@ class RolloutProgressed(Event):
     queued: int = 0
     """Of ``pending``, the devices whose wave started and that wait for their action: for a free
     slot under the tenant's cap on updates in flight, or for the rollout to resume."""
+    timed_out: int = 0
+    """Of ``failure``, the devices whose action timed out (or that went silent in the soak)."""
+    rolled_back: int = 0
+    """Of ``failure``, the devices that fell back to their old version after success."""
+    soaking: int = 0
+    """Of ``success``, the devices still in the rollout's soak time."""
+    reason: str | None = None
+    """Why the rollout is where it is (paused or aborted: which threshold, and why)."""
 
 
 # --- from every service with an operator API -------------------------------------------------
@@ -446,6 +482,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ActionCreated,
     ActionUpdated,
     ActionFinished,
+    ActionRolledBack,
     DevicePolicyChanged,
     RolloutProgressed,
     AuditRecorded,

@@ -101,7 +101,7 @@ def finished_state(status: str) -> str:
     """Update state after an action closed with ``status``."""
     if status in ("finished", "downloaded"):
         return "success"
-    if status == "error":
+    if status in ("error", "timed_out"):
         return "error"
     return REVERT
 

@@ -11,6 +11,7 @@ from gaggle_contracts.access import Permission
 from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
+from gaggle_rollouts.health_store import Health
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.policies import Policies
 from gaggle_rollouts.rollout_reads import RolloutReads
@@ -27,6 +28,7 @@ KnownDep = Annotated[ReadThrough, part("known")]
 StoreDep = Annotated[RolloutStore, part("store")]
 ReadsDep = Annotated[RolloutReads, part("reads")]
 EngineDep = Annotated[Engine, part("engine")]
+HealthDep = Annotated[Health, part("health")]
 
 Reader = Annotated[str, needs(Permission.ROLLOUT_READ)]
 """The tenant of a caller allowed to read rollouts' data."""

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from gaggle_contracts.events import ActionFinished, ActionUpdated, Event, FeedbackStatus
+from gaggle_contracts.events import (
+    ActionFinished,
+    ActionRolledBack,
+    ActionUpdated,
+    Event,
+    FeedbackStatus,
+)
 from gaggle_contracts.kv import (
     ArtifactDoc,
     ChunkDoc,
@@ -24,6 +30,7 @@ from gaggle_contracts.kv import (
     InstalledAction,
     OpenAction,
 )
+from gaggle_rollouts import health
 
 ActionType = Literal["forced", "soft", "downloadonly"]
 KV_HISTORY = 20
@@ -64,6 +71,8 @@ class Action:
     rollout_id: int | None = None
     window_open: bool | None = None
     """None: no maintenance window; else whether the window is open now."""
+    from_version: str | None = None
+    """What the device reported running when the action opened (rollback detection)."""
 
 
 def feedback_status(action: Action, fb: FeedbackStatus) -> tuple[str, bool]:
@@ -119,9 +128,17 @@ def cancel_requested_status(action: Action) -> tuple[str, bool]:
 
 
 ReportKind = Literal[
-    "feedback", "cancel_feedback", "confirmed", "denied", "cancel_requested", "device_deleted"
+    "feedback",
+    "cancel_feedback",
+    "confirmed",
+    "denied",
+    "cancel_requested",
+    "device_deleted",
+    "timed_out",
+    "rolled_back",
 ]
-"""What a report on an action is: the device's feedback or answer, or an operator's request."""
+"""What a report on an action is: the device's feedback or answer, an operator's request, or
+what the health checks found (:mod:`~gaggle_rollouts.health`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +154,19 @@ class Report:
     note: list[str] | None = None
 
 
-def apply_report(action: Action, kind: ReportKind, fb: FeedbackStatus | None) -> tuple[str, bool]:
+def apply_report(
+    action: Action, kind: ReportKind, fb: FeedbackStatus | None, at: datetime | None = None
+) -> tuple[str, bool]:
     """The action's (status, active) after a report of ``kind``; status only moves forward.
+
+    The one exception is a ``timed_out`` action's final report that the gateway received before
+    the time-out (see :func:`gaggle_rollouts.health.after_timeout`).
 
     Args:
         action: The action as it stands.
         kind: What the report is.
         fb: The device's feedback, for ``feedback`` and ``cancel_feedback`` (else unused).
+        at: When the report was received (a late final report of a timed-out action).
 
     Raises:
         ValueError: a feedback report without its feedback.
@@ -151,6 +174,8 @@ def apply_report(action: Action, kind: ReportKind, fb: FeedbackStatus | None) ->
     if kind in ("feedback", "cancel_feedback"):
         if fb is None:
             raise ValueError(f"a {kind} report needs the device's feedback")
+        if kind == "feedback" and action.status == health.TIMED_OUT and at is not None:
+            return health.after_timeout(action.status, action.closed_at, fb, at)
         if kind == "feedback":
             return feedback_status(action, fb)
         return cancel_feedback_status(action, fb)
@@ -158,6 +183,10 @@ def apply_report(action: Action, kind: ReportKind, fb: FeedbackStatus | None) ->
         return confirmation_status(action, kind == "confirmed")
     if kind == "cancel_requested":
         return cancel_requested_status(action)
+    if kind == "timed_out":
+        return health.timed_out_status(action.active, action.status)
+    if kind == "rolled_back":
+        return health.rolled_back_status(action.active, action.status)
     return close_for_deleted_device(action)
 
 
@@ -276,6 +305,16 @@ def announcement(action: Action, fb: FeedbackStatus | None) -> Event:
             status=action.status,
             details=fb.details if fb else [],
         )
+    if action.status == health.ROLLED_BACK:
+        return ActionRolledBack(
+            tenant=action.tenant,
+            controller_id=action.controller_id,
+            action_id=str(action.id),
+            software_id=action.software_id,
+            version=action.version,
+            reported_version=action.from_version,
+            rollout_id=None if action.rollout_id is None else str(action.rollout_id),
+        )
     return ActionFinished(
         tenant=action.tenant,
         controller_id=action.controller_id,
@@ -342,7 +381,7 @@ def apply_reports(
                 continue
             seen.add(report.event_id)
         fb = report.fb
-        status, active = apply_report(action, report.kind, fb)
+        status, active = apply_report(action, report.kind, fb, report.at)
         if active and status_at is not None and report.at < status_at:
             status = action.status
         out.entries.append((action.id, report, status))

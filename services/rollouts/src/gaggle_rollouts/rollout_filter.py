@@ -66,3 +66,9 @@ class NewRollout:
     confirmation_required: bool
     maintenance_window: dict[str, str] | None
     start: bool
+    report_timeout_s: float | None = None
+    """How long its actions may go without a report (None: the default, see health.py)."""
+    action_timeout_s: float | None = None
+    """How long its actions may take to a final state (None: the default)."""
+    soak_s: float = 0.0
+    """How long a device must stay healthy after its success before it counts (0: no soak)."""

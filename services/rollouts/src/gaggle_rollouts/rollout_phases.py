@@ -39,7 +39,7 @@ async def row_of(conn: Conn, query: str, *args: Any) -> asyncpg.Record:
 async def progress_of(conn: Conn, rollout_id: int) -> Progress:
     """A rollout's counters, counted from its members now."""
     rows = await conn.fetch(COUNTS, rollout_id)
-    return Progress.of((r[0], r[1], r[2]) for r in rows)
+    return Progress.of((r[0], r[1], r[2], r[3]) for r in rows)
 
 
 def feed_key(tenant: str, feed: str) -> str:
@@ -144,7 +144,12 @@ class Phases:
         if progress is None:
             progress = await progress_of(conn, rollout["id"])
         counters = progress.overall()
-        mark = (rollout["state"], rollout["current_wave"], *counters.public().values())
+        mark = (
+            rollout["state"],
+            rollout["current_wave"],
+            rollout["reason"],
+            *counters.public().values(),
+        )
         if self._emitted.get(rollout["id"]) == mark:
             return
         self._emitted[rollout["id"]] = mark
@@ -157,6 +162,7 @@ class Phases:
                 rollout_id=str(rollout["id"]),
                 state=rollout["state"],
                 wave=rollout["current_wave"] or None,
+                reason=rollout["reason"],
                 **counters.public(),
             ),
         )

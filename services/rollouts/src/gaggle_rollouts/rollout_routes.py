@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gaggle_contracts import names
 from gaggle_rollouts.deps import EngineDep, KnownDep, Reader, ReadsDep, StoreDep, Writer
-from gaggle_rollouts.plan import WaveSpec
+from gaggle_rollouts.health import (
+    DEFAULT_ACTION_TIMEOUT_S,
+    DEFAULT_REPORT_TIMEOUT_S,
+    format_duration,
+    parse_duration,
+)
+from gaggle_rollouts.plan import MemberState, WaveSpec
 from gaggle_rollouts.rollout_filter import DeviceFilter, NewRollout
 from gaggle_runtime.http import NotFoundError
 
@@ -71,7 +77,52 @@ class WindowBody(BaseModel):
         return self
 
 
-class RolloutBody(BaseModel):
+Duration = Annotated[
+    str,
+    Field(
+        min_length=2,
+        max_length=32,
+        description="A duration: 30m, 1h30m, 90s, 2d (ms, s, m, h, d)",
+        examples=["30m"],
+    ),
+]
+
+
+def duration_s(value: str | None) -> float | None:
+    """Seconds of a duration field (validated already), None for None."""
+    return None if value is None else parse_duration(value)
+
+
+def check_duration(value: str | None) -> str | None:
+    """A duration field's validator: ``ValueError`` (a 4xx) when it is not one."""
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+class LimitsBody(BaseModel):
+    """An action's two time limits (see the rollouts README: action timeouts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    report_timeout: Duration | None = Field(
+        None,
+        description="How long an action may go without a report from its device "
+        f"(default {format_duration(DEFAULT_REPORT_TIMEOUT_S)})",
+    )
+    action_timeout: Duration | None = Field(
+        None,
+        description="How long an action may take to reach a final state "
+        f"(default {format_duration(DEFAULT_ACTION_TIMEOUT_S)})",
+    )
+
+    @field_validator("report_timeout", "action_timeout")
+    @classmethod
+    def _durations(cls, value: str | None) -> str | None:
+        return check_duration(value)
+
+
+class RolloutBody(LimitsBody):
     """A new rollout."""
 
     model_config = ConfigDict(extra="forbid")
@@ -94,6 +145,16 @@ class RolloutBody(BaseModel):
     confirmation_required: bool = False
     maintenance_window: WindowBody | None = None
     start: bool = False
+    soak: Duration | None = Field(
+        None,
+        description="How long a device must stay healthy after its success (keep polling, "
+        "report the new version after its reboot) before it counts towards the next wave",
+    )
+
+    @field_validator("soak")
+    @classmethod
+    def _soak(cls, value: str | None) -> str | None:
+        return check_duration(value)
 
     @model_validator(mode="after")
     def _waves(self) -> RolloutBody:
@@ -148,6 +209,9 @@ def _new_rollout(body: RolloutBody) -> NewRollout:
             body.maintenance_window.model_dump() if body.maintenance_window else None
         ),
         start=body.start,
+        report_timeout_s=duration_s(body.report_timeout),
+        action_timeout_s=duration_s(body.action_timeout),
+        soak_s=duration_s(body.soak) or 0.0,
     )
 
 
@@ -194,7 +258,7 @@ async def rollout_devices(
     tenant: Reader,
     rollout_id: RolloutIdParam,
     reads: ReadsDep,
-    state: Literal["waiting", "pending", "running", "success", "failure", "canceled"] | None = None,
+    state: MemberState | None = None,
     after: Annotated[str | None, Query(max_length=256)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 INSERT_ROLLOUT = """
 INSERT INTO rollouts.rollouts (tenant, name, feed, software_id, device_filter, action_type,
                                confirmation_required, maintenance_window, success_threshold,
-                               error_threshold, error_action)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8::jsonb, $9, $10, $11)
+                               error_threshold, error_action, report_timeout_s, action_timeout_s,
+                               soak_s)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8::jsonb, $9, $10, $11, $12, $13, $14)
 RETURNING *"""
 FEED_KNOWN = """
 SELECT EXISTS (SELECT 1 FROM rollouts.policies WHERE tenant = $1 AND feed = $2)"""
@@ -51,9 +52,16 @@ SELECT id FROM rollouts.rollouts
 WHERE tenant = $1 AND feed = $2 AND id < $3 AND state IN ('running', 'paused') ORDER BY id"""
 ACTIVE_IDS = "SELECT id FROM rollouts.rollouts WHERE state IN ('running', 'paused') ORDER BY id"
 
+# Successes of a rollout with a soak time still soak until the health check judged them
+# (health.py): finished actions not judged yet included.
 COUNTS = """
-SELECT wave, state, count(*)::int FROM rollouts.rollout_devices
-WHERE rollout_id = $1 GROUP BY wave, state"""
+SELECT m.wave, m.state, count(*)::int,
+       (count(*) FILTER (WHERE m.state = 'success' AND r.soak_s > 0 AND a.status = 'finished'
+                           AND coalesce(a.health, 'soaking') = 'soaking'))::int
+FROM rollouts.rollout_devices m
+JOIN rollouts.rollouts r ON r.id = m.rollout_id
+LEFT JOIN rollouts.actions a ON a.id = m.action_id
+WHERE m.rollout_id = $1 GROUP BY m.wave, m.state"""
 WAVES = "SELECT * FROM rollouts.rollout_waves WHERE rollout_id = $1 ORDER BY wave"
 START_WAVE = """
 UPDATE rollouts.rollout_devices SET state = 'pending'

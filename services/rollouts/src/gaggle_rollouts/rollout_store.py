@@ -110,6 +110,9 @@ class RolloutStore:
                 new.success_threshold,
                 new.error_threshold,
                 new.error_action,
+                new.report_timeout_s,
+                new.action_timeout_s,
+                new.soak_s,
             )
             sizes = wave_sizes(len(members), new.waves)
             waves = [w for w, size in enumerate(sizes, start=1) for _ in range(size)]

@@ -30,13 +30,13 @@ from gaggle_rollouts.deps import (
 from gaggle_rollouts.domain import Action, Software
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.policies import Policy, PolicyMatch
-from gaggle_rollouts.rollout_routes import WindowBody
+from gaggle_rollouts.rollout_routes import LimitsBody, WindowBody, duration_s
 from gaggle_runtime.http import ApiError, NotFoundError
 
 ActionIdParam = Annotated[str, Path(max_length=64, description="Action id")]
 
 
-class NewAction(BaseModel):
+class NewAction(LimitsBody):
     """Assign one software to one device now."""
 
     model_config = ConfigDict(extra="forbid")
@@ -177,7 +177,13 @@ async def create_action(
         tenant,
         controller_id,
         chosen,
-        ActionSpec(body.type, window, body.confirmation_required),
+        ActionSpec(
+            body.type,
+            window,
+            body.confirmation_required,
+            report_timeout_s=duration_s(body.report_timeout),
+            action_timeout_s=duration_s(body.action_timeout),
+        ),
     )
     return await _render(actions, action)
 

@@ -17,5 +17,8 @@ class RolloutsSettings(BaseSettings):
     """How often every active rollout is looked at, besides when something changes it."""
     window_s: float = 30.0
     """How often maintenance windows of open actions are re-checked."""
+    health_s: float = Field(5.0, gt=0)
+    """How often actions are checked against their time-outs and soaks (health.py): a limit
+    is enforced this much late at most."""
     lookup_timeout_s: float = Field(2.0, gt=0)
     """How long to wait for artifacts or registry about an id rollouts was not told of yet."""
