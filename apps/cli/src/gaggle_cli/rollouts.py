@@ -104,7 +104,20 @@ WAVE_COLUMNS: list[Column] = [
     ("QUEUED", lambda w: (w.get("counters") or {}).get("queued", 0)),
     ("PENDING", lambda w: (w.get("counters") or {}).get("pending")),
     ("CANCELED", lambda w: (w.get("counters") or {}).get("canceled")),
+    ("TIMEOUT", lambda w: (w.get("counters") or {}).get("timed_out", 0)),
+    ("ROLLBACK", lambda w: (w.get("counters") or {}).get("rolled_back", 0)),
+    ("SOAKING", lambda w: (w.get("counters") or {}).get("soaking", 0)),
 ]
+MEMBER_STATES = (
+    "waiting",
+    "pending",
+    "running",
+    "success",
+    "failure",
+    "canceled",
+    "timed_out",
+    "rolled_back",
+)
 
 
 def show_rollout(state: State, doc: Mapping[str, Any]) -> None:
@@ -130,6 +143,12 @@ def show_rollout(state: State, doc: Mapping[str, Any]) -> None:
                 f"{doc.get('action_type')}"
                 + (", confirmation required" if doc.get("confirmation_required") else "")
                 + (f", window {window.get('start')}-{window.get('end')} UTC" if window else ""),
+            ),
+            (
+                "health",
+                f"report timeout {text(doc.get('report_timeout'))}, "
+                f"action timeout {text(doc.get('action_timeout'))}, "
+                + (f"soak {doc['soak']}" if doc.get("soak") else "no soak"),
             ),
             ("created", when(doc.get("created_at"))),
             ("started", when(doc.get("started_at"))),
@@ -185,6 +204,21 @@ def rollouts() -> None:
 @click.option(
     "--device", "devices_", multiple=True, metavar="ID", help="Only this device (repeat)."
 )
+@click.option(
+    "--report-timeout",
+    metavar="DURATION",
+    help="How long an action may go without a report (30m, 1h, 90s) [1h].",
+)
+@click.option(
+    "--action-timeout",
+    metavar="DURATION",
+    help="How long an action may take to a final state [1d].",
+)
+@click.option(
+    "--soak",
+    metavar="DURATION",
+    help="How long a device must stay healthy after its success before it counts.",
+)
 @click.option("--start", is_flag=True, help="Start it at once.")
 @json_option
 @pass_state
@@ -204,9 +238,18 @@ def create(
     hw_revision: str | None,
     sw_version: str | None,
     devices_: tuple[str, ...],
+    report_timeout: str | None,
+    action_timeout: str | None,
+    soak: str | None,
     start: bool,
 ) -> None:
-    """Create a rollout (and start it with --start)."""
+    """Create a rollout (and start it with --start).
+
+    Durations are like 30m, 1h30m, 90s or 2d. An action past --report-timeout or
+    --action-timeout is timed out (a failure); with --soak, a device's success counts towards
+    the next wave only once it stayed healthy that long (kept polling, still on the new
+    version after its reboot).
+    """
     selection = {
         "hw_model": hw_model,
         "hw_revision": hw_revision,
@@ -225,6 +268,9 @@ def create(
         "action_type": action_type,
         "confirmation_required": confirm or None,
         "maintenance_window": parse_window(window),
+        "report_timeout": report_timeout,
+        "action_timeout": action_timeout,
+        "soak": soak,
         "start": start,
     }
     doc = state.api.request(
@@ -281,7 +327,7 @@ def show(state: State, rollout_id: str) -> None:
 @click.option(
     "--state",
     "state_",
-    type=click.Choice(["waiting", "pending", "running", "success", "failure", "canceled"]),
+    type=click.Choice(MEMBER_STATES),
     help="Only devices in this state.",
 )
 @click.option("--all", "all_", is_flag=True, help="Every page (1000 devices a page).")
@@ -356,7 +402,20 @@ def watch_render(doc: Mapping[str, Any]) -> RenderableType:
     if doc.get("reason"):
         head.append(f"\n{doc['reason']}", style="dim")
     grid = Table(box=None, pad_edge=False, header_style="bold")
-    headers = ("", "", "DONE", "SUCCESS", "FAILURE", "RUNNING", "QUEUED", "PENDING", "CANCELED")
+    headers = (
+        "",
+        "",
+        "DONE",
+        "SUCCESS",
+        "FAILURE",
+        "RUNNING",
+        "QUEUED",
+        "PENDING",
+        "CANCELED",
+        "TIMEOUT",
+        "ROLLBACK",
+        "SOAKING",
+    )
     for header in headers:
         grid.add_column(header, justify="right" if header else "left")
     rows: list[tuple[str, Mapping[str, Any]]] = [("all", doc.get("counters") or {})]
@@ -380,6 +439,9 @@ def watch_render(doc: Mapping[str, Any]) -> RenderableType:
             str(counters.get("queued", 0)),
             str(counters.get("pending", 0)),
             str(counters.get("canceled", 0)),
+            str(counters.get("timed_out", 0)),
+            str(counters.get("rolled_back", 0)),
+            str(counters.get("soaking", 0)),
         )
     return Group(head, grid)
 
