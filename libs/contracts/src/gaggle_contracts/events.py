@@ -257,6 +257,10 @@ class DeviceUpdated(Event):
     hw_model: str | None = None
     hw_revision: str | None = None
     sw_version: str | None = None
+    reported_at: AwareDatetime | None = None
+    """When the device reported these attributes (the gateway's time; ``attributes`` and
+    ``registered`` changes): rollouts compares it with when the device reported its last
+    success (rollback detection)."""
 
 
 # --- from artifacts --------------------------------------------------------------------------

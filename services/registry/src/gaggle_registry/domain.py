@@ -106,6 +106,23 @@ def finished_state(status: str) -> str:
     return REVERT
 
 
+def installed_or_reported(
+    installed: str,
+    succeeded_at: datetime,
+    reported: str | None,
+    reported_at: datetime | None,
+) -> str:
+    """The version a device runs once its action finished, for ``device.updated`` (installed).
+
+    What the action installed, unless the device reported its version itself after it reported
+    its success (both times the gateway's): then its own word stands, whichever event registry
+    handled first (a device that fell back to its old slot says so right after its reboot).
+    """
+    if reported is not None and reported_at is not None and reported_at > succeeded_at:
+        return reported
+    return installed
+
+
 def new_token() -> str:
     """A device token: 32 random URL-safe characters (hawkBit uses 32 alphanumerics)."""
     return secrets.token_urlsafe(24)

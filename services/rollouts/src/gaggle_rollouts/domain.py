@@ -295,10 +295,16 @@ def with_status(action: Action, status: str, active: bool) -> Action:
     return replace(action, status=status, active=active)
 
 
-def announcement(action: Action, fb: FeedbackStatus | None) -> Event:
-    """``action.updated`` for an open action (with the report's details), else ``finished``."""
+def announcement(action: Action, fb: FeedbackStatus | None, at: datetime | None = None) -> Event:
+    """``action.updated`` for an open action (with the report's details), else ``finished``.
+
+    ``at``: when the report was received, the event's time (else now): the registry orders a
+    device's action events and version reports by it, whichever it hears of first.
+    """
+    when = {} if at is None else {"occurred_at": at}
     if action.active:
         return ActionUpdated(
+            **when,
             tenant=action.tenant,
             controller_id=action.controller_id,
             action_id=str(action.id),
@@ -307,6 +313,7 @@ def announcement(action: Action, fb: FeedbackStatus | None) -> Event:
         )
     if action.status == health.ROLLED_BACK:
         return ActionRolledBack(
+            **when,
             tenant=action.tenant,
             controller_id=action.controller_id,
             action_id=str(action.id),
@@ -316,6 +323,7 @@ def announcement(action: Action, fb: FeedbackStatus | None) -> Event:
             rollout_id=None if action.rollout_id is None else str(action.rollout_id),
         )
     return ActionFinished(
+        **when,
         tenant=action.tenant,
         controller_id=action.controller_id,
         action_id=str(action.id),
@@ -392,14 +400,14 @@ def apply_reports(
             if fb is not None:
                 # The device is at work (a first "proceeding" leaves the action "running"):
                 # say so, for the registry's update state and for watchers.
-                out.events.append(announcement(action, fb))
+                out.events.append(announcement(action, fb, report.at))
         else:
             action = with_status(action, status, active)
             status_at = report.at if status_at is None else max(status_at, report.at)
             current[key] = (action, status_at)
             changed.add(key)
             out.results.append(action)
-            out.events.append(announcement(action, fb))
+            out.events.append(announcement(action, fb, report.at))
         out.rendered.setdefault(report.tenant, set()).add(action.controller_id)
     for k in sorted(changed, key=lambda k: k[1]):
         moved, at = current[k]

@@ -40,17 +40,36 @@ FROM (SELECT f.id, coalesce(r.soak_s, 0) AS soak_s FROM rollouts.actions f
       LEFT JOIN rollouts.rollouts r ON r.id = f.rollout_id
       WHERE f.health IS NULL AND NOT f.active AND f.status = 'finished') s
 WHERE a.id = s.id"""
-# Open actions past a limit, or close to it (the rule itself is health.timeout_reason).
+# Open actions past a limit (the rule itself is health.timeout_reason). Those whose clock
+# started within the shorter limit cannot be past either: their reports are not looked up.
 OVERDUE = """
 SELECT * FROM (
     SELECT a.*, (SELECT max(s.at) FROM rollouts.action_status s
                  WHERE s.action_id = a.id AND s.event_id IS NOT NULL) AS reported_at
     FROM rollouts.actions a
-    WHERE a.active AND a.status <> 'wait_for_confirmation' AND a.window_open IS NOT FALSE) o
+    WHERE a.active AND a.status <> 'wait_for_confirmation' AND a.window_open IS NOT FALSE
+      AND a.clock_from < $1::timestamptz - make_interval(
+          secs => least(coalesce(a.action_timeout_s, $2), coalesce(a.report_timeout_s, $3)))) o
 WHERE o.clock_from < $1::timestamptz - make_interval(secs => coalesce(o.action_timeout_s, $2))
    OR greatest(o.clock_from, o.reported_at)
       < $1::timestamptz - make_interval(secs => coalesce(o.report_timeout_s, $3))
 ORDER BY o.id LIMIT $4"""
+# Successes whose device reported its version after them before they were judged (its report
+# was handled before its success).
+REPORTED_SINCE = """
+SELECT a.*, d.reported_version, d.reported_at FROM rollouts.actions a
+JOIN rollouts.devices d ON d.tenant = a.tenant AND d.controller_id = a.controller_id
+WHERE a.health IS NULL AND NOT a.active AND a.status = 'finished'
+  AND d.reported_at > coalesce(a.status_at, a.closed_at)
+ORDER BY a.id LIMIT $1"""
+REPORTED = """
+INSERT INTO rollouts.devices AS d (tenant, controller_id, reported_version, reported_at,
+                                   updated_at)
+SELECT $1, u.controller_id, u.version, u.at, '-infinity'
+FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS u(controller_id, version, at)
+ON CONFLICT (tenant, controller_id) DO UPDATE
+SET reported_version = EXCLUDED.reported_version, reported_at = EXCLUDED.reported_at
+WHERE d.reported_at IS NULL OR d.reported_at <= EXCLUDED.reported_at"""
 SOAKED = """
 SELECT a.*, r.soak_s FROM rollouts.actions a
 LEFT JOIN rollouts.rollouts r ON r.id = a.rollout_id
@@ -160,6 +179,13 @@ class Health:
     async def sweep(self, now: datetime) -> Swept:
         """Time out overdue actions and judge the soaks that ended at ``now``."""
         swept = Swept()
+        rollbacks: list[Report] = []
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            for row in await conn.fetch(REPORTED_SINCE, SWEEP_LIMIT):
+                rollbacks += await self._version(
+                    conn, row, row["reported_version"], row["reported_at"]
+                )
+        await self._apply(rollbacks)
         async with self.db.pool.acquire() as conn:
             await conn.execute(JUDGE_FINISHED)
             overdue = await conn.fetch(
@@ -249,13 +275,28 @@ class Health:
         rollbacks: list[Report] = []
         for tenant, of_tenant in by_tenant.items():
             ids = sorted({e.controller_id for e in of_tenant})
+            newest: dict[str, DeviceUpdated] = {}
+            for e in of_tenant:
+                seen = newest.get(e.controller_id)
+                if seen is None or (e.reported_at or e.occurred_at) >= (
+                    seen.reported_at or seen.occurred_at
+                ):
+                    newest[e.controller_id] = e
             async with self.db.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    REPORTED,
+                    tenant,
+                    list(newest),
+                    [e.sw_version for e in newest.values()],
+                    [e.reported_at or e.occurred_at for e in newest.values()],
+                )
                 last = {r["controller_id"]: r for r in await conn.fetch(LAST_SUCCESS, tenant, ids)}
-                for e in sorted(of_tenant, key=lambda e: e.occurred_at):
+                for e in sorted(of_tenant, key=lambda e: e.reported_at or e.occurred_at):
                     row = last.get(e.controller_id)
                     if row is None or e.sw_version is None:
                         continue
-                    rollbacks += await self._version(conn, row, e.sw_version, e.occurred_at)
+                    at = e.reported_at or e.occurred_at
+                    rollbacks += await self._version(conn, row, e.sw_version, at)
         await self._apply(rollbacks)
         return [None] * len(events)
 
@@ -267,7 +308,8 @@ class Health:
             reported_at=at,
             installed=row["version"],
             previous=row["from_version"],
-            succeeded_at=row["closed_at"],
+            # When the gateway received the success (the device's reports are timed so too).
+            succeeded_at=row["status_at"] or row["closed_at"],
         )
         if verdict == "earlier":
             return []

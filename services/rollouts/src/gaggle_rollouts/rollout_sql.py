@@ -53,15 +53,20 @@ WHERE tenant = $1 AND feed = $2 AND id < $3 AND state IN ('running', 'paused') O
 ACTIVE_IDS = "SELECT id FROM rollouts.rollouts WHERE state IN ('running', 'paused') ORDER BY id"
 
 # Successes of a rollout with a soak time still soak until the health check judged them
-# (health.py): finished actions not judged yet included.
+# (health.py): finished actions not judged yet included. Only a rollout with a soak time looks
+# at its members' actions.
 COUNTS = """
-SELECT m.wave, m.state, count(*)::int,
-       (count(*) FILTER (WHERE m.state = 'success' AND r.soak_s > 0 AND a.status = 'finished'
-                           AND coalesce(a.health, 'soaking') = 'soaking'))::int
-FROM rollouts.rollout_devices m
-JOIN rollouts.rollouts r ON r.id = m.rollout_id
-LEFT JOIN rollouts.actions a ON a.id = m.action_id
-WHERE m.rollout_id = $1 GROUP BY m.wave, m.state"""
+SELECT g.wave, g.state, g.n,
+       CASE WHEN g.state = 'success' AND r.soak_s > 0 THEN
+           (SELECT count(*)::int FROM rollouts.rollout_devices m
+            JOIN rollouts.actions a ON a.id = m.action_id
+            WHERE m.rollout_id = $1 AND m.wave = g.wave AND m.state = 'success'
+              AND a.status = 'finished' AND coalesce(a.health, 'soaking') = 'soaking')
+       ELSE 0 END
+FROM (SELECT wave, state, count(*)::int AS n FROM rollouts.rollout_devices
+      WHERE rollout_id = $1 GROUP BY wave, state) g
+CROSS JOIN rollouts.rollouts r
+WHERE r.id = $1"""
 WAVES = "SELECT * FROM rollouts.rollout_waves WHERE rollout_id = $1 ORDER BY wave"
 START_WAVE = """
 UPDATE rollouts.rollout_devices SET state = 'pending'

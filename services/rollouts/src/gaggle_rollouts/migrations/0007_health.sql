@@ -18,6 +18,12 @@ ALTER TABLE actions
     ADD COLUMN soak_until   timestamptz,
     ADD COLUMN seen_at      timestamptz;  -- the device's last poll or report after its success
 
+-- The version each device last reported itself, and when the gateway received it: compared
+-- with its last success also when the report came before rollouts closed the action.
+ALTER TABLE devices
+    ADD COLUMN reported_version text,
+    ADD COLUMN reported_at      timestamptz;
+
 -- Closed before this migration: nothing left to judge.
 UPDATE actions SET health = 'none' WHERE NOT active;
 
