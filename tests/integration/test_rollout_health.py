@@ -174,6 +174,7 @@ async def test_a_single_action_times_out_without_a_final_state_within_its_limit(
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await device(client, stack, "h-slow", "board", "1.0", OLD)
         action = await stack.assign(client, "h-slow", sid, action_timeout="2s", report_timeout="1h")
+        assert (action["action_timeout"], action["report_timeout"]) == ("2s", "1h")
         href = await offered(client, stack, "h-slow")
         url = f"{stack.dev('h-slow')}/deploymentBase/{action['id']}/feedback"
         # It keeps reporting progress, but never finishes.

@@ -73,6 +73,9 @@ class Action:
     """None: no maintenance window; else whether the window is open now."""
     from_version: str | None = None
     """What the device reported running when the action opened (rollback detection)."""
+    report_timeout_s: float | None = None
+    """Its limits (None: the defaults of :mod:`~gaggle_rollouts.health`)."""
+    action_timeout_s: float | None = None
 
 
 def feedback_status(action: Action, fb: FeedbackStatus) -> tuple[str, bool]:

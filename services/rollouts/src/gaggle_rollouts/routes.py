@@ -28,6 +28,7 @@ from gaggle_rollouts.deps import (
     Writer,
 )
 from gaggle_rollouts.domain import Action, Software
+from gaggle_rollouts.health import Limits, format_duration
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.policies import Policy, PolicyMatch
 from gaggle_rollouts.rollout_routes import LimitsBody, WindowBody, duration_s
@@ -122,6 +123,7 @@ async def _software(known: ReadThrough, tenant: str, software_id: str) -> Softwa
 
 
 async def _render(actions: Actions, action: Action) -> dict[str, Any]:
+    limits = Limits(action.report_timeout_s, action.action_timeout_s)
     return {
         "id": str(action.id),
         "tenant": action.tenant,
@@ -131,6 +133,8 @@ async def _render(actions: Actions, action: Action) -> dict[str, Any]:
         "type": action.type,
         "status": action.status,
         "active": action.active,
+        "report_timeout": format_duration(limits.report_s),
+        "action_timeout": format_duration(limits.action_s),
         "created_at": action.created_at,
         "closed_at": action.closed_at,
         "history": await actions.history(action.id),
