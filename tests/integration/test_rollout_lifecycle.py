@@ -130,6 +130,9 @@ async def test_waves_start_one_after_the_other_and_the_rollout_finishes(
             "success": 10,
             "failure": 0,
             "canceled": 0,
+            "timed_out": 0,
+            "rolled_back": 0,
+            "soaking": 0,
         }
         started = [w["started_at"] for w in doc["waves"]]
         assert started == sorted(started)

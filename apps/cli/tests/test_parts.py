@@ -243,8 +243,54 @@ def test_watch_shows_the_queued_devices_of_each_wave() -> None:
     header = next(line for line in lines if "QUEUED" in line)
     row = next(line for line in lines if line.startswith("wave 1"))
     names = header.split()
-    assert names == ["DONE", "SUCCESS", "FAILURE", "RUNNING", "QUEUED", "PENDING", "CANCELED"]
-    assert row.split()[-len(names) :] == ["2/10", "2", "0", "3", "5", "5", "0"]
+    assert names == [
+        "DONE",
+        "SUCCESS",
+        "FAILURE",
+        "RUNNING",
+        "QUEUED",
+        "PENDING",
+        "CANCELED",
+        "TIMEOUT",
+        "ROLLBACK",
+        "SOAKING",
+    ]
+    assert row.split()[-len(names) :] == ["2/10", "2", "0", "3", "5", "5", "0", "0", "0", "0"]
+
+
+def test_watch_says_why_a_rollout_stopped_and_counts_each_kind_of_failure() -> None:
+    reason = (
+        "error threshold exceeded: 12 of 100 devices failed (12.0 % > 10 %); "
+        "so far 2 failed, 10 rolled back"
+    )
+    counters = {
+        "total": 100,
+        "success": 80,
+        "failure": 12,
+        "rolled_back": 10,
+        "running": 8,
+        "soaking": 3,
+    }
+    doc = {
+        "id": "5",
+        "name": "ab",
+        "state": "aborted",
+        "reason": reason,
+        "current_wave": 1,
+        "counters": counters,
+        "waves": [{"wave": 1, "counters": counters}],
+    }
+    console = Console(record=True, width=160)
+    console.print(watch_render(doc))
+    out = console.export_text()
+    assert reason in out
+    row = next(line for line in out.splitlines() if line.startswith("wave 1"))
+    assert row.split()[-10:] == ["92/100", "80", "12", "8", "0", "0", "0", "0", "10", "3"]
+    stopped = outcome(doc)
+    assert stopped is not None and stopped.exit_code == 1 and "10 rolled back" in stopped.message
+    assert counters_line(counters) == (
+        "80/100 success (3 soaking), 12 failure (10 rolled back), 8 running, 0 pending"
+    )
 
 
 def test_watch_says_a_rollout_waits_for_approval() -> None:

@@ -512,3 +512,48 @@ async def test_ramp_up_spreads_the_first_polls(fake_ddi) -> None:
     assert times[0] < 0.3
     assert times[-1] > 0.3
     assert times[-1] < 0.75
+
+
+def test_silent_and_fallback_shares_are_exact_seed_stable_and_apart() -> None:
+    cfg = FleetConfig("http://x/t", 1000, silent_share=0.05, fallback_share=0.1, seed=7)
+    first = assign_behaviours(cfg)
+    silent = {i for i, b in enumerate(first) if b.silent}
+    back = {i for i, b in enumerate(first) if b.falls_back}
+    assert len(silent) == 50
+    assert not silent & back  # a device that falls back comes back to say so
+    assert len(back) == 100
+    assert assign_behaviours(cfg) == first
+    only_back = assign_behaviours(FleetConfig("http://x/t", 1000, fallback_share=0.1, seed=7))
+    assert sum(b.falls_back for b in only_back) == 100
+    with pytest.raises(ValueError, match="fallback_share"):
+        FleetConfig("http://x/t", 1, fallback_share=2)
+
+
+async def test_devices_that_go_silent_or_fall_back_after_their_install(fake_ddi) -> None:
+    fake = await fake_ddi(artifact=PAYLOAD)
+    cfg = config(fake, 20, silent_share=0.25, fallback_share=0.25, sw_version="1.0.0", seed=5)
+    fleet = Fleet(cfg)
+    for device in fleet.devices:
+        fake.assign(device.controller_id)
+    await fleet.start()
+    try:
+        assert await fleet.wait(updates_done(20), timeout=10), fleet.stats.snapshot()
+        # The 15 that came back report their version; the 5 silent ones say nothing more.
+        assert await fleet.wait(lambda s: s.config_sent >= 20 + 15, timeout=5)
+        polls = {d.controller_id: len(fake.requests_of(d.controller_id)) for d in fleet.devices}
+        await asyncio.sleep(0.3)
+    finally:
+        await fleet.stop()
+    stats = fleet.stats
+    assert (stats.successes, stats.went_silent, stats.fell_back) == (20, 5, 5)
+    for device in fleet.devices:
+        reported = [p["data"]["sw_version"] for p in fake.config_puts[device.controller_id]]
+        if device.behaviour.silent:
+            assert device.state == "done"
+            assert reported == ["1.0.0"]  # only its first contact
+            assert len(fake.requests_of(device.controller_id)) == polls[device.controller_id]
+        elif device.behaviour.falls_back:
+            assert device.sw_version == "1.0.0"
+            assert reported[-1] == "1.0.0" and len(reported) >= 2
+        else:
+            assert reported[-1] == device.sw_version != "1.0.0"

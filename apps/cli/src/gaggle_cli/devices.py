@@ -261,6 +261,47 @@ def _policy_text(policy: Mapping[str, Any]) -> str:
     return line
 
 
+@devices.command("blocked")
+@click.argument("controller_id", metavar="ID")
+@json_option
+@pass_state
+def blocked(state: State, controller_id: str) -> None:
+    """Software the device is not offered again: it rolled back from it (A/B fallback)."""
+    doc = state.api.request("rollouts", "GET", _device_path(controller_id, "/blocked"))
+    if state.json:
+        print_json(doc)
+        return
+    items = doc.get("items") or []
+    if not items:
+        state.out.print(f"{controller_id}: nothing blocked.")
+        return
+    table(
+        state.out,
+        items,
+        [
+            ("SOFTWARE", lambda b: b.get("software_id")),
+            ("VERSION", lambda b: b.get("version")),
+            ("ACTION", lambda b: b.get("action_id")),
+            ("SINCE", lambda b: when(b.get("blocked_at"))),
+            ("REASON", lambda b: b.get("reason")),
+        ],
+    )
+
+
+@devices.command("unblock")
+@click.argument("controller_id", metavar="ID")
+@click.argument("software_id", metavar="SOFTWARE")
+@pass_state
+def unblock(state: State, controller_id: str, software_id: str) -> None:
+    """Clear a block: the device may be offered that software again (chosen for at once)."""
+    state.api.request(
+        "rollouts",
+        "DELETE",
+        _device_path(controller_id, f"/blocked/{quote(software_id, safe='')}"),
+    )
+    state.out.print(f"{controller_id}: software {software_id} may be offered again.")
+
+
 @cli.group()
 def policy() -> None:
     """How devices get their software: mode rollout, latest, assigned or pinned, and feed."""

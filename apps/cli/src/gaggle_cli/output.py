@@ -93,13 +93,21 @@ def counters_line(counters: Mapping[str, Any]) -> str:
     """``3/10 success, 1 failure, 2 running, 4 pending (3 queued)``.
 
     Queued (of the pending, those whose wave started and wait for a slot under the tenant's cap
-    on updates in flight) and canceled are shown only when there are any.
+    on updates in flight) and canceled are shown only when there are any; so are the successes
+    still in their soak time and the failures that timed out or rolled back.
     """
-    line = (
-        f"{counters.get('success', 0)}/{counters.get('total', 0)} success, "
-        f"{counters.get('failure', 0)} failure, {counters.get('running', 0)} running, "
-        f"{counters.get('pending', 0)} pending"
-    )
+    line = f"{counters.get('success', 0)}/{counters.get('total', 0)} success"
+    if counters.get("soaking"):
+        line += f" ({counters['soaking']} soaking)"
+    line += f", {counters.get('failure', 0)} failure"
+    kinds = [
+        f"{counters[key]} {name}"
+        for key, name in (("timed_out", "timed out"), ("rolled_back", "rolled back"))
+        if counters.get(key)
+    ]
+    if kinds:
+        line += f" ({', '.join(kinds)})"
+    line += f", {counters.get('running', 0)} running, {counters.get('pending', 0)} pending"
     if counters.get("queued"):
         line += f" ({counters['queued']} queued)"
     if counters.get("canceled"):

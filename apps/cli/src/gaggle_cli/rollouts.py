@@ -187,7 +187,20 @@ WAVE_COLUMNS: list[Column] = [
     ("QUEUED", lambda w: (w.get("counters") or {}).get("queued", 0)),
     ("PENDING", lambda w: (w.get("counters") or {}).get("pending")),
     ("CANCELED", lambda w: (w.get("counters") or {}).get("canceled")),
+    ("TIMEOUT", lambda w: (w.get("counters") or {}).get("timed_out", 0)),
+    ("ROLLBACK", lambda w: (w.get("counters") or {}).get("rolled_back", 0)),
+    ("SOAKING", lambda w: (w.get("counters") or {}).get("soaking", 0)),
 ]
+MEMBER_STATES = (
+    "waiting",
+    "pending",
+    "running",
+    "success",
+    "failure",
+    "canceled",
+    "timed_out",
+    "rolled_back",
+)
 
 
 def _by(actor: str | None) -> str:
@@ -225,6 +238,12 @@ def show_rollout(state: State, doc: Mapping[str, Any]) -> None:
                 + (f", window {window}" if window else ""),
             ),
             ("approval", approval),
+            (
+                "health",
+                f"report timeout {text(doc.get('report_timeout'))}, "
+                f"action timeout {text(doc.get('action_timeout'))}, "
+                + (f"soak {doc['soak']}" if doc.get("soak") else "no soak"),
+            ),
             ("created", when(doc.get("created_at")) + _by(doc.get("created_by"))),
             ("started", when(doc.get("started_at"))),
             ("finished", when(doc.get("finished_at"))),
@@ -296,6 +315,21 @@ def rollouts() -> None:
 @click.option(
     "--device", "devices_", multiple=True, metavar="ID", help="Only this device (repeat)."
 )
+@click.option(
+    "--report-timeout",
+    metavar="DURATION",
+    help="How long an action may go without a report (30m, 1h, 90s) [1h].",
+)
+@click.option(
+    "--action-timeout",
+    metavar="DURATION",
+    help="How long an action may take to a final state [1d].",
+)
+@click.option(
+    "--soak",
+    metavar="DURATION",
+    help="How long a device must stay healthy after its success before it counts.",
+)
 @click.option("--start", is_flag=True, help="Start it at once.")
 @json_option
 @pass_state
@@ -320,9 +354,18 @@ def create(
     hw_revision: str | None,
     sw_version: str | None,
     devices_: tuple[str, ...],
+    report_timeout: str | None,
+    action_timeout: str | None,
+    soak: str | None,
     start: bool,
 ) -> None:
-    """Create a rollout (and start it with --start, or once approved where that is asked)."""
+    """Create a rollout (and start it with --start, or once approved where that is asked).
+
+    Durations are like 30m, 1h30m, 90s or 2d. An action past --report-timeout or
+    --action-timeout is timed out (a failure); with --soak, a device's success counts towards
+    the next wave only once it stayed healthy that long (kept polling, still on the new
+    version after its reboot).
+    """
     if timeforced is not None and action_type not in (None, "timeforced"):
         raise click.UsageError("--timeforced makes the actions timeforced: drop --type")
     if timeforced is not None:
@@ -346,6 +389,9 @@ def create(
         "forcetime": parse_forcetime(timeforced),
         "confirmation_required": confirm or None,
         "maintenance_window": window_body(windows, days, timezone, schedule, duration),
+        "report_timeout": report_timeout,
+        "action_timeout": action_timeout,
+        "soak": soak,
         "start": start,
     }
     doc = state.api.request(
@@ -402,7 +448,7 @@ def show(state: State, rollout_id: str) -> None:
 @click.option(
     "--state",
     "state_",
-    type=click.Choice(["waiting", "pending", "running", "success", "failure", "canceled"]),
+    type=click.Choice(MEMBER_STATES),
     help="Only devices in this state.",
 )
 @click.option("--all", "all_", is_flag=True, help="Every page (1000 devices a page).")
@@ -505,7 +551,20 @@ def watch_render(doc: Mapping[str, Any]) -> RenderableType:
     elif doc.get("approval") == "pending":
         head.append("\nwaits for approval (rollouts approve)", style="dim")
     grid = Table(box=None, pad_edge=False, header_style="bold")
-    headers = ("", "", "DONE", "SUCCESS", "FAILURE", "RUNNING", "QUEUED", "PENDING", "CANCELED")
+    headers = (
+        "",
+        "",
+        "DONE",
+        "SUCCESS",
+        "FAILURE",
+        "RUNNING",
+        "QUEUED",
+        "PENDING",
+        "CANCELED",
+        "TIMEOUT",
+        "ROLLBACK",
+        "SOAKING",
+    )
     for header in headers:
         grid.add_column(header, justify="right" if header else "left")
     rows: list[tuple[str, Mapping[str, Any]]] = [("all", doc.get("counters") or {})]
@@ -529,6 +588,9 @@ def watch_render(doc: Mapping[str, Any]) -> RenderableType:
             str(counters.get("queued", 0)),
             str(counters.get("pending", 0)),
             str(counters.get("canceled", 0)),
+            str(counters.get("timed_out", 0)),
+            str(counters.get("rolled_back", 0)),
+            str(counters.get("soaking", 0)),
         )
     return Group(head, grid)
 

@@ -94,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="offline devices leave at a random moment within this many seconds (60)",
     )
     p.add_argument("--cut", type=_share, default=0.0, help="share that cut and resume downloads")
+    p.add_argument(
+        "--silent",
+        type=_share,
+        default=0.0,
+        help="share that go silent after a successful install (never poll again)",
+    )
+    p.add_argument(
+        "--fallback",
+        type=_share,
+        default=0.0,
+        help="share that fall back to their old version after a successful install (A/B)",
+    )
     p.add_argument("--install-seconds", type=float, default=0.0, help="install time (0)")
     p.add_argument(
         "--slow-install-seconds", type=float, default=5.0, help="install time of slow devices (5)"
@@ -155,6 +167,8 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         offline_seconds=args.offline_seconds,
         offline_within=args.offline_within,
         cut_share=args.cut,
+        silent_share=args.silent,
+        fallback_share=args.fallback,
         install_seconds=args.install_seconds,
         slow_install_seconds=args.slow_install_seconds,
         slow_rate=args.slow_rate,
@@ -186,7 +200,8 @@ def summary(stats: FleetStats) -> str:
         f"({s['download_bytes'] / 1e6:,.1f} MB, {s['resumed']} resumed)",
         f"  results      {s['successes']:,} success, {s['failures']:,} failure "
         f"({s['verify_failures']} checksum), {s['cancels']} canceled, "
-        f"{s['went_offline']} went offline",
+        f"{s['went_offline']} went offline, {s['went_silent']} went silent, "
+        f"{s['fell_back']} fell back",
         f"  re-offered   {s['reoffered']:,} finished actions offered again "
         f"({s['reoffers']:,} answers), {s['final_retries_gone']:,} retried final reports "
         "answered 410",

@@ -43,6 +43,11 @@ class FleetConfig:
         offline_seconds: how long an offline device stays away.
         cut_share: share of devices whose download is cut halfway (connection dropped) and
             resumed with ``Range: bytes=N-``.
+        silent_share: share of devices that go silent after a successful install: they report
+            success, then never poll again (they did not come back from their reboot).
+        fallback_share: share of devices that fall back to their old version after the reboot
+            (A/B fallback): they report success, then their old version in their next
+            configData, and keep running it.
         gateway_token: sent as ``Authorization: GatewayToken …`` by devices without a token.
         device_token: one ``TargetToken`` for every device.
         device_tokens: ``TargetToken`` per controller id (wins over ``device_token``).
@@ -80,6 +85,8 @@ class FleetConfig:
     offline_share: float = 0.0
     offline_seconds: float = 30.0
     cut_share: float = 0.0
+    silent_share: float = 0.0
+    fallback_share: float = 0.0
     gateway_token: str | None = None
     device_token: str | None = None
     device_tokens: dict[str, str] | None = field(default=None, repr=False)
@@ -101,7 +108,14 @@ class FleetConfig:
             raise ValueError("connections must be at least 1")
         if self.verify not in ("sha256", "head", "none"):
             raise ValueError(f"verify must be sha256, head or none, not {self.verify!r}")
-        for name in ("fail_share", "slow_share", "offline_share", "cut_share"):
+        for name in (
+            "fail_share",
+            "slow_share",
+            "offline_share",
+            "cut_share",
+            "silent_share",
+            "fallback_share",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")

@@ -83,6 +83,12 @@ class Behaviour:
     cut: bool = False
     offline_at: float = 0.0
     """Seconds after the start at which an offline device leaves."""
+    silent: bool = False
+    """Goes silent after a successful install: reports success, then never polls again (it did
+    not come back from its reboot)."""
+    falls_back: bool = False
+    """Falls back to its old version after the reboot (A/B): reports success, then reports the
+    version it ran before in its next configData, and keeps running it."""
 
 
 NORMAL = Behaviour()
@@ -290,7 +296,8 @@ class Device:
     Attributes:
         controller_id: the device's id.
         sw_version: the version it runs (changes after a successful update).
-        state: ``new``, ``idle``, ``downloading``, ``installing``, ``offline`` or ``done``.
+        state: ``new``, ``idle``, ``downloading``, ``installing``, ``offline`` or ``done``
+            (also a device gone silent after its install).
         behaviour: how it misbehaves, if at all.
         acknowledged: every report the server answered 200, in that order (configData,
             feedback, cancel and confirmation feedback); kept only with
@@ -311,6 +318,7 @@ class Device:
         "_poll_now",
         "_record",
         "_resume",
+        "_silent",
         "_went_offline",
         "acknowledged",
         "action_id",
@@ -364,6 +372,7 @@ class Device:
         self._pending_final: _Final | None = None
         self._poll_failures = 0
         self._went_offline = False
+        self._silent = False
         self._poll_now = False
         self._finished: dict[str, int] | None = None
         """Actions whose final report (or cancel) was answered 200: times offered since."""
@@ -378,6 +387,8 @@ class Device:
     async def step(self, ctx: DeviceContext) -> float | None:
         """Act once; the delay until the next step, or None when the device is done."""
         behaviour = self.behaviour
+        if self._silent:
+            return None
         if (
             behaviour.offline
             and not self._went_offline
@@ -392,6 +403,8 @@ class Device:
                 if wait > 0:
                     return wait
                 await self._finish_install(ctx, self.install)
+            if self._silent:
+                return None
             if self._resume is not None:
                 delay = await self._act(ctx, self._resume)
             else:
@@ -408,6 +421,8 @@ class Device:
         except Exception:
             self._resume = None  # an unexpected answer: start again from a poll
             raise
+        if self._silent:
+            return None
         if self.install is not None:
             return max(0.0, self.install.ready_at - ctx.loop.time())
         if self._poll_now and delay is not None:
@@ -733,6 +748,16 @@ class Device:
             ctx.stats.error(f"{self.controller_id} final feedback: HTTP {status}")
         # SWUpdate polls again at once after its final report, and then reports its version.
         self._poll_now = True
+        if final.success and self.behaviour.silent:
+            # It never comes back from its reboot.
+            self._silent = True
+            ctx.stats.went_silent += 1
+            return
+        if final.success and self.behaviour.falls_back:
+            # The new slot did not boot: back on the old one, which it reports.
+            ctx.stats.fell_back += 1
+            self.report_version = True
+            return
         if final.success:
             # Installed is installed: the device runs the new version whatever the answer
             # (SWUpdate reboots into it) and says so in its next configData.

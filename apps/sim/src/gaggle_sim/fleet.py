@@ -25,12 +25,15 @@ from gaggle_sim.stats import FleetStats
 __all__ = ["Fleet", "assign_behaviours", "progress_line", "run_fleet"]
 
 
-def _chosen(seed: int, kind: str, count: int, share: float) -> set[int]:
-    """Exactly ``round(share * count)`` indexes, the same for the same seed."""
+def _chosen(
+    seed: int, kind: str, count: int, share: float, besides: set[int] | None = None
+) -> set[int]:
+    """Exactly ``round(share * count)`` indexes (none of ``besides``), the same for the seed."""
     picks = round(share * count)
     if picks <= 0:
         return set()
-    return set(random.Random(f"{seed}/{kind}").sample(range(count), min(picks, count)))
+    pool = [i for i in range(count) if not besides or i not in besides]
+    return set(random.Random(f"{seed}/{kind}").sample(pool, min(picks, len(pool))))
 
 
 def assign_behaviours(config: FleetConfig) -> list[Behaviour]:
@@ -44,17 +47,22 @@ def assign_behaviours(config: FleetConfig) -> list[Behaviour]:
     slow = _chosen(config.seed, "slow", n, config.slow_share)
     offline = _chosen(config.seed, "offline", n, config.offline_share)
     cut = _chosen(config.seed, "cut", n, config.cut_share)
+    silent = _chosen(config.seed, "silent", n, config.silent_share)
+    # A device that falls back is never one that goes silent (it must come back to say so).
+    falls_back = _chosen(config.seed, "fallback", n, config.fallback_share, silent)
     moments = random.Random(f"{config.seed}/offline-at")
     normal = Behaviour()
     result = []
     for i in range(n):
-        if i in fails or i in slow or i in offline or i in cut:
+        if i in fails or i in slow or i in offline or i in cut or i in silent or i in falls_back:
             result.append(
                 Behaviour(
                     fails=i in fails,
                     slow=i in slow,
                     offline=i in offline,
                     cut=i in cut,
+                    silent=i in silent,
+                    falls_back=i in falls_back,
                     offline_at=moments.random() * config.offline_within if i in offline else 0.0,
                 )
             )

@@ -39,6 +39,9 @@ class FleetStats:
         cancels: cancel requests acknowledged.
         confirmations: actions confirmed (confirmationBase).
         went_offline: devices that went offline.
+        went_silent: devices that reported success and then went silent (``silent_share``).
+        fell_back: devices that reported success and then their old version
+            (``fallback_share``).
         reoffered: finished actions offered again: a device's final report (closed
             success or failure, or its cancel) was answered 200, and a later poll still
             offered that action (``deploymentBase``, ``cancelAction`` or ``confirmationBase``).
@@ -76,6 +79,8 @@ class FleetStats:
         self.cancels = 0
         self.confirmations = 0
         self.went_offline = 0
+        self.went_silent = 0
+        self.fell_back = 0
         self.reoffered = 0
         self.reoffers = 0
         self.final_retries_gone = 0
@@ -215,6 +220,8 @@ class FleetStats:
             "cancels": self.cancels,
             "confirmations": self.confirmations,
             "went_offline": self.went_offline,
+            "went_silent": self.went_silent,
+            "fell_back": self.fell_back,
             "reoffered": self.reoffered,
             "reoffers": self.reoffers,
             "final_retries_gone": self.final_retries_gone,

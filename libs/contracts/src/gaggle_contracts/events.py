@@ -139,12 +139,13 @@ class Sighting(BaseModel):
 class DeviceSeen(Event):
     """A batch of sightings of known devices, flushed about once a second, never per poll.
 
-    Published by ddi-gateway; consumed by registry (last seen, address).
+    Published by ddi-gateway; consumed by registry (last seen, address) and rollouts (devices
+    in a soak after their success are seen back).
     """
 
     kind: ClassVar[str] = "device.seen"
     publishers: ClassVar[tuple[str, ...]] = ("gateway",)
-    consumers: ClassVar[tuple[str, ...]] = ("registry",)
+    consumers: ClassVar[tuple[str, ...]] = ("registry", "rollouts")
     sightings: list[Sighting]
 
 
@@ -256,6 +257,10 @@ class DeviceUpdated(Event):
     hw_model: str | None = None
     hw_revision: str | None = None
     sw_version: str | None = None
+    reported_at: AwareDatetime | None = None
+    """When the device reported these attributes (the gateway's time; ``attributes`` and
+    ``registered`` changes): rollouts compares it with when the device reported its last
+    success (rollback detection)."""
 
 
 # --- from artifacts --------------------------------------------------------------------------
@@ -347,16 +352,43 @@ class ActionUpdated(Event):
 
 
 class ActionFinished(Event):
-    """An action closed (finished, error, canceled). Published by rollouts; consumed by registry."""
+    """An action closed (finished, error, canceled, timed out). From rollouts; registry consumes.
+
+    ``timed_out``: its device went past one of the action's limits (no report for too long, or
+    no final state in time), or went silent in its rollout's soak time after its success.
+    """
 
     kind: ClassVar[str] = "action.finished"
     publishers: ClassVar[tuple[str, ...]] = ("rollouts",)
     consumers: ClassVar[tuple[str, ...]] = ("registry",)
     controller_id: ControllerId
     action_id: str
-    status: Literal["finished", "error", "canceled", "downloaded"]
+    status: Literal["finished", "error", "canceled", "downloaded", "timed_out"]
     software_id: str
     version: str
+    rollout_id: str | None = None
+
+
+class ActionRolledBack(Event):
+    """A device fell back to the version it ran before a successful action (A/B fallback).
+
+    Published by rollouts when the device's report of its running version (configData
+    ``sw_version`` or ``PUT installedBase``, through registry's ``device.updated``) names its old
+    version again after the action finished. The action is then ``rolled_back``, a failure of its
+    rollout, and the software is not offered to the device again until an operator clears it.
+    For operators and tools.
+    """
+
+    kind: ClassVar[str] = "action.rolled_back"
+    publishers: ClassVar[tuple[str, ...]] = ("rollouts",)
+    consumers: ClassVar[tuple[str, ...]] = ()
+    controller_id: ControllerId
+    action_id: str
+    software_id: str
+    version: str
+    """The version the action installed and the device left."""
+    reported_version: str | None = None
+    """The version the device reports running again."""
     rollout_id: str | None = None
 
 
@@ -399,6 +431,14 @@ class RolloutProgressed(Event):
     approval: str | None = None
     """Where the rollout's approval stands (``pending``, ``approved``, ``denied``); None where its
     tenant asks for none."""
+    timed_out: int = 0
+    """Of ``failure``, the devices whose action timed out (or that went silent in the soak)."""
+    rolled_back: int = 0
+    """Of ``failure``, the devices that fell back to their old version after success."""
+    soaking: int = 0
+    """Of ``success``, the devices still in the rollout's soak time."""
+    reason: str | None = None
+    """Why the rollout is where it is (paused or aborted: which threshold, and why)."""
 
 
 # --- from every service with an operator API -------------------------------------------------
@@ -449,6 +489,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ActionCreated,
     ActionUpdated,
     ActionFinished,
+    ActionRolledBack,
     DevicePolicyChanged,
     RolloutProgressed,
     AuditRecorded,

@@ -101,9 +101,26 @@ def finished_state(status: str) -> str:
     """Update state after an action closed with ``status``."""
     if status in ("finished", "downloaded"):
         return "success"
-    if status == "error":
+    if status in ("error", "timed_out"):
         return "error"
     return REVERT
+
+
+def installed_or_reported(
+    installed: str,
+    succeeded_at: datetime,
+    reported: str | None,
+    reported_at: datetime | None,
+) -> str:
+    """The version a device runs once its action finished, for ``device.updated`` (installed).
+
+    What the action installed, unless the device reported its version itself after it reported
+    its success (both times the gateway's): then its own word stands, whichever event registry
+    handled first (a device that fell back to its old slot says so right after its reboot).
+    """
+    if reported is not None and reported_at is not None and reported_at > succeeded_at:
+        return reported
+    return installed
 
 
 def new_token() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from gaggle_contracts.events import (
 from gaggle_registry.domain import (
     Device,
     TooManyAttributesError,
+    installed_or_reported,
     late_data,
     lifted,
     merge_attributes,
@@ -261,6 +262,9 @@ class Repo:
             await self._publish_devices(
                 conn,
                 [(d, "registered" if k in created else "attributes") for k, d in devices.items()],
+                # When the devices reported (the gateway's time): rollouts compares it with when
+                # they reported their last success (rollback detection).
+                {k: newest[k] for k in devices if newest[k] is not None},
             )
         return [
             devices[(e.tenant, e.controller_id)] if r is None else r
@@ -366,7 +370,12 @@ class Repo:
                                 change="installed",
                                 hw_model=device.hw_model,
                                 hw_revision=device.hw_revision,
-                                sw_version=c.installed_version,
+                                sw_version=installed_or_reported(
+                                    c.installed_version,
+                                    c.at,
+                                    device.sw_version,
+                                    row["config_reported_at"],
+                                ),
                             )
                         )
                 pending = later
@@ -382,14 +391,25 @@ class Repo:
                 await self._publish_device(conn, device, "registered")
             return device
 
-    async def _publish_devices(self, conn: Conn, changes: list[tuple[Device, Change]]) -> None:
-        """KV entries and ``device.updated`` events of many devices, in one statement."""
+    async def _publish_devices(
+        self,
+        conn: Conn,
+        changes: list[tuple[Device, Change]],
+        reported_at: Mapping[tuple[str, str], datetime] | None = None,
+    ) -> None:
+        """KV entries and ``device.updated`` events of many devices, in one statement.
+
+        ``reported_at``: when the devices reported what changed (the gateway's time), if they
+        did.
+        """
+        at = reported_at or {}
         if not changes:
             return
         await self.outbox.many(
             conn,
             events=[
                 DeviceUpdated(
+                    reported_at=at.get((d.tenant, d.controller_id)),
                     tenant=d.tenant,
                     controller_id=d.controller_id,
                     change=change,

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from gaggle_registry.domain import (
     MAX_STORED_ATTRIBUTES,
+    REVERT,
     Device,
     TooManyAttributesError,
+    finished_state,
+    installed_or_reported,
     kv_changes,
     late_data,
     lifted,
@@ -100,3 +105,36 @@ def test_a_late_config_report_only_adds_keys_not_reported_since() -> None:
     assert late_data(current, "merge", {"sw_version": "1.0.0", "slot": "a"}) == {"slot": "a"}
     assert late_data(current, "replace", {"sw_version": "1.0.0"}) == {}
     assert late_data(current, "remove", {"sw_version": ""}) == {}
+
+
+T = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("reported", "reported_at", "expected"),
+    [
+        (None, None, "2.0"),  # the device never reported: what the action installed
+        ("1.0", T - timedelta(seconds=5), "2.0"),  # reported before its success: stale
+        ("1.0", T, "2.0"),
+        ("1.0", T + timedelta(seconds=5), "1.0"),  # reported after it: fell back, its word stands
+        ("2.0", T + timedelta(seconds=5), "2.0"),
+    ],
+)
+def test_the_installed_version_yields_to_what_the_device_reported_after_its_success(
+    reported: str | None, reported_at: datetime | None, expected: str
+) -> None:
+    assert installed_or_reported("2.0", T, reported, reported_at) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        ("finished", "success"),
+        ("downloaded", "success"),
+        ("error", "error"),
+        ("timed_out", "error"),
+        ("canceled", REVERT),
+    ],
+)
+def test_update_state_after_an_action_closed(status: str, state: str) -> None:
+    assert finished_state(status) == state

@@ -39,8 +39,11 @@ log = logging.getLogger(__name__)
 
 INSERT_ACTIONS = """
 INSERT INTO rollouts.actions (tenant, controller_id, software_id, version, type, status,
-                              rollout_id, maintenance_window, window_open, forcetime, force_due)
-SELECT $1, u.controller_id, $2, $3, $4, u.status, $5, $6::jsonb, $7, $10, $11
+                              rollout_id, maintenance_window, window_open, forcetime, force_due,
+                              report_timeout_s, action_timeout_s, from_version)
+SELECT $1, u.controller_id, $2, $3, $4, u.status, $5, $6::jsonb, $7, $10, $11, $12, $13,
+       (SELECT d.sw_version FROM rollouts.devices d
+        WHERE d.tenant = $1 AND d.controller_id = u.controller_id)
 FROM unnest($8::text[], $9::text[]) AS u(controller_id, status)
 ON CONFLICT (tenant, controller_id) WHERE active DO NOTHING
 RETURNING *"""
@@ -69,14 +72,28 @@ UPDATE rollouts.rollout_devices AS m SET state = u.outcome
 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[])
     AS u(rollout_id, controller_id, action_id, outcome)
 WHERE m.rollout_id = u.rollout_id AND m.controller_id = u.controller_id
-  AND m.action_id = u.action_id AND m.state = 'running'"""
-MEMBER_OUTCOME = {"finished": "success", "downloaded": "success", "canceled": "canceled"}
-"""How a closed action counts in its rollout; anything else (``error``) is a failure."""
+  AND m.action_id = u.action_id
+  AND (m.state = 'running' OR (m.state, u.outcome) IN (
+      ('success', 'rolled_back'), ('success', 'timed_out'), ('timed_out', 'success'),
+      ('timed_out', 'failure'), ('timed_out', 'canceled')))"""
+MEMBER_OUTCOME = {
+    "finished": "success",
+    "downloaded": "success",
+    "canceled": "canceled",
+    "timed_out": "timed_out",
+    "rolled_back": "rolled_back",
+}
+"""How a closed action counts in its rollout; anything else (``error``) is a failure.
+
+A member's outcome changes later only as :mod:`~gaggle_rollouts.health` says: a success that
+rolls back or goes silent in its soak, a time-out whose final report had come in time."""
 
 UPDATE_STATUSES = """
 UPDATE rollouts.actions AS a
 SET status = u.status, active = u.active, updated_at = now(),
     status_at = greatest(a.status_at, u.at),
+    clock_from = CASE WHEN a.status = 'wait_for_confirmation' AND u.status <> a.status
+                      THEN now() ELSE a.clock_from END,
     closed_at = CASE WHEN u.active THEN NULL ELSE coalesce(a.closed_at, now()) END
 FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::timestamptz[]) AS u(id, status, active, at)
 WHERE a.id = u.id"""
@@ -125,7 +142,8 @@ IN_WINDOWS = """
 SELECT id, tenant, controller_id, maintenance_window, window_open FROM rollouts.actions
 WHERE active AND maintenance_window IS NOT NULL FOR UPDATE"""
 SET_WINDOWS = """
-UPDATE rollouts.actions a SET window_open = u.is_open, updated_at = now()
+UPDATE rollouts.actions a SET window_open = u.is_open, updated_at = now(),
+    clock_from = CASE WHEN u.is_open THEN now() ELSE a.clock_from END
 FROM unnest($1::bigint[], $2::boolean[]) AS u(id, is_open) WHERE a.id = u.id"""
 FORCE_DUE = """
 UPDATE rollouts.actions SET force_due = true, updated_at = now()
@@ -181,6 +199,9 @@ class ActionSpec:
     rollout_id: int | None = None
     forcetime: datetime | None = None
     """When a ``timeforced`` action turns forced."""
+    report_timeout_s: float | None = None
+    """Limits of the actions (None: the defaults of :mod:`~gaggle_rollouts.health`)."""
+    action_timeout_s: float | None = None
 
 
 class Actions:
@@ -258,6 +279,8 @@ class Actions:
             statuses,
             spec.forcetime,
             spec.forcetime is not None and spec.forcetime <= now,
+            spec.report_timeout_s,
+            spec.action_timeout_s,
         )
         actions = [_action(r) for r in rows]
         if not actions:

@@ -14,13 +14,14 @@ from pydantic import BaseModel
 
 from gaggle_contracts.events import ActionFinished
 from gaggle_contracts.settings import CommonSettings
-from gaggle_rollouts import errors, rollout_routes, routes
+from gaggle_rollouts import errors, health_routes, rollout_routes, routes
 from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.caps import TenantApprovals, TenantCaps
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
 from gaggle_rollouts.handlers import SERVICE, SUBSCRIBERS, WHOLE_PULLS
+from gaggle_rollouts.health_store import Health
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.plan import ACTIVE_STATES, MemberState, RolloutState
 from gaggle_rollouts.policies import Policies
@@ -155,14 +156,17 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     caps = TenantCaps()
     store = RolloutStore(actions, catalogue, caps)
     chooser = Chooser(service.db, actions, catalogue, policies, store.members)
+    health = Health(actions)
     engine = Engine(
         store,
         actions,
         sweep_s=settings.sweep_s,
         window_s=settings.window_s,
         force_s=settings.force_s,
+        health=health,
+        health_s=settings.health_s,
     )
-    cases = UseCases(service.db, actions, catalogue, policies, chooser, engine)
+    cases = UseCases(service.db, actions, catalogue, policies, chooser, engine, health)
     runner = subscribe(service.broker, common, cases, service.failures)
     service.on_stopping.append(runner.close)
     # Each tenant's cap on updates in flight, from registry's KV tenants (never its tables).
@@ -180,6 +184,7 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     service.on_start.append(wait_for_caps)
     service.background(engine.run)
     service.background(engine.windows)
+    service.background(engine.checks)
     install_metrics(service)
     app = service.app(
         title="Gaggle rollouts",
@@ -205,10 +210,12 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
         engine=engine,
         catalogue=catalogue,
         approvals=TenantApprovals(caps.mirror),
+        health=health,
     )
     errors.install(app)
     app.include_router(routes.api)
     app.include_router(rollout_routes.api)
+    app.include_router(health_routes.api)
     service.secure(app)
     add_examples(app, EXAMPLES)
     app.state.service = service

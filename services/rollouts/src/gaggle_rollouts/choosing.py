@@ -15,6 +15,7 @@ from gaggle_rollouts.actions import Actions, ActionSpec
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.decision import Decision, DeviceView, PolicyView, choose_software
 from gaggle_rollouts.domain import Software
+from gaggle_rollouts.health_store import blocked_software
 from gaggle_rollouts.policies import Policies
 from gaggle_rollouts.rollout_members import Membership
 from gaggle_runtime.db import Conn
@@ -102,7 +103,8 @@ class Chooser:
             shared.catalogue = await self.catalogue.all(conn, tenant)
         catalogue = shared.catalogue
         failed = await self.actions.failed_software(conn, tenant, controller_id)
-        decision = choose_software(device, policy, catalogue, (), failed)
+        blocked = (await blocked_software(conn, tenant, [controller_id])).get(controller_id, set())
+        decision = choose_software(device, policy, catalogue, (), failed, frozenset(blocked))
         if decision.software_id is not None:
             software = catalogue[decision.software_id]
             await self.actions.open_one(

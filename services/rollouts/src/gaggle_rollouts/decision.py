@@ -9,7 +9,10 @@ Modes (goosebit-model.md §3):
   device's feed, if it is running, fits the device, and its started waves include the device.
 
 Then nothing is wanted when the device already runs that version, or when its last action for
-that very software failed (an operator must act: a new assignment or a retry), as in gooseBit.
+that very software failed (an operator must act: a new assignment or a retry), as in gooseBit,
+or when the device fell back from that software after installing it (rolled back, see
+:mod:`~gaggle_rollouts.health`) until an operator clears it, as NervesHub does against boot
+loops.
 
 Where Gaggle deliberately differs from gooseBit:
 
@@ -155,6 +158,7 @@ def choose_software(
     catalogue: Mapping[str, Software],
     rollouts: Iterable[RolloutView] = (),
     failed_software: frozenset[str] = frozenset(),
+    blocked_software: frozenset[str] = frozenset(),
 ) -> Decision:
     """The software ``device`` should be offered now, if any.
 
@@ -164,6 +168,7 @@ def choose_software(
         catalogue: Software by id (deleted entries included, they are never chosen).
         rollouts: Rollouts of the tenant, with whether each includes this device.
         failed_software: Software ids whose last action on this device ended in error.
+        blocked_software: Software ids the device rolled back from (until cleared).
     """
     target = _target(device, policy, catalogue, rollouts)
     if target.software_id is None:
@@ -171,6 +176,10 @@ def choose_software(
     software = catalogue[target.software_id]
     if same_version(software.version, device.sw_version):
         return Decision(None, "up to date", target.rollout_id)
+    if software.software_id in blocked_software:
+        return Decision(
+            None, "rolled back on this device; blocked until cleared", target.rollout_id
+        )
     if software.software_id in failed_software:
         return Decision(None, "failed on this device before", target.rollout_id)
     return target

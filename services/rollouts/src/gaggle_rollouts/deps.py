@@ -14,6 +14,7 @@ from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.caps import TenantApprovals
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
+from gaggle_rollouts.health_store import Health
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.policies import Policies
 from gaggle_rollouts.rollout_reads import RolloutReads
@@ -40,6 +41,7 @@ def _actor(request: Request) -> str:
 
 Actor = Annotated[str, Depends(_actor)]
 """Who the caller is, as the audit log names them."""
+HealthDep = Annotated[Health, part("health")]
 
 Reader = Annotated[str, needs(Permission.ROLLOUT_READ)]
 """The tenant of a caller allowed to read rollouts' data."""

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from gaggle_contracts.events import ActionFinished, ActionUpdated, Event, FeedbackStatus
+from gaggle_contracts.events import (
+    ActionFinished,
+    ActionRolledBack,
+    ActionUpdated,
+    Event,
+    FeedbackStatus,
+)
 from gaggle_contracts.kv import (
     ArtifactDoc,
     ChunkDoc,
@@ -24,6 +30,7 @@ from gaggle_contracts.kv import (
     InstalledAction,
     OpenAction,
 )
+from gaggle_rollouts import health
 
 ActionType = Literal["forced", "soft", "timeforced", "downloadonly"]
 KV_HISTORY = 20
@@ -68,6 +75,11 @@ class Action:
     """For ``timeforced``: when the action turns from soft to forced."""
     force_due: bool = False
     """For ``timeforced``: whether ``forcetime`` has passed (as last rendered)."""
+    from_version: str | None = None
+    """What the device reported running when the action opened (rollback detection)."""
+    report_timeout_s: float | None = None
+    """Its limits (None: the defaults of :mod:`~gaggle_rollouts.health`)."""
+    action_timeout_s: float | None = None
 
 
 def feedback_status(action: Action, fb: FeedbackStatus) -> tuple[str, bool]:
@@ -123,9 +135,17 @@ def cancel_requested_status(action: Action) -> tuple[str, bool]:
 
 
 ReportKind = Literal[
-    "feedback", "cancel_feedback", "confirmed", "denied", "cancel_requested", "device_deleted"
+    "feedback",
+    "cancel_feedback",
+    "confirmed",
+    "denied",
+    "cancel_requested",
+    "device_deleted",
+    "timed_out",
+    "rolled_back",
 ]
-"""What a report on an action is: the device's feedback or answer, or an operator's request."""
+"""What a report on an action is: the device's feedback or answer, an operator's request, or
+what the health checks found (:mod:`~gaggle_rollouts.health`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +161,19 @@ class Report:
     note: list[str] | None = None
 
 
-def apply_report(action: Action, kind: ReportKind, fb: FeedbackStatus | None) -> tuple[str, bool]:
+def apply_report(
+    action: Action, kind: ReportKind, fb: FeedbackStatus | None, at: datetime | None = None
+) -> tuple[str, bool]:
     """The action's (status, active) after a report of ``kind``; status only moves forward.
+
+    The one exception is a ``timed_out`` action's final report that the gateway received before
+    the time-out (see :func:`gaggle_rollouts.health.after_timeout`).
 
     Args:
         action: The action as it stands.
         kind: What the report is.
         fb: The device's feedback, for ``feedback`` and ``cancel_feedback`` (else unused).
+        at: When the report was received (a late final report of a timed-out action).
 
     Raises:
         ValueError: a feedback report without its feedback.
@@ -155,6 +181,8 @@ def apply_report(action: Action, kind: ReportKind, fb: FeedbackStatus | None) ->
     if kind in ("feedback", "cancel_feedback"):
         if fb is None:
             raise ValueError(f"a {kind} report needs the device's feedback")
+        if kind == "feedback" and action.status == health.TIMED_OUT and at is not None:
+            return health.after_timeout(action.status, action.closed_at, fb, at)
         if kind == "feedback":
             return feedback_status(action, fb)
         return cancel_feedback_status(action, fb)
@@ -162,6 +190,10 @@ def apply_report(action: Action, kind: ReportKind, fb: FeedbackStatus | None) ->
         return confirmation_status(action, kind == "confirmed")
     if kind == "cancel_requested":
         return cancel_requested_status(action)
+    if kind == "timed_out":
+        return health.timed_out_status(action.active, action.status)
+    if kind == "rolled_back":
+        return health.rolled_back_status(action.active, action.status)
     return close_for_deleted_device(action)
 
 
@@ -277,17 +309,35 @@ def with_status(action: Action, status: str, active: bool) -> Action:
     return replace(action, status=status, active=active)
 
 
-def announcement(action: Action, fb: FeedbackStatus | None) -> Event:
-    """``action.updated`` for an open action (with the report's details), else ``finished``."""
+def announcement(action: Action, fb: FeedbackStatus | None, at: datetime | None = None) -> Event:
+    """``action.updated`` for an open action (with the report's details), else ``finished``.
+
+    ``at``: when the report was received, the event's time (else now): the registry orders a
+    device's action events and version reports by it, whichever it hears of first.
+    """
+    when = {} if at is None else {"occurred_at": at}
     if action.active:
         return ActionUpdated(
+            **when,
             tenant=action.tenant,
             controller_id=action.controller_id,
             action_id=str(action.id),
             status=action.status,
             details=fb.details if fb else [],
         )
+    if action.status == health.ROLLED_BACK:
+        return ActionRolledBack(
+            **when,
+            tenant=action.tenant,
+            controller_id=action.controller_id,
+            action_id=str(action.id),
+            software_id=action.software_id,
+            version=action.version,
+            reported_version=action.from_version,
+            rollout_id=None if action.rollout_id is None else str(action.rollout_id),
+        )
     return ActionFinished(
+        **when,
         tenant=action.tenant,
         controller_id=action.controller_id,
         action_id=str(action.id),
@@ -353,7 +403,7 @@ def apply_reports(
                 continue
             seen.add(report.event_id)
         fb = report.fb
-        status, active = apply_report(action, report.kind, fb)
+        status, active = apply_report(action, report.kind, fb, report.at)
         if active and status_at is not None and report.at < status_at:
             status = action.status
         out.entries.append((action.id, report, status))
@@ -364,14 +414,14 @@ def apply_reports(
             if fb is not None:
                 # The device is at work (a first "proceeding" leaves the action "running"):
                 # say so, for the registry's update state and for watchers.
-                out.events.append(announcement(action, fb))
+                out.events.append(announcement(action, fb, report.at))
         else:
             action = with_status(action, status, active)
             status_at = report.at if status_at is None else max(status_at, report.at)
             current[key] = (action, status_at)
             changed.add(key)
             out.results.append(action)
-            out.events.append(announcement(action, fb))
+            out.events.append(announcement(action, fb, report.at))
         out.rendered.setdefault(report.tenant, set()).add(action.controller_id)
     for k in sorted(changed, key=lambda k: k[1]):
         moved, at = current[k]

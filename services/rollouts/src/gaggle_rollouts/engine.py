@@ -7,7 +7,8 @@ feedback) are taken together, once per burst: the poked rollouts, and the runnin
 their tenants that have devices queued for a slot, are each stepped once. A sweep every
 ``sweep_s`` does the same for every active rollout, which also finishes whatever a crashed
 process left half done. Maintenance windows are re-checked every ``window_s``, the force times of
-time-forced actions every ``force_s`` (one indexed query that finds nothing most of the time).
+time-forced actions every ``force_s`` (one indexed query that finds nothing most of the time),
+and the health checks (action time-outs, ended soaks) run every ``health_s``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import contextlib
 import logging
 
 from gaggle_rollouts.actions import Actions
+from gaggle_rollouts.health_store import Health
 from gaggle_rollouts.rollout_store import RolloutStore
-from gaggle_rollouts.usecases import refresh_windows
+from gaggle_rollouts.usecases import check_health, refresh_windows
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ class Engine:
         window_s: float = 30.0,
         force_s: float = 1.0,
         min_interval_s: float = 0.05,
+        health: Health | None = None,
+        health_s: float = 5.0,
     ) -> None:
         self.store = store
         self.repo = repo
@@ -43,6 +47,8 @@ class Engine:
         self.force_s = force_s
         self.min_interval_s = min_interval_s
         """Pokes arriving faster than this are taken together (a burst of feedback)."""
+        self.health = health
+        self.health_s = health_s
         self._dirty: set[int] = set()
         self._wake = asyncio.Event()
 
@@ -96,3 +102,16 @@ class Engine:
                 raise
             except Exception:
                 log.warning("maintenance window and force time refresh failed", exc_info=True)
+
+    async def checks(self) -> None:
+        """Time out actions past their limits and judge ended soaks, every ``health_s``."""
+        if self.health is None:
+            return
+        while True:
+            await asyncio.sleep(self.health_s)
+            try:
+                await check_health(self.health)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("health check failed", exc_info=True)

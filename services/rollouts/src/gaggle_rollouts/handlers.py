@@ -19,6 +19,7 @@ from gaggle_contracts.events import (
     AutoConfirmChanged,
     CancelFeedback,
     ConfirmationFeedback,
+    DeviceSeen,
     DeviceUpdated,
     SoftwareCreated,
     SoftwareDeleted,
@@ -48,6 +49,11 @@ async def on_software_deleted(event: SoftwareDeleted, cases: Cases) -> None:
 async def on_device_updated(event: DeviceUpdated, cases: Cases) -> None:
     """ota.v1.*.device.updated -> inventory kept; re-decided; deleted: open action canceled."""
     await cases.device_updated(event)
+
+
+async def on_device_seen(event: DeviceSeen, cases: Cases) -> None:
+    """ota.v1.*.device.seen -> devices in a soak after their success are seen back."""
+    await cases.device_seen(event)
 
 
 # A pull's feedback is applied in one transaction, in pull order; a redelivered report may come
@@ -96,6 +102,7 @@ SUBSCRIBERS: list[tuple[str, Callable[..., Awaitable[Any]], int | None]] = [
     (SoftwareCreated.kind, on_software_created, None),
     (SoftwareDeleted.kind, on_software_deleted, None),
     (DeviceUpdated.kind, on_device_updated, INVENTORY_BATCH),
+    (DeviceSeen.kind, on_device_seen, None),
     (ActionFeedback.kind, on_action_feedback, FEEDBACK_PULL),
     (CancelFeedback.kind, on_cancel_feedback, None),
     (ConfirmationFeedback.kind, on_confirmation, None),

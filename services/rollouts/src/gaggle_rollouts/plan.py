@@ -12,9 +12,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-MemberState = Literal["waiting", "pending", "running", "success", "failure", "canceled"]
+MemberState = Literal[
+    "waiting", "pending", "running", "success", "failure", "canceled", "timed_out", "rolled_back"
+]
 """``waiting``: its wave has not started; ``pending``: queued for its action (counted as
-``queued``); ``running``: its action is open; then how its action ended."""
+``queued``); ``running``: its action is open; then how its action ended (``timed_out`` and
+``rolled_back`` are failures of their own kind, see :mod:`~gaggle_rollouts.health`)."""
+FAILURE_KINDS: frozenset[str] = frozenset({"failure", "timed_out", "rolled_back"})
+"""Member states that count against the error threshold."""
 RolloutState = Literal["created", "running", "paused", "finished", "aborted"]
 ErrorAction = Literal["pause", "abort"]
 Approval = Literal["pending", "approved", "denied"]
@@ -72,17 +77,31 @@ class Counters:
     running: int = 0
     success: int = 0
     failure: int = 0
+    """Every failure: errors, time-outs and rollbacks."""
     canceled: int = 0
+    timed_out: int = 0
+    """Of ``failure``, actions that timed out (or devices that went silent in the soak)."""
+    rolled_back: int = 0
+    """Of ``failure``, devices that fell back to their old version after success."""
+    soaking: int = 0
+    """Of ``success``, devices still in the rollout's soak time: not counted towards the next
+    wave until it ends."""
 
-    def add(self, state: str, n: int) -> None:
-        """Count ``n`` devices in ``state``."""
+    def add(self, state: str, n: int, soaking: int = 0) -> None:
+        """Count ``n`` devices in ``state`` (``soaking`` of them in their soak, for successes)."""
         self.total += n
         if state in ("waiting", "pending"):
             self.pending += n
             if state == "pending":
                 self.queued += n
+        elif state in FAILURE_KINDS:
+            self.failure += n
+            if state != "failure":
+                setattr(self, state, getattr(self, state) + n)
         else:
             setattr(self, state, getattr(self, state) + n)
+            if state == "success":
+                self.soaking += soaking
 
     def public(self) -> dict[str, int]:
         """The operator's view."""
@@ -93,6 +112,24 @@ class Counters:
         """Devices whose part in the rollout is over."""
         return self.success + self.failure + self.canceled
 
+    @property
+    def soaked(self) -> int:
+        """Successes that count: those whose soak is over (or that had none)."""
+        return self.success - self.soaking
+
+    def failure_kinds(self) -> str:
+        """The failures broken down, for a reason: ``3 rolled back, 1 timed out``."""
+        parts = [
+            f"{n} {name}"
+            for n, name in (
+                (self.failure - self.timed_out - self.rolled_back, "failed"),
+                (self.timed_out, "timed out"),
+                (self.rolled_back, "rolled back"),
+            )
+            if n
+        ]
+        return ", ".join(parts)
+
 
 @dataclass
 class Progress:
@@ -102,10 +139,10 @@ class Progress:
 
     @classmethod
     def of(cls, rows: Iterable[Sequence[Any]]) -> Progress:
-        """From ``(wave, state, count)`` rows."""
+        """From ``(wave, state, count)`` or ``(wave, state, count, soaking)`` rows."""
         progress = cls()
-        for wave, state, n in rows:
-            progress.waves.setdefault(wave, Counters()).add(state, n)
+        for wave, state, n, *rest in rows:
+            progress.waves.setdefault(wave, Counters()).add(state, n, rest[0] if rest else 0)
         return progress
 
     def wave(self, n: int) -> Counters:
@@ -141,27 +178,36 @@ def next_step(
 ) -> Step:
     """The next step of a running rollout, from its counters.
 
-    The error threshold comes first: a rollout past it never starts another wave. Failures count
-    against every device of the started waves, so early failures do not trip a threshold that the
-    wave as a whole stays under (a 20 % threshold on a wave of 100 trips at the 21st failure).
-    Failures from before the operator resumed a rollout (``failures_forgiven``) do not count again.
+    The error threshold comes first: a rollout past it never starts another wave. Failures (errors,
+    time-outs, rollbacks) count against every device of the started waves, so early failures do
+    not trip a threshold that the wave as a whole stays under (a 20 % threshold on a wave of 100
+    trips at the 21st failure). Failures from before the operator resumed a rollout
+    (``failures_forgiven``) do not count again. Successes still in their soak time count towards
+    neither the next wave nor the rollout's end.
     """
     started = [progress.wave(w) for w in range(1, current_wave + 1)]
     size = sum(c.total for c in started)
     failed = sum(c.failure for c in started) - failures_forgiven
     if size and failed * 100 > error_threshold * size:
+        kinds = Counters()
+        for c in started:
+            kinds.failure += c.failure
+            kinds.timed_out += c.timed_out
+            kinds.rolled_back += c.rolled_back
         reason = (
             f"error threshold exceeded: {failed} of {size} devices failed "
             f"({failed * 100 / size:.1f} % > {error_threshold} %)"
         )
+        if kinds.timed_out or kinds.rolled_back:
+            reason += f"; so far {kinds.failure_kinds()}"
         return Step(error_action, reason)
     if current_wave < wave_count:
         wave = progress.wave(current_wave)
-        if wave.success * 100 >= success_threshold * wave.total:
+        if wave.soaked * 100 >= success_threshold * wave.total:
             return Step("next_wave", f"wave {current_wave} met its success condition")
         return Step("none")
     overall = progress.overall()
-    if overall.pending == 0 and overall.running == 0:
+    if overall.pending == 0 and overall.running == 0 and overall.soaking == 0:
         return Step("finish", "every device is done")
     return Step("none")
 

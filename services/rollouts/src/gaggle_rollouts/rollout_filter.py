@@ -72,3 +72,9 @@ class NewRollout:
     """Who asked for it, as the audit log names them."""
     approval_required: bool = False
     """Its tenant asks for approval: it waits for an approver before it can start."""
+    report_timeout_s: float | None = None
+    """How long its actions may go without a report (None: the default, see health.py)."""
+    action_timeout_s: float | None = None
+    """How long its actions may take to a final state (None: the default)."""
+    soak_s: float = 0.0
+    """How long a device must stay healthy after its success before it counts (0: no soak)."""

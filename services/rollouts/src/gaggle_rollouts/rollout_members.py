@@ -29,6 +29,7 @@ from gaggle_rollouts.decision import (
     choose_software,
     fits,
 )
+from gaggle_rollouts.health_store import blocked_software
 from gaggle_rollouts.plan import free_slots
 from gaggle_rollouts.policies import device_view
 from gaggle_rollouts.rollout_filter import DeviceFilter
@@ -183,6 +184,7 @@ class Membership:
             True,
         )
         devices = {r["controller_id"]: r for r in await conn.fetch(DEVICES_OF, tenant, ids)}
+        blocked = await blocked_software(conn, tenant, ids)
         decided: dict[str, Decision] = {}
         updates: dict[str, tuple[str, int | None]] = {}
         to_open: list[str] = []
@@ -197,6 +199,7 @@ class Membership:
                 PolicyView("rollout", rollout["feed"]),
                 {software.software_id: software},
                 [view],
+                blocked_software=frozenset(blocked.get(controller_id, ())),
             )
             decided[controller_id] = decision
             if decision.software_id is not None:
@@ -211,6 +214,8 @@ class Membership:
             rollout["confirmation_required"],
             rollout["id"],
             rollout["forcetime"],
+            rollout["report_timeout_s"],
+            rollout["action_timeout_s"],
         )
         opened = await self.repo.open_actions(
             conn,

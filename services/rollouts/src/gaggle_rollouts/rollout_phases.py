@@ -39,7 +39,7 @@ async def row_of(conn: Conn, query: str, *args: Any) -> asyncpg.Record:
 async def progress_of(conn: Conn, rollout_id: int) -> Progress:
     """A rollout's counters, counted from its members now."""
     rows = await conn.fetch(COUNTS, rollout_id)
-    return Progress.of((r[0], r[1], r[2]) for r in rows)
+    return Progress.of((r[0], r[1], r[2], r[3]) for r in rows)
 
 
 def feed_key(tenant: str, feed: str) -> str:
@@ -148,6 +148,7 @@ class Phases:
             rollout["state"],
             rollout["current_wave"],
             rollout["approval"],
+            rollout["reason"],
             *counters.public().values(),
         )
         if self._emitted.get(rollout["id"]) == mark:
@@ -163,6 +164,7 @@ class Phases:
                 state=rollout["state"],
                 wave=rollout["current_wave"] or None,
                 approval=rollout["approval"],
+                reason=rollout["reason"],
                 **counters.public(),
             ),
         )

@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 
 from gaggle_rollouts.catalogue import Catalogue
+from gaggle_rollouts.health import Limits, format_duration
 from gaggle_rollouts.rollout_phases import progress_of
 from gaggle_rollouts.rollout_sql import (
     LIST_ROLLOUTS,
@@ -98,6 +99,13 @@ class RolloutReads:
             "approval_at": rollout["approval_at"],
             "approval_remark": rollout["approval_remark"],
             "created_by": rollout["created_by"],
+            "report_timeout": format_duration(
+                Limits(rollout["report_timeout_s"], rollout["action_timeout_s"]).report_s
+            ),
+            "action_timeout": format_duration(
+                Limits(rollout["report_timeout_s"], rollout["action_timeout_s"]).action_s
+            ),
+            "soak": format_duration(rollout["soak_s"]) if rollout["soak_s"] else None,
             "created_at": rollout["created_at"],
             "started_at": rollout["started_at"],
             "finished_at": rollout["finished_at"],

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gaggle_contracts import names
 from gaggle_rollouts.deps import (
@@ -24,7 +24,13 @@ from gaggle_rollouts.deps import (
     StoreDep,
     Writer,
 )
-from gaggle_rollouts.plan import WaveSpec
+from gaggle_rollouts.health import (
+    DEFAULT_ACTION_TIMEOUT_S,
+    DEFAULT_REPORT_TIMEOUT_S,
+    format_duration,
+    parse_duration,
+)
+from gaggle_rollouts.plan import MemberState, WaveSpec
 from gaggle_rollouts.rollout_filter import DeviceFilter, NewRollout
 from gaggle_rollouts.schedule import MAX_WINDOWS, Window
 from gaggle_runtime.http import ApiError, NotFoundError
@@ -115,7 +121,52 @@ class WindowBody(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
-class RolloutBody(BaseModel):
+Duration = Annotated[
+    str,
+    Field(
+        min_length=2,
+        max_length=32,
+        description="A duration: 30m, 1h30m, 90s, 2d (ms, s, m, h, d)",
+        examples=["30m"],
+    ),
+]
+
+
+def duration_s(value: str | None) -> float | None:
+    """Seconds of a duration field (validated already), None for None."""
+    return None if value is None else parse_duration(value)
+
+
+def check_duration(value: str | None) -> str | None:
+    """A duration field's validator: ``ValueError`` (a 4xx) when it is not one."""
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+class LimitsBody(BaseModel):
+    """An action's two time limits (see the rollouts README: action timeouts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    report_timeout: Duration | None = Field(
+        None,
+        description="How long an action may go without a report from its device "
+        f"(default {format_duration(DEFAULT_REPORT_TIMEOUT_S)})",
+    )
+    action_timeout: Duration | None = Field(
+        None,
+        description="How long an action may take to reach a final state "
+        f"(default {format_duration(DEFAULT_ACTION_TIMEOUT_S)})",
+    )
+
+    @field_validator("report_timeout", "action_timeout")
+    @classmethod
+    def _durations(cls, value: str | None) -> str | None:
+        return check_duration(value)
+
+
+class RolloutBody(LimitsBody):
     """A new rollout."""
 
     model_config = ConfigDict(extra="forbid")
@@ -141,6 +192,16 @@ class RolloutBody(BaseModel):
     confirmation_required: bool = False
     maintenance_window: WindowBody | None = None
     start: bool = Field(False, description="Start at once (with approval on: once it is approved)")
+    soak: Duration | None = Field(
+        None,
+        description="How long a device must stay healthy after its success (keep polling, "
+        "report the new version after its reboot) before it counts towards the next wave",
+    )
+
+    @field_validator("soak")
+    @classmethod
+    def _soak(cls, value: str | None) -> str | None:
+        return check_duration(value)
 
     @model_validator(mode="after")
     def _forcetime(self) -> RolloutBody:
@@ -213,6 +274,9 @@ def _new_rollout(body: RolloutBody, actor: str, approval_required: bool) -> NewR
         forcetime=body.forcetime,
         created_by=actor,
         approval_required=approval_required,
+        report_timeout_s=duration_s(body.report_timeout),
+        action_timeout_s=duration_s(body.action_timeout),
+        soak_s=duration_s(body.soak) or 0.0,
     )
 
 
@@ -275,7 +339,7 @@ async def rollout_devices(
     tenant: Reader,
     rollout_id: RolloutIdParam,
     reads: ReadsDep,
-    state: Literal["waiting", "pending", "running", "success", "failure", "canceled"] | None = None,
+    state: MemberState | None = None,
     after: Annotated[str | None, Query(max_length=256)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:

@@ -4,8 +4,10 @@ INSERT_ROLLOUT = """
 INSERT INTO rollouts.rollouts (tenant, name, feed, software_id, device_filter, action_type,
                                confirmation_required, maintenance_window, success_threshold,
                                error_threshold, error_action, forcetime, approval,
-                               start_on_approval, created_by)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8::jsonb, $9, $10, $11, $12, $13, $14, $15)
+                               start_on_approval, created_by, report_timeout_s, action_timeout_s,
+                               soak_s)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8::jsonb, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+        $18)
 RETURNING *"""
 FEED_KNOWN = """
 SELECT EXISTS (SELECT 1 FROM rollouts.policies WHERE tenant = $1 AND feed = $2)"""
@@ -52,9 +54,21 @@ SELECT id FROM rollouts.rollouts
 WHERE tenant = $1 AND feed = $2 AND id < $3 AND state IN ('running', 'paused') ORDER BY id"""
 ACTIVE_IDS = "SELECT id FROM rollouts.rollouts WHERE state IN ('running', 'paused') ORDER BY id"
 
+# Successes of a rollout with a soak time still soak until the health check judged them
+# (health.py): finished actions not judged yet included. Only a rollout with a soak time looks
+# at its members' actions.
 COUNTS = """
-SELECT wave, state, count(*)::int FROM rollouts.rollout_devices
-WHERE rollout_id = $1 GROUP BY wave, state"""
+SELECT g.wave, g.state, g.n,
+       CASE WHEN g.state = 'success' AND r.soak_s > 0 THEN
+           (SELECT count(*)::int FROM rollouts.rollout_devices m
+            JOIN rollouts.actions a ON a.id = m.action_id
+            WHERE m.rollout_id = $1 AND m.wave = g.wave AND m.state = 'success'
+              AND a.status = 'finished' AND coalesce(a.health, 'soaking') = 'soaking')
+       ELSE 0 END
+FROM (SELECT wave, state, count(*)::int AS n FROM rollouts.rollout_devices
+      WHERE rollout_id = $1 GROUP BY wave, state) g
+CROSS JOIN rollouts.rollouts r
+WHERE r.id = $1"""
 WAVES = "SELECT * FROM rollouts.rollout_waves WHERE rollout_id = $1 ORDER BY wave"
 START_WAVE = """
 UPDATE rollouts.rollout_devices SET state = 'pending'

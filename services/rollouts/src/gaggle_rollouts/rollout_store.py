@@ -122,6 +122,9 @@ class RolloutStore:
                 approval_on_create(new.approval_required),
                 new.start and new.approval_required,
                 new.created_by,
+                new.report_timeout_s,
+                new.action_timeout_s,
+                new.soak_s,
             )
             sizes = wave_sizes(len(members), new.waves)
             waves = [w for w, size in enumerate(sizes, start=1) for _ in range(size)]

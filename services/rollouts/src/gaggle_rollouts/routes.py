@@ -28,15 +28,16 @@ from gaggle_rollouts.deps import (
     Writer,
 )
 from gaggle_rollouts.domain import Action, Software
+from gaggle_rollouts.health import Limits, format_duration
 from gaggle_rollouts.known import ReadThrough
 from gaggle_rollouts.policies import Policy, PolicyMatch
-from gaggle_rollouts.rollout_routes import WindowBody, check_forcetime
+from gaggle_rollouts.rollout_routes import LimitsBody, WindowBody, check_forcetime, duration_s
 from gaggle_runtime.http import ApiError, NotFoundError
 
 ActionIdParam = Annotated[str, Path(max_length=64, description="Action id")]
 
 
-class NewAction(BaseModel):
+class NewAction(LimitsBody):
     """Assign one software to one device now."""
 
     model_config = ConfigDict(extra="forbid")
@@ -130,6 +131,7 @@ async def _software(known: ReadThrough, tenant: str, software_id: str) -> Softwa
 
 
 async def _render(actions: Actions, action: Action) -> dict[str, Any]:
+    limits = Limits(action.report_timeout_s, action.action_timeout_s)
     return {
         "id": str(action.id),
         "tenant": action.tenant,
@@ -140,6 +142,8 @@ async def _render(actions: Actions, action: Action) -> dict[str, Any]:
         "forcetime": action.forcetime,
         "status": action.status,
         "active": action.active,
+        "report_timeout": format_duration(limits.report_s),
+        "action_timeout": format_duration(limits.action_s),
         "created_at": action.created_at,
         "closed_at": action.closed_at,
         "history": await actions.history(action.id),
@@ -186,7 +190,14 @@ async def create_action(
         tenant,
         controller_id,
         chosen,
-        ActionSpec(body.type, window, body.confirmation_required, forcetime=body.forcetime),
+        ActionSpec(
+            body.type,
+            window,
+            body.confirmation_required,
+            forcetime=body.forcetime,
+            report_timeout_s=duration_s(body.report_timeout),
+            action_timeout_s=duration_s(body.action_timeout),
+        ),
     )
     return await _render(actions, action)
 

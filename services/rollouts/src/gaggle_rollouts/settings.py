@@ -19,5 +19,8 @@ class RolloutsSettings(BaseSettings):
     """How often maintenance windows of open actions are re-checked."""
     force_s: float = Field(1.0, gt=0)
     """How often open time-forced actions are checked for their force time."""
+    health_s: float = Field(5.0, gt=0)
+    """How often actions are checked against their time-outs and soaks (health.py): a limit
+    is enforced this much late at most."""
     lookup_timeout_s: float = Field(2.0, gt=0)
     """How long to wait for artifacts or registry about an id rollouts was not told of yet."""

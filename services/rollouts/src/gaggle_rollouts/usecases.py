@@ -21,16 +21,19 @@ from gaggle_contracts.events import (
     AutoConfirmChanged,
     CancelFeedback,
     ConfirmationFeedback,
+    DeviceSeen,
     DeviceUpdated,
     FeedbackStatus,
     SoftwareCreated,
     SoftwareDeleted,
+    utcnow,
 )
 from gaggle_rollouts.actions import Actions, ActionSpec
 from gaggle_rollouts.catalogue import Catalogue
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.decision import Decision
 from gaggle_rollouts.domain import Action, Report, ReportKind, Software, apply_reports
+from gaggle_rollouts.health_store import Health
 from gaggle_rollouts.policies import Policies, Policy, PolicyMatch
 from gaggle_runtime.coalesce import Coalescer, run_each
 from gaggle_runtime.service import Database
@@ -67,6 +70,8 @@ class UseCases:
     policies: Policies
     chooser: Chooser
     engine: Poke
+    health: Health | None = None
+    """The health checks (time-outs, soaks, rollbacks); None: not run."""
 
     def __post_init__(self) -> None:
         # A rollout's feedback is a burst: the reports of one pull are applied in one
@@ -76,6 +81,11 @@ class UseCases:
         # once, and their devices chosen for together.
         self.inventory = Coalescer(self.policies.record_devices, max_batch=INVENTORY_BATCH)
         self.choices = Coalescer(self.choose_many, max_batch=INVENTORY_BATCH)
+        if self.health is not None:
+            self.health.after = self.after_changed
+            # Versions reported are compared with the devices' last successes before the
+            # devices are chosen for, so a rolled-back device is not offered the same again.
+            self.versions = Coalescer(self.health.versions, max_batch=INVENTORY_BATCH)
 
     async def software_created(self, event: SoftwareCreated) -> None:
         """Catalogue upsert; devices in mode ``latest`` chosen for again."""
@@ -183,6 +193,8 @@ class UseCases:
     async def device_updated(self, event: DeviceUpdated) -> None:
         """Inventory kept and the device chosen for again; deleted: its open action canceled."""
         if event.change != "deleted":
+            if self.health is not None and event.sw_version is not None:
+                await self.versions.submit(event)
             await self.inventory.submit(event)
             await self.choices.submit((event.tenant, event.controller_id))
             return
@@ -199,6 +211,11 @@ class UseCases:
                 note=["Device deleted."],
             )
             self.engine.poke(closed.rollout_id if closed else None)
+
+    async def device_seen(self, event: DeviceSeen) -> None:
+        """Devices polled: those in a soak after their success are seen back."""
+        if self.health is not None:
+            await self.health.seen(event)
 
     async def auto_confirm(self, event: AutoConfirmChanged) -> None:
         """Kept; switched on, a waiting action is confirmed."""
@@ -311,6 +328,18 @@ def _log_outcome(
     elif not action.active:
         log.info(
             "action closed tenant=%s action=%s status=%s", event.tenant, action.id, action.status
+        )
+
+
+async def check_health(health: Health) -> None:
+    """One health sweep: actions past their limits timed out, ended soaks judged."""
+    swept = await health.sweep(utcnow())
+    if swept.timed_out or swept.silent or swept.healthy:
+        log.info(
+            "health sweep timed_out=%d silent=%d healthy=%d",
+            swept.timed_out,
+            swept.silent,
+            swept.healthy,
         )
 
 

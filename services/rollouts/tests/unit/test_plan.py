@@ -99,6 +99,9 @@ def test_counters_fold_waiting_into_pending_and_count_the_queued_apart() -> None
         "success": 3,
         "failure": 0,
         "canceled": 0,
+        "timed_out": 0,
+        "rolled_back": 0,
+        "soaking": 0,
     }
 
 
