@@ -40,6 +40,9 @@ def _show(state: State, doc: dict[str, Any]) -> None:
             ("target tokens", doc.get("target_token")),
             ("gateway token", doc.get("has_gateway_token")),
             ("max updates in flight", doc.get("max_updates_in_flight")),
+            ("require signature", doc.get("require_signature")),
+            ("require image hashes", doc.get("require_image_hashes")),
+            ("monotonic versions", doc.get("monotonic_versions")),
             ("updated", when(doc.get("updated_at"))),
         ],
     )
@@ -47,7 +50,7 @@ def _show(state: State, doc: dict[str, Any]) -> None:
 
 @cli.group()
 def tenants() -> None:
-    """Tenants and their settings: polling, device access, updates in flight (admin key)."""
+    """Tenants and their settings: polling, device access, updates in flight, image policy."""
 
 
 @tenants.command("list")
@@ -87,6 +90,24 @@ def show(state: State, name: str) -> None:
     help="Devices that may have an open action at once; rollouts queue the others "
     "[default: the registry's, 1000].",
 )
+@click.option(
+    "--require-signature/--no-require-signature",
+    default=False,
+    show_default=True,
+    help="Refuse images whose signature does not verify against the trust store.",
+)
+@click.option(
+    "--require-image-hashes/--no-require-image-hashes",
+    default=False,
+    show_default=True,
+    help="Refuse images with a file entry lacking sha256, or naming a missing file.",
+)
+@click.option(
+    "--monotonic-versions/--no-monotonic-versions",
+    default=False,
+    show_default=True,
+    help="Refuse an image not newer than the newest one for one of its boards.",
+)
 @json_option
 @pass_state
 def set_tenant(
@@ -100,6 +121,9 @@ def set_tenant(
     gateway_token: str | None,
     no_gateway_token: bool,
     max_updates_in_flight: int | None,
+    require_signature: bool,
+    require_image_hashes: bool,
+    monotonic_versions: bool,
 ) -> None:
     """Create a tenant, or replace its settings (a GatewayToken is kept unless changed)."""
     if gateway_token is not None and no_gateway_token:
@@ -110,6 +134,9 @@ def set_tenant(
         "anonymous": anonymous,
         "auto_register": auto_register,
         "target_token": target_token,
+        "require_signature": require_signature,
+        "require_image_hashes": require_image_hashes,
+        "monotonic_versions": monotonic_versions,
     }
     if max_updates_in_flight is not None:
         body["max_updates_in_flight"] = max_updates_in_flight

@@ -33,6 +33,8 @@ class Permission(StrEnum):
     SOFTWARE_WRITE = "software:write"
     ROLLOUT_READ = "rollout:read"
     ROLLOUT_WRITE = "rollout:write"
+    TRUST_WRITE = "trust:write"
+    """Change the tenant's trust store of image signers (held by ``admin`` only, by default)."""
     ADMIN = "admin"
 
 

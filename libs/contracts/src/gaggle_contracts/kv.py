@@ -144,3 +144,12 @@ class TenantConfig(KvValue):
     max_updates_in_flight: int = MAX_UPDATES_IN_FLIGHT
     """Devices that may have an open action at once; rollouts queue the others of a started wave
     and open their actions as earlier ones close. Registry checks the range where it is set."""
+    require_signature: bool = False
+    """Artifacts refuses (422) images whose sw-description signature does not verify against the
+    tenant's trust store, unsigned ones included."""
+    require_image_hashes: bool = False
+    """Artifacts refuses images with an entry naming a file but no ``sha256``, or naming a file
+    the archive does not hold."""
+    monotonic_versions: bool = False
+    """Artifacts refuses an image not newer (``SwVersion`` order) than the newest software in the
+    catalogue for any board it is for."""

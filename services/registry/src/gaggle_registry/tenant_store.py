@@ -52,6 +52,15 @@ class TenantSettings(BaseModel):
         strict=True,
         description="Devices that may have an open action at once (rollouts queue the rest).",
     )
+    require_signature: bool = Field(
+        False, description="Refuse images whose signature does not verify (unsigned included)."
+    )
+    require_image_hashes: bool = Field(
+        False, description="Refuse images with a file entry lacking sha256, or a missing file."
+    )
+    monotonic_versions: bool = Field(
+        False, description="Refuse an image not newer than the newest for one of its boards."
+    )
 
 
 def tenant_doc(row: asyncpg.Record) -> dict[str, Any]:
