@@ -2,9 +2,9 @@
 
 Memory stays bounded whatever the size: bytes flow from the request (raw body or a multipart
 file part, parsed incrementally) through MD5, SHA-1, SHA-256 and the ``.swu`` stream parser into
-the object store, in slices of about a megabyte. The parser also hashes every member, for the
-check of the sha256 values the sw-description gives (``verification``). The parser rejects a bad image as early as it
-can (a non-cpio first header stops the upload after a few bytes).
+the object store, in slices of about a megabyte. The parser rejects a bad image as early as it
+can (a non-cpio first header stops the upload after a few bytes). It also hashes every member,
+for the check of the sha256 values the sw-description gives (``verification``).
 """
 
 from __future__ import annotations

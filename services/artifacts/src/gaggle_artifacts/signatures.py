@@ -134,15 +134,15 @@ def parse_trust_entry(pem: str) -> TrustEntry:
             raise BadTrustEntryError(f"not a readable certificate: {exc}") from None
         return TrustEntry(fingerprint(cert), cert, key)
     try:
-        key = serialization.load_pem_public_key(raw)
+        public = serialization.load_pem_public_key(raw)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise BadTrustEntryError(f"not a certificate or public key: {exc}") from None
-    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+    if not isinstance(public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         raise BadTrustEntryError("only RSA and EC public keys are supported")
-    spki = key.public_bytes(
+    spki = public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return TrustEntry(hashlib.sha256(spki).hexdigest(), None, key)
+    return TrustEntry(hashlib.sha256(spki).hexdigest(), None, public)
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,9 @@ def verify(
 
 
 def _verify_raw(content: bytes, signature: bytes, store: Sequence[TrustEntry]) -> Verdict:
-    keys = [e for e in store if e.certificate is None and isinstance(e.public_key, rsa.RSAPublicKey)]
+    keys = [
+        e for e in store if e.certificate is None and isinstance(e.public_key, rsa.RSAPublicKey)
+    ]
     if not keys:
         return Verdict(
             "unverified",
@@ -403,18 +405,28 @@ def check_purpose(cert: x509.Certificate, *, ca: bool, purpose: Purpose) -> str 
       ``emailProtection``; a CA needs none with ``codeSigning``);
     * a signer's key usage, if present, must allow ``digitalSignature`` or ``nonRepudiation``
       (``emailProtection``);
-    * a CA must say so in ``basicConstraints`` (or be a self-signed version 1 certificate), and
-      its key usage, if present, must allow ``keyCertSign``.
+    * a CA must say so in ``basicConstraints`` (without that extension: be a self-signed
+      version 1 certificate, or have a key usage allowing ``keyCertSign``), and its key usage,
+      if present, must allow ``keyCertSign``.
     """
     eku = _extension(cert, x509.ExtendedKeyUsage)
-    if eku is not None and (not ca or purpose == "emailProtection"):
-        if _PURPOSE_OID[purpose] not in eku:
-            return f"certificate {cert.subject.rfc4514_string()!r} is not for {purpose}"
+    if (
+        eku is not None
+        and (not ca or purpose == "emailProtection")
+        and _PURPOSE_OID[purpose] not in eku
+    ):
+        return f"certificate {cert.subject.rfc4514_string()!r} is not for {purpose}"
     usage = _extension(cert, x509.KeyUsage)
     if ca:
         constraints = _extension(cert, x509.BasicConstraints)
-        v1_root = cert.version == x509.Version.v1 and _self_signed(cert)
-        if not v1_root and (constraints is None or not constraints.ca):
+        if constraints is not None:
+            is_ca = bool(constraints.ca)
+        else:
+            # OpenSSL tolerates a CA without basicConstraints: a version 1 root, or one whose
+            # key usage allows signing certificates.
+            v1_root = cert.version == x509.Version.v1 and _self_signed(cert)
+            is_ca = v1_root or (usage is not None and usage.key_cert_sign)
+        if not is_ca:
             return f"certificate {cert.subject.rfc4514_string()!r} is not a CA"
         if usage is not None and not usage.key_cert_sign:
             return f"certificate {cert.subject.rfc4514_string()!r} may not sign certificates"
@@ -442,8 +454,9 @@ def build_chain(
     now: datetime,
     purpose: Purpose,
 ) -> tuple[list[x509.Certificate] | None, str]:
-    """The chain from ``leaf`` up to a self-signed certificate whose fingerprint is in
-    ``anchors``, every certificate valid at ``now`` and fit for ``purpose``; or (None, why).
+    """The chain from ``leaf`` to a self-signed certificate of ``anchors``; or (None, why).
+
+    Every certificate of the chain must be valid at ``now`` and fit for ``purpose``.
     """
     chain = [leaf]
     current = leaf

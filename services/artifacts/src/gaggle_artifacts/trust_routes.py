@@ -36,7 +36,7 @@ async def list_trust(tenant: TrustReader, trust: Trust, gate: Judge) -> dict[str
     """The tenant's certificates and keys, and its image policy (set with the tenant)."""
     tenant = tenant.lower()
     return {
-        "items": await trust.list(tenant),
+        "items": await trust.documents(tenant),
         "policy": gate.policies.policy(tenant).public(),
     }
 

@@ -1,4 +1,4 @@
-"""Each tenant's trust store in the artifacts schema; removing an entry untrusts what it verified."""
+"""Each tenant's trust store; removing an entry makes the software it verified untrusted."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class TrustStore:
         rows = await self.db.pool.fetch(ALL, tenant)
         return [parse_trust_entry(r["pem"]) for r in rows]
 
-    async def list(self, tenant: str) -> list[dict[str, Any]]:
+    async def documents(self, tenant: str) -> list[dict[str, Any]]:
         """The tenant's entries as the API shows them."""
         return [_doc(r) for r in await self.db.pool.fetch(ALL, tenant)]
 

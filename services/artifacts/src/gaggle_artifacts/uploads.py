@@ -170,8 +170,10 @@ async def upload(
     filename: str,
     chunks: AsyncIterator[bytes],
 ) -> dict[str, Any]:
-    """An image's bytes stored, hashed, parsed and checked on the way; nothing is left behind
-    on failure (a refused image's bytes are removed again)."""
+    """An image's bytes stored, hashed, parsed and checked; nothing is left behind on failure.
+
+    A refused image's bytes are removed again.
+    """
     key = f"{tenant}/{uuid.uuid4().hex}/{filename}"
     ingest = Ingest(gate.settings.max_upload_bytes)
     stored = False

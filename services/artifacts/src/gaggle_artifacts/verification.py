@@ -143,9 +143,7 @@ def check_newer(
         old = version_key(other)
         if old[0] == 0:
             continue
-        shared = [
-            m for m, _ in pairs if m in boards or ANY in boards or m == ANY
-        ]
+        shared = [m for m, _ in pairs if m in boards or ANY in boards or m == ANY]
         if shared and not new > old:
             board = next((m for m in shared if m in boards), shared[0])
             raise ImageRefusedError(
