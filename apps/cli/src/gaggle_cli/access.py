@@ -18,6 +18,7 @@ PERMISSIONS = (
     "software:write",
     "rollout:read",
     "rollout:write",
+    "trust:write",
     "admin",
 )
 
