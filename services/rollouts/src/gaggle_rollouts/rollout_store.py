@@ -47,6 +47,7 @@ from gaggle_rollouts.rollout_sql import (
     SHARE_ROLLOUT,
     WAVES,
 )
+from gaggle_rollouts.untrusted import refuse_untrusted
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class RolloutStore:
                 raise Refused(
                     "software_deleted", f"software {new.software_id!r} is deleted", "software_id"
                 )
+            if new.start:
+                await refuse_untrusted(conn, tenant, new.software_id)
             devices = [device_view(r) for r in await conn.fetch(FEED_DEVICES, tenant, new.feed)]
             if (
                 not devices
@@ -140,6 +143,8 @@ class RolloutStore:
             target = transition(row["state"], command)
             if target is None:
                 raise Refused("invalid_transition", f"cannot {command} a {row['state']} rollout")
+            if command in ("start", "resume"):
+                await refuse_untrusted(conn, tenant, row["software_id"])
             if command == "start":
                 row = await self.phases.start(conn, row)
             elif command == "pause":
