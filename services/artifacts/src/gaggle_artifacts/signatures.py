@@ -44,6 +44,8 @@ MAX_CHAIN = 8
 """Longest certificate chain followed from a signer to a trust anchor."""
 MAX_PEM = 64 * 1024
 """Largest PEM text of one trust-store entry."""
+MAX_TEXT = 1024
+"""Longest subject or reason kept in a software's signature record (they come from the image)."""
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
@@ -177,11 +179,12 @@ class Verdict:
         """The software's ``signature`` record; ``at`` is when it was verified."""
         doc: dict[str, Any] = {"state": self.state, "method": self.method}
         if self.signer is not None:
-            doc["signer"] = {"subject": self.signer.subject, "fingerprint": self.signer.fingerprint}
+            subject = self.signer.subject[:MAX_TEXT] if self.signer.subject else None
+            doc["signer"] = {"subject": subject, "fingerprint": self.signer.fingerprint}
         if self.state == "verified":
             doc["verified_at"] = at.isoformat()
         else:
-            doc["reason"] = self.reason
+            doc["reason"] = (self.reason or "")[:MAX_TEXT]
         return doc
 
 
