@@ -27,7 +27,7 @@ from gaggle_storage import StorageSettings
 from gaggle_swu import make_rawfile_swu, read_archive, write_archive
 from gaggle_swu.pki import Identity, make_identity
 from tests.e2e.conftest import BOARD, CLOSED_STATUSES, REVISION, E2EStack, has_detail, random_id
-from tests.e2e.swupdate_harness import SwupdateDevice
+from tests.e2e.swupdate_harness import FAILURE_LINE, SUCCESS_LINE, SwupdateDevice
 
 pytestmark = pytest.mark.e2e
 
@@ -100,8 +100,13 @@ def image(
     )
 
 
-def swupdate_check(binary: str, swu: Path, trusted: Path, workdir: Path) -> tuple[int, str]:
-    """``swupdate -c -i image -k cert``: SWUpdate's own verdict on an image, and its log."""
+def swupdate_check(binary: str, swu: Path, trusted: Path, workdir: Path) -> tuple[bool, str]:
+    """``swupdate -c -i image -k cert``: whether SWUpdate accepts the image, and its log.
+
+    The verdict is read from the log (``SWUPDATE successful`` or ``SWUPDATE failed [1]``, exactly
+    one of them): swupdate 2022.12 sometimes exits 1 after a check it logged as successful
+    (4 runs of 15 of the same good image), so its exit status says nothing.
+    """
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [binary, "-c", "-i", str(swu), "-k", str(trusted), "-H", f"{BOARD}:{REVISION}", "-l", "4"],
@@ -112,7 +117,10 @@ def swupdate_check(binary: str, swu: Path, trusted: Path, workdir: Path) -> tupl
         env={**os.environ, "TMPDIR": str(workdir / "tmp")},
         cwd=workdir,
     )
-    return proc.returncode, proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr
+    accepted, refused = SUCCESS_LINE in text, FAILURE_LINE in text
+    assert accepted != refused, f"swupdate -c gave no verdict (exit {proc.returncode}):\n{text}"
+    return accepted, text
 
 
 @pytest.mark.timeout(180)
@@ -174,19 +182,19 @@ async def test_swupdate_refuses_what_gaggle_refuses_and_accepts_what_it_verifies
         swu.write_bytes(data)
         r = await artifacts.upload(data, f"case-{n}.swu")
         assert r.status_code in (201, 422), (what, r.text)
-        code, text = await asyncio.to_thread(
+        swupdate_ok, text = await asyncio.to_thread(
             swupdate_check, swupdate_bin, swu, trusted, tmp_path / f"check-{n}"
         )
-        verdicts[what] = (r.status_code, code)
+        verdicts[what] = (r.status_code, swupdate_ok)
         gaggle_ok = r.status_code == 201
-        assert gaggle_ok == (code == 0), f"{what}: Gaggle {r.text}\nswupdate -c {code}:\n{text}"
+        assert gaggle_ok == swupdate_ok, f"{what}: Gaggle {r.text}\nswupdate -c:\n{text[-3000:]}"
         if gaggle_ok:
             assert r.json()["trust"] == "verified", what
     # Both kinds occurred: two accepted, the rest refused by both.
     accepted = ("signed through the trusted root", "self-signed and trusted")
-    assert verdicts == {what: (201, 0) if what in accepted else (422, 1) for what in cases}, (
-        verdicts
-    )
+    assert verdicts == {
+        what: (201, True) if what in accepted else (422, False) for what in cases
+    }, verdicts
 
 
 @pytest.mark.timeout(180)
