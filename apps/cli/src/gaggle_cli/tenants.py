@@ -100,7 +100,7 @@ def show(state: State, name: str) -> None:
     "--require-image-hashes/--no-require-image-hashes",
     default=False,
     show_default=True,
-    help="Refuse images with a file entry lacking sha256, or naming a missing file.",
+    help="Refuse images with a file entry lacking sha256, a missing file or an unlisted one.",
 )
 @click.option(
     "--monotonic-versions/--no-monotonic-versions",

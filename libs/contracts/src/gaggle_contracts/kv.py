@@ -148,8 +148,8 @@ class TenantConfig(KvValue):
     """Artifacts refuses (422) images whose sw-description signature does not verify against the
     tenant's trust store, unsigned ones included."""
     require_image_hashes: bool = False
-    """Artifacts refuses images with an entry naming a file but no ``sha256``, or naming a file
-    the archive does not hold."""
+    """Artifacts refuses images with an entry naming a file but no ``sha256``, naming a file the
+    archive does not hold, or with a member no entry names."""
     monotonic_versions: bool = False
     """Artifacts refuses an image not newer (``SwVersion`` order) than the newest software in the
     catalogue for any board it is for."""

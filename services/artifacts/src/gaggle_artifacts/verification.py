@@ -73,8 +73,9 @@ def check_images(info: SwuInfo, policy: Policy) -> dict[str, Any]:
         entry), each a list of member names.
 
     Raises:
-        ImageRefusedError: ``image_hash_mismatch`` whatever the policy;
-            ``image_missing`` and ``image_hash_missing`` when the policy requires image hashes.
+        ImageRefusedError: ``image_hash_mismatch`` whatever the policy; ``image_missing``,
+            ``image_hash_missing`` and ``image_unreferenced`` when the policy requires image
+            hashes (every file named, hashed and in the archive, and no member unaccounted for).
     """
     checked: list[str] = []
     missing: list[str] = []
@@ -115,6 +116,13 @@ def check_images(info: SwuInfo, policy: Policy) -> dict[str, Any]:
             checked.append(name)
     reserved = {SW_DESCRIPTION, SW_DESCRIPTION_SIG}
     unreferenced = [n for n, _ in info.members if n not in reserved and n not in named]
+    if unreferenced and policy.require_image_hashes:
+        raise ImageRefusedError(
+            "image_unreferenced",
+            f"member {unreferenced[0]!r} is named by no entry of the sw-description, and the "
+            "tenant requires every file to be listed with its sha256",
+            member=unreferenced[0],
+        )
     return {
         "checked": list(dict.fromkeys(checked)),
         "missing": list(dict.fromkeys(missing)),

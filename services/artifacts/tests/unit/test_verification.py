@@ -55,7 +55,11 @@ JSON = json.dumps(
 
 @pytest.mark.parametrize("desc", [LIBCONFIG, JSON], ids=["libconfig", "json"])
 def test_hashes_of_board_collection_and_script_entries_are_checked(desc: str) -> None:
-    report = check_images(info(desc, [("a", A), ("b", B), ("extra", b"x")]), STRICT)
+    with pytest.raises(ImageRefusedError) as refused:
+        check_images(info(desc, [("a", A), ("b", B), ("extra", b"x")]), STRICT)
+    assert (refused.value.code, refused.value.details["member"]) == ("image_unreferenced", "extra")
+    assert check_images(info(desc, [("a", A), ("b", B)]), STRICT)["unreferenced"] == []
+    report = check_images(info(desc, [("a", A), ("b", B), ("extra", b"x")]), Policy())
     report["checked"].sort()
     assert report == {
         "checked": ["a", "b"],
@@ -90,10 +94,10 @@ def test_a_member_altered_after_signing_is_refused_naming_it(desc: str, policy: 
             'software = { version = "1"; images: ({ filename = "gone"; sha256 = "'
             + SHA_A
             + '"; }); };',
-            [("a", A)],
+            [],
             "image_missing",
             "gone",
-            {"checked": [], "missing": ["gone"], "unhashed": [], "unreferenced": ["a"]},
+            {"checked": [], "missing": ["gone"], "unhashed": [], "unreferenced": []},
         ),
     ],
 )

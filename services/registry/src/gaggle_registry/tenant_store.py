@@ -56,7 +56,8 @@ class TenantSettings(BaseModel):
         False, description="Refuse images whose signature does not verify (unsigned included)."
     )
     require_image_hashes: bool = Field(
-        False, description="Refuse images with a file entry lacking sha256, or a missing file."
+        False,
+        description="Refuse images with a file entry lacking sha256, a missing or unlisted file.",
     )
     monotonic_versions: bool = Field(
         False, description="Refuse an image not newer than the newest for one of its boards."
