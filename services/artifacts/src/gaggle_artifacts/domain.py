@@ -135,6 +135,10 @@ def version_key(text: str) -> tuple[int, Any]:
         return (0, text)
 
 
+class TrustChangedError(Exception):
+    """A trust-store entry an image's verification relied on was removed before it was recorded."""
+
+
 @dataclass(frozen=True)
 class NewSoftware:
     """What an upload or registration found, before it has an id."""

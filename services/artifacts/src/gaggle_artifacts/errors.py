@@ -11,6 +11,7 @@
     ├── IncompleteUploadError           400 incomplete: the upload stopped before its end
     ├── DuplicateImageError             409 duplicate: the same bytes are in the catalogue
     ├── DuplicateTrustError             409 duplicate: that certificate or key is trusted already
+    ├── TrustChangedConflictError       409 trust_changed: the signer left the trust store meanwhile
     ├── IfMatchFailedError              412 precondition_failed
     ├── UploadTooLargeError             413 too_large
     ├── InvalidImageError               422 invalid_image.<code>: not a usable .swu image
@@ -31,7 +32,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gaggle_artifacts.domain import MAX_MEMBERS, QuotaExceededError
+from gaggle_artifacts.domain import MAX_MEMBERS, QuotaExceededError, TrustChangedError
 from gaggle_artifacts.ingest import MalformedBodyError, TooLargeError
 from gaggle_artifacts.policies import PolicyUnknownError
 from gaggle_artifacts.signatures import BadTrustEntryError
@@ -57,6 +58,7 @@ __all__ = [
     "OverQuotaError",
     "PolicyNotLoadedError",
     "RefusedImageError",
+    "TrustChangedConflictError",
     "UploadTooLargeError",
     "found",
 ]
@@ -170,6 +172,17 @@ class DuplicateTrustError(ApiError):
         )
 
 
+class TrustChangedConflictError(ApiError):
+    """The trust-store entry that verified the image was removed while it was being recorded."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "trust_changed",
+            "a trust-store entry that verified this image was removed meanwhile; upload it again",
+        )
+
+
 class InvalidTrustEntryError(ApiError):
     """PEM text that is not one certificate or public key."""
 
@@ -196,6 +209,8 @@ def refusal(exc: Exception) -> ApiError:
         return InvalidTrustEntryError(str(exc))
     if isinstance(exc, DuplicateEntryError):
         return DuplicateTrustError(exc.existing_id)
+    if isinstance(exc, TrustChangedError):
+        return TrustChangedConflictError()
     if isinstance(exc, TrustStoreFullError):
         return OverQuotaError(
             QuotaExceededError("trust_entries", "trust-store entries", MAX_ENTRIES, MAX_ENTRIES + 1)
@@ -223,6 +238,7 @@ REFUSALS = (
     BadTrustEntryError,
     DuplicateEntryError,
     TrustStoreFullError,
+    TrustChangedError,
 )
 """The errors taking an image in raises, each answered as :func:`refusal` says."""
 

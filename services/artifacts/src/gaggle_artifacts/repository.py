@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from gaggle_artifacts.domain import NewSoftware, Software
+from gaggle_artifacts.domain import NewSoftware, Software, TrustChangedError
 from gaggle_contracts.events import SoftwareDeleted
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
@@ -45,6 +45,12 @@ ORDER BY id
 LIMIT $6"""
 
 
+# Keeps the trust-store entries a verification relied on until the software is recorded: a
+# removal waits for the insert, and then finds the new software to mark untrusted.
+RELIED_ON = """
+SELECT fingerprint FROM artifacts.trust_entries
+WHERE tenant = $1 AND fingerprint = ANY($2::text[]) FOR SHARE"""
+
 VERSIONS = """
 SELECT version, compatibility FROM artifacts.software WHERE tenant = $1 AND NOT deleted"""
 
@@ -70,8 +76,16 @@ class Repo:
     outbox: Outbox
 
     async def insert(self, new: NewSoftware) -> Software | None:
-        """Store a new software and queue ``software.created``; None if its bytes are known."""
+        """Store a new software and queue ``software.created``; None if its bytes are known.
+
+        Raises:
+            TrustChangedError: a trust-store entry its verification relied on was removed since.
+        """
         async with self.db.pool.acquire() as conn, conn.transaction():
+            if new.trusted_by:
+                kept = await conn.fetch(RELIED_ON, new.tenant, new.trusted_by)
+                if len(kept) < len(set(new.trusted_by)):
+                    raise TrustChangedError
             row = await conn.fetchrow(
                 INSERT,
                 new.tenant,

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import nats
 import pytest
+from cryptography.hazmat.primitives import hashes
 
 from gaggle_artifacts.app import build_app
 from gaggle_artifacts.settings import ArtifactsSettings
@@ -402,3 +403,29 @@ async def test_external_software_gets_the_same_checks(
         )
         assert good.status_code == 201, good.text
         assert good.json()["trust"] == "verified"
+
+
+async def test_a_signer_removed_while_the_image_is_recorded_is_a_conflict(
+    artifacts: Artifacts, signer: Identity
+) -> None:
+    from gaggle_artifacts.domain import NewSoftware, TrustChangedError
+
+    repo = artifacts.app.state.repo
+    new = NewSoftware(
+        tenant=artifacts.tenant,
+        name="n",
+        version="1.0",
+        filename="n.swu",
+        size=1,
+        md5="0" * 32,
+        sha1="0" * 40,
+        sha256="0" * 64,
+        object_key="k",
+        external_url=None,
+        compatibility=[("*", "*")],
+        trust="verified",
+        trusted_by=[signer.cert.fingerprint(hashes.SHA256()).hex()],
+    )
+    with pytest.raises(TrustChangedError):
+        await repo.insert(new)
+    await artifacts.nothing_left()
