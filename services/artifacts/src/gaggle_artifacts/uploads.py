@@ -174,6 +174,7 @@ async def upload(
 
     A refused image's bytes are removed again.
     """
+    gate.policies.policy(tenant)  # 503 before a byte is stored while the policy is unknown
     key = f"{tenant}/{uuid.uuid4().hex}/{filename}"
     ingest = Ingest(gate.settings.max_upload_bytes)
     stored = False
@@ -199,6 +200,7 @@ async def register_external(
 ) -> dict[str, Any]:
     """Software hosted elsewhere, fetched once to be hashed, parsed and checked, never stored."""
     settings = gate.settings
+    gate.policies.policy(tenant)  # 503 before fetching while the policy is unknown
     await _check_public(external.url, settings.allow_private_urls)
     name = check_name(
         external.filename or unquote(urlsplit(external.url).path.rsplit("/", 1)[-1]) or "image.swu"

@@ -429,3 +429,18 @@ async def test_a_signer_removed_while_the_image_is_recorded_is_a_conflict(
     with pytest.raises(TrustChangedError):
         await repo.insert(new)
     await artifacts.nothing_left()
+
+
+async def test_uploads_wait_for_the_tenants_policy(
+    operator_auth: httpx.Auth, artifacts: Artifacts, signer: Identity, tmp_path: Path
+) -> None:
+    loaded = artifacts.app.state.gate.policies.mirror.loaded
+    loaded.clear()  # as before KV tenants was read
+    try:
+        async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
+            r = await artifacts.upload(client, signed_image(tmp_path, signer))
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "policy_unknown"
+            await artifacts.nothing_left()
+    finally:
+        loaded.set()
