@@ -213,9 +213,16 @@ def verify(
     if signature is None:
         return Verdict("unsigned", reason="the image has no sw-description.sig")
     signed_data = _signed_data(signature)
-    if signed_data is not None:
+    if signed_data is None:
+        return _verify_raw(content, signature, store)
+    try:
         return _verify_cms(content, signed_data, store, now, purpose)
-    return _verify_raw(content, signature, store)
+    except BadSignatureError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        # asn1crypto parses lazily: a malformed part deep inside shows only when it is read.
+        reason = f"the CMS signature cannot be read: {type(exc).__name__}: {exc}"
+        return Verdict("unverified", "cms", reason=reason[:MAX_TEXT])
 
 
 # raw RSA -------------------------------------------------------------------------------------

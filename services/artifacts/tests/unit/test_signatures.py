@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -235,3 +236,28 @@ def test_a_signature_member_that_is_no_cms_and_no_key_is_unverified() -> None:
     verdict = verify(DESC, b"\x30\x03garbage", [], NOW)
     assert verdict.state == "unverified"
     assert "not CMS" in (verdict.reason or "")
+
+
+def test_a_damaged_cms_signature_is_refused_or_unverified_never_an_error(
+    tmp_path: Path, signer: Identity
+) -> None:
+    sig = cms(tmp_path, signer)
+    store = trusted(signer)
+    rng = random.Random(17)
+    outcomes = set()
+    for _ in range(400):
+        damaged = bytearray(sig)
+        for _ in range(rng.randint(1, 3)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            damaged = damaged[: rng.randrange(len(damaged))]
+        try:
+            verdict = verify(DESC, bytes(damaged), store, NOW)
+        except BadSignatureError:
+            outcomes.add("refused")
+        else:
+            outcomes.add(verdict.state)
+            if verdict.state == "verified":
+                # Only bytes no check covers (e.g. the unsigned certificate bag's padding).
+                assert verdict.signer is not None
+    assert {"refused", "unverified"} <= outcomes
