@@ -148,3 +148,12 @@ class TenantConfig(KvValue):
     rollout_approval: bool = False
     """New rollouts wait for someone with ``rollout:approve`` before they can start (hawkBit's
     ``rollout.approval.enabled``). Rollouts reads it."""
+    require_signature: bool = False
+    """Artifacts refuses (422) images whose sw-description signature does not verify against the
+    tenant's trust store, unsigned ones included."""
+    require_image_hashes: bool = False
+    """Artifacts refuses images with an entry naming a file but no ``sha256``, naming a file the
+    archive does not hold, or with a member no entry names."""
+    monotonic_versions: bool = False
+    """Artifacts refuses an image not newer (``SwVersion`` order) than the newest software in the
+    catalogue for any board it is for."""

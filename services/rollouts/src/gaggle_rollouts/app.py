@@ -12,7 +12,7 @@ from faststream.nats import NatsBroker
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 
-from gaggle_contracts.events import ActionFinished
+from gaggle_contracts.events import ActionFinished, SoftwareUntrusted
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts import errors, health_routes, rollout_routes, routes
 from gaggle_rollouts.actions import Actions
@@ -29,6 +29,7 @@ from gaggle_rollouts.rollout_routes import RolloutBody
 from gaggle_rollouts.rollout_store import RolloutStore
 from gaggle_rollouts.routes import BulkPolicyBody, NewAction, PolicyBody
 from gaggle_rollouts.settings import RolloutsSettings
+from gaggle_rollouts.untrusted import Untrusting, on_software_untrusted
 from gaggle_rollouts.usecases import FEEDBACK_IN_FLIGHT, UseCases
 from gaggle_runtime.batches import BatchRunner
 from gaggle_runtime.bus import consumer_options
@@ -168,6 +169,11 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     )
     cases = UseCases(service.db, actions, catalogue, policies, chooser, engine, health)
     runner = subscribe(service.broker, common, cases, service.failures)
+    # Software whose signer left the trust store: no rollout starts with it (untrusted.py).
+    service.broker.context.set_global("untrusting", Untrusting(service.db, store.phases))
+    service.broker.subscriber(**consumer_options(SERVICE, SoftwareUntrusted.kind, common))(
+        on_software_untrusted
+    )
     service.on_stopping.append(runner.close)
     # Each tenant's cap on updates in flight, from registry's KV tenants (never its tables).
     service.background(lambda: caps.mirror.watch(service.broker.connection.jetstream))
