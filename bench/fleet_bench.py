@@ -29,10 +29,10 @@ client's choice, not the server's ``sleep``:
    until every device reported success (after downloading the whole image and checking it,
    ``--verify``), server CPU seconds (all processes of the server: for Gaggle the stack with its
    four services and NATS, plus PostgreSQL; for gooseBit its process) and peak memory (summed RSS
-   of those processes, sampled every 200 ms) over that time. The devices then go on polling for
-   ``--rollout-settle`` seconds, and the finished actions offered again are counted (the
-   simulator's ``reoffered``: a poll that still offered an action after its final report was
-   answered 200).
+   of those processes, sampled every 200 ms, PSS every second) over that time. The devices then
+   go on polling for ``--rollout-settle`` seconds, and the finished actions offered again are
+   counted (the simulator's ``reoffered``: a poll that still offered an action after its final
+   report was answered 200).
 
 ``--phases overload`` (Gaggle only, alone or after the others) is the overload scenario of
 ``fleet_overload``: one rollout to ``--overload-devices`` devices that poll every
@@ -65,6 +65,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,6 +93,10 @@ ROLLOUT_PREFIX = "roll-"
 OVERLOAD_PREFIX = "over-"
 OVERLOAD_BOARD = "sim-overload"
 SAMPLE_S = 0.2
+PSS_EVERY = 5
+"""PSS is read every this many memory samples (once a second): the kernel walks every page
+table of a process to answer ``smaps_rollup``, and at every sample that took a third of the
+bench process's CPU in the overload scenario."""
 
 GOAL_POLL_RATIO = 20.0
 AIM_POLL_RATIO = 50.0
@@ -209,8 +214,8 @@ def tree_cpu_parts(roots: list[int]) -> dict[str, float]:
     return parts
 
 
-def tree_memory(roots: list[int]) -> tuple[int, int]:
-    """(summed RSS, summed PSS) in bytes of the trees of ``roots``.
+def tree_memory(roots: list[int], *, pss: bool = True) -> tuple[int, int]:
+    """(summed RSS, summed PSS) in bytes of the trees of ``roots``; PSS 0 unless ``pss``.
 
     RSS counts memory shared between processes (PostgreSQL's shared buffers) once per process;
     PSS splits it among them.
@@ -221,6 +226,8 @@ def tree_memory(roots: list[int]) -> tuple[int, int]:
         with contextlib.suppress(OSError, ValueError, IndexError):
             with open(f"/proc/{pid}/statm", "rb") as f:
                 rss += int(f.read().split()[1]) * _PAGE
+            if not pss:
+                continue
             with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
                 for line in f:
                     if line.startswith(b"Pss:"):
@@ -258,7 +265,10 @@ class Meter:
 
     async def _sample(self) -> None:
         while True:
-            rss, pss = await asyncio.to_thread(tree_memory, self.server.roots())
+            with_pss = self.samples % PSS_EVERY == 0
+            rss, pss = await asyncio.to_thread(
+                partial(tree_memory, pss=with_pss), self.server.roots()
+            )
             self.peak_rss = max(self.peak_rss, rss)
             self.peak_pss = max(self.peak_pss, pss)
             self.samples += 1
