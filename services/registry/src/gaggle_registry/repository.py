@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from gaggle_contracts.events import (
     DeviceDiscovered,
     DeviceUpdated,
 )
+from gaggle_contracts.kv import DeviceEntry
 from gaggle_registry.domain import (
     Device,
     TooManyAttributesError,
@@ -223,6 +225,14 @@ class Repo:
             )
             rows = await conn.fetch(LOCK_MANY, [t for (t, _), _ in keys], [c for (_, c), _ in keys])
             attributes = {(r["tenant"], r["controller_id"]): dict(r["attributes"]) for r in rows}
+            entries = {
+                (r["tenant"], r["controller_id"]): DeviceEntry(
+                    token_hash=r["token_hash"],
+                    config_requested=r["config_requested"],
+                    attribute_keys=tuple(r["attributes"]),
+                )
+                for r in rows
+            }
             newest = {(r["tenant"], r["controller_id"]): r["config_reported_at"] for r in rows}
             changed: set[tuple[str, str]] = set()
             for i, event in enumerate(events):
@@ -258,9 +268,13 @@ class Repo:
                 [newest[k] for k in order],
             )
             devices = {(r["tenant"], r["controller_id"]): _device(r) for r in updated}
+            # A device reporting the attribute names it reported before (as every device does
+            # after an update, with its new version) leaves its KV entry as it was: the outbox
+            # already holds, or has written, that entry.
             await self._publish_devices(
                 conn,
                 [(d, "registered" if k in created else "attributes") for k, d in devices.items()],
+                kv_unchanged={k for k, d in devices.items() if entries.get(k) == d.kv_entry()},
             )
         return [
             devices[(e.tenant, e.controller_id)] if r is None else r
@@ -382,8 +396,17 @@ class Repo:
                 await self._publish_device(conn, device, "registered")
             return device
 
-    async def _publish_devices(self, conn: Conn, changes: list[tuple[Device, Change]]) -> None:
-        """KV entries and ``device.updated`` events of many devices, in one statement."""
+    async def _publish_devices(
+        self,
+        conn: Conn,
+        changes: list[tuple[Device, Change]],
+        kv_unchanged: AbstractSet[tuple[str, str]] = frozenset(),
+    ) -> None:
+        """KV entries and ``device.updated`` events of many devices, in one statement.
+
+        The KV entries of devices in ``kv_unchanged`` (tenant, controller id) are not written:
+        they are what KV holds already.
+        """
         if not changes:
             return
         await self.outbox.many(
@@ -402,6 +425,7 @@ class Repo:
             kv_puts=[
                 (names.BUCKET_DEVICES, names.kv_key(d.tenant, d.controller_id), d.kv_entry())
                 for d, _ in changes
+                if (d.tenant, d.controller_id) not in kv_unchanged
             ],
         )
 
