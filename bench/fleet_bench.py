@@ -594,7 +594,7 @@ async def overload_run(
     )
     software_id = await asyncio.wait_for(server.upload(client, image), args.phase_timeout)
     # Set before the devices register: rollouts has the new cap long before the rollout starts.
-    cap = await server.set_cap(client, args.overload_cap)
+    cap = await server.set_cap(client, args.overload_cap, polling_sleep=_hms(args.overload_poll))
     say(f"{server.name}: tenant default, cap on updates in flight {cap:,}")
     config = fleet_config(
         server,
