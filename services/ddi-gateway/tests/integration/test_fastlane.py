@@ -206,6 +206,6 @@ async def test_deployment_base_and_downloads_are_answered_alike_with_and_without
     # And they did take different paths: only the FastAPI routes are timed.
     async with httpx.AsyncClient(timeout=10) as client:
         timed = [(await client.get(f"{u}/metrics")).text for u in (fast.url, slow.url)]
-    for route in ("/deploymentBase/{action_id}\"", "/artifacts/{filename}\""):
+    for route in ('/deploymentBase/{action_id}"', '/artifacts/{filename}"'):
         assert route not in timed[0]
         assert route in timed[1]
