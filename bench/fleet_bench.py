@@ -1092,7 +1092,7 @@ async def run(
     for name in args.servers:
         server: Server
         if name == "gaggle":
-            settings = {}
+            settings = dict(item.split("=", 1) for item in args.stack_env)
             if args.overload:  # the devices poll as the gateway says: every --overload-poll s
                 settings["GAGGLE_GATEWAY_POLLING_SLEEP"] = _hms(args.overload_poll)
             server = GaggleStack(children, tmp / "gaggle" / "data", settings)
@@ -1186,6 +1186,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--phase-timeout", type=float, default=600.0, help="seconds per phase (600)")
     p.add_argument("--start-timeout", type=float, default=180.0, help="server start (180)")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    p.add_argument(
+        "--stack-env",
+        action="append",
+        default=[],
+        metavar="GAGGLE_X=VALUE",
+        help="a setting for Gaggle's stack (repeatable), e.g. GAGGLE_GATEWAY_BUSY_MAX_FACTOR=1",
+    )
     p.add_argument("--keep-logs", action="store_true", help="keep the temporary directory")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first failure")
     args = p.parse_args(argv)
@@ -1213,6 +1220,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--overload-devices and --overload-poll must be positive")
     if args.overload_cap is not None and not 1 <= args.overload_cap <= MAX_UPDATES_IN_FLIGHT_LIMIT:
         p.error(f"--overload-cap: a whole number from 1 to {MAX_UPDATES_IN_FLIGHT_LIMIT:,}")
+    for item in args.stack_env:
+        if not item.startswith("GAGGLE_") or "=" not in item:
+            p.error(f"--stack-env {item!r}: GAGGLE_<SETTING>=<value>")
     return args
 
 
