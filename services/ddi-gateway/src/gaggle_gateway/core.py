@@ -238,8 +238,11 @@ class Gateway:
         if entry is None or entry.open is None:
             self.polls.idle += 1
             # Only a device with nothing to do waits longer while the gateway is busy: one with
-            # an open action has work that the busy stack is there to finish.
-            factor = self.strain.factor(time.monotonic())
+            # an open action has work that the busy stack is there to finish. Which idle devices
+            # wait longer depends on the signal (counters.Strain): a device whose final report
+            # this gateway took lately has nothing more to do for a while.
+            finished = caller.key in self.acks.finals
+            factor = self.strain.factor(time.monotonic(), finished=finished)
         else:
             self.polls.action += 1
             factor = 1.0

@@ -89,6 +89,7 @@ class Strain:
 
     Two signals, both the gateway's own experience of publishing device reports, which it waits
     for anyway: it costs nothing to keep them, and they need no query of NATS or another service.
+    The metric shows the stretch of a device that has just finished its update (both signals).
 
     * *Ack latency.* The mean time JetStream took to acknowledge this gateway's reports over the
       last ``window_s``, from the publish to the ack seen on the gateway's event loop. A quiet
@@ -96,11 +97,13 @@ class Strain:
       gateway's loop, NATS and the consumers all wait for CPU and the mean climbs to tenths of
       a second and more, long before anything is refused: it measures the whole path a report
       takes, where consumer lag or outbox depth would each see one part of it, and would need
-      queries of NATS or PostgreSQL to read. From ``latency_s`` on, the sleep is stretched by
-      ``mean / latency_s``.
+      queries of NATS or PostgreSQL to read. From ``latency_s`` on, the sleep of a device
+      whose update just finished is stretched by ``mean / latency_s``: the rollout keeping the
+      stack busy has nothing more for it, while a device without an action may be queued for
+      one of its slots.
     * *Refusals.* Reports answered 429 because JetStream did not acknowledge them in time: from
-      ``threshold`` of them within the window on, the sleep is stretched by
-      ``1 + refusals / threshold``.
+      ``threshold`` of them within the window on, the sleep of every device with nothing to do
+      is stretched by ``1 + refusals / threshold``.
 
     The larger stretch wins, at most ``max_factor``; once the window is quiet again the sleep is
     the tenant's.
@@ -148,10 +151,15 @@ class Strain:
             return 0.0
         return max(0.0, self.ack_sum / len(acks))
 
-    def factor(self, now: float) -> float:
-        """The stretch of an idle sleep handed out at ``now``: 1.0 unless the window is busy."""
+    def factor(self, now: float, *, finished: bool = True) -> float:
+        """The stretch of an idle sleep handed out at ``now``: 1.0 unless the window is busy.
+
+        Slow acks stretch only the sleep of a device that has just ``finished`` its update: a
+        device without an action may be waiting for a rollout's free slot, and learns of its
+        action only at its next poll. Refusals stretch every idle device's.
+        """
         stretch = 1.0
-        if self.acks:
+        if finished and self.acks:
             latency = self.ack_latency(now)
             if latency > self.latency_s:
                 stretch = latency / self.latency_s

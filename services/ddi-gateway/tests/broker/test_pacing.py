@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from gaggle_contracts import names
 from gaggle_contracts.events import Event
@@ -84,7 +85,7 @@ def slow_acks(bus: Bus, seconds: float) -> None:
     bus.gateway.publish_event = slow
 
 
-async def test_slow_acks_stretch_the_sleep_of_idle_devices_only(bus: Bus) -> None:
+async def test_slow_acks_stretch_the_sleep_of_devices_that_just_finished_only(bus: Bus) -> None:
     bus.gateway.strain = Strain(window_s=2.0, threshold=5, max_factor=4.0, latency_s=0.02)
     busy_key = names.kv_key("default", "d-busy")
     bus.gateway.mirror.devices.values[busy_key] = DeviceEntry(config_requested=False)
@@ -93,7 +94,10 @@ async def test_slow_acks_stretch_the_sleep_of_idle_devices_only(bus: Bus) -> Non
             {"action_id": "4", "state": "deployment", "deployment": DeploymentDoc(chunks=[])}
         )
     )
-    idle, busy = await sleeps(bus, "d-1"), await sleeps(bus, "d-busy")
+    # d-done's final report was acknowledged here a moment ago; d-1 has had no action.
+    bus.gateway.acks.acknowledged(names.kv_key("default", "d-done"), "3", b"f", time.monotonic())
+    done, idle = await sleeps(bus, "d-done"), await sleeps(bus, "d-1")
+    busy = await sleeps(bus, "d-busy")
 
     slow_acks(bus, 0.06)  # three times the threshold
     for n in range(2):
@@ -102,7 +106,9 @@ async def test_slow_acks_stretch_the_sleep_of_idle_devices_only(bus: Bus) -> Non
         assert r.status_code == 200, r.text
     assert 3.0 <= factor(bus) <= 4.0  # the ack time, as the loop saw it: a little more
 
-    stretched = await sleeps(bus, "d-1")
-    assert min(stretched) >= 3 * min(idle) - 1
-    # A device with an open action has work to finish: its sleep is the tenant's.
+    stretched = await sleeps(bus, "d-done")
+    assert min(stretched) >= 3 * min(done) - 1
+    # A device without an action may be queued for a rollout's slot; one with an open action
+    # has work to finish: their sleep is the tenant's.
+    assert alike(await sleeps(bus, "d-1"), idle)
     assert alike(await sleeps(bus, "d-busy"), busy)

@@ -133,6 +133,17 @@ def test_the_idle_sleep_is_stretched_by_the_mean_ack_time_over_its_threshold(
     assert strain.factor(now) == pytest.approx(expected)
 
 
+def test_slow_acks_stretch_devices_that_just_finished_and_refusals_every_idle_one() -> None:
+    strain = Strain(window_s=10.0, threshold=2, max_factor=4.0, latency_s=0.25)
+    strain.acknowledged(1.0, 0.75)  # 3x
+    assert strain.factor(1.0, finished=True) == 3.0
+    assert strain.factor(1.0, finished=False) == 1.0
+    for _ in range(3):
+        strain.refused(1.0)  # 2.5x
+    assert strain.factor(1.0, finished=False) == 2.5
+    assert strain.factor(1.0, finished=True) == 3.0
+
+
 def test_the_larger_of_the_two_stretches_wins() -> None:
     strain = Strain(window_s=10.0, threshold=2, max_factor=4.0, latency_s=0.25)
     strain.acknowledged(1.0, 0.5)  # 2x
