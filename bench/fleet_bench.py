@@ -655,9 +655,9 @@ async def overload_run(
 async def settle(fleet: Fleet, poll_s: float, timeout: float) -> float:
     """Seconds until every device's last poll answer handed it the tenant's interval again.
 
-    The fleet registering keeps the stack busy, so the gateway stretches the sleep of idle
-    devices (README: Scaling the gateway) and some are told to come back only after several
-    intervals. The scenario is a fleet polling every ``poll_s`` when the rollout starts.
+    The fleet registering keeps the stack busy, and the gateway may stretch the sleep of idle
+    devices meanwhile (README: Scaling the gateway), telling some to come back only after
+    several intervals. The scenario is a fleet polling every ``poll_s`` when the rollout starts.
     """
     t0 = time.perf_counter()
     longest = poll_s * 1.1 + 1  # the jitter moves a sleep by up to a tenth, rounded up
