@@ -372,6 +372,7 @@ class ConsumerFailures:
         self.max_delay_s = common.retry_delay_max_s
         self.dead_letter_after = common.dead_letter_after
         self._failures: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._consumed: dict[tuple[str, str], Any] = {}
 
     def middleware(self) -> type[BaseMiddleware]:
         """The FastStream middleware class bound to this policy (innermost of the broker's)."""
@@ -464,7 +465,13 @@ class ConsumerFailures:
             kind = kind_of(str(raw.subject))
             if int(getattr(meta, "num_delivered", 1) or 1) > 1:
                 self.metrics.events_redelivered.labels(kind).inc()
-            self.metrics.events_consumed.labels(kind, outcome).inc()
+            # A batch settles each of its events: the labelled counter is looked up once.
+            counter = self._consumed.get((kind, outcome))
+            if counter is None:
+                counter = self._consumed[kind, outcome] = self.metrics.events_consumed.labels(
+                    kind, outcome
+                )
+            counter.inc()
         return outcome
 
     async def _failed(

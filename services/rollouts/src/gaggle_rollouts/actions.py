@@ -149,8 +149,11 @@ SELECT software_id FROM (
 WHERE status = 'error'"""
 
 
+_ACTION_FIELDS = tuple(f.name for f in fields(Action))
+
+
 def _action(row: asyncpg.Record) -> Action:
-    return Action(**{f.name: row[f.name] for f in fields(Action)})
+    return Action(*[row[name] for name in _ACTION_FIELDS])
 
 
 @dataclass(frozen=True)
