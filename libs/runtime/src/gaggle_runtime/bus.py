@@ -235,7 +235,6 @@ class NatsSink:
         return results
 
 
-
 def _message(row: Outgoing, prefixes: Mapping[str, str | BaseException]) -> Message:
     """What JetStream is sent for ``row``: an event, or a KV put or delete of its key.
 
