@@ -149,7 +149,8 @@ SELECT software_id FROM (
 WHERE status = 'error'"""
 
 
-_ACTION_FIELDS = tuple(f.name for f in fields(Action))
+_ACTION_FIELDS = tuple(f.name for f in fields(Action) if f.init)
+"""The columns that make an :class:`Action`, in the order its constructor takes them."""
 
 
 def _action(row: asyncpg.Record) -> Action:
