@@ -416,7 +416,9 @@ class Actions:
         for r in await conn.fetch(RECENT_CLOSED, tenant, ids, KV_CLOSED_IDS):
             closed.setdefault(r["controller_id"], []).append(r["id"])
         messages: dict[int, list[str]] = {}
-        for r in await conn.fetch(RECENT_MESSAGES, [a.id for a in open_rows.values()], KV_HISTORY):
+        # A pull of final feedback leaves none of its devices an open action: no query then.
+        open_ids = [a.id for a in open_rows.values()]
+        for r in await conn.fetch(RECENT_MESSAGES, open_ids, KV_HISTORY) if open_ids else ():
             messages.setdefault(r["action_id"], []).extend(reversed(list(r["details"])))
         wanted = {a.software_id for a in open_rows.values()} | {
             a.software_id for a in installed.values()
