@@ -100,10 +100,15 @@ def install_metrics(service: Service) -> None:
         registry=metrics.registry,
     )
     finished_subject = "." + ActionFinished.kind
+    by_outcome: dict[str, Any] = {}  # the labelled counters, looked up once per outcome
 
     def count_finished(subject: str, payload: bytes) -> None:
         if subject.endswith(finished_subject):
-            finished.labels(str(orjson.loads(payload).get("status", "unknown"))).inc()
+            outcome = str(orjson.loads(payload).get("status", "unknown"))
+            counter = by_outcome.get(outcome)
+            if counter is None:
+                counter = by_outcome[outcome] = finished.labels(outcome)
+            counter.inc()
 
     async def sample() -> None:
         if not service.db.started:
