@@ -99,17 +99,17 @@ async def test_a_time_forced_action_turns_from_attempt_to_forced_at_its_time(
         assert forced["id"] == soft["id"]
 
 
-# Europe/Berlin in 2026: clocks go forward on 29 March at 01:00 UTC and back on 25 October at
-# 01:00 UTC. A 02:00-04:00 window is 01:00-02:00 UTC on the first day, 00:00-03:00 UTC on the
-# second.
+# Instants of the injected clock, not of the calendar (fixed-date-ok below). Europe/Berlin in
+# 2026: clocks go forward on 29 March at 01:00 UTC and back on 25 October at 01:00 UTC. A
+# 02:00-04:00 window is 01:00-02:00 UTC on the first day, 00:00-03:00 UTC on the second.
 BERLIN_STEPS = [
-    ("2026-03-29T01:00:00Z", "available"),
-    ("2026-03-29T01:59:59Z", "available"),
-    ("2026-03-29T02:00:00Z", "unavailable"),
-    ("2026-10-24T23:59:59Z", "unavailable"),
-    ("2026-10-25T00:00:00Z", "available"),
-    ("2026-10-25T02:59:59Z", "available"),
-    ("2026-10-25T03:00:00Z", "unavailable"),
+    ("2026-03-29T01:00:00Z", "available"),  # fixed-date-ok
+    ("2026-03-29T01:59:59Z", "available"),  # fixed-date-ok
+    ("2026-03-29T02:00:00Z", "unavailable"),  # fixed-date-ok
+    ("2026-10-24T23:59:59Z", "unavailable"),  # fixed-date-ok
+    ("2026-10-25T00:00:00Z", "available"),  # fixed-date-ok
+    ("2026-10-25T02:59:59Z", "available"),  # fixed-date-ok
+    ("2026-10-25T03:00:00Z", "unavailable"),  # fixed-date-ok
 ]
 
 
@@ -121,7 +121,7 @@ async def test_a_berlin_window_is_available_exactly_inside_it_across_dst(
     window = {"timezone": "Europe/Berlin", "start": "02:00", "end": "04:00"}
     async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
         await device(client, stack, "w1", "board", "1", "1.0.0")
-        actions.clock = lambda: at("2026-03-29T00:59:59Z")  # 01:59:59 CET: not yet
+        actions.clock = lambda: at("2026-03-29T00:59:59Z")  # 01:59:59 CET  # fixed-date-ok
         action = await stack.assign(client, "w1", "bw", maintenance_window=window)
         first = await deployment(client, stack, "w1", lambda d: True)
         assert first["id"] == action["id"]
@@ -310,8 +310,11 @@ async def test_bad_windows_and_force_times_are_refused_with_reasons(
             assert words in r.text, (window, r.text)
         for extra, words in [
             ({"action_type": "timeforced"}, "needs a forcetime"),
-            ({"forcetime": "2026-12-24T18:00:00+01:00"}, "only a timeforced"),
-            ({"action_type": "timeforced", "forcetime": "2026-12-24T18:00:00"}, "timezone"),
+            ({"forcetime": "2026-12-24T18:00:00+01:00"}, "only a timeforced"),  # fixed-date-ok
+            (
+                {"action_type": "timeforced", "forcetime": "2026-12-24T18:00:00"},  # fixed-date-ok
+                "timezone",
+            ),
         ]:
             r = await client.post(url, params={"tenant": stack.tenant}, json={**base, **extra})
             assert r.status_code == 400, (extra, r.text)
