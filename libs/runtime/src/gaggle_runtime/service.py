@@ -39,7 +39,7 @@ from gaggle_runtime.auth import (
 )
 from gaggle_runtime.bus import (
     NatsSink,
-    guard_fetches,
+    guard_pull_fetches,
     make_broker,
     publish_event,
     publish_raw,
@@ -318,8 +318,8 @@ class Service:
             self.broker.connection.jetstream(),
             [s.config for s in self.broker.subscribers if hasattr(s, "config")],
         )
+        guard_pull_fetches()
         await self.broker.start()
-        guard_fetches(self.broker)
         log.info("service started service=%s", self.name)
 
     async def _publish_key_use(self) -> None:
