@@ -1,8 +1,9 @@
 """``gaggle-stack``: NATS, PostgreSQL, the object store folder and the four services, one command.
 
 Everything lives under ``GAGGLE_DATA_DIR`` (default ``./.gaggle``), so a second start finds the same
-data. ``GAGGLE_DATABASE_URL`` (or ``DATABASE_URL``) uses an existing PostgreSQL instead of the
-embedded one; ``GAGGLE_NATS_URL`` an existing NATS. Ctrl-C stops everything.
+data; the admin key (``admin.key``) and, once all answer, the URLs (``urls.toml``) are there for the
+``gaggle`` command line. ``GAGGLE_DATABASE_URL`` (or ``DATABASE_URL``) uses an existing PostgreSQL
+instead of the embedded one; ``GAGGLE_NATS_URL`` an existing NATS. Ctrl-C stops everything.
 
 Like compose's ``restart: unless-stopped``, a process that dies (a service, nats-server, the
 postmaster) is started again after a back-off while the others keep running. Each service has a
