@@ -81,6 +81,22 @@ def test_wrapper_runs_the_cli_without_uv_on_path(tmp_path: Path) -> None:
     assert out.stdout.decode().lstrip().startswith("{")
 
 
+def test_wrapper_called_through_a_symlink_uses_its_checkout(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "gaggle").symlink_to(WRAPPER)
+    out = subprocess.run(
+        ["gaggle", "--help"],
+        cwd=tmp_path,
+        env=bare_env(PATH=f"{tmp_path / 'bin'}:{BARE_PATH}"),
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().startswith("Usage: gaggle [OPTIONS] COMMAND")
+    assert out.stderr == b""
+    assert not (tmp_path / "bin" / ".venv").exists()
+
+
 def test_wrapper_sets_up_a_fresh_clone_and_again_after_the_lock_changed(tmp_path: Path) -> None:
     uv = project_uv()
     if uv is None:
