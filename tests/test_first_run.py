@@ -28,7 +28,12 @@ NOT_IN_A_CLONE = (
     ".schemathesis",
     "results",
 )
-READMES = ("README.md", "apps/cli/README.md", "apps/sim/README.md", "bench/README.md")
+READMES = sorted(
+    str(path.relative_to(ROOT))
+    for pattern in ("README.md", "*/README.md", "*/*/README.md")
+    for path in ROOT.glob(pattern)
+    if not path.relative_to(ROOT).parts[0].startswith(".")
+)
 
 
 def bare_env(**extra: str) -> dict[str, str]:
@@ -128,6 +133,9 @@ def test_wrapper_sets_up_a_fresh_clone_and_again_after_the_lock_changed(tmp_path
 
 
 def test_readme_commands_use_no_uv_from_path() -> None:
+    assert {"README.md", "apps/cli/README.md", "bench/README.md", "deploy/README.md"} <= set(
+        READMES
+    )
     for name in READMES:
         text = (ROOT / name).read_text()
         blocks = re.findall(r"^```(?:sh|bash)?\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
