@@ -60,7 +60,7 @@ from benchlib import Children, admin_key, bounded, child_env, http_status, say, 
 from gaggle_runtime.db import ensure_database, with_database
 from gaggle_servers import EmbeddedPostgres, NatsProcess, free_port, wait_for_port
 from gaggle_storage import ObjectStore, S3Store, StorageSettings, open_store
-from gaggle_swu.build import SW_DESCRIPTION, build_swu, render_sw_description
+from gaggle_swu.build import SW_DESCRIPTION, SW_DESCRIPTION_SIG, build_swu, render_sw_description
 from gaggle_swu.cpio import CpioWriter
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -195,6 +195,28 @@ class _HashingSink(io.RawIOBase):
         return len(data)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Signer:
+    """A CMS signer for ``--signed`` images: a self-signed key and certificate (openssl)."""
+
+    def __init__(self, directory: Path) -> None:
+        from gaggle_swu.pki import make_identity  # only with --signed
+
+        self.identity = make_identity("gaggle bench signer", datetime.now(UTC))
+        self.key, self.cert = self.identity.write(directory, "bench-signer")
+
+    def sign(self, desc: str) -> bytes:
+        """``sw-description.sig`` for ``desc``, as ``openssl cms -sign`` makes it."""
+        from gaggle_swu.build import sign_cms
+
+        return sign_cms(desc.encode(), self.key, self.cert)
+
+
 def _sw_description(payload_sha256: str) -> str:
     return render_sw_description(
         version="1.0.0",
@@ -206,8 +228,11 @@ def _sw_description(payload_sha256: str) -> str:
     )
 
 
-def build_image(path: Path, size: int) -> str:
+def build_image(path: Path, size: int, signer: Signer | None = None) -> str:
     """Write a ``.swu`` of exactly ``size`` bytes with one random payload to ``path``; its SHA-256.
+
+    With ``signer``, ``sw-description.sig`` follows the sw-description (a CMS signature's length
+    does not depend on what it signs).
 
     The payload goes to a temporary file first (its SHA-256 belongs in the sw-description, which
     comes before it in the archive), then is copied into the archive by ``CpioWriter.add_stream``
@@ -218,6 +243,8 @@ def build_image(path: Path, size: int) -> str:
     probe = io.BytesIO()
     with CpioWriter(probe) as w:
         w.add(SW_DESCRIPTION, _sw_description("0" * 64).encode())
+        if signer is not None:
+            w.add(SW_DESCRIPTION_SIG, signer.sign(_sw_description("0" * 64)))
         w.add(PAYLOAD, b"")
     payload_size = size - len(probe.getvalue())
     if payload_size <= 0 or payload_size % 4:
@@ -235,7 +262,10 @@ def build_image(path: Path, size: int) -> str:
         with path.open("wb") as out, payload_path.open("rb") as src:
             sink = _HashingSink(out)
             with CpioWriter(sink) as w:  # type: ignore[arg-type]
-                w.add(SW_DESCRIPTION, _sw_description(payload_hash.hexdigest()).encode())
+                desc = _sw_description(payload_hash.hexdigest())
+                w.add(SW_DESCRIPTION, desc.encode())
+                if signer is not None:
+                    w.add(SW_DESCRIPTION_SIG, signer.sign(desc))
                 w.add_stream(PAYLOAD, src, payload_size)
     finally:
         payload_path.unlink(missing_ok=True)
@@ -268,6 +298,9 @@ class Round:
     rss_before_download_kib: int
     rss_peak_download_kib: int
     peak_from_hwm: bool
+    upload_cpu_s: float = 0.0
+    """CPU seconds (user + system) the service spent on the upload: a figure other load on the
+    machine barely changes, unlike the MiB/s."""
 
 
 @dataclass
@@ -286,6 +319,7 @@ class BackendResult:
     rss_peak_mib: float
     upload_extra_mib: float
     download_extra_mib: float
+    upload_cpu_s_per_gib: float = 0.0
     rounds: list[Round] = field(default_factory=list)
 
 
@@ -368,6 +402,14 @@ class Artifacts:
             raise RuntimeError(f"upload answered {r.status_code}: {r.text[:500]}")
         return r.json()
 
+    async def trust(self, pem: str) -> None:
+        """Add the signer's certificate to the tenant's trust store."""
+        r = await self.client.post(
+            self.base.replace("/software", "/trust"), json={"name": "bench", "pem": pem}
+        )
+        if r.status_code != 201:
+            raise RuntimeError(f"trusting the signer answered {r.status_code}: {r.text[:500]}")
+
     async def download(self, software_id: str) -> tuple[int, str]:
         """GET the image streamed and discarded: (bytes, SHA-256)."""
         path = f"{self.base}/{software_id}/download"
@@ -436,13 +478,17 @@ async def one_round(
             await bounded("plain delete", 60, store.delete(key))
 
     say(f"{label}: upload")
+    cpu_before = cpu_seconds(svc.pid)
     with RssSampler(svc.pid) as up_mem:
         t_up, answer = await timed(
             "upload", limit, lambda: svc.upload("image.swu", file_chunks(image), size)
         )
+    upload_cpu = cpu_seconds(svc.pid) - cpu_before
     try:
         if answer["size"] != size or answer["hashes"]["sha256"] != sha256:
             raise RuntimeError(f"upload answer does not match the image: {answer}")
+        if args.signed and answer.get("trust") != "verified":
+            raise RuntimeError(f"the signed image was not verified: {answer.get('signature')}")
         say(f"{label}: download")
         with RssSampler(svc.pid) as down_mem:
             t_dl, got = await timed("download", limit, lambda: svc.download(answer["id"]))
@@ -454,7 +500,8 @@ async def one_round(
     say(
         f"  plain write {mibs / t_pw:,.0f} MiB/s, plain read {mibs / t_pr:,.0f} MiB/s, "
         f"upload {mibs / t_up:,.0f} MiB/s, download {mibs / t_dl:,.0f} MiB/s, "
-        f"upload RSS {up_mem.before_kib / 1024:.0f} -> {up_mem.peak_kib / 1024:.0f} MiB"
+        f"upload RSS {up_mem.before_kib / 1024:.0f} -> {up_mem.peak_kib / 1024:.0f} MiB, "
+        f"upload CPU {upload_cpu:.2f} s"
     )
     return Round(
         plain_write_s=t_pw,
@@ -466,6 +513,7 @@ async def one_round(
         rss_before_download_kib=down_mem.before_kib,
         rss_peak_download_kib=down_mem.peak_kib,
         peak_from_hwm=up_mem.hwm_reset,
+        upload_cpu_s=upload_cpu,
     )
 
 
@@ -493,6 +541,7 @@ def summarise(backend: str, size: int, rounds: list[Round]) -> BackendResult:
         download_extra_mib=max(
             (r.rss_peak_download_kib - r.rss_before_download_kib) / 1024 for r in rounds
         ),
+        upload_cpu_s_per_gib=statistics.median(r.upload_cpu_s for r in rounds) * 1024 / mibs,
         rounds=rounds,
     )
 
@@ -562,6 +611,8 @@ async def bench_backend(
                 raw_download=args.download_client == "raw",
                 timeout=args.phase_timeout,
             )
+            if args.signed:
+                await svc.trust(args.signer_pem)
             await warm_up(svc, 60)
             rounds = []
             for r in range(args.rounds):
@@ -608,11 +659,12 @@ def report(results: list[BackendResult]) -> str:
     """The printed table and the goal lines."""
     head = (
         f"{'backend':<8} {'write':>8} {'read':>8} {'upload':>8} {'download':>9} "
-        f"{'up/write':>9} {'down/read':>10} {'RSS before':>11} {'RSS peak':>9} {'extra':>7}"
+        f"{'up/write':>9} {'down/read':>10} {'RSS before':>11} {'RSS peak':>9} {'extra':>7} "
+        f"{'up CPU':>7}"
     )
     units = (
         f"{'':<8} {'MiB/s':>8} {'MiB/s':>8} {'MiB/s':>8} {'MiB/s':>9} {'':>9} {'':>10} "
-        f"{'MiB':>11} {'MiB':>9} {'MiB':>7}"
+        f"{'MiB':>11} {'MiB':>9} {'MiB':>7} {'s/GiB':>7}"
     )
     lines = [head, units]
     for r in results:
@@ -620,7 +672,7 @@ def report(results: list[BackendResult]) -> str:
             f"{r.backend:<8} {r.plain_write_mibs:>8,.0f} {r.plain_read_mibs:>8,.0f} "
             f"{r.upload_mibs:>8,.0f} {r.download_mibs:>9,.0f} {r.upload_ratio:>9.2f} "
             f"{r.download_ratio:>10.2f} {r.rss_before_mib:>11.0f} {r.rss_peak_mib:>9.0f} "
-            f"{r.upload_extra_mib:>+7.0f}"
+            f"{r.upload_extra_mib:>+7.0f} {r.upload_cpu_s_per_gib:>7.2f}"
         )
     lines.append("")
     for v in verdicts(results):
@@ -665,6 +717,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--start-timeout", type=float, default=60.0, help="seconds a server may take to start (60)"
     )
     p.add_argument(
+        "--signed",
+        action="store_true",
+        help="sign the image's sw-description (CMS, openssl) and trust the signer: uploads "
+        "then verify the signature as well as the inner hashes",
+    )
+    p.add_argument(
         "--keep-logs", action="store_true", help="keep the temporary directory with the server logs"
     )
     args = p.parse_args(argv)
@@ -690,8 +748,10 @@ async def run(
     image = tmp / "image.swu"
     say(f"building a {args.size_mib} MiB image in {image}")
     t0 = time.monotonic()
+    signer = Signer(tmp) if args.signed else None
+    args.signer_pem = signer.identity.cert_pem.decode() if signer else None
     sha256 = await bounded(
-        "image build", args.phase_timeout, asyncio.to_thread(build_image, image, size)
+        "image build", args.phase_timeout, asyncio.to_thread(build_image, image, size, signer)
     )
     say(f"built in {time.monotonic() - t0:.1f} s, SHA-256 {sha256}")
     s3_endpoint = None
@@ -762,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} round(s) per store, {os.cpu_count()} CPUs shared by client, service and "
         "S3 server; client chunks 1 MiB; "
         f"download client {args.download_client}; every read checked against the SHA-256"
+        + ("; image signed (CMS), signature verified on upload" if args.signed else "")
     )
     print(header)  # noqa: T201
     print(report(results))  # noqa: T201
@@ -778,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
                     "phase_timeout_s": args.phase_timeout,
                     "client_chunk_bytes": CHUNK,
                     "download_client": args.download_client,
+                    "signed": args.signed,
                 },
                 "machine": {
                     "cpus": os.cpu_count(),

@@ -29,10 +29,10 @@ client's choice, not the server's ``sleep``:
    until every device reported success (after downloading the whole image and checking it,
    ``--verify``), server CPU seconds (all processes of the server: for Gaggle the stack with its
    four services and NATS, plus PostgreSQL; for gooseBit its process) and peak memory (summed RSS
-   of those processes, sampled every 200 ms) over that time. The devices then go on polling for
-   ``--rollout-settle`` seconds, and the finished actions offered again are counted (the
-   simulator's ``reoffered``: a poll that still offered an action after its final report was
-   answered 200).
+   of those processes, sampled every 200 ms, PSS every second) over that time. The devices then
+   go on polling for ``--rollout-settle`` seconds, and the finished actions offered again are
+   counted (the simulator's ``reoffered``: a poll that still offered an action after its final
+   report was answered 200).
 
 ``--phases overload`` (Gaggle only, alone or after the others) is the overload scenario of
 ``fleet_overload``: one rollout to ``--overload-devices`` devices that poll every
@@ -65,6 +65,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,6 +93,10 @@ ROLLOUT_PREFIX = "roll-"
 OVERLOAD_PREFIX = "over-"
 OVERLOAD_BOARD = "sim-overload"
 SAMPLE_S = 0.2
+PSS_EVERY = 5
+"""PSS is read every this many memory samples (once a second): the kernel walks every page
+table of a process to answer ``smaps_rollup``, and at every sample that took a third of the
+bench process's CPU in the overload scenario."""
 
 GOAL_POLL_RATIO = 20.0
 AIM_POLL_RATIO = 50.0
@@ -209,8 +214,8 @@ def tree_cpu_parts(roots: list[int]) -> dict[str, float]:
     return parts
 
 
-def tree_memory(roots: list[int]) -> tuple[int, int]:
-    """(summed RSS, summed PSS) in bytes of the trees of ``roots``.
+def tree_memory(roots: list[int], *, pss: bool = True) -> tuple[int, int]:
+    """(summed RSS, summed PSS) in bytes of the trees of ``roots``; PSS 0 unless ``pss``.
 
     RSS counts memory shared between processes (PostgreSQL's shared buffers) once per process;
     PSS splits it among them.
@@ -221,6 +226,8 @@ def tree_memory(roots: list[int]) -> tuple[int, int]:
         with contextlib.suppress(OSError, ValueError, IndexError):
             with open(f"/proc/{pid}/statm", "rb") as f:
                 rss += int(f.read().split()[1]) * _PAGE
+            if not pss:
+                continue
             with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
                 for line in f:
                     if line.startswith(b"Pss:"):
@@ -258,7 +265,10 @@ class Meter:
 
     async def _sample(self) -> None:
         while True:
-            rss, pss = await asyncio.to_thread(tree_memory, self.server.roots())
+            with_pss = self.samples % PSS_EVERY == 0
+            rss, pss = await asyncio.to_thread(
+                partial(tree_memory, pss=with_pss), self.server.roots()
+            )
             self.peak_rss = max(self.peak_rss, rss)
             self.peak_pss = max(self.peak_pss, pss)
             self.samples += 1
@@ -584,7 +594,7 @@ async def overload_run(
     )
     software_id = await asyncio.wait_for(server.upload(client, image), args.phase_timeout)
     # Set before the devices register: rollouts has the new cap long before the rollout starts.
-    cap = await server.set_cap(client, args.overload_cap)
+    cap = await server.set_cap(client, args.overload_cap, polling_sleep=_hms(args.overload_poll))
     say(f"{server.name}: tenant default, cap on updates in flight {cap:,}")
     config = fleet_config(
         server,
@@ -605,6 +615,11 @@ async def overload_run(
         await server.wait_known(client, prefix, board, n, args.phase_timeout)
         registered_s = time.perf_counter() - r0
         say(f"{server.name}: {n:,} overload devices registered in {registered_s:.1f} s")
+        settled_s = await settle(fleet, args.overload_poll, args.phase_timeout)
+        say(
+            f"{server.name}: every device polls every {args.overload_poll:g} s again after "
+            f"{settled_s:.1f} s"
+        )
         before = fleet.stats.snapshot()
         meter = Meter(server)
         await meter.start()
@@ -622,6 +637,7 @@ async def overload_run(
         res["usage"] = await meter.stop()
         res["cap"] = cap
         res["registered_s"] = round(registered_s, 3)
+        res["settled_s"] = round(settled_s, 3)
         res["before_rollout"] = {
             k: before[k]
             for k in ("polls", "throttled", "server_errors", "dropped", "other_answers")
@@ -634,6 +650,22 @@ async def overload_run(
     for line in fleet_overload.goal_lines(res):
         say(f"{server.name}: {n:,} devices: {line}")
     return res
+
+
+async def settle(fleet: Fleet, poll_s: float, timeout: float) -> float:
+    """Seconds until every device's last poll answer handed it the tenant's interval again.
+
+    The fleet registering keeps the stack busy, and the gateway may stretch the sleep of idle
+    devices meanwhile (README: Scaling the gateway), telling some to come back only after
+    several intervals. The scenario is a fleet polling every ``poll_s`` when the rollout starts.
+    """
+    t0 = time.perf_counter()
+    longest = poll_s * 1.1 + 1  # the jitter moves a sleep by up to a tenth, rounded up
+    async with asyncio.timeout(timeout):
+        # The devices' state is plain attributes, set as answers come: looked at, not awaited.
+        while any(d.last_sleep > longest for d in fleet.devices):  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+    return time.perf_counter() - t0
 
 
 async def _listed_new(
@@ -1002,7 +1034,8 @@ def overload_report(results: dict[str, Any], args: argparse.Namespace) -> dict[s
     ]
     for r in runs:
         lines.append(
-            f"- {r['devices']:,} devices: registered in {r['registered_s']:.1f} s; rollout "
+            f"- {r['devices']:,} devices: registered in {r['registered_s']:.1f} s, polling every "
+            f"{args.overload_poll:g} s again after {r.get('settled_s', 0):.1f} s; rollout "
             f"request {r['rollout_request_s']:.2f} s; registry lists "
             f"{r['listed_new_version']:,} with {NEW_VERSION}; {cpu_note(r['usage'])}"
         )
@@ -1059,7 +1092,7 @@ async def run(
     for name in args.servers:
         server: Server
         if name == "gaggle":
-            settings = {}
+            settings = dict(item.split("=", 1) for item in args.stack_env)
             if args.overload:  # the devices poll as the gateway says: every --overload-poll s
                 settings["GAGGLE_GATEWAY_POLLING_SLEEP"] = _hms(args.overload_poll)
             server = GaggleStack(children, tmp / "gaggle" / "data", settings)
@@ -1153,6 +1186,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--phase-timeout", type=float, default=600.0, help="seconds per phase (600)")
     p.add_argument("--start-timeout", type=float, default=180.0, help="server start (180)")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    p.add_argument(
+        "--stack-env",
+        action="append",
+        default=[],
+        metavar="GAGGLE_X=VALUE",
+        help="a setting for Gaggle's stack (repeatable), e.g. GAGGLE_GATEWAY_BUSY_MAX_FACTOR=1",
+    )
     p.add_argument("--keep-logs", action="store_true", help="keep the temporary directory")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first failure")
     args = p.parse_args(argv)
@@ -1180,6 +1220,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--overload-devices and --overload-poll must be positive")
     if args.overload_cap is not None and not 1 <= args.overload_cap <= MAX_UPDATES_IN_FLIGHT_LIMIT:
         p.error(f"--overload-cap: a whole number from 1 to {MAX_UPDATES_IN_FLIGHT_LIMIT:,}")
+    for item in args.stack_env:
+        if not item.startswith("GAGGLE_") or "=" not in item:
+            p.error(f"--stack-env {item!r}: GAGGLE_<SETTING>=<value>")
     return args
 
 

@@ -147,13 +147,20 @@ class GaggleStack:
             await asyncio.sleep(0.05)
 
     async def set_cap(
-        self, client: httpx.AsyncClient, cap: int | None, tenant: str = "default"
+        self,
+        client: httpx.AsyncClient,
+        cap: int | None,
+        tenant: str = "default",
+        polling_sleep: str | None = None,
     ) -> int:
         """The tenant's cap on updates in flight, first set to ``cap`` unless None.
 
         ``PUT /api/v1/tenants/{tenant}`` replaces all of a tenant's settings, so the others are
-        read first and sent back as they are (the gateway token is kept when omitted). A
-        tenant never configured has every default; None leaves it untouched.
+        read first and sent back as they are (the gateway token is kept when omitted), but for
+        ``polling_sleep`` when given. A tenant never configured polls at the gateway's
+        ``GAGGLE_GATEWAY_POLLING_SLEEP`` and reads back the registry's default interval (one
+        minute): whoever starts the stack with another interval passes it here, or the PUT
+        would set the tenant's to a minute. None leaves the tenant untouched.
         """
         url = f"{self.url('registry')}/api/v1/tenants/{tenant}"
         r = await client.get(url, headers=self.headers())
@@ -164,6 +171,8 @@ class GaggleStack:
             return int(doc.get("max_updates_in_flight", MAX_UPDATES_IN_FLIGHT))
         body = {k: doc[k] for k in TENANT_SETTINGS if k in doc}
         body["max_updates_in_flight"] = cap
+        if polling_sleep is not None:
+            body["polling_sleep"] = polling_sleep
         r = await client.put(url, json=body, headers=self.headers())
         if r.status_code not in (200, 201):
             raise RuntimeError(f"Gaggle tenant {tenant} cap: {r.status_code} {r.text[:500]}")

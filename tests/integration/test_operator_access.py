@@ -42,6 +42,7 @@ from gaggle_runtime.auth import operator_routes, requirement
 from gaggle_runtime.bus import make_broker, publish_event, publish_raw
 from gaggle_storage import StorageSettings
 from gaggle_swu.build import make_rawfile_swu
+from gaggle_swu.pki import make_identity
 from gaggle_testing import eventually
 
 pytestmark = pytest.mark.integration
@@ -236,7 +237,15 @@ async def seed(client: httpx.AsyncClient, trio: Trio) -> dict[str, str]:
         h,
     )
     key_id = (await issue(client, trio, {"name": "spare", "role": "viewer"}))["id"]
+    signer = make_identity("signer", datetime.now(UTC))
+    entry_id = await created(
+        client,
+        f"{trio.artifacts.url}/api/v1/trust",
+        {"name": "signer", "pem": signer.cert_pem.decode()},
+        h,
+    )
     return {
+        "entry_id": entry_id,
         "controller_id": "dev-a",
         "software_id": str(software_id),
         "action_id": str(action_id),

@@ -358,3 +358,29 @@ def test_a_bad_config_file_is_one_line(bare: Path, capsys: pytest.CaptureFixture
 def test_a_bad_url_is_one_line(bare: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["--key", "k", "--rollouts", "ftp://x", "rollouts", "list"]) == 1
     assert capsys.readouterr().err == "gaggle: rollouts URL 'ftp://x' is not an http(s) URL\n"
+
+
+def test_signature_state_and_lines() -> None:
+    from gaggle_cli.software import signature_lines, signature_state
+
+    verified = {
+        "trust": "verified",
+        "signature": {
+            "state": "verified",
+            "method": "cms",
+            "signer": {"subject": "CN=release", "fingerprint": "ab" * 32},
+            "verified_at": "2026-01-02T03:04:05+00:00",
+        },
+        "image_check": {"checked": ["a"], "missing": [], "unhashed": ["b"], "unreferenced": []},
+    }
+    assert signature_state(verified) == "verified (cms)"
+    lines = dict(signature_lines(verified))
+    assert lines["signer"].startswith("CN=release (sha256 abababab")
+    assert lines["verified"] == "2026-01-02 03:04:05"
+    assert lines["image hashes"] == "1 checked"
+    assert lines["  unhashed"] == ["b"]
+    assert "why" not in lines
+    untrusted = {"trust": "untrusted", "signature": {"reason": "entry removed"}}
+    assert signature_state(untrusted) == "untrusted"
+    assert dict(signature_lines(untrusted))["why"] == "entry removed"
+    assert signature_state({}) == "unchecked"

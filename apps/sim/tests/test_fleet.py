@@ -271,6 +271,32 @@ async def test_after_its_final_report_a_device_polls_at_once_then_reports_its_ve
     assert fleet.devices[0].sw_version == "2.0.0"
 
 
+async def test_the_poll_after_a_final_report_does_not_queue_behind_the_fleet(fake_ddi) -> None:
+    fake = await fake_ddi(artifact=PAYLOAD)
+    # One connection, and 40 other devices always due: a device queued again would wait for
+    # every one of them to poll first.
+    fleet = Fleet(config(fake, 41, poll=0.001, connections=1))
+    fake.assign("sim-000000")
+    await fleet.start()
+    try:
+        assert await fleet.wait(lambda s: s.config_sent >= 42, timeout=10), fleet.stats.snapshot()
+    finally:
+        await fleet.stop()
+    assert fake.server is not None
+    order = [
+        (r.path.split("/")[4], r.method, r.path.rsplit("/", 1)[-1].split("?")[0])
+        for r in fake.server.requests
+        if "/softwaremodules/" not in r.path
+    ]
+    final = max(
+        i for i, seen in enumerate(order) if seen[0] == "sim-000000" and seen[2] == "feedback"
+    )
+    assert order[final + 1 : final + 3] == [
+        ("sim-000000", "GET", "sim-000000"),
+        ("sim-000000", "PUT", "configData"),
+    ]
+
+
 def deployment_gets(fake: FakeDdi, cid: str) -> int:
     return sum(
         1 for r in fake.requests_of(cid) if "/deploymentBase/" in r.path and r.method == "GET"

@@ -13,11 +13,18 @@ import nats.errors
 import nats.js.errors
 import pytest
 from faststream.exceptions import RejectMessage
+from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
 from gaggle_contracts.events import MessageTooLargeError
 from gaggle_contracts.settings import CommonSettings
-from gaggle_runtime.deadletters import REPLAY_FOR, REPLAY_OF, ConsumerFailures, Letter
+from gaggle_runtime.deadletters import (
+    REPLAY_FOR,
+    REPLAY_OF,
+    ConsumerFailures,
+    Letter,
+    delivery,
+)
 from gaggle_runtime.failures import (
     Parked,
     PermanentPublishError,
@@ -294,3 +301,27 @@ async def test_cancellation_is_not_treated_as_a_failure() -> None:
     failures = policy(FakeStore(), after=1)
     with pytest.raises(asyncio.CancelledError):
         await failures.handle(failing(asyncio.CancelledError()), message(1))
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.OTA.rollouts_action_feedback.3.1042.17.1733600000000000000.5",
+        "$JS.ACK.hub.ACCHASH.OTA.rollouts_action_feedback.3.1042.17.1733600000000000000.5",
+        "$JS.ACK.hub.ACCHASH.OTA.rollouts_action_feedback.3.1042.17.1733600000000000000.5.xyz",
+    ],
+)
+def test_delivery_reads_what_nats_py_reads_from_the_reply_subject(reply: str) -> None:
+    msg = Msg(None, subject="ota.v1.t.action.feedback", reply=reply)  # type: ignore[arg-type]
+    meta = msg.metadata
+    assert delivery(msg) == (
+        meta.consumer,
+        (meta.consumer, meta.sequence.stream),
+        meta.num_delivered,
+    )
+
+
+def test_delivery_of_a_message_that_is_not_from_jetstream_has_no_key() -> None:
+    plain = Msg(None, subject="ota.v1.t.action.feedback", reply="_INBOX.abc")  # type: ignore[arg-type]
+    assert delivery(plain) == ("", None, 1)
+    assert delivery(SimpleNamespace(subject="s")) == ("", None, 1)

@@ -365,3 +365,21 @@ def test_error_messages_name_the_offset() -> None:
     with pytest.raises(SwuError) as info:
         parse_swu(image)
     assert f"offset {len(newc('sw-description', SMALL_DESC))}" in str(info.value)
+
+
+def test_the_signature_member_is_kept_and_bounded() -> None:
+    from gaggle_swu.parser import MAX_SIGNATURE
+
+    desc = 'software = { version = "1.0"; };'
+    info = parse_swu(build_swu(desc, [("a", b"x")], signature=b"SIG" * 10))
+    assert (info.signed, info.signature) == (True, b"SIG" * 10)
+    assert parse_swu(build_swu(desc, [])).signature is None
+    # A member of that name elsewhere is no signature (SWUpdate reads it only second).
+    other = parse_swu(
+        write_archive([("sw-description", desc.encode()), ("x", b""), ("sw-description.sig", b"S")])
+    )
+    assert (other.signed, other.signature) == (False, None)
+    too_big = build_swu(desc, [], signature=b"\0" * (MAX_SIGNATURE + 1))
+    with pytest.raises(SwuError) as refused:
+        parse_swu(too_big)
+    assert refused.value.code == "bad_signature"

@@ -19,6 +19,7 @@ PERMISSIONS = (
     "rollout:read",
     "rollout:write",
     "rollout:approve",
+    "trust:write",
     "admin",
 )
 

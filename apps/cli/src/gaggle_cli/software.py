@@ -32,6 +32,34 @@ def _fits(doc: Mapping[str, Any]) -> str:
     return ", ".join(f"{p.get('hw_model')} {p.get('hw_revision')}" for p in pairs)
 
 
+def signature_state(doc: Mapping[str, Any]) -> str:
+    """The signature in a word or two: ``verified (cms)``, ``unverified``, ``untrusted``."""
+    trust = doc.get("trust") or "unchecked"
+    method = (doc.get("signature") or {}).get("method")
+    return f"{trust} ({method})" if trust == "verified" and method else str(trust)
+
+
+def signature_lines(doc: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """What ``software show`` says of the signature and the inner hashes."""
+    sig = doc.get("signature") or {}
+    signer = sig.get("signer") or {}
+    lines: list[tuple[str, Any]] = [("signature", signature_state(doc))]
+    if signer:
+        who = signer.get("subject") or "public key"
+        lines.append(("signer", f"{who} (sha256 {str(signer.get('fingerprint'))[:16]}…)"))
+    if sig.get("verified_at"):
+        lines.append(("verified", when(sig.get("verified_at"))))
+    if sig.get("reason") and doc.get("trust") != "verified":
+        lines.append(("why", sig.get("reason")))
+    check = doc.get("image_check")
+    if check:
+        lines.append(("image hashes", f"{len(check.get('checked') or [])} checked"))
+        for key in ("missing", "unhashed", "unreferenced"):
+            if check.get(key):
+                lines.append((f"  {key}", check[key]))
+    return lines
+
+
 SOFTWARE_COLUMNS: list[Column] = [
     ("ID", lambda s: s.get("id")),
     ("NAME", lambda s: s.get("name")),
@@ -39,6 +67,7 @@ SOFTWARE_COLUMNS: list[Column] = [
     ("FILENAME", lambda s: s.get("filename")),
     ("SIZE", lambda s: size(s.get("size"))),
     ("FITS", _fits),
+    ("SIGNATURE", signature_state),
     ("USED", lambda s: s.get("used")),
     ("CREATED", lambda s: when(s.get("created_at"))),
 ]
@@ -59,6 +88,7 @@ def show_software(state: State, doc: Mapping[str, Any]) -> None:
             ("sha256", hashes.get("sha256")),
             ("fits", _fits(doc)),
             ("signed", doc.get("signed")),
+            *signature_lines(doc),
             ("external url", doc.get("external_url")),
             ("used", doc.get("used")),
             ("created", when(doc.get("created_at"))),
@@ -79,7 +109,9 @@ def software() -> None:
 def upload(state: State, source: str, filename: str | None) -> None:
     """Upload a .swu image with a progress bar, or register one hosted at an http(s) URL.
 
-    Gaggle hashes the image and reads its sw-description; the same image twice is refused.
+    Gaggle hashes the image, reads its sw-description, checks the sha256 it gives for each
+    file and the signature against the tenant's trust store (``gaggle trust``); the same image
+    twice is refused, and so is one the tenant's policy refuses.
     """
     if source.startswith(("http://", "https://")) and not Path(source).exists():
         doc = state.api.request(

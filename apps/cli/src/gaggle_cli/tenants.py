@@ -42,6 +42,9 @@ def _show(state: State, doc: dict[str, Any]) -> None:
             ("gateway token", doc.get("has_gateway_token")),
             ("max updates in flight", doc.get("max_updates_in_flight")),
             ("rollout approval", doc.get("rollout_approval")),
+            ("require signature", doc.get("require_signature")),
+            ("require image hashes", doc.get("require_image_hashes")),
+            ("monotonic versions", doc.get("monotonic_versions")),
             ("updated", when(doc.get("updated_at"))),
         ],
     )
@@ -49,7 +52,7 @@ def _show(state: State, doc: dict[str, Any]) -> None:
 
 @cli.group()
 def tenants() -> None:
-    """Tenants and their settings: polling, device access, updates in flight, approval (admin)."""
+    """Tenants and their settings: polling, access, update cap, approval, image policy (admin)."""
 
 
 @tenants.command("list")
@@ -95,6 +98,24 @@ def show(state: State, name: str) -> None:
     show_default=True,
     help="New rollouts wait for someone with rollout:approve before they can start.",
 )
+@click.option(
+    "--require-signature/--no-require-signature",
+    default=False,
+    show_default=True,
+    help="Refuse images whose signature does not verify against the trust store.",
+)
+@click.option(
+    "--require-image-hashes/--no-require-image-hashes",
+    default=False,
+    show_default=True,
+    help="Refuse images with a file entry lacking sha256, a missing file or an unlisted one.",
+)
+@click.option(
+    "--monotonic-versions/--no-monotonic-versions",
+    default=False,
+    show_default=True,
+    help="Refuse an image not newer than the newest one for one of its boards.",
+)
 @json_option
 @pass_state
 def set_tenant(
@@ -109,6 +130,9 @@ def set_tenant(
     no_gateway_token: bool,
     max_updates_in_flight: int | None,
     rollout_approval: bool,
+    require_signature: bool,
+    require_image_hashes: bool,
+    monotonic_versions: bool,
 ) -> None:
     """Create a tenant, or replace its settings (a GatewayToken is kept unless changed)."""
     if gateway_token is not None and no_gateway_token:
@@ -120,6 +144,9 @@ def set_tenant(
         "auto_register": auto_register,
         "target_token": target_token,
         "rollout_approval": rollout_approval,
+        "require_signature": require_signature,
+        "require_image_hashes": require_image_hashes,
+        "monotonic_versions": monotonic_versions,
     }
     if max_updates_in_flight is not None:
         body["max_updates_in_flight"] = max_updates_in_flight

@@ -3,7 +3,8 @@
 A device waiting for its next poll is a timer handle (``loop.call_later``) and nothing else; when
 it fires the device joins the ready queue, and one of ``connections`` worker tasks runs its next
 step. So the number of requests in flight is bounded by ``connections`` without a semaphore
-queue, and a fleet of tens of thousands of sleeping devices costs only memory.
+queue, and a fleet of tens of thousands of sleeping devices costs only memory. A device whose
+step asks to go on at once (its poll right after its final report) goes on with the same worker.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from gaggle_sim.http import HttpClient
 from gaggle_sim.stats import FleetStats
 
 __all__ = ["Fleet", "assign_behaviours", "progress_line", "run_fleet"]
+
+MAX_STEPS_IN_A_ROW = 8
+"""Most steps one worker runs for one device without queueing it again."""
 
 
 def _chosen(
@@ -222,14 +226,23 @@ class Fleet:
                 await waiter
                 continue
             device = ready.popleft()
-            delay: float | None
-            try:
-                delay = await device.step(ctx)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug or an answer nobody expected: keep the fleet going
-                stats.error(f"{device.controller_id}: {type(exc).__name__}: {exc}")
-                delay = ctx.retry_after(device.last_sleep)
+            delay: float | None = 0.0
+            # Polling "fast" means every step is due at once: those devices take turns.
+            steps = MAX_STEPS_IN_A_ROW - 1 if ctx.mode == "fast" else 0
+            # A device that goes on at once (its poll right after its final report, as SWUpdate
+            # does it) keeps its worker, as a real device keeps its connection: queued behind
+            # the whole fleet again, its version report would wait for every other device.
+            while delay is not None and delay <= 0 and steps < MAX_STEPS_IN_A_ROW:
+                steps += 1
+                try:
+                    delay = await device.step(ctx)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bug or an unexpected answer: keep the fleet going
+                    stats.error(f"{device.controller_id}: {type(exc).__name__}: {exc}")
+                    delay = ctx.retry_after(device.last_sleep)
+                if not self._running:
+                    break
             self._schedule(device, delay)
 
     def _schedule(self, device: Device, delay: float | None) -> None:

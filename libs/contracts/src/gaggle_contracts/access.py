@@ -35,6 +35,8 @@ class Permission(StrEnum):
     ROLLOUT_WRITE = "rollout:write"
     ROLLOUT_APPROVE = "rollout:approve"
     """Approve or deny rollouts, where the tenant asks for approval (``rollout_approval``)."""
+    TRUST_WRITE = "trust:write"
+    """Change the tenant's trust store of image signers (held by ``admin`` only, by default)."""
     ADMIN = "admin"
 
 

@@ -305,6 +305,20 @@ class SoftwareDeleted(Event):
     hard: bool = False
 
 
+class SoftwareUntrusted(Event):
+    """A software's signature no longer verifies: the trust-store entry it relied on is gone.
+
+    Published by artifacts when an operator removes a certificate or key from the tenant's trust
+    store; consumed by rollouts, which refuses to start rollouts with it and pauses running ones.
+    """
+
+    kind: ClassVar[str] = "software.untrusted"
+    publishers: ClassVar[tuple[str, ...]] = ("artifacts",)
+    consumers: ClassVar[tuple[str, ...]] = ("rollouts",)
+    software_id: str
+    reason: str = Field(max_length=512)
+
+
 # --- from rollouts ---------------------------------------------------------------------------
 
 ActionStatus = Literal[
@@ -486,6 +500,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DeviceUpdated,
     SoftwareCreated,
     SoftwareDeleted,
+    SoftwareUntrusted,
     ActionCreated,
     ActionUpdated,
     ActionFinished,

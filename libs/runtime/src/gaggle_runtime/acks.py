@@ -34,6 +34,26 @@ class Message(NamedTuple):
     headers: dict[str, str] | None
 
 
+class _Batch:
+    """The acks one :meth:`AckedPublisher.publish_many` call waits for: one future for them all."""
+
+    __slots__ = ("done", "missing", "results")
+
+    def __init__(self, size: int, done: asyncio.Future[None]) -> None:
+        self.results: list[BaseException | None] = [None] * size
+        self.missing: set[int] = set()
+        self.done = done
+
+    def answer(self, index: int, error: BaseException | None) -> None:
+        """Message ``index`` was stored (``error`` None) or refused."""
+        if index not in self.missing:
+            return  # a second answer, or one that came after the batch gave up on it
+        self.missing.discard(index)
+        self.results[index] = error
+        if not self.missing and not self.done.done():
+            self.done.set_result(None)
+
+
 class AckedPublisher:
     """Publishes batches on one connection; its acks come back on one wildcard inbox."""
 
@@ -41,7 +61,7 @@ class AckedPublisher:
         self.nc = nc
         self._prefix = nc.new_inbox()
         self._tokens = itertools.count()
-        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._waiting: dict[str, tuple[_Batch, int]] = {}
         self._sub: Subscription | None = None
 
     async def publish_many(
@@ -55,58 +75,59 @@ class AckedPublisher:
         """
         if self._sub is None:
             self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_ack)
-        results: list[BaseException | None] = [None] * len(messages)
-        acks: dict[int, tuple[str, asyncio.Future[None]]] = {}
-        loop = asyncio.get_running_loop()
+        # One future for the whole batch, set by the last ack: a future and a done-callback per
+        # message cost more than the publish itself.
+        batch = _Batch(len(messages), asyncio.get_running_loop().create_future())
+        tokens: list[str] = []
+        prefix = self._prefix
         try:
             for i, message in enumerate(messages):
                 token = str(next(self._tokens))
-                ack: asyncio.Future[None] = loop.create_future()
-                self._waiting[token] = ack
+                self._waiting[token] = (batch, i)
+                batch.missing.add(i)
+                tokens.append(token)
                 try:
                     await self.nc.publish(
                         message.subject,
                         message.payload,
-                        reply=f"{self._prefix}.{token}",
+                        reply=f"{prefix}.{token}",
                         headers=message.headers,
                     )
                 except Exception as exc:
-                    del self._waiting[token]
-                    results[i] = exc
-                    continue
-                acks[i] = (token, ack)
-            if acks:
-                await asyncio.wait([ack for _, ack in acks.values()], timeout=timeout)
+                    batch.answer(i, exc)
+            if batch.missing:
+                await asyncio.wait([batch.done], timeout=timeout)
         finally:
-            for i, (token, ack) in acks.items():
+            for token in tokens:
                 self._waiting.pop(token, None)
-                if not ack.done():
-                    ack.cancel()
-                    results[i] = TimeoutError(f"no JetStream ack within {timeout:g} s")
-                elif not ack.cancelled():
-                    results[i] = ack.exception()
-        return results
+            if not batch.done.done():
+                batch.done.cancel()
+            for i in batch.missing:
+                batch.results[i] = TimeoutError(f"no JetStream ack within {timeout:g} s")
+            batch.missing.clear()
+        return batch.results
 
     async def _on_ack(self, msg: Msg) -> None:
-        ack = self._waiting.get(msg.subject.rpartition(".")[2])
-        if ack is None or ack.done():
+        waiting = self._waiting.pop(msg.subject.rpartition(".")[2], None)
+        if waiting is None:
             return  # came after its batch gave up on it
+        batch, index = waiting
         if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
-            ack.set_exception(nats.js.errors.NoStreamResponseError())
+            batch.answer(index, nats.js.errors.NoStreamResponseError())
             return
         try:
             answer = orjson.loads(msg.data)
         except orjson.JSONDecodeError as exc:
-            ack.set_exception(nats.errors.Error(f"unreadable JetStream ack: {exc}"))
+            batch.answer(index, nats.errors.Error(f"unreadable JetStream ack: {exc}"))
             return
         error = answer.get("error") if isinstance(answer, dict) else None
         if not error:
-            ack.set_result(None)
+            batch.answer(index, None)
             return
         try:
             # nats-py raises the APIError subclass that the error's code names.
             nats.js.errors.APIError.from_error(error)
         except Exception as exc:
-            ack.set_exception(exc)
+            batch.answer(index, exc)
         else:  # pragma: no cover - from_error always raises
-            ack.set_exception(nats.js.errors.APIError(description=str(error)))
+            batch.answer(index, nats.js.errors.APIError(description=str(error)))

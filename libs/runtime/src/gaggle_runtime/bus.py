@@ -206,13 +206,22 @@ class NatsSink:
         if self._publisher is None or self._publisher.nc is not connection:
             self._publisher = AckedPublisher(connection)
         results: list[BaseException | None] = [None] * len(rows)
+        # Each bucket's subject prefix is looked up once (and the lookup's failure is the
+        # failure of each of its rows); the messages are then built without awaiting.
+        prefixes: dict[str, str | BaseException] = {}
+        for bucket in {row.target for row in rows if row.op != "event"}:
+            try:
+                prefixes[bucket] = (await self.bucket(bucket))._pre
+            except Exception as exc:
+                prefixes[bucket] = exc
         messages: list[Message] = []
         sent: list[int] = []
+        max_payload = connection.max_payload
         for i, row in enumerate(rows):
             try:
-                message = await self._message(row)
+                message = _message(row, prefixes)
                 check_publishable(
-                    message.subject, message.payload, message.headers or {}, connection.max_payload
+                    message.subject, message.payload, message.headers or {}, max_payload
                 )
             except Exception as exc:
                 results[i] = exc
@@ -225,20 +234,26 @@ class NatsSink:
                 self.published(rows[i].target)
         return results
 
-    async def _message(self, row: Outgoing) -> Message:
-        """What JetStream is sent for ``row``: an event, or a KV put or delete of its key."""
-        if row.op == "event":
-            headers = {**JSON_HEADERS, Header.EXPECTED_STREAM: names.STREAM}
-            if row.msg_id:
-                headers["Nats-Msg-Id"] = row.msg_id
-            return Message(row.target, row.payload, headers)
-        key = row.key or ""
-        if not _KV_KEY_RE.match(key):
-            raise nats.js.errors.InvalidKeyError(key)
-        kv = await self.bucket(row.target)
-        if row.op == "kv_put":
-            return Message(f"{kv._pre}{key}", row.payload, None)
-        return Message(f"{kv._pre}{key}", b"", {"KV-Operation": "DEL"})
+
+def _message(row: Outgoing, prefixes: Mapping[str, str | BaseException]) -> Message:
+    """What JetStream is sent for ``row``: an event, or a KV put or delete of its key.
+
+    ``prefixes`` holds each bucket's subject prefix, or the error that looking it up raised.
+    """
+    if row.op == "event":
+        headers = {**JSON_HEADERS, Header.EXPECTED_STREAM: names.STREAM}
+        if row.msg_id:
+            headers["Nats-Msg-Id"] = row.msg_id
+        return Message(row.target, row.payload, headers)
+    key = row.key or ""
+    if not _KV_KEY_RE.match(key):
+        raise nats.js.errors.InvalidKeyError(key)
+    prefix = prefixes[row.target]
+    if isinstance(prefix, BaseException):
+        raise prefix
+    if row.op == "kv_put":
+        return Message(f"{prefix}{key}", row.payload, None)
+    return Message(f"{prefix}{key}", b"", {"KV-Operation": "DEL"})
 
 
 def consumer_options(

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal, NoReturn, Protocol
+from typing import Annotated, Any, Literal, NamedTuple, NoReturn, Protocol
 
 import asyncpg
 import orjson
@@ -342,6 +342,39 @@ def _metadata(raw: Any) -> Any:
         return None
 
 
+class Delivery(NamedTuple):
+    """What settling an event needs of its JetStream metadata."""
+
+    consumer: str
+    key: tuple[str, int] | None
+    """The consumer and the event's stream sequence: what its failures are counted by."""
+    delivered: int
+
+
+def delivery(raw: Any) -> Delivery:
+    """The consumer, failure key and delivery count of ``raw``, read from its reply subject.
+
+    A JetStream message's reply subject is ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream
+    seq>...`` (9 tokens), or with the domain and account hash after ``ACK`` (11 or more).
+    nats-py's ``Msg.metadata`` reads the same tokens but also builds a timestamp and two
+    objects, which cost as much as the ack itself for each event of a pull. Anything else falls
+    back to it.
+    """
+    tokens = str(getattr(raw, "reply", None) or "").split(".")
+    if tokens[:2] == ["$JS", "ACK"] and (len(tokens) == 9 or len(tokens) >= 11):
+        first = 3 if len(tokens) == 9 else 5
+        try:
+            consumer = tokens[first]
+            sequence, delivered = int(tokens[first + 2]), int(tokens[first + 1])
+        except ValueError:
+            pass
+        else:
+            return Delivery(consumer, (consumer, sequence), delivered)
+    meta = _metadata(raw)
+    consumer, key = _origin(meta)
+    return Delivery(consumer, key, int(getattr(meta, "num_delivered", 1) or 1))
+
+
 class ConsumerFailures:
     """How a service's consumers treat a failing event: retry, wait, or park it.
 
@@ -372,6 +405,7 @@ class ConsumerFailures:
         self.max_delay_s = common.retry_delay_max_s
         self.dead_letter_after = common.dead_letter_after
         self._failures: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._consumed: dict[tuple[str, str], Any] = {}
 
     def middleware(self) -> type[BaseMiddleware]:
         """The FastStream middleware class bound to this policy (innermost of the broker's)."""
@@ -442,8 +476,7 @@ class ConsumerFailures:
         acked, an invalid or rejected event parked at once, a replay for another consumer
         (:class:`Skipped`) acked.
         """
-        meta = _metadata(raw)
-        consumer, key = _origin(meta)
+        consumer, key, delivered = delivery(raw)
         if exc is None or isinstance(exc, Skipped):
             self._forget(key)
             await raw.ack()
@@ -462,9 +495,15 @@ class ConsumerFailures:
                 outcome = "rejected"
         if self.metrics is not None:
             kind = kind_of(str(raw.subject))
-            if int(getattr(meta, "num_delivered", 1) or 1) > 1:
+            if delivered > 1:
                 self.metrics.events_redelivered.labels(kind).inc()
-            self.metrics.events_consumed.labels(kind, outcome).inc()
+            # A batch settles each of its events: the labelled counter is looked up once.
+            counter = self._consumed.get((kind, outcome))
+            if counter is None:
+                counter = self._consumed[kind, outcome] = self.metrics.events_consumed.labels(
+                    kind, outcome
+                )
+            counter.inc()
         return outcome
 
     async def _failed(

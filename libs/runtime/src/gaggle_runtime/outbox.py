@@ -168,8 +168,13 @@ def _lanes(rows: Sequence[asyncpg.Record]) -> list[list[asyncpg.Record]]:
     """The rows by ordering key, each key's rows in id order: a KV key, or a device's events."""
     lanes: dict[tuple[str, str | None], list[asyncpg.Record]] = {}
     for row in rows:
-        lane = ("", row["key"]) if row["op"] == "event" else (row["target"], row["key"])
-        lanes.setdefault(lane, []).append(row)
+        # Columns by position (id, op, target, key, ...): a batch has thousands of rows.
+        lane = ("", row[3]) if row[1] == "event" else (row[2], row[3])
+        lane_rows = lanes.get(lane)
+        if lane_rows is None:
+            lanes[lane] = [row]
+        else:
+            lane_rows.append(row)
     return list(lanes.values())
 
 
@@ -358,17 +363,14 @@ class OutboxRelay:
         """Send one row of each of several keys at once; per row None or its failure."""
         if self._batch_sink is None:
             return await asyncio.gather(*(self._send(row) for row in rows), return_exceptions=True)
-        results = await self._batch_sink.send_many(
-            [
-                Outgoing(r["op"], r["target"], r["key"], r["msg_id"], bytes(r["payload"]))
-                for r in rows
-            ]
-        )
+        # ``_select``'s columns by position: id, op, target, key, msg_id, payload (bytes).
+        outgoing = [Outgoing(r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        results = await self._batch_sink.send_many(outgoing)
         if self.observers:
-            for row, result in zip(rows, results, strict=True):
-                if result is None and row["op"] == "event":
+            for row, result in zip(outgoing, results, strict=True):
+                if result is None and row.op == "event":
                     for observe in self.observers:
-                        observe(row["target"], bytes(row["payload"]))
+                        observe(row.target, row.payload)
         return results
 
     async def _finish(

@@ -11,6 +11,7 @@ of a second (``make run`` keeps one spare per service).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
 import sys
@@ -59,6 +60,25 @@ def await_activation() -> None:
             sys.exit(0)
 
 
+GC_THRESHOLDS = (50_000, 20, 20)
+"""The cyclic collector's thresholds in a service process (Python's defaults: 700, 10, 10)."""
+
+
+def settle_heap() -> None:
+    """Keep the cyclic garbage collector off what lives as long as the process.
+
+    Once the app is built, its modules, classes, schemas and routes (some 90,000 objects) are
+    moved out of the collector's reach (:func:`gc.freeze`), and young objects are collected
+    every :data:`GC_THRESHOLDS` allocations rather than every 700. A burst of events allocates
+    millions of short-lived objects (rows, events, messages); with the defaults the collector
+    walked the whole heap every few hundred thousand of them, about an eighth of the rollouts
+    process's CPU while it absorbed feedback. Objects without cycles are freed at once as
+    before; only cyclic garbage waits a little longer.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
     """The uvicorn configuration every service uses, for serving in a running event loop."""
     return uvicorn.Config(app, host=host, port=port, **OPTIONS)
@@ -96,7 +116,9 @@ def main(
     common = CommonSettings()
     settings = settings_class()
     configure_logging(service, common.log_level, json_lines=common.log_json)
-    run(build_app(common, settings), settings.host, settings.port, loop=loop)
+    app = build_app(common, settings)
+    settle_heap()
+    run(app, settings.host, settings.port, loop=loop)
 
 
 def run(app: Any, host: str, port: int, *, workers: int = 1, loop: str = "uvloop") -> None:

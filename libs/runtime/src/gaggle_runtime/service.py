@@ -210,6 +210,7 @@ class Service:
             self.metrics.sampler(self._sample_dead_letters)
         self.relay_observers: list[Observer] = []
         """Told of every event the outbox relay publishes (for counters of what was sent)."""
+        self._published: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._asyncapi: dict[str, Any] | None = None
@@ -256,7 +257,11 @@ class Service:
         await publish_raw(self.broker, subject, payload, msg_id, headers=headers)
 
     def _count_published(self, subject: str) -> None:
-        self.metrics.events_published.labels(kind_of(subject)).inc()
+        kind = kind_of(subject)
+        counter = self._published.get(kind)
+        if counter is None:
+            counter = self._published[kind] = self.metrics.events_published.labels(kind)
+        counter.inc()
 
     def background(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``factory()`` as a task from start until stop."""

@@ -9,6 +9,7 @@ from gaggle_swu.build import (
     make_signing_cert,
     render_sw_description,
     sign_cms,
+    sign_rsa,
     verify_cms,
 )
 from gaggle_swu.cpio import (
@@ -48,6 +49,7 @@ __all__ = [
     "read_archive",
     "render_sw_description",
     "sign_cms",
+    "sign_rsa",
     "verify_cms",
     "write_archive",
 ]

@@ -136,16 +136,19 @@ def make_signing_cert(
     return key, cert
 
 
-def sign_cms(data: bytes, key: str | Path, cert: str | Path) -> bytes:
+def sign_cms(
+    data: bytes, key: str | Path, cert: str | Path, *, certfile: str | Path | None = None
+) -> bytes:
     """Return a detached DER CMS signature of ``data``, the ``sw-description.sig`` format.
 
     Equivalent to ``openssl cms -sign -binary -outform DER -nosmimecap -in sw-description
-    -signer cert -inkey key``.
+    -signer cert -inkey key`` (``-certfile`` adds intermediate certificates).
 
     Args:
         data: The exact sw-description bytes stored in the image.
         key: PEM private key.
         cert: PEM certificate matching ``key``.
+        certfile: PEM certificates to embed besides ``cert`` (intermediate CAs).
 
     Returns:
         The DER-encoded signature.
@@ -174,6 +177,35 @@ def sign_cms(data: bytes, key: str | Path, cert: str | Path) -> bytes:
                 str(cert),
                 "-inkey",
                 str(key),
+                *(["-certfile", str(certfile)] if certfile is not None else []),
+            ]
+        )
+        return dst.read_bytes()
+
+
+def sign_rsa(data: bytes, key: str | Path, *, pss: bool = False) -> bytes:
+    """Return a raw RSA signature of ``data``, SWUpdate's ``RAWRSA`` or ``RSAPSS`` format.
+
+    Equivalent to ``openssl dgst -sha256 -sign key`` (with ``-sigopt rsa_padding_mode:pss
+    -sigopt rsa_pss_saltlen:-2`` for PSS).
+
+    Raises:
+        SigningError: If openssl is missing or fails.
+    """
+    with tempfile.TemporaryDirectory(prefix="gaggle-sign-") as tmp:
+        src, dst = Path(tmp) / SW_DESCRIPTION, Path(tmp) / SW_DESCRIPTION_SIG
+        src.write_bytes(data)
+        options = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-2"]
+        _run_openssl(
+            [
+                "dgst",
+                "-sha256",
+                "-sign",
+                str(key),
+                *(options if pss else []),
+                "-out",
+                str(dst),
+                str(src),
             ]
         )
         return dst.read_bytes()

@@ -23,6 +23,7 @@ SwuErrorCode: TypeAlias = Literal[
     "bad_sw_description",
     "no_version",
     "bad_version",
+    "bad_signature",
 ]
 """Machine-readable cause of a :class:`SwuError`."""
 

@@ -19,6 +19,7 @@ bytes arrive, so :meth:`~SwuStreamParser.feed` raises early and an upload can st
 * ``bad_sw_description``, ``no_version``, ``bad_version``: from
   :func:`~gaggle_swu.swdesc.parse_sw_description`, run as soon as the sw-description is complete;
   ``bad_sw_description`` also for one larger than ``max_sw_description`` or not UTF-8;
+* ``bad_signature``: a ``sw-description.sig`` larger than 64 KiB;
 * ``truncated``: :meth:`~SwuStreamParser.finish` before the ``TRAILER!!!`` member (including an
   empty input, which is ``not_cpio``);
 * ``trailing_data``: anything but NUL bytes after the trailer. NULs are accepted and ignored:
@@ -29,8 +30,9 @@ After an error the parser stays failed: every later call raises the same error.
 
 from __future__ import annotations
 
+import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from gaggle_swu.build import SW_DESCRIPTION, SW_DESCRIPTION_SIG
@@ -38,6 +40,8 @@ from gaggle_swu.cpio import HEADER_SIZE, MAGIC_CRC, MAGIC_NEWC, TRAILER_NAME, pa
 from gaggle_swu.errors import SwuError
 from gaggle_swu.swdesc import SwDescription, parse_sw_description
 
+MAX_SIGNATURE: Final = 64 * 1024
+"""Largest ``sw-description.sig`` kept (a CMS signature with a few certificates is a few KB)."""
 MAX_NAME_SIZE: Final = 4096
 """Largest cpio name size field (NUL included) that is not a broken header."""
 SWUPDATE_NAME_SIZE: Final = 256
@@ -63,11 +67,16 @@ class SwuInfo(SwDescription):
         signed: Whether ``sw-description.sig`` directly follows ``sw-description``, where SWUpdate
             looks for it. The signature itself is not checked here.
         sw_description: The sw-description text.
+        signature: The bytes of ``sw-description.sig`` when the image is signed.
+        sha256: Hex sha256 of every member's data by name, when the parser was asked to hash
+            members (``hash_members``); empty otherwise.
     """
 
     members: list[tuple[str, int]]
     signed: bool
     sw_description: str
+    signature: bytes | None = None
+    sha256: dict[str, str] = field(default_factory=dict)
 
 
 def _member_name(raw: bytes, offset: int) -> str:
@@ -107,6 +116,7 @@ class SwuStreamParser:
         *,
         max_members: int = 10_000,
         verify_checksums: bool = True,
+        hash_members: bool = False,
     ) -> None:
         """Create a parser for one image.
 
@@ -114,10 +124,17 @@ class SwuStreamParser:
             max_sw_description: Largest sw-description accepted, in bytes.
             max_members: Most members accepted, the sw-description and its signature included.
             verify_checksums: Check the byte sums of ``070702`` members.
+            hash_members: Compute the sha256 of every member's data as it passes
+                (:attr:`SwuInfo.sha256`), for checking against the sw-description.
         """
         self._max_desc = max_sw_description
         self._max_members = max_members
         self._verify = verify_checksums
+        self._hash_members = hash_members
+        self._hash: hashlib._Hash | None = None
+        self._digests: dict[str, str] = {}
+        self._sig_bytes: bytearray | None = None
+        self._collecting_sig = False
         self._state = _HEADER
         self._buf = bytearray()  # the current header and name, at most 110 + 4096 + 3 bytes
         self._need = HEADER_SIZE
@@ -204,6 +221,8 @@ class SwuStreamParser:
             members=list(self._members),
             signed=self._signed,
             sw_description=self._desc_text,
+            signature=bytes(self._sig_bytes) if self._sig_bytes is not None else None,
+            sha256=dict(self._digests),
         )
 
     def _feed(self, data: bytes) -> None:
@@ -219,10 +238,16 @@ class SwuStreamParser:
                 return
             if state == _DATA:
                 take = min(self._remaining, end - pos)
-                if self._collecting or (self._crc and self._verify):
+                if take and (
+                    self._collecting or self._collecting_sig or self._hash is not None or self._crc
+                ):
                     chunk = data[pos : pos + take]
                     if self._collecting:
                         self._desc_bytes += chunk
+                    if self._sig_bytes is not None and self._collecting_sig:
+                        self._sig_bytes += chunk
+                    if self._hash is not None:
+                        self._hash.update(chunk)
                     if self._crc and self._verify:
                         self._sum = (self._sum + sum(chunk)) & _MAX_SUM
             elif state == _PAD:
@@ -304,7 +329,17 @@ class SwuStreamParser:
                 "bad_sw_description",
                 f"sw-description is {self._size} bytes, the limit is {self._max_desc}",
             )
-        self._signed = self._signed or (index == 1 and name == SW_DESCRIPTION_SIG)
+        is_sig = index == 1 and name == SW_DESCRIPTION_SIG
+        if is_sig and self._size > MAX_SIGNATURE:
+            raise SwuError(
+                "bad_signature",
+                f"{SW_DESCRIPTION_SIG} is {self._size} bytes, the limit is {MAX_SIGNATURE}",
+            )
+        self._signed = self._signed or is_sig
+        self._collecting_sig = is_sig
+        if is_sig:
+            self._sig_bytes = bytearray()
+        self._hash = hashlib.sha256() if self._hash_members else None
         self._members.append((name, self._size))
         self._names.add(name)
         self._collecting = index == 0
@@ -316,6 +351,9 @@ class SwuStreamParser:
 
     def _on_data_end(self) -> None:
         name = self._members[-1][0]
+        if self._hash is not None:
+            self._digests[name] = self._hash.hexdigest()
+            self._hash = None
         if self._crc and self._verify and self._sum != self._check:
             raise SwuError(
                 "bad_checksum",

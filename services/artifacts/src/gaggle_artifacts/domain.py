@@ -135,6 +135,10 @@ def version_key(text: str) -> tuple[int, Any]:
         return (0, text)
 
 
+class TrustChangedError(Exception):
+    """A trust-store entry an image's verification relied on was removed before it was recorded."""
+
+
 @dataclass(frozen=True)
 class NewSoftware:
     """What an upload or registration found, before it has an id."""
@@ -154,6 +158,15 @@ class NewSoftware:
     signed: bool = False
     members: list[tuple[str, int]] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
+    trust: str = "unchecked"
+    """``verified``, ``unverified``, ``unsigned``, ``untrusted`` (its signer was removed from the
+    trust store), or ``unchecked`` (taken in before images were verified)."""
+    signature: dict[str, Any] | None = None
+    """The signature's record: method, signer, verified_at, or why it is not verified."""
+    trusted_by: list[str] = field(default_factory=list)
+    """Fingerprints of the trust-store entries its verification relied on."""
+    image_check: dict[str, Any] | None = None
+    """What comparing the sw-description's sha256 values with the members found."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,6 +192,9 @@ class Software(NewSoftware):
             "hashes": {"md5": self.md5, "sha1": self.sha1, "sha256": self.sha256},
             "compatibility": [{"hw_model": m, "hw_revision": r} for m, r in self.compatibility],
             "signed": self.signed,
+            "trust": self.trust,
+            "signature": self.signature,
+            "image_check": self.image_check,
             "files": [{"name": n, "size": s} for n, s in self.members],
             "images": self.images,
             "external_url": self.external_url,

@@ -10,10 +10,17 @@
     ├── InvalidUrlError                 400 invalid_url: not http(s), private, or unresolvable
     ├── IncompleteUploadError           400 incomplete: the upload stopped before its end
     ├── DuplicateImageError             409 duplicate: the same bytes are in the catalogue
+    ├── DuplicateTrustError             409 duplicate: that certificate or key is trusted already
+    ├── TrustChangedConflictError       409 trust_changed: the signer left the trust store meanwhile
     ├── IfMatchFailedError              412 precondition_failed
     ├── UploadTooLargeError             413 too_large
     ├── InvalidImageError               422 invalid_image.<code>: not a usable .swu image
-    ├── OverQuotaError                  422 quota_exceeded: metadata over a ``domain.MAX_*``
+    ├── OverQuotaError                  422 quota_exceeded: metadata over a ``domain.MAX_*``,
+    │                                       or a full trust store
+    ├── RefusedImageError               422 <code>: inner hashes, signature or policy refuse it
+    │                                       (``verification.ImageRefusedError``'s code)
+    ├── InvalidTrustEntryError          422 invalid_trust_entry: not one PEM certificate or key
+    ├── PolicyUnknownError              503 policy_unknown: tenants' settings not loaded yet
     └── FetchFailedError                422 fetch_failed: external software could not be read
 
 Taking an image in (``ingest``) raises domain errors, not these: :func:`install` answers each
@@ -25,8 +32,12 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gaggle_artifacts.domain import MAX_MEMBERS, QuotaExceededError
+from gaggle_artifacts.domain import MAX_MEMBERS, QuotaExceededError, TrustChangedError
 from gaggle_artifacts.ingest import MalformedBodyError, TooLargeError
+from gaggle_artifacts.policies import PolicyUnknownError
+from gaggle_artifacts.signatures import BadTrustEntryError
+from gaggle_artifacts.trust_store import MAX_ENTRIES, DuplicateEntryError, TrustStoreFullError
+from gaggle_artifacts.verification import ImageRefusedError
 from gaggle_runtime.http import ApiError, NotFoundError, api_error_response, found
 from gaggle_swu import SwuError
 
@@ -34,15 +45,20 @@ __all__ = [
     "ApiError",
     "BytesMissingError",
     "DuplicateImageError",
+    "DuplicateTrustError",
     "FetchFailedError",
     "IfMatchFailedError",
     "IncompleteUploadError",
     "InvalidFilenameError",
     "InvalidImageError",
     "InvalidRequestError",
+    "InvalidTrustEntryError",
     "InvalidUrlError",
     "NotFoundError",
     "OverQuotaError",
+    "PolicyNotLoadedError",
+    "RefusedImageError",
+    "TrustChangedConflictError",
     "UploadTooLargeError",
     "found",
 ]
@@ -137,8 +153,68 @@ class FetchFailedError(ApiError):
         super().__init__(422, "fetch_failed", message)
 
 
+class RefusedImageError(ApiError):
+    """The image's inner hashes, its signature or the tenant's policy refuse it."""
+
+    def __init__(self, exc: ImageRefusedError) -> None:
+        super().__init__(422, exc.code, str(exc), **exc.details)
+
+
+class DuplicateTrustError(ApiError):
+    """A certificate or key that is in the trust store already."""
+
+    def __init__(self, existing_id: int | None) -> None:
+        super().__init__(
+            409,
+            "duplicate",
+            "this certificate or key is in the trust store already",
+            entry_id=str(existing_id) if existing_id is not None else None,
+        )
+
+
+class TrustChangedConflictError(ApiError):
+    """The trust-store entry that verified the image was removed while it was being recorded."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "trust_changed",
+            "a trust-store entry that verified this image was removed meanwhile; upload it again",
+        )
+
+
+class InvalidTrustEntryError(ApiError):
+    """PEM text that is not one certificate or public key."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(422, "invalid_trust_entry", message)
+
+
+class PolicyNotLoadedError(ApiError):
+    """The tenants' settings (KV ``tenants``) have not been read yet."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            503, "policy_unknown", "the tenant's image policy is not known yet; try again"
+        )
+
+
 def refusal(exc: Exception) -> ApiError:
     """The HTTP error for what refused an image while it was taken in (``ingest``)."""
+    if isinstance(exc, ImageRefusedError):
+        return RefusedImageError(exc)
+    if isinstance(exc, PolicyUnknownError):
+        return PolicyNotLoadedError()
+    if isinstance(exc, BadTrustEntryError):
+        return InvalidTrustEntryError(str(exc))
+    if isinstance(exc, DuplicateEntryError):
+        return DuplicateTrustError(exc.existing_id)
+    if isinstance(exc, TrustChangedError):
+        return TrustChangedConflictError()
+    if isinstance(exc, TrustStoreFullError):
+        return OverQuotaError(
+            QuotaExceededError("trust_entries", "trust-store entries", MAX_ENTRIES, MAX_ENTRIES + 1)
+        )
     if isinstance(exc, SwuError) and exc.code == "too_many_members":
         exc = QuotaExceededError("members", "files in the archive", MAX_MEMBERS, MAX_MEMBERS + 1)
     if isinstance(exc, SwuError):
@@ -152,7 +228,18 @@ def refusal(exc: Exception) -> ApiError:
     raise TypeError(f"no HTTP error for {type(exc).__name__}")
 
 
-REFUSALS = (SwuError, QuotaExceededError, TooLargeError, MalformedBodyError)
+REFUSALS = (
+    SwuError,
+    QuotaExceededError,
+    TooLargeError,
+    MalformedBodyError,
+    ImageRefusedError,
+    PolicyUnknownError,
+    BadTrustEntryError,
+    DuplicateEntryError,
+    TrustStoreFullError,
+    TrustChangedError,
+)
 """The errors taking an image in raises, each answered as :func:`refusal` says."""
 
 

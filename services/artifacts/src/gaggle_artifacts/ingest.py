@@ -3,7 +3,8 @@
 Memory stays bounded whatever the size: bytes flow from the request (raw body or a multipart
 file part, parsed incrementally) through MD5, SHA-1, SHA-256 and the ``.swu`` stream parser into
 the object store, in slices of about a megabyte. The parser rejects a bad image as early as it
-can (a non-cpio first header stops the upload after a few bytes).
+can (a non-cpio first header stops the upload after a few bytes). It also hashes every member,
+for the check of the sha256 values the sw-description gives (``verification``).
 """
 
 from __future__ import annotations
@@ -79,13 +80,17 @@ class Ingest:
         self.md5 = hashlib.md5()  # noqa: S324 - hawkBit's and rauc-hawkbit's checksum
         self.sha1 = hashlib.sha1()  # noqa: S324 - hawkBit's ETag and SWUpdate's checksum
         self.sha256 = hashlib.sha256()
-        self.parser = SwuStreamParser(MAX_SW_DESCRIPTION, max_members=MAX_MEMBERS)
+        self.parser = SwuStreamParser(
+            MAX_SW_DESCRIPTION, max_members=MAX_MEMBERS, hash_members=True
+        )
         self._checked = False
 
     async def _take(self, data: bytes) -> None:
-        # hashlib releases the GIL on large buffers: the three hashes run side by side in
+        # hashlib releases the GIL on large buffers: the three hashes and the parser (which
+        # hashes each member for the sw-description's sha256 check) run side by side in
         # threads, and the event loop stays free for the next slice.
         await asyncio.gather(
+            asyncio.to_thread(self.parser.feed, data),
             asyncio.to_thread(self.md5.update, data),
             asyncio.to_thread(self.sha1.update, data),
             asyncio.to_thread(self.sha256.update, data),
@@ -110,11 +115,10 @@ class Ingest:
             yield data
 
     async def _inspect(self, data: bytes) -> None:
-        self.parser.feed(data)
+        await self._take(data)
         if not self._checked and self.parser.description is not None:
             self._checked = True
             check_metadata(self.parser.description)
-        await self._take(data)
 
     def result(self) -> Ingested:
         """The hashes and the parsed image, once every byte went through."""

@@ -8,15 +8,16 @@ from typing import Any
 
 import asyncpg
 
-from gaggle_artifacts.domain import NewSoftware, Software
+from gaggle_artifacts.domain import NewSoftware, Software, TrustChangedError
 from gaggle_contracts.events import SoftwareDeleted
 from gaggle_runtime.outbox import Outbox
 from gaggle_runtime.service import Database
 
 INSERT = """
 INSERT INTO artifacts.software (tenant, name, version, filename, size, md5, sha1, sha256,
-    object_key, external_url, compatibility, description, signed, members, images)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+    object_key, external_url, compatibility, description, signed, members, images,
+    trust, signature, trusted_by, image_check)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 ON CONFLICT (tenant, sha256) WHERE NOT deleted DO NOTHING
 RETURNING *"""
 
@@ -44,6 +45,16 @@ ORDER BY id
 LIMIT $6"""
 
 
+# Keeps the trust-store entries a verification relied on until the software is recorded: a
+# removal waits for the insert, and then finds the new software to mark untrusted.
+RELIED_ON = """
+SELECT fingerprint FROM artifacts.trust_entries
+WHERE tenant = $1 AND fingerprint = ANY($2::text[]) FOR SHARE"""
+
+VERSIONS = """
+SELECT version, compatibility FROM artifacts.software WHERE tenant = $1 AND NOT deleted"""
+
+
 SOFTWARE_FIELDS = tuple(f.name for f in dataclasses.fields(Software))
 """Columns of a software row that ``Software`` has a field for."""
 
@@ -53,6 +64,7 @@ def _software(row: asyncpg.Record) -> Software:
     values["compatibility"] = [(m, r) for m, r in values["compatibility"]]
     values["members"] = [(n, s) for n, s in values["members"]]
     values["images"] = list(values["images"])
+    values["trusted_by"] = list(values["trusted_by"])
     return Software(**values)
 
 
@@ -64,8 +76,16 @@ class Repo:
     outbox: Outbox
 
     async def insert(self, new: NewSoftware) -> Software | None:
-        """Store a new software and queue ``software.created``; None if its bytes are known."""
+        """Store a new software and queue ``software.created``; None if its bytes are known.
+
+        Raises:
+            TrustChangedError: a trust-store entry its verification relied on was removed since.
+        """
         async with self.db.pool.acquire() as conn, conn.transaction():
+            if new.trusted_by:
+                kept = await conn.fetch(RELIED_ON, new.tenant, new.trusted_by)
+                if len(kept) < len(set(new.trusted_by)):
+                    raise TrustChangedError
             row = await conn.fetchrow(
                 INSERT,
                 new.tenant,
@@ -83,6 +103,10 @@ class Repo:
                 new.signed,
                 [list(m) for m in new.members],
                 new.images,
+                new.trust,
+                new.signature,
+                new.trusted_by,
+                new.image_check,
             )
             if row is None:
                 return None
@@ -114,6 +138,11 @@ class Repo:
         """Live software matching the filters, by id, at most ``cap`` rows."""
         rows = await self.db.pool.fetch(LIST, tenant, name, version, hw_model, hw_revision, cap)
         return [_software(r) for r in rows]
+
+    async def versions(self, tenant: str) -> list[tuple[str, list[tuple[str, str]]]]:
+        """``(version, compatibility)`` of every live software of the tenant."""
+        rows = await self.db.pool.fetch(VERSIONS, tenant)
+        return [(r["version"], [(m, v) for m, v in r["compatibility"]]) for r in rows]
 
     async def mark_used(self, tenant: str, software_id: int) -> None:
         """Remember that a device had an action for it (deleting it will then keep history)."""

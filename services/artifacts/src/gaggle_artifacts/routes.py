@@ -9,7 +9,7 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
-from gaggle_artifacts.deps import Catalogue, Settings, Storage, Store
+from gaggle_artifacts.deps import Catalogue, Judge, Settings, Storage, Store
 from gaggle_artifacts.domain import (
     Software,
     version_key,
@@ -89,9 +89,14 @@ async def upload_software(
     repo: Catalogue,
     store: Store,
     settings: Settings,
+    gate: Judge,
     filename: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
-    """A .swu image taken in as it streams (raw body or multipart), or an external one by URL."""
+    """A .swu image taken in as it streams (raw body or multipart), or an external one by URL.
+
+    Either way the image's inner hashes and signature are checked, and the tenant's policy
+    applied, before it is recorded: a refused image answers 422 and leaves nothing behind.
+    """
     tenant = tenant.lower()
     declared = request.headers.get("content-length")
     if (
@@ -109,13 +114,13 @@ async def upload_software(
             external = ExternalSoftware.model_validate_json(body)
         except ValueError as exc:
             raise InvalidRequestError('expected {"url": "http(s)://..."}') from exc
-        return await register_external(repo, settings, tenant, external)
+        return await register_external(repo, gate, tenant, external)
     if media == "multipart/form-data":
         part_name, chunks = await multipart_file(content_type, request.stream())
         name = check_name(filename or part_name or "image.swu")
-        return await upload(repo, store, settings.max_upload_bytes, tenant, name, chunks)
+        return await upload(repo, store, gate, tenant, name, chunks)
     name = check_name(_filename_from(request, filename))
-    return await upload(repo, store, settings.max_upload_bytes, tenant, name, request.stream())
+    return await upload(repo, store, gate, tenant, name, request.stream())
 
 
 @api.get("/software", summary="List software (filter, sort, paginate)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,3 +21,6 @@ class ArtifactsSettings(BaseSettings):
     """How long fetching an external image for hashing and parsing may take."""
     allow_private_urls: bool = True
     """Whether external software may live on loopback or private addresses."""
+    signer_purpose: Literal["emailProtection", "codeSigning"] = "emailProtection"
+    """Extended key usage a CMS signer's certificate must allow, if it names any: SWUpdate's
+    ``--cert-purpose`` (``emailProtection`` unless built or started otherwise)."""

@@ -10,6 +10,7 @@ import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -31,8 +32,17 @@ from gaggle_artifacts.errors import (
     InvalidUrlError,
 )
 from gaggle_artifacts.ingest import Ingest, Ingested
+from gaggle_artifacts.policies import Policies
 from gaggle_artifacts.repository import Repo
 from gaggle_artifacts.settings import ArtifactsSettings
+from gaggle_artifacts.trust_store import TrustStore
+from gaggle_artifacts.verification import (
+    check_images,
+    check_newer,
+    check_signature,
+    verify_signature,
+)
+from gaggle_contracts.events import utcnow
 from gaggle_storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -75,6 +85,45 @@ async def _resolve(host: str) -> list[Any]:
         raise InvalidUrlError(f"cannot resolve {host!r}") from exc
 
 
+@dataclass(frozen=True)
+class Gate:
+    """What judges an image before it is recorded: the tenant's trust store and policy."""
+
+    trust: TrustStore
+    policies: Policies
+    settings: ArtifactsSettings
+
+
+@dataclass(frozen=True)
+class Judged:
+    """What the checks found of an image they let in."""
+
+    trust: str
+    signature: dict[str, Any]
+    trusted_by: list[str]
+    image_check: dict[str, Any]
+
+
+async def judge(repo: Repo, gate: Gate, tenant: str, ingested: Ingested) -> Judged:
+    """Check an image's inner hashes, signature and version against the tenant's policy.
+
+    Raises:
+        ImageRefusedError: what refused it (answered 422).
+        PolicyUnknownError: the tenant's policy is not known yet (answered 503).
+    """
+    policy = gate.policies.policy(tenant)
+    info = ingested.info
+    image_check = check_images(info, policy)
+    now = utcnow()
+    verdict = verify_signature(
+        info, await gate.trust.entries(tenant), now, gate.settings.signer_purpose
+    )
+    check_signature(verdict, policy)
+    if policy.monotonic_versions:
+        check_newer(info.version, info.compatibility, await repo.versions(tenant))
+    return Judged(verdict.state, verdict.document(now), list(verdict.trusted_by), image_check)
+
+
 async def record(
     repo: Repo,
     tenant: str,
@@ -83,6 +132,7 @@ async def record(
     *,
     object_key: str | None,
     external_url: str | None,
+    judged: Judged | None = None,
 ) -> dict[str, Any]:
     """The ingested image as a new software entry, as the operator sees it (409: a duplicate)."""
     info = ingested.info
@@ -102,6 +152,7 @@ async def record(
         signed=info.signed,
         members=list(info.members),
         images=[dataclasses.asdict(img) for img in info.images],
+        **(dataclasses.asdict(judged) if judged else {}),
     )
     software = await repo.insert(new)
     if software is None:
@@ -114,20 +165,27 @@ async def record(
 async def upload(
     repo: Repo,
     store: ObjectStore,
-    limit: int,
+    gate: Gate,
     tenant: str,
     filename: str,
     chunks: AsyncIterator[bytes],
 ) -> dict[str, Any]:
-    """An image's bytes stored, hashed and parsed on the way; nothing is left behind on failure."""
+    """An image's bytes stored, hashed, parsed and checked; nothing is left behind on failure.
+
+    A refused image's bytes are removed again.
+    """
+    gate.policies.policy(tenant)  # 503 before a byte is stored while the policy is unknown
     key = f"{tenant}/{uuid.uuid4().hex}/{filename}"
-    ingest = Ingest(limit)
+    ingest = Ingest(gate.settings.max_upload_bytes)
     stored = False
     try:
         await store.write(key, ingest.through(chunks))
         stored = True
         ingested = ingest.result()
-        return await record(repo, tenant, ingested, filename, object_key=key, external_url=None)
+        judged = await judge(repo, gate, tenant, ingested)
+        return await record(
+            repo, tenant, ingested, filename, object_key=key, external_url=None, judged=judged
+        )
     except ClientDisconnect as exc:
         raise IncompleteUploadError from exc
     except BaseException:
@@ -138,9 +196,11 @@ async def upload(
 
 
 async def register_external(
-    repo: Repo, settings: ArtifactsSettings, tenant: str, external: ExternalSoftware
+    repo: Repo, gate: Gate, tenant: str, external: ExternalSoftware
 ) -> dict[str, Any]:
-    """Software hosted elsewhere, fetched once to be hashed and parsed, never stored."""
+    """Software hosted elsewhere, fetched once to be hashed, parsed and checked, never stored."""
+    settings = gate.settings
+    gate.policies.policy(tenant)  # 503 before fetching while the policy is unknown
     await _check_public(external.url, settings.allow_private_urls)
     name = check_name(
         external.filename or unquote(urlsplit(external.url).path.rsplit("/", 1)[-1]) or "image.swu"
@@ -163,6 +223,8 @@ async def register_external(
                 pass  # hashed and parsed, not stored: devices fetch it from its own URL
     except httpx.HTTPError as exc:
         raise FetchFailedError(f"could not fetch the image: {exc}") from exc
+    ingested = ingest.result()
+    judged = await judge(repo, gate, tenant, ingested)
     return await record(
-        repo, tenant, ingest.result(), name, object_key=None, external_url=external.url
+        repo, tenant, ingested, name, object_key=None, external_url=external.url, judged=judged
     )

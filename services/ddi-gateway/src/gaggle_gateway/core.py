@@ -122,7 +122,10 @@ class Gateway:
         self.acks = Acks(settings.final_memory_s, settings.final_memory_max)
         self.poll_jitter = settings.poll_jitter
         self.strain = Strain(
-            settings.busy_window_s, settings.busy_threshold, settings.busy_max_factor
+            settings.busy_window_s,
+            settings.busy_threshold,
+            settings.busy_max_factor,
+            settings.busy_ack_latency_s,
         )
 
     def tenant_config(self, tenant: str) -> TenantConfig:
@@ -234,11 +237,17 @@ class Gateway:
             at_least = self.settings.busy_retry_after_s
         if entry is None or entry.open is None:
             self.polls.idle += 1
+            # Only a device with nothing to do waits longer while the gateway is busy: one with
+            # an open action has work that the busy stack is there to finish. Which idle devices
+            # wait longer depends on the signal (counters.Strain): a device whose final report
+            # this gateway took lately has nothing more to do for a while.
+            finished = caller.key in self.acks.finals
+            factor = self.strain.factor(time.monotonic(), finished=finished)
         else:
             self.polls.action += 1
+            factor = 1.0
         share = jitter_share(caller.tenant, caller.controller_id) * self.poll_jitter
         dither = dither_at(self.polls.idle + self.polls.action, share)
-        factor = self.strain.factor(time.monotonic())
         body = poll_body(
             caller.base, caller.config, caller.device, entry, share, factor, dither, at_least
         )
@@ -252,11 +261,12 @@ class Gateway:
         )
 
     async def publish(self, event: Event) -> None:
-        """Publish and wait for JetStream's ack.
+        """Publish and wait for JetStream's ack; its time feeds the busy signal (``Strain``).
 
         Raises:
             Busy: the bus did not acknowledge in time; the device should retry later.
         """
+        sent = time.monotonic()
         try:
             await self.publish_event(event)
         except Exception as exc:
@@ -264,6 +274,8 @@ class Gateway:
             raise Busy(
                 "event bus busy or unavailable; retry later", self.settings.busy_retry_after_s
             ) from exc
+        now = time.monotonic()
+        self.strain.acknowledged(now, now - sent)
 
     async def report(self, caller: Caller, event: Event, body: DeviceBody) -> None:
         """Publish a device's report (:meth:`publish`), then note any text made storable."""

@@ -85,21 +85,44 @@ class PollCounts:
 
 
 class Strain:
-    """``gaggle_gateway_sleep_factor``: how much the polling sleep is stretched, from refusals.
+    """``gaggle_gateway_sleep_factor``: how much the idle polling sleep is stretched while busy.
 
-    The signal is the reports this gateway answered 429 because JetStream did not acknowledge
-    them in time, over the last ``window_s``. It costs nothing to keep, it is the gateway's own
-    experience of the bus (consumer lag and outbox depth would need queries of NATS or another
-    service), and it rises exactly when devices are already being told to come back later. From
-    ``threshold`` refusals on, the sleep is stretched by ``1 + refusals / threshold``, at most
-    ``max_factor``; once the window holds fewer refusals the sleep is the tenant's again.
+    Two signals, both the gateway's own experience of publishing device reports, which it waits
+    for anyway: it costs nothing to keep them, and they need no query of NATS or another service.
+    The metric shows the stretch of a device that has just finished its update (both signals).
+
+    * *Ack latency.* The mean time JetStream took to acknowledge this gateway's reports over the
+      last ``window_s``, from the publish to the ack seen on the gateway's event loop. A quiet
+      stack acknowledges in a few milliseconds. When a rollout saturates the machine, the
+      gateway's loop, NATS and the consumers all wait for CPU and the mean climbs to tenths of
+      a second and more, long before anything is refused: it measures the whole path a report
+      takes, where consumer lag or outbox depth would each see one part of it, and would need
+      queries of NATS or PostgreSQL to read. From ``latency_s`` on, the sleep of a device
+      whose update just finished is stretched by ``mean / latency_s``: the rollout keeping the
+      stack busy has nothing more for it, while a device without an action may be queued for
+      one of its slots.
+    * *Refusals.* Reports answered 429 because JetStream did not acknowledge them in time: from
+      ``threshold`` of them within the window on, the sleep of every device with nothing to do
+      is stretched by ``1 + refusals / threshold``.
+
+    The larger stretch wins, at most ``max_factor``; once the window is quiet again the sleep is
+    the tenant's.
     """
 
-    def __init__(self, window_s: float, threshold: int, max_factor: float) -> None:
+    LATENCY_SAMPLES = 4096
+    """Most ack times kept (the newest); enough for thousands of reports a second."""
+
+    def __init__(
+        self, window_s: float, threshold: int, max_factor: float, latency_s: float = 0.25
+    ) -> None:
         self.window_s = window_s
         self.threshold = threshold
         self.max_factor = max_factor
+        self.latency_s = latency_s
         self.refusals: deque[float] = deque()
+        self.acks: deque[tuple[float, float]] = deque()
+        """(when, seconds) of the reports acknowledged within the window."""
+        self.ack_sum = 0.0
 
     def refused(self, now: float) -> None:
         """Note a report refused at ``now`` (monotonic seconds)."""
@@ -109,15 +132,45 @@ class Strain:
         while len(self.refusals) > limit:
             self.refusals.popleft()
 
-    def factor(self, now: float) -> float:
-        """The stretch of a sleep handed out at ``now``: 1.0 unless the window holds enough."""
+    def acknowledged(self, now: float, seconds: float) -> None:
+        """Note a report JetStream acknowledged at ``now``, ``seconds`` after it was sent."""
+        acks = self.acks
+        acks.append((now, seconds))
+        self.ack_sum += seconds
+        if len(acks) > self.LATENCY_SAMPLES:
+            self.ack_sum -= acks.popleft()[1]
+
+    def ack_latency(self, now: float) -> float:
+        """The mean ack time of the reports within the window (0 without any)."""
+        acks = self.acks
+        since = now - self.window_s
+        while acks and acks[0][0] <= since:
+            self.ack_sum -= acks.popleft()[1]
+        if not acks:
+            self.ack_sum = 0.0  # no float drift carried into the next busy spell
+            return 0.0
+        return max(0.0, self.ack_sum / len(acks))
+
+    def factor(self, now: float, *, finished: bool = True) -> float:
+        """The stretch of an idle sleep handed out at ``now``: 1.0 unless the window is busy.
+
+        Slow acks stretch only the sleep of a device that has just ``finished`` its update: a
+        device without an action may be waiting for a rollout's free slot, and learns of its
+        action only at its next poll. Refusals stretch every idle device's.
+        """
+        stretch = 1.0
+        if finished and self.acks:
+            latency = self.ack_latency(now)
+            if latency > self.latency_s:
+                stretch = latency / self.latency_s
         refusals = self.refusals
-        if not refusals:
-            return 1.0
-        while refusals and refusals[0] <= now - self.window_s:
-            refusals.popleft()
-        count = len(refusals)
-        return 1.0 if count < self.threshold else min(self.max_factor, 1 + count / self.threshold)
+        if refusals:
+            while refusals and refusals[0] <= now - self.window_s:
+                refusals.popleft()
+            count = len(refusals)
+            if count >= self.threshold:
+                stretch = max(stretch, 1 + count / self.threshold)
+        return min(self.max_factor, stretch)
 
     def describe(self) -> Iterator[Metric]:
         """The family, for registration."""
@@ -133,5 +186,6 @@ class Strain:
     def _family() -> GaugeMetricFamily:
         return GaugeMetricFamily(
             "gaggle_gateway_sleep_factor",
-            "How much the polling sleep handed to devices is stretched while reports are refused.",
+            "How much the idle polling sleep handed to devices is stretched while the gateway is"
+            " busy (slow or refused report acknowledgements).",
         )

@@ -17,6 +17,7 @@ from ``app.state.gateway``, where ``app.py`` puts it.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar, cast
 
 import orjson
@@ -149,8 +150,17 @@ async def config_data(caller: RegisteringDevice, request: Request, gw: Gw) -> Re
 
 @router.get(BASE + "/deploymentBase/{action_id}", summary="The open deployment")
 async def deployment_base(caller: Device, action_id: str, request: Request, gw: Gw) -> Response:
+    # Normally answered by the fast lane (fastlane.py).
+    return json_response(deployment_page(caller, gw, action_id, request.query_params))
+
+
+def deployment_page(
+    caller: Caller, gw: Gateway, action_id: str, query: Mapping[str, str]
+) -> dict[str, Any]:
+    """The deploymentBase body of the device's open action ``action_id``, else 404."""
     action = offered(caller, gw, action_id, "deployment", "is not offered for deployment")
-    return action_page(caller, action, "deployment", request)
+    history = history_count(query.get("actionHistory"))
+    return action_json(caller.base, action, "deployment", history)
 
 
 @router.post(BASE + "/deploymentBase/{action_id}/feedback", summary="Report progress or result")
@@ -278,6 +288,14 @@ async def artifacts(caller: Device, module_id: str, gw: Gw) -> Response:
 async def download(
     caller: Device, module_id: str, filename: str, request: Request, gw: Gw
 ) -> Response:
+    # Normally answered by the fast lane (fastlane.py).
+    return await artifact_response(caller, gw, module_id, filename, request)
+
+
+async def artifact_response(
+    caller: Caller, gw: Gateway, module_id: str, filename: str, request: Request
+) -> Response:
+    """An artifact of the device's action (or its ``.MD5SUM``), else 404."""
     by_name = {a.filename: a for a in assigned_chunk(caller, gw, module_id).artifacts}
     artifact = by_name.get(filename)
     if artifact is None and filename.endswith(".MD5SUM"):

@@ -44,11 +44,15 @@ class GatewaySettings(BaseSettings):
     either way), fixed per device by a hash of its ids, so a fleet started together spreads out.
     The whole seconds handed out are rounded down or up by turns, so the mean is kept."""
     busy_window_s: float = Field(10.0, gt=0)
-    """How far back reports answered 429 (bus not acknowledging) count towards a busy gateway."""
+    """How far back report acknowledgements (their time, and reports answered 429 because the
+    bus did not acknowledge them) count towards a busy gateway."""
+    busy_ack_latency_s: float = Field(0.25, gt=0)
+    """Mean JetStream ack time of reports within that window from which the idle polling sleep is
+    stretched (by mean / this). A quiet stack acknowledges in milliseconds."""
     busy_threshold: int = Field(5, ge=1)
     """Refused reports within that window from which the polling sleep is stretched."""
     busy_max_factor: float = Field(4.0, ge=1, le=100)
-    """Most the polling sleep is stretched while busy (the factor is 1 + refusals / threshold)."""
+    """Most the idle polling sleep is stretched while busy."""
     seen_flush_s: float = Field(1.0, gt=0)
     """How often batched ``device.seen`` sightings are published."""
     rediscover_after_s: float = Field(30.0, gt=0)

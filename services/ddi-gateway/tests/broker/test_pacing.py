@@ -1,9 +1,13 @@
-"""The polling sleep a device is handed: its own jitter, stretched while reports are refused."""
+"""The polling sleep a device is handed: its own jitter, stretched while the gateway is busy."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
+from gaggle_contracts import names
+from gaggle_contracts.events import Event
+from gaggle_contracts.kv import DeploymentDoc, DeploymentEntry, DeviceEntry, OpenAction
 from gaggle_gateway.counters import Strain
 
 from ..publishing import refuse_all
@@ -68,3 +72,43 @@ async def test_polls_are_stretched_while_reports_are_refused_and_normal_once_tha
     await asyncio.sleep(1.1)
     assert alike(await sleeps(bus, "d-1"), normal)
     assert factor(bus) == 1.0
+
+
+def slow_acks(bus: Bus, seconds: float) -> None:
+    """Make the bus acknowledge every report ``seconds`` late."""
+    publish = bus.gateway.publish_event
+
+    async def slow(event: Event) -> None:
+        await asyncio.sleep(seconds)
+        await publish(event)
+
+    bus.gateway.publish_event = slow
+
+
+async def test_slow_acks_stretch_the_sleep_of_devices_that_just_finished_only(bus: Bus) -> None:
+    bus.gateway.strain = Strain(window_s=2.0, threshold=5, max_factor=4.0, latency_s=0.02)
+    busy_key = names.kv_key("default", "d-busy")
+    bus.gateway.mirror.devices.values[busy_key] = DeviceEntry(config_requested=False)
+    bus.gateway.mirror.deployments.values[busy_key] = DeploymentEntry(
+        open=OpenAction.model_validate(
+            {"action_id": "4", "state": "deployment", "deployment": DeploymentDoc(chunks=[])}
+        )
+    )
+    # d-done's final report was acknowledged here a moment ago; d-1 has had no action.
+    bus.gateway.acks.acknowledged(names.kv_key("default", "d-done"), "3", b"f", time.monotonic())
+    done, idle = await sleeps(bus, "d-done"), await sleeps(bus, "d-1")
+    busy = await sleeps(bus, "d-busy")
+
+    slow_acks(bus, 0.06)  # three times the threshold
+    for n in range(2):
+        async with bus.client(ENTRIES[n]) as client:
+            r = await client.put(f"{BASE}/d-1/configData", json={"data": {"n": str(n)}})
+        assert r.status_code == 200, r.text
+    assert 3.0 <= factor(bus) <= 4.0  # the ack time, as the loop saw it: a little more
+
+    stretched = await sleeps(bus, "d-done")
+    assert min(stretched) >= 3 * min(done) - 1
+    # A device without an action may be queued for a rollout's slot; one with an open action
+    # has work to finish: their sleep is the tenant's.
+    assert alike(await sleeps(bus, "d-1"), idle)
+    assert alike(await sleeps(bus, "d-busy"), busy)

@@ -111,6 +111,59 @@ def test_the_stretch_clears_as_refusals_age_out_of_the_window() -> None:
     assert strain.factor(16.0) == 1.0
 
 
+@pytest.mark.parametrize(
+    ("acks", "now", "expected"),
+    [
+        ([], 0.0, 1.0),  # nothing acknowledged: no stretch
+        ([(1.0, 0.005)] * 50, 1.0, 1.0),  # a quiet stack: milliseconds
+        ([(1.0, 0.25)], 1.0, 1.0),  # at the threshold: not yet
+        ([(1.0, 0.5), (2.0, 0.5)], 2.0, 2.0),  # twice the threshold: twice the sleep
+        ([(1.0, 0.1), (2.0, 0.65)], 2.0, 1.5),  # the mean of the window
+        ([(1.0, 5.0)], 2.0, 4.0),  # bounded by max_factor
+        ([(1.0, 0.75), (9.0, 0.5)], 11.0, 2.0),  # the ack at 1 s is out of the window
+        ([(1.0, 0.75), (9.0, 0.5)], 19.5, 1.0),  # both out: normal again
+    ],
+)
+def test_the_idle_sleep_is_stretched_by_the_mean_ack_time_over_its_threshold(
+    acks: list[tuple[float, float]], now: float, expected: float
+) -> None:
+    strain = Strain(window_s=10.0, threshold=5, max_factor=4.0, latency_s=0.25)
+    for at, seconds in acks:
+        strain.acknowledged(at, seconds)
+    assert strain.factor(now) == pytest.approx(expected)
+
+
+def test_slow_acks_stretch_devices_that_just_finished_and_refusals_every_idle_one() -> None:
+    strain = Strain(window_s=10.0, threshold=2, max_factor=4.0, latency_s=0.25)
+    strain.acknowledged(1.0, 0.75)  # 3x
+    assert strain.factor(1.0, finished=True) == 3.0
+    assert strain.factor(1.0, finished=False) == 1.0
+    for _ in range(3):
+        strain.refused(1.0)  # 2.5x
+    assert strain.factor(1.0, finished=False) == 2.5
+    assert strain.factor(1.0, finished=True) == 3.0
+
+
+def test_the_larger_of_the_two_stretches_wins() -> None:
+    strain = Strain(window_s=10.0, threshold=2, max_factor=4.0, latency_s=0.25)
+    strain.acknowledged(1.0, 0.5)  # 2x
+    for _ in range(5):
+        strain.refused(1.0)  # 3.5x
+    assert strain.factor(1.0) == 3.5
+    strain = Strain(window_s=10.0, threshold=2, max_factor=4.0, latency_s=0.25)
+    strain.acknowledged(1.0, 0.75)  # 3x
+    strain.refused(1.0)  # below the threshold
+    assert strain.factor(1.0) == 3.0
+
+
+def test_ack_times_kept_are_bounded() -> None:
+    strain = Strain(window_s=10.0, threshold=5, max_factor=4.0, latency_s=0.25)
+    for n in range(Strain.LATENCY_SAMPLES + 100):
+        strain.acknowledged(1.0, 1.0 if n < 100 else 0.01)
+    assert len(strain.acks) == Strain.LATENCY_SAMPLES
+    assert strain.ack_latency(1.0) == pytest.approx(0.01)  # the oldest, slow ones are gone
+
+
 def fleet_polls(
     devices: int, polls: int, sleep: str, dithered: bool
 ) -> tuple[list[int], list[int]]:

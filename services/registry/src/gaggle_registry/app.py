@@ -18,7 +18,7 @@ from gaggle_registry.access import AccessStore
 from gaggle_registry.access_routes import NewKey
 from gaggle_registry.devices_kv import rebuild_kv as rebuild_devices_kv
 from gaggle_registry.fastlane import ListFastLane
-from gaggle_registry.handlers import SERVICE, build_router, provide
+from gaggle_registry.handlers import SERVICE, Parts, build_router
 from gaggle_registry.listing import DeviceListing
 from gaggle_registry.lookups import make_responder
 from gaggle_registry.presence import PresenceRepo
@@ -132,8 +132,7 @@ def build_app(common: CommonSettings, settings: RegistrySettings) -> FastAPI:
     service.on_start += [prepare_access, rebuild_kv, answer, freeze_heap]
     service.on_stop.append(responder.stop)
     service.background(tidy_presence)
-    service.broker.include_router(build_router(common))
-    provide(service.broker, repo, presence, access)
+    service.broker.include_router(build_router(common, Parts.of(repo, presence, access)))
     app = service.app(
         title="Gaggle registry",
         description="The device inventory: who each device is, what it reports, how it updates.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from gaggle_contracts.events import (
     DeviceDiscovered,
     DeviceUpdated,
 )
+from gaggle_contracts.kv import DeviceEntry
 from gaggle_registry.domain import (
     Device,
     TooManyAttributesError,
@@ -224,6 +226,14 @@ class Repo:
             )
             rows = await conn.fetch(LOCK_MANY, [t for (t, _), _ in keys], [c for (_, c), _ in keys])
             attributes = {(r["tenant"], r["controller_id"]): dict(r["attributes"]) for r in rows}
+            entries = {
+                (r["tenant"], r["controller_id"]): DeviceEntry(
+                    token_hash=r["token_hash"],
+                    config_requested=r["config_requested"],
+                    attribute_keys=tuple(r["attributes"]),
+                )
+                for r in rows
+            }
             newest = {(r["tenant"], r["controller_id"]): r["config_reported_at"] for r in rows}
             changed: set[tuple[str, str]] = set()
             for i, event in enumerate(events):
@@ -259,12 +269,16 @@ class Repo:
                 [newest[k] for k in order],
             )
             devices = {(r["tenant"], r["controller_id"]): _device(r) for r in updated}
+            # A device reporting the attribute names it reported before (as every device does
+            # after an update, with its new version) leaves its KV entry as it was: the outbox
+            # already holds, or has written, that entry.
             await self._publish_devices(
                 conn,
                 [(d, "registered" if k in created else "attributes") for k, d in devices.items()],
                 # When the devices reported (the gateway's time): rollouts compares it with when
                 # they reported their last success (rollback detection).
                 {k: newest[k] for k in devices if newest[k] is not None},
+                kv_unchanged={k for k, d in devices.items() if entries.get(k) == d.kv_entry()},
             )
         return [
             devices[(e.tenant, e.controller_id)] if r is None else r
@@ -396,11 +410,13 @@ class Repo:
         conn: Conn,
         changes: list[tuple[Device, Change]],
         reported_at: Mapping[tuple[str, str], datetime] | None = None,
+        kv_unchanged: AbstractSet[tuple[str, str]] = frozenset(),
     ) -> None:
         """KV entries and ``device.updated`` events of many devices, in one statement.
 
         ``reported_at``: when the devices reported what changed (the gateway's time), if they
-        did.
+        did. The KV entries of devices in ``kv_unchanged`` (tenant, controller id) are not
+        written: they are what KV holds already.
         """
         at = reported_at or {}
         if not changes:
@@ -422,6 +438,7 @@ class Repo:
             kv_puts=[
                 (names.BUCKET_DEVICES, names.kv_key(d.tenant, d.controller_id), d.kv_entry())
                 for d, _ in changes
+                if (d.tenant, d.controller_id) not in kv_unchanged
             ],
         )
 

@@ -56,6 +56,16 @@ class TenantSettings(BaseModel):
         False,
         description="New rollouts wait for someone with rollout:approve before they can start.",
     )
+    require_signature: bool = Field(
+        False, description="Refuse images whose signature does not verify (unsigned included)."
+    )
+    require_image_hashes: bool = Field(
+        False,
+        description="Refuse images with a file entry lacking sha256, a missing or unlisted file.",
+    )
+    monotonic_versions: bool = Field(
+        False, description="Refuse an image not newer than the newest for one of its boards."
+    )
 
 
 def tenant_doc(row: asyncpg.Record) -> dict[str, Any]:

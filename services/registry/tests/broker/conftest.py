@@ -8,7 +8,7 @@ import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
 
 from gaggle_contracts.settings import CommonSettings
-from gaggle_registry.handlers import build_router, provide
+from gaggle_registry.handlers import Parts, build_router
 
 from .fakes import FakeAccess, FakePresence, FakeRepo, Wired
 
@@ -18,7 +18,7 @@ async def registry() -> AsyncIterator[Wired]:
     """The registry's subscribers on ``TestNatsBroker``, writing to fakes."""
     repo, presence, access = FakeRepo(), FakePresence(), FakeAccess()
     broker = NatsBroker()
-    broker.include_router(build_router(CommonSettings()))
-    provide(broker, repo, presence, access)  # type: ignore[arg-type]
+    parts = Parts.of(repo, presence, access)  # type: ignore[arg-type]
+    broker.include_router(build_router(CommonSettings(), parts))
     async with TestNatsBroker(broker) as test_broker:
         yield Wired(test_broker, repo, presence, access)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gaggle_contracts.events import DeviceConfigReported
 from gaggle_contracts.settings import CommonSettings
 from gaggle_registry.app import build_app
 from gaggle_registry.repository import StateChange
@@ -71,3 +72,49 @@ async def test_a_batch_of_state_changes_applies_in_order_per_device(
     assert [(e.controller_id, e.change, e.sw_version) for e in queued] == [
         ("s1", "installed", "2.0.0")
     ]
+
+
+async def test_a_config_report_writes_the_kv_entry_only_when_it_changes(
+    common: CommonSettings, serve, tenant: str
+) -> None:
+    registry = await serve(build_app(common, RegistrySettings()))
+    repo = registry.app.state.repo
+    puts: list[list[str]] = []
+    events: list[list[tuple[str, str]]] = []
+    queue_many = repo.outbox.many
+
+    async def spy(conn: Any, **queued: Any) -> None:
+        puts.append([key for _, key, _ in queued.get("kv_puts", ())])
+        events.append([(e.controller_id, e.change) for e in queued.get("events", ())])
+        await queue_many(conn, **queued)
+
+    repo.outbox.many = spy
+
+    def report(cid: str, minute: int, **data: str) -> DeviceConfigReported:
+        return DeviceConfigReported(
+            tenant=tenant,
+            controller_id=cid,
+            occurred_at=T0 + timedelta(minutes=minute),
+            data=data,
+        )
+
+    await repo.apply_config_many([report("c1", 1, hw_boardname="b", sw_version="1.0")])
+    await repo.apply_config_many(
+        [
+            report("c1", 2, hw_boardname="b", sw_version="2.0"),  # the same names: KV as it was
+            report("c2", 2, hw_boardname="b"),  # registers c2: its entry is new
+        ]
+    )
+    await repo.apply_config_many([report("c1", 3, extra="x")])  # a new name: a new entry
+    key = f"{tenant}.c1"
+    assert puts == [[key], [f"{tenant}.c2"], [key]]
+    # device.updated goes out for every report all the same (rollouts decides from it).
+    assert events == [
+        [("c1", "registered")],
+        [("c1", "attributes"), ("c2", "registered")],
+        [("c1", "attributes")],
+    ]
+    device = await repo.get(tenant, "c1")
+    assert device is not None
+    assert device.sw_version == "2.0"
+    assert device.attributes == {"hw_boardname": "b", "sw_version": "2.0", "extra": "x"}

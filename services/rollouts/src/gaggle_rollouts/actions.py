@@ -185,8 +185,12 @@ def _window_open(raw: dict[str, Any], now: datetime) -> bool | None:
     return window is not None and window.is_open(now)
 
 
+_ACTION_FIELDS = tuple(f.name for f in fields(Action) if f.init)
+"""The columns that make an :class:`Action`, in the order its constructor takes them."""
+
+
 def _action(row: asyncpg.Record) -> Action:
-    return Action(**{f.name: row[f.name] for f in fields(Action)})
+    return Action(*[row[name] for name in _ACTION_FIELDS])
 
 
 @dataclass(frozen=True)
@@ -477,7 +481,9 @@ class Actions:
         for r in await conn.fetch(RECENT_CLOSED, tenant, ids, KV_CLOSED_IDS):
             closed.setdefault(r["controller_id"], []).append(r["id"])
         messages: dict[int, list[str]] = {}
-        for r in await conn.fetch(RECENT_MESSAGES, [a.id for a in open_rows.values()], KV_HISTORY):
+        # A pull of final feedback leaves none of its devices an open action: no query then.
+        open_ids = [a.id for a in open_rows.values()]
+        for r in await conn.fetch(RECENT_MESSAGES, open_ids, KV_HISTORY) if open_ids else ():
             messages.setdefault(r["action_id"], []).extend(reversed(list(r["details"])))
         wanted = {a.software_id for a in open_rows.values()} | {
             a.software_id for a in installed.values()

@@ -12,7 +12,7 @@ from faststream.nats import NatsBroker
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 
-from gaggle_contracts.events import ActionFinished
+from gaggle_contracts.events import ActionFinished, SoftwareUntrusted
 from gaggle_contracts.settings import CommonSettings
 from gaggle_rollouts import errors, health_routes, rollout_routes, routes
 from gaggle_rollouts.actions import Actions
@@ -29,6 +29,7 @@ from gaggle_rollouts.rollout_routes import RolloutBody
 from gaggle_rollouts.rollout_store import RolloutStore
 from gaggle_rollouts.routes import BulkPolicyBody, NewAction, PolicyBody
 from gaggle_rollouts.settings import RolloutsSettings
+from gaggle_rollouts.untrusted import Untrusting, on_software_untrusted
 from gaggle_rollouts.usecases import FEEDBACK_IN_FLIGHT, UseCases
 from gaggle_runtime.batches import BatchRunner
 from gaggle_runtime.bus import consumer_options
@@ -99,10 +100,15 @@ def install_metrics(service: Service) -> None:
         registry=metrics.registry,
     )
     finished_subject = "." + ActionFinished.kind
+    by_outcome: dict[str, Any] = {}  # the labelled counters, looked up once per outcome
 
     def count_finished(subject: str, payload: bytes) -> None:
         if subject.endswith(finished_subject):
-            finished.labels(str(orjson.loads(payload).get("status", "unknown"))).inc()
+            outcome = str(orjson.loads(payload).get("status", "unknown"))
+            counter = by_outcome.get(outcome)
+            if counter is None:
+                counter = by_outcome[outcome] = finished.labels(outcome)
+            counter.inc()
 
     async def sample() -> None:
         if not service.db.started:
@@ -168,6 +174,11 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     )
     cases = UseCases(service.db, actions, catalogue, policies, chooser, engine, health)
     runner = subscribe(service.broker, common, cases, service.failures)
+    # Software whose signer left the trust store: no rollout starts with it (untrusted.py).
+    service.broker.context.set_global("untrusting", Untrusting(service.db, store.phases))
+    service.broker.subscriber(**consumer_options(SERVICE, SoftwareUntrusted.kind, common))(
+        on_software_untrusted
+    )
     service.on_stopping.append(runner.close)
     # Each tenant's cap on updates in flight, from registry's KV tenants (never its tables).
     service.background(lambda: caps.mirror.watch(service.broker.connection.jetstream))

@@ -55,6 +55,7 @@ from gaggle_rollouts.rollout_sql import (
     SHARE_ROLLOUT,
     WAVES,
 )
+from gaggle_rollouts.untrusted import refuse_untrusted
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class RolloutStore:
                 raise Refused(
                     "software_deleted", f"software {new.software_id!r} is deleted", "software_id"
                 )
+            if new.start:
+                await refuse_untrusted(conn, tenant, new.software_id)
             devices = [device_view(r) for r in await conn.fetch(FEED_DEVICES, tenant, new.feed)]
             if (
                 not devices
@@ -165,6 +168,10 @@ class RolloutStore:
             target = transition(row["state"], command, row["approval"])
             if target is None:
                 raise Refused("invalid_transition", refusal(row["state"], command, row["approval"]))
+            if command in ("start", "resume") or (
+                command == "approve" and row["start_on_approval"]
+            ):
+                await refuse_untrusted(conn, tenant, row["software_id"])
             if command in ("approve", "deny"):
                 row = await row_of(
                     conn, SET_APPROVAL, rollout_id, approval_after(command), actor, remark

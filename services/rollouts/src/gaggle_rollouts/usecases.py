@@ -125,6 +125,7 @@ class UseCases:
         outcome is None when it is done (its action unknown included), else its exception.
         """
         outcomes: list[Exception | None] = [None] * len(events)
+        debug = log.isEnabledFor(logging.DEBUG)
         reports: list[Report] = []
         at: list[int] = []
         for i, event in enumerate(events):
@@ -147,13 +148,24 @@ class UseCases:
             return outcomes
         results = await run_each(self.apply_many, reports)
         changed: dict[int, Action] = {}
+        closed: dict[str, int] = {}
         for i, result in zip(at, results, strict=True):
             if isinstance(result, Exception):
                 outcomes[i] = result
                 continue
-            _log_outcome(events[i], result)
+            if result is None or debug:
+                _log_outcome(events[i], result, logging.DEBUG)
             if result is not None:
                 changed[result.id] = result
+                if not result.active:
+                    closed[result.status] = closed.get(result.status, 0) + 1
+        if closed:
+            # One line per pull: a line per closed action cost as much as applying its report.
+            log.info(
+                "actions closed count=%d %s",
+                sum(closed.values()),
+                " ".join(f"{status}={n}" for status, n in sorted(closed.items())),
+            )
         failed = await self.after_changed(list(changed.values()))
         for i, result in zip(at, results, strict=True):
             if isinstance(result, Action) and result.id in failed:
@@ -316,7 +328,9 @@ class UseCases:
 
 
 def _log_outcome(
-    event: ActionFeedback | CancelFeedback | ConfirmationFeedback, action: Action | None
+    event: ActionFeedback | CancelFeedback | ConfirmationFeedback,
+    action: Action | None,
+    level: int = logging.INFO,
 ) -> None:
     if action is None:
         log.warning(
@@ -326,8 +340,12 @@ def _log_outcome(
             event.action_id,
         )
     elif not action.active:
-        log.info(
-            "action closed tenant=%s action=%s status=%s", event.tenant, action.id, action.status
+        log.log(
+            level,
+            "action closed tenant=%s action=%s status=%s",
+            event.tenant,
+            action.id,
+            action.status,
         )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from faststream.nats import NatsBroker
 
 from gaggle_contracts.events import (
@@ -201,3 +203,33 @@ async def test_auto_confirm_switched_off_leaves_a_waiting_action_waiting(
     assert repo.auto_confirm[("t", "d1")] is False
     assert repo.actions[7].status == "wait_for_confirmation"
     assert repo.history == []
+
+
+async def test_the_actions_a_pull_closes_are_logged_in_one_line(
+    broker: NatsBroker, repo: Any, action: Action, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo.add(action)
+    repo.add(replace(action, id=8, controller_id="d2"))
+    repo.add(replace(action, id=9, controller_id="d3"))
+    events = [
+        ActionFeedback.model_validate(feedback("closed", "success")),
+        ActionFeedback.model_validate(
+            {**feedback("closed", "failure", "8"), "controller_id": "d2"}
+        ),
+        ActionFeedback.model_validate(
+            {**feedback("download", action_id="9"), "controller_id": "d3"}
+        ),
+        ActionFeedback.model_validate(feedback("closed", action_id="99")),
+    ]
+    with caplog.at_level(logging.INFO, logger="gaggle_rollouts.usecases"):
+        outcomes = await broker.context.get("usecases").feedback_batch(events)
+    assert outcomes == [None] * 4
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "action.feedback for unknown action tenant=t action=99"),
+        ("INFO", "actions closed count=2 error=1 finished=1"),
+    ]
+    assert [(a.status, a.active) for a in map(repo.actions.get, (7, 8, 9))] == [
+        ("finished", False),
+        ("error", False),
+        ("download", True),
+    ]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -9,12 +11,14 @@ from gaggle_contracts.events import FeedbackStatus
 from gaggle_contracts.kv import ArtifactDoc
 from gaggle_rollouts.domain import (
     Action,
+    EventIds,
     Software,
     action_hash,
     cancel_feedback_status,
     deployment_entry,
     feedback_status,
     handling,
+    with_status,
 )
 
 
@@ -169,3 +173,19 @@ def test_nothing_to_say_deletes_the_key() -> None:
 def test_hash_changes_with_handling() -> None:
     assert action_hash(1, "forced", "forced") != action_hash(1, "attempt", "attempt")
     assert action_hash(1, "forced", "forced") != action_hash(2, "forced", "forced")
+
+
+def test_with_status_copies_every_other_field_and_leaves_the_action_as_it_was() -> None:
+    action = Action(7, "t", "d", "40", "1.0", "soft", "running", True, rollout_id=3)
+    closed = with_status(action, "finished", False)
+    assert closed == dataclasses.replace(action, status="finished", active=False)
+    assert (action.status, action.active) == ("running", True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        closed.status = "error"  # type: ignore[misc]
+
+
+def test_event_ids_are_fresh_random_uuids_across_blocks() -> None:
+    ids = EventIds()
+    drawn = [ids() for _ in range(3 * EventIds.BLOCK + 5)]
+    assert len(set(drawn)) == len(drawn)
+    assert {(u.version, u.variant) for u in drawn} == {(4, uuid.RFC_4122)}
