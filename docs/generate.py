@@ -23,8 +23,6 @@ import re
 import sys
 import tempfile
 import tomllib
-import warnings
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,25 +128,6 @@ def build_apps(storage_dir: Path) -> dict[str, FastAPI]:
         "rollouts": lambda: build_rollouts(common, RolloutsSettings()),
     }
     return {name: builders[name]() for name in SERVICES}
-
-
-def unique_operation_ids(document: dict[str, Any]) -> dict[str, Any]:
-    """Give each operation of a multi-method route its own id, ending in its method.
-
-    FastAPI names every method of such a route (``GET`` and ``HEAD`` of a download) after
-    whichever method its set yields first, which changes from process to process.
-    """
-    operations = [
-        (method, operation)
-        for item in document.get("paths", {}).values()
-        for method, operation in item.items()
-        if isinstance(operation, dict) and "operationId" in operation
-    ]
-    seen = Counter(operation["operationId"] for _, operation in operations)
-    for method, operation in operations:
-        if seen[operation["operationId"]] > 1:
-            operation["operationId"] = re.sub(r"_[a-z]+$", f"_{method}", operation["operationId"])
-    return document
 
 
 def dump(document: Any) -> str:
@@ -301,15 +280,13 @@ def workspace() -> list[str]:
 def generate(out: Path) -> list[Path]:
     """Write every generated document under ``out``; return the files written."""
     written: list[Path] = []
-    with tempfile.TemporaryDirectory(prefix="gaggle-docs-") as storage, warnings.catch_warnings():
-        # FastAPI warns of the shared operation id that unique_operation_ids resolves.
-        warnings.filterwarnings("ignore", "Duplicate Operation ID", UserWarning)
+    with tempfile.TemporaryDirectory(prefix="gaggle-docs-") as storage:
         apps = build_apps(Path(storage))
         for name, app in apps.items():
             service = app.state.service
             documents = {
                 out / "asyncapi" / f"{name}.json": service.asyncapi(),
-                out / "openapi" / f"{name}.json": unique_operation_ids(app.openapi()),
+                out / "openapi" / f"{name}.json": app.openapi(),
             }
             for path, document in documents.items():
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,6 +145,23 @@ def test_make_run_stack_serves_the_readme_walkthrough_and_keeps_data(home: Path)
             assert refused.stdout == b"401"
         assert one["controller_id"] == "dev-1"
         assert one["tenant"] == "default"
+        # The URLs are written next to the key, where the command line finds them and the key
+        # with no GAGGLE_*_URL set.
+        urls = tomllib.loads((home / "data" / "urls.toml").read_text())
+        assert urls == {
+            **{name: f"http://127.0.0.1:{ports[name]}" for name in SERVICE_NAMES},
+            "nats": f"nats://127.0.0.1:{ports['nats']}",
+        }
+        cli_env = {k: v for k, v in stack.env.items() if not k.endswith("_URL")}
+        cli = subprocess.run(
+            [sys.executable, "-m", "gaggle_cli", "--json", "devices", "list"],
+            env=cli_env,
+            cwd=home,
+            capture_output=True,
+            timeout=30,
+        )
+        assert cli.returncode == 0, cli.stderr.decode()
+        assert [d["controller_id"] for d in json.loads(cli.stdout)["items"]] == ["dev-1"]
     finally:
         code = stack.interrupt()
     log = stack.log.read_text()

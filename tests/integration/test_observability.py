@@ -14,6 +14,7 @@ import filecmp
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
@@ -352,6 +353,25 @@ def test_asyncapi_of_each_service_lists_its_subscriptions_and_publications(
         for cls in EVENT_TYPES:
             if cls.kind in consumed | published:
                 assert cls.__name__ in schemas, (service, cls.__name__)
+
+
+def test_each_service_openapi_has_unique_operation_ids_without_a_warning(tmp_path: Path) -> None:
+    generator = _load_generator()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apps = generator.build_apps(tmp_path)
+        documents = {service: app.openapi() for service, app in apps.items()}
+    assert [str(w.message) for w in caught if "Operation ID" in str(w.message)] == []
+    for service, document in documents.items():
+        ids = [
+            operation["operationId"]
+            for item in document["paths"].values()
+            for operation in item.values()
+        ]
+        assert len(ids) == len(set(ids)), service
+    # The downloads answer GET and HEAD, as two operations.
+    download = "/api/v1/software/{software_id}/download"
+    assert set(documents["artifacts"]["paths"][download]) == {"get", "head"}
 
 
 def test_docs_are_what_make_docs_writes(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gaggle_cli.config import DEFAULT_TIMEOUT, DEFAULT_URLS, ConfigError, resolve
+from gaggle_cli.config import DEFAULT_TIMEOUT, DEFAULT_URLS, URL_ENV, ConfigError, resolve
 
 
 def _resolve(
@@ -153,3 +153,71 @@ def test_bad_timeout_from_env(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="GAGGLE_TIMEOUT"):
         _resolve(tmp_path, env={"GAGGLE_TIMEOUT": "x"})
     assert _resolve(tmp_path, env={"GAGGLE_TIMEOUT": "4"}).timeout == 4
+
+
+def _stack_urls(folder: Path, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "urls.toml").write_text(text)
+
+
+STACK_URLS = (
+    'gateway = "http://127.0.0.1:9180"\n'
+    'registry = "http://127.0.0.1:9181"\n'
+    'artifacts = "http://127.0.0.1:9182"\n'
+    'rollouts = "http://127.0.0.1:9183"\n'
+    'nats = "nats://127.0.0.1:9250"\n'
+)
+
+
+def test_urls_of_make_run_come_after_flag_env_and_config_file(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    _stack_urls(work / ".gaggle", STACK_URLS)
+    config = _resolve(tmp_path, cwd=work)
+    assert config.urls == {
+        "registry": "http://127.0.0.1:9181",
+        "artifacts": "http://127.0.0.1:9182",
+        "rollouts": "http://127.0.0.1:9183",
+    }
+    assert config.sources == dict.fromkeys(DEFAULT_URLS, "stack")
+
+    _user_config(tmp_path, 'rollouts = "http://file-rollouts:3"\n')
+    config = _resolve(
+        tmp_path,
+        cwd=work,
+        flags={"registry": "http://flag-registry:1"},
+        env={"GAGGLE_ARTIFACTS_URL": "http://env-artifacts:2"},
+    )
+    assert config.urls == {
+        "registry": "http://flag-registry:1",
+        "artifacts": "http://env-artifacts:2",
+        "rollouts": "http://file-rollouts:3",
+    }
+    assert config.sources == {"registry": "flag", "artifacts": "env", "rollouts": "file"}
+
+
+def test_urls_of_make_run_follow_gaggle_data_dir_and_may_be_partial(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _stack_urls(data, 'registry = "http://127.0.0.1:9181"\n')
+    config = _resolve(tmp_path, env={"GAGGLE_DATA_DIR": str(data)})
+    assert config.urls["registry"] == "http://127.0.0.1:9181"
+    assert config.sources == {"registry": "stack", "artifacts": "default", "rollouts": "default"}
+    # Another folder's data folder is not read.
+    assert _resolve(tmp_path).urls == DEFAULT_URLS
+
+
+def test_urls_file_is_not_read_when_every_url_is_given(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    _stack_urls(work / ".gaggle", "not toml at all = = =")
+    env = {name: f"http://{service}:1" for service, name in URL_ENV.items()}
+    assert _resolve(tmp_path, cwd=work, env=env).sources == dict.fromkeys(DEFAULT_URLS, "env")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("registry = ", "is not valid TOML"), ("registry = 9181\n", "registry has the wrong type")],
+)
+def test_a_broken_urls_file_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    work = tmp_path / "work"
+    _stack_urls(work / ".gaggle", text)
+    with pytest.raises(ConfigError, match=message):
+        _resolve(tmp_path, cwd=work)

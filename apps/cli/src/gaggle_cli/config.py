@@ -1,10 +1,11 @@
-"""Where ``gaggle`` finds the services and its API key: flag > environment > config file > default.
+"""Where ``gaggle`` finds the services and its API key: flag > environment > config file > stack.
 
 The config file is TOML with the same keys as the flags (``registry``, ``artifacts``,
 ``rollouts``, ``key``; also ``key_file`` and ``timeout``). It is ``--config PATH``, else
 ``$GAGGLE_CONFIG``, else ``$XDG_CONFIG_HOME/gaggle/config.toml`` (``~/.config/...``). Without a
-key from anywhere else, the key is read from ``.gaggle/admin.key`` under the current folder
-(``$GAGGLE_DATA_DIR/admin.key`` when that is set), which is where ``make run`` writes it.
+URL or key from anywhere else, they come from what ``make run`` writes in its data folder,
+``.gaggle/`` under the current folder (``$GAGGLE_DATA_DIR`` when that is set): the URLs from
+``urls.toml`` and the key from ``admin.key``. Without those, the URLs are the default ports.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ URL_ENV = {
     "rollouts": "GAGGLE_ROLLOUTS_URL",
 }
 KEY_ENV = "GAGGLE_API_KEY"
+DATA_DIR_ENV = "GAGGLE_DATA_DIR"
+STACK_URLS_FILE = "urls.toml"
+ADMIN_KEY_FILE = "admin.key"
 CONFIG_ENV = "GAGGLE_CONFIG"
 TIMEOUT_ENV = "GAGGLE_TIMEOUT"
 DEFAULT_TIMEOUT = 30.0
@@ -48,7 +52,8 @@ class Config:
         key_source: where the key came from (for messages), e.g. ``--key`` or a file path.
         timeout: seconds a request may wait for an answer.
         config_file: the config file read, if any.
-        sources: where each URL came from (``flag``, ``env``, ``file``, ``default``).
+        sources: where each URL came from (``flag``, ``env``, ``file``, ``stack``: the URLs
+            file of ``make run``, ``default``).
     """
 
     urls: dict[str, str]
@@ -107,6 +112,39 @@ def read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def data_dir(env: Mapping[str, str], cwd: Path) -> Path:
+    """The data folder of ``make run``: ``$GAGGLE_DATA_DIR``, else ``.gaggle`` (under ``cwd``)."""
+    folder = Path(env[DATA_DIR_ENV]) if env.get(DATA_DIR_ENV) else Path(".gaggle")
+    return folder if folder.is_absolute() else cwd / folder
+
+
+def read_stack_urls(path: Path) -> dict[str, str]:
+    """The services' URLs from the URLs file of ``make run``; empty when there is none.
+
+    Raises:
+        ConfigError: the file is unreadable, not TOML, or has a URL that is not a string.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}; remove it or run make run") from exc
+    urls: dict[str, str] = {}
+    for service in SERVICES:
+        value = data.get(service)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {service} has the wrong type")
+        urls[service] = value
+    return urls
+
+
 def _read_key(path: Path) -> str:
     try:
         key = path.read_text(encoding="utf-8").strip()
@@ -130,7 +168,7 @@ def resolve(
         flags: command-line values (``registry``, ``artifacts``, ``rollouts``, ``key``,
             ``config``, ``timeout``); None where not given.
         env: the environment.
-        cwd: the current folder (for ``.gaggle/admin.key``).
+        cwd: the current folder (for ``.gaggle/``, the data folder of ``make run``).
         home: the user's home folder (for the default config file).
 
     Returns:
@@ -138,7 +176,7 @@ def resolve(
 
     Raises:
         ConfigError: an explicit config file that is missing or malformed, an unreadable key
-            file, or a malformed timeout.
+            file, a malformed URLs file of ``make run``, or a malformed timeout.
     """
     path, explicit = config_path(flags.get("config"), env, home)
     file: dict[str, Any] = {}
@@ -149,13 +187,18 @@ def resolve(
         file = read_file(path)
         used_file = path
 
+    stack: dict[str, str] | None = None
     urls: dict[str, str] = {}
     sources: dict[str, str] = {}
     for service in SERVICES:
+        given = flags.get(service) or env.get(URL_ENV[service]) or file.get(service)
+        if not given and stack is None:
+            stack = read_stack_urls(data_dir(env, cwd) / STACK_URLS_FILE)
         for source, value in (
             ("flag", flags.get(service)),
             ("env", env.get(URL_ENV[service])),
             ("file", file.get(service)),
+            ("stack", (stack or {}).get(service)),
             ("default", DEFAULT_URLS[service]),
         ):
             if value:
@@ -201,9 +244,7 @@ def _resolve_key(
         if not key_path.is_absolute() and used_file is not None:
             key_path = used_file.parent / key_path
         return _read_key(key_path), str(key_path)
-    data_dir = Path(env["GAGGLE_DATA_DIR"]) if env.get("GAGGLE_DATA_DIR") else Path(".gaggle")
-    fallback = data_dir if data_dir.is_absolute() else cwd / data_dir
-    fallback = fallback / "admin.key"
+    fallback = data_dir(env, cwd) / ADMIN_KEY_FILE
     if fallback.is_file():
         return _read_key(fallback), str(fallback)
     return None, None

@@ -1,8 +1,9 @@
 """``gaggle-stack``: NATS, PostgreSQL, the object store folder and the four services, one command.
 
 Everything lives under ``GAGGLE_DATA_DIR`` (default ``./.gaggle``), so a second start finds the same
-data. ``GAGGLE_DATABASE_URL`` (or ``DATABASE_URL``) uses an existing PostgreSQL instead of the
-embedded one; ``GAGGLE_NATS_URL`` an existing NATS. Ctrl-C stops everything.
+data; the admin key (``admin.key``) and, once all answer, the URLs (``urls.toml``) are there for the
+``gaggle`` command line. ``GAGGLE_DATABASE_URL`` (or ``DATABASE_URL``) uses an existing PostgreSQL
+instead of the embedded one; ``GAGGLE_NATS_URL`` an existing NATS. Ctrl-C stops everything.
 
 Like compose's ``restart: unless-stopped``, a process that dies (a service, nats-server, the
 postmaster) is started again after a back-off while the others keep running. Each service has a
@@ -13,6 +14,7 @@ of its restart instead of the seconds its imports take (:mod:`gaggle_stack.launc
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +34,8 @@ from gaggle_stack.launcher import Launcher, spares_wanted
 DEFAULT_NATS_PORT = 4250
 NATS_PORT_VARIABLE = "GAGGLE_STACK_NATS_PORT"
 ADMIN_KEY_FILE = "admin.key"
+URLS_FILE = "urls.toml"
+"""Where the running stack serves, next to the admin key; ``gaggle`` (the CLI) reads it."""
 # compose's back-off: 1 s doubling to 30 s, and a process that stayed up this long starts at 1 s.
 FIRST_DELAY = 1.0
 MAX_DELAY = 30.0
@@ -266,6 +270,35 @@ def admin_key(data_dir: Path) -> tuple[str, bool]:
     return key, False
 
 
+def write_urls(data_dir: Path, urls: dict[str, str]) -> Path:
+    """Write ``urls`` (name to URL) to ``<data dir>/urls.toml``, replacing it whole.
+
+    The file (mode 0600) is written beside and then renamed over the old one, so a reader never
+    sees half of it. Returns its path.
+    """
+    path = data_dir / URLS_FILE
+    lines = [
+        "# Where gaggle-stack (make run) serves; written at each start. The gaggle command line",
+        "# reads it when no URL is given by a flag, the environment or its config file.",
+        # A JSON string is a TOML basic string: the same quotes and escapes.
+        *(f"{name} = {json.dumps(url)}" for name, url in urls.items()),
+    ]
+    partial = path.with_name(f".{URLS_FILE}.{os.getpid()}")
+    # Yours only, as the admin key: a NATS URL given in GAGGLE_NATS_URL may hold a password.
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    partial.replace(path)
+    return path
+
+
+def stack_urls(nats_url: str) -> dict[str, str]:
+    """The URL of each service (on its port) and of NATS."""
+    urls = {spec.name: f"http://127.0.0.1:{spec.port}" for spec in SERVICES}
+    urls["nats"] = nats_url
+    return urls
+
+
 def new_admin_key() -> None:
     """``gaggle-admin-key``: a new key, and the registry setting that creates it at start."""
     _, key = new_api_key()
@@ -300,10 +333,12 @@ def main() -> None:
         env["GAGGLE_REGISTRY_BOOTSTRAP_KEY"] = f"{key_id_of(key)}:{key_hash(key)}"
         stack.start_services(env)
         stack.wait_ready(float(os.environ.get("GAGGLE_STACK_READY_TIMEOUT", "60")))
+        urls = stack_urls(env["GAGGLE_NATS_URL"])
+        urls_file = write_urls(data_dir, urls)
         _say(f"\nGaggle is up in {time.monotonic() - started:.1f} s (data in {data_dir})")
-        for spec in SERVICES:
-            _say(f"  {spec.name:<10} http://127.0.0.1:{spec.port}")
-        _say(f"  {'nats':<10} {env['GAGGLE_NATS_URL']}")
+        for name, url in urls.items():
+            _say(f"  {name:<10} {url}")
+        _say(f"(in {urls_file}, where the gaggle command line finds them)")
         _say(
             "Devices poll the gateway: http://127.0.0.1:"
             f"{SERVICES[0].port}/DEFAULT/controller/v1/<controller-id>"

@@ -330,6 +330,23 @@ def guard_fetches(broker: NatsBroker) -> int:
     return guarded
 
 
+def guard_pull_fetches() -> bool:
+    """Make every pull subscription's empty fetch end the way FastStream expects, from the first.
+
+    :func:`guard_fetches` wraps the subscriptions of a started broker, but FastStream's pull task
+    begins its first fetch while the broker is still starting, with nats-py's own ``fetch``. When
+    that fetch ended empty in a bare ``asyncio.TimeoutError`` (most starts), the task died and
+    FastStream's supervisor logged it as ERROR, with a traceback, before restarting it: harmless,
+    and shown as an error. This wraps nats-py's ``PullSubscription.fetch`` itself, once per
+    process, so call it before the broker starts. Returns whether it wrapped it now.
+    """
+    pull = JetStreamContext.PullSubscription
+    if getattr(pull.fetch, "guarded", False):
+        return False
+    pull.fetch = _guarded(pull.fetch)  # type: ignore[method-assign]
+    return True
+
+
 def _guarded(fetch: Callable[..., Any]) -> Callable[..., Any]:
     async def guarded_fetch(*args: Any, **kwargs: Any) -> Any:
         try:

@@ -39,7 +39,7 @@ from gaggle_runtime.auth import (
 )
 from gaggle_runtime.bus import (
     NatsSink,
-    guard_fetches,
+    guard_pull_fetches,
     make_broker,
     publish_event,
     publish_raw,
@@ -56,6 +56,7 @@ from gaggle_runtime.metrics import (
     event_metrics,
     kind_of,
 )
+from gaggle_runtime.openapi import one_operation_id_per_method
 from gaggle_runtime.outbox import Observer, Outbox, OutboxRelay
 from gaggle_runtime.telemetry import tracing_for
 
@@ -323,8 +324,8 @@ class Service:
             self.broker.connection.jetstream(),
             [s.config for s in self.broker.subscribers if hasattr(s, "config")],
         )
+        guard_pull_fetches()
         await self.broker.start()
-        guard_fetches(self.broker)
         log.info("service started service=%s", self.name)
 
     async def _publish_key_use(self) -> None:
@@ -451,6 +452,7 @@ class Service:
     def app(self, *, title: str, description: str, version: str = "0.1.0") -> FastAPI:
         """A FastAPI app with this service's lifespan, JSON errors and ``/healthz``, ``/readyz``."""
         app = FastAPI(title=title, description=description, version=version, lifespan=self.lifespan)
+        one_operation_id_per_method(app)
         install_error_handlers(app)
         if self.dead_letters is not None:
             app.include_router(make_dead_letter_routes(self.dead_letters, self._replay))
