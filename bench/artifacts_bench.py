@@ -1,6 +1,6 @@
 """Artifacts benchmark: a large .swu through the artifacts service next to a plain copy, same store.
 
-    uv run python bench/artifacts_bench.py [--size-mib 256] [--backends local,s3]
+    .venv/bin/python bench/artifacts_bench.py [--size-mib 256] [--backends local,s3]
 
 Builds a ``--size-mib`` image (one random ``rawfile`` payload, written to a temporary file in a
 streaming way, never whole in memory), starts its own NATS, PostgreSQL and, for ``s3``, a moto

@@ -8,7 +8,7 @@ returns its orjson bytes; ``dict`` returns a dict that FastAPI serialises itself
 ``BENCH_BARE_BODY`` so both bodies have the same size. Served with the gateway's uvicorn options
 (uvloop, httptools, no access log) through :func:`gaggle_runtime.serve.run`::
 
-    PYTHONPATH=bench uv run python -m bare_app --port 8090 --workers 2
+    PYTHONPATH=bench .venv/bin/python -m bare_app --port 8090 --workers 2
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Fleet benchmark: Gaggle against gooseBit 0.2.12, the same three workloads in the same run.
 
     make bench
-    uv run python bench/fleet_bench.py [--devices 10000 --rollout-devices 1000 --image-mib 4]
+    .venv/bin/python bench/fleet_bench.py [--devices 10000 --rollout-devices 1000 --image-mib 4]
                                        [--servers gaggle,goosebit --phases 1,2,3]
 
 Starts Gaggle's embedded stack (``gaggle-stack`` in a temporary ``GAGGLE_DATA_DIR``, free ports)

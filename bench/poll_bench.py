@@ -1,6 +1,7 @@
 """Poll benchmark: the DDI gateway's base poll next to a bare FastAPI endpoint, same run.
 
-    uv run python bench/poll_bench.py [--devices 10000 --connections 64 --duration 10 --workers 1,2]
+    .venv/bin/python bench/poll_bench.py [--devices 10000 --connections 64 --duration 10 \
+        --workers 1,2]
 
 Starts its own NATS (free port, temporary directory), seeds ``--devices`` known devices into KV
 ``devices`` for tenant ``default``, then for each worker count W: starts the gateway

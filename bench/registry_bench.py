@@ -1,6 +1,6 @@
 """Registry benchmark: ``device.seen`` sightings absorbed per second, and device-list latency.
 
-    uv run python bench/registry_bench.py [--devices 100000 --sightings 1000000 --concurrency 8]
+    .venv/bin/python bench/registry_bench.py [--devices 100000 --sightings 1000000 --concurrency 8]
 
 Starts its own NATS (free port) and PostgreSQL (embedded, Unix socket) in a temporary directory,
 then the registry the documented way (``python -m gaggle_registry``), waits for ``/readyz``, and:

@@ -1,6 +1,6 @@
 """Rollouts benchmark: creation to every device's deployment in KV; last feedback to finished.
 
-    uv run python bench/rollout_bench.py [--devices 10000 --rounds 3]
+    .venv/bin/python bench/rollout_bench.py [--devices 10000 --rounds 3]
 
 Starts its own NATS (free port) and PostgreSQL (embedded, Unix socket) in a temporary directory,
 then the rollouts service the documented way (``python -m gaggle_rollouts``), waits for
