@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -165,3 +169,41 @@ async def wait_listed(
         if expected <= listed or time.monotonic() > deadline:
             return listed
         await asyncio.sleep(0.05)
+
+
+def cli_env(**settings: str) -> dict[str, str]:
+    """The environment of a ``gaggle`` command a test runs: this process's, without any
+    ``GAGGLE_*`` setting of the caller's, plus ``settings`` (``GAGGLE_REGISTRY_URL=...``)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("GAGGLE_")}, **settings}
+
+
+@dataclass(frozen=True)
+class Run:
+    """How a ``gaggle`` command ended: exit status, standard output and error."""
+
+    rc: int
+    out: str
+    err: str
+
+
+async def run_cli(
+    env: dict[str, str], *args: str, cwd: Path | None = None, code: int | None = 0
+) -> Run:
+    """``gaggle *args`` as a subprocess, without blocking the services in this loop.
+
+    Its exit status must be ``code`` (None: any).
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gaggle_cli",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    run = Run(proc.returncode or 0, out.decode(), err.decode())
+    assert code is None or run.rc == code, (args, run)
+    return run

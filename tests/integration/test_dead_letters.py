@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from gaggle_runtime.bus import make_broker, publish_event
 from gaggle_storage import LocalStore, StorageSettings
 from gaggle_testing import eventually, feedback
 from gaggle_testing.proxy import TcpProxy
-from tests.integration.support import Stack, value
+from tests.integration.support import Run, Stack, run_cli, value
 
 pytestmark = pytest.mark.integration
 
@@ -117,27 +116,9 @@ async def sql(database_url: str, statement: str, *args: Any) -> None:
         await conn.close()
 
 
-@dataclass(frozen=True)
-class Run:
-    rc: int
-    out: str
-    err: str
-
-
 async def gaggle(env: dict[str, str], cwd: Path, *args: str) -> Run:
-    """``gaggle *args`` as a subprocess, without blocking the services in this loop."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gaggle_cli",
-        *args,
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return Run(proc.returncode or 0, out.decode(), err.decode())
+    """``gaggle *args`` run in ``cwd`` with ``env`` over this process's environment."""
+    return await run_cli({**os.environ, **env}, *args, cwd=cwd, code=None)
 
 
 async def test_a_report_that_cannot_be_stored_is_parked_and_replayed_after_the_fix(

@@ -6,11 +6,8 @@ separate process against both, as an operator would run it.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import secrets
-import sys
 from typing import Any
 
 import httpx
@@ -23,6 +20,7 @@ from gaggle_registry.settings import RegistrySettings
 from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_testing import eventually, publish_software
+from tests.integration.support import cli_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -32,27 +30,15 @@ async def test_the_cli_sets_the_cap_and_shows_the_queued_devices(
 ) -> None:
     registry = await serve(build_registry(common, RegistrySettings()))
     rollouts = await serve(build_rollouts(common, RolloutsSettings(sweep_s=0.5)))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("GAGGLE_")},
-        "GAGGLE_REGISTRY_URL": registry.url,
-        "GAGGLE_ROLLOUTS_URL": rollouts.url,
-        "GAGGLE_API_KEY": operator_key,
-        "COLUMNS": "200",
-    }
+    env = cli_env(
+        GAGGLE_REGISTRY_URL=registry.url,
+        GAGGLE_ROLLOUTS_URL=rollouts.url,
+        GAGGLE_API_KEY=operator_key,
+        COLUMNS="200",
+    )
 
     async def gaggle(*args: str, code: int = 0) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gaggle_cli",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == code, (out.decode(), err.decode())
-        return out.decode()
+        return (await run_cli(env, *args, code=code)).out
 
     await gaggle("tenants", "set", tenant, "--max-updates-in-flight", "3")
     caps = rollouts.app.state.store.members.caps

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_rollouts.usecases import refresh_windows
 from gaggle_storage import LocalStore
 from gaggle_testing import eventually, publish_software
-from tests.integration.support import Stack, device
+from tests.integration.support import Stack, cli_env, device, run_cli
 from tests.integration.test_rollout_lifecycle import known_to_rollouts, rollout, wait_link
 
 pytestmark = pytest.mark.integration
@@ -154,26 +152,11 @@ async def test_approval_blocks_the_start_until_an_approver_approves(
 ) -> None:
     stack, registry = approval_stack
     tenant = stack.tenant
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("GAGGLE_")},
-        "GAGGLE_REGISTRY_URL": registry.url,
-        "GAGGLE_ROLLOUTS_URL": stack.ro,
-        "COLUMNS": "200",
-    }
+    env = cli_env(GAGGLE_REGISTRY_URL=registry.url, GAGGLE_ROLLOUTS_URL=stack.ro, COLUMNS="200")
 
     async def gaggle(key: str, *args: str, code: int = 0) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gaggle_cli",
-            *args,
-            env={**env, "GAGGLE_API_KEY": key},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == code, (out.decode(), err.decode())
-        return out.decode() + err.decode()
+        run = await run_cli({**env, "GAGGLE_API_KEY": key}, *args, code=code)
+        return run.out + run.err
 
     await gaggle(operator_key, "tenants", "set", tenant, "--rollout-approval")
     approvals = stack.rollouts.app.state.approvals

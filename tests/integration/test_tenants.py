@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import sys
 import time
 from typing import Any
 
@@ -25,6 +23,7 @@ from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime.jetstream import ensure_all
 from gaggle_testing import eventually
+from tests.integration.support import cli_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -211,26 +210,11 @@ async def test_the_command_line_creates_and_shows_a_tenant(
     registry = await serve(build_registry(common, RegistrySettings()))
     gw = await serve(build_gateway(common, GatewaySettings(poll_jitter=0)))
     name = f"cli{secrets.token_hex(4)}"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("GAGGLE_")},
-        "GAGGLE_REGISTRY_URL": registry.url,
-        "GAGGLE_API_KEY": operator_key,
-    }
+    env = cli_env(GAGGLE_REGISTRY_URL=registry.url, GAGGLE_API_KEY=operator_key)
 
     async def gaggle(*args: str, code: int = 0) -> Any:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gaggle_cli",
-            "--json",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == code, err.decode()
-        return json.loads(out) if code == 0 else err.decode()
+        run = await run_cli(env, "--json", *args, code=code)
+        return json.loads(run.out) if code == 0 else run.err
 
     created = await gaggle(
         "tenants", "set", name, "--polling-sleep", "00:00:07", "--max-updates-in-flight", "25"

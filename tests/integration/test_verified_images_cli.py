@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import secrets
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from gaggle_registry.settings import RegistrySettings
 from gaggle_storage import StorageSettings
 from gaggle_swu import make_rawfile_swu
 from gaggle_swu.pki import make_identity
+from tests.integration.support import cli_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -33,27 +33,16 @@ async def test_policy_trust_store_and_signature_state_through_the_command_line(
     registry = await serve(build_registry(common, RegistrySettings()))
     storage = StorageSettings(backend="local", dir=tmp_path / "objects")
     artifacts = await serve(build_artifacts(common, ArtifactsSettings(), storage))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("GAGGLE_")},
-        "GAGGLE_REGISTRY_URL": registry.url,
-        "GAGGLE_ARTIFACTS_URL": artifacts.url,
-        "GAGGLE_API_KEY": operator_key,
-        "COLUMNS": "250",
-    }
+    env = cli_env(
+        GAGGLE_REGISTRY_URL=registry.url,
+        GAGGLE_ARTIFACTS_URL=artifacts.url,
+        GAGGLE_API_KEY=operator_key,
+        COLUMNS="250",
+    )
 
     async def gaggle(*args: str, code: int = 0) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gaggle_cli",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == code, (out + err).decode()
-        return (out if code == 0 else err).decode()
+        run = await run_cli(env, *args, code=code)
+        return run.out if code == 0 else run.err
 
     async def as_json(*args: str) -> Any:
         return json.loads(await gaggle("--json", *args))
