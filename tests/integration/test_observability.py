@@ -217,7 +217,10 @@ async def test_every_service_serves_its_metrics_and_they_move(
         assert server.app.state.service.tracing is None
         assert "OpenTelemetryMiddleware" not in {m.cls.__name__ for m in server.app.user_middleware}
 
-    async with httpx.AsyncClient(auth=operator_auth, timeout=10) as client:
+    # A new connection per request: a kept-alive one that a server closes after its idle time,
+    # while this test waits for something else, can be cut just as the next scrape goes out.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(auth=operator_auth, timeout=10, limits=fresh) as client:
 
         async def scrape(service: str) -> str:
             r = await client.get(f"{running[service].url}/metrics")
