@@ -47,7 +47,8 @@ SORTS = {
     "created": "Oldest",
 }
 LIST_FILTERS = ("state", "hw_model", "hw_revision", "sw_version", "tag", "feed", "q")
-PAGE_SIZES = (25, 50, 100, 250)
+PAGE_SIZES = (10, 25, 50, 100, 250)
+DEFAULT_PAGE = 50
 OVERVIEW_PAGE = 1000
 ROLLOUTS_SHOWN = 50
 MAX_FIELD = 256
@@ -327,15 +328,15 @@ def build_app(
         sort = query.get("sort") or "controller_id"
         sort = sort if sort in SORTS else "controller_id"
         try:
-            limit = int(query.get("limit") or PAGE_SIZES[1])
+            limit = int(query.get("limit") or DEFAULT_PAGE)
         except ValueError:
-            limit = PAGE_SIZES[1]
-        limit = limit if limit in PAGE_SIZES else PAGE_SIZES[1]
+            limit = DEFAULT_PAGE
+        limit = limit if limit in PAGE_SIZES else DEFAULT_PAGE
         cursor = (query.get("cursor") or "")[:2048]
         kept = {k: v for k, v in filters.items() if v}
         if sort != "controller_id":
             kept["sort"] = sort
-        if limit != PAGE_SIZES[1]:
+        if limit != DEFAULT_PAGE:
             kept["limit"] = str(limit)
         error: UpstreamError | None = None
         items: list[dict[str, Any]] = []
