@@ -70,9 +70,11 @@ async def _fleet(stack: E2EStack) -> None:
     for cid, (model, _, version) in FLEET.items():
         await stack.wait_device(
             cid,
-            lambda d, m=model, v=version: d.get("hw_model") == m
-            and d.get("sw_version") == v
-            and d.get("last_seen_at") is not None,
+            lambda d, m=model, v=version: (
+                d.get("hw_model") == m
+                and d.get("sw_version") == v
+                and d.get("last_seen_at") is not None
+            ),
         )
 
 

@@ -58,9 +58,7 @@ def model_label(device: Mapping[str, Any]) -> str:
     return f"{model} / {revision}" if revision else str(model)
 
 
-def count(
-    devices: Iterable[Mapping[str, Any]], now: datetime, online_within: timedelta
-) -> Fleet:
+def count(devices: Iterable[Mapping[str, Any]], now: datetime, online_within: timedelta) -> Fleet:
     """Add up ``devices`` (rows of ``GET /api/v1/devices``) as of ``now``.
 
     A device is online when it was last seen at most ``online_within`` before ``now``; one never
