@@ -189,3 +189,10 @@ def test_devices_filters_and_paging(client: TestClient, services: FakeServices) 
     r = client.get("/devices", params={"limit": "25", "cursor": "5"})
     assert r.text.count('<th scope="row">') == 2
     assert 'href="/devices?limit=25">First page' in r.text
+
+
+def test_an_oversized_form_is_refused_unread(client: TestClient) -> None:
+    form = client.get("/sign-in")
+    r = client.post("/sign-in", data={"csrf": _csrf(form.text), "key": "k" * 20_000})
+    assert r.status_code == 413
+    assert "larger than the console takes" in r.text

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import httpx
 from fastapi import FastAPI, Request
@@ -51,6 +51,8 @@ PAGE_SIZES = (10, 25, 50, 100, 250)
 DEFAULT_PAGE = 50
 OVERVIEW_PAGE = 1000
 ROLLOUTS_SHOWN = 50
+MAX_FORM_BYTES = 16_384
+"""Largest form body read; the console's forms are a few hundred bytes."""
 MAX_FIELD = 256
 """Longest filter value passed on (the registry takes at most 256 characters of search text)."""
 SECURITY_HEADERS = {
@@ -136,9 +138,23 @@ def upstream_status(error: UpstreamError) -> int:
     return error.status if 400 <= error.status < 500 else 502
 
 
-def _form_value(form: Any, name: str) -> str | None:
-    value = form.get(name)
-    return value if isinstance(value, str) else None
+class FormTooLarge(Exception):
+    """A form body over :data:`MAX_FORM_BYTES`."""
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """The URL-encoded form of a POST (the first value of each field), read up to a limit.
+
+    Raises:
+        FormTooLarge: the body is over :data:`MAX_FORM_BYTES`.
+    """
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise FormTooLarge
+    fields = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
 
 
 def build_app(
@@ -176,12 +192,14 @@ def build_app(
         found: Console = request.app.state.console
         return found
 
-    async def checked_form(request: Request) -> tuple[Any, str | None, Session | None]:
+    async def checked_form(
+        request: Request,
+    ) -> tuple[dict[str, str], str | None, Session | None]:
         """The POSTed form, the session id and session when its CSRF token is right."""
         c = parts(request)
-        form = await request.form()
+        form = await read_form(request)
         session_id, session = c.session(request)
-        if session is None or not session.csrf_ok(_form_value(form, "csrf")):
+        if session is None or not session.csrf_ok(form.get("csrf")):
             return form, None, None
         return form, session_id, session
 
@@ -196,6 +214,19 @@ def build_app(
             title="Refused",
             message="This form was not sent from a page of this console (its CSRF token is "
             "missing or out of date). Reload the page and try again.",
+        )
+
+    @app.exception_handler(FormTooLarge)
+    async def too_large(request: Request, exc: FormTooLarge) -> HTMLResponse:
+        c = parts(request)
+        _, session = c.session(request)
+        return c.render(
+            request,
+            "error.html",
+            session,
+            status_code=413,
+            title="Refused",
+            message=f"This form is larger than the console takes ({MAX_FORM_BYTES} bytes).",
         )
 
     @app.get("/healthz", include_in_schema=False)
@@ -232,7 +263,7 @@ def build_app(
         form, session_id, session = await checked_form(request)
         if session is None:
             return forbidden(request)
-        key = (_form_value(form, "key") or "").strip()
+        key = form.get("key", "").strip()
         error = None
         if not key:
             error = "Enter an API key."
