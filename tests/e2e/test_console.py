@@ -7,6 +7,7 @@ with real API keys. Each page is photographed; with ``GAGGLE_CONSOLE_SCREENSHOTS
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -78,6 +79,56 @@ async def _fleet(stack: E2EStack) -> None:
         )
 
 
+async def _rollout(stack: E2EStack) -> None:
+    """A running rollout of the presses in two waves; one device of the first reports success."""
+    software = await stack.publish_software(
+        b"press image 1.1" * 64, version="1.1", filename="press-1.1.swu", hw_model="press"
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:  # 503 until rollouts has the software's event (no artifacts service to ask)
+        r = await stack.client.post(
+            f"{stack.rollouts.url}/api/v1/rollouts",
+            json={
+                "name": "press 1.1",
+                "software_id": software.software_id,
+                "waves": [{"count": 2}, {"count": 5}],
+                "start": True,
+            },
+        )
+        if r.status_code != 503 or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert r.status_code == 201, r.text
+    rollout_id = r.json()["id"]
+    deadline = loop.time() + 10
+    while True:  # the first wave's actions are made by the rollout engine, shortly
+        r = await stack.client.get(f"{stack.rollouts.url}/api/v1/rollouts/{rollout_id}/devices")
+        assert r.status_code == 200, r.text
+        sent = [m for m in r.json()["items"] if m.get("action_id")]
+        if sent:
+            break
+        assert loop.time() < deadline, r.text
+        await asyncio.sleep(0.1)
+    cid, action_id = sent[0]["controller_id"], sent[0]["action_id"]
+    await stack.wait_offered(cid, lambda links: "deploymentBase" in links, what="no deployment")
+    r = await stack.client.post(
+        f"{stack.gateway_url}/{stack.tenant}/controller/v1/{cid}/deploymentBase/{action_id}/feedback",
+        json={
+            "id": str(action_id),
+            "status": {"execution": "closed", "result": {"finished": "success"}},
+        },
+    )
+    assert r.status_code == 200, r.text
+    deadline = loop.time() + 10
+    while True:
+        r = await stack.client.get(f"{stack.rollouts.url}/api/v1/rollouts/{rollout_id}")
+        if r.json()["counters"].get("success") == 1:
+            return
+        assert loop.time() < deadline, r.text
+        await asyncio.sleep(0.1)
+
+
 async def _key(stack: E2EStack, **body: Any) -> str:
     r = await stack.client.post(f"{stack.registry.url}/api/v1/keys", json={"name": "c", **body})
     assert r.status_code == 201, r.text
@@ -95,6 +146,7 @@ async def test_console_sign_in_overview_devices_and_csrf(
 ) -> None:
     stack = e2e_stack
     await _fleet(stack)
+    await _rollout(stack)
     console = await serve(
         build_console(
             common,
@@ -131,7 +183,9 @@ async def test_console_sign_in_overview_devices_and_csrf(
     assert found == {"press / a": "7", "pump / b": "4", "(none)": "1"}
     versions = page.locator('#chart-version g[data-label="1.0"]')
     assert await versions.get_attribute("data-count") == "7"
-    assert "No rollout is running." in await page.inner_text("main")
+    progress = page.get_by_label("1 of 7 devices done (14%)")
+    assert await progress.get_attribute("value") == "1"
+    assert await progress.get_attribute("max") == "7"
     await page.screenshot(path=shots / "overview.png", full_page=True)
 
     # Devices: text search, then cursor paging, with the keyboard.
