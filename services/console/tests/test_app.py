@@ -45,6 +45,8 @@ class FakeServices:
             if key != GOOD:
                 return httpx.Response(403, json={"message": "needs device:read"})
             params = request.url.params
+            if not (params.get("cursor") or "0").isdigit():
+                return httpx.Response(400, json={"message": "invalid cursor"})
             start = int(params.get("cursor") or 0)
             limit = int(params["limit"])
             items = DEVICES[start : start + limit]
@@ -196,3 +198,11 @@ def test_an_oversized_form_is_refused_unread(client: TestClient) -> None:
     r = client.post("/sign-in", data={"csrf": _csrf(form.text), "key": "k" * 20_000})
     assert r.status_code == 413
     assert "larger than the console takes" in r.text
+
+
+def test_a_refused_listing_shows_the_services_answer(client: TestClient) -> None:
+    _sign_in(client, GOOD)
+    r = client.get("/devices", params={"cursor": "<script>"})
+    assert r.status_code == 400
+    assert "The registry service answered 400 (refused): invalid cursor" in r.text
+    assert "<script>" not in r.text
