@@ -188,9 +188,18 @@ async def test_console_sign_in_overview_devices_and_csrf(
     assert await progress.get_attribute("max") == "7"
     await page.screenshot(path=shots / "overview.png", full_page=True)
 
-    # Devices: text search, then cursor paging, with the keyboard.
-    await page.get_by_role("link", name="Devices").click()
+    # Landmarks, and the keyboard: the first Tab reaches "Skip to content", then the menu.
+    assert await page.get_by_role("main").count() == 1
+    assert await page.get_by_role("navigation", name="Main").count() == 1
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Devices"
+    await page.keyboard.press("Enter")
     await page.wait_for_url(f"{base}/devices")
+
+    # Devices: text search, then cursor paging.
     await page.get_by_label("Search id or name").fill("pump")
     await page.get_by_label("Search id or name").press("Enter")
     await page.wait_for_url("**/devices?q=pump*")
