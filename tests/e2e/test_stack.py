@@ -25,7 +25,7 @@ from gaggle_servers import free_port
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_NAMES = ("gateway", "registry", "artifacts", "rollouts")
+SERVICE_NAMES = ("gateway", "registry", "artifacts", "rollouts", "console")
 
 
 def readme_commands() -> list[str]:
@@ -45,6 +45,7 @@ class Stack:
             "GAGGLE_REGISTRY_PORT": str(ports["registry"]),
             "GAGGLE_ARTIFACTS_PORT": str(ports["artifacts"]),
             "GAGGLE_ROLLOUTS_PORT": str(ports["rollouts"]),
+            "GAGGLE_CONSOLE_PORT": str(ports["console"]),
             "GAGGLE_LOG_JSON": "false",
         }
         for key in ("GAGGLE_NATS_URL", "GAGGLE_DATABASE_URL", "DATABASE_URL"):
@@ -95,7 +96,7 @@ def home() -> Iterator[Path]:
 
 
 def test_make_run_stack_serves_the_readme_walkthrough_and_keeps_data(home: Path) -> None:
-    ports = {k: free_port() for k in ("nats", "gateway", "registry", "artifacts", "rollouts")}
+    ports = {k: free_port() for k in ("nats", *SERVICE_NAMES)}
     commands = [
         c.replace(":8080", f":{ports['gateway']}").replace(":8081", f":{ports['registry']}")
         for c in readme_commands()
@@ -237,7 +238,7 @@ def ready(port: int) -> bool:
 
 
 def test_stack_restarts_killed_processes_and_stops_services_before_nats(home: Path) -> None:
-    ports = {k: free_port() for k in ("nats", "gateway", "registry", "artifacts", "rollouts")}
+    ports = {k: free_port() for k in ("nats", *SERVICE_NAMES)}
     stack = Stack(home / "data", ports)
     stack.start()
     try:
@@ -318,7 +319,7 @@ def test_stack_restarts_killed_processes_and_stops_services_before_nats(home: Pa
 def test_stack_refuses_a_taken_port_and_starts_nothing(
     home: Path, taken: str, what: str, variable: str
 ) -> None:
-    ports = {k: free_port() for k in ("nats", "gateway", "registry", "artifacts", "rollouts")}
+    ports = {k: free_port() for k in ("nats", *SERVICE_NAMES)}
     with socket.socket() as foreign:
         foreign.bind(("127.0.0.1", ports[taken]))
         foreign.listen()

@@ -1,4 +1,4 @@
-"""``gaggle-stack``: NATS, PostgreSQL, the object store folder and the four services, one command.
+"""``gaggle-stack``: NATS, PostgreSQL, the object store folder, the four services and the console.
 
 Everything lives under ``GAGGLE_DATA_DIR`` (default ``./.gaggle``), so a second start finds the same
 data; the admin key (``admin.key``) and, once all answer, the URLs (``urls.toml``) are there for the
@@ -64,7 +64,10 @@ SERVICES = (
     ServiceSpec("registry", "gaggle_registry", "GAGGLE_REGISTRY_", 8081),
     ServiceSpec("artifacts", "gaggle_artifacts", "GAGGLE_ARTIFACTS_", 8082),
     ServiceSpec("rollouts", "gaggle_rollouts", "GAGGLE_ROLLOUTS_", 8083),
+    ServiceSpec("console", "gaggle_console", "GAGGLE_CONSOLE_", 8084),
 )
+CONSOLE_CALLS = ("registry", "rollouts", "artifacts")
+"""The services whose URLs the console is given (``GAGGLE_CONSOLE_<SERVICE>_URL``)."""
 
 
 def _say(text: str) -> None:
@@ -152,10 +155,12 @@ class Stack:
         return env
 
     def start_services(self, env: dict[str, str]) -> None:
-        """Start the four services with ``env`` added to ours."""
+        """Start the services and the console with ``env`` added to ours."""
         self.env = {**os.environ, **env}
         for spec in SERVICES:
             self.env.setdefault(f"{spec.env_prefix}PORT", str(spec.port))
+        self.env.update(console_env(self.env))
+        for spec in SERVICES:
             # Their own session keeps the terminal's Ctrl-C away: stop() signals them, in order.
             self.launchers[spec.name] = Launcher(spec.module, self.env, own_session=True)
             self._spawn(spec)
@@ -292,6 +297,20 @@ def write_urls(data_dir: Path, urls: dict[str, str]) -> Path:
     return path
 
 
+def console_env(env: dict[str, str]) -> dict[str, str]:
+    """The console's ``GAGGLE_CONSOLE_<SERVICE>_URL`` settings: the stack's services on their ports.
+
+    Those already in ``env`` are kept.
+    """
+    ports = {spec.name: spec.port for spec in SERVICES}
+    return {
+        f"GAGGLE_CONSOLE_{name.upper()}_URL": env.get(
+            f"GAGGLE_CONSOLE_{name.upper()}_URL", f"http://127.0.0.1:{ports[name]}"
+        )
+        for name in CONSOLE_CALLS
+    }
+
+
 def stack_urls(nats_url: str) -> dict[str, str]:
     """The URL of each service (on its port) and of NATS."""
     urls = {spec.name: f"http://127.0.0.1:{spec.port}" for spec in SERVICES}
@@ -339,6 +358,7 @@ def main() -> None:
         for name, url in urls.items():
             _say(f"  {name:<10} {url}")
         _say(f"(in {urls_file}, where the gaggle command line finds them)")
+        _say(f"Operators sign in to the console with an API key: {urls['console']}")
         _say(
             "Devices poll the gateway: http://127.0.0.1:"
             f"{SERVICES[0].port}/DEFAULT/controller/v1/<controller-id>"

@@ -1,0 +1,70 @@
+"""Server-side sessions: a random id in a cookie, the operator's key kept here, never in it."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+COOKIE = "gaggle_console"
+
+
+@dataclass
+class Session:
+    """One browser's session; ``key`` is None before sign-in (the sign-in form's CSRF token)."""
+
+    csrf: str
+    used_at: float
+    key: str | None = None
+
+    def csrf_ok(self, token: str | None) -> bool:
+        """Whether ``token`` is this session's CSRF token (compared in constant time)."""
+        return token is not None and hmac.compare_digest(token.encode(), self.csrf.encode())
+
+
+class Sessions:
+    """Sessions by id, in memory: a restart signs everyone out.
+
+    A session unused for ``idle_s`` seconds is gone; beyond ``limit`` sessions the least recently
+    used is dropped, so anonymous visits cannot fill memory.
+    """
+
+    def __init__(self, clock: Callable[[], float], idle_s: float, limit: int) -> None:
+        self.clock = clock
+        self.idle_s = idle_s
+        self.limit = limit
+        self._by_id: OrderedDict[str, Session] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, session_id: str | None) -> Session | None:
+        """The live session of ``session_id`` (marked as used now), or None."""
+        if not session_id:
+            return None
+        session = self._by_id.get(session_id)
+        now = self.clock()
+        if session is None:
+            return None
+        if now - session.used_at > self.idle_s:
+            del self._by_id[session_id]
+            return None
+        session.used_at = now
+        self._by_id.move_to_end(session_id)
+        return session
+
+    def create(self, key: str | None = None) -> tuple[str, Session]:
+        """A new session with a fresh id and CSRF token."""
+        session_id = secrets.token_urlsafe(32)
+        session = Session(csrf=secrets.token_urlsafe(32), used_at=self.clock(), key=key)
+        self._by_id[session_id] = session
+        while len(self._by_id) > self.limit:
+            self._by_id.popitem(last=False)
+        return session_id, session
+
+    def drop(self, session_id: str | None) -> None:
+        """End ``session_id``'s session, if there is one."""
+        if session_id:
+            self._by_id.pop(session_id, None)
