@@ -18,7 +18,7 @@ $(SYNC_STAMP): pyproject.toml uv.lock libs/*/pyproject.toml services/*/pyproject
 
 sync: $(SYNC_STAMP) ## Create or update the virtual environment (.venv)
 
-run: $(SYNC_STAMP) ## Start NATS, PostgreSQL and the four services (Ctrl-C stops)
+run: $(SYNC_STAMP) ## Start NATS, PostgreSQL and the five services (Ctrl-C stops)
 	$(UV) run --no-sync gaggle-stack
 
 test: $(SYNC_STAMP) ## Run every test: unit, integration (real NATS + PostgreSQL) and e2e
