@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gaggle_servers import free_port
-from tests.e2e.test_stack import Stack
+from tests.e2e.test_stack import SERVICE_NAMES, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +72,7 @@ def home() -> Iterator[Path]:
 def test_the_walkthrough_works_as_written(home: Path) -> None:
     commands = walkthrough_commands()
     assert any(c.startswith("./gaggle rollouts watch") for c, _ in commands), commands
-    ports = {k: free_port() for k in ("nats", "gateway", "registry", "artifacts", "rollouts")}
+    ports = {k: free_port() for k in ("nats", *SERVICE_NAMES)}
     # The checkout's folder as the user has it: the stack's data in ./.gaggle.
     stack = Stack(home / ".gaggle", ports)
     stack.start()
