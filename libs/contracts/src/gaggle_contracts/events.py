@@ -149,6 +149,18 @@ class DeviceSeen(Event):
     sightings: list[Sighting]
 
 
+UPDATE_STATES = (
+    "unknown",
+    "up_to_date",
+    "pending",
+    "downloading",
+    "installing",
+    "success",
+    "error",
+)
+"""A device's update state, as the registry keeps it and its operator API filters by it."""
+
+
 ConfigMode = Literal["merge", "replace", "remove"]
 
 

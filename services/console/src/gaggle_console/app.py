@@ -25,19 +25,10 @@ from gaggle_console import fleet
 from gaggle_console.sessions import COOKIE, Session, Sessions
 from gaggle_console.settings import ConsoleSettings
 from gaggle_console.upstream import Upstream, UpstreamError
+from gaggle_contracts.events import UPDATE_STATES
 from gaggle_contracts.settings import CommonSettings
 
 HERE = Path(__file__).parent
-UPDATE_STATES = (
-    "unknown",
-    "up_to_date",
-    "pending",
-    "downloading",
-    "installing",
-    "success",
-    "error",
-)
-"""The registry's update states, offered as a filter."""
 SORTS = {
     "controller_id": "Id, A to Z",
     "-controller_id": "Id, Z to A",

@@ -25,15 +25,6 @@ this bound, which keeps the device's KV entry and events small.
 LIFTED = {"hw_boardname": "hw_model", "hw_revision": "hw_revision", "sw_version": "sw_version"}
 """configData keys the registry keeps in their own columns (``hw_boardname`` is our hw_model)."""
 
-UPDATE_STATES = (
-    "unknown",
-    "up_to_date",
-    "pending",
-    "downloading",
-    "installing",
-    "success",
-    "error",
-)
 
 ACTION_STATE = {
     "scheduled": "pending",

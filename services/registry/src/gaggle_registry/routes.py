@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gaggle_contracts import names
 from gaggle_contracts.access import Permission
+from gaggle_contracts.events import UPDATE_STATES
 from gaggle_contracts.kv import token_hash
 from gaggle_registry.deps import Devices, Listing, Nats
-from gaggle_registry.domain import UPDATE_STATES, Device, decode_cursor, encode_cursor, new_token
+from gaggle_registry.domain import Device, decode_cursor, encode_cursor, new_token
 from gaggle_registry.errors import (
     DeviceExistsError,
     InvalidCursorError,
