@@ -194,30 +194,30 @@ def build_app(
             return form, None, None
         return form, session_id, session
 
-    def forbidden(request: Request) -> HTMLResponse:
+    def refused(request: Request, status_code: int, message: str) -> HTMLResponse:
         c = parts(request)
         _, session = c.session(request)
         return c.render(
             request,
             "error.html",
             session,
-            status_code=403,
+            status_code=status_code,
             title="Refused",
-            message="This form was not sent from a page of this console (its CSRF token is "
+            message=message,
+        )
+
+    def forbidden(request: Request) -> HTMLResponse:
+        return refused(
+            request,
+            403,
+            "This form was not sent from a page of this console (its CSRF token is "
             "missing or out of date). Reload the page and try again.",
         )
 
     @app.exception_handler(FormTooLarge)
     async def too_large(request: Request, exc: FormTooLarge) -> HTMLResponse:
-        c = parts(request)
-        _, session = c.session(request)
-        return c.render(
-            request,
-            "error.html",
-            session,
-            status_code=413,
-            title="Refused",
-            message=f"This form is larger than the console takes ({MAX_FORM_BYTES} bytes).",
+        return refused(
+            request, 413, f"This form is larger than the console takes ({MAX_FORM_BYTES} bytes)."
         )
 
     @app.get("/healthz", include_in_schema=False)
