@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,21 @@ class Upstream:
         self.client = client
         self.urls = {name: url.rstrip("/") for name, url in urls.items()}
 
+    def _request(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        key: str,
+        params: Mapping[str, Any] | None,
+        **kwargs: Any,
+    ) -> httpx.Request:
+        query = {k: v for k, v in (params or {}).items() if v not in (None, "")}
+        headers = {"Authorization": f"Bearer {key}", **kwargs.pop("headers", {})}
+        return self.client.build_request(
+            method, self.urls[service] + path, params=query, headers=headers, **kwargs
+        )
+
     async def get(
         self, service: str, path: str, key: str, params: Mapping[str, Any] | None = None
     ) -> Any:
@@ -59,18 +75,69 @@ class Upstream:
         Raises:
             UpstreamError: any answer but 2xx, a network error, or a body that is not JSON.
         """
-        query = {k: v for k, v in (params or {}).items() if v not in (None, "")}
+        return await self.send("GET", service, path, key, params=params)
+
+    async def send(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        key: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """The JSON answer of ``<method> <service><path>`` with ``key`` (None for no body).
+
+        Raises:
+            UpstreamError: any answer but 2xx, a network error, or a body that is not JSON.
+        """
+        request = self._request(method, service, path, key, params, json=json)
         try:
-            response = await self.client.get(
-                self.urls[service] + path,
-                params=query,
-                headers={"Authorization": f"Bearer {key}"},
-            )
+            response = await self.client.send(request)
         except httpx.HTTPError as exc:
             raise UpstreamError(service, 0, str(exc) or type(exc).__name__) from exc
         if not response.is_success:
             raise UpstreamError(service, response.status_code, _message(response))
+        if response.status_code == 204 or not response.content:
+            return None
         try:
             return response.json()
         except ValueError as exc:
             raise UpstreamError(service, response.status_code, "the answer is not JSON") from exc
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        key: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        content: AsyncIterable[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """``<method> <service><path>`` with ``key``, the answer's body left to be streamed.
+
+        For an event stream, or the answer to a streamed upload of ``content``.
+
+        Raises:
+            UpstreamError: any answer but 2xx (its body read), or a network error.
+        """
+        extra: dict[str, Any] = {"headers": dict(headers or {})}
+        if timeout is not None:
+            extra["timeout"] = timeout
+        request = self._request(method, service, path, key, params, content=content, **extra)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(service, 0, str(exc) or type(exc).__name__) from exc
+        try:
+            if not response.is_success:
+                await response.aread()
+                raise UpstreamError(service, response.status_code, _message(response))
+            yield response
+        finally:
+            await response.aclose()
