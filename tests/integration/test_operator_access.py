@@ -72,6 +72,8 @@ def test_every_operator_route_declares_its_permission(
         for route in api_routes(app)
         for method in sorted(route.methods)
     }
+    # Any valid key may ask who it is; every other route declares what it needs.
+    assert table.pop(("registry", "GET", "/api/v1/me")) is None
     missing = sorted(k for k, v in table.items() if v is None)
     assert not missing, f"operator routes without a declared permission: {missing}"
     # The table a reviewer reads: every route with its permission; the gateway has none.
@@ -92,6 +94,7 @@ def test_every_operator_route_declares_its_permission(
         for path, ops in app.openapi()["paths"].items()
         if path.startswith("/api/")
         for method, op in ops.items()
+        if path != "/api/v1/me"
     }
     assert documented == {k: v.value for k, v in table.items() if v is not None}
 
@@ -432,6 +435,18 @@ async def test_key_requests_are_validated(
         assert (await client.get(f"{url}/nothere12345")).status_code == 404
         assert (await client.get(f"{url}/bad")).status_code == 400
         assert (await client.get(f"{trio.registry.url}/api/v1/audit?cursor=zz")).status_code == 400
+        # Any valid key may ask who it is and what it may do.
+        viewer = await issue(client, trio, {"name": "v", "role": "viewer"})
+        me = f"{trio.registry.url}/api/v1/me"
+        await until_accepted(client, me, viewer["key"])
+        r = await client.get(me, headers=bearer(viewer["key"]))
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "tenant": tenant.lower(),
+            "actor": f"key:{viewer['id']}",
+            "permissions": ["device:read", "rollout:read", "software:read"],
+        }
+        assert (await client.get(me, headers={"Authorization": ""})).status_code == 401
 
 
 async def test_an_expired_key_is_refused(

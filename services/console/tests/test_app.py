@@ -41,6 +41,11 @@ class FakeServices:
         key = request.headers.get("authorization", "").removeprefix("Bearer ")
         if key not in (GOOD, NO_DEVICES):
             return httpx.Response(401, json={"message": "unknown API key"})
+        if request.url.path == "/api/v1/me":
+            granted = ["device:read", "rollout:read"] if key == GOOD else ["rollout:read"]
+            return httpx.Response(
+                200, json={"tenant": "t", "actor": f"key:{key}", "permissions": granted}
+            )
         if request.url.host == "registry":
             if key != GOOD:
                 return httpx.Response(403, json={"message": "needs device:read"})

@@ -38,7 +38,7 @@ async def sign_in_form(request: Request) -> Response:
 
 @router.post("/sign-in", response_class=HTMLResponse)
 async def sign_in(request: Request) -> Response:
-    """Check the key with the registry; on success, a new signed-in session."""
+    """Ask the registry who the key is; on success, a new signed-in session."""
     c = parts(request)
     form, session_id, session = await checked_form(request)
     if session is None:
@@ -51,17 +51,18 @@ async def sign_in(request: Request) -> Response:
         error = "This is not an API key."
     else:
         try:
-            await c.upstream.get("registry", "/api/v1/devices", key, {"limit": 1})
+            me = await c.upstream.get("registry", "/api/v1/me", key)
+            permissions = frozenset(str(p) for p in me.get("permissions", []))
         except UpstreamError as exc:
             if exc.status == 401:
                 error = "This API key was not accepted: it is unknown, revoked or expired."
-            elif exc.status != 403:  # 403: a valid key without device:read
+            else:
                 error = str(exc)
     if error is not None:
         return c.render(request, "sign_in.html", session, status_code=401, error=error)
     # A new session id at sign-in: an id planted before it is worth nothing after.
     c.sessions.drop(session_id)
-    new_id, _ = c.sessions.create(key)
+    new_id, _ = c.sessions.create(key, permissions)
     response = RedirectResponse("/overview", status_code=303)
     set_session_cookie(request, response, new_id)
     return response

@@ -18,6 +18,9 @@ class Session:
     csrf: str
     used_at: float
     key: str | None = None
+    permissions: frozenset[str] = frozenset()
+    """What the operator may do, as the registry said at sign-in (``device:write``, ...): the
+    pages show only the buttons these allow; the services still decide every call."""
 
     def csrf_ok(self, token: str | None) -> bool:
         """Whether ``token`` is this session's CSRF token (compared in constant time)."""
@@ -55,10 +58,14 @@ class Sessions:
         self._by_id.move_to_end(session_id)
         return session
 
-    def create(self, key: str | None = None) -> tuple[str, Session]:
+    def create(
+        self, key: str | None = None, permissions: frozenset[str] = frozenset()
+    ) -> tuple[str, Session]:
         """A new session with a fresh id and CSRF token."""
         session_id = secrets.token_urlsafe(32)
-        session = Session(csrf=secrets.token_urlsafe(32), used_at=self.clock(), key=key)
+        session = Session(
+            csrf=secrets.token_urlsafe(32), used_at=self.clock(), key=key, permissions=permissions
+        )
         self._by_id[session_id] = session
         while len(self._by_id) > self.limit:
             self._by_id.popitem(last=False)

@@ -78,13 +78,17 @@ class Console:
         status_code: int = 200,
         **context: Any,
     ) -> HTMLResponse:
-        """``template`` with the session's CSRF token and whether someone is signed in."""
+        """``template`` with the session's CSRF token, who is signed in and what they may do.
+
+        ``can`` is the set of the operator's permissions.
+        """
         return self.templates.TemplateResponse(
             request,
             template,
             {
                 "csrf": session.csrf if session else "",
                 "signed_in": bool(session and session.key),
+                "can": session.permissions if session else frozenset(),
                 **context,
             },
             status_code=status_code,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gaggle_contracts.access import Permission
@@ -13,7 +13,8 @@ from gaggle_contracts.events import utcnow
 from gaggle_registry.access import AuditQuery, decode_audit_cursor
 from gaggle_registry.deps import Access, Actor
 from gaggle_registry.errors import InvalidCursorError, InvalidRequestError, found
-from gaggle_runtime.auth import needs
+from gaggle_runtime.auth import PRINCIPAL, Principal, needs
+from gaggle_runtime.http import ApiError
 
 KeyIdParam = Annotated[str, Path(pattern=r"^[a-z0-9]{12}$", description="The key's id")]
 Admin = Annotated[str, needs(Permission.ADMIN)]
@@ -31,6 +32,22 @@ class NewKey(BaseModel):
     permissions: list[Permission] | None = Field(None, max_length=len(Permission))
     expires_at: AwareDatetime | None = None
     expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+@api.get("/me", summary="Who the caller is: tenant, name and permissions")
+async def who_am_i(request: Request) -> dict[str, Any]:
+    """The caller's tenant, their name in the audit log and every permission they hold.
+
+    Any valid key or token may ask; the console shows only what these permissions allow.
+    """
+    principal = request.scope.get("state", {}).get(PRINCIPAL)
+    if not isinstance(principal, Principal):  # the route is not behind the gate
+        raise ApiError(401, "unauthenticated", "missing bearer token")
+    return {
+        "tenant": principal.tenant,
+        "actor": principal.actor,
+        "permissions": sorted(p.value for p in principal.permissions),
+    }
 
 
 @api.post("/keys", status_code=201, summary="Issue an API key (shown once)")
