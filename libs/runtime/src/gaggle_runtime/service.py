@@ -22,9 +22,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from faststream.specification import AsyncAPI
-from faststream.specification.asyncapi.site import get_asyncapi_html
 
 from gaggle_contracts import names
 from gaggle_contracts.events import EVENT_TYPES, AuditRecorded
@@ -46,6 +45,7 @@ from gaggle_runtime.bus import (
     update_consumers,
 )
 from gaggle_runtime.deadletters import ConsumerFailures, DeadLetterStore, make_dead_letter_routes
+from gaggle_runtime.docs_pages import install_docs
 from gaggle_runtime.http import error_body, install_error_handlers
 from gaggle_runtime.jetstream import ensure_all
 from gaggle_runtime.metrics import (
@@ -451,7 +451,14 @@ class Service:
 
     def app(self, *, title: str, description: str, version: str = "0.1.0") -> FastAPI:
         """A FastAPI app with this service's lifespan, JSON errors and ``/healthz``, ``/readyz``."""
-        app = FastAPI(title=title, description=description, version=version, lifespan=self.lifespan)
+        app = FastAPI(
+            title=title,
+            description=description,
+            version=version,
+            lifespan=self.lifespan,
+            docs_url=None,
+            redoc_url=None,
+        )
         one_operation_id_per_method(app)
         install_error_handlers(app)
         if self.dead_letters is not None:
@@ -488,9 +495,6 @@ class Service:
         async def asyncapi_json() -> JSONResponse:
             return JSONResponse(self.asyncapi())
 
-        @app.get("/asyncapi", include_in_schema=False)
-        async def asyncapi_page() -> HTMLResponse:
-            spec = self._asyncapi_factory().to_specification()
-            return HTMLResponse(get_asyncapi_html(spec, try_it_out_path=None))
+        install_docs(app)
 
         return app
