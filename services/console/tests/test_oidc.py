@@ -8,8 +8,8 @@ bends one part (a claim, a signature, an answer) and the console must refuse wit
 from __future__ import annotations
 
 import base64
-import html
 import hashlib
+import html
 import re
 import secrets
 import time
