@@ -11,6 +11,10 @@ registry's ``GET /api/v1/me`` says what it may do, as for an API key. Tokens sta
 A credential near its expiry is renewed with the refresh token before a page is served
 (:class:`RenewTokens`); when that fails the operator is signed out and told why.
 
+The tokens are checked with PyJWT and cryptography, which the services' own verifier
+(:mod:`gaggle_runtime.oidc`) already uses; the flow's few requests go through the console's httpx
+client, so the unit tests replace the provider as they replace the services.
+
 Every failure is an :class:`OidcError`: a page with a clear message, 4xx (502 when the provider
 cannot be reached or answers nonsense), never a 500.
 """
