@@ -341,6 +341,31 @@ def test_a_callback_is_used_once_and_only_in_the_browser_that_started_it(
     assert _callback(client, callback).status_code == 400
 
 
+def test_a_sign_in_started_in_an_earlier_tab_still_works(
+    client: TestClient, idp: FakeIdp, clock: Clock
+) -> None:
+    first = idp.authorize(_start(client))
+    idp.authorize(_start(client))  # a second tab
+    assert _callback(client, first).status_code == 303
+    assert _signed_in(client)
+    with _client(idp, clock) as other:
+        starts = [idp.authorize(_start(other)) for _ in range(5)]
+        assert _callback(other, starts[1]).status_code == 303
+    with _client(idp, clock) as other:
+        starts = [idp.authorize(_start(other)) for _ in range(5)]
+        r = _callback(other, starts[0])  # beyond the four kept
+        assert r.status_code == 400
+        assert "its state does not match" in r.text
+
+
+def test_an_answer_naming_another_issuer_is_refused(client: TestClient, idp: FakeIdp) -> None:
+    callback = idp.authorize(_start(client)) + "&iss=http%3A%2F%2Fevil"
+    r = _callback(client, callback)
+    assert r.status_code == 400
+    assert "comes from another provider (iss)" in r.text
+    assert not idp.token_forms
+
+
 def test_a_late_answer_is_refused(client: TestClient, idp: FakeIdp, clock: Clock) -> None:
     callback = idp.authorize(_start(client))
     clock.now += 601

@@ -52,6 +52,8 @@ JWKS_RETRY_S = 30.0
 """An unknown key id fetches the JWKS again, at most this often."""
 PENDING_S = 600.0
 """A sign-in not answered within this long must be started again."""
+PENDING_KEPT = 4
+"""Sign-ins waiting at once in one browser session."""
 LEEWAY_S = 30
 MAX_BODY_BYTES = 1 << 20
 MAX_PARAM = 4096
@@ -478,7 +480,8 @@ async def oidc_sign_in(request: Request) -> Response:
     if session is None:
         session_id, session = c.sessions.create()
     pending, url = oidc.start(provider, base_url(request) + CALLBACK)
-    session.oidc_pending = pending
+    # A few sign-ins may wait at once (one per tab); the oldest beyond that is forgotten.
+    session.oidc_pending = [*session.oidc_pending, pending][-PENDING_KEPT:]
     response = RedirectResponse(url, status_code=303)
     if fresh and session_id:
         set_session_cookie(request, response, session_id)
@@ -530,15 +533,16 @@ async def _finish(
         OidcError: anything wrong with the answer, the exchange or the ID token.
     """
     query = request.query_params
-    pending = session.oidc_pending if session is not None else None
+    started = session.oidc_pending if session is not None else []
     state = query.get("state") or ""
-    matches = (
-        pending is not None
-        and len(state) <= MAX_PARAM
-        and hmac.compare_digest(state.encode(), pending.state.encode())
-    )
-    if session is not None and pending is not None:
-        session.oidc_pending = None  # one answer per sign-in, right or wrong
+    pending = None
+    if len(state) <= MAX_PARAM:
+        for candidate in started:
+            if hmac.compare_digest(state.encode(), candidate.state.encode()):
+                pending = candidate
+    if session is not None:
+        # One answer per sign-in; an answer that matches none ends them all.
+        session.oidc_pending = [p for p in started if pending is not None and p is not pending]
     error = query.get("error")
     if error:
         reason = _short(error, 100)
@@ -546,16 +550,16 @@ async def _finish(
             reason += f": {_short(query['error_description'])}"
         status = 403 if error == "access_denied" else 400
         raise OidcError(status, f"{oidc.name} did not sign you in ({reason}).")
-    if pending is None:
+    if not started:
         raise OidcError(
             400,
             "This sign-in was not started in this browser, or it was already used or has ended. "
             "Start again from the sign-in page.",
         )
-    if not matches:
+    if pending is None:
         raise OidcError(
             400,
-            "The answer does not belong to the sign-in this browser started (its state does not "
+            "The answer does not belong to a sign-in this browser started (its state does not "
             "match). Start again from the sign-in page.",
         )
     if oidc.clock() - pending.started_at > PENDING_S:

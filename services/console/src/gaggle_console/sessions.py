@@ -49,7 +49,8 @@ class Session:
     pages show only the buttons these allow; the services still decide every call."""
     oidc: OidcTokens | None = None
     """Set when signed in with the OpenID Connect provider (``key`` is then its token)."""
-    oidc_pending: OidcPending | None = None
+    oidc_pending: list[OidcPending] = field(default_factory=list)
+    """Sign-ins sent to the provider from this browser, waiting for its answer."""
     notice: str | None = None
     """A message the sign-in form shows once (why a session ended)."""
     provider_logout: str | None = None
