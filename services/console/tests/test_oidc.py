@@ -7,6 +7,7 @@ bends one part (a claim, a signature, an answer) and the console must refuse wit
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import html
@@ -529,6 +530,32 @@ def test_a_token_near_its_expiry_is_renewed_on_use(
     clock.now += 260
     assert _signed_in(client)  # the rotated refresh token was kept and used
     assert [f["grant_type"] for f in idp.token_forms].count("refresh_token") == 2
+
+
+async def test_concurrent_pages_renew_once(idp: FakeIdp, clock: Clock) -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token" and b"refresh_token" in request.content:
+            await asyncio.sleep(0.05)  # both pages wait on the renewal
+        return idp(request)
+
+    settings = ConsoleSettings(
+        registry_url="http://registry",
+        rollouts_url="http://rollouts",
+        oidc_issuer=ISSUER,
+        oidc_client_id=CLIENT,
+    )
+    app = build_app(CommonSettings(), settings, clock=clock, transport=httpx.MockTransport(slow))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://testserver") as c,
+    ):
+        start = await c.get("/oidc/sign-in")
+        callback = urlsplit(idp.authorize(start.headers["location"]))
+        assert (await c.get(f"{callback.path}?{callback.query}")).status_code == 303
+        clock.now += 280
+        pages = await asyncio.gather(*(c.get("/devices") for _ in range(4)))
+    assert [p.status_code for p in pages] == [200] * 4
+    assert [f["grant_type"] for f in idp.token_forms].count("refresh_token") == 1
 
 
 @pytest.mark.parametrize(
