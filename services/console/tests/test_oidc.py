@@ -481,6 +481,33 @@ def test_a_provider_that_is_down_or_misdescribed_is_shown(
         assert "does not support PKCE with S256" in r.text
 
 
+def test_signing_keys_that_cannot_be_read_are_shown_then_read_again(
+    client: TestClient, idp: FakeIdp
+) -> None:
+    _start(client)  # discovery is read (and kept)
+    idp.down = True
+    r = _callback(client, "http://testserver/oidc/callback")
+    assert r.status_code == 400  # no state: refused before the provider is asked
+    callback = idp.authorize(_start(client))
+    r = _callback(client, callback)
+    assert r.status_code == 502
+    assert "Example ID could not be reached (code exchange)" in r.text
+    idp.down = False
+    original = idp._provider
+
+    def no_keys(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/jwks":
+            return httpx.Response(503)
+        return original(request)
+
+    idp._provider = no_keys  # type: ignore[method-assign]
+    r = _sign_in(client, idp)
+    assert r.status_code == 502
+    assert "Example ID's signing keys could not be read (503)" in html.unescape(r.text)
+    idp._provider = original  # type: ignore[method-assign]
+    assert _sign_in(client, idp).status_code == 303  # read again at once
+
+
 def test_a_token_the_registry_refuses_does_not_sign_in(client: TestClient, idp: FakeIdp) -> None:
     idp.registry_refuses = True
     r = _sign_in(client, idp)

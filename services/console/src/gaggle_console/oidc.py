@@ -183,12 +183,12 @@ class OidcClient:
         """The provider's signing key ``kid`` (the only one when the token names none)."""
         fresh = self.clock() - self._keys_at > JWKS_RETRY_S
         if fresh and (not self._keys or (kid is not None and kid not in self._keys)):
-            self._keys_at = self.clock()
             status, doc = await self._json(
                 "signing keys", self.client.build_request("GET", provider.jwks_uri)
             )
             if status != 200 or not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
                 raise OidcError(502, f"{self.name}'s signing keys could not be read ({status}).")
+            self._keys_at = self.clock()
             keys: dict[str, jwt.PyJWK] = {}
             for item in doc["keys"]:
                 if not isinstance(item, dict) or item.get("use", "sig") != "sig":
