@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from gaggle_console import auth
+from gaggle_console import auth, oidc
 from gaggle_console.pages import devices, overview
 from gaggle_console.settings import ConsoleSettings
 from gaggle_console.upstream import Upstream
@@ -33,7 +33,7 @@ from gaggle_console.web import (
 )
 from gaggle_contracts.settings import CommonSettings
 
-ROUTERS = (auth.router, overview.router, devices.router)
+ROUTERS = (auth.router, overview.router, devices.router, oidc.router)
 
 
 def build_app(
@@ -61,6 +61,7 @@ def build_app(
             yield
 
     app = FastAPI(title="Gaggle console", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(oidc.RenewTokens)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 

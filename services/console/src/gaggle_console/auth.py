@@ -1,11 +1,12 @@
-"""Signing in with an API key, and out."""
+"""Signing in with an API key, and out; the OpenID Connect sign-in is in :mod:`.oidc`."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from gaggle_console.sessions import COOKIE
+from gaggle_console import oidc
+from gaggle_console.sessions import COOKIE, Session
 from gaggle_console.upstream import UpstreamError
 from gaggle_console.web import checked_form, forbidden, parts, set_session_cookie
 
@@ -30,7 +31,7 @@ async def sign_in_form(request: Request) -> Response:
     fresh = session is None
     if session is None:
         session_id, session = c.sessions.create()
-    response = c.render(request, "sign_in.html", session, error=None)
+    response = _form(request, session, error=None)
     if fresh and session_id:
         set_session_cookie(request, response, session_id)
     return response
@@ -59,7 +60,7 @@ async def sign_in(request: Request) -> Response:
             else:
                 error = str(exc)
     if error is not None:
-        return c.render(request, "sign_in.html", session, status_code=401, error=error)
+        return _form(request, session, status_code=401, error=error)
     # A new session id at sign-in: an id planted before it is worth nothing after.
     c.sessions.drop(session_id)
     new_id, _ = c.sessions.create(key, permissions)
@@ -77,5 +78,32 @@ async def sign_out(request: Request) -> Response:
         return forbidden(request)
     c.sessions.drop(session_id)
     response = RedirectResponse("/sign-in", status_code=303)
-    response.delete_cookie(COOKIE, path="/")
+    provider_logout = await oidc.signed_out(request, session) if session.oidc else None
+    if provider_logout is None:
+        response.delete_cookie(COOKIE, path="/")
+        return response
+    # Signed out here; a fresh anonymous session offers signing out at the provider too.
+    new_id, anonymous = c.sessions.create()
+    anonymous.provider_logout = provider_logout
+    set_session_cookie(request, response, new_id)
     return response
+
+
+def _form(
+    request: Request, session: Session, *, error: str | None, status_code: int = 200
+) -> Response:
+    """The sign-in form; with the provider's button when OIDC is configured.
+
+    A notice left in the session (why it ended) is shown once.
+    """
+    notice, session.notice = session.notice, None
+    return parts(request).render(
+        request,
+        "sign_in.html",
+        session,
+        status_code=status_code,
+        error=error,
+        notice=notice,
+        oidc_name=oidc.provider_name(request),
+        provider_logout=bool(session.provider_logout),
+    )

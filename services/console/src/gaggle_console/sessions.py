@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 COOKIE = "gaggle_console"
+
+
+@dataclass
+class OidcPending:
+    """A sign-in sent to the OpenID Connect provider, waiting for its answer (one use)."""
+
+    state: str
+    nonce: str
+    verifier: str
+    """The PKCE code verifier; the provider was sent its S256 challenge."""
+    redirect_uri: str
+    started_at: float
+
+
+@dataclass
+class OidcTokens:
+    """What a sign-in with the provider keeps besides the credential (``Session.key``)."""
+
+    id_token: str
+    subject: str
+    refresh_token: str | None
+    expires_at: float | None
+    """When the credential expires, on the sessions' clock (None: not known, never renewed)."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+    """Held while renewing, so that concurrent pages renew once."""
 
 
 @dataclass
@@ -21,6 +47,14 @@ class Session:
     permissions: frozenset[str] = frozenset()
     """What the operator may do, as the registry said at sign-in (``device:write``, ...): the
     pages show only the buttons these allow; the services still decide every call."""
+    oidc: OidcTokens | None = None
+    """Set when signed in with the OpenID Connect provider (``key`` is then its token)."""
+    oidc_pending: list[OidcPending] = field(default_factory=list)
+    """Sign-ins sent to the provider from this browser, waiting for its answer."""
+    notice: str | None = None
+    """A message the sign-in form shows once (why a session ended)."""
+    provider_logout: str | None = None
+    """After signing out of a provider's session: where to sign out at the provider too."""
 
     def csrf_ok(self, token: str | None) -> bool:
         """Whether ``token`` is this session's CSRF token (compared in constant time)."""
