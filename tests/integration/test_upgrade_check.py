@@ -60,6 +60,7 @@ class Edge:
     external: bytes
     stored_id: str
     external_id: str
+    rollouts: Any
 
     def url(self, rest: str) -> str:
         return f"{self.gw}/{self.tenant.upper()}/upgrade/v1{rest}"
@@ -112,6 +113,7 @@ async def edge(
         external,
         stored_id,
         external_id,
+        rollouts,
     )
 
 
@@ -318,3 +320,82 @@ async def test_checks_are_authenticated_as_ddi_requests_are(
         # An unknown tenant is 404, as for DDI.
         r = await client.post(f"{e.gw}/no-such-tenant/upgrade/v1/check", json=by_board)
         assert r.status_code == 404
+
+
+async def test_a_request_queued_under_the_tenants_cap_is_202_until_its_rollout_opens_it(
+    edge: Edge, operator_auth: httpx.Auth
+) -> None:
+    e = edge
+    params = {"tenant": e.tenant}
+    async with httpx.AsyncClient(auth=operator_auth, timeout=30) as client:
+        r = await client.put(
+            f"{e.registry}/api/v1/tenants/{e.tenant}", json={"max_updates_in_flight": 1}
+        )
+        assert r.status_code in (200, 201), r.text
+        caps = e.rollouts.app.state.store.members.caps
+        await eventually(lambda: caps.cap(e.tenant) == 1)
+        inventory = {"hw_boardname": BOARD, "hw_revision": REV, "sw_version": "1.0.0"}
+        for cid in ("dev-a", "dev-b"):
+            await registered(client, e, cid)
+            r = await client.put(f"{e.dev(cid)}/configData", json={"data": inventory})
+            assert r.status_code == 200
+
+            async def reported(cid: str = cid) -> bool:
+                r = await client.get(f"{e.ro}/api/v1/devices/{cid}/check", params=params)
+                assert r.status_code == 200, r.text
+                assert r.json().get("hw_model") == BOARD, r.text
+                return True
+
+            await eventually(reported, timeout=10)
+        r = await client.post(
+            f"{e.ro}/api/v1/rollouts",
+            params=params,
+            json={"name": "to 1.3.0", "software_id": e.external_id, "start": True},
+        )
+        assert r.status_code == 201, r.text
+        rollout_id = str(r.json()["id"])
+
+        async def split() -> tuple[str, str]:
+            links = {
+                cid: (await client.get(e.dev(cid))).json()["_links"] for cid in ("dev-a", "dev-b")
+            }
+            running = [cid for cid, found in links.items() if "deploymentBase" in found]
+            assert len(running) == 1, links
+            return running[0], next(c for c in links if c not in running)
+
+        running, queued = await eventually(split, timeout=15)
+        asked = {"version": "1.0.0"}
+
+        # The running device: offered its rollout's software, and its action is ready at once.
+        r = await client.post(e.url("/request"), json={**asked, "controller_id": running})
+        assert r.status_code == 200, r.text
+        first = r.json()
+
+        # The queued one: the same offer, accepted, but its slot is not free yet: 202.
+        r = await client.post(e.url("/check"), json={**asked, "controller_id": queued})
+        assert r.status_code == 200, r.text
+        assert f"rollout {rollout_id}" in r.json()["notes"]
+        r = await client.post(e.url("/request"), json={**asked, "controller_id": queued})
+        assert r.status_code == 202, r.text
+        assert r.json()["action_id"] is None
+        poll_url = e.gw + r.headers["Location"]
+        r = await client.get(poll_url)
+        assert r.status_code == 202, r.text
+        assert r.headers["Retry-After"]
+
+        # The running device finishes; the rollout opens the queued device's action.
+        r = await client.post(
+            f"{e.dev(running)}/deploymentBase/{first['action_id']}/feedback",
+            json={"status": {"execution": "closed", "result": {"finished": "success"}}},
+        )
+        assert r.status_code == 200, r.text
+
+        async def ready() -> dict[str, Any]:
+            r = await client.get(poll_url)
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+        done = await eventually(ready, timeout=20)
+        assert done["software_id"] == e.external_id
+        links = (await client.get(e.dev(queued))).json()["_links"]
+        assert links["deploymentBase"]["href"] == done["deploymentBase"]["href"]
