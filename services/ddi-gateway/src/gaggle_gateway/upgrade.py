@@ -26,6 +26,7 @@ a check by board, with no device, needs a ``GatewayToken`` unless the tenant is 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -182,6 +183,8 @@ class Upgrades:
         self.tracing = tracing
         self.answers: OrderedDict[CheckKey, Remembered] = OrderedDict()
         self.requests: OrderedDict[str, Pending] = OrderedDict()
+        self._asking: dict[CheckKey, asyncio.Future[Remembered]] = {}
+        """Checks being asked of rollouts now: identical ones wait for the same answer."""
         self.from_memory = 0
         """Checks answered from memory (a counter for tests and the benchmark)."""
         self.asked = 0
@@ -200,7 +203,7 @@ class Upgrades:
         return found
 
     async def check(self, key: CheckKey, device_key: str | None) -> Remembered:
-        """The answer to the check ``key``, from memory or from rollouts.
+        """The answer to the check ``key``, from memory or from rollouts (asked once at a time).
 
         Raises:
             Busy: rollouts did not answer in time.
@@ -210,6 +213,26 @@ class Upgrades:
         if found is not None:
             self.from_memory += 1
             return found
+        asking = self._asking.get(key)
+        if asking is None:
+            # One question to rollouts at a time per check: identical checks arriving meanwhile
+            # wait for the same answer (or refusal). A caller that goes away cancels only its
+            # own wait, not the question.
+            asking = asyncio.ensure_future(self._fresh(key, device_key, now))
+            self._asking[key] = asking
+            asking.add_done_callback(lambda done: self._asked(key, done))
+        else:
+            self.from_memory += 1
+        return await asyncio.shield(asking)
+
+    def _asked(self, key: CheckKey, done: asyncio.Future[Remembered]) -> None:
+        if self._asking.get(key) is done:
+            del self._asking[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: a refusal nobody waited for is no error to log
+
+    async def _fresh(self, key: CheckKey, device_key: str | None, now: float) -> Remembered:
+        """Ask rollouts, and remember the answer."""
         entry = (
             None if device_key is None else self.gateway.mirror.deployments.values.get(device_key)
         )

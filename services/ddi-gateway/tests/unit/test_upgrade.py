@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -11,7 +12,7 @@ from gaggle_contracts.kv import ChunkDoc, DeploymentDoc, DeploymentEntry, OpenAc
 from gaggle_contracts.rpc import CheckUpgrade, UpgradeChecked
 from gaggle_gateway.bodies import parse_body
 from gaggle_gateway.core import Gateway
-from gaggle_gateway.errors import BadRequest
+from gaggle_gateway.errors import BadRequest, Busy
 from gaggle_gateway.upgrade import CheckBody, CheckKey, Upgrades, UpgradeSettings, request_hash
 
 KEY: CheckKey = ("t", "dev-1", None, None, "1.0.0")
@@ -127,3 +128,45 @@ def test_a_check_names_the_device_or_its_board() -> None:
     assert (by_device.controller_id, by_device.board) == ("d", None)
     by_board = parse_body(b'{"board": "b", "revision": "1", "version": "1.0"}', CheckBody)
     assert (by_board.controller_id, by_board.board, by_board.revision) == (None, "b", "1")
+
+
+class SlowRollouts(FakeRollouts):
+    """Answers only once let go, so that checks pile up meanwhile."""
+
+    def __init__(self, settings: UpgradeSettings, refuse: bool = False) -> None:
+        super().__init__(settings, {})
+        self.go = asyncio.Event()
+        self.refuse = refuse
+
+    async def _ask(self, request: Any, reply: type[Any]) -> Any:
+        self.questions.append(request)
+        await self.go.wait()
+        if self.refuse:
+            raise Busy("rollouts did not answer", 2)
+        return UpgradeChecked(outcome="up_to_date", reason="nothing newer", revision="r")
+
+
+async def test_identical_checks_arriving_together_ask_rollouts_once() -> None:
+    ups = SlowRollouts(UpgradeSettings(memory_s=60))
+    waiting = [asyncio.create_task(ups.check(KEY, None)) for _ in range(5)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # one caller goes away: the others still get the answer
+    ups.go.set()
+    answers = await asyncio.gather(*waiting[1:])
+    assert len(ups.questions) == 1
+    assert len({a.request_hash for a in answers}) == 1
+    assert not ups._asking
+
+
+async def test_a_refusal_reaches_every_waiting_check_and_is_not_remembered() -> None:
+    ups = SlowRollouts(UpgradeSettings(memory_s=60), refuse=True)
+    waiting = [asyncio.create_task(ups.check(KEY, None)) for _ in range(3)]
+    await asyncio.sleep(0)
+    ups.go.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, Busy) for r in results)
+    assert len(ups.questions) == 1
+    assert not ups.answers
+    ups.refuse = False
+    assert (await ups.check(KEY, None)).checked.outcome == "up_to_date"
+    assert len(ups.questions) == 2
