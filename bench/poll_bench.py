@@ -13,6 +13,15 @@ requests per second, p50 and p99 latency, the ratio gateway/bare per W, and whet
 (ratio >= 0.8, gateway p99 < 25 ms) are met; writes the same as JSON to
 ``bench/results/poll-<timestamp>.json``.
 
+The check scenario (on unless ``--no-checks``; needs wrk) puts attended upgrade checks
+(``POST /{tenant}/upgrade/v1/check``, by board) next to the polls, against the same gateway in
+the same run: it also starts PostgreSQL (embedded) and the rollouts service
+(``python -m gaggle_rollouts``), announces one software for the board, and cycles through
+``--check-variants`` distinct checks (half of them answered 200 with an offer, half 204 up to
+date). Each gateway worker asks rollouts once per distinct check and then answers it from memory
+for ``GAGGLE_GATEWAY_UPGRADE_MEMORY_S`` (10 s by default), as a fleet of identical devices would
+be answered.
+
 Everything listens on 127.0.0.1 only; every step has a time limit; every child process (NATS,
 gateway and bare workers, wrk) is stopped at the end, also on errors and Ctrl-C. Without wrk
 (``apt-get install wrk``) a built-in Python load generator is used instead and says so; it
@@ -42,13 +51,17 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import orjson
 from benchlib import Children, child_env, say, tail
 
 from gaggle_contracts import names
+from gaggle_contracts.events import Compatibility, SoftwareCreated
 from gaggle_contracts.kv import DeviceEntry
 from gaggle_contracts.settings import CommonSettings
+from gaggle_runtime.bus import make_broker, publish_event
+from gaggle_runtime.db import ensure_database, with_database
 from gaggle_runtime.jetstream import ensure_all
-from gaggle_servers import NatsProcess, free_port
+from gaggle_servers import EmbeddedPostgres, NatsProcess, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -61,6 +74,16 @@ WRK_INSTALL_HINT = (
     "wrk not found. Install it for trustworthy figures: `sudo apt-get install wrk` "
     "(Debian/Ubuntu), `sudo dnf install wrk` (Fedora) or `brew install wrk` (macOS)."
 )
+
+
+CHECK_BOARD = "benchboard"
+CHECK_OFFERED = "2.0.0"
+
+
+def check_body(k: int) -> bytes:
+    """The k-th distinct check: even ones run an older version (200), odd ones a newer (204)."""
+    version = f"1.0.{k}" if k % 2 == 0 else f"2.0.{k}"
+    return orjson.dumps({"board": CHECK_BOARD, "revision": "1.0", "version": version})
 
 
 def controller_id(i: int) -> str:
@@ -108,6 +131,20 @@ def wait_ready(
     raise RuntimeError(f"{name} not ready after {timeout:.0f} s:\n{tail(log)}")
 
 
+def http_post(url: str, body: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
+    """POST JSON ``body`` to ``url``; (status, body), status 0 when nothing answered."""
+    request = urllib.request.Request(  # noqa: S310 (loopback only)
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
 # --------------------------------------------------------------------------------------------
 # Seeding
 
@@ -131,6 +168,81 @@ async def seed(nats_url: str, devices: int, timeout: float) -> None:
                 )
         finally:
             await nc.close()
+
+
+async def announce_software(nats_url: str, timeout: float) -> None:
+    """``software.created`` for one image of the check board, as artifacts would publish it."""
+    async with asyncio.timeout(timeout):
+        broker = make_broker(nats_url, "poll-bench")
+        await broker.connect()
+        try:
+            digest = "0" * 64
+            await publish_event(
+                broker,
+                SoftwareCreated(
+                    tenant=TENANT,
+                    software_id="1",
+                    name="bench-image",
+                    version=CHECK_OFFERED,
+                    filename="bench-image.swu",
+                    size=1 << 20,
+                    md5=digest[:32],
+                    sha1=digest[:40],
+                    sha256=digest,
+                    compatibility=[Compatibility(hw_model=CHECK_BOARD, hw_revision="*")],
+                    external_url="https://images.example/bench-image.swu",
+                ),
+            )
+        finally:
+            await broker.stop()
+
+
+def start_rollouts(
+    args: argparse.Namespace, children: Children, tmp: Path, nats_url: str, pg_url: str
+) -> subprocess.Popen[bytes]:
+    """The rollouts service on its own database, answering checks; the software announced."""
+    database_url = with_database(pg_url, "bench")
+    asyncio.run(ensure_database(database_url))
+    port = free_port()
+    log = tmp / "rollouts.log"
+    say(f"starting rollouts on {HOST}:{port}")
+    proc = children.spawn(
+        [sys.executable, "-m", "gaggle_rollouts"],
+        child_env(
+            GAGGLE_NATS_URL=nats_url,
+            GAGGLE_DATABASE_URL=database_url,
+            GAGGLE_ROLLOUTS_HOST=HOST,
+            GAGGLE_ROLLOUTS_PORT=str(port),
+            GAGGLE_LOG_JSON="false",
+            GAGGLE_LOG_LEVEL="INFO",
+        ),
+        log,
+    )
+    wait_ready("rollouts", proc, log, port, "service started", 1, args.start_timeout)
+    asyncio.run(announce_software(nats_url, timeout=30))
+    return proc
+
+
+def check_check_answers(port: int, timeout: float) -> bytes:
+    """Wait until a check is offered the announced software; one offer's body.
+
+    Raises:
+        RuntimeError: no offer within ``timeout``, or a 204 that should be an offer.
+    """
+    url = f"http://{HOST}:{port}/{TENANT}/upgrade/v1/check"
+    deadline = time.monotonic() + timeout
+    status, body = 0, b""
+    while time.monotonic() < deadline:
+        status, body = http_post(url, check_body(0))
+        if status == 200:
+            break
+        time.sleep(0.5)  # rollouts has not taken in the software yet; each worker remembers
+    else:
+        raise RuntimeError(f"a check answered {status} {body!r}, not an offer")
+    status, _ = http_post(url, check_body(1))
+    if status != 204:
+        raise RuntimeError(f"a check of a newer version answered {status}, not 204")
+    return body
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,6 +278,35 @@ end
 function init(args)
   for k = 0, n - 1 do
     reqs[k] = wrk.format("GET", string.format("/{tenant}/controller/v1/{prefix}%06d", k))
+  end
+  i = (offset or 0) % n
+end
+
+function request()
+  i = (i + 1) % n
+  return reqs[i]
+end
+"""
+
+WRK_CHECK_SCRIPT = """
+-- Cycles every connection's requests through the distinct checks.
+local n = @variants@
+local reqs = {}
+local i = 0
+local threads = 0
+
+function setup(thread)
+  thread:set("offset", threads * 31)
+  threads = threads + 1
+end
+
+function init(args)
+  local headers = {["Content-Type"] = "application/json"}
+  for k = 0, n - 1 do
+    local version
+    if k % 2 == 0 then version = "1.0." .. k else version = "2.0." .. k end
+    local body = '{"board":"@board@","revision":"1.0","version":"' .. version .. '"}'
+    reqs[k] = wrk.format("POST", "/@tenant@/upgrade/v1/check", headers, body)
   end
   i = (offset or 0) % n
 end
@@ -375,7 +516,8 @@ def bench_workers(
     nats_url: str,
     script: Path | None,
     workers: int,
-) -> tuple[Row, Row, int]:
+    check_script: Path | None = None,
+) -> tuple[Row, Row, int, Row | None]:
     """Gateway and bare app at one worker count; both stopped before returning."""
     gw_port, bare_port = free_port(), free_port()
     gw_log, bare_log = tmp / f"gateway-w{workers}.log", tmp / f"bare-w{workers}.log"
@@ -433,6 +575,11 @@ def bench_workers(
             if len(bare_body) != len(body):
                 raise RuntimeError(f"bare body is {len(bare_body)} bytes, poll {len(body)}")
             gw_row = measure(args, script, gw_port, "gateway", workers)
+            check_row = None
+            if check_script is not None:
+                offer = check_check_answers(gw_port, args.start_timeout)
+                say(f"checks answered; an offer is {len(offer)} bytes")
+                check_row = measure(args, check_script, gw_port, "check", workers)
             bare_row = measure(args, script, bare_port, "bare", workers)
             for name, proc, log in (("gateway", gateway, gw_log), ("bare app", bare, bare_log)):
                 if proc.poll() is not None:
@@ -441,7 +588,7 @@ def bench_workers(
             children.stop(bare)
     finally:
         children.stop(gateway)
-    return gw_row, bare_row, len(body)
+    return gw_row, bare_row, len(body), check_row
 
 
 def report(rows: list[Row], args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
@@ -476,6 +623,16 @@ def report(rows: list[Row], args: argparse.Namespace) -> tuple[str, list[dict[st
             f"{'met' if v['p99_met'] else 'NOT met'})"
             + (f"; {v['errors']} errors!" if v["errors"] else "")
         )
+        check = next((r for r in rows if r.target == "check" and r.workers == w), None)
+        if check is not None:
+            v["checks_per_s"] = round(check.rps, 1)
+            v["polls_per_s"] = round(gw.rps, 1)
+            lines.append(
+                f"W={w}: {check.rps:,.0f} checks/s next to {gw.rps:,.0f} polls/s "
+                f"(checks/polls = {check.rps / gw.rps if gw.rps else 0.0:.2f}), check p99 = "
+                f"{check.p99_ms:.1f} ms"
+                + (f"; {check.errors} check errors!" if check.errors else "")
+            )
     return "\n".join(lines), verdicts
 
 
@@ -516,6 +673,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds a server may take to become ready (60)",
     )
     p.add_argument(
+        "--checks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure attended upgrade checks against the same gateway (needs wrk; "
+        "starts PostgreSQL and rollouts) (on)",
+    )
+    p.add_argument(
+        "--check-variants",
+        type=int,
+        default=100,
+        help="distinct checks cycled through (100)",
+    )
+    p.add_argument(
         "--keep-logs", action="store_true", help="keep the temporary directory with the server logs"
     )
     args = p.parse_args(argv)
@@ -525,6 +695,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--workers: comma-separated integers, e.g. 1,2")
     if not args.worker_counts or min(args.worker_counts) < 1:
         p.error("--workers: at least one count, each >= 1")
+    if args.check_variants < 1:
+        p.error("--check-variants must be positive")
     if args.devices < 1 or args.connections < 1 or args.duration <= 0 or args.rounds < 1:
         p.error("--devices, --connections, --duration and --rounds must be positive")
     return args
@@ -553,6 +725,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gaggle-bench-"))
     children = Children()
     nats_server = NatsProcess(tmp / "nats", log_file=tmp / "nats.log")
+    postgres = EmbeddedPostgres(tmp / "pg")
+    checks = args.checks and use_wrk
+    if args.checks and not use_wrk:
+        say("the check scenario needs wrk; measuring polls only")
     rows: list[Row] = []
     body_len = 0
     started = datetime.now(UTC)
@@ -569,11 +745,22 @@ def main(argv: list[str] | None = None) -> int:
             script.write_text(
                 WRK_SCRIPT.format(devices=args.devices, tenant=TENANT, prefix=ID_PREFIX)
             )
-        for w in args.worker_counts:
-            gw_row, bare_row, body_len = bench_workers(
-                args, children, tmp, nats_server.url, script, w
+        check_script: Path | None = None
+        if checks:
+            pg_url = postgres.start()
+            say(f"PostgreSQL started (embedded): {pg_url}")
+            start_rollouts(args, children, tmp, nats_server.url, pg_url)
+            check_script = tmp / "check.lua"
+            check_script.write_text(
+                WRK_CHECK_SCRIPT.replace("@variants@", str(args.check_variants))
+                .replace("@board@", CHECK_BOARD)
+                .replace("@tenant@", TENANT)
             )
-            rows += [gw_row, bare_row]
+        for w in args.worker_counts:
+            gw_row, bare_row, body_len, check_row = bench_workers(
+                args, children, tmp, nats_server.url, script, w, check_script
+            )
+            rows += [gw_row, bare_row] + ([check_row] if check_row else [])
     except KeyboardInterrupt:
         say("interrupted; stopping every child process")
         return 130
@@ -585,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         children.stop_all()
         nats_server.stop()
+        postgres.stop()
         if not args.keep_logs:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -596,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f" -t{args.threads}" if use_wrk else "")
         + f", {os.cpu_count()} CPUs shared with the load generator, body {body_len} bytes"
         + f", bare endpoint returns {args.bare}"
+        + (f"; checks: {args.check_variants} distinct, by board" if checks else "")
     )
     print(header)  # noqa: T201
     print(table)  # noqa: T201
@@ -614,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
                     "threads": args.threads,
                     "rounds": args.rounds,
                     "loadgen": loadgen,
+                    "checks": checks,
+                    "check_variants": args.check_variants if checks else None,
                 },
                 "machine": {
                     "cpus": os.cpu_count(),

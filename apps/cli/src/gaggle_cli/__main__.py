@@ -7,12 +7,12 @@ import sys
 
 import click
 
-from gaggle_cli import access, deadletters, devices, rollouts, software, tenants, trust
+from gaggle_cli import access, check, deadletters, devices, rollouts, software, tenants, trust
 from gaggle_cli.app import cli
 from gaggle_cli.client import EXIT_ERROR, EXIT_INTERRUPTED, CliError
 
 # The command modules register their groups on ``cli`` when imported.
-COMMANDS = (access, deadletters, devices, rollouts, software, tenants, trust)
+COMMANDS = (access, check, deadletters, devices, rollouts, software, tenants, trust)
 
 
 def run(argv: list[str] | None = None) -> int:

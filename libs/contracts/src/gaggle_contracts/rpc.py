@@ -12,7 +12,7 @@ fields, like events; a test bounds the largest of each well below the bus's max 
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -124,5 +124,101 @@ class FindDevices(RpcRequest):
     controller_ids: list[ControllerId] = Field(min_length=1, max_length=MAX_DEVICE_LOOKUP)
 
 
-RPC_TYPES: tuple[type[RpcRequest], ...] = (FindSoftware, FindDevices)
+# --- attended upgrades, answered by rollouts ---------------------------------------------------
+
+
+CheckOutcome = Literal["update", "up_to_date", "unprocessable"]
+"""``update``: something newer fits; ``up_to_date``: nothing newer; ``unprocessable``: the
+question cannot be answered (unknown device or board, a version that does not order)."""
+
+
+class UpgradeOffer(RpcMessage):
+    """The software a check offers: what a device needs to fetch and verify it."""
+
+    software_id: str = Field(max_length=64)
+    name: str = Field(max_length=256)
+    version: str = Field(max_length=256)
+    filename: str = Field(max_length=256)
+    size: int = Field(ge=0)
+    md5: str = Field(max_length=64)
+    sha1: str = Field(max_length=64)
+    sha256: str = Field(max_length=64)
+    external_url: str | None = Field(None, max_length=2048)
+    """Set for software registered by URL: devices fetch it from there."""
+
+
+class UpgradeChecked(RpcMessage):
+    """The answer to :class:`CheckUpgrade`, with the reasons an operator is shown.
+
+    ``revision`` is a hash over what the answer was made from (the tenant's catalogue, trust
+    marks, the device's policy, inventory and rollout): identical checks answered from the same
+    revision are the same answer, and share a request hash.
+    """
+
+    outcome: CheckOutcome
+    reason: str = Field(max_length=1024)
+    revision: str = Field(max_length=64)
+    offer: UpgradeOffer | None = None
+    mode: str | None = Field(None, max_length=16)
+    feed: str | None = Field(None, max_length=64)
+    rollout_id: str | None = Field(None, max_length=64)
+    hw_model: Attribute | None = None
+    hw_revision: Attribute | None = None
+
+
+class CheckUpgrade(RpcRequest):
+    """Is there something newer for this device (or board) than ``version``? Asked by the gateway.
+
+    Either ``controller_id`` (the device's policy applies) or ``board`` with ``revision`` (any
+    fitting software, newest first, as mode ``latest``).
+    """
+
+    service: ClassVar[str] = "rollouts"
+    verb: ClassVar[str] = "check"
+    callers: ClassVar[tuple[str, ...]] = ("gateway",)
+    reply: ClassVar[type[RpcMessage]] = UpgradeChecked
+    controller_id: ControllerId | None = None
+    board: Attribute | None = None
+    revision: Attribute | None = None
+    version: Attribute
+
+
+RequestOutcome = Literal[
+    "opened", "open", "queued", "conflict", "changed", "up_to_date", "unprocessable"
+]
+"""``opened``: this request opened the action; ``open``: it was open already, for the offered
+software; ``queued``: accepted, waiting for a free slot of the tenant's cap on updates in flight;
+``conflict``: another action is open; ``changed``: the check now offers another software;
+``up_to_date``, ``unprocessable``: as the check."""
+
+
+class UpgradeRequested(RpcMessage):
+    """The answer to :class:`RequestUpgrade`."""
+
+    outcome: RequestOutcome
+    reason: str = Field(max_length=1024)
+    check: UpgradeChecked
+    action_id: str | None = Field(None, max_length=64)
+    """The device's open action (the offered one, or the one in the way of a conflict)."""
+
+
+class RequestUpgrade(RpcRequest):
+    """A person accepted a check's offer: open the device's action for it. Asked by the gateway.
+
+    ``software_id`` is the offer accepted; if the check now offers something else, nothing is
+    opened and the new check is answered instead.
+    """
+
+    service: ClassVar[str] = "rollouts"
+    verb: ClassVar[str] = "upgrade"
+    callers: ClassVar[tuple[str, ...]] = ("gateway",)
+    reply: ClassVar[type[RpcMessage]] = UpgradeRequested
+    controller_id: ControllerId
+    board: Attribute | None = None
+    revision: Attribute | None = None
+    version: Attribute
+    software_id: str = Field(min_length=1, max_length=64)
+
+
+RPC_TYPES: tuple[type[RpcRequest], ...] = (FindSoftware, FindDevices, CheckUpgrade, RequestUpgrade)
 """Every request kind."""

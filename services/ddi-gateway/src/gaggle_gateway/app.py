@@ -16,6 +16,7 @@ from gaggle_gateway.mirror import Mirror
 from gaggle_gateway.reporting import DeviceReporter
 from gaggle_gateway.routes import router
 from gaggle_gateway.settings import GatewaySettings
+from gaggle_gateway.upgrade import router as upgrade_router
 from gaggle_runtime.logs import configure_logging
 from gaggle_runtime.service import Service
 from gaggle_storage import CachedStore, ObjectStore, StorageSettings, open_store
@@ -84,6 +85,7 @@ def build_app(
     # The one wiring step of the routes: they take the gateway from the app's state.
     app.state.gateway = gateway
     app.include_router(router)
+    app.include_router(upgrade_router)  # attended upgrade checks (upgrade.py)
     # Metrics and tracing sit behind the fast lane: a base poll pays for neither. With tracing
     # on, feedback goes through them: its HTTP span starts the feedback's trace.
     service.instrument(app)

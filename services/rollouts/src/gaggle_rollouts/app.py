@@ -14,10 +14,11 @@ from pydantic import BaseModel
 
 from gaggle_contracts.events import ActionFinished, SoftwareUntrusted
 from gaggle_contracts.settings import CommonSettings
-from gaggle_rollouts import errors, health_routes, rollout_routes, routes
+from gaggle_rollouts import check_routes, errors, health_routes, rollout_routes, routes
 from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.caps import TenantApprovals, TenantCaps
 from gaggle_rollouts.catalogue import Catalogue
+from gaggle_rollouts.check import Checker
 from gaggle_rollouts.choosing import Chooser
 from gaggle_rollouts.engine import Engine
 from gaggle_rollouts.handlers import SERVICE, SUBSCRIBERS, WHOLE_PULLS
@@ -227,6 +228,10 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     app.include_router(routes.api)
     app.include_router(rollout_routes.api)
     app.include_router(health_routes.api)
+    # Attended upgrade checks: the operator's view, and the gateway's questions over NATS.
+    check_routes.install(
+        app, service, Checker(service.db, catalogue, policies, actions, chooser, known)
+    )
     service.secure(app)
     add_examples(app, EXAMPLES)
     app.state.service = service
