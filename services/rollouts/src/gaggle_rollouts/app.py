@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from gaggle_contracts.events import ActionFinished, SoftwareUntrusted
 from gaggle_contracts.settings import CommonSettings
-from gaggle_rollouts import errors, health_routes, rollout_routes, routes
+from gaggle_rollouts import errors, health_routes, rollout_events, rollout_routes, routes
 from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.caps import TenantApprovals, TenantCaps
 from gaggle_rollouts.catalogue import Catalogue
@@ -227,6 +227,7 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     app.include_router(routes.api)
     app.include_router(rollout_routes.api)
     app.include_router(health_routes.api)
+    app.include_router(rollout_events.api)
     service.secure(app)
     add_examples(app, EXAMPLES)
     app.state.service = service
