@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from gaggle_contracts.settings import CommonSettings
+from gaggle_rollouts.rollout_events import Streams
 from gaggle_testing import feedback, publish_software
 from tests.integration.support import Stack, device
 from tests.integration.test_rollout_lifecycle import known_to_rollouts, rollout, wait_link
@@ -96,9 +97,14 @@ async def test_the_stream_follows_a_rollout_live_until_it_finishes(
         doc = await rollout(client, stack, {**body, "name": "live", "start": True})
         rid = doc["id"]
         url = f"{stack.ro}/api/v1/rollouts/{rid}/events"
+        stack.rollouts.app.state.rollout_streams = Streams(limit=1)
         listener, task, stop = await listen(client, url, {"tenant": stack.tenant})
         try:
             await listener.until(lambda: bool(listener.events))
+            # One stream at a time here: the next is refused while this one is open.
+            r = await client.get(url, params={"tenant": stack.tenant})
+            assert r.status_code == 503, r.text
+            assert "too many rollout event streams" in r.json()["message"]
             name, first = listener.events[0]
             assert name == "rollout"
             assert first["id"] == rid and first["state"] == "running"
@@ -150,7 +156,8 @@ async def test_the_stream_follows_a_rollout_live_until_it_finishes(
         assert [w["counters"]["success"] for w in last["waves"]] == [2, 2]
         assert task.done()
 
-        # A finished rollout's stream sends its state once, then ends at once.
+        # A finished rollout's stream sends its state once, then ends at once (and the ended
+        # stream no longer counts against the limit).
         again, _, stop_again = await listen(client, url, {"tenant": stack.tenant})
         try:
             await asyncio.wait_for(again.ended.wait(), 10)
