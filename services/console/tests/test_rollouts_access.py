@@ -471,3 +471,15 @@ def test_the_audit_log_passes_its_filters_and_pages(
     }
     assert "cursor=c2" in r.text
     assert 'href="/access/audit?actor=key%3Ax' in r.text
+
+
+def test_the_pages_script_is_a_file_of_the_console(client: TestClient) -> None:
+    sign_in(client, "admin")
+    for path in ("/rollouts/7", "/access"):
+        html = client.get(path).text
+        scripts = re.findall(r"<script[^>]*>", html)
+        assert scripts == ['<script src="http://testserver/static/console.js" defer>'], scripts
+        assert not re.search(r"\son[a-z]+=", html)  # no inline handler (the CSP forbids them)
+    r = client.get("/static/console.js")
+    assert r.status_code == 200
+    assert "EventSource" in r.text
