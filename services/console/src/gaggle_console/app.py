@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from gaggle_console import auth, oidc
-from gaggle_console.pages import devices, overview
+from gaggle_console.pages import access, devices, overview, rollouts
 from gaggle_console.settings import ConsoleSettings
 from gaggle_console.upstream import Upstream
 from gaggle_console.web import (
@@ -33,7 +33,14 @@ from gaggle_console.web import (
 )
 from gaggle_contracts.settings import CommonSettings
 
-ROUTERS = (auth.router, overview.router, devices.router, oidc.router)
+ROUTERS = (
+    auth.router,
+    oidc.router,
+    overview.router,
+    devices.router,
+    rollouts.router,
+    access.router,
+)
 
 
 def build_app(

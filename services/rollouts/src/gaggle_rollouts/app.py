@@ -14,7 +14,14 @@ from pydantic import BaseModel
 
 from gaggle_contracts.events import ActionFinished, SoftwareUntrusted
 from gaggle_contracts.settings import CommonSettings
-from gaggle_rollouts import check_routes, errors, health_routes, rollout_routes, routes
+from gaggle_rollouts import (
+    check_routes,
+    errors,
+    health_routes,
+    rollout_events,
+    rollout_routes,
+    routes,
+)
 from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.caps import TenantApprovals, TenantCaps
 from gaggle_rollouts.catalogue import Catalogue
@@ -232,6 +239,7 @@ def build_app(common: CommonSettings, settings: RolloutsSettings) -> FastAPI:
     check_routes.install(
         app, service, Checker(service.db, catalogue, policies, actions, chooser, known)
     )
+    app.include_router(rollout_events.api)
     service.secure(app)
     add_examples(app, EXAMPLES)
     app.state.service = service
