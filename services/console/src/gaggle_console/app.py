@@ -20,6 +20,8 @@ from fastapi.staticfiles import StaticFiles
 
 from gaggle_console import auth
 from gaggle_console.pages import devices, overview
+from gaggle_console.pages.device import router as device_router
+from gaggle_console.pages.software import router as software_router
 from gaggle_console.settings import ConsoleSettings
 from gaggle_console.upstream import Upstream
 from gaggle_console.web import (
@@ -33,7 +35,7 @@ from gaggle_console.web import (
 )
 from gaggle_contracts.settings import CommonSettings
 
-ROUTERS = (auth.router, overview.router, devices.router)
+ROUTERS = (auth.router, overview.router, devices.router, device_router, software_router)
 
 
 def build_app(
