@@ -133,6 +133,8 @@ class FakeServices(httpx.AsyncBaseTransport):
         return httpx.Response(201, json={**SOFTWARE, "id": "7", "size": len(data)})
 
     def _registry(self, path: str) -> httpx.Response:
+        if path == "/api/v1/devices":
+            return httpx.Response(200, json={"items": [DEVICE], "next": None})
         if path == "/api/v1/devices/dev-1":
             return httpx.Response(200, json=DEVICE)
         if path == "/api/v1/devices/dev-1/logs/stream":
@@ -242,6 +244,12 @@ def test_device_page_shows_inventory_policy_actions_and_history(client: TestClie
     assert "<noscript>" in html
 
 
+def test_device_list_rows_lead_to_the_device_page(client: TestClient) -> None:
+    _sign_in(client, "viewkey")
+    html = client.get("/devices").text
+    assert '<th scope="row"><a href="/devices/dev-1">dev-1</a></th>' in html
+
+
 def test_viewer_sees_no_policy_form_and_no_cancel(client: TestClient) -> None:
     _sign_in(client, "viewkey")
     html = client.get("/devices/dev-1").text
@@ -287,9 +295,7 @@ def test_action_page_shows_its_full_history(client: TestClient, services: FakeSe
 
 def test_policy_is_saved_with_the_csrf_token(client: TestClient, services: FakeServices) -> None:
     csrf = _sign_in(client)
-    r = client.post(
-        "/devices/dev-1/policy", data={"csrf": csrf, "mode": "latest", "feed": "beta"}
-    )
+    r = client.post("/devices/dev-1/policy", data={"csrf": csrf, "mode": "latest", "feed": "beta"})
     assert (r.status_code, r.headers["location"]) == (303, "/devices/dev-1?saved=policy#policy")
     put = services.seen[-1]
     assert (put.method, json.loads(put.content)) == ("PUT", {"mode": "latest", "feed": "beta"})
@@ -387,7 +393,7 @@ def test_software_list_shows_hashes_trust_compatibility_and_paging(
     assert 'class="badge trust-verified"' in html
     assert "press / *" in html
     assert "4.0 KiB" in html
-    assert "1–1 of 30 software" in html
+    assert "1 to 1 of 30 software" in html
     assert 'href="/software?name=press&amp;offset=25" rel="next"' in html
     assert 'id="upload-form"' in html
     assert 'data-csrf-header="X-CSRF-Token"' in html
@@ -444,9 +450,7 @@ def test_software_detail_and_delete(client: TestClient, services: FakeServices) 
 
 def test_register_by_url_and_its_refusal(client: TestClient, services: FakeServices) -> None:
     csrf = _sign_in(client)
-    r = client.post(
-        "/software/register", data={"csrf": csrf, "url": "https://example.org/a.swu"}
-    )
+    r = client.post("/software/register", data={"csrf": csrf, "url": "https://example.org/a.swu"})
     assert (r.status_code, r.headers["location"]) == (303, "/software/6")
     assert json.loads(services.seen[-1].content) == {"url": "https://example.org/a.swu"}
     r = client.post(

@@ -14,9 +14,9 @@
     state.dataset.state = name;
   }
 
-  function append(text) {
+  function append(text, kind) {
     var line = document.createElement("span");
-    line.className = "line";
+    line.className = "line " + kind;
     line.textContent = text + "\n";
     log.appendChild(line);
     while (log.childNodes.length > MAX_LINES) {
@@ -40,9 +40,9 @@
     if (status.progress && status.progress.of) {
       head += " (" + status.progress.cnt + " of " + status.progress.of + ")";
     }
-    append(head);
+    append(head, "head");
     (status.details || []).forEach(function (detail) {
-      append("  " + detail);
+      append("  " + detail, "detail");
     });
   }
 
