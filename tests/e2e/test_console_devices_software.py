@@ -232,6 +232,19 @@ async def test_console_software_upload_delete_device_live_log_and_viewer(
     assert await page.evaluate("window.stillTheSamePage") is True  # not reloaded
     await page.screenshot(path=shots / "device.png", full_page=True)
 
+    # The action's own page: its whole history, the device's lines in it.
+    await page.get_by_role("link", name=f"Action {action_id}").click()
+    await page.wait_for_url(f"{base}/devices/{DEVICE}/actions/{action_id}")
+
+    async def in_the_history() -> int:  # rollouts records the feedback shortly
+        await page.reload()
+        found: int = await page.get_by_text("verified payload").count()
+        return found
+
+    await eventually(in_the_history, timeout=10, interval=0.2)
+    await page.screenshot(path=shots / "device-action.png", full_page=True)
+    await page.go_back()
+
     # The policy: a refusal shows by the form; a good one is saved.
     await page.get_by_label("Assigned: one chosen software").check()
     await page.get_by_role("button", name="Save policy").click()
@@ -273,6 +286,7 @@ async def test_console_software_upload_delete_device_live_log_and_viewer(
     assert await viewer.get_by_role("link", name="Delete").count() == 0
     await viewer.goto(f"{base}/devices/{DEVICE}")
     assert await viewer.locator("#policy-now").count() == 1
+    assert await viewer.locator(f"#action-{action_id}").count() == 1
     assert await viewer.get_by_role("button", name="Save policy").count() == 0
     assert await viewer.get_by_role("button", name=f"Cancel action {action_id}").count() == 0
     forged = await viewer.request.post(f"{base}/software/{kept}/delete", form={"csrf": "forged"})

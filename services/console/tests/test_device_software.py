@@ -513,6 +513,19 @@ def test_upload_is_refused_before_anything_is_sent(
     assert services.uploaded == []
 
 
+def test_upload_without_software_write_is_refused_before_streaming(
+    client: TestClient, services: FakeServices
+) -> None:
+    csrf = _sign_in(client, "viewkey")
+    before = len(services.seen)
+    r = client.post(
+        "/software/upload", content=b"image", headers={"X-CSRF-Token": csrf, "X-Filename": "a"}
+    )
+    assert r.status_code == 403
+    assert "lacks software:write" in r.json()["message"]
+    assert len(services.seen) == before
+
+
 async def test_upload_streams_each_chunk_on_as_it_arrives(services: FakeServices) -> None:
     """Artifacts sees the first chunk before the browser has sent the second: no buffering."""
     app = _app(services)

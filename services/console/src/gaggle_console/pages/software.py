@@ -243,7 +243,8 @@ async def upload(request: Request) -> Response:
     """Pass an image (the raw body) on to artifacts as it streams; artifacts' answer as JSON.
 
     Refused before anything is read: no signed-in session (401), no or a wrong
-    ``X-CSRF-Token`` (403), no ``Content-Length`` (411), no ``X-Filename`` (400).
+    ``X-CSRF-Token`` (403), a key without ``software:write`` as the registry said at sign-in
+    (403), no ``Content-Length`` (411), no ``X-Filename`` (400).
     """
     c = parts(request)
     _, session = c.session(request)
@@ -255,6 +256,9 @@ async def upload(request: Request) -> Response:
             "This upload was not sent from a page of this console (its CSRF token is missing "
             "or out of date). Reload the page and try again.",
         )
+    if "software:write" not in session.permissions:
+        # Refused here rather than after the whole image has streamed to artifacts.
+        return _refusal(403, "Your key lacks software:write: it cannot upload software.")
     length = request.headers.get("content-length", "")
     if not (length.isascii() and length.isdigit()):
         return _refusal(411, "The upload needs a Content-Length.")
