@@ -297,8 +297,22 @@ async def test_console_software_upload_delete_device_live_log_and_viewer(
         f"{base}/software/upload", data=b"x", headers={"X-Filename": "x.swu"}
     )
     assert upload.status == 403
+    assert "CSRF token" in (await upload.json())["message"]
     r = await stack.client.get(f"{artifacts.url}/api/v1/software/{kept}")
     assert r.status_code == 200, r.text
+
+    # Without script, Delete leads to a confirmation page, and the same delete.
+    nojs_context = await browser.new_context(java_script_enabled=False)
+    nojs = await nojs_context.new_page()
+    await _sign_in(nojs, base, operator_key)
+    await nojs.goto(f"{base}/software/{kept}")
+    await nojs.get_by_role("link", name="Delete").click()
+    await nojs.wait_for_url(f"{base}/software/{kept}/delete")
+    await nojs.get_by_role("button", name="Delete").click()
+    await nojs.wait_for_url(f"{base}/software?deleted={kept}&how=hard")
+    r = await stack.client.get(f"{artifacts.url}/api/v1/software/{kept}")
+    assert r.status_code == 404, r.text
+    await nojs_context.close()
 
     # The operator cancels the open action from the device page.
     await page.goto(f"{base}/devices/{DEVICE}")
