@@ -227,6 +227,15 @@ def _sign_in(client: TestClient, key: str = "opkey") -> str:
 # -- device page ----------------------------------------------------------------------------------
 
 
+def test_signed_out_the_pages_lead_to_sign_in(client: TestClient, services: FakeServices) -> None:
+    for path in ("/devices/dev-1", "/devices/dev-1/actions/12", "/software", "/software/5"):
+        r = client.get(path)
+        assert (r.status_code, r.headers["location"]) == (303, "/sign-in")
+    r = client.post("/software/upload", content=b"x", headers={"X-Filename": "a.swu"})
+    assert r.status_code == 401
+    assert services.seen == []
+
+
 def test_device_page_shows_inventory_policy_actions_and_history(client: TestClient) -> None:
     _sign_in(client)
     r = client.get("/devices/dev-1")
