@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from gaggle_console import auth, oidc
-from gaggle_console.pages import access, devices, overview, rollouts
+from gaggle_console.pages import access, device, devices, overview, rollouts, software
 from gaggle_console.settings import ConsoleSettings
 from gaggle_console.upstream import Upstream
 from gaggle_console.web import (
@@ -38,6 +38,8 @@ ROUTERS = (
     oidc.router,
     overview.router,
     devices.router,
+    device.router,
+    software.router,
     rollouts.router,
     access.router,
 )
