@@ -128,9 +128,7 @@ async def s3_stack(
     await store.ensure_bucket()  # type: ignore[attr-defined]
     registry = await serve(build_registry(common, RegistrySettings()))
     rollouts = await serve(build_rollouts(common, RolloutsSettings()))
-    gateway = await serve(
-        build_gateway(common, GatewaySettings(polling_sleep="00:00:01"), storage)
-    )
+    gateway = await serve(build_gateway(common, GatewaySettings(polling_sleep="00:00:01"), storage))
     broker = make_broker(common.nats_url, "test")
     await broker.connect()
     try:

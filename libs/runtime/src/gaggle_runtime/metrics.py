@@ -26,8 +26,8 @@ from typing import Any
 from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage, NackMessage, RejectMessage
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -124,8 +124,10 @@ class Metrics:
         self._collectors.append(collector)
 
     def fold(self) -> list[Metric]:
-        """Multiprocess mode: add what the collectors counted since the last fold to the shared
-        counters; return their other families (gauges), which stay this process's own."""
+        """Multiprocess mode: add the collectors' new counts to the shared counters.
+
+        Returns the collectors' other families (gauges): they stay this process's own.
+        """
         own: list[Metric] = []
         for collector in self._collectors:
             for family in collector.collect():
@@ -185,7 +187,7 @@ class Metrics:
         if not self.multiprocess:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(_Families(self.fold()))
         return generate_latest(registry)
 

@@ -48,10 +48,9 @@ class ObjectStore(Protocol):
         ...
 
     async def presigned_url(self, key: str, expires_s: int, method: str = "GET") -> str | None:
-        """A URL that answers ``method`` (GET or HEAD) for the object without other credentials,
-        or None if the store has no URLs of its own.
+        """A URL answering ``method`` (GET or HEAD) for the object, None if the store has none.
 
-        ``expires_s`` bounds when a request may start with it; a transfer that started in time
-        runs to its end.
+        The URL needs no other credentials. ``expires_s`` bounds when a request may start with
+        it; a transfer that started in time runs to its end.
         """
         ...

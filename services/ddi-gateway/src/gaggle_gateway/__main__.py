@@ -21,7 +21,8 @@ def shared_metrics() -> Iterator[Path]:
     """A folder for the workers' shared metrics, named in ``PROMETHEUS_MULTIPROC_DIR``.
 
     The folder given there is emptied of earlier runs' files (counters start at zero, as a
-    single process's do); without one, a temporary folder is made and removed at the end.
+    single process's do); without one, a temporary folder is made, and removed (the variable
+    with it) at the end.
     Workers are started after this, so they import prometheus_client with the variable set.
     """
     given = os.environ.get(MULTIPROC_ENV)
@@ -34,6 +35,7 @@ def shared_metrics() -> Iterator[Path]:
         yield folder
     finally:
         if not given:
+            os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(folder, ignore_errors=True)
 
 

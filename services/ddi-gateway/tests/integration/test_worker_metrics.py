@@ -69,7 +69,7 @@ def two_workers(nats_url: str, tenant: str, tmp_path: Path) -> Iterator[tuple[st
         PROMETHEUS_MULTIPROC_DIR=str(folder),
     )
     log = (tmp_path / "gateway.log").open("wb")
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [sys.executable, "-m", "gaggle_gateway"],
         env=env,
         stdout=log,
