@@ -1,10 +1,11 @@
-"""The real SWUpdate downloads its image from S3 through the gateway's presigned redirect.
+"""Real clients download their images from S3 through the gateway's presigned redirect.
 
 The tenant has ``download_redirect`` on and the gateway stores on S3 (moto's server). Devices
 reach the bucket through a proxy (``GAGGLE_STORAGE_S3_PUBLIC_ENDPOINT`` names it, as it would
 name a CDN or a public host) that cuts the first image download after ``CUT_AT`` bytes:
 SWUpdate asks the gateway again with ``Range: bytes=N-``, follows the new redirect and gets the
-rest as 206. The device sends its ``TargetToken`` to the gateway only.
+rest as 206. The device sends its ``TargetToken`` to the gateway only. rauc-hawkbit (which does
+not resume) follows the redirect too, its ``Authorization`` header left behind.
 """
 
 from __future__ import annotations
@@ -239,4 +240,38 @@ async def test_swupdate_follows_the_redirect_and_resumes_a_cut_download_with_ran
     final = await stack.wait_action(
         action_id, "finished", timeout=10, diagnostics=lambda: dev.log_tail("phase2")
     )
+    assert final["history"][-1]["finished"] == "success", format_action(final)
+
+
+@pytest.mark.timeout(240)  # the first run builds the client venv
+async def test_rauc_hawkbit_follows_the_redirect_without_its_token(
+    s3_stack: tuple[E2EStack, CuttingProxy], rauc_python: Path, tmp_path: Path
+) -> None:
+    from tests.e2e.test_rauc_hawkbit import ATTRIBUTES, assign_bundle, report, run_rauc
+
+    stack, proxy = s3_stack
+    proxy.cut = True  # rauc-hawkbit does not resume: no cut for it
+    cid = random_id("rauc-s3")
+    client = asyncio.create_task(run_rauc(stack, rauc_python, cid, "success", tmp_path / "dl"))
+    try:
+        await stack.wait_device(
+            cid, lambda d: d["attributes"].get("client") == ATTRIBUTES["client"]
+        )
+        bundle, action_id = await assign_bundle(stack, cid, "2.0.2")
+        res = await client
+    finally:
+        if not client.done():
+            client.cancel()
+    context = report(res)
+    assert res.returncode == 0, context
+    (download,) = res.step("download")
+    assert download["md5_ok"] and download["sha1_ok"] and download["sha256_ok"], context
+    assert Path(download["path"]).read_bytes() == bundle, context
+    # The bytes came from the bucket, on a presigned URL, and the client's Authorization header
+    # (rauc-hawkbit always sends one, if empty) stayed with the gateway.
+    gets = [(path, headers) for method, path, headers in proxy.requests() if method == "GET"]
+    assert gets, context
+    assert all("X-Amz-Signature=" in path for path, _ in gets), context
+    assert all("authorization" not in headers for _, headers in gets), context
+    final = await stack.wait_action(action_id, "finished", diagnostics=lambda: context)
     assert final["history"][-1]["finished"] == "success", format_action(final)
