@@ -226,6 +226,12 @@ async def test_swupdate_follows_the_redirect_and_resumes_a_cut_download_with_ran
         ]
         assert resumed, context
         assert 0 < resumed[0] <= CUT_AT, context
+        # The resume went through the gateway again: a URL signed later (X-Amz-Date), not the
+        # first one reused (SWUpdate waits its retrywait, 1 s here, before it resumes).
+        gets = [(path, headers) for method, path, headers in requests if method == "GET"]
+        first = next(path for path, headers in gets if "range" not in headers)
+        again = next(path for path, headers in gets if "range" in headers)
+        assert again != first, context
         assert 206 in proxy.statuses, context
 
         await device_run(
