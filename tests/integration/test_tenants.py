@@ -217,12 +217,21 @@ async def test_the_command_line_creates_and_shows_a_tenant(
         return json.loads(run.out) if code == 0 else run.err
 
     created = await gaggle(
-        "tenants", "set", name, "--polling-sleep", "00:00:07", "--max-updates-in-flight", "25"
+        "tenants",
+        "set",
+        name,
+        "--polling-sleep",
+        "00:00:07",
+        "--max-updates-in-flight",
+        "25",
+        "--download-redirect",
     )
     assert (created["tenant"], created["polling_sleep"]) == (name, "00:00:07")
     assert created["max_updates_in_flight"] == 25
+    assert created["download_redirect"] is True
     shown = await gaggle("tenants", "show", name)
     assert (shown["polling_sleep"], shown["max_updates_in_flight"]) == ("00:00:07", 25)
+    assert shown["download_redirect"] is True
     refused = await gaggle("tenants", "set", name, "--max-updates-in-flight", "0", code=2)
     assert "--max-updates-in-flight" in refused
     async with httpx.AsyncClient(timeout=10) as client:

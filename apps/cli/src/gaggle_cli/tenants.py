@@ -45,6 +45,7 @@ def _show(state: State, doc: dict[str, Any]) -> None:
             ("require signature", doc.get("require_signature")),
             ("require image hashes", doc.get("require_image_hashes")),
             ("monotonic versions", doc.get("monotonic_versions")),
+            ("download redirect", doc.get("download_redirect")),
             ("updated", when(doc.get("updated_at"))),
         ],
     )
@@ -116,6 +117,12 @@ def show(state: State, name: str) -> None:
     show_default=True,
     help="Refuse an image not newer than the newest one for one of its boards.",
 )
+@click.option(
+    "--download-redirect/--no-download-redirect",
+    default=None,
+    help="Send devices to presigned object-store URLs (S3) instead of streaming downloads "
+    "[default: the deployment's GAGGLE_STORAGE_PRESIGN].",
+)
 @json_option
 @pass_state
 def set_tenant(
@@ -133,6 +140,7 @@ def set_tenant(
     require_signature: bool,
     require_image_hashes: bool,
     monotonic_versions: bool,
+    download_redirect: bool | None,
 ) -> None:
     """Create a tenant, or replace its settings (a GatewayToken is kept unless changed)."""
     if gateway_token is not None and no_gateway_token:
@@ -147,6 +155,7 @@ def set_tenant(
         "require_signature": require_signature,
         "require_image_hashes": require_image_hashes,
         "monotonic_versions": monotonic_versions,
+        "download_redirect": download_redirect,
     }
     if max_updates_in_flight is not None:
         body["max_updates_in_flight"] = max_updates_in_flight

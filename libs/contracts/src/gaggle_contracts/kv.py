@@ -163,3 +163,7 @@ class TenantConfig(KvValue):
     monotonic_versions: bool = False
     """Artifacts refuses an image not newer (``SwVersion`` order) than the newest software in the
     catalogue for any board it is for."""
+    download_redirect: bool | None = None
+    """The gateway answers a device's download of a stored artifact with a redirect (302) to a
+    presigned URL of the object store instead of streaming it (S3 back-end only; a local folder
+    is always streamed). None: the deployment's default (``GAGGLE_STORAGE_PRESIGN``)."""

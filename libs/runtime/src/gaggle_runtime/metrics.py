@@ -4,12 +4,21 @@ Always on, and cheap where it counts: events are counted in a FastStream middlew
 requests in an ASGI middleware (route templates as labels, never raw paths), and whatever is read
 from elsewhere (consumer lag from JetStream, gauges from the database) is sampled when
 ``/metrics`` is scraped, at most every ``SAMPLE_EVERY_S`` seconds. Names start with ``gaggle_``.
+
+Several processes behind one port (the gateway's workers) share their counters through
+prometheus_client's multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set before the process
+imports prometheus_client, every counter and histogram lives in a memory-mapped file of that
+folder, and a scrape of any process sums the files of all of them. Collectors that count in plain
+integers (the gateway's poll counts: nothing but ``+= 1`` on the request path) are folded into such
+counters every ``FOLD_EVERY_S`` seconds and before each scrape; their gauges, and the other
+collectors' gauges, are those of the process that answers the scrape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -18,6 +27,7 @@ from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage, NackMessage, RejectMessage
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,6 +41,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SAMPLE_EVERY_S = 5.0
 SAMPLE_TIMEOUT_S = 3.0
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+FOLD_EVERY_S = 1.0
+"""How often a process of a multiprocess group writes its plain-integer counts to the shared
+files: a scrape answered by another process sees them at most this late."""
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 Sampler = Callable[[], Awaitable[None]]
 
@@ -47,6 +62,11 @@ class Metrics:
     def __init__(self, service: str) -> None:
         self.service = service
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        """Counters shared with the other processes of ``PROMETHEUS_MULTIPROC_DIR``."""
+        self._collectors: list[Collector] = []
+        self._folded: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._shared: dict[str, Counter] = {}
         self.events_published = Counter(
             "gaggle_events_published",
             "Events published to JetStream (acknowledged), by kind.",
@@ -74,12 +94,14 @@ class Metrics:
             "could not process, by event kind, and outbox rows the bus refused (kind outbox).",
             ["service", "kind"],
             registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
         self.consumer_lag = Gauge(
             "gaggle_consumer_lag",
             "Events in the stream not yet delivered to the durable consumer (num_pending).",
             ["consumer"],
             registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
         self.http_duration = Histogram(
             "gaggle_http_request_duration_seconds",
@@ -99,6 +121,47 @@ class Metrics:
     def collector(self, collector: Collector) -> None:
         """Register a collector that reads its values when scraped."""
         self.registry.register(collector)
+        self._collectors.append(collector)
+
+    def fold(self) -> list[Metric]:
+        """Multiprocess mode: add the collectors' new counts to the shared counters.
+
+        Returns the collectors' other families (gauges): they stay this process's own.
+        """
+        own: list[Metric] = []
+        for collector in self._collectors:
+            for family in collector.collect():
+                if family.type != "counter":
+                    own.append(family)
+                    continue
+                for sample in family.samples:
+                    if not sample.name.endswith("_total"):
+                        continue
+                    counter = self._shared_counter(family, tuple(sample.labels))
+                    values = tuple(sample.labels.values())
+                    child = counter.labels(*values) if values else counter
+                    seen = self._folded.get((family.name, values), 0.0)
+                    if sample.value > seen:
+                        child.inc(sample.value - seen)
+                        self._folded[family.name, values] = sample.value
+        return own
+
+    def _shared_counter(self, family: Metric, labels: tuple[str, ...]) -> Counter:
+        counter = self._shared.get(family.name)
+        if counter is None:
+            # In no registry: the multiprocess collector reads it from the shared files.
+            counter = Counter(family.name, family.documentation, labels, registry=None)
+            self._shared[family.name] = counter
+        return counter
+
+    async def fold_forever(self) -> None:
+        """Multiprocess mode: fold the collectors' counts every ``FOLD_EVERY_S`` seconds."""
+        while True:
+            await asyncio.sleep(FOLD_EVERY_S)
+            try:
+                self.fold()
+            except Exception:
+                log.warning("metrics fold failed service=%s", self.service, exc_info=True)
 
     async def sample(self) -> None:
         """Run the samplers unless they ran moments ago; a failing one keeps its last values."""
@@ -115,9 +178,28 @@ class Metrics:
                     log.warning("metrics sample failed service=%s", self.service, exc_info=True)
 
     async def render(self) -> bytes:
-        """The Prometheus text exposition, samples refreshed."""
+        """The Prometheus text exposition, samples refreshed.
+
+        In multiprocess mode: the counters and histograms of every process of the folder,
+        summed, and this process's gauges.
+        """
         await self.sample()
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_Families(self.fold()))
+        return generate_latest(registry)
+
+
+class _Families:
+    """Families read already, as a collector."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
 
 
 class MirrorCollector:

@@ -213,6 +213,8 @@ class Service:
         self._published: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
+        if self.metrics.multiprocess:
+            self.background(self.metrics.fold_forever)
         self._asyncapi: dict[str, Any] | None = None
 
     def _document_publishers(self) -> None:

@@ -47,6 +47,10 @@ class ObjectStore(Protocol):
         """Remove an object; removing a missing one is not an error."""
         ...
 
-    async def presigned_url(self, key: str, expires_s: int) -> str | None:
-        """A URL that fetches the object without other credentials, or None if unsupported."""
+    async def presigned_url(self, key: str, expires_s: int, method: str = "GET") -> str | None:
+        """A URL answering ``method`` (GET or HEAD) for the object, None if the store has none.
+
+        The URL needs no other credentials. ``expires_s`` bounds when a request may start with
+        it; a transfer that started in time runs to its end.
+        """
         ...

@@ -111,6 +111,6 @@ class CachedStore:
         self._drop(key)
         await self.inner.delete(key)
 
-    async def presigned_url(self, key: str, expires_s: int) -> str | None:
+    async def presigned_url(self, key: str, expires_s: int, method: str = "GET") -> str | None:
         """The store's presigned URL (downloads redirected there bypass the cache)."""
-        return await self.inner.presigned_url(key, expires_s)
+        return await self.inner.presigned_url(key, expires_s, method)

@@ -3,7 +3,8 @@
 Shared by the DDI gateway (device downloads) and the artifacts service (operator downloads).
 Clients such as SWUpdate send HEAD first (they need ``Content-Length``) and resume a cut
 download with ``Range: bytes=N-``. With a presigned-URL expiry given, the answer is a redirect to
-the object store instead, which needs no credentials of ours.
+the object store instead (a URL signed for the request's method), which needs no credentials of
+ours; the client sends its ``Range`` there.
 """
 
 from __future__ import annotations
@@ -96,9 +97,11 @@ async def serve_object(
     if _if_match_fails(request.headers.get("if-match"), etag):
         raise PreconditionFailedError(etag)
     if presign_expiry_s:
-        url = await store.presigned_url(key, presign_expiry_s)
+        # Signed for the request's method: S3 checks it (a GET URL answers no HEAD).
+        url = await store.presigned_url(key, presign_expiry_s, request.method)
         if url:
-            return RedirectResponse(url, status_code=302)
+            # The URL expires: no cache may keep the redirect.
+            return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
     info = await store.stat(key)
     size = info.size
     modified = format_datetime(info.modified, usegmt=True)

@@ -99,6 +99,6 @@ class LocalStore:
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(self.path(key).unlink)
 
-    async def presigned_url(self, key: str, expires_s: int) -> str | None:
+    async def presigned_url(self, key: str, expires_s: int, method: str = "GET") -> str | None:
         """A folder has no URLs of its own."""
         return None

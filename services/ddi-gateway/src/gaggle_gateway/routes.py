@@ -295,7 +295,12 @@ async def download(
 async def artifact_response(
     caller: Caller, gw: Gateway, module_id: str, filename: str, request: Request
 ) -> Response:
-    """An artifact of the device's action (or its ``.MD5SUM``), else 404."""
+    """An artifact of the device's action (or its ``.MD5SUM``), else 404.
+
+    The device is authorised and the artifact is one of its action's before anything else: a
+    redirect to the object store (the tenant's ``download_redirect``) is never handed out for
+    an artifact the device could not download here. The ``.MD5SUM`` is always answered here.
+    """
     by_name = {a.filename: a for a in assigned_chunk(caller, gw, module_id).artifacts}
     artifact = by_name.get(filename)
     if artifact is None and filename.endswith(".MD5SUM"):
@@ -304,11 +309,12 @@ async def artifact_response(
             return md5sum_file(artifact)
     if artifact is None:
         raise NotFound(f"artifact {filename!r} not found")
+    redirect = caller.config.download_redirect
     return await serve_artifact(
         request,
         gw.store,
         artifact,
-        presign=gw.storage.presign,
+        presign=gw.storage.presign if redirect is None else redirect,
         presign_expiry_s=gw.storage.presign_expiry_s,
     )
 

@@ -66,6 +66,12 @@ class TenantSettings(BaseModel):
     monotonic_versions: bool = Field(
         False, description="Refuse an image not newer than the newest for one of its boards."
     )
+    download_redirect: bool | None = Field(
+        None,
+        description="Redirect device downloads to presigned object-store URLs (S3 back-end) "
+        "instead of streaming them through the gateway; null: the deployment's default "
+        "(GAGGLE_STORAGE_PRESIGN).",
+    )
 
 
 def tenant_doc(row: asyncpg.Record) -> dict[str, Any]:
