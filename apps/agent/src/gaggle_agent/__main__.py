@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     if not args.verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        logging.getLogger("httpcore").setLevel(logging.WARNING)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -80,6 +80,11 @@ class Agent:
         self.config_due = True  # SWUpdate reports its attributes once after every start
         self.resumed = False
         self.confirm_clocks: dict[str, HookClock] = {}
+        self.last_poll = 0.0
+        """Monotonic time of the last base poll."""
+        self.last_output: dict[str, list[str]] = {}
+        """A hook's last output per action, so a hook retried with the same answer is reported
+        once, not at every retry."""
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -107,11 +112,7 @@ class Agent:
         if not self.resumed:
             self.resumed = True
             self._resume()
-        base = self.client.poll()
-        self.sleep = parse_sleep(
-            (base.get("config") or {}).get("polling", {}).get("sleep"), self.config.default_sleep
-        )
-        links = base.get("_links") or {}
+        links = self._poll()
         self._maybe_send_config(links)
         try:
             if href := _href(links, "cancelAction"):
@@ -525,15 +526,25 @@ class Agent:
             with lock:
                 pending.append(f"{name}: {line}")
 
-        def flush() -> None:
+        flushed = False
+        key = f"{action.action_id}:{name}"
+
+        def flush(final: bool = False) -> None:
+            nonlocal flushed
             with lock:
                 lines, pending[:] = list(pending), []
+            if final and not flushed:
+                if lines == self.last_output.get(key):
+                    return  # the same answer as last time
+                self.last_output[key] = lines
+            flushed = flushed or bool(lines)
             for i in range(0, len(lines), MAX_DETAILS):
                 self._report(action, lines[i : i + MAX_DETAILS])
 
         def meanwhile() -> None:
             flush()
-            self._tick(action)
+            if time.monotonic() - self.last_poll >= self.sleep:
+                self._tick(action)
 
         result = run_hook(
             name,
@@ -544,7 +555,7 @@ class Agent:
             every=self.sleep,
             while_running=meanwhile,
         )
-        flush()
+        flush(final=True)
         return result
 
     def _hook_value(self, name: str) -> str | None:
@@ -561,22 +572,27 @@ class Agent:
         """Wait ``seconds``, polling at the server's interval meanwhile (cancel, configData)."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            if self.stop.wait(min(left, self.sleep)):
+            due = self.last_poll + self.sleep - time.monotonic()
+            if self.stop.wait(max(0.0, min(left, due))):
                 raise Stopping
-            if time.monotonic() < deadline:
+            if time.monotonic() - self.last_poll >= self.sleep:
                 self._tick(action)
+
+    def _poll(self) -> dict[str, Any]:
+        """The base poll; keeps the server's interval; returns the links."""
+        self.last_poll = time.monotonic()
+        base = self.client.poll()
+        polling = (base.get("config") or {}).get("polling") or {}
+        self.sleep = parse_sleep(polling.get("sleep"), self.config.default_sleep)
+        links = base.get("_links") or {}
+        return links if isinstance(links, dict) else {}
 
     def _tick(self, action: ActionState) -> None:
         """A poll in the middle of an action: answers a cancel, sends configData if asked."""
         if self.stop.is_set():
             raise Stopping
         try:
-            base = self.client.poll()
-            links = base.get("_links") or {}
-            self.sleep = parse_sleep(
-                (base.get("config") or {}).get("polling", {}).get("sleep"),
-                self.config.default_sleep,
-            )
+            links = self._poll()
             if href := _href(links, "cancelAction"):
                 self._answer_cancel(href)
             self._maybe_send_config(links)
