@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -463,6 +464,75 @@ async def test_agent_killed_between_install_and_ready_finishes_after_it_starts_a
     await e2e_stack.wait_device(
         agent.controller_id, lambda d: d["sw_version"] == "4.0.0", diagnostics=agent.diagnostics
     )
+
+
+async def create_action_with(
+    stack: E2EStack, controller_id: str, software_id: str, **extra: Any
+) -> dict[str, Any]:
+    """``POST /devices/{id}/actions`` with extra fields, once rollouts knows the software."""
+    await stack.ensure_device(controller_id)
+    for _ in range(150):
+        r = await stack.client.post(
+            f"{stack.rollouts.url}/api/v1/devices/{controller_id}/actions",
+            params={"tenant": stack.tenant},
+            json={"software_id": software_id, "type": "forced", **extra},
+        )
+        if r.status_code == 201:
+            return dict(r.json())
+        assert r.status_code in (404, 503), f"{r.status_code} {r.text}"
+        await asyncio.sleep(0.1)
+    raise AssertionError("rollouts never learnt of the software")
+
+
+async def test_closed_maintenance_window_downloads_but_does_not_install(
+    e2e_stack: E2EStack, agents: Any, tmp_path: Path
+) -> None:
+    agent = agent_for(e2e_stack, agents, tmp_path)
+    software = await publish(e2e_stack, "6.0.0")
+    now = datetime.now(UTC)
+    window = {
+        "start": (now + timedelta(hours=2)).strftime("%H:%M"),
+        "end": (now + timedelta(hours=3)).strftime("%H:%M"),
+    }
+    action = await create_action_with(
+        e2e_stack, agent.controller_id, software.software_id, maintenance_window=window
+    )
+    agent.start()
+    waiting = await e2e_stack.wait_action(
+        action["id"],
+        until=lambda a: has_detail(a, "waiting for the maintenance window"),
+        diagnostics=agent.diagnostics,
+    )
+    context = f"{format_action(waiting)}\n{agent.diagnostics()}"
+    downloaded = tmp_path / "device" / "downloads" / action["id"] / software.filename
+    assert downloaded.read_bytes() == software.data, context
+    assert agent.state()["action"]["phase"] == "downloaded", context
+    await asyncio.sleep(2.5)  # a few more polls: still nothing installed
+    assert not agent.calls("install"), agent.diagnostics()
+    # Nothing is installed yet, so a cancel is accepted and the download removed.
+    await e2e_stack.cancel_action(action["id"])
+    await e2e_stack.wait_action(action["id"], "canceled", diagnostics=agent.diagnostics)
+    await until(lambda: not downloaded.exists(), "download removed", agent.diagnostics)
+    assert not agent.calls("install"), agent.diagnostics()
+
+
+async def test_an_action_awaiting_confirmation_is_confirmed_by_the_confirm_hook(
+    e2e_stack: E2EStack, agents: Any, tmp_path: Path
+) -> None:
+    confirm = 'echo "confirm $1 $2" >> "$DIR/calls"\necho "operator agreed"\n'
+    agent = agent_for(e2e_stack, agents, tmp_path, hooks={"confirm": confirm})
+    software = await publish(e2e_stack, "7.0.0")
+    action = await create_action_with(
+        e2e_stack, agent.controller_id, software.software_id, confirmation_required=True
+    )
+    assert action["status"] == "wait_for_confirmation", action
+    agent.start()
+    done = await e2e_stack.wait_action(action["id"], "finished", diagnostics=agent.diagnostics)
+    context = f"{format_action(done)}\n{agent.diagnostics()}"
+    assert len(agent.calls("confirm")) == 1, context
+    assert agent.calls("install"), context
+    assert has_detail(done, "operator agreed"), context
+    assert done["history"][-1]["finished"] == "success", context
 
 
 # -- against gooseBit ----------------------------------------------------------------------------
