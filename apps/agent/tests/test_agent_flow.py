@@ -378,3 +378,12 @@ def test_the_confirm_hook_confirms_denies_or_postpones(
     assert calls(tmp_path).count("confirm") == (3 if "exit 3" in script else 1)
     if answers == ["denied"]:
         assert "confirm: battery low" in fake.confirmations[0]["details"]
+
+
+def test_an_artifact_without_download_link_fails_the_action(tmp_path: Path) -> None:
+    fake = FakeDdi(os.urandom(1000))
+    good = fake.artifact()
+    fake.artifact = lambda: {**good, "_links": {}}  # type: ignore[method-assign]
+    make_agent(tmp_path, fake).cycle()
+    assert fake.executions()[-1] == ("closed", "failure")
+    assert "malformed deploymentBase: an artifact has no download link" in fake.details()

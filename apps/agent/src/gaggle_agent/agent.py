@@ -98,6 +98,10 @@ class Agent:
                 except DdiError as exc:
                     log.warning("cycle failed error=%s", exc)
                     wait = min(self.sleep, self.config.default_sleep)
+                except (OSError, ValueError, TypeError, KeyError):
+                    # A daemon outlives a bad answer or a full disk: log it, try again later.
+                    log.exception("cycle failed unexpectedly")
+                    wait = self.config.default_sleep
                 if once:
                     return
                 self.stop.wait(wait)
@@ -375,12 +379,15 @@ class Agent:
         )
 
     def _download(self, action: ActionState, deployment: dict[str, Any]) -> None:
-        artifacts = [
-            Artifact.from_json(a, self.client.prefer_http)
-            for chunk in deployment.get("chunks") or []
-            if isinstance(chunk, dict)
-            for a in chunk.get("artifacts") or []
-        ]
+        try:
+            artifacts = [
+                Artifact.from_json(a, self.client.prefer_http)
+                for chunk in deployment.get("chunks") or []
+                if isinstance(chunk, dict)
+                for a in chunk.get("artifacts") or []
+            ]
+        except DdiError as exc:
+            raise ActionFailed([str(exc)]) from exc
         if not artifacts:
             raise ActionFailed(["The deployment has no artifact."])
         folder = self.config.download_dir / action.action_id

@@ -254,6 +254,8 @@ class DdiClient:
                 break
             except _Complete:
                 break
+            except OSError as exc:  # the disk, not the network
+                raise DownloadError(f"cannot store {artifact.filename}: {exc}") from exc
             except (httpx.HTTPError, DdiError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 log.warning(
@@ -271,8 +273,11 @@ class DdiClient:
             raise DownloadError(
                 f"download of {artifact.filename} failed after {attempts} attempts: {last_error}"
             )
-        checked = verify(part, artifact)
-        os.replace(part, dest)
+        try:
+            checked = verify(part, artifact)
+            os.replace(part, dest)
+        except OSError as exc:
+            raise DownloadError(f"cannot store {artifact.filename}: {exc}") from exc
         return checked
 
     def _fetch(
