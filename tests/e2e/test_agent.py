@@ -186,6 +186,25 @@ def executions(action: dict[str, Any]) -> list[str]:
     return [h["execution"] for h in action.get("history") or [] if h.get("execution")]
 
 
+def closed_as(action: dict[str, Any]) -> list[str]:
+    """``finished`` of every ``closed`` report in the history (one, normally)."""
+    return [h["finished"] for h in action.get("history") or [] if h.get("execution") == "closed"]
+
+
+async def wait_closed(
+    stack: E2EStack, action_id: str, status: str, agent: AgentProcess, *details: str
+) -> dict[str, Any]:
+    """The action once it has ``status`` and every detail (reports are applied in the background:
+    a progress report can land after the closing one)."""
+    return await stack.wait_action(
+        action_id,
+        status,
+        until=lambda a: all(has_detail(a, text) for text in details),
+        diagnostics=agent.diagnostics,
+        timeout=30,
+    )
+
+
 # -- against Gaggle ------------------------------------------------------------------------------
 
 
@@ -202,19 +221,18 @@ async def test_agent_installs_an_update_and_reports_its_new_version(
     assert (device["hw_model"], device["hw_revision"]) == (BOARD, REVISION), device
     software = await publish(e2e_stack, "2.0.0")
     action = await e2e_stack.create_action(cid, software.software_id, "forced")
-    done = await e2e_stack.wait_action(
-        action["id"], "finished", diagnostics=agent.diagnostics, timeout=30
-    )
-    context = f"{format_action(done)}\n{agent.diagnostics()}"
-    assert executions(done)[-1] == "closed", context
-    assert done["history"][-1]["finished"] == "success", context
-    assert has_detail(done, "Update to 2.0.0 installed."), context
-    assert has_detail(done, "ready: all services up"), context
     # Every stdout line of the hooks is in the action's history.
-    assert has_detail(done, f"install: installing {tmp_path}/device/downloads/"), context
-    assert has_detail(done, "install: installed 2.0.0"), context
-    assert has_detail(done, "restart: restarting"), context
-    assert has_detail(done, "sha256, sha1, md5 OK") or has_detail(done, "md5, sha1, sha256 OK")
+    expected = [
+        "Update to 2.0.0 installed.",
+        "ready: all services up",
+        f"install: installing {tmp_path}/device/downloads/",
+        "install: installed 2.0.0",
+        "restart: restarting",
+        "md5, sha1, sha256 OK",
+    ]
+    done = await wait_closed(e2e_stack, action["id"], "finished", agent, *expected)
+    context = f"{format_action(done)}\n{agent.diagnostics()}"
+    assert closed_as(done) == ["success"], context
     assert (tmp_path / "device" / "installed.bin").read_bytes() == software.data
     # A forced download skips the download hook (Upparat's "force"); restart gets "true".
     assert [c.split()[0] for c in agent.calls() if c.split()[0] != "version"] == [
@@ -248,15 +266,19 @@ async def test_install_hook_that_asks_twice_to_retry_succeeds_the_third_time(
     software = await publish(e2e_stack, "2.1.0")
     action = await e2e_stack.create_action(agent.controller_id, software.software_id)
     agent.start()
-    done = await e2e_stack.wait_action(
-        action["id"], "finished", diagnostics=agent.diagnostics, timeout=30
+    done = await wait_closed(
+        e2e_stack,
+        action["id"],
+        "finished",
+        agent,
+        "install: device busy, try 1",
+        "install: device busy, try 2",
+        "install: installed 2.1.0",
     )
     context = f"{format_action(done)}\n{agent.diagnostics()}"
     retries = [int(c.split()[2]) for c in agent.calls("install")]
     assert retries == [0, 1, 2], context  # $2: the retry count
-    assert has_detail(done, "install: device busy, try 1"), context
-    assert has_detail(done, "install: device busy, try 2"), context
-    assert done["history"][-1]["finished"] == "success", context
+    assert closed_as(done) == ["success"], context
 
 
 async def test_ready_hook_that_never_gets_ready_fails_the_action_after_max_retries(
@@ -267,15 +289,12 @@ async def test_ready_hook_that_never_gets_ready_fails_the_action_after_max_retri
     software = await publish(e2e_stack, "2.2.0")
     action = await e2e_stack.create_action(agent.controller_id, software.software_id)
     agent.start()
-    done = await e2e_stack.wait_action(
-        action["id"], "error", diagnostics=agent.diagnostics, timeout=30
+    done = await wait_closed(
+        e2e_stack, action["id"], "error", agent, "ready hook timed out", "ready: still starting (2)"
     )
     context = f"{format_action(done)}\n{agent.diagnostics()}"
     assert [int(c.split()[2]) for c in agent.calls("ready")] == [0, 1, 2], context
-    closing = done["history"][-1]
-    assert (closing["execution"], closing["finished"]) == ("closed", "failure"), context
-    assert has_detail(done, "ready hook timed out"), context
-    assert has_detail(done, "ready: still starting (2)"), context
+    assert closed_as(done) == ["failure"], context
     # $1 counts seconds from the first call: it never goes back.
     seconds = [int(c.split()[1]) for c in agent.calls("ready")]
     assert seconds == sorted(seconds), context
@@ -362,9 +381,7 @@ async def test_a_download_cut_midway_resumes_with_range_and_the_file_is_intact(
         software = await publish(e2e_stack, "2.3.0", size=1_000_000)
         action = await e2e_stack.create_action(agent.controller_id, software.software_id)
         agent.start()
-        done = await e2e_stack.wait_action(
-            action["id"], "finished", diagnostics=agent.diagnostics, timeout=30
-        )
+        done = await wait_closed(e2e_stack, action["id"], "finished", agent)
     finally:
         await proxy.stop()
     context = f"{format_action(done)}\n{agent.diagnostics()}\nheads={proxy.heads}"
@@ -376,7 +393,7 @@ async def test_a_download_cut_midway_resumes_with_range_and_the_file_is_intact(
     assert m and 0 < int(m.group(1)) < len(software.data), context
     installed = (tmp_path / "device" / "installed.bin").read_bytes()
     assert hashlib.sha256(installed).hexdigest() == software.sha256, context
-    assert done["history"][-1]["finished"] == "success", context
+    assert closed_as(done) == ["success"], context
 
 
 async def test_cancel_is_accepted_before_install_and_rejected_during_it(
@@ -404,9 +421,10 @@ async def test_cancel_is_accepted_before_install_and_rejected_during_it(
     agent.start()
     await until(lambda: bool(agent.calls("download")), "download hook called", agent.diagnostics)
     await e2e_stack.cancel_action(action["id"])
-    canceled = await e2e_stack.wait_action(action["id"], "canceled", diagnostics=agent.diagnostics)
+    canceled = await wait_closed(
+        e2e_stack, action["id"], "canceled", agent, "Cancellation accepted"
+    )
     context = f"{format_action(canceled)}\n{agent.diagnostics()}"
-    assert has_detail(canceled, "Cancellation accepted"), context
     assert not agent.calls("install") and not (folder / "install-started").exists(), context
     assert not (folder / "downloads" / action["id"]).exists(), context
 
@@ -425,8 +443,8 @@ async def test_cancel_is_accepted_before_install_and_rejected_during_it(
     assert rejected["active"] is True, context
     assert has_detail(rejected, "Cancellation rejected: installation already started"), context
     (folder / "may-finish").touch()
-    done = await e2e_stack.wait_action(action["id"], "finished", diagnostics=agent.diagnostics)
-    assert done["history"][-1]["finished"] == "success", format_action(done)
+    done = await wait_closed(e2e_stack, action["id"], "finished", agent)
+    assert closed_as(done) == ["success"], format_action(done)
     assert (folder / "installed.bin").read_bytes() == second.data
 
 
@@ -454,10 +472,9 @@ async def test_agent_killed_between_install_and_ready_finishes_after_it_starts_a
     assert not agent.calls("ready"), agent.diagnostics()
 
     agent.start()
-    done = await e2e_stack.wait_action(action["id"], "finished", diagnostics=agent.diagnostics)
+    done = await wait_closed(e2e_stack, action["id"], "finished", agent, "ready: all services up")
     context = f"{format_action(done)}\n{agent.diagnostics()}"
-    assert done["history"][-1]["finished"] == "success", context
-    assert has_detail(done, "ready: all services up"), context
+    assert closed_as(done) == ["success"], context
     assert len(agent.calls("install")) == 1, context  # not installed again
     assert len(agent.calls("restart")) == 1, context  # no second "reboot"
     assert len(agent.calls("ready")) == 1, context
@@ -527,12 +544,11 @@ async def test_an_action_awaiting_confirmation_is_confirmed_by_the_confirm_hook(
     )
     assert action["status"] == "wait_for_confirmation", action
     agent.start()
-    done = await e2e_stack.wait_action(action["id"], "finished", diagnostics=agent.diagnostics)
+    done = await wait_closed(e2e_stack, action["id"], "finished", agent, "operator agreed")
     context = f"{format_action(done)}\n{agent.diagnostics()}"
     assert len(agent.calls("confirm")) == 1, context
     assert agent.calls("install"), context
-    assert has_detail(done, "operator agreed"), context
-    assert done["history"][-1]["finished"] == "success", context
+    assert closed_as(done) == ["success"], context
 
 
 # -- against gooseBit ----------------------------------------------------------------------------
