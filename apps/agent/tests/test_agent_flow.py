@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,11 @@ def standard_hooks(folder: Path) -> dict[str, Path]:
 
 
 def make_agent(
-    tmp_path: Path, fake: FakeDdi, hooks: dict[str, Path] | None = None, **settings: Any
+    tmp_path: Path,
+    fake: FakeDdi,
+    hooks: dict[str, Path] | None = None,
+    handler: Callable[[httpx.Request], httpx.Response] | None = None,
+    **settings: Any,
 ) -> Agent:
     config = Config(
         url=HOST,
@@ -163,7 +168,7 @@ def make_agent(
         hw_revision="1",
         **{"retry_interval": 0.0, "max_retries": 3, "default_sleep": 0.1, **settings},
     )
-    http = httpx.Client(transport=httpx.MockTransport(fake))
+    http = httpx.Client(transport=httpx.MockTransport(handler or fake))
     return Agent(config, DdiClient(config, http=http, sleep=lambda s: None))
 
 
@@ -183,7 +188,7 @@ def test_happy_path_reports_configdata_progress_and_success(tmp_path: Path) -> N
     assert fake.configs[0] == {"hw_boardname": "board", "hw_revision": "1", "sw_version": "1.0"}
     assert fake.configs[-1]["sw_version"] == "2.0"
     assert fake.feedback[-1]["id"] == 7  # a number, as gooseBit wants
-    assert agent.state.action is None and agent.state.done == ["7"]
+    assert agent.state.action is None and list(agent.state.done) == ["7"]
 
 
 def test_unavailable_maintenance_window_downloads_but_installs_only_once_available(
@@ -387,3 +392,35 @@ def test_an_artifact_without_download_link_fails_the_action(tmp_path: Path) -> N
     make_agent(tmp_path, fake).cycle()
     assert fake.executions()[-1] == ("closed", "failure")
     assert "malformed deploymentBase: an artifact has no download link" in fake.details()
+
+
+def test_an_action_no_longer_offered_is_dropped_but_taken_up_when_offered_again(
+    tmp_path: Path,
+) -> None:
+    fake = FakeDdi(os.urandom(1000), update="skip", maintenanceWindow="unavailable")
+    agent = make_agent(tmp_path, fake)
+    agent.cycle()
+    assert agent.state.action is not None and agent.state.action.phase == "downloaded"
+    fake.offer = ""
+    agent.cycle()
+    assert agent.state.action is None and "7" not in agent.state.done
+    assert not (tmp_path / "downloads" / "7").exists()
+    fake.offer = "deploymentBase"
+    fake.deployment.update(update="forced", maintenanceWindow="available")
+    agent.cycle()
+    assert fake.executions()[-1] == ("closed", "success")
+
+
+def test_a_refused_configdata_does_not_hold_up_the_update(tmp_path: Path) -> None:
+    fake = FakeDdi(os.urandom(1000))
+    inner = fake.__call__
+
+    def refuse_config(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            return httpx.Response(400, json={"message": "no"})
+        return inner(request)
+
+    agent = make_agent(tmp_path, fake, handler=refuse_config)
+    agent.cycle()
+    assert fake.executions()[-1] == ("closed", "success")
+    assert agent.config_due  # sent again at the next cycle

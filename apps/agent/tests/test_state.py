@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gaggle_agent.state import ActionState, HookClock, PendingReport, State, StateStore
+from gaggle_agent.state import DONE_MEMORY, ActionState, HookClock, PendingReport, State, StateStore
 
 
 def test_state_survives_a_save_and_load(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_state_survives_a_save_and_load(tmp_path: Path) -> None:
     state = State(
         action=action,
         pending=[PendingReport("http://h/f", {"id": 12})],
-        done=["10", "11"],
+        done={"10": 1.0, "11": 2.0},
         installed_version="1.0.0",
         config_href="http://h/c",
     )
@@ -37,17 +37,25 @@ def test_state_survives_a_save_and_load(tmp_path: Path) -> None:
 
 def test_saving_replaces_the_whole_file(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.json")
-    store.save(State(done=[str(i) for i in range(5)]))
+    store.save(State(done={str(i): float(i) for i in range(5)}))
     store.save(State())
-    assert json.loads(store.path.read_text())["done"] == []
+    assert json.loads(store.path.read_text())["done"] == {}
 
 
 def test_only_the_last_finished_actions_are_kept() -> None:
     state = State()
     for i in range(30):
-        state.mark_done(str(i))
-    state.mark_done("15")
-    assert len(state.done) == 20 and state.done[-1] == "15" and "5" not in state.done
+        state.mark_done(str(i), 1000.0 + i)
+    state.mark_done("15", 1100.0)
+    assert len(state.done) == 20 and list(state.done)[-1] == "15" and "5" not in state.done
+
+
+def test_a_finished_action_is_remembered_for_a_while_only() -> None:
+    state = State()
+    state.mark_done("7", 1000.0)
+    assert state.recently_done("7", 1000.0 + DONE_MEMORY - 1)
+    assert not state.recently_done("7", 1000.0 + DONE_MEMORY)
+    assert not state.recently_done("8", 1000.0)
 
 
 def test_an_unreadable_state_file_is_kept_aside_and_the_agent_starts_afresh(

@@ -128,7 +128,7 @@ class Agent:
             elif self.state.action is not None and self.state.action.cancellable:
                 # No longer offered (canceled while we were away, or closed by the operator).
                 log.info("action withdrawn action=%s", self.state.action.action_id)
-                self._drop_action()
+                self._drop_action(done=False)
         except ActionCanceled:
             pass
         self._maybe_send_config({})
@@ -175,7 +175,12 @@ class Agent:
         data = self.attributes()
         if not data:
             return
-        self.client.send_config(self.state.config_href, data)
+        try:
+            self.client.send_config(self.state.config_href, data)
+        except DdiError as exc:
+            # Not fatal: the update must not wait for it. Sent again at the next cycle.
+            log.warning("configData not accepted error=%s", exc)
+            return
         self.config_due = False
         log.info("configData sent data=%s", data)
 
@@ -209,9 +214,9 @@ class Agent:
         )
         log.info("cancel accepted action=%s", stop_id)
         if action is not None and action.action_id == stop_id:
-            self._drop_action()
+            self._drop_action(done=True)
             raise ActionCanceled
-        self.state.mark_done(stop_id)
+        self.state.mark_done(stop_id, self.clock())
         self._save()
 
     def _answer_confirmation(self, href: str) -> None:
@@ -263,7 +268,7 @@ class Agent:
         deployment = doc.get("deployment")
         if not action_id or not isinstance(deployment, dict):
             raise DdiError(f"malformed deploymentBase from {href}")
-        if action_id in self.state.done and (
+        if self.state.recently_done(action_id, self.clock()) and (
             self.state.action is None or self.state.action.action_id != action_id
         ):
             log.debug("finished action offered again action=%s", action_id)
@@ -272,7 +277,7 @@ class Agent:
         if action is None or action.action_id != action_id:
             if action is not None:
                 log.info("replacing action old=%s new=%s", action.action_id, action_id)
-                self._drop_action()
+                self._drop_action(done=False)
             chunks = deployment.get("chunks") or []
             version = next(
                 (
@@ -434,7 +439,7 @@ class Agent:
         self.state.pending.append(PendingReport(feedback_url(action.href), body))
         if success and execution == "closed":
             self.state.installed_version = action.version
-        self.state.mark_done(action.action_id)
+        self.state.mark_done(action.action_id, self.clock())
         self._remove_files(action)
         self.state.action = None
         self._save()
@@ -460,11 +465,13 @@ class Agent:
             self.state.pending.pop(0)
             self._save()
 
-    def _drop_action(self) -> None:
+    def _drop_action(self, *, done: bool) -> None:
+        """Forget the current action and its download; ``done``: never take it up again."""
         action = self.state.action
         if action is None:
             return
-        self.state.mark_done(action.action_id)
+        if done:
+            self.state.mark_done(action.action_id, self.clock())
         self._remove_files(action)
         self.state.action = None
         self._save()

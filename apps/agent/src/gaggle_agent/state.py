@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "CANCELLABLE",
+    "DONE_MEMORY",
     "PHASES",
     "ActionState",
     "HookClock",
@@ -35,6 +36,8 @@ after a start of the agent it means the restart happened, and ``version`` and ``
 CANCELLABLE = frozenset({"new", "downloading", "downloaded"})
 """Phases in which a cancel is accepted: nothing is installed yet."""
 _DONE_KEPT = 20
+DONE_MEMORY = 600.0
+"""Seconds during which a finished action offered again is not run again."""
 
 
 @dataclass
@@ -82,19 +85,29 @@ class State:
 
     action: ActionState | None = None
     pending: list[PendingReport] = field(default_factory=list)
-    done: list[str] = field(default_factory=list)
-    """Ids of the last actions finished or canceled here (a server offering one again is late)."""
+    done: dict[str, float] = field(default_factory=dict)
+    """Ids of the last actions finished or canceled here, with the time (POSIX seconds)."""
     installed_version: str | None = None
     """The version the last successful action installed."""
     config_href: str | None = None
     """The configData href the server gave last."""
 
-    def mark_done(self, action_id: str) -> None:
-        """Remember ``action_id`` as finished (the last few only)."""
-        if action_id in self.done:
-            self.done.remove(action_id)
-        self.done.append(action_id)
-        del self.done[:-_DONE_KEPT]
+    def mark_done(self, action_id: str, now: float) -> None:
+        """Remember ``action_id`` as finished at ``now`` (the last few only)."""
+        self.done.pop(action_id, None)
+        self.done[action_id] = now
+        for old in list(self.done)[:-_DONE_KEPT]:
+            del self.done[old]
+
+    def recently_done(self, action_id: str, now: float) -> bool:
+        """Whether ``action_id`` was finished here less than ``DONE_MEMORY`` seconds ago.
+
+        A server may offer a closed action for a moment longer (its view trails the device's):
+        it is not run again. gooseBit names actions by their software, so the same id comes back
+        when an operator assigns that software again: after a while it is run again.
+        """
+        at = self.done.get(action_id)
+        return at is not None and now - at < DONE_MEMORY
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document stored."""
@@ -115,7 +128,7 @@ class State:
         return cls(
             action=action,
             pending=[PendingReport(**p) for p in doc.get("pending", [])],
-            done=[str(d) for d in doc.get("done", [])],
+            done={str(k): float(v) for k, v in doc.get("done", {}).items()},
             installed_version=doc.get("installed_version"),
             config_href=doc.get("config_href"),
         )
