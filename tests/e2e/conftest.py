@@ -48,6 +48,9 @@ from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime.bus import make_broker, publish_event
 from gaggle_storage import LocalStore, StorageSettings
+from tests.e2e.browser import browser, shots
+
+__all__ = ["browser", "shots"]  # fixtures of every e2e test
 
 ROOT = Path(__file__).resolve().parents[2]
 E2E_DIR = Path(__file__).resolve().parent

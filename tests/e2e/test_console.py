@@ -8,8 +8,6 @@ with real API keys. Each page is photographed; with ``GAGGLE_CONSOLE_SCREENSHOTS
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,44 +16,18 @@ import pytest
 from gaggle_console.app import build_app as build_console
 from gaggle_console.settings import ConsoleSettings
 from gaggle_contracts.settings import CommonSettings
+from tests.e2e.browser import needs_chromium
 from tests.e2e.conftest import E2EStack
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="the console's browser tests need Debian's Chromium at /usr/bin/chromium "
-        "(apt-get install chromium; .ci/run installs it)",
-    ),
+    needs_chromium,
 ]
 FLEET = {  # controller id -> (model, revision, version)
     **{f"press-{i:02d}": ("press", "a", "1.0") for i in range(1, 8)},
     **{f"pump-{i:02d}": ("pump", "b", "2.1") for i in range(1, 5)},
 }
 NEVER_SEEN = "spare-01"
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    where = os.environ.get("GAGGLE_CONSOLE_SCREENSHOTS")
-    folder = Path(where) if where else tmp_path / "shots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 async def _fleet(stack: E2EStack) -> None:

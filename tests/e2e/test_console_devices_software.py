@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,40 +26,14 @@ from gaggle_contracts.settings import CommonSettings
 from gaggle_storage import StorageSettings
 from gaggle_swu import make_rawfile_swu
 from gaggle_testing import eventually
+from tests.e2e.browser import needs_chromium
 from tests.e2e.conftest import BOARD, REVISION, E2EStack
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="the console's browser tests need Debian's Chromium at /usr/bin/chromium "
-        "(apt-get install chromium; .ci/run installs it)",
-    ),
+    needs_chromium,
 ]
 DEVICE = "press-live-01"
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    where = os.environ.get("GAGGLE_CONSOLE_SCREENSHOTS")
-    folder = Path(where) if where else tmp_path / "shots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 def _image(version: str, *, wrong_hash: bool = False) -> bytes:

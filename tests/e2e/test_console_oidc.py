@@ -17,19 +17,13 @@ import pytest
 from gaggle_console.app import build_app as build_console
 from gaggle_console.settings import ConsoleSettings
 from gaggle_contracts.settings import CommonSettings
+from tests.e2e.browser import needs_chromium
 from tests.e2e.conftest import E2EStack
 from tests.e2e.oidc_provider import TestProvider
-from tests.e2e.test_console import CHROMIUM, browser, shots
-
-__all__ = ["browser", "shots"]  # the browser and screenshot fixtures, shared
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="the console's browser tests need Debian's Chromium at /usr/bin/chromium "
-        "(apt-get install chromium; .ci/run installs it)",
-    ),
+    needs_chromium,
 ]
 CLIENT = "gaggle-console"
 DEVICES = ("oidc-01", "oidc-02", "oidc-03")

@@ -9,9 +9,7 @@ bars move as the devices report. Each new page is photographed (``GAGGLE_CONSOLE
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,43 +18,16 @@ import pytest
 from gaggle_console.app import build_app as build_console
 from gaggle_console.settings import ConsoleSettings
 from gaggle_contracts.settings import CommonSettings
+from tests.e2e.browser import needs_chromium
 from tests.e2e.conftest import E2EStack
-
-CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="the console's browser tests need Debian's Chromium at /usr/bin/chromium "
-        "(apt-get install chromium; .ci/run installs it)",
-    ),
+    needs_chromium,
 ]
 MODEL = "belt"
 FLEET = [f"belt-{i:02d}" for i in range(1, 7)]
 WAVES = [2, 2, 2]
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    where = os.environ.get("GAGGLE_CONSOLE_SCREENSHOTS")
-    folder = Path(where) if where else tmp_path / "shots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 async def _fleet(stack: E2EStack) -> None:

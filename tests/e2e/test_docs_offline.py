@@ -8,7 +8,6 @@ Content-Security-Policy keeps the browser from asking for it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,35 +24,17 @@ from gaggle_registry.settings import RegistrySettings
 from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_storage import StorageSettings
+from tests.e2e.browser import needs_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.timeout(300),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="the docs' browser test needs Debian's Chromium at /usr/bin/chromium "
-        "(apt-get install chromium; .ci/run installs it)",
-    ),
+    needs_chromium,
 ]
 
 
-@pytest.fixture
-async def offline_browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
 async def test_every_services_docs_render_without_the_network(
-    common: CommonSettings, serve: Any, tmp_path: Path, offline_browser: Any
+    common: CommonSettings, serve: Any, tmp_path: Path, browser: Any
 ) -> None:
     storage = StorageSettings(backend="local", dir=tmp_path / "objects")
     services = {
@@ -62,7 +43,7 @@ async def test_every_services_docs_render_without_the_network(
         "rollouts": await serve(build_rollouts(common, RolloutsSettings())),
         "gateway": await serve(build_gateway(common, GatewaySettings(), storage)),
     }
-    context = await offline_browser.new_context()
+    context = await browser.new_context()
     elsewhere: list[str] = []
 
     async def local_only(route: Any) -> None:
