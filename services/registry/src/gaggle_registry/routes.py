@@ -264,6 +264,9 @@ async def feedback_events(nc: NatsClient, tenant: str, controller_id: str) -> As
         for kind in ("action.feedback", "cancel.feedback")
     ]
     try:
+        # The server has the subscriptions before the watcher is told it is connected: a report
+        # sent after ": connected" is never missed.
+        await nc.flush()
         yield b": connected\n\n"
         while True:
             try:
