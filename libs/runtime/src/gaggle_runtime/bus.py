@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from gaggle_contracts import names
 from gaggle_contracts.events import Event
-from gaggle_contracts.settings import CommonSettings
+from gaggle_contracts.settings import CommonSettings, nats_servers
 from gaggle_runtime.acks import AckedPublisher, Message
 from gaggle_runtime.failures import PermanentPublishError
 from gaggle_runtime.outbox import Outgoing
@@ -43,7 +43,7 @@ HEADER_RESERVE = 512
 
 
 def public_url(nats_url: str) -> str:
-    """``nats_url`` without user and password, for documents that name the server."""
+    """One server's URL without user and password, for documents that name the server."""
     parts = urlsplit(nats_url)
     if not parts.hostname:
         return nats_url
@@ -57,15 +57,19 @@ def make_broker(nats_url: str, service: str, *, middlewares: Sequence[Any] = ())
     ``middlewares`` (tracing, metrics, what to do with failures) wrap every message, outermost
     first. A lost connection is retried for ever, every half second (plus the client's jitter):
     a restarted server is used again within a second, and a refused connect costs nothing.
+    ``nats_url`` may name several servers of one cluster, separated by commas: the client
+    connects to one of them and moves to another when it goes away (and learns the cluster's
+    other members from the server it is connected to).
     """
+    servers = nats_servers(nats_url)
     return NatsBroker(
-        nats_url,
+        servers,
         middlewares=list(middlewares),
         name=f"gaggle-{service}",
         logger=logging.getLogger(f"faststream.gaggle.{service}"),
         log_level=logging.DEBUG,
         graceful_timeout=10.0,
-        specification_url=public_url(nats_url),
+        specification_url=[public_url(url) for url in servers],
         max_reconnect_attempts=-1,
         # nats-py takes float seconds; FastStream annotates the option as int.
         reconnect_time_wait=0.5,  # type: ignore[arg-type]
