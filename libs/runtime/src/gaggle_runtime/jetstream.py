@@ -81,12 +81,13 @@ def _replicas(stream: str, current: int | None, wanted: int) -> int:
     return wanted
 
 
-NOT_CLUSTERED = 10074
-"""JetStream's error code for replicas asked of a server that is not part of a cluster."""
+REPLICA_REFUSALS = frozenset({10074, 10005})
+"""JetStream's error codes for replicas it cannot place: asked of a server that is not part of a
+cluster, more than the cluster has servers ("no suitable peers for placement")."""
 
 
 def _about_replicas(exc: APIError) -> bool:
-    return exc.err_code == NOT_CLUSTERED or "replica" in str(exc.description or "").lower()
+    return exc.err_code in REPLICA_REFUSALS or "replica" in str(exc.description or "").lower()
 
 
 def _refused(exc: APIError, stream: str, replicas: int) -> ReplicasRefused | None:
