@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from nats.js.errors import BadRequestError, ServiceUnavailableError
 from pydantic import ValidationError
 
 from gaggle_contracts import names
 from gaggle_contracts.settings import CommonSettings, nats_servers
-from gaggle_runtime.bus import make_broker, public_url
+from gaggle_runtime.bus import make_broker, patiently, public_url
 from gaggle_runtime.jetstream import ReplicasRefused, ensure_all, ensure_stream
 from gaggle_servers import free_port
 
@@ -70,3 +73,41 @@ async def test_one_server_refuses_three_replicas_clearly_and_keeps_its_stream(
         assert info.config.num_replicas == 1
     finally:
         await broker.stop()
+
+
+async def test_a_start_waits_out_jetstream_away_but_not_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+    calls: list[int] = []
+
+    async def electing() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ServiceUnavailableError(code=503, description="JetStream not ready")
+        return "started"
+
+    assert await patiently(electing, "test") == "started"
+    assert len(calls) == 3
+
+    async def refused() -> None:
+        calls.append(1)
+        raise BadRequestError(code=400, description="bad configuration")
+
+    calls.clear()
+    with pytest.raises(BadRequestError):
+        await patiently(refused, "test")
+    assert len(calls) == 1
+
+    async def never() -> None:
+        raise ServiceUnavailableError(code=503, description="JetStream not ready")
+
+    with pytest.raises(ServiceUnavailableError):
+        await patiently(never, "test", patience_s=0.0)
+
+
+_real_sleep = asyncio.sleep
+
+
+async def _no_wait(_: float) -> None:
+    await _real_sleep(0)
