@@ -10,7 +10,8 @@ deployment moved from one server to the cluster): the services raise them to thr
 Two simulated fleets play the devices, one behind each gateway (a load balancer that keeps a
 device on one gateway, as ``deploy/proxy.conf`` does). In the middle of the rollout the node
 leading the ``OTA`` stream gets SIGKILL; it stays away until the other two have elected a new
-leader and the fleet has had reports taken without it, then comes back on its ports and store. Afterwards nothing may be lost or doubled:
+leader and the fleet has had reports taken without it, then comes back on its ports and store.
+Afterwards nothing may be lost or doubled:
 
 * every device has exactly one action, closed as it reported, and the rollout's counters are
   the fleets' tally;
@@ -73,7 +74,7 @@ SUITE = os.environ.get("GAGGLE_CLUSTER_TESTS", "") not in ("", "0")
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not SUITE, reason="the cluster suite, one to two minutes: make test-cluster"),
+    pytest.mark.skipif(not SUITE, reason="the cluster suite, a minute or two: make test-cluster"),
 ]
 
 
