@@ -36,6 +36,11 @@ test-e2e: $(SYNC_STAMP) ## Only the end-to-end tests
 chaos: $(SYNC_STAMP) ## Chaos suite: kill each part mid-rollout, 500 devices (GAGGLE_CHAOS_DEVICES)
 	GAGGLE_CHAOS_ALL=1 GAGGLE_CHAOS_DEVICES=$${GAGGLE_CHAOS_DEVICES:-500} $(UV) run --no-sync pytest tests/e2e/test_chaos.py -rP $(PYTEST_ARGS)
 
+test-cluster: $(SYNC_STAMP) ## Cluster suite: 3 NATS nodes, 2 replicas of each service, a node killed mid-rollout
+	GAGGLE_CLUSTER_TESTS=1 $(UV) run --no-sync pytest tests/cluster -rP $(PYTEST_ARGS)
+
+.PHONY: test-cluster
+
 fuzz-api: $(SYNC_STAMP) ## Schemathesis against every operator API, 100 examples per operation
 	GAGGLE_FUZZ_EXAMPLES=$${GAGGLE_FUZZ_EXAMPLES:-100} $(UV) run --no-sync pytest tests/integration/test_api_fuzz.py $(PYTEST_ARGS)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,6 +12,8 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GAGGLE_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"
+    """The NATS server, or several of one cluster separated by commas
+    (``nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222``)."""
     database_url: str = "postgresql://postgres@127.0.0.1:5432/gaggle"
     log_level: str = "INFO"
     log_json: bool = True
@@ -22,6 +24,9 @@ class CommonSettings(BaseSettings):
     duplicate_window_s: float = Field(120.0, gt=0)
     """JetStream drops a second publish with the same ``Nats-Msg-Id`` inside this window."""
     kv_replicas: int = Field(1, ge=1, le=5)
+    nats_replicas: int | None = Field(None, ge=1, le=5)
+    """Replicas of the ``OTA`` stream and of every KV bucket (3 on a three-node cluster): the
+    default of ``stream_replicas`` and ``kv_replicas`` where these are not set themselves."""
     retry_delay_s: float = Field(0.5, gt=0, le=60)
     """Delay before an event whose handling failed comes back; doubles with every failure."""
     retry_delay_max_s: float = Field(10.0, gt=0, le=600)
@@ -56,3 +61,32 @@ class CommonSettings(BaseSettings):
     oidc_default_tenant: str = "default"
     oidc_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
     """Signature algorithms accepted (never ``none`` or a shared secret)."""
+
+    @model_validator(mode="after")
+    def _replicas_from_nats_replicas(self) -> CommonSettings:
+        """``nats_replicas`` stands for ``stream_replicas`` and ``kv_replicas`` not given."""
+        nats_servers(self.nats_url)
+        if self.nats_replicas is not None:
+            given = self.model_fields_set
+            if "stream_replicas" not in given:
+                self.stream_replicas = self.nats_replicas
+            if "kv_replicas" not in given:
+                self.kv_replicas = self.nats_replicas
+        return self
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The URLs of ``nats_url``, one per server."""
+        return nats_servers(self.nats_url)
+
+
+def nats_servers(nats_url: str) -> list[str]:
+    """The server URLs of a comma-separated ``nats_url`` (blanks around each dropped).
+
+    Raises:
+        ValueError: no URL in it.
+    """
+    servers = [part.strip() for part in nats_url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("GAGGLE_NATS_URL names no server")
+    return servers

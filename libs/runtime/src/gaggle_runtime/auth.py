@@ -41,7 +41,7 @@ from gaggle_contracts.access import (
     new_api_key,
 )
 from gaggle_contracts.events import ApiKeysUsed, AuditRecorded, utcnow
-from gaggle_contracts.settings import CommonSettings
+from gaggle_contracts.settings import CommonSettings, nats_servers
 from gaggle_runtime.http import ApiError, error_body, send_response
 from gaggle_runtime.jetstream import ensure_all
 from gaggle_runtime.mirror import BucketMirror
@@ -360,7 +360,7 @@ async def put_key(nats_url: str, tenant: str, permissions: list[str], name: str)
     """
     key_id, key = new_api_key()
     entry = ApiKeyEntry(tenant=tenant, name=name, permissions=permissions, sha256=key_hash(key))
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_servers(nats_url))
     try:
         js = nc.jetstream()
         await ensure_all(js, CommonSettings(nats_url=nats_url))

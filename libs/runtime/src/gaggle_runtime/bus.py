@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,15 +21,16 @@ from pydantic import BaseModel
 
 from gaggle_contracts import names
 from gaggle_contracts.events import Event
-from gaggle_contracts.settings import CommonSettings
+from gaggle_contracts.settings import CommonSettings, nats_servers
 from gaggle_runtime.acks import AckedPublisher, Message
-from gaggle_runtime.failures import PermanentPublishError
+from gaggle_runtime.failures import PermanentPublishError, describe, is_transient
 from gaggle_runtime.outbox import Outgoing
 from gaggle_runtime.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 JSON_HEADERS = {"content-type": "application/json"}
 _SUBJECT_RE = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
@@ -43,7 +44,7 @@ HEADER_RESERVE = 512
 
 
 def public_url(nats_url: str) -> str:
-    """``nats_url`` without user and password, for documents that name the server."""
+    """One server's URL without user and password, for documents that name the server."""
     parts = urlsplit(nats_url)
     if not parts.hostname:
         return nats_url
@@ -57,15 +58,19 @@ def make_broker(nats_url: str, service: str, *, middlewares: Sequence[Any] = ())
     ``middlewares`` (tracing, metrics, what to do with failures) wrap every message, outermost
     first. A lost connection is retried for ever, every half second (plus the client's jitter):
     a restarted server is used again within a second, and a refused connect costs nothing.
+    ``nats_url`` may name several servers of one cluster, separated by commas: the client
+    connects to one of them and moves to another when it goes away (and learns the cluster's
+    other members from the server it is connected to).
     """
+    servers = nats_servers(nats_url)
     return NatsBroker(
-        nats_url,
+        servers,
         middlewares=list(middlewares),
         name=f"gaggle-{service}",
         logger=logging.getLogger(f"faststream.gaggle.{service}"),
         log_level=logging.DEBUG,
         graceful_timeout=10.0,
-        specification_url=public_url(nats_url),
+        specification_url=[public_url(url) for url in servers],
         max_reconnect_attempts=-1,
         # nats-py takes float seconds; FastStream annotates the option as int.
         reconnect_time_wait=0.5,  # type: ignore[arg-type]
@@ -309,6 +314,44 @@ def decode_each(model: type[M]) -> Callable[[Any], list[M | bytes]]:
         return decoded
 
     return decode
+
+
+START_PATIENCE_S = 60.0
+"""How long a start waits for JetStream to answer the subscriptions' consumer look-ups."""
+
+
+async def patiently(
+    call: Callable[[], Awaitable[T]], what: str, *, patience_s: float = START_PATIENCE_S
+) -> T:
+    """``call()``, again every second while it fails because JetStream does not answer.
+
+    In a cluster electing a consumer's or a stream's leader (a node just died, replicas were
+    just raised) JetStream may not answer a look-up in time; a start waits for it rather than
+    fail.
+
+    Raises:
+        Exception: a failure that is not JetStream (or NATS) being away, or one still there
+            after ``patience_s``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            if not is_transient(exc) or loop.time() >= deadline:
+                raise
+            log.warning("%s not done yet; retrying error=%s", what, describe(exc, 300))
+            await asyncio.sleep(1.0)
+
+
+async def start_broker(broker: NatsBroker, *, patience_s: float = START_PATIENCE_S) -> None:
+    """Start the broker's subscribers, patiently (:func:`patiently`).
+
+    The subscribers that started keep their subscription when it is tried again (FastStream
+    subscribes each only once); the others subscribe then.
+    """
+    await patiently(broker.start, "subscriptions", patience_s=patience_s)
 
 
 def guard_fetches(broker: NatsBroker) -> int:

@@ -8,9 +8,11 @@ together apply them once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -160,6 +162,29 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations: list[Migration]) 
                 "SELECT pg_advisory_unlock(hashtext($1))", f"gaggle-migrate:{schema}"
             )
     return applied
+
+
+@contextlib.asynccontextmanager
+async def leading(pool: asyncpg.Pool, name: str) -> AsyncIterator[bool]:
+    """Whether this process does ``name``'s work now: one process at a time, across replicas.
+
+    Yields True holding a session advisory lock on ``name`` on one pooled connection for the
+    block, or False at once when another process (or task) holds it. For periodic work that
+    two replicas must not do side by side: the one that got False skips its turn. The lock is
+    released at the end of the block; when that fails, the connection is closed instead, so no
+    pooled connection keeps it (the pool does not reset sessions).
+    """
+    async with pool.acquire() as conn:
+        held = bool(await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", name))
+        try:
+            yield held
+        finally:
+            if held:
+                try:
+                    await conn.fetchval("SELECT pg_advisory_unlock(hashtext($1))", name)
+                except BaseException:
+                    conn.terminate()
+                    raise
 
 
 async def ping(pool: asyncpg.Pool) -> bool:

@@ -40,8 +40,10 @@ from gaggle_runtime.bus import (
     NatsSink,
     guard_pull_fetches,
     make_broker,
+    patiently,
     publish_event,
     publish_raw,
+    start_broker,
     update_consumers,
 )
 from gaggle_runtime.deadletters import ConsumerFailures, DeadLetterStore, make_dead_letter_routes
@@ -322,12 +324,13 @@ class Service:
             self._tasks.append(asyncio.create_task(factory()))
         for hook in self.on_start:
             await hook()
-        await update_consumers(
-            self.broker.connection.jetstream(),
-            [s.config for s in self.broker.subscribers if hasattr(s, "config")],
+        wanted = [s.config for s in self.broker.subscribers if hasattr(s, "config")]
+        await patiently(
+            lambda: update_consumers(self.broker.connection.jetstream(), wanted),
+            "consumer updates",
         )
         guard_pull_fetches()
-        await self.broker.start()
+        await start_broker(self.broker)
         log.info("service started service=%s", self.name)
 
     async def _publish_key_use(self) -> None:

@@ -21,8 +21,11 @@ from gaggle_rollouts.actions import Actions
 from gaggle_rollouts.health_store import Health
 from gaggle_rollouts.rollout_store import RolloutStore
 from gaggle_rollouts.usecases import check_health, refresh_windows
+from gaggle_runtime.db import leading
 
 log = logging.getLogger(__name__)
+
+HEALTH_SWEEP_LOCK = "gaggle-rollouts:health-sweep"
 
 
 class Engine:
@@ -104,13 +107,19 @@ class Engine:
                 log.warning("maintenance window and force time refresh failed", exc_info=True)
 
     async def checks(self) -> None:
-        """Time out actions past their limits and judge ended soaks, every ``health_s``."""
+        """Time out actions past their limits and judge ended soaks, every ``health_s``.
+
+        One replica at a time sweeps (:func:`gaggle_runtime.db.leading`): two sweeps side by
+        side would both find the same overdue action and note its time-out twice.
+        """
         if self.health is None:
             return
         while True:
             await asyncio.sleep(self.health_s)
             try:
-                await check_health(self.health)
+                async with leading(self.health.db.pool, HEALTH_SWEEP_LOCK) as sweeping:
+                    if sweeping:
+                        await check_health(self.health)
             except asyncio.CancelledError:
                 raise
             except Exception:
