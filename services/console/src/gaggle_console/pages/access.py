@@ -129,7 +129,7 @@ async def issue(request: Request) -> Response:
     try:
         body = key_body(values, chosen)
         issued = await c.upstream.send("POST", "registry", "/api/v1/keys", key, json=body)
-    except ValueError as exc:
+    except (ValueError, UpstreamError) as exc:
         return await _keys_page(
             request,
             session,
@@ -137,17 +137,7 @@ async def issue(request: Request) -> Response:
             values=values,
             chosen=chosen,
             form_error=str(exc),
-            status_code=400,
-        )
-    except UpstreamError as exc:
-        return await _keys_page(
-            request,
-            session,
-            key,
-            values=values,
-            chosen=chosen,
-            form_error=str(exc),
-            status_code=upstream_status(exc),
+            status_code=upstream_status(exc) if isinstance(exc, UpstreamError) else 400,
         )
     return c.render(
         request, "access_key_issued.html", session, status_code=201, page="access", issued=issued
