@@ -5,7 +5,7 @@ for signed-in operators starts with :func:`need_session`, a form handler with :f
 :func:`need_permission` checks what the key may do. A refusal is raised (:class:`Refused`,
 :class:`SignInFirst`) and the app answers it with the error page or the sign-in redirect. A list
 page reads its query with :func:`text_filters`, :func:`choice` and :func:`page_size`, asks for its
-page with :func:`fetch_page` and links the next one with :func:`next_page_url`.
+page with :func:`fetch` and links the next one with :func:`next_page_url`.
 """
 
 from __future__ import annotations
@@ -207,15 +207,31 @@ def next_page_url(
     return page_url(path, {**params, field: page["next"]}) if page.get("next") else None
 
 
-async def fetch_page(
-    request: Request, service: str, path: str, key: str, params: Mapping[str, Any]
+async def fetch(
+    request: Request,
+    service: str,
+    path: str,
+    key: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    missing: str | None = None,
 ) -> tuple[dict[str, Any], UpstreamError | None]:
-    """One page of a service's list, or an empty one and the refusal the page shows instead."""
+    """A service's JSON object (a list's page, one resource); else ``{}`` and the refusal.
+
+    The page shows the refusal in place of what it would show.
+
+    Raises:
+        Refused: the service answered 404 and ``missing`` says what the error page says then.
+    """
     try:
-        page: dict[str, Any] = await parts(request).upstream.get(service, path, key, dict(params))
+        found: dict[str, Any] = await parts(request).upstream.get(
+            service, path, key, dict(params) if params else None
+        )
     except UpstreamError as exc:
+        if missing is not None and exc.status == 404:
+            raise Refused(404, missing) from exc
         return {}, exc
-    return page, None
+    return found, None
 
 
 class FormTooLarge(Exception):

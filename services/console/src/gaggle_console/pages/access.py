@@ -16,7 +16,7 @@ from gaggle_console.sessions import Session
 from gaggle_console.upstream import UpstreamError
 from gaggle_console.web import (
     Refused,
-    fetch_page,
+    fetch,
     need_permission,
     need_session,
     next_page_url,
@@ -60,7 +60,7 @@ async def _keys_page(
     revoked: str | None = None,
 ) -> HTMLResponse:
     c = parts(request)
-    page, error = await fetch_page(request, "registry", "/api/v1/keys", key, {})
+    page, error = await fetch(request, "registry", "/api/v1/keys", key)
     if status_code == 200:
         status_code = page_status(error)
     return c.render(
@@ -168,7 +168,7 @@ async def audit(request: Request) -> Response:
     filters = text_filters(request, AUDIT_FILTERS)
     cursor = (request.query_params.get("cursor") or "")[:256]
     kept = {k: v for k, v in filters.items() if v}
-    page, error = await fetch_page(
+    page, error = await fetch(
         request, "registry", "/api/v1/audit", key, {**kept, "cursor": cursor, "limit": AUDIT_PAGE}
     )
     return c.render(

@@ -27,7 +27,9 @@ from fastapi.responses import (
 from gaggle_console.upstream import UpstreamError
 from gaggle_console.web import (
     Refused,
+    fetch,
     need_session,
+    page_status,
     parts,
     posted,
     refused,
@@ -168,33 +170,25 @@ async def action_page(request: Request, controller_id: str, action_id: str) -> R
     session, key = need_session(request)
     _check_id(controller_id)
     _check_action_id(action_id)
-    try:
-        action = await c.upstream.get("rollouts", f"/api/v1/actions/{action_id}", key)
-    except UpstreamError as exc:
-        if exc.status == 404:
-            return refused(request, 404, f"Rollouts knows no action {action_id}.")
-        return c.render(
-            request,
-            "device_action.html",
-            session,
-            status_code=upstream_status(exc),
-            page="devices",
-            controller_id=controller_id,
-            url=device_url(controller_id),
-            action=None,
-            error=exc,
-        )
-    if action.get("controller_id") != controller_id:
-        return refused(request, 404, f"Action {action_id} is not one of {controller_id!r}.")
+    action, error = await fetch(
+        request,
+        "rollouts",
+        f"/api/v1/actions/{action_id}",
+        key,
+        missing=f"Rollouts knows no action {action_id}.",
+    )
+    if error is None and action.get("controller_id") != controller_id:
+        raise Refused(404, f"Action {action_id} is not one of {controller_id!r}.")
     return c.render(
         request,
         "device_action.html",
         session,
+        status_code=page_status(error),
         page="devices",
         controller_id=controller_id,
         url=device_url(controller_id),
-        action=action,
-        error=None,
+        action=None if error else action,
+        error=error,
     )
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 from gaggle_console import fleet
 from gaggle_console.web import (
     choice,
-    fetch_page,
+    fetch,
     need_session,
     next_page_url,
     page_size,
@@ -53,7 +53,7 @@ async def devices(request: Request) -> Response:
         kept["sort"] = sort
     if limit != DEFAULT_PAGE:
         kept["limit"] = str(limit)
-    page, error = await fetch_page(
+    page, error = await fetch(
         request,
         "registry",
         "/api/v1/devices",

@@ -22,7 +22,7 @@ from gaggle_console.web import (
     Console,
     Refused,
     choice,
-    fetch_page,
+    fetch,
     need_permission,
     need_session,
     next_page_url,
@@ -128,7 +128,7 @@ async def rollouts(request: Request) -> Response:
     state = choice(request, "state", ROLLOUT_STATES)
     before = request.query_params.get("before") or ""
     before = before if ID.match(before) else ""
-    page, error = await fetch_page(
+    page, error = await fetch(
         request,
         "rollouts",
         "/api/v1/rollouts",
@@ -323,29 +323,19 @@ async def rollout(request: Request, rollout_id: str) -> Response:
     c = parts(request)
     session, key = need_session(request)
     _check_id(rollout_id)
-    try:
-        doc = await c.upstream.get("rollouts", f"/api/v1/rollouts/{rollout_id}", key)
-    except UpstreamError as exc:
-        return c.render(
-            request,
-            "rollout.html",
-            session,
-            status_code=upstream_status(exc),
-            page="rollouts",
-            r=None,
-            rollout_id=rollout_id,
-            error=exc,
-        )
-    doc = _progress(doc)
-    doc["waves"] = [_wave_progress(w) for w in doc.get("waves") or []]
+    doc, error = await fetch(request, "rollouts", f"/api/v1/rollouts/{rollout_id}", key)
+    if error is None:
+        doc = _progress(doc)
+        doc["waves"] = [_wave_progress(w) for w in doc.get("waves") or []]
     return c.render(
         request,
         "rollout.html",
         session,
+        status_code=page_status(error),
         page="rollouts",
-        r=doc,
+        r=None if error else doc,
         rollout_id=rollout_id,
-        error=None,
+        error=error,
     )
 
 
@@ -420,7 +410,7 @@ async def members(request: Request, rollout_id: str) -> Response:
     state = choice(request, "state", MEMBER_STATES)
     after = (request.query_params.get("after") or "")[:256]
     path = f"/rollouts/{rollout_id}/devices"
-    page, error = await fetch_page(
+    page, error = await fetch(
         request,
         "rollouts",
         f"/api/v1{path}",

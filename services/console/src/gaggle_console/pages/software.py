@@ -8,7 +8,6 @@ operator's key, and answers with artifacts' verdict as JSON.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 import httpx
@@ -20,7 +19,7 @@ from gaggle_console.upstream import UpstreamError
 from gaggle_console.web import (
     Refused,
     choice,
-    fetch_page,
+    fetch,
     need_session,
     page_size,
     page_status,
@@ -85,7 +84,7 @@ async def _list_page(
         kept["sort"] = sort
     if limit != DEFAULT_PAGE:
         kept["limit"] = str(limit)
-    page, error = await fetch_page(
+    page, error = await fetch(
         request,
         "artifacts",
         "/api/v1/software",
@@ -131,8 +130,8 @@ async def software_list(request: Request) -> Response:
     return await _list_page(request)
 
 
-async def _load(request: Request, raw_id: str) -> tuple[dict[str, Any] | None, Response | None]:
-    """The software, or the page that shows the service's refusal.
+async def _software_page(request: Request, raw_id: str, template: str) -> Response:
+    """``template`` with the software; the detail page with the service's refusal instead.
 
     Raises:
         Refused: the id is not one, or artifacts knows no such software.
@@ -140,46 +139,34 @@ async def _load(request: Request, raw_id: str) -> tuple[dict[str, Any] | None, R
     c = parts(request)
     session, key = need_session(request)
     _check_id(raw_id)
-    try:
-        found: dict[str, Any] = await c.upstream.get("artifacts", f"/api/v1/software/{raw_id}", key)
-    except UpstreamError as exc:
-        if exc.status == 404:
-            raise Refused(404, f"Artifacts knows no software {raw_id}.") from exc
-        page = c.render(
-            request,
-            "software_detail.html",
-            session,
-            status_code=upstream_status(exc),
-            page="software",
-            software=None,
-            error=exc,
-        )
-        return None, page
-    return found, None
+    found, error = await fetch(
+        request,
+        "artifacts",
+        f"/api/v1/software/{raw_id}",
+        key,
+        missing=f"Artifacts knows no software {raw_id}.",
+    )
+    return c.render(
+        request,
+        "software_detail.html" if error else template,
+        session,
+        status_code=page_status(error),
+        page="software",
+        software=None if error else found,
+        error=error,
+    )
 
 
 @router.get("/software/{raw_id}", response_class=HTMLResponse)
 async def software_detail(request: Request, raw_id: str) -> Response:
     """One software: compatibility, hashes, signature, the image's contents."""
-    c = parts(request)
-    session, _ = need_session(request)
-    found, answer = await _load(request, raw_id)
-    if answer is not None:
-        return answer
-    return c.render(
-        request, "software_detail.html", session, page="software", software=found, error=None
-    )
+    return await _software_page(request, raw_id, "software_detail.html")
 
 
 @router.get("/software/{raw_id}/delete", response_class=HTMLResponse)
 async def confirm_delete(request: Request, raw_id: str) -> Response:
     """The page that asks before a delete (where the dialog cannot open: no script)."""
-    c = parts(request)
-    session, _ = need_session(request)
-    found, answer = await _load(request, raw_id)
-    if answer is not None:
-        return answer
-    return c.render(request, "software_delete.html", session, page="software", software=found)
+    return await _software_page(request, raw_id, "software_delete.html")
 
 
 @router.post("/software/{raw_id}/delete", response_class=HTMLResponse)
