@@ -27,6 +27,7 @@ from gaggle_console.web import (
     MAX_FORM_BYTES,
     Console,
     FormTooLarge,
+    Refused,
     SecurityHeaders,
     SignInFirst,
     refused,
@@ -79,6 +80,10 @@ def build_app(
         return refused(
             request, 413, f"This form is larger than the console takes ({MAX_FORM_BYTES} bytes)."
         )
+
+    @app.exception_handler(Refused)
+    async def refusal(request: Request, exc: Refused) -> HTMLResponse:
+        return refused(request, exc.status, exc.message)
 
     @app.exception_handler(SignInFirst)
     async def sign_in_first(request: Request, exc: SignInFirst) -> Response:

@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gaggle_console.sessions import OidcPending, OidcTokens, Session
 from gaggle_console.settings import ConsoleSettings
 from gaggle_console.upstream import UpstreamError
-from gaggle_console.web import Console, parts, refused, set_session_cookie
+from gaggle_console.web import Console, Refused, parts, set_session_cookie
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -458,17 +458,23 @@ def _failed(request: Request, error: OidcError) -> HTMLResponse:
     )
 
 
-def _not_configured(request: Request) -> HTMLResponse:
-    return refused(request, 404, "Single sign-on is not configured on this console.")
+def _configured(request: Request) -> OidcClient:
+    """The provider client.
+
+    Raises:
+        Refused: OIDC is not configured (404).
+    """
+    oidc = client_of(request)
+    if oidc is None:
+        raise Refused(404, "Single sign-on is not configured on this console.")
+    return oidc
 
 
 @router.get("/oidc/sign-in", response_class=HTMLResponse)
 async def oidc_sign_in(request: Request) -> Response:
     """Send the browser to the provider, with a new state, nonce and PKCE challenge."""
     c = parts(request)
-    oidc = client_of(request)
-    if oidc is None:
-        return _not_configured(request)
+    oidc = _configured(request)
     session_id, session = c.session(request)
     if session is not None and session.key:
         return RedirectResponse("/overview", status_code=303)
@@ -492,9 +498,7 @@ async def oidc_sign_in(request: Request) -> Response:
 async def oidc_callback(request: Request) -> Response:
     """The provider's answer: check the state, exchange the code, check the ID token, sign in."""
     c = parts(request)
-    oidc = client_of(request)
-    if oidc is None:
-        return _not_configured(request)
+    oidc = _configured(request)
     session_id, session = c.session(request)
     try:
         credential, tokens, claims = await _finish(request, c, oidc, session)

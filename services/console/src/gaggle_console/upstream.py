@@ -67,6 +67,17 @@ class Upstream:
             method, self.urls[service] + path, params=query, headers=headers, **kwargs
         )
 
+    async def _send(self, service: str, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        """``request``'s answer, whatever its status.
+
+        Raises:
+            UpstreamError: a network error (status 0).
+        """
+        try:
+            return await self.client.send(request, stream=stream)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(service, 0, str(exc) or type(exc).__name__) from exc
+
     async def get(
         self, service: str, path: str, key: str, params: Mapping[str, Any] | None = None
     ) -> Any:
@@ -93,10 +104,7 @@ class Upstream:
             UpstreamError: any answer but 2xx, a network error, or a body that is not JSON.
         """
         request = self._request(method, service, path, key, params, json=json)
-        try:
-            response = await self.client.send(request)
-        except httpx.HTTPError as exc:
-            raise UpstreamError(service, 0, str(exc) or type(exc).__name__) from exc
+        response = await self._send(service, request, stream=False)
         if not response.is_success:
             raise UpstreamError(service, response.status_code, _message(response))
         if response.status_code == 204 or not response.content:
@@ -130,10 +138,7 @@ class Upstream:
         if timeout is not None:
             extra["timeout"] = timeout
         request = self._request(method, service, path, key, params, content=content, **extra)
-        try:
-            response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise UpstreamError(service, 0, str(exc) or type(exc).__name__) from exc
+        response = await self._send(service, request, stream=True)
         try:
             if not response.is_success:
                 await response.aread()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -16,13 +15,19 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from gaggle_console.sessions import Session
 from gaggle_console.upstream import UpstreamError
 from gaggle_console.web import (
-    checked_form,
-    forbidden,
+    Refused,
+    fetch,
+    need_permission,
     need_session,
+    next_page_url,
+    page_status,
+    page_url,
     parts,
-    refused,
+    posted,
+    text_filters,
     upstream_status,
 )
+from gaggle_contracts.access import Permission
 
 router = APIRouter()
 ROLES = {
@@ -31,33 +36,16 @@ ROLES = {
     "approver": "Approver: reads, and approves or denies rollouts",
     "admin": "Admin: everything, keys and the audit log included",
 }
-PERMISSIONS = (
-    "device:read",
-    "device:write",
-    "software:read",
-    "software:write",
-    "rollout:read",
-    "rollout:write",
-    "rollout:approve",
-    "trust:write",
-    "admin",
-)
+PERMISSIONS = tuple(p.value for p in Permission)
 KEY_ID = re.compile(r"^[a-z0-9]{12}$")
 AUDIT_PAGE = 50
 AUDIT_FILTERS = {"actor": 256, "resource": 512, "service": 64}
 KEY_FIELDS = ("name", "grant", "role", "expires_in_days")
 
 
-def _admin(request: Request) -> tuple[Session, str] | HTMLResponse:
-    """The session and key of an admin; else the 403 page."""
-    session, key = need_session(request)
-    if "admin" in session.permissions:
-        return session, key
-    return refused(
-        request,
-        403,
-        "The access pages are for admins: your key lacks the admin permission.",
-    )
+def _need_admin(session: Session) -> None:
+    """Refuse (the 403 page) a key without the admin permission."""
+    need_permission(session, Permission.ADMIN.value, "open the access pages, which are for admins")
 
 
 async def _keys_page(
@@ -72,22 +60,16 @@ async def _keys_page(
     revoked: str | None = None,
 ) -> HTMLResponse:
     c = parts(request)
-    error: UpstreamError | None = None
-    items: list[dict[str, Any]] = []
-    try:
-        page = await c.upstream.get("registry", "/api/v1/keys", key)
-        items = list(page.get("items", []))
-    except UpstreamError as exc:
-        error = exc
-    if error is not None and status_code == 200:
-        status_code = upstream_status(error)
+    page, error = await fetch(request, "registry", "/api/v1/keys", key)
+    if status_code == 200:
+        status_code = page_status(error)
     return c.render(
         request,
         "access_keys.html",
         session,
         status_code=status_code,
         page="access",
-        items=items,
+        items=page.get("items", []),
         error=error,
         roles=ROLES,
         permissions=PERMISSIONS,
@@ -101,10 +83,8 @@ async def _keys_page(
 @router.get("/access", response_class=HTMLResponse)
 async def keys(request: Request) -> Response:
     """The tenant's API keys and the form to issue one."""
-    admin = _admin(request)
-    if isinstance(admin, HTMLResponse):
-        return admin
-    session, key = admin
+    session, key = need_session(request)
+    _need_admin(session)
     revoked = request.query_params.get("revoked") or ""
     return await _keys_page(
         request, session, key, revoked=revoked if KEY_ID.match(revoked) else None
@@ -142,19 +122,14 @@ def key_body(values: dict[str, str], chosen: frozenset[str]) -> dict[str, Any]:
 async def issue(request: Request) -> Response:
     """Issue a key; the answer shows it, once."""
     c = parts(request)
-    form, _, checked = await checked_form(request)
-    if checked is None:
-        return forbidden(request)
-    admin = _admin(request)
-    if isinstance(admin, HTMLResponse):
-        return admin
-    session, key = admin
+    form, session, key = await posted(request)
+    _need_admin(session)
     values = {name: form.get(name, "")[:256] for name in KEY_FIELDS}
     chosen = frozenset(p for p in PERMISSIONS if form.get(f"perm-{p}"))
     try:
         body = key_body(values, chosen)
         issued = await c.upstream.send("POST", "registry", "/api/v1/keys", key, json=body)
-    except ValueError as exc:
+    except (ValueError, UpstreamError) as exc:
         return await _keys_page(
             request,
             session,
@@ -162,17 +137,7 @@ async def issue(request: Request) -> Response:
             values=values,
             chosen=chosen,
             form_error=str(exc),
-            status_code=400,
-        )
-    except UpstreamError as exc:
-        return await _keys_page(
-            request,
-            session,
-            key,
-            values=values,
-            chosen=chosen,
-            form_error=str(exc),
-            status_code=upstream_status(exc),
+            status_code=upstream_status(exc) if isinstance(exc, UpstreamError) else 400,
         )
     return c.render(
         request, "access_key_issued.html", session, status_code=201, page="access", issued=issued
@@ -183,19 +148,14 @@ async def issue(request: Request) -> Response:
 async def revoke(request: Request, key_id: str) -> Response:
     """Revoke a key; every service refuses it within moments."""
     c = parts(request)
-    _, _, checked = await checked_form(request)
-    if checked is None:
-        return forbidden(request)
-    admin = _admin(request)
-    if isinstance(admin, HTMLResponse):
-        return admin
-    _, key = admin
+    _, session, key = await posted(request)
+    _need_admin(session)
     if not KEY_ID.match(key_id):
-        return refused(request, 404, f"There is no key {key_id!r}.")
+        raise Refused(404, f"There is no key {key_id!r}.")
     try:
         await c.upstream.send("DELETE", "registry", f"/api/v1/keys/{key_id}", key)
     except UpstreamError as exc:
-        return refused(request, upstream_status(exc), str(exc))
+        raise Refused(upstream_status(exc), str(exc)) from exc
     return RedirectResponse(f"/access?revoked={key_id}", status_code=303)
 
 
@@ -203,35 +163,23 @@ async def revoke(request: Request, key_id: str) -> Response:
 async def audit(request: Request) -> Response:
     """One page of the audit log, newest first: filters actor, resource and service."""
     c = parts(request)
-    admin = _admin(request)
-    if isinstance(admin, HTMLResponse):
-        return admin
-    session, key = admin
-    query = request.query_params
-    filters = {name: (query.get(name) or "").strip()[:most] for name, most in AUDIT_FILTERS.items()}
-    cursor = (query.get("cursor") or "")[:256]
+    session, key = need_session(request)
+    _need_admin(session)
+    filters = text_filters(request, AUDIT_FILTERS)
+    cursor = (request.query_params.get("cursor") or "")[:256]
     kept = {k: v for k, v in filters.items() if v}
-    error: UpstreamError | None = None
-    items: list[dict[str, Any]] = []
-    next_url = None
-    try:
-        page = await c.upstream.get(
-            "registry", "/api/v1/audit", key, {**kept, "cursor": cursor, "limit": AUDIT_PAGE}
-        )
-        items = list(page.get("items", []))
-        if page.get("next"):
-            next_url = "/access/audit?" + urlencode({**kept, "cursor": page["next"]})
-    except UpstreamError as exc:
-        error = exc
+    page, error = await fetch(
+        request, "registry", "/api/v1/audit", key, {**kept, "cursor": cursor, "limit": AUDIT_PAGE}
+    )
     return c.render(
         request,
         "access_audit.html",
         session,
-        status_code=upstream_status(error) if error else 200,
+        status_code=page_status(error),
         page="access",
         filters=filters,
-        items=items,
-        next_url=next_url,
-        first_url=("/access/audit?" + urlencode(kept)) if cursor else None,
+        items=page.get("items", []),
+        next_url=next_page_url("/access/audit", kept, page),
+        first_url=page_url("/access/audit", kept) if cursor else None,
         error=error,
     )

@@ -26,10 +26,12 @@ from fastapi.responses import (
 
 from gaggle_console.upstream import UpstreamError
 from gaggle_console.web import (
-    checked_form,
-    forbidden,
+    Refused,
+    fetch,
     need_session,
+    page_status,
     parts,
+    posted,
     refused,
     upstream_status,
 )
@@ -63,11 +65,14 @@ def device_url(controller_id: str) -> str:
     return "/devices/" + quote(controller_id, safe="")
 
 
-def _bad_id(request: Request, controller_id: str) -> HTMLResponse | None:
-    problem = valid_controller_id(controller_id)
-    if problem is None:
-        return None
-    return refused(request, 400, f"There is no device with this id: {problem}.")
+def _check_id(controller_id: str) -> None:
+    if problem := valid_controller_id(controller_id):
+        raise Refused(400, f"There is no device with this id: {problem}.")
+
+
+def _check_action_id(action_id: str) -> None:
+    if names.parse_row_id(action_id) is None:
+        raise Refused(404, "There is no action with this id: ids are numbers.")
 
 
 async def _get(c: Any, service: str, path: str, key: str, **params: Any) -> Any:
@@ -127,19 +132,16 @@ async def _device_page(
 async def device_page(request: Request, controller_id: str) -> Response:
     """The device page."""
     need_session(request)
-    return _bad_id(request, controller_id) or await _device_page(request, controller_id)
+    _check_id(controller_id)
+    return await _device_page(request, controller_id)
 
 
 @router.post("/devices/{controller_id}/policy", response_class=HTMLResponse)
 async def set_policy(request: Request, controller_id: str) -> Response:
     """Set the device's policy; a refusal shows next to the form, as sent."""
     c = parts(request)
-    form, _, session = await checked_form(request)
-    if session is None:
-        return forbidden(request)
-    _, key = need_session(request)
-    if bad := _bad_id(request, controller_id):
-        return bad
+    form, _, key = await posted(request)
+    _check_id(controller_id)
     sent = {
         "mode": form.get("mode", "").strip()[:32],
         "feed": form.get("feed", "").strip()[:MAX_FEED],
@@ -161,46 +163,32 @@ async def set_policy(request: Request, controller_id: str) -> Response:
     return RedirectResponse(device_url(controller_id) + "?saved=policy#policy", status_code=303)
 
 
-def _action_id(raw: str) -> str | None:
-    return raw if names.parse_row_id(raw) is not None else None
-
-
 @router.get("/devices/{controller_id}/actions/{action_id}", response_class=HTMLResponse)
 async def action_page(request: Request, controller_id: str, action_id: str) -> Response:
     """One action of the device with its full status history."""
     c = parts(request)
     session, key = need_session(request)
-    if bad := _bad_id(request, controller_id):
-        return bad
-    if _action_id(action_id) is None:
-        return refused(request, 404, "There is no action with this id: ids are numbers.")
-    try:
-        action = await c.upstream.get("rollouts", f"/api/v1/actions/{action_id}", key)
-    except UpstreamError as exc:
-        if exc.status == 404:
-            return refused(request, 404, f"Rollouts knows no action {action_id}.")
-        return c.render(
-            request,
-            "device_action.html",
-            session,
-            status_code=upstream_status(exc),
-            page="devices",
-            controller_id=controller_id,
-            url=device_url(controller_id),
-            action=None,
-            error=exc,
-        )
-    if action.get("controller_id") != controller_id:
-        return refused(request, 404, f"Action {action_id} is not one of {controller_id!r}.")
+    _check_id(controller_id)
+    _check_action_id(action_id)
+    action, error = await fetch(
+        request,
+        "rollouts",
+        f"/api/v1/actions/{action_id}",
+        key,
+        missing=f"Rollouts knows no action {action_id}.",
+    )
+    if error is None and action.get("controller_id") != controller_id:
+        raise Refused(404, f"Action {action_id} is not one of {controller_id!r}.")
     return c.render(
         request,
         "device_action.html",
         session,
+        status_code=page_status(error),
         page="devices",
         controller_id=controller_id,
         url=device_url(controller_id),
-        action=action,
-        error=None,
+        action=None if error else action,
+        error=error,
     )
 
 
@@ -208,18 +196,13 @@ async def action_page(request: Request, controller_id: str, action_id: str) -> R
 async def cancel_action(request: Request, controller_id: str, action_id: str) -> Response:
     """Ask rollouts to cancel an open action of the device."""
     c = parts(request)
-    _, _, session = await checked_form(request)
-    if session is None:
-        return forbidden(request)
-    _, key = need_session(request)
-    if bad := _bad_id(request, controller_id):
-        return bad
-    if _action_id(action_id) is None:
-        return refused(request, 404, "There is no action with this id: ids are numbers.")
+    _, _, key = await posted(request)
+    _check_id(controller_id)
+    _check_action_id(action_id)
     try:
         await c.upstream.send("POST", "rollouts", f"/api/v1/actions/{action_id}/cancel", key)
     except UpstreamError as exc:
-        return refused(request, upstream_status(exc), f"The action was not canceled. {exc}")
+        raise Refused(upstream_status(exc), f"The action was not canceled. {exc}") from exc
     return RedirectResponse(device_url(controller_id) + "?canceled=" + action_id, status_code=303)
 
 

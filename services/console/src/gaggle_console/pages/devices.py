@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from gaggle_console import fleet
-from gaggle_console.upstream import UpstreamError
-from gaggle_console.web import need_session, parts, upstream_status
+from gaggle_console.web import (
+    choice,
+    fetch,
+    need_session,
+    next_page_url,
+    page_size,
+    page_status,
+    page_url,
+    parts,
+    text_filters,
+)
 from gaggle_contracts.events import UPDATE_STATES
 
 router = APIRouter()
@@ -35,38 +42,25 @@ async def devices(request: Request) -> Response:
     """One page of the device list."""
     c = parts(request)
     session, key = need_session(request)
-    query = request.query_params
-    filters = {name: (query.get(name) or "").strip()[:MAX_FIELD] for name in LIST_FILTERS}
+    filters = text_filters(request, dict.fromkeys(LIST_FILTERS, MAX_FIELD))
     if filters["state"] not in UPDATE_STATES:
         filters["state"] = ""
-    sort = query.get("sort") or "controller_id"
-    sort = sort if sort in SORTS else "controller_id"
-    try:
-        limit = int(query.get("limit") or DEFAULT_PAGE)
-    except ValueError:
-        limit = DEFAULT_PAGE
-    limit = limit if limit in PAGE_SIZES else DEFAULT_PAGE
-    cursor = (query.get("cursor") or "")[:2048]
+    sort = choice(request, "sort", SORTS, "controller_id")
+    limit = page_size(request, PAGE_SIZES, DEFAULT_PAGE)
+    cursor = (request.query_params.get("cursor") or "")[:2048]
     kept = {k: v for k, v in filters.items() if v}
     if sort != "controller_id":
         kept["sort"] = sort
     if limit != DEFAULT_PAGE:
         kept["limit"] = str(limit)
-    error: UpstreamError | None = None
-    items: list[dict[str, Any]] = []
-    next_url = None
-    try:
-        page = await c.upstream.get(
-            "registry",
-            "/api/v1/devices",
-            key,
-            {**kept, "sort": sort, "limit": limit, "cursor": cursor},
-        )
-        items = list(page.get("items", []))
-        if page.get("next"):
-            next_url = "/devices?" + urlencode({**kept, "cursor": page["next"]})
-    except UpstreamError as exc:
-        error = exc
+    page, error = await fetch(
+        request,
+        "registry",
+        "/api/v1/devices",
+        key,
+        {**kept, "sort": sort, "limit": limit, "cursor": cursor},
+    )
+    items = list(page.get("items", []))
     online_within = timedelta(seconds=c.settings.online_within_s)
     current = c.now()
     for item in items:
@@ -82,7 +76,7 @@ async def devices(request: Request) -> Response:
         request,
         "devices.html",
         session,
-        status_code=upstream_status(error) if error else 200,
+        status_code=page_status(error),
         page="devices",
         filters=filters,
         states=UPDATE_STATES,
@@ -91,7 +85,7 @@ async def devices(request: Request) -> Response:
         limit=limit,
         page_sizes=PAGE_SIZES,
         items=items,
-        next_url=next_url,
-        first_url=("/devices?" + urlencode(kept)) if cursor else None,
+        next_url=next_page_url("/devices", kept, page),
+        first_url=page_url("/devices", kept) if cursor else None,
         error=error,
     )

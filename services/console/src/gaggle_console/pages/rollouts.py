@@ -11,7 +11,6 @@ import contextlib
 import re
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 from fastapi import APIRouter, Request
@@ -21,11 +20,16 @@ from gaggle_console import fleet
 from gaggle_console.upstream import UpstreamError
 from gaggle_console.web import (
     Console,
-    checked_form,
-    forbidden,
+    Refused,
+    choice,
+    fetch,
+    need_permission,
     need_session,
+    next_page_url,
+    page_status,
+    page_url,
     parts,
-    refused,
+    posted,
     upstream_status,
 )
 
@@ -121,38 +125,28 @@ async def rollouts(request: Request) -> Response:
     """Rollouts, newest first, with their state and progress; paged."""
     c = parts(request)
     session, key = need_session(request)
-    state = request.query_params.get("state") or ""
-    state = state if state in ROLLOUT_STATES else ""
+    state = choice(request, "state", ROLLOUT_STATES)
     before = request.query_params.get("before") or ""
     before = before if ID.match(before) else ""
-    error: UpstreamError | None = None
-    items: list[dict[str, Any]] = []
-    next_url = None
-    try:
-        page = await c.upstream.get(
-            "rollouts",
-            "/api/v1/rollouts",
-            key,
-            {"state": state, "before": before, "limit": LIST_PAGE},
-        )
-        items = [_progress(r) for r in page.get("items", [])]
-        if page.get("next"):
-            next_url = "/rollouts?" + urlencode(
-                {k: v for k, v in (("state", state), ("before", page["next"])) if v}
-            )
-    except UpstreamError as exc:
-        error = exc
+    page, error = await fetch(
+        request,
+        "rollouts",
+        "/api/v1/rollouts",
+        key,
+        {"state": state, "before": before, "limit": LIST_PAGE},
+    )
+    kept = {"state": state} if state else {}
     return c.render(
         request,
         "rollouts.html",
         session,
-        status_code=upstream_status(error) if error else 200,
+        status_code=page_status(error),
         page="rollouts",
-        items=items,
+        items=[_progress(r) for r in page.get("items", [])],
         states=ROLLOUT_STATES,
         state=state,
-        next_url=next_url,
-        first_url=("/rollouts?" + urlencode({"state": state} if state else {})) if before else None,
+        next_url=next_page_url("/rollouts", kept, page, "before"),
+        first_url=page_url("/rollouts", kept) if before else None,
         error=error,
     )
 
@@ -177,21 +171,16 @@ def _new_form(
     )
 
 
-def _may_write(request: Request) -> HTMLResponse | None:
+def _need_write(request: Request) -> None:
     session, _ = need_session(request)
-    if "rollout:write" in session.permissions:
-        return None
-    return refused(
-        request,
-        403,
-        "Your key may not create rollouts: it lacks the rollout:write permission.",
-    )
+    need_permission(session, "rollout:write", "create rollouts")
 
 
 @router.get("/rollouts/new", response_class=HTMLResponse)
 async def new_rollout_form(request: Request) -> Response:
     """The form of a new rollout (for keys with ``rollout:write``)."""
-    return _may_write(request) or _new_form(request, dict(DEFAULTS))
+    _need_write(request)
+    return _new_form(request, dict(DEFAULTS))
 
 
 def _int(values: dict[str, str], name: str, what: str, low: int, high: int) -> int:
@@ -301,13 +290,8 @@ async def tagged(c: Console, key: str, tag: str) -> list[str]:
 async def create_rollout(request: Request) -> Response:
     """Create the rollout; a refusal is shown next to the form, its values kept."""
     c = parts(request)
-    form, _, session = await checked_form(request)
-    if session is None:
-        return forbidden(request)
-    _, key = need_session(request)
-    denied = _may_write(request)
-    if denied is not None:
-        return denied
+    form, session, key = await posted(request)
+    need_permission(session, "rollout:write", "create rollouts")
     values = {name: form.get(name, "")[:20_000] for name in FORM_FIELDS}
     try:
         body = rollout_body(values)
@@ -328,10 +312,9 @@ async def create_rollout(request: Request) -> Response:
     return RedirectResponse(f"/rollouts/{doc['id']}", status_code=303)
 
 
-def _checked_id(request: Request, rollout_id: str) -> HTMLResponse | None:
-    if ID.match(rollout_id):
-        return None
-    return refused(request, 404, f"There is no rollout {rollout_id!r}.")
+def _check_id(rollout_id: str) -> None:
+    if not ID.match(rollout_id):
+        raise Refused(404, f"There is no rollout {rollout_id!r}.")
 
 
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
@@ -339,32 +322,20 @@ async def rollout(request: Request, rollout_id: str) -> Response:
     """One rollout, live: overall and per-wave progress, state, commands."""
     c = parts(request)
     session, key = need_session(request)
-    bad = _checked_id(request, rollout_id)
-    if bad is not None:
-        return bad
-    try:
-        doc = await c.upstream.get("rollouts", f"/api/v1/rollouts/{rollout_id}", key)
-    except UpstreamError as exc:
-        return c.render(
-            request,
-            "rollout.html",
-            session,
-            status_code=upstream_status(exc),
-            page="rollouts",
-            r=None,
-            rollout_id=rollout_id,
-            error=exc,
-        )
-    doc = _progress(doc)
-    doc["waves"] = [_wave_progress(w) for w in doc.get("waves") or []]
+    _check_id(rollout_id)
+    doc, error = await fetch(request, "rollouts", f"/api/v1/rollouts/{rollout_id}", key)
+    if error is None:
+        doc = _progress(doc)
+        doc["waves"] = [_wave_progress(w) for w in doc.get("waves") or []]
     return c.render(
         request,
         "rollout.html",
         session,
+        status_code=page_status(error),
         page="rollouts",
-        r=doc,
+        r=None if error else doc,
         rollout_id=rollout_id,
-        error=None,
+        error=error,
     )
 
 
@@ -412,18 +383,11 @@ async def rollout_events(request: Request, rollout_id: str) -> Response:
 async def command(request: Request, rollout_id: str, command: str) -> Response:
     """Start, pause, resume, abort, approve or deny the rollout."""
     c = parts(request)
-    form, _, session = await checked_form(request)
-    if session is None:
-        return forbidden(request)
-    _, key = need_session(request)
-    bad = _checked_id(request, rollout_id)
-    if bad is not None:
-        return bad
+    form, session, key = await posted(request)
+    _check_id(rollout_id)
     if command not in COMMANDS:
-        return refused(request, 404, f"A rollout has no command {command!r}.")
-    needed = COMMANDS[command]
-    if needed not in session.permissions:
-        return refused(request, 403, f"Your key may not {command} rollouts: it lacks {needed}.")
+        raise Refused(404, f"A rollout has no command {command!r}.")
+    need_permission(session, COMMANDS[command], f"{command} rollouts")
     body = None
     if command in ("approve", "deny"):
         remark = form.get("remark", "").strip()[:1024]
@@ -433,7 +397,7 @@ async def command(request: Request, rollout_id: str, command: str) -> Response:
             "POST", "rollouts", f"/api/v1/rollouts/{rollout_id}/{command}", key, json=body
         )
     except UpstreamError as exc:
-        return refused(request, upstream_status(exc), str(exc))
+        raise Refused(upstream_status(exc), str(exc)) from exc
     return RedirectResponse(f"/rollouts/{rollout_id}", status_code=303)
 
 
@@ -442,42 +406,29 @@ async def members(request: Request, rollout_id: str) -> Response:
     """A rollout's devices with their wave and state, paged by device id."""
     c = parts(request)
     session, key = need_session(request)
-    bad = _checked_id(request, rollout_id)
-    if bad is not None:
-        return bad
-    state = request.query_params.get("state") or ""
-    state = state if state in MEMBER_STATES else ""
+    _check_id(rollout_id)
+    state = choice(request, "state", MEMBER_STATES)
     after = (request.query_params.get("after") or "")[:256]
-    error: UpstreamError | None = None
-    items: list[dict[str, Any]] = []
-    next_url = None
-    try:
-        page = await c.upstream.get(
-            "rollouts",
-            f"/api/v1/rollouts/{rollout_id}/devices",
-            key,
-            {"state": state, "after": after, "limit": MEMBERS_PAGE},
-        )
-        items = list(page.get("items", []))
-        if page.get("next"):
-            kept = {"state": state} if state else {}
-            next_url = f"/rollouts/{rollout_id}/devices?" + urlencode(
-                {**kept, "after": page["next"]}
-            )
-    except UpstreamError as exc:
-        error = exc
-    first = f"/rollouts/{rollout_id}/devices" + (f"?state={state}" if state else "")
+    path = f"/rollouts/{rollout_id}/devices"
+    page, error = await fetch(
+        request,
+        "rollouts",
+        f"/api/v1{path}",
+        key,
+        {"state": state, "after": after, "limit": MEMBERS_PAGE},
+    )
+    kept = {"state": state} if state else {}
     return c.render(
         request,
         "rollout_devices.html",
         session,
-        status_code=upstream_status(error) if error else 200,
+        status_code=page_status(error),
         page="rollouts",
         rollout_id=rollout_id,
-        items=items,
+        items=page.get("items", []),
         states=MEMBER_STATES,
         state=state,
-        next_url=next_url,
-        first_url=first if after else None,
+        next_url=next_page_url(path, kept, page, "after"),
+        first_url=page_url(path, kept) if after else None,
         error=error,
     )

@@ -8,7 +8,6 @@ operator's key, and answers with artifacts' verdict as JSON.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 import httpx
@@ -18,11 +17,16 @@ from starlette.requests import ClientDisconnect
 
 from gaggle_console.upstream import UpstreamError
 from gaggle_console.web import (
-    checked_form,
-    forbidden,
+    Refused,
+    choice,
+    fetch,
     need_session,
+    page_size,
+    page_status,
+    page_url,
     parts,
-    refused,
+    posted,
+    text_filters,
     upstream_status,
 )
 from gaggle_contracts import names
@@ -53,8 +57,9 @@ def software_id(raw: str) -> str | None:
     return raw if names.parse_row_id(raw) is not None else None
 
 
-def _bad_id(request: Request) -> HTMLResponse:
-    return refused(request, 404, "There is no software with this id: ids are numbers.")
+def _check_id(raw_id: str) -> None:
+    if software_id(raw_id) is None:
+        raise Refused(404, "There is no software with this id: ids are numbers.")
 
 
 async def _list_page(
@@ -67,14 +72,9 @@ async def _list_page(
     c = parts(request)
     session, key = need_session(request)
     query = request.query_params
-    filters = {name: (query.get(name) or "").strip()[:n] for name, n in LIST_FILTERS.items()}
-    sort = query.get("sort") or "-created"
-    sort = sort if sort in SORTS else "-created"
-    try:
-        limit = int(query.get("limit") or DEFAULT_PAGE)
-    except ValueError:
-        limit = DEFAULT_PAGE
-    limit = limit if limit in PAGE_SIZES else DEFAULT_PAGE
+    filters = text_filters(request, LIST_FILTERS)
+    sort = choice(request, "sort", SORTS, "-created")
+    limit = page_size(request, PAGE_SIZES, DEFAULT_PAGE)
     try:
         offset = max(0, min(int(query.get("offset") or 0), MAX_OFFSET))
     except ValueError:
@@ -84,27 +84,20 @@ async def _list_page(
         kept["sort"] = sort
     if limit != DEFAULT_PAGE:
         kept["limit"] = str(limit)
-    error: UpstreamError | None = None
-    items: list[dict[str, Any]] = []
-    total = 0
+    page, error = await fetch(
+        request,
+        "artifacts",
+        "/api/v1/software",
+        key,
+        {**kept, "sort": sort, "limit": limit, "offset": offset},
+    )
     next_url = prev_url = None
-    try:
-        page = await c.upstream.get(
-            "artifacts",
-            "/api/v1/software",
-            key,
-            {**kept, "sort": sort, "limit": limit, "offset": offset},
-        )
-        items = list(page.get("items", []))
-        total = int(page.get("total") or 0)
-        if page.get("next_offset") is not None:
-            next_url = "/software?" + urlencode({**kept, "offset": page["next_offset"]})
-        if offset > 0:
-            prev_url = "/software?" + urlencode({**kept, "offset": max(0, offset - limit)})
-    except UpstreamError as exc:
-        error = exc
-    if error is not None and status_code == 200:
-        status_code = upstream_status(error)
+    if page.get("next_offset") is not None:
+        next_url = page_url("/software", {**kept, "offset": page["next_offset"]})
+    if offset > 0 and error is None:
+        prev_url = page_url("/software", {**kept, "offset": max(0, offset - limit)})
+    if status_code == 200:
+        status_code = page_status(error)
     deleted = query.get("deleted")
     return c.render(
         request,
@@ -117,8 +110,8 @@ async def _list_page(
         sort=sort,
         limit=limit,
         page_sizes=PAGE_SIZES,
-        items=items,
-        total=total,
+        items=page.get("items", []),
+        total=int(page.get("total") or 0),
         first=offset + 1,
         next_url=next_url,
         prev_url=prev_url,
@@ -137,68 +130,55 @@ async def software_list(request: Request) -> Response:
     return await _list_page(request)
 
 
-async def _load(request: Request, raw_id: str) -> tuple[dict[str, Any] | None, Response | None]:
-    """The software, or the page that says why not."""
+async def _software_page(request: Request, raw_id: str, template: str) -> Response:
+    """``template`` with the software; the detail page with the service's refusal instead.
+
+    Raises:
+        Refused: the id is not one, or artifacts knows no such software.
+    """
     c = parts(request)
     session, key = need_session(request)
-    if software_id(raw_id) is None:
-        return None, _bad_id(request)
-    try:
-        found: dict[str, Any] = await c.upstream.get("artifacts", f"/api/v1/software/{raw_id}", key)
-    except UpstreamError as exc:
-        if exc.status == 404:
-            return None, refused(request, 404, f"Artifacts knows no software {raw_id}.")
-        page = c.render(
-            request,
-            "software_detail.html",
-            session,
-            status_code=upstream_status(exc),
-            page="software",
-            software=None,
-            error=exc,
-        )
-        return None, page
-    return found, None
+    _check_id(raw_id)
+    found, error = await fetch(
+        request,
+        "artifacts",
+        f"/api/v1/software/{raw_id}",
+        key,
+        missing=f"Artifacts knows no software {raw_id}.",
+    )
+    return c.render(
+        request,
+        "software_detail.html" if error else template,
+        session,
+        status_code=page_status(error),
+        page="software",
+        software=None if error else found,
+        error=error,
+    )
 
 
 @router.get("/software/{raw_id}", response_class=HTMLResponse)
 async def software_detail(request: Request, raw_id: str) -> Response:
     """One software: compatibility, hashes, signature, the image's contents."""
-    c = parts(request)
-    session, _ = need_session(request)
-    found, answer = await _load(request, raw_id)
-    if answer is not None:
-        return answer
-    return c.render(
-        request, "software_detail.html", session, page="software", software=found, error=None
-    )
+    return await _software_page(request, raw_id, "software_detail.html")
 
 
 @router.get("/software/{raw_id}/delete", response_class=HTMLResponse)
 async def confirm_delete(request: Request, raw_id: str) -> Response:
     """The page that asks before a delete (where the dialog cannot open: no script)."""
-    c = parts(request)
-    session, _ = need_session(request)
-    found, answer = await _load(request, raw_id)
-    if answer is not None:
-        return answer
-    return c.render(request, "software_delete.html", session, page="software", software=found)
+    return await _software_page(request, raw_id, "software_delete.html")
 
 
 @router.post("/software/{raw_id}/delete", response_class=HTMLResponse)
 async def delete(request: Request, raw_id: str) -> Response:
     """Delete: artifacts decides soft (a device ever had it) or hard."""
     c = parts(request)
-    _, _, session = await checked_form(request)
-    if session is None:
-        return forbidden(request)
-    _, key = need_session(request)
-    if software_id(raw_id) is None:
-        return _bad_id(request)
+    _, _, key = await posted(request)
+    _check_id(raw_id)
     try:
         done = await c.upstream.send("DELETE", "artifacts", f"/api/v1/software/{raw_id}", key)
     except UpstreamError as exc:
-        return refused(request, upstream_status(exc), f"The software was not deleted. {exc}")
+        raise Refused(upstream_status(exc), f"The software was not deleted. {exc}") from exc
     how = (done or {}).get("deleted")
     target = "/software?" + urlencode({"deleted": raw_id, "how": how if how else ""})
     return RedirectResponse(target, status_code=303)
@@ -208,10 +188,7 @@ async def delete(request: Request, raw_id: str) -> Response:
 async def register(request: Request) -> Response:
     """Register software hosted elsewhere by its URL (artifacts fetches it once to check it)."""
     c = parts(request)
-    form, _, session = await checked_form(request)
-    if session is None:
-        return forbidden(request)
-    _, key = need_session(request)
+    form, _, key = await posted(request)
     sent = {
         "url": form.get("url", "").strip()[:MAX_URL],
         "filename": form.get("filename", "").strip()[:MAX_FILENAME],
