@@ -81,8 +81,16 @@ def test_the_walkthrough_works_as_written(home: Path) -> None:
         script.append(as_pasted_here(command, ports))
         script.append(f"printf '\\n{MARK} {index} %s\\n' $?")
         if command.rstrip().endswith("&"):
-            # A person pastes the next line a moment later: the devices have polled by then.
-            script.append(f"sleep 8; printf '\\n{MARK} wait 0\\n'")
+            # A person pastes the next line a moment later, once the simulated devices have
+            # polled and reported their board: at most a minute on a busy machine.
+            model = re.search(r"--hw-model (\S+)", command)
+            assert model, command
+            board = model.group(1)
+            listed = f"{ROOT}/gaggle devices list --hw-model {board}"
+            script.append(
+                f"for _ in $(seq 60); do {listed} 2>/dev/null | grep -q ' {board} '"
+                f" && break; sleep 1; done; sleep 2; printf '\\n{MARK} wait 0\\n'"
+            )
     env = {k: v for k, v in stack.env.items() if not k.startswith("GAGGLE_")}
     env["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # no uv, no .venv/bin
     try:
