@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,45 +17,30 @@ from typing import Any
 
 import pytest
 
-from gaggle_servers import free_port, nats_server_binary, wait_for_port
+from gaggle_servers import NatsProcess, free_port
 
 CLUSTER_NAME = "gaggle"
 
 
-class ClusterNode:
-    """One ``nats-server`` of the cluster."""
+class ClusterNode(NatsProcess):
+    """One ``nats-server`` of the cluster, with its own route and monitoring port."""
 
     def __init__(self, name: str, folder: Path) -> None:
+        super().__init__(folder / name, log_file=folder / f"{name}.log")
         self.name = name
-        self.port = free_port()
         self.route_port = free_port()
         self.monitor_port = free_port()
-        self.store_dir = folder / name
-        self.log_file = folder / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """Client URL."""
-        return f"nats://127.0.0.1:{self.port}"
+        self.routes: list[str] = []
+        """The other nodes' route URLs, as :class:`NatsCluster` sets them before a start."""
 
     @property
     def route_url(self) -> str:
         """Where the other nodes reach this one."""
         return f"nats://127.0.0.1:{self.route_port}"
 
-    def start(self, routes: list[str], timeout: float = 15.0) -> None:
-        """Start and wait until it takes clients."""
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            nats_server_binary(),
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-sd",
-            str(self.store_dir),
+    def extra_args(self) -> list[str]:
+        """Monitoring, the node's name and its routes to the other nodes."""
+        return [
             "-m",
             str(self.monitor_port),
             "--server_name",
@@ -66,33 +50,14 @@ class ClusterNode:
             "--cluster",
             self.route_url,
             "--routes",
-            ",".join(routes),
-            "-l",
-            str(self.log_file),
+            ",".join(self.routes),
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port("127.0.0.1", self.port, timeout, self.proc)
-
-    @property
-    def running(self) -> bool:
-        """Whether the process runs."""
-        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         """SIGKILL, as a crash."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Terminate, then kill if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
     def monitor(self, path: str) -> dict[str, Any]:
         """A monitoring endpoint's JSON (``/healthz``, ``/jsz?streams=true``, …)."""
@@ -110,7 +75,7 @@ class ClusterNode:
     def log_tail(self, lines: int = 10) -> str:
         """The last lines of its log."""
         try:
-            text = self.log_file.read_text(errors="replace")
+            text = self.log_file.read_text(errors="replace") if self.log_file else ""
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
@@ -137,12 +102,13 @@ class NatsCluster:
     def start(self, timeout: float = 30.0) -> None:
         """Start every node, then wait until each is healthy (a meta leader is elected)."""
         for node in self.nodes:
-            node.start(self.routes)
+            node.routes = self.routes
+            node.start()
         self.wait_healthy(self.nodes, timeout)
 
     def restart(self, node: ClusterNode, timeout: float = 30.0) -> None:
         """Start ``node`` again on its ports and store; wait until it is healthy."""
-        node.start(self.routes)
+        node.start()
         self.wait_healthy([node], timeout)
 
     def wait_healthy(self, nodes: list[ClusterNode], timeout: float) -> None:

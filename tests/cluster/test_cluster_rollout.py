@@ -29,8 +29,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,22 +41,30 @@ import pytest
 from nats.js.api import DeliverPolicy
 
 from gaggle_contracts import names
-from gaggle_contracts.access import key_hash, new_api_key
 from gaggle_contracts.settings import CommonSettings
 from gaggle_runtime.db import ensure_database, with_database
 from gaggle_runtime.jetstream import bucket_stream, ensure_all
 from gaggle_servers import free_port
-from gaggle_sim import Device, Fleet, FleetConfig
+from gaggle_sim import Fleet
 from gaggle_stack.launcher import Launcher
-from gaggle_swu.build import make_rawfile_swu
 from gaggle_testing import eventually
 from tests.cluster.conftest import ClusterNode, NatsCluster
+from tests.fleet_support import (
+    NEW_VERSION,
+    TENANT,
+    ServiceProcesses,
+    acknowledged,
+    expected_attributes,
+    feedback_key,
+    fleet_config,
+    results,
+    server_view,
+    settled,
+    start_rollout,
+    upload_image,
+)
 
-TENANT = "default"
 BOARD = "cluster-board"
-REVISION = "1.0"
-OLD_VERSION = "1.0.0"
-NEW_VERSION = "2.0.0"
 DEVICES = int(os.environ.get("GAGGLE_CLUSTER_DEVICES", "100"))
 """Devices in all, half behind each gateway."""
 REPLICAS = 2
@@ -68,7 +74,6 @@ SERVICES = {
     "artifacts": ("gaggle_artifacts", "GAGGLE_ARTIFACTS_"),
     "rollouts": ("gaggle_rollouts", "GAGGLE_ROLLOUTS_"),
 }
-FAILING_SHARE = 0.1
 FINAL = {"closed", "canceled"}
 SUITE = os.environ.get("GAGGLE_CLUSTER_TESTS", "") not in ("", "0")
 
@@ -89,39 +94,14 @@ async def connect(nats_url: str) -> Any:
     )
 
 
-class Replicas:
+class Replicas(ServiceProcesses):
     """``REPLICAS`` processes of each service, each on its own port with its own log."""
 
+    tail_lines = 12
+
     def __init__(self, folder: Path, nats_url: str, database_url: str) -> None:
-        self.folder = folder
-        key_id, self.key = new_api_key()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GAGGLE_")}
-        self.env.update(
-            {
-                "GAGGLE_NATS_URL": nats_url,
-                "GAGGLE_NATS_REPLICAS": "3",
-                "GAGGLE_DATABASE_URL": database_url,
-                "GAGGLE_STORAGE_DIR": str(folder / "objects"),
-                "GAGGLE_LOG_JSON": "false",
-                "GAGGLE_GATEWAY_POLLING_SLEEP": "00:00:01",
-                "GAGGLE_REGISTRY_BOOTSTRAP_KEY": f"{key_id}:{key_hash(self.key)}",
-                "GAGGLE_REGISTRY_BOOTSTRAP_TENANT": TENANT,
-            }
-        )
-        self.ports = {
-            f"{name}-{i}": free_port() for name in SERVICES for i in range(1, REPLICAS + 1)
-        }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def url(self, replica: str) -> str:
-        return f"http://127.0.0.1:{self.ports[replica]}"
-
-    def log(self, replica: str) -> Path:
-        return self.folder / f"{replica}.log"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
+        ports = {f"{name}-{i}": free_port() for name in SERVICES for i in range(1, REPLICAS + 1)}
+        super().__init__(folder, nats_url, database_url, ports, {"GAGGLE_NATS_REPLICAS": "3"})
 
     async def start(self, timeout: float = 90.0) -> None:
         (self.folder / "objects").mkdir(parents=True, exist_ok=True)
@@ -135,92 +115,11 @@ class Replicas:
             async def all_ready() -> bool:
                 self.check_alive()
                 for replica in self.ports:
-                    with contextlib.suppress(httpx.HTTPError):
-                        r = await client.get(f"{self.url(replica)}/readyz")
-                        if r.status_code == 200:
-                            continue
-                    return False
+                    if not await self.ready(client, replica):
+                        return False
                 return True
 
             await eventually(all_ready, timeout=timeout, interval=0.2, explain=self.tails)
-
-    def check_alive(self) -> None:
-        for replica, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise AssertionError(f"{replica} exited with {proc.returncode}\n{self.tails()}")
-
-    def tails(self, lines: int = 12) -> str:
-        out = []
-        for replica in self.ports:
-            try:
-                text = self.log(replica).read_text(errors="replace")
-            except OSError:
-                text = ""
-            out.append(f"--- {replica} log (last {lines} lines)")
-            out.extend(text.splitlines()[-lines:])
-        return "\n".join(out)
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def feedback_key(execution: Any, finished: Any, details: Any) -> tuple[str, str, tuple[str, ...]]:
-    """What identifies a feedback report in an action's history."""
-    return (str(execution), str(finished), tuple(str(d) for d in details or ()))
-
-
-async def server_view(database_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Registry devices and rollouts actions, with their device-reported history rows."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        devices = {
-            r["controller_id"]: dict(r)
-            for r in await conn.fetch(
-                "SELECT controller_id, hw_model, sw_version, attributes, update_state "
-                "FROM registry.devices WHERE tenant = $1 AND controller_id LIKE 'cl%'",
-                TENANT,
-            )
-        }
-        rows = await conn.fetch(
-            "SELECT a.id, a.controller_id, a.status, a.active, s.event_id, s.execution, "
-            "s.finished, s.details FROM rollouts.actions a LEFT JOIN rollouts.action_status s "
-            "ON s.action_id = a.id AND s.event_id IS NOT NULL "
-            "WHERE a.tenant = $1 AND a.controller_id LIKE 'cl%' ORDER BY a.id, s.id",
-            TENANT,
-        )
-    finally:
-        await conn.close()
-    actions: dict[str, Any] = {}
-    for r in rows:
-        action = actions.setdefault(r["controller_id"], {}).setdefault(
-            str(r["id"]), {"status": r["status"], "active": r["active"], "history": []}
-        )
-        if r["event_id"] is not None:
-            details = r["details"]
-            if isinstance(details, str):
-                details = json.loads(details)
-            action["history"].append(feedback_key(r["execution"], r["finished"], details))
-    for device in devices.values():
-        if isinstance(device["attributes"], str):
-            device["attributes"] = json.loads(device["attributes"])
-    return devices, actions
-
-
-def expected_attributes(device: Device) -> dict[str, Any] | None:
-    """Every acknowledged configData of ``device`` merged in order."""
-    merged: dict[str, Any] | None = None
-    for report in device.acknowledged:
-        if report.kind == "configData":
-            merged = {**(merged or {}), **report.body["data"]}
-    return merged
 
 
 def unanswered_feedback(fleets: list[Fleet]) -> int:
@@ -397,63 +296,18 @@ async def replicas_of(nats_url: str) -> dict[str, tuple[int, int]]:
     return found
 
 
-async def upload_image(client: httpx.AsyncClient, services: Replicas) -> str:
-    image = make_rawfile_swu(
-        os.urandom(64 * 1024),
-        version=NEW_VERSION,
-        board=BOARD,
-        revisions=[REVISION],
-        install_path="/tmp/cluster/payload.bin",
-        key=None,
-        cert=None,
-    )
-    r = await client.post(
-        f"{services.url('artifacts-1')}/api/v1/software",
-        files={"file": (f"cluster-{NEW_VERSION}.swu", image, "application/octet-stream")},
-        headers=services.headers,
-    )
-    assert r.status_code == 201, r.text
-    software_id = str(r.json()["id"])
-    # The other replica serves the same catalogue.
-    r = await client.get(
-        f"{services.url('artifacts-2')}/api/v1/software/{software_id}", headers=services.headers
-    )
-    assert r.status_code == 200 and r.json()["version"] == NEW_VERSION, r.text
-    return software_id
-
-
 def fleet(services: Replicas, gateway: str, prefix: str, count: int, seed: int) -> Fleet:
     return Fleet(
-        FleetConfig(
+        fleet_config(
             f"{services.url(gateway)}/DEFAULT",
             count,
             id_prefix=prefix,
-            hw_model=BOARD,
-            hw_revision=REVISION,
-            sw_version=OLD_VERSION,
-            poll=1.0,
-            jitter=0.3,
-            connections=16,
-            timeout=10,
-            fail_share=FAILING_SHARE,
-            slow_share=0.3,
-            install_seconds=2.0,
-            slow_install_seconds=5.0,
-            record_reports=True,
+            board=BOARD,
             seed=seed,
+            connections=16,
+            slow_share=0.3,
+            slow_install_seconds=5.0,
         )
-    )
-
-
-def acknowledged(fleets: list[Fleet]) -> int:
-    return sum(len(d.acknowledged) for f in fleets for d in f.devices)
-
-
-def settled(fleets: list[Fleet]) -> bool:
-    """Every device reported its result and, after a success, its new version."""
-    done = sum(f.stats.successes + f.stats.failures + f.stats.final_retries_gone for f in fleets)
-    return done >= DEVICES and not any(
-        d.report_version or d.install is not None for f in fleets for d in f.devices
     )
 
 
@@ -498,7 +352,15 @@ async def test_rollout_on_a_cluster_loses_and_doubles_nothing_when_a_node_dies(
             explain=lambda: f"streams not at three current replicas\n{state()}",
         )
         async with httpx.AsyncClient(timeout=15) as client:
-            software_id = await upload_image(client, services)
+            software_id = await upload_image(
+                client, services.url("artifacts-1"), services.headers, "cluster", BOARD
+            )
+            # The other replica serves the same catalogue.
+            r = await client.get(
+                f"{services.url('artifacts-2')}/api/v1/software/{software_id}",
+                headers=services.headers,
+            )
+            assert r.status_code == 200 and r.json()["version"] == NEW_VERSION, r.text
             for f in fleets:
                 await f.start()
 
@@ -527,17 +389,14 @@ async def test_rollout_on_a_cluster_loses_and_doubles_nothing_when_a_node_dies(
                 "error_threshold": 50,
                 "start": True,
             }
-            r = await client.post(
-                f"{services.url('rollouts-2')}/api/v1/rollouts",
-                json=body,
-                headers=services.headers,
+            rollout = await start_rollout(
+                client, services.url("rollouts-2"), services.headers, body
             )
-            assert r.status_code == 201, r.text
-            rollout_id = r.json()["id"]
+            rollout_id = rollout["id"]
 
             async def first_results() -> bool:
                 services.check_alive()
-                return sum(f.stats.successes + f.stats.failures for f in fleets) > 0
+                return results(fleets) > 0
 
             await eventually(
                 first_results, timeout=60, interval=0.2, explain=lambda: f"no results\n{state()}"
@@ -552,9 +411,7 @@ async def test_rollout_on_a_cluster_loses_and_doubles_nothing_when_a_node_dies(
                 for c in connz.get("connections") or []
                 if str(c.get("name")).startswith("gaggle-")
             )
-            figures["results_before_kill"] = sum(
-                f.stats.successes + f.stats.failures for f in fleets
-            )
+            figures["results_before_kill"] = results(fleets)
             killed = time.monotonic()
             await asyncio.to_thread(victim.kill)
             figures["killed"] = victim.name
@@ -592,7 +449,7 @@ async def test_rollout_on_a_cluster_loses_and_doubles_nothing_when_a_node_dies(
 
             async def done() -> bool:
                 services.check_alive()
-                return settled(fleets)
+                return settled(fleets, DEVICES)
 
             await eventually(
                 done, timeout=180, interval=0.2, explain=lambda: f"not all done\n{state()}"
@@ -603,7 +460,7 @@ async def test_rollout_on_a_cluster_loses_and_doubles_nothing_when_a_node_dies(
             found: list[str] = []
             deadline = time.monotonic() + 30
             while True:
-                devices, actions = await server_view(database_url)
+                devices, actions = await server_view(database_url, "cl%", device_reports_only=True)
                 r = await client.get(
                     f"{services.url('rollouts-1')}/api/v1/rollouts/{rollout_id}",
                     headers=services.headers,

@@ -39,8 +39,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -52,22 +50,30 @@ import httpx
 import nats
 import pytest
 
-from gaggle_contracts.access import key_hash, new_api_key
 from gaggle_runtime.db import ensure_database, with_database
 from gaggle_servers import free_port
-from gaggle_sim import Device, Fleet, FleetConfig, FleetStats
+from gaggle_sim import Fleet
 from gaggle_stack.__main__ import SERVICES
 from gaggle_stack.launcher import Launcher
-from gaggle_swu.build import make_rawfile_swu
 from gaggle_testing import eventually
+from tests.fleet_support import (
+    OLD_VERSION,
+    REVISION,
+    TENANT,
+    ServiceProcesses,
+    acknowledged,
+    expected_attributes,
+    feedback_key,
+    fleet_config,
+    results,
+    server_view,
+    settled,
+    start_rollout,
+    upload_image,
+)
 
-TENANT = "default"
 BOARD = "chaos-board"
-REVISION = "1.0"
-OLD_VERSION = "1.0.0"
-NEW_VERSION = "2.0.0"
 DEVICES = int(os.environ.get("GAGGLE_CHAOS_DEVICES", "150"))
-FAILING_SHARE = 0.1
 OUTAGE_S = 3.0
 """How long a killed server stays away."""
 SERVICE_OUTAGE_S = 1.0
@@ -98,38 +104,14 @@ VICTIMS = [
 ]
 
 
-class Services:
+class Services(ServiceProcesses):
     """The four services as child processes, each logging to its own file."""
 
     def __init__(self, folder: Path, nats_url: str, database_url: str) -> None:
-        self.folder = folder
-        self.ports = {spec.name: free_port() for spec in SERVICES}
-        key_id, self.key = new_api_key()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GAGGLE_")}
-        self.env.update(
-            {
-                "GAGGLE_NATS_URL": nats_url,
-                "GAGGLE_DATABASE_URL": database_url,
-                "GAGGLE_STORAGE_DIR": str(folder / "objects"),
-                "GAGGLE_LOG_JSON": "false",
-                "GAGGLE_GATEWAY_POLLING_SLEEP": "00:00:01",
-                "GAGGLE_REGISTRY_BOOTSTRAP_KEY": f"{key_id}:{key_hash(self.key)}",
-                "GAGGLE_REGISTRY_BOOTSTRAP_TENANT": TENANT,
-                **{f"{s.env_prefix}PORT": str(self.ports[s.name]) for s in SERVICES},
-            }
-        )
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        ports = {spec.name: free_port() for spec in SERVICES}
+        env = {f"{s.env_prefix}PORT": str(ports[s.name]) for s in SERVICES}
+        super().__init__(folder, nats_url, database_url, ports, env)
         self.launchers: dict[str, Launcher] = {}
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    def log(self, name: str) -> Path:
-        return self.folder / f"{name}.log"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
 
     async def start(self, timeout: float = 60.0) -> None:
         (self.folder / "objects").mkdir(parents=True, exist_ok=True)
@@ -172,39 +154,10 @@ class Services:
         self.procs[name].kill()
         self.procs[name].wait()
 
-    async def ready(self, client: httpx.AsyncClient, name: str) -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return (await client.get(f"{self.url(name)}/readyz")).status_code == 200
-        return False
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.tails()}")
-
-    def tails(self, lines: int = 15) -> str:
-        out = []
-        for spec in SERVICES:
-            try:
-                text = self.log(spec.name).read_text(errors="replace")
-            except OSError:
-                text = ""
-            out.append(f"--- {spec.name} log (last {lines} lines)")
-            out.extend(text.splitlines()[-lines:])
-        return "\n".join(out)
-
     def stop(self) -> None:
         for launcher in self.launchers.values():
             launcher.discard_spare()
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        super().stop()
 
 
 class GaveUp:
@@ -231,60 +184,6 @@ class GaveUp:
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.close()
-
-
-def feedback_key(execution: Any, finished: Any, details: Any) -> tuple[str, str, tuple[str, ...]]:
-    """What identifies a feedback report in an action's history."""
-    return (str(execution), str(finished), tuple(str(d) for d in details or ()))
-
-
-def expected_attributes(device: Device) -> dict[str, Any] | None:
-    """The attributes the registry must show: every acknowledged configData merged in order."""
-    merged: dict[str, Any] | None = None
-    for report in device.acknowledged:
-        if report.kind == "configData":
-            merged = {**(merged or {}), **report.body["data"]}
-    return merged
-
-
-async def server_view(database_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Registry devices and rollouts actions (with their history) of this test's board."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        devices = {
-            r["controller_id"]: dict(r)
-            for r in await conn.fetch(
-                "SELECT controller_id, hw_model, hw_revision, sw_version, attributes, "
-                "update_state FROM registry.devices WHERE tenant = $1 AND controller_id LIKE $2",
-                TENANT,
-                "chaos-%",
-            )
-        }
-        actions: dict[str, Any] = {}
-        rows = await conn.fetch(
-            "SELECT a.id, a.controller_id, a.status, a.active, s.execution, s.finished, "
-            "s.details FROM rollouts.actions a LEFT JOIN rollouts.action_status s "
-            "ON s.action_id = a.id WHERE a.tenant = $1 AND a.controller_id LIKE $2 "
-            "ORDER BY a.id, s.id",
-            TENANT,
-            "chaos-%",
-        )
-    finally:
-        await conn.close()
-    for r in rows:
-        per_device = actions.setdefault(r["controller_id"], {})
-        action = per_device.setdefault(
-            str(r["id"]), {"status": r["status"], "active": r["active"], "history": []}
-        )
-        if r["execution"] is not None:
-            details = r["details"]
-            if isinstance(details, str):
-                details = json.loads(details)
-            action["history"].append(feedback_key(r["execution"], r["finished"], details))
-    for device in devices.values():
-        if isinstance(device["attributes"], str):
-            device["attributes"] = json.loads(device["attributes"])
-    return devices, actions
 
 
 def problems(
@@ -345,47 +244,6 @@ def problems(
             f"expected finished with {wanted_counters}"
         )
     return found, lost
-
-
-async def upload_image(client: httpx.AsyncClient, services: Services) -> str:
-    image = make_rawfile_swu(
-        os.urandom(64 * 1024),
-        version=NEW_VERSION,
-        board=BOARD,
-        revisions=[REVISION],
-        install_path="/tmp/chaos/payload.bin",
-        key=None,
-        cert=None,
-    )
-    r = await client.post(
-        f"{services.url('artifacts')}/api/v1/software",
-        files={"file": (f"chaos-{NEW_VERSION}.swu", image, "application/octet-stream")},
-        headers=services.headers,
-    )
-    assert r.status_code == 201, r.text
-    return str(r.json()["id"])
-
-
-async def start_rollout(
-    client: httpx.AsyncClient, services: Services, software_id: str
-) -> dict[str, Any]:
-    """One wave of every device of the board; retried until rollouts knows the software."""
-    body = {
-        "name": "chaos",
-        "software_id": software_id,
-        "filter": {"hw_model": BOARD},
-        "error_threshold": 50,
-        "start": True,
-    }
-    deadline = time.monotonic() + 20
-    while True:
-        r = await client.post(
-            f"{services.url('rollouts')}/api/v1/rollouts", json=body, headers=services.headers
-        )
-        if r.status_code == 201:
-            return dict(r.json())
-        assert r.status_code in (404, 409) and time.monotonic() < deadline, r.text
-        await asyncio.sleep(0.1)
 
 
 def probe_url(services: Services, controller_id: str) -> str:
@@ -460,18 +318,6 @@ async def new_action_offered(
     return round(time.monotonic() - began, 2)
 
 
-def acknowledged_count(fleet: Fleet) -> int:
-    return sum(len(d.acknowledged) for d in fleet.devices)
-
-
-def settled(fleet: Fleet) -> bool:
-    """Every device reported its result and, after a success, its new version."""
-    stats: FleetStats = fleet.stats
-    return stats.successes + stats.failures + stats.final_retries_gone >= DEVICES and not any(
-        d.report_version or d.install is not None for d in fleet.devices
-    )
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("victim", VICTIMS)
 async def test_rollout_keeps_every_acknowledged_report_when_a_part_is_killed(
@@ -484,23 +330,15 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_part_is_killed(
     await ensure_database(database_url)
     services = Services(tmp_path, restartable_nats.url, database_url)
     gave_up = GaveUp()
-    config = FleetConfig(
+    config = fleet_config(
         f"{services.url('gateway')}/DEFAULT",
         DEVICES,
         id_prefix="chaos-",
-        hw_model=BOARD,
-        hw_revision=REVISION,
-        sw_version=OLD_VERSION,
-        poll=1.0,
-        jitter=0.3,
-        connections=32,
-        timeout=10,
-        fail_share=FAILING_SHARE,
-        slow_share=0.5,
-        install_seconds=2.0,
-        slow_install_seconds=6.0,
-        record_reports=True,
+        board=BOARD,
         seed=13,
+        connections=32,
+        slow_share=0.5,
+        slow_install_seconds=6.0,
     )
     fleet = Fleet(config)
     killed_at: dict[str, float] = {}
@@ -517,7 +355,9 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_part_is_killed(
             await services.prepare_spare(victim)
         await gave_up.start(restartable_nats.url)
         async with httpx.AsyncClient(timeout=15) as client:
-            software_id = await upload_image(client, services)
+            software_id = await upload_image(
+                client, services.url("artifacts"), services.headers, "chaos", BOARD
+            )
             await fleet.start()
             for probe in PROBES:
                 await register_probe(client, services, probe)
@@ -541,13 +381,23 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_part_is_killed(
                 interval=0.2,
                 explain=lambda: f"rollouts did not learn every device\n{state()}",
             )
-            rollout = await start_rollout(client, services, software_id)
+            # One wave of every device of the board; retried until rollouts knows the software.
+            body = {
+                "name": "chaos",
+                "software_id": software_id,
+                "filter": {"hw_model": BOARD},
+                "error_threshold": 50,
+                "start": True,
+            }
+            rollout = await start_rollout(
+                client, services.url("rollouts"), services.headers, body, retry_for=20
+            )
             rollout_started = time.monotonic()
 
             # The first results are in: kill the victim while the rest are on their way.
             async def first_results() -> bool:
                 services.check_alive()
-                return fleet.stats.successes + fleet.stats.failures > 0
+                return results([fleet]) > 0
 
             await eventually(
                 first_results,
@@ -557,16 +407,16 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_part_is_killed(
             )
             new_action_before = await new_action_offered(client, services, software_id, PROBES[0])
             started = time.monotonic()
-            acked, refused = acknowledged_count(fleet), fleet.stats.errors
+            acked, refused = acknowledged([fleet]), fleet.stats.errors
             if victim in SERVERS:
                 server = restartable_postgres if victim == "postgres" else restartable_nats
                 await asyncio.to_thread(server.kill)
             else:
                 await asyncio.to_thread(services.kill, victim)
             killed_at["after_rollout_s"] = round(started - rollout_started, 1)
-            killed_at["results_before"] = fleet.stats.successes + fleet.stats.failures
+            killed_at["results_before"] = results([fleet])
             await asyncio.sleep(OUTAGE_S if victim in SERVERS else SERVICE_OUTAGE_S)
-            killed_at["acknowledged_while_down"] = acknowledged_count(fleet) - acked
+            killed_at["acknowledged_while_down"] = acknowledged([fleet]) - acked
             killed_at["refused_while_down"] = fleet.stats.errors - refused
             if victim in SERVERS:
                 await asyncio.to_thread(server.start)
@@ -574,7 +424,7 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_part_is_killed(
                 services.spawn(victim)
             restarted = time.monotonic()
             killed_at["down_s"] = round(restarted - started, 1)
-            acked_at_restart = acknowledged_count(fleet)
+            acked_at_restart = acknowledged([fleet])
 
             async def answers() -> bool:
                 services.check_alive()
@@ -594,7 +444,7 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_part_is_killed(
 
             async def progress() -> bool:
                 services.check_alive()
-                return acknowledged_count(fleet) > acked_at_restart or settled(fleet)
+                return acknowledged([fleet]) > acked_at_restart or settled([fleet], DEVICES)
 
             await eventually(
                 answers,
@@ -643,7 +493,7 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_part_is_killed(
 
             async def done() -> bool:
                 services.check_alive()
-                return settled(fleet)
+                return settled([fleet], DEVICES)
 
             await eventually(
                 done,
@@ -659,7 +509,9 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_part_is_killed(
         async with httpx.AsyncClient(timeout=15) as client:
             deadline = time.monotonic() + 30
             while True:
-                devices, actions = await server_view(database_url)
+                devices, actions = await server_view(
+                    database_url, "chaos-%", device_reports_only=False
+                )
                 r = await client.get(
                     f"{services.url('rollouts')}/api/v1/rollouts/{rollout['id']}",
                     headers=services.headers,
@@ -669,10 +521,10 @@ async def test_rollout_keeps_every_acknowledged_report_when_a_part_is_killed(
                 if not found or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.5)
-        acknowledged = Counter(r.kind for d in fleet.devices for r in d.acknowledged)
+        by_kind = Counter(r.kind for d in fleet.devices for r in d.acknowledged)
         assert not found, (
             f"after {victim} was killed: {len(found)} problems; acknowledged reports lost: "
-            f"{sum(lost.values())} {dict(lost)} of {dict(acknowledged)} acknowledged\n"
+            f"{sum(lost.values())} {dict(lost)} of {dict(by_kind)} acknowledged\n"
             + "\n".join(found[:30])
             + f"\n{state()}"
         )

@@ -107,6 +107,7 @@ class NatsProcess:
             "-sd",
             str(self.store_dir),
         ]
+        args += self.extra_args()
         out: Any = subprocess.DEVNULL
         if self.log_file is not None:
             args += ["-l", str(self.log_file)]
@@ -114,6 +115,10 @@ class NatsProcess:
             args, stdout=out, stderr=out, start_new_session=self.own_session
         )
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+
+    def extra_args(self) -> list[str]:
+        """More ``nats-server`` arguments: none here; a subclass adds its own (a cluster's)."""
+        return []
 
     @property
     def running(self) -> bool:
