@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from gaggle_servers import free_port
+from gaggle_testing.proxy import Request, TcpProxy
 from tests.e2e.conftest import (
     BOARD,
     REVISION,
@@ -300,73 +301,11 @@ async def test_ready_hook_that_never_gets_ready_fails_the_action_after_max_retri
     assert seconds == sorted(seconds), context
 
 
-class CuttingProxy:
-    """Pipes to the gateway; cuts the first whole artifact download after ``cut_after`` bytes.
-
-    It reads the request heads going through (HTTP/1.1, one request at a time per connection),
-    so a test can see which downloads asked for a ``Range``.
-    """
-
-    def __init__(self, target_port: int, cut_after: int) -> None:
-        self.target_port = target_port
-        self.cut_after = cut_after
-        self.port = free_port()
-        self.heads: list[str] = []
-        self.cut_done = False
-        self.server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    def downloads(self) -> list[str]:
-        return [h for h in self.heads if h.startswith("GET ") and "/artifacts/" in h]
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        cutting = asyncio.Event()
-
-        async def upstream() -> None:
-            with contextlib.suppress(Exception):
-                while data := await reader.read(65536):
-                    text = data.decode("latin-1")
-                    for m in re.finditer(r"([A-Z]+ \S+) HTTP/1\.1\r\n(.*?)\r\n\r\n", text, re.S):
-                        ranges = re.findall(r"^range: *(.*)$", m.group(2), re.I | re.M)
-                        head = m.group(1) + (f" Range: {ranges[0].strip()}" if ranges else "")
-                        self.heads.append(head)
-                        download = head.startswith("GET ") and "/artifacts/" in head
-                        if download and not ranges and not self.cut_done:
-                            self.cut_done = True
-                            cutting.set()
-                    up_writer.write(data)
-                    await up_writer.drain()
-            up_writer.transport.abort()
-
-        async def downstream() -> None:
-            sent = 0
-            with contextlib.suppress(Exception):
-                while data := await up_reader.read(65536):
-                    if cutting.is_set():
-                        room = self.cut_after - sent
-                        if len(data) >= room:
-                            writer.write(data[:room])
-                            await writer.drain()
-                            break
-                        sent += len(data)
-                    writer.write(data)
-                    await writer.drain()
-            writer.transport.abort()
-            up_writer.transport.abort()
-
-        await asyncio.gather(upstream(), downstream())
+def whole_download(request: Request) -> bool:
+    """An artifact download from its start (no ``Range``)."""
+    return (
+        request.method == "GET" and "/artifacts/" in request.path and "range" not in request.headers
+    )
 
 
 async def test_a_download_cut_midway_resumes_with_range_and_the_file_is_intact(
@@ -374,22 +313,23 @@ async def test_a_download_cut_midway_resumes_with_range_and_the_file_is_intact(
 ) -> None:
     port = httpx.URL(e2e_stack.gateway_url).port
     assert port is not None
-    proxy = CuttingProxy(port, cut_after=300_000)
+    # The first whole artifact download is cut after 300 kB.
+    proxy = TcpProxy(("127.0.0.1", port), cut_after=300_000, cut_on=whole_download)
     await proxy.start()
     try:
-        agent = agent_for(e2e_stack, agents, tmp_path, url=proxy.url)
+        agent = agent_for(e2e_stack, agents, tmp_path, url=f"http://127.0.0.1:{proxy.port}")
         software = await publish(e2e_stack, "2.3.0", size=1_000_000)
         action = await e2e_stack.create_action(agent.controller_id, software.software_id)
         agent.start()
         done = await wait_closed(e2e_stack, action["id"], "finished", agent)
     finally:
         await proxy.stop()
-    context = f"{format_action(done)}\n{agent.diagnostics()}\nheads={proxy.heads}"
-    assert proxy.cut_done, context
-    downloads = proxy.downloads()
+    context = f"{format_action(done)}\n{agent.diagnostics()}\nrequests={proxy.requests}"
+    assert proxy.cut, context
+    downloads = [r for r in proxy.requests if r.method == "GET" and "/artifacts/" in r.path]
     assert len(downloads) == 2, context
-    assert "Range" not in downloads[0], context
-    m = re.search(r"Range: bytes=(\d+)-$", downloads[1])
+    assert "range" not in downloads[0].headers, context
+    m = re.fullmatch(r"bytes=(\d+)-", downloads[1].headers.get("range", ""))
     assert m and 0 < int(m.group(1)) < len(software.data), context
     installed = (tmp_path / "device" / "installed.bin").read_bytes()
     assert hashlib.sha256(installed).hexdigest() == software.sha256, context

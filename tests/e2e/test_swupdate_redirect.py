@@ -11,7 +11,6 @@ not resume) follows the redirect too, its ``Authorization`` header left behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,8 +27,8 @@ from gaggle_registry.settings import RegistrySettings
 from gaggle_rollouts.app import build_app as build_rollouts
 from gaggle_rollouts.settings import RolloutsSettings
 from gaggle_runtime.bus import make_broker
-from gaggle_servers import free_port
 from gaggle_storage import StorageSettings, open_store
+from gaggle_testing.proxy import TcpProxy
 from tests.e2e.conftest import CLOSED_STATUSES, E2EStack, format_action, has_detail, random_id
 from tests.e2e.test_swupdate import device_run, make_device, make_image
 
@@ -37,73 +36,6 @@ pytestmark = pytest.mark.e2e
 
 CUT_AT = 100_000
 """Bytes of the first image download let through before the connection is cut."""
-
-_REQUEST = re.compile(rb"^(GET|HEAD) (\S+) HTTP/1\.1\r\n(.*?)\r\n\r\n", re.S | re.M)
-_STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
-
-
-class CuttingProxy:
-    """A TCP proxy to S3 that cuts the first response longer than ``cut_at`` bytes, once.
-
-    It keeps what the client asked (method, path, headers) and the statuses answered.
-    """
-
-    def __init__(self, target_port: int, cut_at: int) -> None:
-        self.target_port = target_port
-        self.cut_at = cut_at
-        self.port = free_port()
-        self.cut = False
-        self.sent: bytearray = bytearray()
-        self.statuses: list[int] = []
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    def requests(self) -> list[tuple[str, str, dict[str, str]]]:
-        """``(method, path, headers)`` of every request the client sent."""
-        found = []
-        for method, path, head in _REQUEST.findall(bytes(self.sent)):
-            headers = {}
-            for line in head.decode("latin-1").split("\r\n"):
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            found.append((method.decode(), path.decode("latin-1"), headers))
-        return found
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-
-        async def upstream() -> None:
-            with contextlib.suppress(Exception):
-                while data := await reader.read(65536):
-                    self.sent += data
-                    up_writer.write(data)
-                    await up_writer.drain()
-            up_writer.transport.abort()
-
-        async def downstream() -> None:
-            passed = 0
-            with contextlib.suppress(Exception):
-                while data := await up_reader.read(65536):
-                    self.statuses += [int(s) for s in _STATUS.findall(data[:64])]
-                    if not self.cut and passed + len(data) > self.cut_at:
-                        self.cut = True
-                        writer.write(data[: self.cut_at - passed])
-                        await writer.drain()
-                        break
-                    passed += len(data)
-                    writer.write(data)
-                    await writer.drain()
-            writer.transport.abort()
-            up_writer.transport.abort()
-
-        await asyncio.gather(upstream(), downstream())
 
 
 @pytest.fixture
@@ -113,9 +45,11 @@ async def s3_stack(
     tenant: str,
     s3_endpoint: str,
     operator_auth: httpx.Auth,
-) -> AsyncIterator[tuple[E2EStack, CuttingProxy]]:
+) -> AsyncIterator[tuple[E2EStack, TcpProxy]]:
     """Registry, rollouts and a gateway on S3 whose presigned URLs name a cutting proxy."""
-    proxy = CuttingProxy(int(s3_endpoint.rsplit(":", 1)[1]), CUT_AT)
+    proxy = TcpProxy(
+        ("127.0.0.1", int(s3_endpoint.rsplit(":", 1)[1])), record=True, cut_after=CUT_AT
+    )
     await proxy.start()
     storage = StorageSettings(
         backend="s3",
@@ -156,7 +90,7 @@ async def s3_stack(
 
 @pytest.mark.timeout(240)
 async def test_swupdate_follows_the_redirect_and_resumes_a_cut_download_with_range(
-    s3_stack: tuple[E2EStack, CuttingProxy],
+    s3_stack: tuple[E2EStack, TcpProxy],
     tmp_path: Path,
     signing_cert: tuple[Path, Path],
     swupdate_bin: str,
@@ -210,7 +144,7 @@ async def test_swupdate_follows_the_redirect_and_resumes_a_cut_download_with_ran
         )
         assert install_path.read_bytes() == payload
         log = dev.log_tail("phase1")
-        requests = proxy.requests()
+        requests = proxy.requests
         context = f"requests={[(m, p[:80], h.get('range')) for m, p, h in requests]}\n{log}"
         # Every request reached the bucket on a presigned URL, without the device's token.
         assert requests, context
@@ -251,7 +185,7 @@ async def test_swupdate_follows_the_redirect_and_resumes_a_cut_download_with_ran
 
 @pytest.mark.timeout(240)  # the first run builds the client venv
 async def test_rauc_hawkbit_follows_the_redirect_without_its_token(
-    s3_stack: tuple[E2EStack, CuttingProxy], rauc_python: Path, tmp_path: Path
+    s3_stack: tuple[E2EStack, TcpProxy], rauc_python: Path, tmp_path: Path
 ) -> None:
     from tests.e2e.test_rauc_hawkbit import ATTRIBUTES, assign_bundle, report, run_rauc
 
@@ -275,7 +209,7 @@ async def test_rauc_hawkbit_follows_the_redirect_without_its_token(
     assert Path(download["path"]).read_bytes() == bundle, context
     # The bytes came from the bucket, on a presigned URL, and the client's Authorization header
     # (rauc-hawkbit always sends one, if empty) stayed with the gateway.
-    gets = [(path, headers) for method, path, headers in proxy.requests() if method == "GET"]
+    gets = [(path, headers) for method, path, headers in proxy.requests if method == "GET"]
     assert gets, context
     assert all("X-Amz-Signature=" in path for path, _ in gets), context
     assert all("authorization" not in headers for _, headers in gets), context
