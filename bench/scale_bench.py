@@ -217,6 +217,19 @@ class Counters:
         out["pg database bytes"] = float(row["size"])
         return out
 
+    async def tables(self) -> list[dict[str, Any]]:
+        """The largest tables: size with indexes and TOAST, MiB, and live rows."""
+        if self._pg is None:
+            raise RuntimeError("not connected")
+        rows = await self._pg.fetch(
+            "SELECT schemaname || '.' || relname AS name, pg_total_relation_size(relid) AS size,"
+            " n_live_tup AS rows FROM pg_stat_user_tables ORDER BY size DESC LIMIT 12"
+        )
+        return [
+            {"table": r["name"], "mib": round(r["size"] / 2**20, 2), "rows": r["rows"]}
+            for r in rows
+        ]
+
     async def subjects(self) -> dict[str, int]:
         """Messages the events stream holds per subject kind (the subject's last two tokens)."""
         js = self._nc.jetstream()
@@ -235,7 +248,7 @@ def rates(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     dt = after["t"] - before["t"]
     out: dict[str, float] = {"seconds": round(dt, 1)}
     for key, value in after.items():
-        if key == "t" or key.endswith("bytes"):
+        if key in ("t", "pg database bytes"):
             continue
         out[f"{key}/s"] = round((value - before.get(key, 0.0)) / dt, 1) if dt > 0 else 0.0
     out["pg database MiB"] = round(after.get("pg database bytes", 0.0) / 2**20, 1)
@@ -302,16 +315,19 @@ class _NoSharing(dict[bytes, Any]):
 
 async def _probe(spec: str) -> dict[str, Any]:
     """One bucket loaded into a ``BucketMirror``: entries and bytes per entry (see above)."""
+    import ctypes
     import gc
     import tracemalloc
 
-    from gaggle_contracts.kv import DeploymentEntry, DeviceEntry
+    from gaggle_gateway.mirror import Mirror
     from gaggle_runtime.mirror import BucketMirror
 
     nats_url, bucket, share, method = spec.split()
-    model = {names.BUCKET_DEVICES: DeviceEntry, names.BUCKET_DEPLOYMENTS: DeploymentEntry}[bucket]
+    libc = ctypes.CDLL("libc.so.6")
 
     def rss() -> int:
+        gc.collect()
+        libc.malloc_trim(0)  # what the allocator could give back is not held by the mirror
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * _PAGE
 
@@ -320,9 +336,14 @@ async def _probe(spec: str) -> dict[str, Any]:
         js = nc.jetstream()
         kv = await js.key_value(bucket)
         kv_bytes = (await kv.status()).stream_info.state.bytes
-        mirror: BucketMirror[Any] = BucketMirror(bucket, model)
+        # The gateway's own mirror of the bucket, as it builds it.
+        mirror: BucketMirror[Any] = {
+            names.BUCKET_DEVICES: Mirror().devices,
+            names.BUCKET_DEPLOYMENTS: Mirror().deployments,
+        }[bucket]
         if share == "unshared":
             mirror._parsed = _NoSharing()
+            mirror.compact = None
         gc.collect()
         before = rss()
         if method == "traced":
@@ -737,6 +758,7 @@ async def run(args: argparse.Namespace, tmp: Path, children: Children) -> dict[s
                 memory_by_part, stack.roots()
             )
         results["events_by_kind"] = await counters.subjects()
+        results["tables"] = await counters.tables()
         size = (await counters.read())["pg database bytes"]
         results["pg_database_mib"] = round(size / 2**20, 1)
         say("measuring the gateway mirror's bytes per entry (separate process)")
@@ -783,13 +805,15 @@ def _cpu_line(cpu: dict[str, float], seconds: float) -> str:
 
 
 def _rate_line(r: dict[str, float]) -> str:
-    keep = [
+    shown = [
         (k.removesuffix("/s"), v)
         for k, v in r.items()
-        if k.endswith("/s") and v and "api_keys" not in k and "tenants" not in k
+        if k.endswith("/s")
+        and v
+        and (not k.startswith("kv ") or k in ("kv devices/s", "kv deployments/s"))
     ]
     return (
-        ", ".join(f"{k} {v:,.1f}/s" for k, v in keep)
+        ", ".join(f"{k} {v:,.1f}/s" for k, v in shown)
         + f"; database {r['pg database MiB']:,.1f} MiB"
     )
 
@@ -885,6 +909,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         f"- rollout rates: {_rate_line(ro['rates'])}",
         f"- rollout answers: {_answers_line(ro['answers'])}",
         f"- events the stream holds, by kind: {json.dumps(res.get('events_by_kind', {}))}",
+        "- largest tables after the rollout (MiB, rows): "
+        + ", ".join(f"{t['table']} {t['mib']:,.1f} ({t['rows']:,})" for t in res.get("tables", [])),
         f"- peak PSS MiB, steady: {json.dumps(st['peak_pss_mib'])}",
         f"- peak PSS MiB, rollout: {json.dumps(ro['peak_pss_mib'])}",
         "",
