@@ -61,6 +61,7 @@ from fleet_bench import _hms, _tree, build_image, fleet_config, machine, machine
 from gaggle_peer import GaggleStack
 
 from gaggle_contracts import names
+from gaggle_servers import free_port
 from gaggle_sim import Fleet
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -464,10 +465,21 @@ class Sampler:
         return {k: round(v, 1) for k, v in self.peak.items()}
 
 
-async def idle_memory(stack: GaggleStack, args: argparse.Namespace) -> dict[str, Any]:
-    """PSS per process once the stack is up and its spares have imported everything."""
-    await asyncio.sleep(args.idle_wait)
-    return await asyncio.to_thread(memory_by_part, stack.roots())
+async def idle_memory(
+    stack: GaggleStack, args: argparse.Namespace
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """PSS per process once the stack is up and its spares have imported everything.
+
+    Also the CPU seconds each part used over the last half of that wait: what an idle stack
+    costs, to tell the per-poll cost from the background's.
+    """
+    await asyncio.sleep(args.idle_wait / 2)
+    cpu0 = await asyncio.to_thread(cpu_by_part, stack.roots(), False)
+    await asyncio.sleep(args.idle_wait / 2)
+    cpu1 = await asyncio.to_thread(cpu_by_part, stack.roots(), False)
+    used = cpu_used(cpu0, cpu1)
+    used["seconds"] = round(args.idle_wait / 2, 1)
+    return await asyncio.to_thread(memory_by_part, stack.roots()), used
 
 
 async def register(
@@ -697,11 +709,12 @@ async def run(args: argparse.Namespace, tmp: Path, children: Children) -> dict[s
     }
     settings = dict(item.split("=", 1) for item in args.stack_env)
     settings.setdefault("GAGGLE_GATEWAY_POLLING_SLEEP", _hms(args.poll))
+    settings.setdefault("GAGGLE_CONSOLE_PORT", str(free_port()))  # not the default 8084
     stack = GaggleStack(children, tmp / "gaggle" / "data", settings)
     counters: Counters | None = None
     try:
         await stack.start(args.start_timeout)
-        results["idle_memory_mib"] = await idle_memory(stack, args)
+        results["idle_memory_mib"], results["idle_cpu_s"] = await idle_memory(stack, args)
         say(
             "idle PSS per part (MiB): "
             + json.dumps({k: v["pss"] for k, v in results["idle_memory_mib"].items()})
@@ -800,7 +813,9 @@ def memory_table(title: str, parts: dict[str, dict[str, float]]) -> list[str]:
 
 
 def _cpu_line(cpu: dict[str, float], seconds: float) -> str:
-    parts = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items() if k not in ("machine",) and v >= 0.05)
+    parts = ", ".join(
+        f"{k} {v:.1f}" for k, v in cpu.items() if k not in ("machine", "seconds") and v >= 0.05
+    )
     return f"{parts}; machine busy {cpu['machine']:.1f} of {seconds * (os.cpu_count() or 1):.1f}"
 
 
@@ -840,8 +855,15 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         "",
     ]
     lines += memory_table(
-        "Idle stack (ready, spares up, no device), per process:", res["idle_memory_mib"]
+        "Idle stack (ready, its warm spares started, no device), per process:",
+        res["idle_memory_mib"],
     )
+    idle = res.get("idle_cpu_s") or {}
+    if idle:
+        lines += [
+            "",
+            f"- idle CPU s over {idle['seconds']:g} s: {_cpu_line(idle, idle['seconds'])}",
+        ]
     if args.memory_only:
         return "\n".join(lines)
     reg, st, ro = res["registration"], res["steady"], res["rollout"]
@@ -926,6 +948,132 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# The arithmetic for a larger fleet, from one run's results
+
+POLL_BENCH_POLLS_PER_S = 19_054
+"""``make bench-poll``: base polls/s one gateway worker answered (bench/README.md)."""
+REGISTRY_BENCH_CPU_US = (6.5 + 21.3 + 0.8) / 1_000_000 * 1e6
+"""``registry_bench.py``: registry + PostgreSQL + NATS CPU µs per sighting absorbed
+(6.5 + 21.3 + 0.8 CPU-s for 1,000,000 sightings, bench/README.md)."""
+ROLLOUT_BENCH_MS_PER_REPORT = 0.124
+"""``rollout_bench.py``: the rollouts process's CPU ms per feedback report (one thread)."""
+SERVER_PARTS = ("gateway", "registry", "rollouts", "artifacts", "postgres", "nats")
+
+
+def plan(res: dict[str, Any], fleet: int, intervals: tuple[int, ...]) -> str:
+    """What ``fleet`` devices need at each poll interval, from the measured unit costs."""
+    n = res["params"]["devices"]
+    st, ro, idle = res["steady"], res["rollout"], res.get("idle_cpu_s") or {}
+    polls_s = st["polls_per_s"]
+
+    def marginal(part: str) -> float:
+        """CPU seconds per poll of ``part``: steady minus idle, per poll."""
+        busy = st["cpu_s"].get(part, 0.0) / st["seconds"]
+        base = idle.get(part, 0.0) / idle["seconds"] if idle else 0.0
+        return max(0.0, busy - base) / polls_s
+
+    per_poll = {p: marginal(p) for p in SERVER_PARTS}
+    seconds = ro["rates"]["seconds"]
+    per_device = {p: ro["cpu_s"].get(p, 0.0) / n for p in SERVER_PARTS}
+    rollout_cpu = sum(per_device.values())
+    rr = ro["rates"]
+    events_dev = rr["events/s"] * seconds / n
+    event_bytes_dev = rr.get("events bytes/s", 0.0) * seconds / n
+    kv_dev = rr["kv deployments/s"] * seconds / n
+    rows_dev = {
+        k.removeprefix("pg ").removesuffix(" rows written/s"): v * seconds / n
+        for k, v in rr.items()
+        if k.endswith("rows written/s")
+    }
+    feedback = ro["answers"]["answers"].get("feedback", {})
+    reports_dev = sum(v for k, v in feedback.items() if 200 <= int(k) < 300) / n
+    sr = st["rates"]
+    rows_poll = {
+        k.removeprefix("pg ").removesuffix(" rows written/s"): v / polls_s
+        for k, v in sr.items()
+        if k.endswith("rows written/s")
+    }
+    seen_bytes = sr.get("events bytes/s", 0.0) / polls_s
+    mirror = res.get("mirror", {})
+    dev_m = mirror.get("devices", {})
+    dep_m = mirror.get("deployments", {})
+    db_dev = res["pg_database_mib"] * 2**20 / n
+    mirror_entry = (dev_m.get("shared traced") or 0) + (dep_m.get("shared traced") or 0)
+    run = f"`bench/scale_bench.py --devices {n}` ({res['started'][:16]} UTC)"
+    others = ", ".join(f"{p} {v * 1000:.3f}" for p, v in per_poll.items() if p != "gateway")
+    lines = [
+        "| id | figure | value | measured by |",
+        "| --- | --- | ---: | --- |",
+        f"| M1 | gateway CPU ms per poll (steady minus idle) | {per_poll['gateway'] * 1000:.3f}"
+        f" | {run} |",
+        f"| M2 | other parts' CPU ms per poll | {others} | {run} |",
+        f"| M3 | registry rows written per poll | {rows_poll.get('registry', 0):.3f} | {run} |",
+        f"| M4 | rollouts rows written per poll | {rows_poll.get('rollouts', 0):.3f} | {run} |",
+        "| M5 | server CPU ms per device updated | "
+        + ", ".join(f"{p} {v * 1000:.2f}" for p, v in per_device.items())
+        + f"; all {rollout_cpu * 1000:.1f} | {run} |",
+        f"| M6 | events per device updated | {events_dev:.1f} ({event_bytes_dev:,.0f} bytes) "
+        f"| {run} |",
+        f"| M7 | deployments KV writes per device updated | {kv_dev:.1f} | {run} |",
+        f"| M8 | feedback reports per device updated | {reports_dev:.1f} | {run} |",
+        "| M9 | rows written per device updated | "
+        + ", ".join(f"{k} {v:.1f}" for k, v in rows_dev.items() if v)
+        + f" | {run} |",
+        f"| M10 | JetStream bytes per KV entry | devices {dev_m.get('kv_bytes_per_entry')}, "
+        f"deployments {dep_m.get('kv_bytes_per_entry')} | {run} |",
+        f"| M11 | gateway mirror bytes per entry (tracemalloc) | devices "
+        f"{dev_m.get('shared traced')} (before {dev_m.get('unshared traced')}), deployments "
+        f"{dep_m.get('shared traced')} (before {dep_m.get('unshared traced')}) | {run} |",
+        f"| M12 | PostgreSQL bytes per device after one rollout | {db_dev:,.0f} | {run} |",
+        f"| M13 | base polls/s of one gateway worker | {POLL_BENCH_POLLS_PER_S:,} | "
+        "`make bench-poll` (bench/README.md) |",
+        f"| M14 | registry + PostgreSQL + NATS CPU µs per sighting | {REGISTRY_BENCH_CPU_US:.1f}"
+        " | `bench/registry_bench.py` (bench/README.md) |",
+        f"| M15 | rollouts CPU ms per feedback report (one thread) | "
+        f"{ROLLOUT_BENCH_MS_PER_REPORT} | `bench/rollout_bench.py` (bench/README.md) |",
+        "",
+        f"{fleet:,} devices:",
+        "",
+        "| poll interval | polls/s | gateway cores (this run / bench-poll) | sightings: "
+        "registry+PG+NATS cores | registry rows/s | rollouts rows/s | device.seen MB/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for interval in intervals:
+        rate = fleet / interval
+        lines.append(
+            f"| {interval // 60} min | {rate:,.0f} | {rate * per_poll['gateway']:,.1f} / "
+            f"{rate / POLL_BENCH_POLLS_PER_S:,.1f} | {rate * REGISTRY_BENCH_CPU_US / 1e6:,.1f} | "
+            f"{rate * rows_poll.get('registry', 0):,.0f} | "
+            f"{rate * rows_poll.get('rollouts', 0):,.0f} | {rate * seen_bytes / 1e6:,.2f} |"
+        )
+    lines += [
+        "",
+        "| fleet memory and storage | value |",
+        "| --- | ---: |",
+        f"| JetStream KV `devices` | {fleet * (dev_m.get('kv_bytes_per_entry') or 0) / 2**30:,.2f}"
+        " GiB |",
+        "| JetStream KV `deployments` (after a rollout) | "
+        f"{fleet * (dep_m.get('kv_bytes_per_entry') or 0) / 2**30:,.2f} GiB |",
+        f"| one gateway process mirroring all of it | {fleet * mirror_entry / 2**30:,.2f} GiB |",
+        f"| PostgreSQL after one rollout | {fleet * db_dev / 2**30:,.1f} GiB |",
+        f"| image bytes moved by one rollout | {fleet * res['image_bytes'] / 2**40:,.2f} TiB |",
+        "",
+        "| one rollout to all | value |",
+        "| --- | ---: |",
+        f"| server CPU | {fleet * rollout_cpu / 3600:,.0f} core-hours |",
+        f"| events | {fleet * events_dev / 1e6:,.0f} million "
+        f"({fleet * event_bytes_dev / 2**30:,.1f} GiB) |",
+        f"| deployments KV writes (each to every gateway watching) | {fleet * kv_dev / 1e6:,.0f}"
+        " million |",
+        f"| rows written | {fleet * sum(rows_dev.values()) / 1e6:,.0f} million |",
+        f"| feedback reports | {fleet * reports_dev / 1e6:,.0f} million; one rollouts process "
+        f"at {ROLLOUT_BENCH_MS_PER_REPORT} ms each: "
+        f"{fleet * reports_dev * ROLLOUT_BENCH_MS_PER_REPORT / 1000 / 3600:,.1f} h |",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
 # Main
 
 
@@ -956,7 +1104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sample-every", type=float, default=1.0, help="rollout progress read every, s (1)"
     )
     p.add_argument(
-        "--idle-wait", type=float, default=15.0, help="s after ready before idle PSS (15)"
+        "--idle-wait", type=float, default=30.0, help="s after ready before idle PSS (30)"
     )
     p.add_argument(
         "--after-wait", type=float, default=75.0, help="idle s after the rollout, then PSS (75)"
@@ -967,6 +1115,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stack-env", action="append", default=[], metavar="GAGGLE_X=VALUE")
     p.add_argument("--keep-logs", action="store_true")
     p.add_argument("--mirror-probe", metavar="NATS_URL", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--plan",
+        metavar="RESULTS_JSON",
+        help="print the arithmetic for --plan-devices devices from a run's results file, and stop",
+    )
+    p.add_argument("--plan-devices", type=int, default=10_000_000, help="(10000000)")
     args = p.parse_args(argv)
     try:
         args.waves = [float(w) for w in args.waves.split(",") if w.strip()]
@@ -995,6 +1149,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.mirror_probe:
         print(json.dumps(asyncio.run(_probe(args.mirror_probe))))  # noqa: T201
+        return 0
+    if args.plan:
+        res = json.loads(Path(args.plan).read_text())
+        print(plan(res, args.plan_devices, (60, 300, 3600)))  # noqa: T201
         return 0
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGINT, _sigterm)
