@@ -1101,7 +1101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verify", default="sha256", choices=["sha256", "head", "none"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--sample-every", type=float, default=1.0, help="rollout progress read every, s (1)"
+        "--sample-every", type=float, default=2.0, help="rollout progress read every, s (2)"
     )
     p.add_argument(
         "--idle-wait", type=float, default=30.0, help="s after ready before idle PSS (30)"
