@@ -973,6 +973,7 @@ def plan(res: dict[str, Any], fleet: int, intervals: tuple[int, ...]) -> str:
         return max(0.0, busy - base) / polls_s
 
     per_poll = {p: marginal(p) for p in SERVER_PARTS}
+    sighting_cpu = per_poll["registry"] + per_poll["postgres"] + per_poll["nats"]
     seconds = ro["rates"]["seconds"]
     per_device = {p: ro["cpu_s"].get(p, 0.0) / n for p in SERVER_PARTS}
     rollout_cpu = sum(per_device.values())
@@ -1034,15 +1035,17 @@ def plan(res: dict[str, Any], fleet: int, intervals: tuple[int, ...]) -> str:
         "",
         f"{fleet:,} devices:",
         "",
-        "| poll interval | polls/s | gateway cores (this run / bench-poll) | sightings: "
-        "registry+PG+NATS cores | registry rows/s | rollouts rows/s | device.seen MB/s |",
+        "| poll interval | polls/s | gateway cores (M1 / M13) | sightings: "
+        "registry+PG+NATS cores (M2 / M14) | registry rows/s (M3) | rollouts rows/s (M4) "
+        "| device.seen MB/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for interval in intervals:
         rate = fleet / interval
         lines.append(
             f"| {interval // 60} min | {rate:,.0f} | {rate * per_poll['gateway']:,.1f} / "
-            f"{rate / POLL_BENCH_POLLS_PER_S:,.1f} | {rate * REGISTRY_BENCH_CPU_US / 1e6:,.1f} | "
+            f"{rate / POLL_BENCH_POLLS_PER_S:,.1f} | {rate * sighting_cpu:,.1f} / "
+            f"{rate * REGISTRY_BENCH_CPU_US / 1e6:,.1f} | "
             f"{rate * rows_poll.get('registry', 0):,.0f} | "
             f"{rate * rows_poll.get('rollouts', 0):,.0f} | {rate * seen_bytes / 1e6:,.2f} |"
         )
