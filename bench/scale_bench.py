@@ -692,6 +692,15 @@ async def rollout(
     return res
 
 
+def save(results: dict[str, Any], *, partial: bool = False) -> Path:
+    """Write ``results`` to ``bench/results/scale-<start>Z.json`` (also between phases)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = results["started"][:19].replace("-", "").replace(":", "")
+    out = RESULTS_DIR / f"scale-{stamp}Z.json"
+    out.write_text(json.dumps({**results, "partial": partial}, indent=2, default=str) + "\n")
+    return out
+
+
 async def run(args: argparse.Namespace, tmp: Path, children: Children) -> dict[str, Any]:
     """Start the stack, run the phases, stop it; the results."""
     when = datetime.now(UTC)
@@ -748,10 +757,12 @@ async def run(args: argparse.Namespace, tmp: Path, children: Children) -> dict[s
             fleet = Fleet(config)
             try:
                 results["registration"] = await register(stack, args, client, fleet, counters)
+                save(results, partial=True)
                 results["memory_registered_mib"] = await asyncio.to_thread(
                     memory_by_part, stack.roots()
                 )
                 results["steady"] = await steady(stack, args, fleet, counters)
+                save(results, partial=True)
                 results["rollout"] = await rollout(
                     stack, args, client, fleet, software_id, counters
                 )
@@ -1169,10 +1180,7 @@ def main(argv: list[str] | None = None) -> int:
         text = report(results, args)
         results["table"] = text
         print(text)  # noqa: T201
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        stamp = results["started"][:19].replace("-", "").replace(":", "")
-        out = RESULTS_DIR / f"scale-{stamp}Z.json"
-        out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        out = save(results)
         say(f"results written to {out.relative_to(BENCH_DIR.parent)}")
     except KeyboardInterrupt:
         say("interrupted; stopping every child process")
