@@ -968,6 +968,8 @@ REGISTRY_BENCH_CPU_US = (6.5 + 21.3 + 0.8) / 1_000_000 * 1e6
 (6.5 + 21.3 + 0.8 CPU-s for 1,000,000 sightings, bench/README.md)."""
 ROLLOUT_BENCH_MS_PER_REPORT = 0.124
 """``rollout_bench.py``: the rollouts process's CPU ms per feedback report (one thread)."""
+SIGHTINGS_PER_EVENT = 5000
+"""The gateway's ``MAX_SIGHTINGS_PER_EVENT``: one ``device.seen`` event carries at most this."""
 SERVER_PARTS = ("gateway", "registry", "rollouts", "artifacts", "postgres", "nats")
 
 
@@ -1048,8 +1050,8 @@ def plan(res: dict[str, Any], fleet: int, intervals: tuple[int, ...]) -> str:
         "",
         "| poll interval | polls/s | gateway cores (M1 / M13) | sightings: "
         "registry+PG+NATS cores (M2 / M14) | registry rows/s (M3) | rollouts rows/s (M4) "
-        "| device.seen MB/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| device.seen events/s (at least) | device.seen MB/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for interval in intervals:
         rate = fleet / interval
@@ -1058,7 +1060,8 @@ def plan(res: dict[str, Any], fleet: int, intervals: tuple[int, ...]) -> str:
             f"{rate / POLL_BENCH_POLLS_PER_S:,.1f} | {rate * sighting_cpu:,.1f} / "
             f"{rate * REGISTRY_BENCH_CPU_US / 1e6:,.1f} | "
             f"{rate * rows_poll.get('registry', 0):,.0f} | "
-            f"{rate * rows_poll.get('rollouts', 0):,.0f} | {rate * seen_bytes / 1e6:,.2f} |"
+            f"{rate * rows_poll.get('rollouts', 0):,.0f} | {rate / SIGHTINGS_PER_EVENT:,.0f} | "
+            f"{rate * seen_bytes / 1e6:,.2f} |"
         )
     lines += [
         "",
@@ -1083,7 +1086,24 @@ def plan(res: dict[str, Any], fleet: int, intervals: tuple[int, ...]) -> str:
         f"| feedback reports | {fleet * reports_dev / 1e6:,.0f} million; one rollouts process "
         f"at {ROLLOUT_BENCH_MS_PER_REPORT} ms each: "
         f"{fleet * reports_dev * ROLLOUT_BENCH_MS_PER_REPORT / 1000 / 3600:,.1f} h |",
+        "",
+        f"A rollout to all {fleet:,} in a given time (R devices/s; a wave lasts at least one poll "
+        "interval, so three waves at 60-minute polls take three hours at the least):",
+        "",
+        "| rollout in | R devices/s | server cores (M5) | events/s (M6) | deployments KV "
+        "writes/s = watch deliveries/s per gateway process (M7) | rows/s "
+        + " / ".join(k for k in rows_dev if rows_dev[k])
+        + " (M9) | image Gbit/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    for hours in (1, 6, 24):
+        r = fleet / (hours * 3600)
+        lines.append(
+            f"| {hours} h | {r:,.0f} | {r * rollout_cpu:,.1f} | {r * events_dev:,.0f} | "
+            f"{r * kv_dev:,.0f} | "
+            + " / ".join(f"{r * v:,.0f}" for v in rows_dev.values() if v)
+            + f" | {r * res['image_bytes'] * 8 / 1e9:,.1f} |"
+        )
     return "\n".join(lines)
 
 
