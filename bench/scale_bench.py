@@ -1013,6 +1013,7 @@ def plan(res: dict[str, Any], fleet: int, intervals: tuple[int, ...]) -> str:
     dep_m = mirror.get("deployments", {})
     db_dev = res["pg_database_mib"] * 2**20 / n
     mirror_entry = (dev_m.get("shared traced") or 0) + (dep_m.get("shared traced") or 0)
+    mirror_rss = (dev_m.get("shared rss") or 0) + (dep_m.get("shared rss") or 0)
     run = f"`bench/scale_bench.py --devices {n}` ({res['started'][:16]} UTC)"
     others = ", ".join(f"{p} {v * 1000:.3f}" for p, v in per_poll.items() if p != "gateway")
     lines = [
@@ -1035,9 +1036,11 @@ def plan(res: dict[str, Any], fleet: int, intervals: tuple[int, ...]) -> str:
         + f" | {run} |",
         f"| M10 | JetStream bytes per KV entry | devices {dev_m.get('kv_bytes_per_entry')}, "
         f"deployments {dep_m.get('kv_bytes_per_entry')} | {run} |",
-        f"| M11 | gateway mirror bytes per entry (tracemalloc) | devices "
-        f"{dev_m.get('shared traced')} (before {dev_m.get('unshared traced')}), deployments "
-        f"{dep_m.get('shared traced')} (before {dep_m.get('unshared traced')}) | {run} |",
+        f"| M11 | gateway mirror bytes per entry, tracemalloc (RSS after a cold load) | devices "
+        f"{dev_m.get('shared traced')} ({dev_m.get('shared rss')}), before "
+        f"{dev_m.get('unshared traced')} ({dev_m.get('unshared rss')}); deployments "
+        f"{dep_m.get('shared traced')} ({dep_m.get('shared rss')}), before "
+        f"{dep_m.get('unshared traced')} ({dep_m.get('unshared rss')}) | {run} |",
         f"| M12 | PostgreSQL bytes per device after one rollout | {db_dev:,.0f} | {run} |",
         f"| M13 | base polls/s of one gateway worker | {POLL_BENCH_POLLS_PER_S:,} | "
         "`make bench-poll` (bench/README.md) |",
@@ -1071,7 +1074,8 @@ def plan(res: dict[str, Any], fleet: int, intervals: tuple[int, ...]) -> str:
         " GiB |",
         "| JetStream KV `deployments` (after a rollout) | "
         f"{fleet * (dep_m.get('kv_bytes_per_entry') or 0) / 2**30:,.2f} GiB |",
-        f"| one gateway process mirroring all of it | {fleet * mirror_entry / 2**30:,.2f} GiB |",
+        "| one gateway process mirroring all of it (M11: tracemalloc / RSS after a cold load) | "
+        f"{fleet * mirror_entry / 2**30:,.2f} / {fleet * mirror_rss / 2**30:,.2f} GiB |",
         f"| PostgreSQL after one rollout | {fleet * db_dev / 2**30:,.1f} GiB |",
         f"| image bytes moved by one rollout | {fleet * res['image_bytes'] / 2**40:,.2f} TiB |",
         "",
