@@ -48,6 +48,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +261,7 @@ def rates(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
 # The gateway mirror's bytes per entry, measured in a process of its own
 
 
-def mirror_probe(nats_url: str) -> dict[str, Any]:
+def mirror_probe(nats_url: str, *, before: bool = True) -> dict[str, Any]:
     """Load the ``devices`` and ``deployments`` buckets as the gateway does; bytes per entry.
 
     Each figure comes from a fresh interpreter (``--mirror-probe``) that imports everything and
@@ -277,7 +278,7 @@ def mirror_probe(nats_url: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for bucket in (names.BUCKET_DEVICES, names.BUCKET_DEPLOYMENTS):
         figures: dict[str, Any] = {}
-        for share in ("shared", "unshared"):
+        for share in ("shared", "unshared") if before else ("shared",):
             for method in ("traced", "rss"):
                 done = subprocess.run(  # noqa: S603
                     [
@@ -787,7 +788,7 @@ async def run(args: argparse.Namespace, tmp: Path, children: Children) -> dict[s
         results["pg_database_mib"] = round(size / 2**20, 1)
         say("measuring the gateway mirror's bytes per entry (separate process)")
         results["mirror"] = await asyncio.to_thread(
-            mirror_probe, f"nats://127.0.0.1:{stack.nats_port}"
+            partial(mirror_probe, before=not args.no_before), f"nats://127.0.0.1:{stack.nats_port}"
         )
     finally:
         if counters is not None:
@@ -1146,6 +1147,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--after-wait", type=float, default=75.0, help="idle s after the rollout, then PSS (75)"
+    )
+    p.add_argument(
+        "--no-before",
+        action="store_true",
+        help="measure the mirror only as it works now, not also without sharing",
     )
     p.add_argument("--memory-only", action="store_true", help="only the idle PSS per process")
     p.add_argument("--phase-timeout", type=float, default=1800.0, help="s per phase (1800)")
