@@ -506,18 +506,24 @@ async def register(
     say(f"{n:,} configData answered 200 after {sent_s:.1f} s")
     await wait_listed(stack, client, n, "1.0.0", args.phase_timeout)
     listed_s = time.perf_counter() - t0
-    settled_s = await settle(fleet, args.poll, args.phase_timeout)
+    try:
+        settled_s: float | None = await settle(fleet, args.poll, args.settle_timeout)
+    except TimeoutError:
+        # The gateway still stretches some devices' sleep: measured as it is, and said.
+        settled_s = None
+        say(f"not every device polls every {args.poll:g} s after {args.settle_timeout:g} s")
     cpu1 = await asyncio.to_thread(cpu_by_part, stack.roots())
     c1 = await counters.read()
     say(
         f"{n:,} devices registered: configData in {sent_s:.1f} s, listed after {listed_s:.1f} s,"
-        f" every device polls every {args.poll:g} s again {settled_s:.1f} s later"
+        f" every device polls every {args.poll:g} s again "
+        f"{'(not all)' if settled_s is None else f'{settled_s:.1f} s'} later"
     )
     return {
         "config_sent_s": round(sent_s, 1),
         "listed_s": round(listed_s, 1),
         "registrations_per_s": round(n / listed_s, 1),
-        "settled_s": round(settled_s, 1),
+        "settled_s": None if settled_s is None else round(settled_s, 1),
         "cpu_s": cpu_used(cpu0, cpu1),
         "rates": rates(c0, c1),
         "answers": fleet_overload.since(fleet.stats.snapshot(), _zero()),
@@ -933,7 +939,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
             )
     lines += [
         "",
-        f"- registration CPU s: {_cpu_line(reg['cpu_s'], reg['listed_s'] + reg['settled_s'])}",
+        f"- registration CPU s: {_cpu_line(reg['cpu_s'], reg['rates']['seconds'])}",
         f"- registration rates: {_rate_line(reg['rates'])}",
         f"- registration answers: {_answers_line(reg['answers'])}",
         f"- steady CPU s: {_cpu_line(st['cpu_s'], st['seconds'])}",
@@ -1152,6 +1158,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-before",
         action="store_true",
         help="measure the mirror only as it works now, not also without sharing",
+    )
+    p.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=300.0,
+        help="s to wait for every device to poll at the normal interval again (300)",
     )
     p.add_argument("--memory-only", action="store_true", help="only the idle PSS per process")
     p.add_argument("--phase-timeout", type=float, default=1800.0, help="s per phase (1800)")
