@@ -50,6 +50,9 @@ bench-poll: $(SYNC_STAMP) ## Poll benchmark: gateway vs a bare FastAPI endpoint 
 bench: $(SYNC_STAMP) ## Fleet benchmark: Gaggle vs gooseBit 0.2.12 (polls, first contact, rollout)
 	$(UV) run --no-sync python bench/fleet_bench.py $(BENCH_ARGS)
 
+bench-scale: $(SYNC_STAMP) ## Scale benchmark: 100,000 devices polling every 60 s, a rollout in waves
+	$(UV) run --no-sync python bench/scale_bench.py $(BENCH_ARGS)
+
 docs: $(SYNC_STAMP) ## Regenerate docs/: AsyncAPI and OpenAPI per service, architecture.md
 	$(UV) run --no-sync python docs/generate.py docs
 
@@ -74,3 +77,4 @@ clean: ## Remove the environment and caches (keeps .gaggle/ data)
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
 
 .PHONY: help sync run test test-unit test-integration test-e2e chaos fuzz-api bench-poll bench fmt lint typecheck deps check clean docs
+.PHONY: bench-scale

@@ -80,10 +80,23 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+IDLE_CONNECTION_S = 60.0
+"""A pooled connection unused this long is closed (asyncpg's default is 300 s).
+
+Each PostgreSQL backend a burst opened holds 3 to 5 MiB of its own (catalog caches, plans);
+with up to ten per pool and three pools, they held about 130 MiB for five minutes after a
+rollout. A minute still keeps every connection of a steady load."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections decode json/jsonb to Python values."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        max_inactive_connection_lifetime=IDLE_CONNECTION_S,
+        init=_init_connection,
+        reset=_keep_session,
     )
     if pool is None:  # pragma: no cover - asyncpg returns None only when not awaited
         raise RuntimeError("asyncpg returned no pool")

@@ -21,14 +21,30 @@ log = logging.getLogger(__name__)
 
 V = TypeVar("V", bound=BaseModel)
 
+SHARED_PAYLOADS = 1024
+"""Distinct payloads a mirror remembers to hand out one parsed value for equal ones.
+
+A fleet's entries are mostly alike: every device without a TargetToken has the same ``devices``
+value, byte for byte. Values are frozen models, so equal payloads can share one parsed value,
+and a device then costs its key and a dictionary slot instead of a model of its own (about 570
+bytes). When this many distinct payloads were remembered, the memory starts again (unique
+payloads, such as entries with an action id, would otherwise pile up in it)."""
+
 
 class BucketMirror(Generic[V]):
     """One KV bucket as a dict of parsed values."""
 
-    def __init__(self, bucket: str, model: type[V]) -> None:
+    def __init__(
+        self, bucket: str, model: type[V], compact: Callable[[V], V] | None = None
+    ) -> None:
         self.bucket = bucket
         self.model = model
+        self.compact = compact
+        """Applied to each newly parsed value: one that shares equal parts of values with others
+        (the gateway's deployments share their deployment documents)."""
         self.values: dict[str, V] = {}
+        self._parsed: dict[bytes, V] = {}
+        """Recent payloads and their parsed values (``SHARED_PAYLOADS``)."""
         self.loaded = asyncio.Event()
         self.updated_at: float | None = None
         """When ``values`` last changed or was loaded (``time.time()``), for the metrics."""
@@ -43,10 +59,19 @@ class BucketMirror(Generic[V]):
         if operation in (KV_DEL, KV_PURGE) or value is None:
             target.pop(key, None)
             return
-        try:
-            target[key] = self.model.model_validate_json(value)
-        except ValidationError:
-            log.warning("ignored malformed KV value bucket=%s key=%s", self.bucket, key)
+        parsed = self._parsed.get(value)
+        if parsed is None:
+            try:
+                parsed = self.model.model_validate_json(value)
+            except ValidationError:
+                log.warning("ignored malformed KV value bucket=%s key=%s", self.bucket, key)
+                return
+            if self.compact is not None:
+                parsed = self.compact(parsed)
+            if len(self._parsed) >= SHARED_PAYLOADS:
+                self._parsed.clear()
+            self._parsed[value] = parsed
+        target[key] = parsed
 
     async def watch(
         self, js_factory: Callable[[], JetStreamContext], check_every_s: float = 0.2

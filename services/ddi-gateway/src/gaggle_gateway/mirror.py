@@ -16,8 +16,48 @@ import asyncio
 
 from gaggle_contracts import names
 from gaggle_contracts.access import ApiKeyEntry
-from gaggle_contracts.kv import DeploymentEntry, DeviceEntry, TenantConfig
+from gaggle_contracts.kv import DeploymentDoc, DeploymentEntry, DeviceEntry, TenantConfig
 from gaggle_runtime.mirror import BucketMirror
+
+SHARED_DOCUMENTS = 256
+"""Distinct deployment documents kept for sharing (see :class:`SharedDocuments`)."""
+
+
+class SharedDocuments:
+    """One parsed deployment document for all the device entries that carry an equal one.
+
+    Every device of a rollout has the same document (chunks, artifacts, hashes) in its
+    ``deployments`` entry, under its own action id: parsed per entry it costs about 3 KB a
+    device, shared it costs a pointer. Documents are frozen, so sharing them changes nothing
+    else. When this many distinct documents were kept, the memory starts again.
+    """
+
+    def __init__(self, limit: int = SHARED_DOCUMENTS) -> None:
+        self.limit = limit
+        self._docs: dict[str, DeploymentDoc] = {}
+
+    def doc(self, doc: DeploymentDoc) -> DeploymentDoc:
+        """The shared document equal to ``doc`` (``doc`` itself the first time)."""
+        key = doc.model_dump_json()
+        shared = self._docs.get(key)
+        if shared is None:
+            if len(self._docs) >= self.limit:
+                self._docs.clear()
+            shared = self._docs[key] = doc
+        return shared
+
+    def __call__(self, entry: DeploymentEntry) -> DeploymentEntry:
+        """``entry`` with its documents replaced by the shared ones."""
+        update: dict[str, object] = {}
+        if entry.open is not None:
+            doc = self.doc(entry.open.deployment)
+            if doc is not entry.open.deployment:
+                update["open"] = entry.open.model_copy(update={"deployment": doc})
+        if entry.installed is not None:
+            doc = self.doc(entry.installed.deployment)
+            if doc is not entry.installed.deployment:
+                update["installed"] = entry.installed.model_copy(update={"deployment": doc})
+        return entry.model_copy(update=update) if update else entry
 
 
 class KeyTenants:
@@ -43,7 +83,9 @@ class Mirror:
     def __init__(self, keys: BucketMirror[ApiKeyEntry] | None = None) -> None:
         self.key_tenants = KeyTenants(keys or BucketMirror(names.BUCKET_API_KEYS, ApiKeyEntry))
         self.devices = BucketMirror(names.BUCKET_DEVICES, DeviceEntry)
-        self.deployments = BucketMirror(names.BUCKET_DEPLOYMENTS, DeploymentEntry)
+        self.deployments = BucketMirror(
+            names.BUCKET_DEPLOYMENTS, DeploymentEntry, compact=SharedDocuments()
+        )
         self.tenants = BucketMirror(names.BUCKET_TENANTS, TenantConfig)
         self.buckets: tuple[
             BucketMirror[DeviceEntry], BucketMirror[DeploymentEntry], BucketMirror[TenantConfig]
